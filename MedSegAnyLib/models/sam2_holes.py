@@ -1,0 +1,70 @@
+"""Fill small holes in SAM 2 mask logits, with or without Meta's optional CUDA extension ``sam2._C``.
+
+Meta's video predictor post-processes every low-resolution mask (``fill_hole_area=8``): each 8-connected
+component of the background (logit <= 0) whose area is <= ``max_area`` pixels gets the logit 0.1, i.e.
+becomes foreground (``sam2.utils.misc.fill_holes_in_mask_scores``). A "hole" is any such small background
+component, also one touching the image border. The components come from ``sam2._C``, a CUDA kernel that
+pip installs of sam2 often lack; Meta then skips the step with a warning, which changes the masks and the
+memory built from them. :func:`connected_components` computes the same labels and areas on the CPU with
+SimpleITK (a core dependency), so the step always runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Logit given to filled pixels: Meta's value, small and positive so the pixel is just inside the mask.
+HOLE_FILL_LOGIT = 0.1
+
+
+def connected_components(mask_n1hw: Any) -> tuple[Any, Any]:
+    """8-connected components of binary masks (N, 1, H, W), as ``sam2._C.get_connected_componnets``.
+
+    Returns ``(labels, areas)``, both int32 (N, 1, H, W): a label > 0 per foreground component (0 on the
+    background) and, on each foreground pixel, the pixel count of its component (0 on the background).
+    """
+    import numpy as np
+    import SimpleITK as sitk  # noqa: N813 (the usual alias)
+    import torch
+
+    mask_np = mask_n1hw.detach().to("cpu", torch.uint8).numpy()
+    labels_np = np.zeros(mask_np.shape, dtype=np.int32)
+    areas_np = np.zeros(mask_np.shape, dtype=np.int32)
+    for n in range(mask_np.shape[0]):
+        image = sitk.GetImageFromArray(mask_np[n, 0])
+        # fullyConnected=True: 8-connectivity in 2D, as Meta's kernel
+        labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True)).astype(np.int32)
+        counts = np.bincount(labels.ravel())
+        counts[0] = 0  # background pixels have area 0
+        labels_np[n, 0] = labels
+        areas_np[n, 0] = counts[labels]
+    device = mask_n1hw.device
+    return torch.from_numpy(labels_np).to(device), torch.from_numpy(areas_np).to(device)
+
+
+def _meta_kernel() -> Any | None:
+    """``sam2._C`` when it is installed, else None."""
+    try:
+        from sam2 import _C
+    except ImportError:
+        return None
+    return _C
+
+
+def fill_holes_in_mask_logits(mask_logits_n1hw: Any, max_area: int) -> Any:
+    """Meta's ``fill_holes_in_mask_scores``: background components of <= ``max_area`` pixels get logit 0.1.
+
+    Uses ``sam2._C`` for CUDA tensors when it is installed, :func:`connected_components` otherwise.
+    """
+    import torch
+
+    if max_area <= 0:
+        return mask_logits_n1hw
+    background = mask_logits_n1hw <= 0
+    kernel = _meta_kernel() if mask_logits_n1hw.is_cuda else None
+    if kernel is not None:
+        labels, areas = kernel.get_connected_componnets(background.to(torch.uint8).contiguous())
+    else:
+        labels, areas = connected_components(background)
+    is_hole = (labels > 0) & (areas <= max_area)
+    return torch.where(is_hole, HOLE_FILL_LOGIT, mask_logits_n1hw)

@@ -1,0 +1,495 @@
+"""Track prompted objects through a stack of in-memory frames with a SAM 2 model's memory.
+
+:class:`Sam2Tracker` reproduces Meta's ``SAM2VideoPredictor`` (``add_new_points_or_box``,
+``add_new_mask``, ``propagate_in_video``, ``clear_all_prompts_in_frame``) step by step with the model's
+own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the numbers are Meta's, but:
+
+- frames come from memory (no JPEG files), see :mod:`medsegany.models.sam2_frames`;
+- image features are computed once per frame and kept in a bounded cache (Meta keeps one frame), shared
+  by every object, correction and re-propagation; :meth:`Sam2Tracker.precompute_features` batches them;
+- the state is typed (:mod:`medsegany.models.sam2_state`);
+- small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
+- a correction on a tracked frame makes it a conditioning frame (the model option
+  ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
+  turns on); re-propagating from it, away from the first prompt, updates the frames after it only.
+
+Example::
+
+    tracker = Sam2Tracker(build_sam2_model("sam2.1_hiera_t512", checkpoint))
+    tracker.set_frames(frames_nhw)                      # uint8 or float [0, 1], N x H x W
+    tracker.add_prompts(1, 40, box_frame_xyxy=np.array([30, 40, 80, 90]))
+    for direction in (+1, -1):
+        for result in tracker.propagate(40, direction):
+            if result.object_score_logit <= 0:
+                break                                   # the object ended on this side
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError, PromptError, VolumeError
+from .sam2_features import FeatureCache
+from .sam2_frames import check_frames, preprocess_frames
+from .sam2_holes import fill_holes_in_mask_logits
+from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
+
+# Meta clamps earlier logits fed back with new clicks to [-32, 32] "to avoid rare numerical issues".
+PREV_LOGITS_CLAMP = 32.0
+
+
+class Sam2Tracker:
+    """Promptable tracking of objects through one stack of frames (one volume axis) with a SAM 2 model.
+
+    ``model`` is a built ``SAM2VideoPredictor`` (see :func:`medsegany.models.sam2_build.build_sam2_model`);
+    its device decides the arithmetic: CUDA runs under bfloat16 autocast (as Meta's demos), CPU and MPS in
+    float32. ``feature_cache_mb`` bounds the cached image features (about 4 MB a frame at 512 px, 17 MB at
+    1024 px in float32). Not thread-safe: drive one tracker from one thread.
+    """
+
+    def __init__(self, model: Any, feature_cache_mb: float = 1024.0) -> None:
+        import torch
+
+        for option in ("non_overlap_masks", "clear_non_cond_mem_around_input"):
+            # multi-object options of Meta's predictor; objects are tracked independently here
+            if getattr(model, option, False):
+                raise ModelError(f"model option {option} is not supported", f"build it with {option}=false")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.image_size = int(model.image_size)
+        self._cache = FeatureCache(int(feature_cache_mb * 2**20))
+        self._frames_nhw: np.ndarray | None = None
+        self._objects: dict[int, ObjectTrack] = {}
+        self._maskmem_pos_enc: list[Any] | None = None
+        self.frames_encoded = 0  # image-encoder runs, counted per frame (tests check features are reused)
+        self._autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+
+    # ------------------------------------------------------------------ frames and features
+    def set_frames(self, frames_nhw: np.ndarray) -> None:
+        """Use these frames (N, H, W), uint8 or float in [0, 1]; forgets all objects and cached features."""
+        self._frames_nhw = check_frames(frames_nhw)
+        self._cache.clear()
+        self._objects.clear()
+
+    @property
+    def num_frames(self) -> int:
+        return 0 if self._frames_nhw is None else int(self._frames_nhw.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the frames, rows then columns."""
+        frames = self._require_frames()
+        return int(frames.shape[1]), int(frames.shape[2])
+
+    def feature_bytes_per_frame(self) -> int:
+        """Bytes the cached image features of one frame take (to size ``feature_cache_mb``, advise on memory).
+
+        The three feature levels hold 32 x (S/4)², 64 x (S/8)² and 256 x (S/16)² values (Meta's FPN after
+        the decoder's 1x1 projections), in bf16 on CUDA, float32 elsewhere.
+        """
+        size = self.image_size
+        values = 32 * (size // 4) ** 2 + 64 * (size // 8) ** 2 + 256 * (size // 16) ** 2
+        return values * (2 if self._autocast_dtype is not None else 4)
+
+    def _require_frames(self) -> np.ndarray:
+        if self._frames_nhw is None:
+            raise VolumeError("the tracker has no frames", "call set_frames first")
+        return self._frames_nhw
+
+    def _check_frame_index(self, frame_index: int) -> int:
+        n = len(self._require_frames())
+        if not 0 <= int(frame_index) < n:
+            raise PromptError(f"frame {frame_index} is outside the stack of {n} frames", f"use 0..{n - 1}")
+        return int(frame_index)
+
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """No autograd; bf16 autocast on CUDA. Entered per step, never across a ``yield``."""
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self._autocast_dtype is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self._autocast_dtype))
+        return stack
+
+    def _encode_images(self, frame_indices: Sequence[int]) -> None:
+        """Run the image encoder on a batch of frames and cache each frame's features separately."""
+        frames = self._require_frames()
+        images = preprocess_frames(frames[list(frame_indices)], self.image_size, self.device)
+        backbone_out = self.model.forward_image(images)
+        pos_enc = [p[0:1].clone() for p in backbone_out["vision_pos_enc"]]
+        for i, frame_index in enumerate(frame_indices):
+            # clone: a slice would keep the whole batch's storage alive in the cache
+            fpn = [f[i : i + 1].clone() for f in backbone_out["backbone_fpn"]]
+            self._cache.put(frame_index, fpn, pos_enc)
+        self.frames_encoded += len(frame_indices)
+
+    def precompute_features(self, frame_indices: Iterable[int] | None = None, batch_size: int = 4) -> int:
+        """Encode the frames not yet cached, ``batch_size`` at a time; returns how many were encoded.
+
+        Frames beyond the cache budget evict the least recently used ones, so ask only for what fits.
+        """
+        self._require_frames()
+        indices = range(self.num_frames) if frame_indices is None else frame_indices
+        todo = [self._check_frame_index(i) for i in dict.fromkeys(indices) if i not in self._cache]
+        for start in range(0, len(todo), max(1, int(batch_size))):
+            with self._compute():
+                self._encode_images(todo[start : start + max(1, int(batch_size))])
+        return len(todo)
+
+    def _frame_features(self, frame_index: int) -> tuple[list[Any], list[Any], list[tuple[int, int]]]:
+        """(vision_feats, vision_pos_embeds, feat_sizes) as Meta's ``_get_image_feature`` (batch 1)."""
+        fpn = self._cache.get(frame_index)
+        if fpn is None:
+            self._encode_images([frame_index])
+            fpn = self._cache.get(frame_index)
+        backbone_out = {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._cache.pos_enc)}
+        _, vision_feats, vision_pos_embeds, feat_sizes = self.model._prepare_backbone_features(backbone_out)
+        return vision_feats, vision_pos_embeds, feat_sizes
+
+    # ------------------------------------------------------------------ objects
+    @property
+    def object_ids(self) -> list[int]:
+        return list(self._objects)
+
+    def _object(self, object_id: int) -> ObjectTrack:
+        if object_id not in self._objects:
+            raise PromptError(f"object {object_id} has no prompts", "add a box, points or a mask first")
+        return self._objects[object_id]
+
+    def conditioning_frames(self, object_id: int) -> list[int]:
+        """Frames where this object was prompted and that condition its tracking."""
+        return self._object(object_id).conditioning_frames()
+
+    def tracked_frames(self, object_id: int) -> list[int]:
+        """Frames with an output for this object (prompted or tracked)."""
+        track = self._object(object_id)
+        outputs = (track.conditioning, track.tracked, track.pending_conditioning, track.pending_tracked)
+        return sorted(set().union(*outputs))
+
+    def result(self, object_id: int, frame_index: int) -> TrackResult | None:
+        """The latest output of this object on a frame, or None when there is none."""
+        output = self._object(object_id).latest_output(self._check_frame_index(frame_index))
+        return None if output is None else self._result(frame_index, object_id, output)
+
+    def remove_object(self, object_id: int) -> None:
+        self._objects.pop(object_id, None)
+
+    def reset(self) -> None:
+        """Forget all objects; keep the frames and their cached features."""
+        self._objects.clear()
+
+    # ------------------------------------------------------------------ prompts
+    def _point_inputs(
+        self,
+        box_frame_xyxy: np.ndarray | None,
+        points_frame_xy: np.ndarray | None,
+        point_labels: np.ndarray | None,
+    ) -> tuple[Any, Any]:
+        """Points in model pixels (1, P, 2) and labels (1, P), box first, as ``add_new_points_or_box``."""
+        import torch
+
+        if (points_frame_xy is None) != (point_labels is None):
+            raise PromptError("points and point labels must be given together", "pass both or neither")
+        points = np.zeros((0, 2), np.float32) if points_frame_xy is None else np.asarray(points_frame_xy)
+        labels = np.zeros((0,), np.int32) if point_labels is None else np.asarray(point_labels)
+        points = points.astype(np.float32).reshape(-1, 2) if points.size else np.zeros((0, 2), np.float32)
+        labels = labels.astype(np.int32).reshape(-1)
+        if len(points) != len(labels):
+            raise PromptError(
+                f"{len(points)} points but {len(labels)} labels", "give one label (1 or 0) per point"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise PromptError("point labels must be 1 (inside) or 0 (outside)", "fix the labels")
+        if box_frame_xyxy is not None:
+            box = np.asarray(box_frame_xyxy, dtype=np.float32).reshape(-1)
+            if box.shape != (4,):
+                raise PromptError(f"a box needs 4 numbers (x0, y0, x1, y1), got {box.size}", "fix the box")
+            points = np.concatenate([box.reshape(2, 2), points])
+            labels = np.concatenate([np.array([2, 3], np.int32), labels])
+        if not np.isfinite(points).all():
+            raise PromptError("prompt coordinates must be finite numbers", "fix the box or points")
+        height, width = self.frame_shape
+        coords = torch.from_numpy(points)[None]
+        # Meta's order of operations: normalise by (W, H), then scale to the model's square input
+        coords = coords / torch.tensor([width, height]) * self.image_size
+        return coords.to(self.device), torch.from_numpy(labels)[None].to(self.device)
+
+    def _mask_inputs(self, mask_frame: np.ndarray) -> Any:
+        """A binary frame mask resized to S x S as ``add_new_mask`` (antialiased bilinear, >= 0.5)."""
+        import torch
+        from torch.nn.functional import interpolate
+
+        mask = np.asarray(mask_frame)
+        if mask.shape != self.frame_shape:
+            raise PromptError(
+                f"mask prompt has shape {mask.shape}, frames are {self.frame_shape}",
+                "pass a mask of the frame",
+            )
+        mask_t = torch.from_numpy(mask.astype(bool))[None, None].float().to(self.device)
+        if mask_t.shape[-2:] == (self.image_size, self.image_size):
+            return mask_t
+        resized = interpolate(
+            mask_t, size=(self.image_size,) * 2, align_corners=False, mode="bilinear", antialias=True
+        )
+        return (resized >= 0.5).float()
+
+    def add_prompts(
+        self,
+        object_id: int,
+        frame_index: int,
+        box_frame_xyxy: np.ndarray | None = None,
+        points_frame_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        mask_frame: np.ndarray | None = None,
+        keep_previous_points: bool = False,
+    ) -> np.ndarray:
+        """Prompt an object on a frame; returns its mask logits (H, W) float32 on that frame.
+
+        Coordinates are frame pixels, x = column, y = row. Points replace the object's earlier points and
+        box on this frame unless ``keep_previous_points`` (then they are appended; a box cannot be). A mask
+        prompt replaces the points. On a frame no propagation visited, this is an initial prompt (no
+        memory, like SAM); on a visited frame it is a correction that also uses the memory and the previous
+        mask. Either way the frame becomes a conditioning frame once :meth:`propagate` starts.
+        """
+        import torch
+
+        frame_index = self._check_frame_index(frame_index)
+        has_points = box_frame_xyxy is not None or points_frame_xy is not None
+        if mask_frame is not None and has_points:
+            raise PromptError("a mask prompt cannot be combined with a box or points", "send them separately")
+        if mask_frame is None and not has_points:
+            raise PromptError("no prompt given", "pass a box, points with labels, or a mask")
+        if keep_previous_points and box_frame_xyxy is not None:
+            raise PromptError("a box must come before the points of a frame", "add the box without keep")
+
+        previous = self._objects[object_id].prompts.get(frame_index) if object_id in self._objects else None
+        if mask_frame is not None:
+            prompts = FramePrompts(mask_model=self._mask_inputs(mask_frame))
+        else:
+            coords, labels = self._point_inputs(box_frame_xyxy, points_frame_xy, point_labels)
+            if keep_previous_points and previous is not None and previous.point_coords_model is not None:
+                coords = torch.cat([previous.point_coords_model, coords], dim=1)
+                labels = torch.cat([previous.point_labels, labels], dim=1)
+            prompts = FramePrompts(point_coords_model=coords, point_labels=labels)
+
+        track = self._objects.setdefault(object_id, ObjectTrack(object_id))
+        is_initial = frame_index not in track.visited_direction
+        reverse = False if is_initial else track.visited_direction[frame_index] < 0
+        is_conditioning = is_initial or bool(self.model.add_all_frames_to_correct_as_cond)
+        pending = track.pending_conditioning if is_conditioning else track.pending_tracked
+        with self._compute():
+            if prompts.mask_model is not None:
+                output = self._run_frame(
+                    track, frame_index, is_initial, None, prompts.mask_model, reverse, False
+                )
+            else:
+                # Meta feeds the latest mask on this frame back into the decoder with the new clicks
+                earlier = pending.get(frame_index)
+                for bank in (track.conditioning, track.tracked):
+                    earlier = bank.get(frame_index) if earlier is None else earlier
+                prev_logits = None
+                if earlier is not None:
+                    prev_logits = earlier.pred_masks.to(self.device).clamp(
+                        -PREV_LOGITS_CLAMP, PREV_LOGITS_CLAMP
+                    )
+                point_inputs = {
+                    "point_coords": prompts.point_coords_model,
+                    "point_labels": prompts.point_labels,
+                }
+                output = self._run_frame(
+                    track, frame_index, is_initial, point_inputs, None, reverse, False, prev_logits
+                )
+        track.prompts[frame_index] = prompts
+        pending[frame_index] = output
+        return self._to_frame_resolution(output.pred_masks)
+
+    def clear_prompts(self, object_id: int, frame_index: int) -> None:
+        """Remove an object's prompts on a frame, as Meta's ``clear_all_prompts_in_frame``.
+
+        A conditioning output on that frame stays as an ordinary tracked output (re-propagate to refresh it).
+        """
+        track = self._object(object_id)
+        track.prompts.pop(frame_index, None)
+        track.pending_conditioning.pop(frame_index, None)
+        track.pending_tracked.pop(frame_index, None)
+        output = track.conditioning.pop(frame_index, None)
+        if output is not None:
+            track.tracked[frame_index] = output
+            track.visited_direction.pop(frame_index, None)
+
+    def clear_outputs(self, object_id: int, frames: Iterable[int]) -> None:
+        """Forget tracked (not prompted) outputs on these frames, e.g. beyond where a propagation stopped.
+
+        Stale outputs would otherwise remain (and serve as memory) after a re-propagation that ends earlier.
+        Prompted frames keep their outputs; use :meth:`clear_prompts` for them.
+        """
+        track = self._object(object_id)
+        for frame_index in frames:
+            if frame_index in track.conditioning or frame_index in track.pending_conditioning:
+                continue
+            track.tracked.pop(frame_index, None)
+            track.pending_tracked.pop(frame_index, None)
+            track.visited_direction.pop(frame_index, None)
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(
+        self,
+        start_frame: int,
+        direction: int = +1,
+        end_frame: int | None = None,
+        object_ids: Sequence[int] | None = None,
+    ) -> Iterator[TrackResult]:
+        """Track objects frame by frame from ``start_frame`` (included) towards ``end_frame`` (included).
+
+        ``direction`` is +1 (increasing frame index) or -1; ``end_frame`` defaults to the last (first) frame.
+        Yields one :class:`TrackResult` per object and frame, frame by frame; prompted frames yield their
+        prompted output. Each frame's state is complete before it is yielded, so the caller may stop at any
+        time (e.g. when ``object_score_logit <= 0``) and then :meth:`clear_outputs` beyond that frame.
+        """
+        if direction not in (1, -1):
+            raise PromptError(f"direction must be +1 or -1, got {direction}", "pass +1 or -1")
+        start_frame = self._check_frame_index(start_frame)
+        if end_frame is None:
+            end_frame = self.num_frames - 1 if direction > 0 else 0
+        end_frame = self._check_frame_index(end_frame)
+        if (end_frame - start_frame) * direction < 0:
+            raise PromptError(
+                f"end frame {end_frame} lies behind start frame {start_frame} for direction {direction:+d}",
+                "swap them or flip the direction",
+            )
+        tracks = [self._object(i) for i in (self.object_ids if object_ids is None else object_ids)]
+        if not tracks:
+            raise PromptError("no object has prompts", "add a box, points or a mask first")
+        for track in tracks:
+            self._commit_prompts(track)
+        return self._propagate(tracks, range(start_frame, end_frame + direction, direction), direction)
+
+    def _propagate(self, tracks: list[ObjectTrack], order: range, direction: int) -> Iterator[TrackResult]:
+        for frame_index in order:
+            for track in tracks:
+                output = track.conditioning.get(frame_index)
+                if output is None:
+                    with self._compute():
+                        output = self._run_frame(track, frame_index, False, None, None, direction < 0, True)
+                    track.tracked[frame_index] = output
+                track.visited_direction[frame_index] = direction
+                yield self._result(frame_index, track.object_id, output)
+
+    def _commit_prompts(self, track: ObjectTrack) -> None:
+        """Encode new prompted frames' memory and file them (Meta's ``propagate_in_video_preflight``)."""
+        from torch.nn.functional import interpolate
+
+        with self._compute():
+            for pending, bank in (
+                (track.pending_tracked, track.tracked),
+                (track.pending_conditioning, track.conditioning),
+            ):
+                for frame_index, output in pending.items():
+                    if output.maskmem_features is None:
+                        high_res_masks = interpolate(
+                            output.pred_masks.to(self.device),
+                            size=(self.image_size, self.image_size),
+                            mode="bilinear",
+                            align_corners=False,
+                        )
+                        vision_feats, _, feat_sizes = self._frame_features(frame_index)
+                        features, pos_enc = self.model._encode_new_memory(
+                            current_vision_feats=vision_feats,
+                            feat_sizes=feat_sizes,
+                            pred_masks_high_res=high_res_masks,
+                            object_score_logits=output.object_score_logits,
+                            is_mask_from_pts=True,  # Meta: "these frames are what the user interacted with"
+                        )
+                        output.maskmem_features = features.to(self._memory_dtype())
+                        output.maskmem_pos_enc = self._shared_maskmem_pos_enc(pos_enc)
+                    bank[frame_index] = output
+                pending.clear()
+        if not track.conditioning:
+            raise PromptError(
+                f"object {track.object_id} has no conditioning frame",
+                "prompt it on a frame before propagating",
+            )
+        for frame_index in track.conditioning:
+            track.tracked.pop(frame_index, None)
+
+    # ------------------------------------------------------------------ one frame
+    def _memory_dtype(self) -> Any:
+        import torch
+
+        return torch.bfloat16  # Meta stores spatial memories in bf16 on every device
+
+    def _shared_maskmem_pos_enc(self, pos_enc: list[Any] | None) -> list[Any] | None:
+        """One copy of the memory positional encoding for all frames (Meta's ``_get_maskmem_pos_enc``)."""
+        if pos_enc is None:
+            return None
+        if self._maskmem_pos_enc is None:
+            self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
+        return self._maskmem_pos_enc
+
+    def _run_frame(
+        self,
+        track: ObjectTrack,
+        frame_index: int,
+        is_initial: bool,
+        point_inputs: dict[str, Any] | None,
+        mask_inputs: Any | None,
+        reverse: bool,
+        run_mem_encoder: bool,
+        prev_sam_mask_logits: Any | None = None,
+    ) -> FrameOutput:
+        """One ``track_step`` on one object, as Meta's ``_run_single_frame_inference`` (batch of 1)."""
+        vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
+        out = self.model.track_step(
+            frame_idx=frame_index,
+            is_init_cond_frame=is_initial,
+            current_vision_feats=vision_feats,
+            current_vision_pos_embeds=vision_pos_embeds,
+            feat_sizes=feat_sizes,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            output_dict=track.memory_bank(),
+            num_frames=self.num_frames,
+            track_in_reverse=reverse,
+            run_mem_encoder=run_mem_encoder,
+            prev_sam_mask_logits=prev_sam_mask_logits,
+        )
+        maskmem_features = out["maskmem_features"]
+        if maskmem_features is not None:
+            maskmem_features = maskmem_features.to(self._memory_dtype())
+        pred_masks = out["pred_masks"]
+        if self.model.fill_hole_area > 0:
+            pred_masks = fill_holes_in_mask_logits(pred_masks, self.model.fill_hole_area)
+        return FrameOutput(
+            pred_masks=pred_masks,
+            obj_ptr=out["obj_ptr"],
+            object_score_logits=out["object_score_logits"],
+            maskmem_features=maskmem_features,
+            maskmem_pos_enc=self._shared_maskmem_pos_enc(out["maskmem_pos_enc"]),
+        )
+
+    def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:
+        """Low-res logits -> (H, W) float32 at the frame's pixels (Meta's ``_get_orig_video_res_output``)."""
+        import torch
+        from torch.nn.functional import interpolate
+
+        with torch.inference_mode():
+            logits = interpolate(
+                pred_masks.to(self.device).float(),
+                size=self.frame_shape,
+                mode="bilinear",
+                align_corners=False,
+            )
+            return logits[0, 0].to("cpu", torch.float32).numpy()
+
+    def _result(self, frame_index: int, object_id: int, output: FrameOutput) -> TrackResult:
+        return TrackResult(
+            frame_index=frame_index,
+            object_id=object_id,
+            mask_logits_frame=self._to_frame_resolution(output.pred_masks),
+            object_score_logit=output.object_score,
+        )

@@ -1,0 +1,120 @@
+"""Undo for one AI action: save the voxels of the segments it may change, put them back exactly.
+
+A snapshot keeps, per segment, its voxels cropped to their bounding box on the segment's own layer
+lattice (no resampling, so restoring is bit-exact). Restoring clears the segment and writes the saved
+voxels back through ``SetBinaryLabelmapToSegment`` without overwriting anything, so every snapshotted
+segment gets exactly its old voxels back; Slicer may keep segments on separate layers afterwards,
+which changes how they are stored, not their content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OutputError
+from .mrml_segment import (
+    EditMasking,
+    binary_labelmap_layer,
+    segment_ids,
+    segment_ids_to_overwrite,
+    segment_or_error,
+    set_binary_labelmap,
+)
+from .mrml_vtk import image_to_world, image_values_kji, oriented_image, slicer_module
+
+
+@dataclass(frozen=True)
+class SavedSegment:
+    """One segment's voxels: ``mask_kji`` over ``extent_ijk`` of a lattice with ``ijk_to_segmentation``."""
+
+    segment_id: str
+    mask_kji: np.ndarray | None  # None: the segment was empty
+    extent_ijk: tuple[int, int, int, int, int, int] | None
+    ijk_to_segmentation: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class SegmentSnapshot:
+    """Saved content of the segments one AI action may change (the target first)."""
+
+    segmentation_node_id: str | None
+    segments: tuple[SavedSegment, ...]
+
+    @property
+    def segment_ids(self) -> tuple[str, ...]:
+        return tuple(saved.segment_id for saved in self.segments)
+
+
+def _save(segmentation_node, segment_id: str) -> SavedSegment:
+    layer = binary_labelmap_layer(segmentation_node, segment_id)
+    values_kji = image_values_kji(layer) if layer is not None else None
+    if values_kji is None:
+        return SavedSegment(segment_id, None, None, None)
+    mask_kji = values_kji == segment_or_error(segmentation_node, segment_id).GetLabelValue()
+    if not mask_kji.any():
+        return SavedSegment(segment_id, None, None, None)
+    extent = layer.GetExtent()
+    low_high = []
+    for kji_axis in range(3):
+        present = np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != kji_axis)))
+        low_high.append((int(present[0]), int(present[-1])))
+    (k0, k1), (j0, j1), (i0, i1) = low_high
+    cropped = mask_kji[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1].copy()
+    extent_ijk = (
+        extent[0] + i0,
+        extent[0] + i1,
+        extent[2] + j0,
+        extent[2] + j1,
+        extent[4] + k0,
+        extent[4] + k1,
+    )
+    return SavedSegment(segment_id, cropped, extent_ijk, image_to_world(layer))
+
+
+def snapshot_segment(
+    segmentation_node, segment_id: str, masking: EditMasking | None = None
+) -> SegmentSnapshot:
+    """Save ``segment_id`` and the segments that ``masking``'s overwrite mode lets an action erase.
+
+    Take it right before the action (the set of visible segments is read now).
+    """
+    segment_or_error(segmentation_node, segment_id)
+    mode = (masking or EditMasking()).overwrite_other_segments
+    segment_ids = [segment_id, *segment_ids_to_overwrite(segmentation_node, segment_id, mode)]
+    return SegmentSnapshot(
+        segmentation_node.GetID(), tuple(_save(segmentation_node, sid) for sid in segment_ids)
+    )
+
+
+def restore_segment(segmentation_node, snapshot: SegmentSnapshot) -> None:
+    """Give every segment in ``snapshot`` back exactly the voxels it had when the snapshot was taken."""
+    if (
+        snapshot.segmentation_node_id is not None
+        and segmentation_node.GetID() != snapshot.segmentation_node_id
+    ):
+        raise OutputError(
+            f"the snapshot belongs to segmentation {snapshot.segmentation_node_id}, "
+            f"not '{segmentation_node.GetName()}'",
+            "undo on the segmentation the action changed",
+        )
+    existing = set(segment_ids(segmentation_node))
+    missing = [sid for sid in snapshot.segment_ids if sid not in existing]
+    if missing:
+        raise OutputError(
+            f"segment(s) {', '.join(missing)} were deleted after the action",
+            "undo is no longer possible for it",
+        )
+    logic = slicer_module().vtkSlicerSegmentationsModuleLogic
+    segmentation = segmentation_node.GetSegmentation()
+    for saved in snapshot.segments:
+        segmentation.ClearSegment(saved.segment_id)
+    for saved in snapshot.segments:
+        if saved.mask_kji is None:
+            continue
+        image = oriented_image(saved.mask_kji.astype(np.uint8), saved.extent_ijk, saved.ijk_to_segmentation)
+        # Overwrite nothing: a segment that overlapped another one before gets its own layer again.
+        set_binary_labelmap(
+            image, segmentation_node, saved.segment_id, logic.MODE_MERGE_MASK, list(saved.extent_ijk), []
+        )

@@ -1,0 +1,167 @@
+"""A volume is its voxels in numpy KJI order plus a 4x4 IJK->RAS matrix (Slicer's convention).
+
+Files are read with SimpleITK (NIfTI, NRRD/NHDR, MHA/MHD, a DICOM series folder); their LPS geometry is
+converted to RAS once, here, so nothing downstream thinks about LPS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VolumeError
+from .geometry import apply_affine, ijk_to_ras_matrix, itk_geometry_from_ijk_to_ras
+
+#: Extensions SimpleITK reads that we advertise; anything else is tried too, then refused clearly.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Voxels (K, J, I) and their IJK->RAS geometry. Arrays are not copied; treat them as read-only."""
+
+    voxels_kji: np.ndarray
+    ijk_to_ras: np.ndarray
+    name: str = "volume"
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.voxels_kji.ndim != 3:
+            raise VolumeError(
+                f"{self.name} has {self.voxels_kji.ndim} dimensions, a volume needs 3",
+                "give a 3D image (a single slice or a 2D picture cannot be propagated)",
+            )
+        matrix = np.asarray(self.ijk_to_ras, dtype=float)
+        if matrix.shape != (4, 4) or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+            raise VolumeError(f"{self.name} has an invalid IJK->RAS matrix", "check the file's geometry")
+        object.__setattr__(self, "ijk_to_ras", matrix)
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        k, j, i = self.voxels_kji.shape
+        return (i, j, k)
+
+    @property
+    def ras_to_ijk(self) -> np.ndarray:
+        return np.linalg.inv(self.ijk_to_ras)
+
+    @property
+    def spacing_ijk(self) -> tuple[float, float, float]:
+        return tuple(np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0).tolist())
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.ijk_to_ras[:3, :3]))) / 1000.0
+
+    def ijk_to_ras_points(self, points_ijk: np.ndarray) -> np.ndarray:
+        return apply_affine(self.ijk_to_ras, points_ijk)
+
+    def ras_to_ijk_points(self, points_ras: np.ndarray) -> np.ndarray:
+        return apply_affine(self.ras_to_ijk, points_ras)
+
+    def with_voxels(self, voxels_kji: np.ndarray, name: str | None = None) -> Volume:
+        """A volume with the same geometry and other voxels (a labelmap, a windowed copy)."""
+        if voxels_kji.shape != self.voxels_kji.shape:
+            raise ValueError(f"shape {voxels_kji.shape} differs from the volume's {self.voxels_kji.shape}")
+        return Volume(voxels_kji, self.ijk_to_ras, name or self.name, dict(self.metadata))
+
+
+def _sitk():
+    import SimpleITK as sitk  # lazy: 60 MB of native code
+
+    return sitk
+
+
+def _read_dicom_series(folder: Path):
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise VolumeError(f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder")
+    if len(series_ids) > 1:
+        # The largest series is the most likely the user means; say which one we took.
+        series_ids = sorted(series_ids, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[-1])
+    reader.SetFileNames(files)
+    image = reader.Execute()
+    return image, {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
+
+
+def read_volume(path: str | Path, frame: int | None = None) -> Volume:
+    """Read a 3D volume (NIfTI, NRRD/NHDR, MHA/MHD, DICOM series folder) into RAS geometry.
+
+    ``frame`` picks one time point of a 4D image; a 4D image without it is refused with the frame count.
+    """
+    sitk = _sitk()
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VolumeError(f"{path} does not exist", "check the path")
+    metadata: dict = {"source": str(path)}
+    try:
+        if path.is_dir():
+            image, extra = _read_dicom_series(path)
+            metadata.update(extra)
+        else:
+            if path.stat().st_size == 0:
+                raise VolumeError(f"{path} is empty (0 bytes)", "give a complete image file")
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as error:  # SimpleITK raises RuntimeError for unreadable files
+        first_line = str(error).strip().splitlines()[-1][:200] if str(error).strip() else "unknown format"
+        raise VolumeError(
+            f"{path} is not an image SimpleITK can read ({first_line})",
+            "give a NIfTI, NRRD, MHA/MHD file or a DICOM series folder",
+        ) from None
+
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise VolumeError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image)",
+            "give a scalar (grey-level) volume",
+        )
+    dimension = image.GetDimension()
+    if dimension == 4:
+        frames = image.GetSize()[3]
+        if frame is None:
+            raise VolumeError(
+                f"{path} is 4D with {frames} frames",
+                f"choose one with --frame N (0..{frames - 1})",
+            )
+        if not 0 <= frame < frames:
+            raise VolumeError(f"frame {frame} is outside 0..{frames - 1} of {path}", "choose a valid frame")
+        size = list(image.GetSize())
+        size[3] = 0
+        image = sitk.Extract(image, size, [0, 0, 0, frame])
+        metadata["frame"] = frame
+    elif frame not in (None, 0):
+        raise VolumeError(f"--frame {frame} was given but {path} is {dimension}D", "drop --frame")
+    if image.GetDimension() == 2:
+        raise VolumeError(
+            f"{path} is a 2D image {image.GetSize()}", "give a 3D volume (MedSegAny propagates through slices)"
+        )
+    if image.GetDimension() != 3:
+        raise VolumeError(f"{path} has {image.GetDimension()} dimensions", "give a 3D volume")
+    if image.GetSize()[2] == 1:
+        raise VolumeError(
+            f"{path} holds a single slice {image.GetSize()[:2]}",
+            "give a 3D volume with several slices",
+        )
+    voxels_kji = sitk.GetArrayFromImage(image)
+    ijk_to_ras = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    name = path.name
+    for suffix in (".nii.gz", ".seg.nrrd", *VOLUME_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Volume(voxels_kji, ijk_to_ras, name=name or "volume", metadata=metadata)
+
+
+def volume_to_sitk(volume: Volume):
+    """A SimpleITK image with the volume's voxels and geometry (LPS, as ITK wants)."""
+    sitk = _sitk()
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.voxels_kji))
+    spacing, origin, direction = itk_geometry_from_ijk_to_ras(volume.ijk_to_ras)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image

@@ -1,0 +1,452 @@
+"""MRML adapter tests with the real MRML classes of the ``slicer-core`` wheel (headless, no Qt).
+
+The volume's IJK->RAS is oblique and flipped and it sits under a linear transform, so any mix-up of
+IJK/KJI order, node vs world coordinates or LPS/RAS shows up as a wrong box, point or voxel. Expected
+values are computed here from the numpy matrices the scene was built from; segment contents are
+checked against Slicer's own exporter (``ExportSegmentsToLabelmapNode``) and ``slicerio``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt-free MRML)")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
+
+from medsegany.errors import OutputError, PromptError, VolumeError  # noqa: E402
+from medsegany.mrml_adapter import (  # noqa: E402
+    EditMasking,
+    SegmentWriter,
+    edit_masking_from_editor_node,
+    prompts_from_markups,
+    restore_segment,
+    segment_mask_kji,
+    snapshot_segment,
+    volume_from_node,
+)
+from vtkmodules.util import numpy_support  # noqa: E402
+
+SHAPE_KJI = (8, 10, 12)  # K, J, I
+SPACING_IJK = np.array([0.8, 1.1, 2.0])
+
+
+def _rotation(axis: str, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    a, b = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    rotation = np.eye(3)
+    rotation[a, a], rotation[a, b], rotation[b, a], rotation[b, b] = c, -s, s, c
+    return rotation
+
+
+def _affine(rotation: np.ndarray, translation) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = translation
+    return matrix
+
+
+#: Node IJK->RAS: rotated 30 degrees about S and 10 about A, I axis flipped, anisotropic spacing.
+NODE_IJK_TO_RAS = _affine(
+    _rotation("z", 30) @ _rotation("y", 10) @ np.diag([-1.0, 1, 1]) @ np.diag(SPACING_IJK), [12, -40, 25]
+)
+#: Parent transform of the volume (node -> world): 20 degrees about R plus a shift.
+VOLUME_PARENT = _affine(_rotation("x", 20), [5, -3, 7])
+WORLD_IJK_TO_RAS = VOLUME_PARENT @ NODE_IJK_TO_RAS
+
+
+def _vtk_matrix(matrix: np.ndarray):
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    vtk_matrix = vtkMatrix4x4()
+    for r, c in itertools.product(range(4), range(4)):
+        vtk_matrix.SetElement(r, c, float(matrix[r, c]))
+    return vtk_matrix
+
+
+def _linear_transform_node(scene, matrix: np.ndarray):
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    node.SetMatrixTransformToParent(_vtk_matrix(matrix))
+    return node
+
+
+@pytest.fixture()
+def scene():
+    mrml_scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(mrml_scene)  # registers the segment editor node and labelmap<->surface converters
+    yield mrml_scene
+    logic.SetMRMLScene(None)
+    mrml_scene.Clear(1)
+
+
+@pytest.fixture()
+def voxels_kji() -> np.ndarray:
+    return np.random.default_rng(7).integers(-100, 400, size=SHAPE_KJI).astype(np.int16)
+
+
+@pytest.fixture()
+def volume_node(scene, voxels_kji):
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    image = vtkImageData()
+    image.SetDimensions(SHAPE_KJI[2], SHAPE_KJI[1], SHAPE_KJI[0])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels_kji.ravel(), deep=True))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(_vtk_matrix(NODE_IJK_TO_RAS))
+    node.SetAndObserveTransformNodeID(_linear_transform_node(scene, VOLUME_PARENT).GetID())
+    return node
+
+
+def _segmentation(scene, volume_node, names=("target", "other")):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    ids = [node.GetSegmentation().AddEmptySegment(name, name) for name in names]
+    return node, ids
+
+
+def _fill(
+    segmentation_node, segment_id: str, mask_kji: np.ndarray, ijk_to_segmentation=WORLD_IJK_TO_RAS
+) -> None:
+    """Set a segment's voxels with Slicer's API directly (not through the adapter)."""
+    from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
+
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(mask_kji.shape[2], mask_kji.shape[1], mask_kji.shape[0])
+    image.AllocateScalars(VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask_kji.astype(np.uint8).ravel()
+    image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_segmentation))
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE)
+
+
+def _exported_kji(scene, segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """The segment on the volume's grid as Slicer's own exporter computes it (independent oracle)."""
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert logic.ExportSegmentsToLabelmapNode(
+        segmentation_node,
+        [segment_id],
+        labelmap,
+        volume_node,
+        slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+    )
+    dimensions = labelmap.GetImageData().GetDimensions()
+    assert dimensions == (SHAPE_KJI[2], SHAPE_KJI[1], SHAPE_KJI[0])
+    values = numpy_support.vtk_to_numpy(labelmap.GetImageData().GetPointData().GetScalars())
+    scene.RemoveNode(labelmap)
+    return values.reshape(SHAPE_KJI) > 0
+
+
+def _blob_kji(seed: int, fill: float = 0.3) -> np.ndarray:
+    return np.random.default_rng(seed).random(SHAPE_KJI) < fill
+
+
+# ------------------------------------------------------------------------------------------------ volumes
+
+
+def test_volume_from_node_has_voxels_and_world_geometry(volume_node, voxels_kji):
+    volume = volume_from_node(volume_node)
+    np.testing.assert_array_equal(volume.voxels_kji, voxels_kji)
+    np.testing.assert_allclose(volume.ijk_to_ras, WORLD_IJK_TO_RAS, atol=1e-9)
+    np.testing.assert_allclose(volume.spacing_ijk, SPACING_IJK)
+    assert volume.name == "CT"
+    # A private copy: changing it must not change the node.
+    volume.voxels_kji[0, 0, 0] += 1
+    assert volume_from_node(volume_node).voxels_kji[0, 0, 0] == voxels_kji[0, 0, 0]
+
+
+def test_non_linear_parent_transform_is_refused(scene, volume_node):
+    from vtkmodules.vtkCommonCore import vtkPoints
+    from vtkmodules.vtkCommonTransforms import vtkThinPlateSplineTransform
+
+    source, target = vtkPoints(), vtkPoints()
+    for point in ((0, 0, 0), (50, 0, 0), (0, 50, 0), (0, 0, 50)):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(point[0] + 3, point[1], point[2] + point[0] * 0.1)
+    warp = vtkThinPlateSplineTransform()
+    warp.SetSourceLandmarks(source)
+    warp.SetTargetLandmarks(target)
+    warp.SetBasisToR()
+    warp_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    warp_node.SetAndObserveTransformToParent(warp)
+    volume_node.SetAndObserveTransformNodeID(warp_node.GetID())
+    with pytest.raises(VolumeError, match="non-linear transform 'warp'"):
+        volume_from_node(volume_node)
+
+
+# ------------------------------------------------------------------------------------------------ markups
+
+
+def _ras(points_ijk) -> np.ndarray:
+    points = np.atleast_2d(np.asarray(points_ijk, dtype=float))
+    return points @ WORLD_IJK_TO_RAS[:3, :3].T + WORLD_IJK_TO_RAS[:3, 3]
+
+
+def _roi_on_slice(scene, low_ijk, high_ijk, parent: np.ndarray):
+    """An ROI whose world box covers IJK ``low``..``high`` (flat where they are equal), under ``parent``."""
+    low_ijk, high_ijk = np.asarray(low_ijk, float), np.asarray(high_ijk, float)
+    axes_ras = WORLD_IJK_TO_RAS[:3, :3] / SPACING_IJK  # unit voxel axes in world RAS
+    axes_ras[:, 0] *= np.sign(np.linalg.det(axes_ras))  # an ROI's frame is right-handed
+    object_to_world = _affine(axes_ras, _ras((low_ijk + high_ijk) / 2)[0])
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    transform = _linear_transform_node(scene, parent)
+    roi.SetAndObserveTransformNodeID(transform.GetID())
+    roi.GetObjectToNodeMatrix().DeepCopy(_vtk_matrix(np.linalg.inv(parent) @ object_to_world))
+    roi.SetSize(*((high_ijk - low_ijk) * SPACING_IJK))
+    return roi
+
+
+def _points(scene, points_ijk, parent: np.ndarray, name: str):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    node.SetAndObserveTransformNodeID(_linear_transform_node(scene, parent).GetID())
+    for point_ras in _ras(points_ijk):
+        node.AddControlPoint(*(np.linalg.inv(parent) @ np.append(point_ras, 1.0))[:3])
+    return node
+
+
+def test_roi_and_point_lists_give_ijk_box_and_labelled_points(scene, volume_node):
+    volume = volume_from_node(volume_node)
+    roi_parent = _affine(_rotation("y", -15), [1, 2, 3])
+    roi = _roi_on_slice(scene, (2, 3, 5), (9, 7, 5), roi_parent)
+    positive_ijk = [(4.2, 5.1, 5.0), (6.0, 4.0, 5.2)]
+    negative_ijk = [(8.5, 6.0, 4.9)]
+    positive = _points(scene, positive_ijk, _affine(_rotation("z", 40), [0, 9, -2]), "positive")
+    negative = _points(scene, negative_ijk, np.eye(4), "negative")
+
+    prompts = prompts_from_markups(volume, roi, positive, negative)
+
+    assert prompts.axis == 2
+    np.testing.assert_allclose(prompts.box_ijk, (2, 3, 5, 9, 7, 5), atol=1e-6)
+    np.testing.assert_allclose(prompts.points_ijk, positive_ijk + negative_ijk, atol=1e-6)
+    assert prompts.point_labels == (1, 1, 0)
+    slice_prompts = prompts.to_slice_prompts(volume)
+    assert (slice_prompts.axis, slice_prompts.slice_index) == (2, 5)
+    np.testing.assert_allclose(slice_prompts.box_frame_xyxy(), [2, 3, 9, 7], atol=1e-6)
+
+
+def test_roi_flat_along_i_gives_box_on_an_i_slice(scene, volume_node):
+    volume = volume_from_node(volume_node)
+    roi = _roi_on_slice(scene, (6, 1, 2), (6, 8, 6), np.eye(4))
+    prompts = prompts_from_markups(volume, roi)
+    assert prompts.axis == 0
+    np.testing.assert_allclose(prompts.box_ijk, (6, 1, 2, 6, 8, 6), atol=1e-6)
+    assert prompts.points_ijk == () and prompts.point_labels == ()
+
+
+def test_a_3d_roi_is_refused(scene, volume_node):
+    volume = volume_from_node(volume_node)
+    roi = _roi_on_slice(scene, (2, 3, 4), (9, 7, 6), np.eye(4))
+    with pytest.raises(PromptError, match="3D box"):
+        prompts_from_markups(volume, roi)
+
+
+# ------------------------------------------------------------------------------------------------ writes
+
+
+def _frames(mask_kji: np.ndarray, axis: int, indices):
+    return {s: np.take(mask_kji, s, axis=2 - axis) for s in indices}
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_written_slices_read_back_and_other_segment_is_untouched(scene, volume_node, axis):
+    segmentation, (target, other) = _segmentation(scene, volume_node)
+    other_kji = _blob_kji(1)
+    _fill(segmentation, other, other_kji)
+    result_kji = _blob_kji(2, fill=0.5)
+    written = range(1, SHAPE_KJI[2 - axis] - 1)
+
+    writer = SegmentWriter(segmentation, target, volume_node)  # default: overwrite none
+    for index, frame in _frames(result_kji, axis, written).items():
+        writer.write_slice(axis, index, frame)
+
+    expected_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    for index in written:
+        expected_kji[(slice(None),) * (2 - axis) + (index,)] = np.take(result_kji, index, axis=2 - axis)
+    got_kji = segment_mask_kji(segmentation, target, volume_node)
+    np.testing.assert_array_equal(got_kji, expected_kji)
+    np.testing.assert_array_equal(_exported_kji(scene, segmentation, target, volume_node), expected_kji)
+    np.testing.assert_array_equal(segment_mask_kji(segmentation, other, volume_node), other_kji)
+    assert (expected_kji & other_kji).any(), "the test must make the segments overlap"
+    extent = writer.modified_extent_ijk
+    assert (extent[2 * axis], extent[2 * axis + 1]) == (written[0], written[-1])
+
+
+def test_rewriting_a_slice_removes_what_is_no_longer_there(scene, volume_node):
+    segmentation, (target, _) = _segmentation(scene, volume_node)
+    writer = SegmentWriter(segmentation, target, volume_node)
+    first, second = _blob_kji(3, 0.6)[4], _blob_kji(4, 0.2)[4]
+    writer.write_slice(2, 4, first)
+    writer.write_slice(2, 4, second)
+    got_kji = segment_mask_kji(segmentation, target, volume_node)
+    np.testing.assert_array_equal(got_kji[4], second)
+    assert not got_kji[[0, 1, 2, 3, 5, 6, 7]].any()
+
+
+@pytest.mark.parametrize("mode", ["all", "visible"])
+def test_overwrite_modes_erase_only_the_allowed_segments(scene, volume_node, mode):
+    segmentation, (target, visible, hidden) = _segmentation(
+        scene, volume_node, ("target", "visible", "hidden")
+    )
+    visible_kji, hidden_kji = _blob_kji(5, 0.5), _blob_kji(6, 0.5)
+    _fill(segmentation, visible, visible_kji)
+    _fill(segmentation, hidden, hidden_kji)
+    segmentation.GetDisplayNode().SetSegmentVisibility(hidden, False)
+    result_kji = _blob_kji(7, 0.5)
+
+    layers_before = segmentation.GetSegmentation().GetNumberOfLayers()
+
+    writer = SegmentWriter(segmentation, target, volume_node, EditMasking(overwrite_other_segments=mode))
+    for index, frame in _frames(result_kji, 2, range(SHAPE_KJI[0])).items():
+        writer.write_slice(2, index, frame)
+
+    # Overwriting the segment that shares the target's layer must not split that layer.
+    assert segmentation.GetSegmentation().GetNumberOfLayers() == layers_before
+
+    np.testing.assert_array_equal(segment_mask_kji(segmentation, target, volume_node), result_kji)
+    np.testing.assert_array_equal(
+        segment_mask_kji(segmentation, visible, volume_node), visible_kji & ~result_kji
+    )
+    expected_hidden = hidden_kji & ~result_kji if mode == "all" else hidden_kji
+    np.testing.assert_array_equal(segment_mask_kji(segmentation, hidden, volume_node), expected_hidden)
+
+
+def test_non_editable_area_stays_untouched(scene, volume_node):
+    segmentation, (target, _) = _segmentation(scene, volume_node)
+    before_kji = _blob_kji(8, 0.4)
+    _fill(segmentation, target, before_kji)
+    editable_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    editable_kji[:, 2:8, 3:10] = True
+    result_kji = _blob_kji(9, 0.5)
+
+    writer = SegmentWriter(segmentation, target, volume_node, EditMasking(editable_kji))
+    for index, frame in _frames(result_kji, 1, range(SHAPE_KJI[1])).items():
+        writer.write_slice(1, index, frame)
+
+    got_kji = segment_mask_kji(segmentation, target, volume_node)
+    np.testing.assert_array_equal(got_kji[~editable_kji], before_kji[~editable_kji])
+    np.testing.assert_array_equal(got_kji[editable_kji], result_kji[editable_kji])
+
+
+def test_restore_segment_is_bit_exact(scene, volume_node):
+    names = ("target", "same_layer", "overlapping")
+    segmentation, (target, same_layer, overlapping) = _segmentation(scene, volume_node, names)
+    target_kji, same_layer_kji = _blob_kji(10, 0.2), _blob_kji(11, 0.2)
+    same_layer_kji &= ~target_kji
+    _fill(segmentation, target, target_kji)
+    _fill(segmentation, same_layer, same_layer_kji)
+    _fill(segmentation, overlapping, _blob_kji(12, 0.3))  # overlaps both: Slicer gives it another layer
+    masking = EditMasking(overwrite_other_segments="all")
+    before = {
+        sid: segment_mask_kji(segmentation, sid, volume_node) for sid in (target, same_layer, overlapping)
+    }
+
+    snapshot = snapshot_segment(segmentation, target, masking)
+    writer = SegmentWriter(segmentation, target, volume_node, masking)
+    for index, frame in _frames(_blob_kji(13, 0.6), 2, range(2, 7)).items():
+        writer.write_slice(2, index, frame)
+    changed = {sid: segment_mask_kji(segmentation, sid, volume_node) for sid in before}
+    assert all((changed[sid] != before[sid]).any() for sid in before), "the action must change every segment"
+
+    restore_segment(segmentation, snapshot)
+    for sid, mask_kji in before.items():
+        np.testing.assert_array_equal(segment_mask_kji(segmentation, sid, volume_node), mask_kji)
+
+
+def test_segment_on_transformed_segmentation_matches_slicer_export(scene, volume_node):
+    # Slicer's exporter resamples when the volume and the segmentation are under different transforms;
+    # with the volume under a rotation it loses voxels itself (checked with slicer-core 5.13), so the
+    # volume's transform is hardened here and only the segmentation is transformed.
+    volume_node.SetAndObserveTransformNodeID(None)
+    volume_node.SetIJKToRASMatrix(_vtk_matrix(WORLD_IJK_TO_RAS))
+    segmentation, (target, _) = _segmentation(scene, volume_node)
+    segmentation_parent = _affine(_rotation("z", -25), [4, 4, -6])
+    segmentation.SetAndObserveTransformNodeID(_linear_transform_node(scene, segmentation_parent).GetID())
+    result_kji = _blob_kji(14, 0.5)
+    writer = SegmentWriter(segmentation, target, volume_node)
+    for index, frame in _frames(result_kji, 0, range(SHAPE_KJI[2])).items():
+        writer.write_slice(0, index, frame)
+    np.testing.assert_array_equal(_exported_kji(scene, segmentation, target, volume_node), result_kji)
+    np.testing.assert_array_equal(segment_mask_kji(segmentation, target, volume_node), result_kji)
+
+
+def test_segment_on_another_grid_is_resampled_on_read_and_refused_on_write(scene, volume_node):
+    segmentation, (target, _) = _segmentation(scene, volume_node)
+    # Half the voxel size along I: each volume voxel holds two segment voxels; fill both.
+    fine_to_world = WORLD_IJK_TO_RAS @ _affine(np.diag([0.5, 1, 1]), [-0.25, 0, 0])
+    coarse_kji = _blob_kji(15, 0.5)
+    _fill(segmentation, target, np.repeat(coarse_kji, 2, axis=2), fine_to_world)
+    np.testing.assert_array_equal(segment_mask_kji(segmentation, target, volume_node), coarse_kji)
+    with pytest.raises(OutputError, match="another grid"):
+        SegmentWriter(segmentation, target, volume_node).write_slice(2, 0, coarse_kji[0])
+
+
+def test_wrong_frame_shape_and_slice_are_refused(scene, volume_node):
+    segmentation, (target, _) = _segmentation(scene, volume_node)
+    writer = SegmentWriter(segmentation, target, volume_node)
+    with pytest.raises(OutputError, match=r"shape \(12, 10\), not \(10, 12\)"):
+        writer.write_slice(2, 0, np.zeros((12, 10), dtype=bool))
+    with pytest.raises(OutputError, match="outside the volume"):
+        writer.write_slice(2, SHAPE_KJI[0], np.zeros((10, 12), dtype=bool))
+    with pytest.raises(OutputError, match="no segment 'missing'"):
+        SegmentWriter(segmentation, "missing", volume_node)
+
+
+def test_edit_masking_from_segment_editor_node(scene, volume_node, voxels_kji):
+    segmentation, (target, inside) = _segmentation(scene, volume_node, ("target", "inside"))
+    inside_kji = _blob_kji(16, 0.5)
+    _fill(segmentation, inside, inside_kji)
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor.SetMaskSegmentID(inside)
+    editor.SetSourceVolumeIntensityMask(True)
+    editor.SetSourceVolumeIntensityMaskRange(0, 250)
+    editor.SetOverwriteMode(editor.OverwriteVisibleSegments)
+
+    masking = edit_masking_from_editor_node(editor, segmentation, target, volume_node)
+
+    assert masking.overwrite_other_segments == "visible"
+    expected_kji = inside_kji & (voxels_kji >= 0) & (voxels_kji <= 250)
+    np.testing.assert_array_equal(masking.editable_area_labelmap_kji, expected_kji)
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def test_seg_nrrd_from_slicer_storage_node_is_read_by_slicerio(scene, volume_node, tmp_path: Path):
+    slicerio = pytest.importorskip("slicerio")
+    segmentation, (target, other) = _segmentation(scene, volume_node, ("liver", "other"))
+    # slicerio reads the file's geometry as written; a segmentation under a transform is saved in
+    # its own coordinates, so the volume's transform is hardened here to compare with world RAS.
+    volume_node.SetAndObserveTransformNodeID(None)
+    volume_node.SetIJKToRASMatrix(_vtk_matrix(WORLD_IJK_TO_RAS))
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    result_kji = _blob_kji(17, 0.4)
+    writer = SegmentWriter(segmentation, target, volume_node)
+    for index, frame in _frames(result_kji, 2, range(SHAPE_KJI[0])).items():
+        writer.write_slice(2, index, frame)
+    _fill(segmentation, other, _blob_kji(18, 0.2) & ~result_kji)
+
+    path = tmp_path / "result.seg.nrrd"
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    storage.SetCropToMinimumExtent(False)  # keep the full reference extent: same grid as the volume
+    assert storage.WriteData(segmentation), "vtkMRMLSegmentationStorageNode could not write the file"
+
+    read = slicerio.read_segmentation(str(path))
+    names = [segment["name"] for segment in read["segments"]]
+    assert names == ["liver", "other"]
+    ijk_to_lps = np.asarray(read["ijkToLPS"], dtype=float)
+    np.testing.assert_allclose(np.diag([-1.0, -1, 1, 1]) @ ijk_to_lps, WORLD_IJK_TO_RAS, atol=1e-4)
+    liver = read["segments"][0]
+    voxels_ijk = np.asarray(read["voxels"])  # slicerio keeps the file's IJK order
+    liver_kji = np.transpose(
+        voxels_ijk if voxels_ijk.ndim == 3 else voxels_ijk[..., liver["layer"]], (2, 1, 0)
+    )
+    np.testing.assert_array_equal(liver_kji == liver["labelValue"], result_kji)

@@ -1,0 +1,127 @@
+"""Sam2Tracker gives Meta's SAM2VideoPredictor's masks: same weights, frames and prompts, float32 CPU.
+
+Meta's predictor reads frames only through ``sam2.sam2_video_predictor.load_video_frames`` (JPEG files,
+lossy); the test replaces that function so ``init_state`` receives exactly the preprocessed tensor our
+tracker uses. On the CPU Meta's hole filling needs the CUDA extension ``sam2._C`` and is skipped without
+it, so Meta's ``get_connected_components`` is replaced by our CPU implementation (checked against a
+reference in test_sam2_holes.py): both sides then run Meta's hole-filling semantics.
+
+Both sides share one model instance (built by ``build_sam2_model``; test_sam2_build.py checks it equals
+Meta's own build). Its ``forward_image`` is memoised on the exact bytes of its input, which only avoids
+re-encoding frames that Meta's one-frame feature cache drops: a different input is never served from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sam2")
+torch = pytest.importorskip("torch")
+
+from sam2_testing import CONFIG_512, blob_frames, disc_box_xyxy, random_checkpoint  # noqa: E402
+
+RELATIVE_TOLERANCE = 1e-4
+
+
+def relative_error(ours: np.ndarray, meta: np.ndarray) -> float:
+    return float(np.abs(ours - meta).max() / max(np.abs(meta).max(), 1e-6))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from medsegany.models.sam2_build import build_sam2_model
+
+    checkpoint = random_checkpoint(tmp_path_factory.mktemp("sam2"), CONFIG_512, seed=0)
+    model = build_sam2_model(CONFIG_512, checkpoint, device="cpu")
+    encode = model.forward_image
+    memo: dict[tuple, dict] = {}
+
+    def memoised_forward_image(images):
+        key = (tuple(images.shape), hashlib.sha256(images.float().numpy().tobytes()).hexdigest())
+        if key not in memo:
+            memo[key] = encode(images)
+        out = memo[key]
+        return {name: list(value) if isinstance(value, list) else value for name, value in out.items()}
+
+    model.forward_image = memoised_forward_image
+    return model
+
+
+def meta_state(model, frames, monkeypatch):
+    """Meta's inference state over exactly our preprocessed frames."""
+    import sam2.sam2_video_predictor as video_predictor
+    import sam2.utils.misc as sam2_misc
+    from medsegany.models.sam2_frames import preprocess_frames
+    from medsegany.models.sam2_holes import connected_components
+
+    images = preprocess_frames(frames, model.image_size)
+    height, width = frames.shape[1:]
+    monkeypatch.setattr(video_predictor, "load_video_frames", lambda **_: (images.clone(), height, width))
+    monkeypatch.setattr(sam2_misc, "get_connected_components", connected_components)
+    return model.init_state(video_path="in-memory frames")
+
+
+def test_propagation_and_correction_match_meta(model, monkeypatch):
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    # 4 frames keep the test near 30 s of CPU: the prompt on frame 1 has one frame behind it and two ahead
+    frames = blob_frames(num_frames=4)
+    middle, corrected = 1, 2
+    box = disc_box_xyxy(frames, middle)
+    negative_point = np.array([[frames.shape[2] / 2, frames.shape[1] / 2]], np.float32)
+
+    # ours: a box on frame 1, forward then backward, then a negative click on the next frame
+    tracker = Sam2Tracker(model)
+    tracker.set_frames(frames)
+    ours_prompt = tracker.add_prompts(7, middle, box_frame_xyxy=box)
+    ours = {}
+    for direction in (+1, -1):
+        for result in tracker.propagate(middle, direction):
+            assert result.object_id == 7
+            ours[result.frame_index] = (result.mask_logits_frame, result.object_score_logit)
+    ours_correction = tracker.add_prompts(
+        7, corrected, points_frame_xy=negative_point, point_labels=np.array([0])
+    )
+    ours_after = {r.frame_index: r.mask_logits_frame for r in tracker.propagate(corrected, +1)}
+
+    # Meta: the same calls on SAM2VideoPredictor
+    state = meta_state(model, frames, monkeypatch)
+    _, _, meta_prompt = model.add_new_points_or_box(state, frame_idx=middle, obj_id=7, box=box)
+    meta = {}
+    for reverse in (False, True):
+        for frame_index, _, logits in model.propagate_in_video(
+            state, start_frame_idx=middle, reverse=reverse
+        ):
+            meta[frame_index] = logits[0, 0].numpy()
+    _, _, meta_correction = model.add_new_points_or_box(
+        state, frame_idx=corrected, obj_id=7, points=negative_point, labels=np.array([0])
+    )
+    meta_after = {
+        frame_index: logits[0, 0].numpy()
+        for frame_index, _, logits in model.propagate_in_video(state, start_frame_idx=corrected)
+    }
+
+    # the random weights see the object (score > 0), so the logits are real masks, not -1024 everywhere
+    assert ours[middle][1] > 0 and (ours[middle][0] > 0).any()
+    assert sorted(ours) == sorted(meta) == list(range(len(frames)))
+    assert relative_error(ours_prompt, meta_prompt[0, 0].numpy()) <= RELATIVE_TOLERANCE
+    for frame_index, (logits, _) in ours.items():
+        assert logits.shape == frames.shape[1:] and logits.dtype == np.float32
+        assert relative_error(logits, meta[frame_index]) <= RELATIVE_TOLERANCE, frame_index
+        np.testing.assert_array_equal(logits > 0, meta[frame_index] > 0)
+    assert relative_error(ours_correction, meta_correction[0, 0].numpy()) <= RELATIVE_TOLERANCE
+    assert sorted(ours_after) == sorted(meta_after) == [corrected, corrected + 1]
+    for frame_index, logits in ours_after.items():
+        assert relative_error(logits, meta_after[frame_index]) <= RELATIVE_TOLERANCE, frame_index
+        np.testing.assert_array_equal(logits > 0, meta_after[frame_index] > 0)
+
+    # the correction changed its frame and the frame after it, and nothing on the other side of it
+    assert not np.array_equal(ours_after[corrected], ours[corrected][0])
+    assert not np.array_equal(ours_after[corrected + 1], ours[corrected + 1][0])
+    for frame_index in range(corrected):
+        np.testing.assert_array_equal(tracker.result(7, frame_index).mask_logits_frame, ours[frame_index][0])
+    assert tracker.conditioning_frames(7) == [middle, corrected]
+    assert tracker.frames_encoded == len(frames)  # every frame encoded once for all of the above

@@ -54,7 +54,9 @@ def _parse_range(text: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in text.split(","))
     except ValueError:
-        raise PromptError(f"--slice-range {text!r} is not two integers LO,HI", "write it like 10,40") from None
+        raise PromptError(
+            f"--slice-range {text!r} is not two integers LO,HI", "write it like 10,40"
+        ) from None
     if low > high:
         raise PromptError(f"--slice-range {text!r} has LO > HI", "write the smaller index first")
     return low, high
@@ -71,30 +73,70 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     prompt = parser.add_argument_group("prompts (one slice; or --prompts FILE for several objects)")
     prompt.add_argument("--box-ijk", metavar="I0,J0,K0,I1,J1,K1", help="box corners; they share one index")
     prompt.add_argument("--box-ras", metavar="X0,Y0,Z0,X1,Y1,Z1", help="box corners in RAS mm")
-    prompt.add_argument("--point-ijk", metavar="I,J,K[:-]", action="append", default=[],
-                        help="a point (':-' negative); repeatable")
-    prompt.add_argument("--point-ras", metavar="X,Y,Z[:-]", action="append", default=[],
-                        help="a point in RAS mm (':-' negative); repeatable")
+    prompt.add_argument(
+        "--point-ijk",
+        metavar="I,J,K[:-]",
+        action="append",
+        default=[],
+        help="a point (':-' negative); repeatable",
+    )
+    prompt.add_argument(
+        "--point-ras",
+        metavar="X,Y,Z[:-]",
+        action="append",
+        default=[],
+        help="a point in RAS mm (':-' negative); repeatable",
+    )
     prompt.add_argument("--axis", choices=["I", "J", "K"], help="slice axis of a points-only prompt")
     prompt.add_argument("--prompts", metavar="FILE.json", help='{"objects": [{"name":…, "boxes_ijk": […]}]}')
     prompt.add_argument("--name", default=None, help="segment name (single-object prompts)")
     intensity = parser.add_argument_group("intensity (applied to a copy)")
     exclusive = intensity.add_mutually_exclusive_group()
     exclusive.add_argument("--window", metavar="LO,HI", help="explicit intensity window")
-    exclusive.add_argument("--preset", default="auto", help="auto, ct-soft-tissue, ct-lung, ct-bone, ct-brain, "
-                           "ct-liver, ct-mediastinum, percentile (default: auto)")
+    exclusive.add_argument(
+        "--preset",
+        default="auto",
+        help="auto, ct-soft-tissue, ct-lung, ct-bone, ct-brain, "
+        "ct-liver, ct-mediastinum, percentile (default: auto)",
+    )
     run = parser.add_argument_group("model and propagation")
-    run.add_argument("--model", default="litemedsam", help="catalog model id (default: litemedsam, bundled)")
-    run.add_argument("--checkpoint", help="your own weights file for --model's architecture")
+    run.add_argument(
+        "--model",
+        default=None,
+        help="catalog model id: litemedsam (default, bundled), "
+        "medsam2_latest, sam2.1_hiera_tiny ... sam2.1_hiera_large, sam2_hiera_*, medsam_vit_b, "
+        "sam_vit_b/l/h (see `medsegany models list`)",
+    )
+    run.add_argument("--checkpoint", help="your own weights file (for --model's architecture, or --config's)")
+    run.add_argument(
+        "--config",
+        help="architecture of --checkpoint: sam2.1_hiera_t (_s, _b+, _l), "
+        "sam2_hiera_t ..., sam2.1_hiera_t512 (MedSAM2), a SAM 2 YAML file, vit_b/vit_l/vit_h "
+        "(SAM) or medsam_vit_b",
+    )
+    run.add_argument(
+        "--overlap",
+        choices=["independent", "exclusive"],
+        default="independent",
+        help="several objects: may overlap (independent) or not (exclusive: highest logit wins)",
+    )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
     run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
     run.add_argument("--slice-range", metavar="LO,HI", help="propagate only within these slice indices")
     run.add_argument("--naive", action="store_true", help="the reference scheme (bbox+3 px, stop when empty)")
     output = parser.add_argument_group("outputs")
-    output.add_argument("-o", "--output", action="append", required=True, metavar="OUT",
-                        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable)")
-    output.add_argument("--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices")
+    output.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        required=True,
+        metavar="OUT",
+        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable)",
+    )
+    output.add_argument(
+        "--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices"
+    )
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=run_segment)
@@ -123,7 +165,9 @@ def _single_object_prompts(args: argparse.Namespace, volume):
         points.append(point_ijk_from_ras(volume, point))
         labels.append(label)
     if box_ijk is None and not points:
-        raise PromptError("no prompt was given", "add --box-ijk/--box-ras, --point-ijk/--point-ras or --prompts")
+        raise PromptError(
+            "no prompt was given", "add --box-ijk/--box-ras, --point-ijk/--point-ras or --prompts"
+        )
     axis = None if args.axis is None else "IJK".index(args.axis)
     prompts = make_slice_prompts(volume, box_ijk=box_ijk, points_ijk=points, point_labels=labels, axis=axis)
     return [ObjectPrompts(args.name or "segment_1", (prompts,))]
@@ -136,14 +180,16 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
         if path.exists() and not overwrite:
             raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
         if not path.parent.exists():
-            raise OutputError(f"folder {path.parent} does not exist", "create it or choose another output path")
+            raise OutputError(
+                f"folder {path.parent} does not exist", "create it or choose another output path"
+            )
 
 
 def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     from .exporters import write_labelmap
     from .intensity import parse_window
-    from .propagation import PropagationSettings
     from .prompt_file import load_prompt_file
+    from .propagation import PropagationSettings
     from .session import SegmentationSession
     from .volume import read_volume
 
@@ -155,7 +201,9 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     volume = read_volume(args.image, frame=args.frame)
     if args.prompts:
         if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras:
-            raise PromptError("--prompts was given with --box/--point options", "put every prompt in the file")
+            raise PromptError(
+                "--prompts was given with --box/--point options", "put every prompt in the file"
+            )
         objects = load_prompt_file(args.prompts, volume)
     else:
         objects = _single_object_prompts(args, volume)
@@ -163,10 +211,11 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     intensity = parse_window(args.window) if args.window else args.preset
     settings = PropagationSettings.naive() if args.naive else PropagationSettings()
 
-    from .models.registry import load_slice_model
+    from .models.registry import load_model
 
-    model = load_slice_model(args.model, device=args.device, checkpoint=args.checkpoint)
-    session = SegmentationSession(volume, model, intensity=intensity, settings=settings)
+    model_id = args.model if args.model is not None else (None if args.config else "litemedsam")
+    model = load_model(model_id, device=args.device, checkpoint=args.checkpoint, config=args.config)
+    session = SegmentationSession(volume, model, intensity=intensity, settings=settings, overlap=args.overlap)
     progress = SliceProgress(stderr, enabled=not args.quiet)
     for entry in objects:
         object_id = session.add_object(entry.name)
@@ -185,7 +234,7 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     if previews:
         _write_preview(session, objects, previews[0])
     seconds = time.monotonic() - started
-    for object_id, obj in session.objects.items():
+    for obj in session.objects.values():
         voxels = int(obj.mask_kji.sum())
         present = sorted(index for index, source in obj.slice_sources.items() if source)
         filled = [index for index in present if _slice_has_voxels(obj, index)]
@@ -224,7 +273,9 @@ def _write_preview(session, objects, path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .cli_models import add_models_parser
 
-    parser = argparse.ArgumentParser(prog="medsegany", description="Promptable 3D medical image segmentation.")
+    parser = argparse.ArgumentParser(
+        prog="medsegany", description="Promptable 3D medical image segmentation."
+    )
     parser.add_argument("--version", action="version", version=f"medsegany {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_segment_parser(subparsers)

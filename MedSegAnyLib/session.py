@@ -1,20 +1,44 @@
-"""The segmentation session: a volume, a model, objects and their prompts, and streamed propagation.
+"""The segmentation session: a volume, a model, objects and their prompts, streamed propagation, undo.
 
->>> session = SegmentationSession(read_volume("ct.nii.gz"))             # doctest: +SKIP
->>> liver = session.add_object("liver")                                    # doctest: +SKIP
+>>> session = SegmentationSession(read_volume("ct.nii.gz"), "medsam2_latest")  # doctest: +SKIP
+>>> liver = session.add_object("liver")                                         # doctest: +SKIP
 >>> session.add_prompts(liver, make_slice_prompts(session.volume, box_ijk=(100, 80, 40, 220, 200, 40)))
 >>> for result in session.propagate():                                   # doctest: +SKIP
 ...     print(result.slice_index, result.mask_frame.sum())
 
 ``propagate()`` is a generator: each slice's mask arrives as soon as it is computed, so callers show
 progress, write as results arrive and stop between slices (closing the generator leaves every slice
-yielded so far in the session, and nothing else changed).
+yielded so far in the session, and nothing else changed; the interrupted run is one undo step).
+
+Two model families run behind the same interface:
+
+- a 2D SAM-family :class:`~medsegany.models.base.SliceModel` (LiteMedSAM, MedSAM, SAM): each next slice is
+  prompted from its neighbour's mask (:mod:`medsegany.propagation`);
+- a SAM 2-family model (SAM 2 / 2.1, MedSAM2): one :class:`~medsegany.models.sam2_tracker.Sam2Tracker`
+  per volume axis tracks every object with the model's memory, forward then backward from the prompted
+  slice as Meta's predictor does, and stops a direction by :class:`~medsegany.session_sam2.Sam2StopRule`.
+
+Corrections: ``add_prompts`` (points, box) or ``add_mask`` on any slice after a propagation. A slice that
+a run had propagated to becomes a prompt that *corrects that run*: the next ``propagate()`` re-runs only
+the runs that start at changed prompts (see :mod:`medsegany.session_runs`), i.e. from the corrected slice
+away from the prompt it was propagated from, up to the next prompt or the stop; every other slice keeps
+its mask. ``repropagate_from(object_id, slice_index)`` forces the runs of one prompted slice. For an
+object with nothing changed, ``propagate()`` re-runs everything when asked for another direction or slice
+range than its last complete run, and nothing otherwise.
+
+For a 2D model a correction without a box keeps the slice's current mask box (its bounding box plus the
+propagation margin), so a negative click removes a part instead of starting from nothing.
+
+Undo/redo (:meth:`SegmentationSession.undo`, :meth:`~SegmentationSession.redo`) restore masks and prompts
+exactly from per-slice differences (:mod:`medsegany.session_history`). After an undo the SAM 2 memory of
+the objects involved is rebuilt from their prompted slices' masks the next time it is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,24 +46,33 @@ from .embedding_cache import FrameEmbeddingCache
 from .errors import PromptError
 from .exporters import SegmentInfo, default_segment_color
 from .intensity import IntensityWindow, apply_window, resolve_intensity
-from .models.base import FramePrediction, SliceModel
-from .propagation import ObjectAppearance, PropagationSettings, propagate_slicewise
+from .models.base import FramePrediction
 from .prompts import SlicePrompts
-from .slices import AXIS_NAMES, frame_count, frame_of, set_frame
+from .propagation import ObjectAppearance, PropagationSettings, next_box, propagate_slicewise
+from .session_history import History, ObjectRecord, SliceState, Transaction, capture_slice_state, pack_mask
+from .session_overlap import resolve_exclusive, stored_logits
+from .session_runs import Run, plan_runs
+from .session_sam2 import Sam2StopRule, StopTracker, feature_bytes_per_frame
+from .slices import AXIS_NAMES, frame_count, frame_of, frame_shape, set_frame
 from .volume import Volume
 
 DIRECTIONS = ("both", "forward", "backward")
+OVERLAPS = ("independent", "exclusive")
 
 
 @dataclass(frozen=True)
 class SliceResult:
-    """One slice of one object. ``mask_frame`` is empty where the object is absent or was cleared."""
+    """One slice of one object. ``mask_frame`` is empty where the object is absent or was cleared.
+
+    ``source``: "prompt", "propagated", "cleared", "overlap" (another object's change took or gave back
+    pixels, exclusive mode), "undo" or "redo".
+    """
 
     object_id: int
     axis: int
     slice_index: int
     mask_frame: np.ndarray  # bool (H, W) in the frame convention of medsegany.slices
-    source: str  # "prompt", "propagated" or "cleared"
+    source: str
     score: float | None = None
     stop_reason: str | None = None
 
@@ -56,26 +89,47 @@ class SegmentObject:
     prompts: dict[int, SlicePrompts] = field(default_factory=dict)
     slice_sources: dict[int, str] = field(default_factory=dict)  # slice index -> "prompt" / "propagated"
     stop_reasons: dict[int, str] = field(default_factory=dict)  # direction (+1/-1) -> why it ended
+    mask_prompts: dict[int, np.ndarray] = field(default_factory=dict)  # slice -> drawn bool mask
+    roles: dict[int, int] = field(default_factory=dict)  # prompted slice -> 0 fresh, +1/-1 correction
+    dirty: set[int] = field(default_factory=set)  # prompted slices changed since their runs last ran
+    origins: dict[int, tuple[int, int]] = field(default_factory=dict)  # propagated slice -> (key, step)
+    logits_frames: dict[int, np.ndarray] = field(default_factory=dict)  # exclusive mode: raw float16 logits
+    last_run: tuple[str, tuple[int, int]] | None = None  # (direction, range) of the last complete propagation
+
+    def prompted_slices(self) -> list[int]:
+        return sorted(set(self.prompts) | set(self.mask_prompts))
 
 
 class SegmentationSession:
-    """Holds a volume, a 2D SAM-family model and the objects being segmented."""
+    """Holds a volume, a model (2D SAM-family or SAM 2-family) and the objects being segmented.
+
+    ``overlap``: "independent" (objects may overlap) or "exclusive" (a voxel belongs to the object with
+    the highest logit; every object must then be prompted in the same view). ``sam2_stop``: the stop rule
+    of SAM 2 directions. ``max_cached_frames``: image features kept per axis (both families).
+    """
 
     def __init__(
         self,
         volume: Volume,
-        model: SliceModel | str = "litemedsam",
+        model: Any = "litemedsam",
         intensity: IntensityWindow | str | tuple[float, float] | None = "auto",
         device: str | None = None,
         settings: PropagationSettings | None = None,
         max_cached_frames: int = 256,
+        overlap: str = "independent",
+        sam2_stop: Sam2StopRule | None = None,
     ) -> None:
+        from .models.registry import is_sam2_model
+
+        if overlap not in OVERLAPS:
+            raise PromptError(f"overlap {overlap!r} is not one of {OVERLAPS}", "use independent or exclusive")
         self.volume = volume
         if isinstance(model, str):
-            from .models.registry import load_slice_model
+            from .models.registry import load_model
 
-            model = load_slice_model(model, device=device)
+            model = load_model(model, device=device)
         self.model = model
+        self.is_sam2 = is_sam2_model(model)
         if isinstance(intensity, IntensityWindow):
             self.intensity = intensity
         elif isinstance(intensity, tuple):
@@ -85,11 +139,16 @@ class SegmentationSession:
         # The windowed copy the model sees; the user's voxels are never modified.
         self.windowed_kji = apply_window(volume.voxels_kji, self.intensity)
         self.settings = settings or PropagationSettings()
+        self.sam2_stop = sam2_stop or Sam2StopRule()
         self.max_cached_frames = max_cached_frames
+        self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
         self._caches: dict[int, FrameEmbeddingCache] = {}
+        self._trackers: dict[int, Any] = {}
+        self._synced: dict[int, tuple[Any, Any, Any]] = {}  # object id -> what its tracker state reflects
+        self._history = History()
 
-    # -- objects and prompts -------------------------------------------------------------------------
+    # -- objects -------------------------------------------------------------------------------------
     def add_object(self, name: str | None = None, color_rgb: tuple[float, float, float] | None = None) -> int:
         object_id = max(self.objects, default=0) + 1
         self.objects[object_id] = SegmentObject(
@@ -105,25 +164,137 @@ class SegmentationSession:
             raise PromptError(f"there is no object {object_id}", f"use one of {sorted(self.objects)}")
         return self.objects[object_id]
 
-    def add_prompts(self, object_id: int, prompts: SlicePrompts) -> SliceResult:
-        """Set the prompts of one slice of an object and segment that slice at once (interactive feedback)."""
+    def remove_object(self, object_id: int) -> list[SliceResult]:
+        """Delete an object (one undo step); in exclusive mode the others take back the pixels it held."""
         obj = self._object(object_id)
-        if obj.axis is not None and obj.axis != prompts.axis and obj.prompts:
+        tx = self._begin("remove object")
+        results = []
+        try:
+            tx.touch_object(object_id)
+            indices = self._slices_with_content(obj) if obj.axis is not None else []
+            for index in indices:
+                tx.touch_slice(object_id, obj.axis, index)
+            del self.objects[object_id]
+            self._forget_tracker_object(object_id)
+            if self.overlap == "exclusive":
+                for index in indices:
+                    results += self._resolve(tx, obj.axis, index, primary=None)
+        finally:
+            self._commit(tx)
+        return results
+
+    def _slices_with_content(self, obj: SegmentObject) -> list[int]:
+        assert obj.axis is not None
+        other = tuple(a for a in range(3) if a != 2 - obj.axis)
+        filled = np.flatnonzero(obj.mask_kji.any(axis=other))
+        return sorted(set(filled.tolist()) | set(obj.slice_sources) | set(obj.logits_frames))
+
+    def _check_axis(self, obj: SegmentObject, axis: int) -> None:
+        if obj.axis is not None and obj.axis != axis and obj.prompted_slices():
             raise PromptError(
                 f"{obj.name} is prompted on {AXIS_NAMES[obj.axis]} slices, this prompt is on a "
-                f"{AXIS_NAMES[prompts.axis]} slice",
+                f"{AXIS_NAMES[axis]} slice",
                 "prompt every slice of one object in the same view, or add a new object",
             )
-        obj.axis = prompts.axis
-        obj.prompts[prompts.slice_index] = prompts
-        prediction = self._predict_prompts(prompts)
-        mask = prediction.mask_frame
-        set_frame(obj.mask_kji, prompts.axis, prompts.slice_index, mask)
-        obj.slice_sources[prompts.slice_index] = "prompt"
-        return SliceResult(object_id, prompts.axis, prompts.slice_index, mask, "prompt", prediction.iou_score)
+        if self.overlap == "exclusive":
+            for other in self.objects.values():
+                if (
+                    other is not obj
+                    and other.axis is not None
+                    and other.axis != axis
+                    and other.prompted_slices()
+                ):
+                    raise PromptError(
+                        f"exclusive overlap needs every object in one view; {other.name} is on "
+                        f"{AXIS_NAMES[other.axis]} slices, this prompt is on a {AXIS_NAMES[axis]} slice",
+                        "prompt all objects in the same view, or use overlap='independent'",
+                    )
 
-    # -- model calls ---------------------------------------------------------------------------------
+    def _role_for(self, obj: SegmentObject, index: int) -> int:
+        """0 for a fresh prompt; the run direction for a correction on a propagated slice."""
+        if index in obj.roles and index in obj.prompted_slices():
+            return obj.roles[index]
+        if obj.slice_sources.get(index) == "propagated" and index in obj.origins:
+            return obj.origins[index][1]
+        return 0
+
+    # -- prompts -------------------------------------------------------------------------------------
+    def add_prompts(self, object_id: int, prompts: SlicePrompts) -> SliceResult:
+        """Set the prompts of one slice of an object and segment that slice at once (interactive feedback).
+
+        On a slice that a propagation reached, this is a correction (see the module docstring). One undo step.
+        """
+        obj = self._object(object_id)
+        self._check_axis(obj, prompts.axis)
+        tx = self._begin("add_prompts")
+        try:
+            results = self._prompt_slice(tx, obj, prompts)
+        finally:
+            self._commit(tx)
+        return results[0]
+
+    def add_mask(self, object_id: int, axis: int, slice_index: int, mask_frame: np.ndarray) -> SliceResult:
+        """Give an object's mask on one slice (drawn or edited by the user) as a prompt. One undo step.
+
+        ``mask_frame``: bool (H, W) in the frame convention of :mod:`medsegany.slices`. A SAM 2 model takes
+        it as a mask prompt (its output becomes the slice's mask); a 2D model keeps it as drawn.
+        """
+        obj = self._object(object_id)
+        shape = frame_shape(self.volume.voxels_kji.shape, axis)
+        mask_frame = np.asarray(mask_frame, dtype=bool)
+        if mask_frame.shape != shape:
+            raise PromptError(
+                f"mask has shape {mask_frame.shape}, {AXIS_NAMES[axis]} slices are {shape}",
+                "give a mask of one slice of the volume",
+            )
+        if not 0 <= slice_index < frame_count(self.volume.voxels_kji.shape, axis):
+            raise PromptError(f"slice {slice_index} is outside the volume", "give a slice of the volume")
+        self._check_axis(obj, axis)
+        tx = self._begin("add_mask")
+        try:
+            tx.touch_object(object_id)
+            role = self._role_for(obj, slice_index)
+            obj.axis = axis
+            score = None
+            if self.is_sam2:
+                tracker = self._tracker(axis)
+                self._sync_tracker(obj, tracker)
+                logits = tracker.add_prompts(object_id, slice_index, mask_frame=mask_frame)
+                score = tracker.result(object_id, slice_index).object_score_logit
+                mask = logits > 0
+            else:
+                logits, mask = None, mask_frame
+            obj.prompts.pop(slice_index, None)
+            obj.mask_prompts[slice_index] = mask_frame.copy()
+            obj.roles[slice_index] = role
+            obj.dirty.add(slice_index)
+            self._mark_synced(obj)
+            results = self._set_slice(tx, obj, slice_index, mask, logits, "prompt", None, score)
+        finally:
+            self._commit(tx)
+        return results[0]
+
+    def _prompt_slice(self, tx: Transaction, obj: SegmentObject, prompts: SlicePrompts) -> list[SliceResult]:
+        index = prompts.slice_index
+        tx.touch_object(obj.object_id)
+        role = self._role_for(obj, index)
+        obj.axis = prompts.axis
+        if self.is_sam2:
+            logits, score = self._sam2_prompt(obj, prompts)
+        else:
+            current = self._raw_mask(obj, index)
+            prediction = self._predict_prompts(prompts, current if current.any() else None)
+            logits, score = prediction.logits_frame, prediction.iou_score
+        obj.prompts[index] = prompts
+        obj.mask_prompts.pop(index, None)
+        obj.roles[index] = role
+        obj.dirty.add(index)
+        self._mark_synced(obj)
+        return self._set_slice(tx, obj, index, logits > 0, logits, "prompt", None, score)
+
+    # -- 2D model calls ------------------------------------------------------------------------------
     def embeddings(self, axis: int) -> FrameEmbeddingCache:
+        """The embedding cache of one axis (2D models)."""
         if axis not in self._caches:
             windowed = self.windowed_kji
             self._caches[axis] = FrameEmbeddingCache(
@@ -134,15 +305,78 @@ class SegmentationSession:
             )
         return self._caches[axis]
 
-    def _predict_prompts(self, prompts: SlicePrompts) -> FramePrediction:
+    def _predict_prompts(
+        self, prompts: SlicePrompts, current_mask: np.ndarray | None = None
+    ) -> FramePrediction:
         embedding = self.embeddings(prompts.axis).get(prompts.slice_index)
         points = prompts.points_frame_xy()
+        box = prompts.box_frame_xyxy()
+        if box is None and current_mask is not None:
+            box = next_box(current_mask, self.settings)  # a correction keeps the slice's mask box
         return self.model.predict(
             embedding,
+            box_frame_xyxy=box,
+            points_frame_xy=points if len(points) else None,
+            point_labels=prompts.labels_array() if len(points) else None,
+        )
+
+    # -- SAM 2 ---------------------------------------------------------------------------------------
+    def tracker(self, axis: int) -> Any:
+        """The Sam2Tracker of one axis (SAM 2 models), created with all frames of that axis."""
+        return self._tracker(axis)
+
+    def _tracker(self, axis: int) -> Any:
+        if axis not in self._trackers:
+            on_cuda = str(getattr(self.model, "device", "cpu")).startswith("cuda")
+            budget = self.max_cached_frames * feature_bytes_per_frame(self.model.image_size, on_cuda)
+            tracker = self.model.new_tracker(feature_cache_mb=budget / 2**20)
+            tracker.set_frames(np.moveaxis(self.windowed_kji, 2 - axis, 0))
+            self._trackers[axis] = tracker
+        return self._trackers[axis]
+
+    def _mark_synced(self, obj: SegmentObject) -> None:
+        if self.is_sam2:
+            self._synced[obj.object_id] = (obj, obj.prompts, obj.mask_prompts)
+
+    def _forget_tracker_object(self, object_id: int) -> None:
+        self._synced.pop(object_id, None)
+        for tracker in self._trackers.values():
+            tracker.remove_object(object_id)
+
+    def _sync_tracker(self, obj: SegmentObject, tracker: Any) -> None:
+        """Rebuild the object's tracker state from its prompted slices' masks when it no longer matches the
+        session (after undo/redo, or when the Slicer logic restored the object's prompts)."""
+        synced = self._synced.get(obj.object_id)
+        if (
+            synced is not None
+            and synced[0] is obj
+            and synced[1] is obj.prompts
+            and synced[2] is obj.mask_prompts
+        ):
+            return
+        tracker.remove_object(obj.object_id)
+        for index in obj.prompted_slices():
+            tracker.add_prompts(obj.object_id, index, mask_frame=self._raw_mask(obj, index))
+        self._mark_synced(obj)
+
+    def _sam2_prompt(self, obj: SegmentObject, prompts: SlicePrompts) -> tuple[np.ndarray, float]:
+        tracker = self._tracker(prompts.axis)
+        self._sync_tracker(obj, tracker)
+        index, oid = prompts.slice_index, obj.object_id
+        current = self._raw_mask(obj, index)
+        known = oid in tracker.object_ids and tracker.result(oid, index) is not None
+        if not known and current.any():
+            # the tracker lost this slice's output (rebuilt after an undo): start from the session's mask
+            tracker.add_prompts(oid, index, mask_frame=current)
+        points = prompts.points_frame_xy()
+        logits = tracker.add_prompts(
+            oid,
+            index,
             box_frame_xyxy=prompts.box_frame_xyxy(),
             points_frame_xy=points if len(points) else None,
             point_labels=prompts.labels_array() if len(points) else None,
         )
+        return logits, tracker.result(oid, index).object_score_logit
 
     # -- propagation ---------------------------------------------------------------------------------
     def propagate(
@@ -154,88 +388,393 @@ class SegmentationSession:
         """Propagate each object from its prompted slices outward; yields one result per slice.
 
         ``direction``: "both", "forward" (increasing index) or "backward". ``slice_range`` (inclusive)
-        limits where propagation may go. Slices between two prompted slices are shared: each side
-        propagates up to the midpoint. Slices that a previous run filled beyond where this run stops
-        are cleared (yielded with source "cleared"), so the result is always one consistent run.
+        limits where propagation may go. Only the runs of prompts changed since the last propagation are
+        re-run; an object with no change is re-run whole when the direction or range differ from its last
+        complete run, and skipped otherwise (a re-run would give the same masks). Slices that a previous
+        run filled beyond where this run
+        stops are cleared (yielded with source "cleared"). The whole call is one undo step.
         """
         if direction not in DIRECTIONS:
-            raise PromptError(f"direction {direction!r} is not one of {DIRECTIONS}", "use both, forward or backward")
-        ids = list(self.objects) if object_ids is None else object_ids
+            raise PromptError(
+                f"direction {direction!r} is not one of {DIRECTIONS}", "use both, forward or backward"
+            )
+        ids = list(self.objects) if object_ids is None else list(object_ids)
         for object_id in ids:
             obj = self._object(object_id)
-            if not obj.prompts:
-                raise PromptError(f"{obj.name} has no prompt", "place a box or a positive point on a slice first")
-            yield from self._propagate_object(obj, direction, slice_range)
+            if not obj.prompted_slices():
+                raise PromptError(
+                    f"{obj.name} has no prompt", "place a box or a positive point on a slice first"
+                )
+        tx = self._begin("propagate")
+        try:
+            for object_id in ids:
+                yield from self._propagate_object(tx, self.objects[object_id], direction, slice_range, None)
+        finally:
+            self._commit(tx)
+
+    def repropagate_from(
+        self,
+        object_id: int,
+        slice_index: int,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+    ) -> Iterator[SliceResult]:
+        """Re-run the runs that start at one prompted slice (whatever changed); a generator, one undo step."""
+        obj = self._object(object_id)
+        if slice_index not in obj.prompted_slices():
+            raise PromptError(
+                f"slice {slice_index} of {obj.name} has no prompt",
+                f"use one of its prompted slices {obj.prompted_slices()}",
+            )
+        tx = self._begin("propagate")
+        try:
+            yield from self._propagate_object(tx, obj, direction, slice_range, {slice_index})
+        finally:
+            self._commit(tx)
 
     def _propagate_object(
-        self, obj: SegmentObject, direction: str, slice_range: tuple[int, int] | None
+        self,
+        tx: Transaction,
+        obj: SegmentObject,
+        direction: str,
+        slice_range: tuple[int, int] | None,
+        only_keys: set[int] | None,
     ) -> Iterator[SliceResult]:
         axis = obj.axis
         assert axis is not None
         count = frame_count(self.windowed_kji.shape, axis)
-        low, high = (0, count - 1) if slice_range is None else (max(0, slice_range[0]), min(count - 1, slice_range[1]))
+        low, high = (
+            (0, count - 1)
+            if slice_range is None
+            else (max(0, slice_range[0]), min(count - 1, slice_range[1]))
+        )
         if low > high:
             raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
-        keys = sorted(obj.prompts)
-        # Make sure each prompted slice has its mask (prompts may have been set without a prediction).
-        for key in keys:
+        tx.touch_object(obj.object_id)
+        # Prompts set without a prediction (e.g. restored by the Slicer logic) get their mask first.
+        for key in sorted(obj.prompts):
             if obj.slice_sources.get(key) != "prompt":
-                yield self.add_prompts(obj.object_id, obj.prompts[key])
-        runs = []  # (start key, step, last index) for each direction run
-        for position, key in enumerate(keys):
-            if direction in ("both", "forward"):
-                next_key = keys[position + 1] if position + 1 < len(keys) else None
-                last = high if next_key is None else min(high, (key + next_key) // 2)
-                if key < last:
-                    runs.append((key, +1, last))
-            if direction in ("both", "backward"):
-                previous_key = keys[position - 1] if position > 0 else None
-                last = low if previous_key is None else max(low, (key + previous_key) // 2 + 1)
-                if key > last:
-                    runs.append((key, -1, last))
-        generators = [self._run(obj, key, step, last) for key, step, last in runs]
-        # Advance the runs in turn so both sides of a prompt grow together on screen.
-        while generators:
-            for generator in list(generators):
-                result = next(generator, None)
-                if result is None:
-                    generators.remove(generator)
-                else:
-                    yield result
+                yield from self._prompt_slice(tx, obj, obj.prompts[key])
+        keys = obj.prompted_slices()
+        roles = {key: obj.roles.get(key, 0) for key in keys}
+        runs = plan_runs(roles, low, high, direction, "sam2" if self.is_sam2 else "slice")
+        selected = only_keys if only_keys is not None else (obj.dirty & set(keys)) or None
+        if selected is not None:
+            runs = [run for run in runs if run.key in selected]
+        elif obj.last_run == (direction, (low, high)):
+            return  # nothing changed since the same propagation ran to its end: it would give the same
+        if self.is_sam2:
+            yield from self._sam2_runs(tx, obj, runs, count)
+        else:
+            generators = [
+                self._slice_run(tx, obj, run, count) for run in sorted(runs, key=lambda r: (r.key, -r.step))
+            ]
+            # Advance the runs in turn so both sides of a prompt grow together on screen.
+            while generators:
+                for generator in list(generators):
+                    result = next(generator, None)
+                    if result is None:
+                        generators.remove(generator)
+                    else:
+                        yield result
+        obj.dirty.clear()
+        obj.last_run = (direction, (low, high)) if only_keys is None else None
 
-    def _run(self, obj: SegmentObject, key: int, step: int, last: int) -> Iterator[SliceResult]:
+    def _clear_beyond(
+        self, tx: Transaction, obj: SegmentObject, start: int, run: Run, count: int
+    ) -> Iterator[SliceResult]:
+        """Clear non-prompt slices from ``start`` to the end of the run (outer runs: to the volume's end)."""
+        end = (count - 1 if run.step > 0 else 0) if run.outer else run.last
+        prompted = set(obj.prompted_slices())
+        for index in range(start, end + run.step, run.step):
+            if index in prompted:
+                continue
+            if obj.slice_sources.get(index) or self._raw_mask(obj, index).any():
+                yield from self._set_slice(tx, obj, index, None, None, "cleared", None, None)
+
+    def _slice_run(self, tx: Transaction, obj: SegmentObject, run: Run, count: int) -> Iterator[SliceResult]:
         axis = obj.axis
+        key, step, last = run.key, run.step, run.last
         windowed = self.windowed_kji
         cache = self.embeddings(axis)
-        key_mask = frame_of(obj.mask_kji, axis, key).copy()
+        key_mask = self._raw_mask(obj, key).copy()
         appearance = ObjectAppearance.from_mask(frame_of(windowed, axis, key), key_mask)
+        logits_at: dict[int, np.ndarray] = {}
 
         def predict(index: int, box_frame_xyxy: np.ndarray) -> FramePrediction:
             ahead = range(index + step, index + step * cache.batch_size, step)
-            return self.model.predict(cache.get(index, ahead=ahead), box_frame_xyxy=box_frame_xyxy)
+            prediction = self.model.predict(cache.get(index, ahead=ahead), box_frame_xyxy=box_frame_xyxy)
+            logits_at[index] = prediction.logits_frame
+            return prediction
 
         next_index = key + step  # first slice this run has not written
         if not key_mask.any():
             obj.stop_reasons[step] = f"slice {key}: the prompted slice's mask is empty"
         for outcome in propagate_slicewise(
-            predict, lambda i: frame_of(windowed, axis, i), key, key_mask, step, last, appearance, self.settings
+            predict,
+            lambda i: frame_of(windowed, axis, i),
+            key,
+            key_mask,
+            step,
+            last,
+            appearance,
+            self.settings,
         ):
             if outcome.stop_reason is not None:
                 obj.stop_reasons[step] = f"slice {outcome.slice_index}: {outcome.stop_reason}"
                 break
-            set_frame(obj.mask_kji, axis, outcome.slice_index, outcome.mask_frame)
-            obj.slice_sources[outcome.slice_index] = "propagated"
-            next_index = outcome.slice_index + step
-            yield SliceResult(obj.object_id, axis, outcome.slice_index, outcome.mask_frame, "propagated", outcome.score)
+            index = outcome.slice_index
+            yield from self._set_slice(
+                tx,
+                obj,
+                index,
+                outcome.mask_frame,
+                logits_at.pop(index, None),
+                "propagated",
+                (key, step),
+                outcome.score,
+            )
+            next_index = index + step
         else:
             if key_mask.any():
                 obj.stop_reasons.pop(step, None)
-        # Clear what an earlier run left between where this one ended and its limit.
-        for index in range(next_index, last + step, step):
-            if obj.slice_sources.get(index) != "prompt" and frame_of(obj.mask_kji, axis, index).any():
-                set_frame(obj.mask_kji, axis, index, False)
-                obj.slice_sources.pop(index, None)
-                yield SliceResult(obj.object_id, axis, index, np.zeros_like(key_mask), "cleared")
+        yield from self._clear_beyond(tx, obj, next_index, run, count)
+
+    def _sam2_runs(
+        self, tx: Transaction, obj: SegmentObject, runs: list[Run], count: int
+    ) -> Iterator[SliceResult]:
+        tracker = self._tracker(obj.axis)
+        self._sync_tracker(obj, tracker)
+        # Meta's order: every forward run first, then backward (a backward run's memory may use the
+        # frames just ahead of its prompt, which the forward run has tracked).
+        forward = sorted((r for r in runs if r.step > 0), key=lambda r: r.key)
+        backward = sorted((r for r in runs if r.step < 0), key=lambda r: -r.key)
+        for run in forward + backward:
+            yield from self._sam2_run(tx, obj, tracker, run, count)
+
+    def _sam2_run(
+        self, tx: Transaction, obj: SegmentObject, tracker: Any, run: Run, count: int
+    ) -> Iterator[SliceResult]:
+        key, step, last, oid = run.key, run.step, run.last, obj.object_id
+        stopper = StopTracker(self.sam2_stop, int(self._raw_mask(obj, key).sum())) if run.outer else None
+        batch = 4  # frames encoded together ahead of the run (one batched encoder call)
+        stop_at, reason, next_index = None, None, key + step
+        in_run = range(key, last + step, step)
+        tracker.precompute_features(in_run[: batch + 1], batch_size=batch + 1)
+        generator = tracker.propagate(key, step, end_frame=last, object_ids=[oid])
+        try:
+            for position, result in enumerate(generator):
+                index = result.frame_index
+                if index == key:
+                    continue
+                if position % batch == 0:
+                    ahead = in_run.index(index) + 1
+                    tracker.precompute_features(in_run[ahead : ahead + batch], batch_size=batch)
+                mask = result.mask_frame
+                if stopper is not None:
+                    reason, back = stopper.check(mask, result.object_score_logit)
+                    if reason is not None:
+                        stop_at = index - back * step
+                        break
+                yield from self._set_slice(
+                    tx,
+                    obj,
+                    index,
+                    mask,
+                    result.mask_logits_frame,
+                    "propagated",
+                    (key, step),
+                    result.object_score_logit,
+                )
+                next_index = index + step
+        finally:
+            generator.close()
+        if stop_at is not None:
+            obj.stop_reasons[step] = f"slice {stop_at}: {reason}"
+            end = count - 1 if step > 0 else 0
+            tracker.clear_outputs(oid, range(stop_at, end + step, step))
+            yield from self._clear_beyond(tx, obj, stop_at, run, count)
+        else:
+            if run.outer:
+                obj.stop_reasons.pop(step, None)
+            yield from self._clear_beyond(tx, obj, next_index, run, count)
+
+    # -- writing slices ------------------------------------------------------------------------------
+    def _raw_mask(self, obj: SegmentObject, index: int) -> np.ndarray:
+        """The object's own mask on a slice (before exclusive resolution)."""
+        if self.overlap == "exclusive" and index in obj.logits_frames:
+            return obj.logits_frames[index] > 0
+        return frame_of(obj.mask_kji, obj.axis, index)
+
+    def _set_slice(
+        self,
+        tx: Transaction,
+        obj: SegmentObject,
+        index: int,
+        mask: np.ndarray | None,
+        logits: np.ndarray | None,
+        source: str,
+        origin: tuple[int, int] | None,
+        score: float | None,
+    ) -> list[SliceResult]:
+        """Write one slice of an object (``mask`` None: clear it); returns the results to stream."""
+        axis = obj.axis
+        tx.touch_slice(obj.object_id, axis, index)
+        shape = frame_shape(self.volume.voxels_kji.shape, axis)
+        mask = np.zeros(shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if source == "cleared":
+            obj.slice_sources.pop(index, None)
+        else:
+            obj.slice_sources[index] = source
+        if origin is None:
+            obj.origins.pop(index, None)
+        else:
+            obj.origins[index] = origin
+        if self.overlap != "exclusive":
+            set_frame(obj.mask_kji, axis, index, mask)
+            return [SliceResult(obj.object_id, axis, index, mask, source, score)]
+        if mask.any():
+            obj.logits_frames[index] = stored_logits(logits, mask)
+        else:
+            obj.logits_frames.pop(index, None)
+        results = self._resolve(tx, axis, index, primary=obj)
+        shown = frame_of(obj.mask_kji, axis, index).copy()
+        return [SliceResult(obj.object_id, axis, index, shown, source, score), *results]
+
+    def _resolve(
+        self, tx: Transaction, axis: int, index: int, primary: SegmentObject | None
+    ) -> list[SliceResult]:
+        """Exclusive mode: recompute every object's mask on one slice; results for the others that changed."""
+        same_axis = [o for o in self.objects.values() if o.axis == axis]
+        shape = frame_shape(self.volume.voxels_kji.shape, axis)
+        masks = resolve_exclusive({o.object_id: o.logits_frames.get(index) for o in same_axis}, shape)
+        results = []
+        for other in same_axis:
+            new = masks[other.object_id]
+            if np.array_equal(frame_of(other.mask_kji, axis, index), new):
+                continue
+            tx.touch_slice(other.object_id, axis, index)
+            set_frame(other.mask_kji, axis, index, new)
+            if other is not primary:
+                results.append(SliceResult(other.object_id, axis, index, new.copy(), "overlap"))
+        return results
+
+    # -- undo / redo ---------------------------------------------------------------------------------
+    def _begin(self, label: str) -> Transaction:
+        return Transaction(label, self._capture_slice, self._capture_object)
+
+    def _commit(self, tx: Transaction) -> None:
+        self._history.push(tx.finish())
+
+    def _capture_slice(self, object_id: int, axis: int, index: int) -> SliceState:
+        obj = self.objects.get(object_id)
+        if obj is None:
+            return capture_slice_state(
+                np.zeros(frame_shape(self.volume.voxels_kji.shape, axis), bool), None, None, None
+            )
+        return capture_slice_state(
+            frame_of(obj.mask_kji, axis, index),
+            obj.slice_sources.get(index),
+            obj.origins.get(index),
+            obj.logits_frames.get(index),
+        )
+
+    def _capture_object(self, object_id: int) -> ObjectRecord | None:
+        obj = self.objects.get(object_id)
+        if obj is None:
+            return None
+        return ObjectRecord(
+            obj.name,
+            tuple(obj.color_rgb),
+            obj.axis,
+            dict(obj.prompts),
+            {k: (v.shape, pack_mask(v).tobytes()) for k, v in obj.mask_prompts.items()},
+            dict(obj.roles),
+            frozenset(obj.dirty),
+            dict(obj.stop_reasons),
+        )
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history.undo_stack)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._history.redo_stack)
+
+    @property
+    def history(self) -> list[str]:
+        """Labels of the undoable interactions, oldest first ("add_prompts", "add_mask", "propagate", ...)."""
+        return self._history.entries()
+
+    def undo(self) -> list[SliceResult]:
+        """Undo the last interaction; returns the slices it restored (source "undo"), [] when none."""
+        if not self._history.undo_stack:
+            return []
+        entry = self._history.undo_stack.pop()
+        self._history.redo_stack.append(entry)
+        return self._apply(entry, 0, "undo")
+
+    def redo(self) -> list[SliceResult]:
+        """Redo the last undone interaction (its saved result, no model call); [] when none."""
+        if not self._history.redo_stack:
+            return []
+        entry = self._history.redo_stack.pop()
+        self._history.undo_stack.append(entry)
+        return self._apply(entry, 1, "redo")
+
+    def _apply(self, entry, which: int, source: str) -> list[SliceResult]:
+        for obj in self.objects.values():
+            obj.last_run = None  # the next propagate() re-runs what it is asked, whatever the history
+        for object_id, states in entry.objects.items():
+            record = states[which]
+            self._forget_tracker_object(object_id)
+            if record is None:
+                self.objects.pop(object_id, None)
+                continue
+            obj = self.objects.get(object_id)
+            if obj is None:
+                obj = SegmentObject(
+                    object_id,
+                    record.name,
+                    record.color_rgb,
+                    np.zeros(self.volume.voxels_kji.shape, dtype=bool),
+                )
+                self.objects[object_id] = obj
+                self.objects = dict(sorted(self.objects.items()))
+            obj.name, obj.color_rgb, obj.axis = record.name, record.color_rgb, record.axis
+            obj.prompts = dict(record.prompts)
+            obj.mask_prompts = {
+                k: np.unpackbits(np.frombuffer(bits, np.uint8), count=shape[0] * shape[1])
+                .reshape(shape)
+                .astype(bool)
+                for k, (shape, bits) in record.mask_prompts.items()
+            }
+            obj.roles, obj.dirty, obj.stop_reasons = (
+                dict(record.roles),
+                set(record.dirty),
+                dict(record.stop_reasons),
+            )
+        results = []
+        for (object_id, axis, index), states in entry.slices.items():
+            obj = self.objects.get(object_id)
+            if obj is None:
+                continue
+            self._synced.pop(object_id, None)
+            state = states[which]
+            mask = state.mask()
+            set_frame(obj.mask_kji, axis, index, mask)
+            for store, value in (
+                (obj.slice_sources, state.source),
+                (obj.origins, state.origin),
+                (obj.logits_frames, state.logits),
+            ):
+                if value is None:
+                    store.pop(index, None)
+                else:
+                    store[index] = value
+            results.append(SliceResult(object_id, axis, index, mask, source))
+        return results
 
     # -- results -------------------------------------------------------------------------------------
     def mask_kji(self, object_id: int) -> np.ndarray:
@@ -243,7 +782,7 @@ class SegmentationSession:
 
     def labelmap_kji(self) -> np.ndarray:
         """Object n gets label value n; where objects overlap, the later object wins."""
-        dtype = np.uint8 if len(self.objects) < 256 else np.uint16
+        dtype = np.uint8 if max(self.objects, default=0) < 256 else np.uint16
         labelmap = np.zeros(self.volume.voxels_kji.shape, dtype=dtype)
         for object_id, obj in self.objects.items():
             labelmap[obj.mask_kji] = object_id

@@ -1,23 +1,183 @@
-"""Load a model by catalog id into the interface the session uses."""
+"""Load a model by catalog id (or a user's checkpoint and config) into what the session drives.
+
+Two kinds of model come back from :func:`load_model`:
+
+- a 2D :class:`~medsegany.models.base.SliceModel` (``litemedsam``, ``medsam_vit_b``, ``sam_vit_b/l/h``),
+  propagated slice by slice with :mod:`medsegany.propagation`;
+- a :class:`Sam2VideoModel` (SAM 2 / 2.1, MedSAM2), tracked through the slices with its memory by
+  :class:`~medsegany.models.sam2_tracker.Sam2Tracker`.
+
+Weights come from the weight store (:func:`~medsegany.models.weight_store.resolve_checkpoint`, SHA-256
+checked when they arrived); a missing model raises :class:`~medsegany.errors.ModelError` naming the exact
+``medsegany models download ID`` / ``import`` command. A user's own file is ``checkpoint=FILE`` with
+``config=NAME``: a SAM 2 config (``sam2.1_hiera_t``, MedSAM2's ``sam2.1_hiera_t512``, a YAML path) or a
+SAM-family 2D architecture (``vit_b``, ``vit_l``, ``vit_h`` with SAM's preprocessing, ``medsam_vit_b``
+with MedSAM's).
+
+Example::
+
+    >>> model = load_model("medsam2_latest", device="auto")            # doctest: +SKIP
+    >>> model = load_model(None, checkpoint="mine.pt", config="sam2.1_hiera_t512")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError
 from .base import SliceModel
 
+#: Config names of the 2D SAM-family architectures -> (segment_anything registry name, preprocessing).
+SAM_VIT_CONFIGS: dict[str, tuple[str, str]] = {
+    "vit_b": ("vit_b", "sam"),
+    "vit_l": ("vit_l", "sam"),
+    "vit_h": ("vit_h", "sam"),
+    "sam_vit_b": ("vit_b", "sam"),
+    "sam_vit_l": ("vit_l", "sam"),
+    "sam_vit_h": ("vit_h", "sam"),
+    "medsam_vit_b": ("vit_b", "medsam"),
+}
 
-def load_slice_model(model_id: str, device: str | None = None, checkpoint: str | Path | None = None) -> SliceModel:
-    """A 2D slice-wise model (LiteMedSAM today) ready on ``device`` ("auto", "cpu", "cuda", "mps")."""
+
+def resolve_device(device: str | None) -> str:
+    """CUDA when available, then Apple MPS, else CPU (``None``/``"auto"``); an unavailable explicit device
+    is a ModelError. The arithmetic follows the device: bf16 autocast on CUDA, float32 on MPS and CPU."""
+    from .litemedsam import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+@dataclass
+class Sam2VideoModel:
+    """A built SAM 2-family video model (Meta's ``SAM2VideoPredictor``) and what the session needs to know.
+
+    ``feature_bytes_per_frame`` sizes the session's feature cache (see Sam2Tracker).
+    """
+
+    model_id: str
+    model: Any  # sam2.sam2_video_predictor.SAM2VideoPredictor, eval mode, on ``device``
+    device: str
+    image_size: int
+    checkpoint: Path | None
+    family: str = "sam2"
+
+    def new_tracker(self, feature_cache_mb: float = 1024.0) -> Any:
+        from .sam2_tracker import Sam2Tracker
+
+        return Sam2Tracker(self.model, feature_cache_mb=feature_cache_mb)
+
+
+def is_sam2_model(model: Any) -> bool:
+    """True for a :class:`Sam2VideoModel` (memory propagation), False for a 2D SliceModel."""
+    return getattr(model, "family", None) == "sam2" and hasattr(model, "new_tracker")
+
+
+def _family_of_config(config: str) -> str:
+    if config in SAM_VIT_CONFIGS:
+        return "sam"
+    return "sam2"  # short names, packaged configs and YAML files are checked by sam2_build
+
+
+def load_model(
+    model_id: str | None = "litemedsam",
+    device: str | None = None,
+    checkpoint: str | Path | None = None,
+    config: str | None = None,
+    store: Any | None = None,
+) -> SliceModel | Sam2VideoModel:
+    """The model ``model_id`` (a catalog id) ready on ``device`` ("auto", "cpu", "cuda", "mps").
+
+    ``checkpoint``: a user's weights file instead of the stored one (with ``config`` when the catalog id
+    does not say the architecture, or to override it). ``store``: the WeightStore to look in (default:
+    ``$MEDSEGANY_HOME/weights`` or the platform cache).
+    """
     from .catalog import get_card
 
-    card = get_card(model_id)
-    if card.family == "litemedsam":
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        raise ModelError(f"checkpoint {checkpoint} does not exist", "check the path of --checkpoint")
+    card = None
+    if model_id is not None and not (config is not None and model_id == "litemedsam" and checkpoint):
+        card = get_card(model_id)
+        if card.status == "unsupported":
+            raise ModelError(
+                f"{card.id} is not supported ({card.status_reason})",
+                "pick a supported model from `medsegany models list`",
+            )
+    if config is not None and checkpoint is None:
+        raise ModelError(
+            f"--config {config} was given without --checkpoint",
+            "give your weights file with --checkpoint FILE, or drop --config",
+        )
+    family = _family_of_config(config) if config is not None else (card.family if card else None)
+    if family is None:
+        raise ModelError(
+            "no model was named", "give a catalog id (--model) or --checkpoint FILE --config NAME"
+        )
+    resolved_device = resolve_device(device)
+
+    if family == "litemedsam":
         from .litemedsam import LiteMedSamModel
 
-        return LiteMedSamModel(checkpoint=checkpoint, device=device)
-    raise ModelError(
-        f"model {card.id} ({card.family} family) cannot run in the slice-wise session yet",
-        "use --model litemedsam",
+        return LiteMedSamModel(checkpoint=checkpoint, device=resolved_device)
+
+    path = Path(checkpoint).expanduser() if checkpoint is not None else _stored_checkpoint(card, store)
+    if family == "sam":
+        from .sam_vit import SamVitModel
+
+        if config is not None:
+            registry_name, preprocessing = SAM_VIT_CONFIGS[config]
+            if (
+                card is not None
+                and card.family == "sam"
+                and card.id.startswith("medsam")
+                and config.startswith("vit")
+            ):
+                preprocessing = "medsam"  # --model medsam_vit_b --config vit_b: MedSAM's own preprocessing
+            model_name = card.id if card is not None and card.family == "sam" else config
+            state_key = None
+        else:
+            assert card is not None
+            registry_name = card.sam_registry or "vit_b"
+            preprocessing = "medsam" if card.id.startswith("medsam") else "sam"
+            model_name, state_key = card.id, card.state_dict_key
+        return SamVitModel.from_checkpoint(
+            path,
+            registry_name,
+            preprocessing,
+            device=resolved_device,
+            model_id=model_name,
+            state_key=state_key,
+        )
+
+    from .sam2_build import build_sam2_model, resolve_config
+
+    if config is not None:
+        resolve_config(config)  # an unknown config name fails before the checkpoint is read
+        sam2_config, overrides = config, ()
+        model_name = card.id if card is not None and card.family == "sam2" else Path(str(config)).stem
+    else:
+        assert card is not None
+        sam2_config, overrides, model_name = card.sam2_config, card.sam2_overrides, card.id
+    state_key = card.state_dict_key if (card is not None and card.family == "sam2") else "model"
+    model = build_sam2_model(
+        sam2_config, path, device=resolved_device, overrides=overrides, state_key=state_key
     )
+    return Sam2VideoModel(model_name, model, resolved_device, int(model.image_size), path)
+
+
+def _stored_checkpoint(card: Any, store: Any | None) -> Path:
+    from .weight_store import resolve_checkpoint
+
+    return resolve_checkpoint(card.id, store=store)
+
+
+def load_slice_model(
+    model_id: str, device: str | None = None, checkpoint: str | Path | None = None
+) -> SliceModel:
+    """A 2D slice-wise model (kept for callers of the first version); SAM 2 ids raise ModelError."""
+    model = load_model(model_id, device=device, checkpoint=checkpoint)
+    if is_sam2_model(model):
+        raise ModelError(f"{model_id} is a SAM 2-family model, not a 2D slice model", "use load_model")
+    return model

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fake_models import ThresholdModel
-
 from medsegany.errors import PromptError
-from medsegany.propagation import PropagationSettings
 from medsegany.prompts import make_slice_prompts
+from medsegany.propagation import PropagationSettings
 from medsegany.session import SegmentationSession
 from medsegany.volume import Volume
 

@@ -1,0 +1,564 @@
+"""MedSegAny: promptable 3D segmentation in 3D Slicer (a thin client of the MedSegAnyLib library).
+
+The widget only shows state and forwards clicks; everything it does is in
+``MedSegAnyLib.slicer_logic.SlicerSegmentationLogic`` (usable from the Python console, tested headless),
+model calls run in ``MedSegAnyLib.slicer_worker.ModelWorker`` and the widget's timer applies each slice
+on the main thread as it arrives.
+"""
+
+import logging
+
+import ctk
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from MedSegAnyLib.slicer_logic import SlicerSegmentationLogic
+
+#: Panel shortcuts: (key sequence, what it does). Alt-combinations do not clash with Slicer's slice-view
+#: keys (B/F move slices, Ctrl+Z is the Segment Editor's own undo).
+SHORTCUTS = (
+    ("Alt+B", "placeBox", "place a box"),
+    ("Alt+P", "placePositive", "place a positive point"),
+    ("Alt+N", "placeNegative", "place a negative point"),
+    ("Alt+G", "propagate", "propagate"),
+    ("Alt+C", "cancel", "cancel the running propagation"),
+    ("Ctrl+Alt+Z", "undo", "undo the last AI action"),
+    ("Ctrl+Alt+Y", "redo", "redo"),
+    ("Alt+A", "accept", "accept: keep the segment, clear the prompts"),
+)
+VIEW_NAMES = ("Red", "Yellow", "Green")
+DIRECTIONS = (
+    ("both", "Both directions"),
+    ("up", "Up (increasing slice)"),
+    ("down", "Down"),
+    ("range", "Range"),
+)
+#: Poll the worker every 50 ms: 20 updates/s keeps the display live without measurable load.
+POLL_INTERVAL_MS = 50
+
+
+class MedSegAny(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedSegAny"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedSegAny developers"]
+        self.parent.helpText = (
+            "Draw a box or click points on one slice; the AI model segments the object there and propagates "
+            "it through the volume into the chosen segment, honouring Segment Editor masking. Shortcuts: "
+            + ", ".join(f"{keys} {text}" for keys, _, text in SHORTCUTS)
+            + "."
+        )
+        self.parent.acknowledgementText = (
+            "Models: LiteMedSAM, MedSAM, SAM 2 and MedSAM2 by their authors (licences shown in the panel)."
+        )
+
+
+class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin panel: selectors, buttons and a timer that applies worker results. No installs here."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.worker = None
+        self.running = None
+        self.shortcuts = []
+        self.timer = None
+        self._viewAxis = None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegAny.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedSegAnyLogic()
+
+        from MedSegAnyLib.intensity import PRESET_NAMES
+        from MedSegAnyLib.models.catalog import load_catalog
+
+        for card in load_catalog().values():
+            if card.is_usable:
+                self.ui.modelComboBox.addItem(card.name, card.id)
+        self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findData("litemedsam")))
+        for device in ("auto", "cpu", "cuda", "mps"):
+            self.ui.deviceComboBox.addItem(device)
+        for preset in PRESET_NAMES:
+            self.ui.intensityComboBox.addItem(preset)
+        for name in VIEW_NAMES:
+            self.ui.viewComboBox.addItem(name)
+        for key, text in DIRECTIONS:
+            self.ui.directionComboBox.addItem(text, key)
+
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUI)
+        self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUI)
+        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateGUI)
+        self.ui.newSegmentButton.connect("clicked()", self.onNewSegment)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.intensityComboBox.connect("currentIndexChanged(int)", self.onIntensityChanged)
+        self.ui.directionComboBox.connect("currentIndexChanged(int)", self.updateGUI)
+        self.ui.downloadButton.connect("clicked()", self.onDownloadWeights)
+        self.ui.importWeightsButton.connect("clicked()", self.onImportWeights)
+        self.ui.removeWeightsButton.connect("clicked()", self.onRemoveWeights)
+        self.ui.placeBoxButton.connect("clicked()", self.placeBox)
+        self.ui.placePositiveButton.connect("clicked()", self.placePositive)
+        self.ui.placeNegativeButton.connect("clicked()", self.placeNegative)
+        self.ui.propagateButton.connect("clicked()", self.propagate)
+        self.ui.cancelButton.connect("clicked()", self.cancel)
+        self.ui.undoButton.connect("clicked()", self.undo)
+        self.ui.redoButton.connect("clicked()", self.redo)
+        self.ui.acceptButton.connect("clicked()", self.accept)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.poll)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.onModelChanged()
+        self.updateGUI()
+
+    def enter(self):
+        self._installShortcuts()
+
+    def exit(self):
+        self._removeShortcuts()
+
+    def cleanup(self):
+        self._removeShortcuts()
+        self.removeObservers()
+        if self.timer is not None:
+            self.timer.stop()
+        if self.worker is not None:
+            self.worker.shutdown()
+
+    def onSceneStartClose(self, caller=None, event=None):
+        if self.running is not None:
+            self.running.cancel()
+
+    def _installShortcuts(self):
+        if self.shortcuts:
+            return
+        for keys, method, _ in SHORTCUTS:
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.connect("activated()", getattr(self, method))
+            self.shortcuts.append(shortcut)
+
+    def _removeShortcuts(self):
+        for shortcut in self.shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self.shortcuts = []
+
+    # -- state -------------------------------------------------------------------------------------
+    def _showError(self, error):
+        from MedSegAnyLib.errors import MedSegAnyError
+
+        if isinstance(error, MedSegAnyError):
+            self.ui.statusLabel.text = str(error)
+            slicer.util.warningDisplay(str(error), windowTitle="MedSegAny")
+        else:
+            logging.exception("MedSegAny failed")
+            slicer.util.errorDisplay(f"MedSegAny failed: {error}", windowTitle="MedSegAny")
+
+    def updateGUI(self, *args):
+        running = self.running is not None
+        ready = self.ui.inputVolumeSelector.currentNode() is not None and bool(
+            self.ui.segmentSelector.currentSegmentID()
+        )
+        for button in (self.ui.placeBoxButton, self.ui.placePositiveButton, self.ui.placeNegativeButton):
+            button.enabled = ready and not running
+        self.ui.propagateButton.enabled = ready and not running
+        self.ui.cancelButton.enabled = running
+        self.ui.undoButton.enabled = self.logic is not None and self.logic.can_undo
+        self.ui.redoButton.enabled = self.logic is not None and self.logic.can_redo
+        self.ui.acceptButton.enabled = ready and not running
+        isRange = self.ui.directionComboBox.currentData == "range"
+        self.ui.rangeFromSpinBox.enabled = self.ui.rangeToSpinBox.enabled = isRange
+        self._updateIntensityLabel()
+
+    def _updateIntensityLabel(self):
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        if volumeNode is None or not self._setTarget(quiet=True):
+            self.ui.intensityLabel.text = ""
+            return
+        try:
+            window = self.logic.intensity_window()
+            self.ui.intensityLabel.text = f"{window.name}: [{window.low:g}, {window.high:g}] (on a copy)"
+        except Exception as error:  # a display hint only: never block the panel
+            self.ui.intensityLabel.text = str(error)
+
+    def onModelChanged(self, *args):
+        from MedSegAnyLib.slicer_install import weights_status
+
+        modelId = self.ui.modelComboBox.currentData
+        device = self.ui.deviceComboBox.currentText
+        if not modelId or self.logic is None:
+            return
+        try:
+            self.logic.configure(model=modelId, device=device)
+            self.ui.modelInfoLabel.text = weights_status(modelId)
+        except Exception as error:
+            self._showError(error)
+
+    def onIntensityChanged(self, *args):
+        try:
+            self.logic.configure(intensity=self.ui.intensityComboBox.currentText)
+        except Exception as error:
+            self._showError(error)
+        self.updateGUI()
+
+    def onNewSegment(self):
+        from MedSegAnyLib.slicer_logic import create_segment
+
+        segmentationNode = self.ui.segmentSelector.currentNode()
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+            segmentationNode.CreateDefaultDisplayNodes()
+            self.ui.segmentSelector.setCurrentNode(segmentationNode)
+        count = segmentationNode.GetSegmentation().GetNumberOfSegments()
+        segmentId = create_segment(segmentationNode, f"MedSegAny {count + 1}")
+        self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+
+    def _segmentEditorWidget(self):
+        try:
+            return slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        except Exception:
+            return None
+
+    def _setTarget(self, quiet=False):
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        segmentationNode = self.ui.segmentSelector.currentNode()
+        segmentId = self.ui.segmentSelector.currentSegmentID()
+        if volumeNode is None or segmentationNode is None or not segmentId:
+            if not quiet:
+                slicer.util.warningDisplay("Choose a volume, a segmentation and a segment first.")
+            return False
+        editor = self._segmentEditorWidget()
+        editorNode = editor.mrmlSegmentEditorNode() if editor is not None else None
+        if editorNode is None:
+            editorNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
+        try:
+            self.logic.set_target(volumeNode, segmentationNode, segmentId, segment_editor_node=editorNode)
+        except Exception as error:
+            if not quiet:
+                self._showError(error)
+            return False
+        return True
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def _viewSliceNode(self):
+        return slicer.app.layoutManager().sliceWidget(self.ui.viewComboBox.currentText).mrmlSliceNode()
+
+    def _startPlacing(self, index):
+        from MedSegAnyLib.slicer_logic import view_slice_axis
+
+        if self.running is not None or not self._setTarget():
+            return
+        try:
+            self._viewAxis = view_slice_axis(self._viewSliceNode(), self.logic.volume_node)
+        except Exception as error:
+            self._showError(error)  # an oblique view is refused here, before anything is placed
+            return
+        nodes = self.logic.prompt_nodes(slicer.mrmlScene)
+        if index == 0:  # a new box starts a new prompt: old box and points go
+            for node in nodes:
+                node.RemoveAllControlPoints()
+        node = nodes[index]
+        self.removeObservers(self.onPromptPlaced)
+        for promptNode in nodes:
+            self.addObserver(promptNode, promptNode.PointPositionDefinedEvent, self.onPromptPlaced)
+        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+        selectionNode.SetActivePlaceNodeID(node.GetID())
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        interactionNode.SetPlaceModePersistence(index != 0)  # points: keep clicking; box: one
+        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+        self.ui.statusLabel.text = f"Place in the {self.ui.viewComboBox.currentText} view."
+
+    def placeBox(self):
+        self._startPlacing(0)
+
+    def placePositive(self):
+        self._startPlacing(1)
+
+    def placeNegative(self):
+        self._startPlacing(2)
+
+    def onPromptPlaced(self, caller=None, event=None):
+        """A box or point was placed: segment that slice now (and propagate if the box is checked)."""
+        from MedSegAnyLib.slicer_logic import flatten_roi_to_slice
+
+        if self.running is not None:
+            return
+        roi, positive, negative = self.logic.prompt_nodes(slicer.mrmlScene)
+        if roi.GetNumberOfControlPoints():
+            try:
+                flatten_roi_to_slice(roi, self.logic.volume_node, self._viewAxis)
+            except Exception as error:
+                self._showError(error)
+                return
+        self._run(
+            lambda: self.logic.plan_prompt_action(
+                roi if roi.GetNumberOfControlPoints() else None,
+                positive,
+                negative,
+                axis=self._viewAxis,
+                propagate=self.ui.autoPropagateCheckBox.checked,
+            )
+        )
+
+    # -- actions -----------------------------------------------------------------------------------
+    def _ensureReady(self):
+        """First use: install the model's Python packages and weights, with consent, then load it."""
+        from MedSegAnyLib.models.catalog import get_card
+        from MedSegAnyLib.slicer_install import download_weights, ensure_python_packages
+        from MedSegAnyLib.slicer_worker import ModelWorker
+
+        card = get_card(self.logic.model_id)
+        ensure_python_packages(card.family, confirm=slicer.util.confirmOkCancelDisplay)
+        if card.status != "bundled":
+            progress = slicer.util.createProgressDialog(
+                labelText=f"Downloading {card.name}...", maximum=100
+            )
+            try:
+                download_weights(
+                    card.id,
+                    accept_license=slicer.util.confirmOkCancelDisplay,
+                    progress=lambda done, total: self._downloadProgress(progress, done, total),
+                )
+            finally:
+                progress.close()
+        if self.worker is None:
+            self.worker = ModelWorker()
+        with slicer.util.tryWithErrorDisplay("Loading the model failed.", waitCursor=True):
+            self.ui.statusLabel.text = f"Loading {card.name}..."
+            slicer.app.processEvents()
+            self.worker.run_sync(lambda context: [self.logic.load_model()], label="load model")
+
+    @staticmethod
+    def _downloadProgress(dialog, done, total):
+        dialog.value = int(100 * done / total) if total else 0
+        slicer.app.processEvents()
+
+    def _saveSegmentEditorUndoState(self):
+        """Let the Segment Editor's own undo (Ctrl+Z there) also step back over this AI action."""
+        editor = self._segmentEditorWidget()
+        if editor is not None and editor.segmentationNode() == self.logic.segmentation_node:
+            editor.saveStateForUndo()
+
+    def _run(self, plan):
+        if self.running is not None or not self._setTarget():
+            return
+        try:
+            self._ensureReady()
+            self._saveSegmentEditorUndoState()
+            self.running = self.logic.start(self.worker, plan())
+        except Exception as error:
+            self._showError(error)
+            self.updateGUI()
+            return
+        self.ui.progressBar.setRange(0, 0)  # busy until the first slice arrives
+        self.ui.statusLabel.text = f"{self.running.action.label}..."
+        self.timer.start()
+        self.updateGUI()
+
+    def poll(self):
+        if self.running is None:
+            self.timer.stop()
+            return
+        finished = self.running.poll()
+        written = self.running.action.step.slices_written
+        volumeNode = self.logic.volume_node
+        total = volumeNode.GetImageData().GetDimensions()[2] if volumeNode is not None else 0
+        self.ui.progressBar.setRange(0, max(total, written))
+        self.ui.progressBar.value = written
+        if not finished:
+            return
+        self.timer.stop()
+        running, self.running = self.running, None
+        if running.error is not None:
+            self._showError(running.error)
+        else:
+            state = "cancelled" if running.step is not None and running.step.cancelled else "done"
+            self.ui.statusLabel.text = f"{running.action.label}: {state}, {written} slices written."
+        self.updateGUI()
+
+    def propagate(self):
+        direction = self.ui.directionComboBox.currentData or "both"
+        sliceRange = None
+        if direction == "range":
+            sliceRange = (self.ui.rangeFromSpinBox.value, self.ui.rangeToSpinBox.value)
+            direction = "both"
+        self._run(lambda: self.logic.plan_propagation(direction, sliceRange))
+
+    def cancel(self):
+        if self.running is not None:
+            self.running.cancel()
+            self.ui.statusLabel.text = "Cancelling after the current slice..."
+
+    def undo(self):
+        with slicer.util.tryWithErrorDisplay("Undo failed.", waitCursor=True):
+            self.logic.undo()
+        self.updateGUI()
+
+    def redo(self):
+        with slicer.util.tryWithErrorDisplay("Redo failed.", waitCursor=True):
+            self.logic.redo()
+        self.updateGUI()
+
+    def accept(self):
+        if self.running is not None:
+            return
+        self.logic.accept(self.logic.prompt_nodes(slicer.mrmlScene))
+        self.ui.statusLabel.text = "Accepted: the segment is kept; place a new prompt for the next object."
+        self.updateGUI()
+
+    # -- weights -----------------------------------------------------------------------------------
+    def onDownloadWeights(self):
+        self.logic.configure(model=self.ui.modelComboBox.currentData)
+        try:
+            self._ensureReady()
+        except Exception as error:
+            self._showError(error)
+        self.onModelChanged()
+
+    def onImportWeights(self):
+        from MedSegAnyLib.slicer_install import import_weights
+
+        path = qt.QFileDialog.getOpenFileName(
+            None, "Import model weights", "", "Checkpoints (*.pt *.pth *.ckpt)"
+        )
+        if path:
+            with slicer.util.tryWithErrorDisplay("Importing the weights failed.", waitCursor=True):
+                import_weights(self.ui.modelComboBox.currentData, path)
+        self.onModelChanged()
+
+    def onRemoveWeights(self):
+        from MedSegAnyLib.slicer_install import remove_weights
+
+        modelId = self.ui.modelComboBox.currentData
+        if slicer.util.confirmYesNoDisplay(f"Delete the downloaded weights of {modelId}?"):
+            with slicer.util.tryWithErrorDisplay("Deleting the weights failed."):
+                remove_weights(modelId)
+        self.onModelChanged()
+
+
+class MedSegAnyLogic(ScriptedLoadableModuleLogic, SlicerSegmentationLogic):
+    """The module logic: :class:`SlicerSegmentationLogic` (console API) as a Slicer module logic.
+
+    Example (Python console)::
+
+        logic = slicer.util.getModuleLogic("MedSegAny")
+        logic.set_target(volumeNode, segmentationNode, segmentId)
+        logic.segment(roi_node=roiNode, positive_points_node=pointsNode)
+        logic.undo()
+    """
+
+    def __init__(self, **kwargs):
+        ScriptedLoadableModuleLogic.__init__(self)
+        SlicerSegmentationLogic.__init__(self, **kwargs)
+
+
+class _ThresholdSliceModel:
+    """A tiny real SliceModel for the self-test (bright pixels in the box), so it needs no torch."""
+
+    model_id = "self-test-threshold"
+
+    def embed_frames(self, frames):
+        return [frame.copy() for frame in frames]
+
+    def predict(self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None):
+        import numpy as np
+
+        from MedSegAnyLib.models.base import FramePrediction
+
+        mask = embedding >= 128
+        if box_frame_xyxy is not None:
+            x0, y0, x1, y1 = box_frame_xyxy
+            rows, cols = np.indices(embedding.shape)
+            mask &= (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
+        return FramePrediction(np.where(mask, 6.0, -6.0).astype(np.float32), 0.9)
+
+
+class MedSegAnyTest(ScriptedLoadableModuleTest):
+    """Runs the module's logic path inside Slicer: phantom volume, ROI, propagation, undo."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_prompt_propagate_undo()
+
+    def test_prompt_propagate_undo(self):
+        import numpy as np
+
+        from MedSegAnyLib.mrml_adapter import segment_mask_kji, volume_from_node
+        from MedSegAnyLib.prompts import make_slice_prompts
+        from MedSegAnyLib.session import SegmentationSession
+        from MedSegAnyLib.slicer_logic import set_roi_box_ijk
+
+        self.delayDisplay("Creating an oblique phantom volume")
+        k, j, i = np.meshgrid(np.arange(9), np.arange(40), np.arange(44), indexing="ij")
+        voxels_kji = np.where(
+            ((k - 4) / 3.5) ** 2 + ((j - 20) / 12) ** 2 + ((i - 22) / 14) ** 2 <= 1, 150, -60
+        )
+        volumeNode = slicer.util.addVolumeFromArray(voxels_kji.astype(np.int16), name="MedSegAnyPhantom")
+        ijkToRas = vtk.vtkMatrix4x4()
+        transform = vtk.vtkTransform()
+        transform.RotateZ(20)
+        transform.RotateX(-10)
+        transform.Scale(-0.8, 0.9, 2.0)  # flipped I axis, anisotropic voxels
+        ijkToRas.DeepCopy(transform.GetMatrix())
+        volumeNode.SetIJKToRASMatrix(ijkToRas)
+        parent = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        parentMatrix = vtk.vtkMatrix4x4()
+        parentMatrix.SetElement(0, 3, 12.0)
+        parent.SetMatrixTransformToParent(parentMatrix)
+        volumeNode.SetAndObserveTransformNodeID(parent.GetID())
+
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment("", "phantom")
+
+        self.delayDisplay("Placing a box on slice K=4")
+        logic = MedSegAnyLogic(model=_ThresholdSliceModel())
+        logic.set_target(volumeNode, segmentationNode, segmentId)
+        roi = logic.prompt_nodes(slicer.mrmlScene)[0]
+        boxIjk = (6.0, 6.0, 4.0, 38.0, 34.0, 4.0)
+        set_roi_box_ijk(roi, volumeNode, boxIjk)
+
+        self.delayDisplay("Propagating")
+        step = logic.segment(roi_node=roi)
+        self.assertIsNotNone(step)
+
+        session = SegmentationSession(volume_from_node(volumeNode), model=_ThresholdSliceModel())
+        objectId = session.add_object("reference")
+        session.add_prompts(objectId, make_slice_prompts(session.volume, box_ijk=boxIjk))
+        for _ in session.propagate():
+            pass
+        result = segment_mask_kji(segmentationNode, segmentId, volumeNode)
+        self.assertTrue(result.any(axis=(1, 2)).sum() >= 5)
+        self.assertTrue(np.array_equal(result, session.mask_kji(objectId)))
+
+        self.delayDisplay("Undo")
+        logic.undo()
+        self.assertFalse(segment_mask_kji(segmentationNode, segmentId, volumeNode).any())
+        logic.redo()
+        self.assertTrue(np.array_equal(segment_mask_kji(segmentationNode, segmentId, volumeNode), result))
+        self.delayDisplay("Test passed")
+
+
+# ctk is imported for the .ui's ctkCollapsibleButton plugin types used by loadUI.
+_ = ctk

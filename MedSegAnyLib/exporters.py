@@ -1,0 +1,201 @@
+"""Write results in the input's exact geometry: labelmaps (.nii/.nii.gz/.nrrd/.mha/.mhd) and .seg.nrrd.
+
+Writes are atomic: the file is written under its final name inside a hidden staging folder next to its
+destination, then renamed into place, so a failure never leaves a half-written file nor clobbers an
+existing one (a rename within one folder is atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputError
+from .geometry import LPS_TO_RAS
+from .volume import Volume, volume_to_sitk
+
+#: Longest first, so that ``x.seg.nrrd`` is not taken for a plain ``.nrrd`` and ``.nii.gz`` not for ``.gz``.
+LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+#: Ten mutually distinguishable colours (RGB 0..1), ordered so that consecutive labels differ in hue.
+_PALETTE = (
+    (0.50, 0.68, 0.50), (0.95, 0.84, 0.57), (0.69, 0.48, 0.40), (0.44, 0.58, 0.80), (0.85, 0.40, 0.40),
+    (0.56, 0.35, 0.65), (0.86, 0.60, 0.25), (0.30, 0.70, 0.70), (0.90, 0.55, 0.70), (0.60, 0.60, 0.25),
+)
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """A segment of a labelmap: its label value (>= 1), name and colour (RGB, each 0..1)."""
+
+    label_value: int
+    name: str
+    color_rgb: tuple[float, float, float]
+
+
+def default_segment_color(index: int) -> tuple[float, float, float]:
+    """The ``index``-th colour (0-based) of a fixed palette of 10; it cycles after that.
+
+    >>> default_segment_color(0) == default_segment_color(10)
+    True
+    """
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def output_suffix(path: str | Path) -> str:
+    """The labelmap format of ``path`` (one of :data:`LABELMAP_SUFFIXES`), or an OutputError."""
+    name = Path(path).name.lower()
+    for suffix in LABELMAP_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    raise OutputError(
+        f"cannot tell the format of output {Path(path).name!r}",
+        f"end the output name with one of {', '.join(LABELMAP_SUFFIXES)}",
+    )
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(staged_path)`` then move the result (and companion files, e.g. .mhd's .zraw) to ``path``.
+
+    ``staged_path`` has ``path``'s file name inside a fresh hidden folder in the destination folder, so
+    writers that pick the format or a companion file's name from the file name behave as for ``path``.
+    """
+    path = Path(path).expanduser()
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise OutputError(f"output folder {folder} {what}", "create the folder or choose another output path")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a folder", "give a file name inside it")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".medsegany-", dir=folder))
+    except OSError as error:
+        raise OutputError(
+            f"cannot write in {folder} ({error.strerror or error})", "choose a folder you can write to"
+        ) from None
+    try:
+        staged = staging / path.name
+        write(staged)
+        if not staged.is_file():
+            raise OutputError(f"writing {path.name} produced no file", "report this as a bug")
+        # Companion data files first, so the header never names a file that is not there yet.
+        for produced in sorted(staging.iterdir()):
+            if produced != staged:
+                os.replace(produced, folder / produced.name)
+        os.replace(staged, path)
+    except OutputError:
+        raise
+    except (OSError, RuntimeError, ValueError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise OutputError(
+            f"writing {path} failed ({lines[-1].strip()[:160]})", "check free disk space and permissions"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _checked_labels(labelmap_kji: np.ndarray, reference: Volume) -> np.ndarray:
+    labelmap_kji = np.asarray(labelmap_kji)
+    if labelmap_kji.shape != reference.voxels_kji.shape:
+        raise OutputError(
+            f"labelmap shape {labelmap_kji.shape} differs from the volume's {reference.voxels_kji.shape}",
+            "write results on the grid of the volume they were computed on",
+        )
+    if labelmap_kji.dtype == bool:
+        return labelmap_kji.astype(np.uint8)
+    if not np.issubdtype(labelmap_kji.dtype, np.integer):
+        if not np.array_equal(labelmap_kji, np.round(labelmap_kji)):
+            raise OutputError("the labelmap holds non-integer values", "give integer label values")
+    low, high = (labelmap_kji.min(), labelmap_kji.max()) if labelmap_kji.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise OutputError(
+            f"the labelmap holds label values {low}..{high}", "use label values 0..65535 (0 is background)"
+        )
+    # uint8 when it fits: a quarter of the disk of int32 and what Slicer creates for < 256 segments.
+    return labelmap_kji.astype(np.uint8 if high < 256 else np.uint16, copy=False)
+
+
+def _checked_segments(labels_kji: np.ndarray, segments: Sequence[SegmentInfo] | None) -> list[SegmentInfo]:
+    """The given segments, plus a default one for each label value present but not described."""
+    segments = list(segments or [])
+    seen: set[int] = set()
+    for info in segments:
+        if int(info.label_value) < 1 or int(info.label_value) > 65535:
+            raise OutputError(f"segment {info.name!r} has label value {info.label_value}", "use 1..65535")
+        if info.label_value in seen:
+            raise OutputError(f"two segments have label value {info.label_value}", "give each its own value")
+        if len(info.color_rgb) != 3 or not all(0.0 <= float(c) <= 1.0 for c in info.color_rgb):
+            raise OutputError(f"segment {info.name!r} has colour {info.color_rgb}", "give RGB values in 0..1")
+        seen.add(int(info.label_value))
+    # A label value without a segment would be silently dropped by Slicer: describe it instead.
+    for value in (int(v) for v in np.unique(labels_kji) if v != 0):
+        if value not in seen:
+            segments.append(SegmentInfo(value, f"Segment_{value}", default_segment_color(value - 1)))
+    return sorted(segments, key=lambda info: info.label_value)
+
+
+def write_labelmap(
+    labelmap_kji: np.ndarray, reference: Volume, path: str | Path, segments: list[SegmentInfo] | None = None
+) -> Path:
+    """Write a labelmap on ``reference``'s grid (its exact IJK->RAS geometry); returns the path written.
+
+    The format follows the extension: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd`` (SimpleITK,
+    compressed, uint8 when every label is < 256 else uint16) or ``.seg.nrrd`` (3D Slicer's segmentation
+    file, written with slicerio; ``segments`` give names, colours and label values, and labels present
+    without a segment get a default one). The plain formats cannot store names or colours.
+
+    Raises OutputError for an unknown extension, a missing or unwritable folder, a labelmap of another
+    shape than the reference, or labels that are not 0..65535; an existing file is then left untouched.
+    """
+    path = Path(path).expanduser()
+    suffix = output_suffix(path)
+    labels_kji = _checked_labels(labelmap_kji, reference)
+    if suffix == ".seg.nrrd":
+        infos = _checked_segments(labels_kji, segments)
+        return atomic_write(path, lambda target: _write_seg_nrrd(labels_kji, reference, target, infos))
+
+    def write(target: Path) -> None:
+        import SimpleITK as sitk  # lazy: 60 MB of native code
+
+        image = volume_to_sitk(reference.with_voxels(labels_kji))
+        sitk.WriteImage(image, str(target), useCompression=True)
+
+    return atomic_write(path, write)
+
+
+def _write_seg_nrrd(labels_kji: np.ndarray, reference: Volume, target: Path, infos: list[SegmentInfo]) -> None:
+    import slicerio  # lazy; writes through pynrrd
+
+    shape_ijk = labels_kji.shape[::-1]
+    full_extent = [0, shape_ijk[0] - 1, 0, shape_ijk[1] - 1, 0, shape_ijk[2] - 1]
+    segmentation = {
+        # slicerio writes voxels in Fortran order: axis 0 is I, the fastest in the file.
+        "voxels": labels_kji.transpose(2, 1, 0),
+        "ijkToLPS": LPS_TO_RAS @ reference.ijk_to_ras,
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "segments": [
+            {
+                "id": f"Segment_{info.label_value}",
+                # One line per header field: a newline in a name would end the NRRD field early.
+                "name": " ".join(str(info.name).split()) or f"Segment_{info.label_value}",
+                "color": [float(c) for c in info.color_rgb],
+                "nameAutoGenerated": False,
+                "colorAutoGenerated": False,
+                "labelValue": int(info.label_value),
+                "layer": 0,
+                # The full extent, not the segment's own: some Slicer versions cropped every segment of
+                # a layer to the first segment's extent (slicerio's extract_segments notes the same).
+                "extent": full_extent,
+            }
+            for info in infos
+        ],
+    }
+    slicerio.write_segmentation(str(target), segmentation)

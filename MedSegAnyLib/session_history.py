@@ -1,0 +1,135 @@
+"""Undo/redo of session interactions, stored as per-slice differences (never whole volumes).
+
+Each interaction (``add_prompts``, ``add_mask``, a ``propagate`` run, ``remove_object``) is one
+:class:`HistoryEntry`: for every slice it changed, the slice's state before and after (mask bits packed
+8 to a byte, its source and origin, and its logits in "exclusive" overlap mode), and for every object it
+touched, the object's small bookkeeping (prompts, roles, stop reasons) before and after. An interrupted
+propagation is one entry too: the slices it wrote before it was closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Undo steps kept; the oldest are forgotten first (each holds only the slices it changed).
+MAX_HISTORY = 50
+
+
+@dataclass(frozen=True)
+class SliceState:
+    """One object's slice: packed mask bits, where it came from, and its raw logits (exclusive mode only)."""
+
+    mask_packed: np.ndarray
+    shape: tuple[int, int]
+    source: str | None
+    origin: tuple[int, int] | None
+    logits: np.ndarray | None
+
+    def mask(self) -> np.ndarray:
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self.mask_packed, count=count).reshape(self.shape).astype(bool)
+
+    def same_as(self, other: SliceState) -> bool:
+        logits_equal = (self.logits is None and other.logits is None) or (
+            self.logits is not None and other.logits is not None and np.array_equal(self.logits, other.logits)
+        )
+        return (
+            self.source == other.source
+            and self.origin == other.origin
+            and np.array_equal(self.mask_packed, other.mask_packed)
+            and logits_equal
+        )
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """An object's bookkeeping (everything but its mask, which is kept per slice)."""
+
+    name: str
+    color_rgb: tuple[float, float, float]
+    axis: int | None
+    prompts: dict
+    mask_prompts: dict  # slice -> packed mask bytes (comparable)
+    roles: dict
+    dirty: frozenset
+    stop_reasons: dict
+
+
+@dataclass
+class HistoryEntry:
+    """One interaction: ``slices[(object_id, axis, slice_index)] = (before, after)``, ``objects[id] = (before,
+    after)`` where None means the object did not exist."""
+
+    label: str
+    slices: dict[tuple[int, int, int], tuple[SliceState, SliceState]] = field(default_factory=dict)
+    objects: dict[int, tuple[ObjectRecord | None, ObjectRecord | None]] = field(default_factory=dict)
+
+
+class Transaction:
+    """Collects the states before the changes of one interaction; :meth:`finish` computes the after states."""
+
+    def __init__(self, label: str, capture_slice, capture_object) -> None:
+        self.label = label
+        self._capture_slice = capture_slice
+        self._capture_object = capture_object
+        self._slices_before: dict[tuple[int, int, int], SliceState] = {}
+        self._objects_before: dict[int, ObjectRecord | None] = {}
+
+    def touch_slice(self, object_id: int, axis: int, slice_index: int) -> None:
+        """Call before changing a slice of an object (the first call saves its state)."""
+        key = (object_id, axis, slice_index)
+        if key not in self._slices_before:
+            self._slices_before[key] = self._capture_slice(object_id, axis, slice_index)
+
+    def touch_object(self, object_id: int) -> None:
+        """Call before changing an object's bookkeeping, creating or removing it."""
+        if object_id not in self._objects_before:
+            self._objects_before[object_id] = self._capture_object(object_id)
+
+    def finish(self) -> HistoryEntry | None:
+        entry = HistoryEntry(self.label)
+        for key, before in self._slices_before.items():
+            after = self._capture_slice(*key)
+            if not before.same_as(after):
+                entry.slices[key] = (before, after)
+        for object_id, before in self._objects_before.items():
+            after = self._capture_object(object_id)
+            if before != after:
+                entry.objects[object_id] = (before, after)
+        return entry if entry.slices or entry.objects else None
+
+
+class History:
+    """The undo and redo stacks."""
+
+    def __init__(self, max_entries: int = MAX_HISTORY) -> None:
+        self.max_entries = max_entries
+        self.undo_stack: list[HistoryEntry] = []
+        self.redo_stack: list[HistoryEntry] = []
+
+    def push(self, entry: HistoryEntry | None) -> None:
+        if entry is None:
+            return
+        self.undo_stack.append(entry)
+        del self.undo_stack[: -self.max_entries]
+        self.redo_stack.clear()
+
+    def entries(self) -> list[str]:
+        return [entry.label for entry in self.undo_stack]
+
+
+def pack_mask(mask_frame: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask_frame, dtype=bool))
+
+
+def capture_slice_state(mask_frame: np.ndarray, source: str | None, origin: Any, logits: Any) -> SliceState:
+    return SliceState(
+        pack_mask(mask_frame),
+        tuple(mask_frame.shape),
+        source,
+        origin,
+        None if logits is None else np.array(logits, copy=True),
+    )

@@ -1,0 +1,78 @@
+"""Which slices each prompted slice propagates to: the run plan shared by the 2D and SAM 2 paths.
+
+Every prompted slice (a *key*) has a *role*: 0 for a fresh prompt, or +1 / -1 for a correction made on a
+slice that a run in that direction had propagated to. Between two adjacent keys ``a < b``:
+
+- if ``b`` corrects a forward run (role +1) or ``a`` corrects a backward run (role -1), the run that made
+  the corrected slice keeps the gap: ``a`` forward up to ``b - 1`` (resp. ``b`` backward down to ``a + 1``),
+  so a correction changes only the slices *beyond* it, never those between it and the prompt it came from;
+- if ``b`` is a backward correction or ``a`` a forward one, the correction owns the gap;
+- between two fresh keys, a 2D model splits the gap at the midpoint (each half is closer to its own
+  prompt), a SAM 2 model goes forward from ``a`` through to ``b`` as Meta's ``propagate_in_video`` does.
+
+Outside the outermost keys, the lowest key runs backward and the highest forward, to the ends of the
+allowed slice range. A later ``propagate()`` re-runs only the runs that start at a changed key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Run:
+    """Propagate from prompted slice ``key`` in direction ``step`` up to ``last`` (inclusive).
+
+    ``outer`` runs reach past the outermost prompt: the stop rule applies to them. Inner runs end at the
+    next prompt (a 2D model still applies its stop rule there; SAM 2 carries on to the prompt).
+    """
+
+    key: int
+    step: int
+    last: int
+    outer: bool
+
+
+def plan_runs(
+    roles: dict[int, int], low: int, high: int, direction: str = "both", family: str = "slice"
+) -> list[Run]:
+    """Runs for the keys (``roles``: slice -> 0, +1 or -1) within ``low..high``.
+
+    ``family``: "slice" (2D models) or "sam2".
+    """
+    keys = sorted(key for key in roles if low <= key <= high)
+    runs: list[Run] = []
+    if not keys:
+        return runs
+    if keys[0] > low:
+        runs.append(Run(keys[0], -1, low, True))
+    if keys[-1] < high:
+        runs.append(Run(keys[-1], +1, high, True))
+    for a, b in itertools.pairwise(keys):
+        if b - a < 2:
+            continue
+        role_a, role_b = roles[a], roles[b]
+        if role_b == +1 or role_a == -1:
+            owner = "a" if role_b == +1 else "b"
+        elif role_b == -1:
+            owner = "b"
+        elif role_a == +1 or family == "sam2":
+            owner = "a"
+        else:
+            owner = "split"
+        if owner == "a":
+            runs.append(Run(a, +1, b - 1, False))
+        elif owner == "b":
+            runs.append(Run(b, -1, a + 1, False))
+        else:
+            middle = (a + b) // 2
+            if middle > a:
+                runs.append(Run(a, +1, middle, False))
+            if middle + 1 < b:
+                runs.append(Run(b, -1, middle + 1, False))
+    if direction == "forward":
+        runs = [run for run in runs if run.step > 0]
+    elif direction == "backward":
+        runs = [run for run in runs if run.step < 0]
+    return runs

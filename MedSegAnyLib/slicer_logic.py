@@ -1,0 +1,808 @@
+"""What the Slicer module does, without Qt: prompts from markups, streamed AI writes into a segment, undo.
+
+Everything the MedSegAny panel does goes through :class:`SlicerSegmentationLogic`, so it can be driven
+from Slicer's Python console and tested headless with ``slicer-core``::
+
+    >>> logic = SlicerSegmentationLogic(model="litemedsam")                       # doctest: +SKIP
+    >>> logic.set_target(volume_node, segmentation_node, segment_id)            # doctest: +SKIP
+    >>> step = logic.segment(roi_node=roi, positive_points_node=plus)          # doctest: +SKIP
+    >>> logic.undo()                                                            # doctest: +SKIP
+
+Threads: the model calls (:meth:`SlicerSegmentationLogic.compute`) may run in a worker thread
+(:mod:`medsegany.slicer_worker`); everything that touches MRML (:meth:`~SlicerSegmentationLogic.begin_action`,
+:meth:`AIAction.apply`, :meth:`~SlicerSegmentationLogic.finish_action`, undo) runs on the main thread.
+:class:`RunningAction` is the glue the widget's timer polls; the synchronous methods use the same steps.
+
+One AI action (a prompt + propagation run, a correction, a re-propagation) is one undo step: the
+segments it may change are snapshotted before it, and again after it for redo. A cancelled run keeps
+the slices written so far and is one undo step too. Each finished action stores its provenance (model,
+intensity window, every prompt in IJK and the volume's IJK->RAS) as JSON in the segment tag
+:data:`PROVENANCE_TAG`, so a saved scene says how each segment was made.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MedSegAnyError, OutputError, PromptError
+from .geometry import slice_axis_of_plane
+from .mrml_markups import prompts_from_markups
+from .mrml_masking import edit_masking_from_editor_node
+from .mrml_segment import EditMasking, SegmentWriter, segment_or_error
+from .mrml_undo import SegmentSnapshot, restore_segment, snapshot_segment
+from .mrml_volume import volume_from_node, world_ijk_to_ras
+from .mrml_vtk import matrix_to_numpy
+from .prompts import AXIS_NAMES, SlicePrompts
+from .volume import Volume
+
+#: Segment tag holding the JSON provenance of the AI actions that made the segment.
+PROVENANCE_TAG = "MedSegAny.Provenance"
+#: Names of the markups nodes the module places prompts in.
+PROMPT_NODE_NAMES = ("MedSegAny box", "MedSegAny +", "MedSegAny -")
+#: Undo steps kept; each holds two cropped segment snapshots and two bit-packed object masks
+#: (a 512 x 512 x 300 volume packs to 9.8 MB), so 20 steps stay under ~0.5 GB in the worst case.
+MAX_UNDO_STEPS = 20
+#: Directions offered in the panel -> the session's names ("up" = increasing slice index).
+DIRECTION_NAMES = {
+    "both": "both",
+    "up": "forward",
+    "down": "backward",
+    "forward": "forward",
+    "backward": "backward",
+}
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+
+
+def view_slice_axis(slice_node, volume_node, tolerance_deg: float = 1.0) -> int:
+    """The IJK axis a slice view (Red/Yellow/Green) cuts the volume along; oblique views are refused.
+
+    The view's normal is the third column of its SliceToRAS; it must be parallel, within
+    ``tolerance_deg``, to the normal of one voxel plane of the volume in world RAS.
+    """
+    normal_ras = matrix_to_numpy(slice_node.GetSliceToRAS())[:3, 2]
+    axis = slice_axis_of_plane(normal_ras, world_ijk_to_ras(volume_node), tolerance_deg)
+    if axis is None:
+        view = slice_node.GetLayoutName() or slice_node.GetName()
+        raise PromptError(
+            f"the {view} view is oblique to volume '{volume_node.GetName()}'",
+            "reset the view to the volume's axes (slice view menu: Reset field of view / Rotate to volume "
+            "plane) or prompt in another view",
+        )
+    return axis
+
+
+def create_segment(
+    segmentation_node, name: str, color_rgb: tuple[float, float, float] | None = None
+) -> str:
+    """Add an empty segment named ``name`` (colour in 0..1, Slicer picks one when None); return its id."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.AddEmptySegment("", name)
+    if color_rgb is not None:
+        segmentation.GetSegment(segment_id).SetColor(*(float(c) for c in color_rgb))
+    return segment_id
+
+
+def set_roi_box_ijk(roi_node, volume_node, box_ijk) -> None:
+    """Place an ROI exactly on the voxel box ``box_ijk`` (i0, j0, k0, i1, j1, k1) of ``volume_node``.
+
+    The ROI is aligned with the volume's voxel axes in world RAS (its own parent transforms are
+    accounted for); a box flat along one axis gives a zero-thickness ROI, i.e. a prompt rectangle.
+    """
+    from .mrml_vtk import node_to_world, numpy_to_matrix
+
+    ijk_to_ras = world_ijk_to_ras(volume_node)
+    low, high = np.asarray(box_ijk[:3], dtype=float), np.asarray(box_ijk[3:], dtype=float)
+    low, high = np.minimum(low, high), np.maximum(low, high)
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    axes_ras = ijk_to_ras[:3, :3] / spacing
+    axes_ras[:, 0] *= np.sign(np.linalg.det(axes_ras))  # an ROI's frame must be right-handed
+    object_to_world = np.eye(4)
+    object_to_world[:3, :3] = axes_ras
+    object_to_world[:3, 3] = ijk_to_ras[:3, :3] @ ((low + high) / 2.0) + ijk_to_ras[:3, 3]
+    world_to_node = np.linalg.inv(node_to_world(roi_node, PromptError, "ROI"))
+    roi_node.GetObjectToNodeMatrix().DeepCopy(numpy_to_matrix(world_to_node @ object_to_world))
+    roi_node.SetSize(*((high - low) * spacing))
+
+
+def flatten_roi_to_slice(roi_node, volume_node, axis: int) -> int:
+    """Make an ROI drawn in a slice view an exact rectangle on one slice of ``volume_node``; its index.
+
+    Slicer gives an interactively placed ROI some thickness; the prompt needs zero thickness along the
+    view's axis. The ROI keeps its in-plane extent (voxel bounding box of its corners), is aligned with
+    the volume's voxel axes, centred on the nearest slice and set to zero size along ``axis``.
+    """
+    from .mrml_markups import roi_corners_ras
+    from .prompts import snap_index
+
+    volume = volume_from_node(volume_node, copy=False)
+    corners_ijk = volume.ras_to_ijk_points(roi_corners_ras(roi_node))
+    low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
+    slice_index = snap_index((low[axis] + high[axis]) / 2.0)
+    low[axis] = high[axis] = slice_index
+    set_roi_box_ijk(roi_node, volume_node, (*low, *high))
+    return int(slice_index)
+
+
+def read_provenance(segmentation_node, segment_id: str) -> dict[str, Any] | None:
+    """The provenance JSON a MedSegAny action stored on a segment, or None."""
+    text = _get_tag(segment_or_error(segmentation_node, segment_id), PROVENANCE_TAG)
+    return json.loads(text) if text else None
+
+
+def _get_tag(segment, name: str) -> str | None:
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else None
+
+
+def _set_tag(segment, name: str, value: str | None) -> None:
+    if value is None:
+        segment.RemoveTag(name)
+    else:
+        segment.SetTag(name, value)
+
+
+def prompts_to_json(prompts: SlicePrompts) -> dict[str, Any]:
+    return {
+        "axis": AXIS_NAMES[prompts.axis],
+        "slice_index": prompts.slice_index,
+        "box_ijk": None if prompts.box_ijk is None else [float(v) for v in prompts.box_ijk],
+        "points_ijk": [[float(v) for v in p] for p in prompts.points_ijk],
+        "point_labels": list(prompts.point_labels),
+    }
+
+
+# ------------------------------------------------------------------------------------------ undo records
+
+
+@dataclass
+class ObjectState:
+    """A session object's state (prompts and mask) so that undo also rewinds what the model remembers."""
+
+    axis: int | None
+    prompts: dict[int, SlicePrompts]
+    slice_sources: dict[int, str]
+    stop_reasons: dict[int, str]
+    mask_packed: np.ndarray  # np.packbits of the bool KJI mask (1 bit per voxel)
+    shape_kji: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, segment_object) -> ObjectState:
+        return cls(
+            segment_object.axis,
+            dict(segment_object.prompts),
+            dict(segment_object.slice_sources),
+            dict(segment_object.stop_reasons),
+            np.packbits(segment_object.mask_kji),
+            tuple(segment_object.mask_kji.shape),
+        )
+
+    def restore_into(self, segment_object) -> None:
+        segment_object.axis = self.axis
+        segment_object.prompts = dict(self.prompts)
+        segment_object.slice_sources = dict(self.slice_sources)
+        segment_object.stop_reasons = dict(self.stop_reasons)
+        count = int(np.prod(self.shape_kji))
+        segment_object.mask_kji[...] = np.unpackbits(self.mask_packed, count=count).reshape(self.shape_kji)
+
+
+@dataclass
+class UndoStep:
+    """One AI action on one segment, as undo/redo needs it."""
+
+    label: str
+    segmentation_node_id: str
+    segment_id: str
+    before: SegmentSnapshot
+    provenance_before: str | None
+    object_before: ObjectState | None
+    after: SegmentSnapshot | None = None
+    provenance_after: str | None = None
+    object_after: ObjectState | None = None
+    slices_written: int = 0
+    cancelled: bool = False
+
+
+@dataclass
+class AIAction:
+    """An AI action under way: writes each arriving slice into the segment (main thread only)."""
+
+    label: str
+    details: dict[str, Any]
+    writer: SegmentWriter
+    step: UndoStep
+    slices: list[int] = field(default_factory=list)
+
+    def apply(self, result) -> None:
+        """Write one :class:`~medsegany.session.SliceResult` into the segment (touches that slice only)."""
+        self.writer.write_slice(result.axis, result.slice_index, result.mask_frame)
+        self.slices.append(int(result.slice_index))
+        self.step.slices_written += 1
+
+
+# ------------------------------------------------------------------------------------------ the logic
+
+
+@dataclass
+class _SessionKey:
+    volume_node_id: str
+    volume_mtime: int
+    model_id: str
+    device: str | None
+    intensity: Any
+
+
+class SlicerSegmentationLogic:
+    """The module's logic: one volume, one target segment at a time, one model, undo/redo of AI actions.
+
+    Args:
+        model: catalog id of the model, or a ready :class:`~medsegany.models.base.SliceModel` (tests).
+        device: "auto"/None, "cpu", "cuda" or "mps".
+        intensity: preset name (see :data:`medsegany.intensity.PRESET_NAMES`) or a window (low, high);
+            applied to a copy of the voxels, never to the volume node.
+        settings: propagation settings (:class:`~medsegany.propagation.PropagationSettings`).
+        model_loader: ``(model_id, device) -> SliceModel``; defaults to the model registry.
+    """
+
+    def __init__(
+        self,
+        model: Any = "litemedsam",
+        device: str | None = None,
+        intensity: str | tuple[float, float] = "auto",
+        settings: Any = None,
+        model_loader: Callable[[str, str | None], Any] | None = None,
+    ) -> None:
+        self._model_choice = model
+        self.device = device
+        self.intensity = intensity
+        self.settings = settings
+        self._model_loader = model_loader
+        self._models: dict[tuple[str, str | None], Any] = {}
+        self.volume_node = None
+        self.segmentation_node = None
+        self.segment_id: str | None = None
+        self.segment_editor_node = None
+        self.session = None
+        self._session_key: _SessionKey | None = None
+        self._volume: Volume | None = None
+        self._objects: dict[tuple[str, str], int] = {}
+        self._undo: list[UndoStep] = []
+        self._redo: list[UndoStep] = []
+        self.running: AIAction | None = None
+
+    # -- configuration (main thread) -----------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        choice = self._model_choice
+        return (
+            choice if isinstance(choice, str) else str(getattr(choice, "model_id", type(choice).__name__))
+        )
+
+    def configure(self, model: Any = None, device: str | None = None, intensity: Any = None) -> None:
+        """Change the model, device or intensity preset; the next action starts a fresh session."""
+        self._refuse_while_running("change the model or intensity")
+        if model is not None:
+            self._model_choice = model
+        if device is not None:
+            self.device = None if device == "auto" else device
+        if intensity is not None:
+            self.intensity = intensity
+
+    def set_target(self, volume_node, segmentation_node, segment_id: str, segment_editor_node=None) -> None:
+        """The volume to segment, and the segment AI results go into.
+
+        ``segment_editor_node`` (a ``vtkMRMLSegmentEditorNode``) supplies the masking and overwrite
+        settings; None means: editable everywhere, never overwrite other segments.
+        """
+        self._refuse_while_running("change the target")
+        if volume_node is None or segmentation_node is None:
+            raise OutputError("no volume or segmentation was chosen", "choose both in the MedSegAny panel")
+        segment_or_error(segmentation_node, segment_id)
+        self.volume_node = volume_node
+        self.segmentation_node = segmentation_node
+        self.segment_id = segment_id
+        self.segment_editor_node = segment_editor_node
+
+    def volume(self) -> Volume:
+        """The source volume as a private copy (refreshed when the node's voxels or geometry change)."""
+        self._require_target()
+        key = self._current_key()
+        if self._volume is None or self._session_key is None or key != self._session_key:
+            self._volume = volume_from_node(self.volume_node)
+            self.session = None
+            self._objects.clear()
+            self._session_key = key
+        return self._volume
+
+    def intensity_window(self):
+        """The :class:`~medsegany.intensity.IntensityWindow` the model will see (for display)."""
+        from .intensity import resolve_intensity
+
+        volume = self.volume()
+        if isinstance(self.intensity, tuple):
+            return resolve_intensity(volume, window=self.intensity)
+        return resolve_intensity(volume, preset=self.intensity)
+
+    def masking(self) -> EditMasking:
+        if self.segment_editor_node is None:
+            return EditMasking()
+        return edit_masking_from_editor_node(
+            self.segment_editor_node, self.segmentation_node, self.segment_id, self.volume_node
+        )
+
+    # -- model and session (worker thread) -----------------------------------------------------------
+    def load_model(self):
+        """The model instance (loaded once per model id and device; the worker thread calls this)."""
+        if not isinstance(self._model_choice, str):
+            return self._model_choice
+        key = (self._model_choice, self.device)
+        if key not in self._models:
+            if self._model_loader is not None:
+                self._models[key] = self._model_loader(*key)
+            else:
+                from .models.registry import load_slice_model
+
+                self._models[key] = load_slice_model(self._model_choice, device=self.device)
+        return self._models[key]
+
+    def ensure_session(self):
+        """The :class:`~medsegany.session.SegmentationSession` for the current volume, model, intensity."""
+        from .session import SegmentationSession
+
+        if self.session is None:
+            if self._volume is None:
+                raise OutputError("no volume was prepared", "call set_target() and begin an action first")
+            kwargs = {} if self.settings is None else {"settings": self.settings}
+            self.session = SegmentationSession(
+                self._volume, model=self.load_model(), intensity=self.intensity, **kwargs
+            )
+        return self.session
+
+    def _object_key(self) -> tuple[str, str]:
+        return (self.segmentation_node.GetID(), self.segment_id)
+
+    def _object_id(self, create: bool) -> int | None:
+        """The session object of the target segment (main thread: reads the segment's name and colour)."""
+        key = self._object_key()
+        if key not in self._objects and create:
+            segment = segment_or_error(self.segmentation_node, self.segment_id)
+            color = tuple(float(c) for c in segment.GetColor())
+            self._objects[key] = self.ensure_session().add_object(segment.GetName(), color)
+        return self._objects.get(key)
+
+    def _target_object(self) -> tuple[tuple[str, str], str, tuple[float, ...]]:
+        segment = segment_or_error(self.segmentation_node, self.segment_id)
+        return self._object_key(), segment.GetName(), tuple(float(c) for c in segment.GetColor())
+
+    # -- prompts (main thread) -----------------------------------------------------------------------
+    def prompt_nodes(self, scene=None, create: bool = True) -> tuple[Any, Any, Any]:
+        """(ROI, positive points, negative points) markups nodes the panel places prompts in."""
+        scene = scene or (self.volume_node.GetScene() if self.volume_node is not None else None)
+        if scene is None:
+            raise OutputError("there is no scene", "choose a volume first")
+        classes = ("vtkMRMLMarkupsROINode", "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialNode")
+        colors = ((1.0, 0.85, 0.0), (0.1, 0.9, 0.2), (0.95, 0.2, 0.2))
+        nodes = []
+        for name, class_name, color in zip(PROMPT_NODE_NAMES, classes, colors, strict=True):
+            node = scene.GetFirstNodeByName(name)
+            if node is None and create:
+                node = scene.AddNewNodeByClass(class_name, name)
+                node.CreateDefaultDisplayNodes()
+                display = node.GetDisplayNode()
+                if display is not None:
+                    display.SetSelectedColor(*color)
+                    display.SetColor(*color)
+            nodes.append(node)
+        return tuple(nodes)
+
+    def prompts_from_nodes(
+        self, roi_node=None, positive_points_node=None, negative_points_node=None, axis: int | None = None
+    ) -> SlicePrompts:
+        """Checked prompts for one slice from markups (world RAS) on the current volume.
+
+        ``axis``: the slice axis of the view the points were placed in (needed when there is no box).
+        """
+        volume = self.volume()
+        markups = prompts_from_markups(volume, roi_node, positive_points_node, negative_points_node)
+        return markups.to_slice_prompts(volume, axis)
+
+    def correction_range(self, prompts: SlicePrompts) -> tuple[int, int] | None:
+        """Slices a new prompt on ``prompts.slice_index`` can change (None: everything).
+
+        The session shares the slices between two prompted slices at their midpoint, so a prompt at s
+        between prompted slices p < s < n only changes slices (p+s)//2+1 .. (s+n)//2.
+        """
+        object_id = self._object_id(create=False) if self.session is not None else None
+        if object_id is None:
+            return None
+        obj = self.session.objects[object_id]
+        keys = [k for k in obj.prompts if k != prompts.slice_index]
+        if not keys or obj.axis != prompts.axis:
+            return None
+        s = prompts.slice_index
+        below = [k for k in keys if k < s]
+        above = [k for k in keys if k > s]
+        count = self.volume().voxels_kji.shape[2 - prompts.axis]
+        low = (max(below) + s) // 2 + 1 if below else 0
+        high = (s + min(above)) // 2 if above else count - 1
+        return low, high
+
+    # -- actions -------------------------------------------------------------------------------------
+    def begin_action(self, label: str, details: dict[str, Any] | None = None) -> AIAction:
+        """Snapshot the segments the action may change and open a writer (main thread)."""
+        self._refuse_while_running("start another action")
+        self.volume()  # refresh the private copy before the worker uses it
+        masking = self.masking()
+        before = snapshot_segment(self.segmentation_node, self.segment_id, masking)
+        segment = segment_or_error(self.segmentation_node, self.segment_id)
+        object_id = self._object_id(create=False) if self.session is not None else None
+        object_before = ObjectState.of(self.session.objects[object_id]) if object_id is not None else None
+        step = UndoStep(
+            label,
+            self.segmentation_node.GetID(),
+            self.segment_id,
+            before,
+            _get_tag(segment, PROVENANCE_TAG),
+            object_before,
+        )
+        writer = SegmentWriter(self.segmentation_node, self.segment_id, self.volume_node, masking)
+        self.running = AIAction(label, dict(details or {}), writer, step)
+        return self.running
+
+    def compute(
+        self,
+        prompts: SlicePrompts | None = None,
+        propagate: bool = True,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+        target: tuple[tuple[str, str], str, tuple[float, ...]] | None = None,
+    ) -> Iterator[Any]:
+        """The model's results for one action, slice by slice (safe to run in the worker thread).
+
+        With ``prompts``: segment the prompted slice at once, then (``propagate``) propagate. Without:
+        re-propagate the target's existing prompts. Closing the generator stops between slices.
+        ``target`` (object key, name, colour) is read on the main thread by the ``plan_*`` methods, so
+        this generator never touches MRML.
+        """
+        session_direction = DIRECTION_NAMES.get(direction)
+        if session_direction is None:
+            raise PromptError(f"direction {direction!r} is unknown", "use both, up or down")
+        session = self.ensure_session()
+        key, name, color = target if target is not None else self._target_object()
+        object_id = self._objects.get(key)
+        if object_id is None and prompts is not None:
+            object_id = self._objects[key] = session.add_object(name, color)
+        if object_id is None or (not session.objects[object_id].prompts and prompts is None):
+            raise PromptError(
+                "this segment has no MedSegAny prompt yet", "place a box or a positive point first"
+            )
+        if prompts is not None:
+            yield session.add_prompts(object_id, prompts)
+        if propagate:
+            yield from session.propagate([object_id], direction=session_direction, slice_range=slice_range)
+
+    def finish_action(self, action: AIAction, cancelled: bool = False) -> UndoStep | None:
+        """Close an action: snapshot for redo, store provenance, push one undo step (main thread).
+
+        An action that wrote nothing leaves no undo step (and returns None).
+        """
+        if self.running is action:
+            self.running = None
+        step = action.step
+        step.cancelled = cancelled
+        if step.slices_written == 0:
+            return None
+        segment = segment_or_error(self.segmentation_node, step.segment_id)
+        object_id = self._object_id(create=False) if self.session is not None else None
+        provenance = self._provenance(segment, action, object_id, cancelled)
+        _set_tag(segment, PROVENANCE_TAG, provenance)
+        step.provenance_after = provenance
+        step.object_after = (
+            ObjectState.of(self.session.objects[object_id]) if object_id is not None else None
+        )
+        step.after = snapshot_segment(self.segmentation_node, step.segment_id, action.writer.masking)
+        self._undo.append(step)
+        del self._undo[:-MAX_UNDO_STEPS]
+        self._redo.clear()
+        return step
+
+    def abort_action(self, action: AIAction) -> None:
+        """Undo what a failed action wrote (it raised before finishing) and forget it."""
+        if self.running is action:
+            self.running = None
+        if action.step.slices_written:
+            restore_segment(self.segmentation_node, action.step.before)
+        self._restore_object(action.step, action.step.object_before)
+
+    def run_action(
+        self,
+        action: AIAction,
+        results: Iterable[Any],
+        should_cancel: Callable[[Any], bool] | None = None,
+        on_slice: Callable[[Any], None] | None = None,
+    ) -> UndoStep | None:
+        """Apply ``results`` one by one in this thread; ``should_cancel(result)`` stops after a slice."""
+        iterator = iter(results)
+        cancelled = False
+        try:
+            for result in iterator:
+                action.apply(result)
+                if on_slice is not None:
+                    on_slice(result)
+                if should_cancel is not None and should_cancel(result):
+                    cancelled = True
+                    break
+        except BaseException:
+            self.abort_action(action)
+            raise
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        return self.finish_action(action, cancelled=cancelled)
+
+    # -- the console API (synchronous) ---------------------------------------------------------------
+    def segment(
+        self,
+        roi_node=None,
+        positive_points_node=None,
+        negative_points_node=None,
+        axis: int | None = None,
+        propagate: bool = True,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+        should_cancel: Callable[[Any], bool] | None = None,
+    ) -> UndoStep | None:
+        """Prompt from markups and (optionally) propagate, writing into the target segment; one undo step."""
+        action, results = self.plan_prompt_action(
+            roi_node, positive_points_node, negative_points_node, axis, propagate, direction, slice_range
+        )
+        return self.run_action(action, results, should_cancel)
+
+    def propagate(
+        self,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+        should_cancel: Callable[[Any], bool] | None = None,
+    ) -> UndoStep | None:
+        """Re-propagate the target segment's prompts (e.g. further, or in one direction); one undo step."""
+        action, results = self.plan_propagation(direction, slice_range)
+        return self.run_action(action, results, should_cancel)
+
+    def plan_prompt_action(
+        self,
+        roi_node=None,
+        positive_points_node=None,
+        negative_points_node=None,
+        axis: int | None = None,
+        propagate: bool = True,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+    ) -> tuple[AIAction, Iterator[Any]]:
+        """(action, results generator) for a prompt: the main thread applies what the generator yields."""
+        prompts = self.prompts_from_nodes(roi_node, positive_points_node, negative_points_node, axis)
+        correction = self.correction_range(prompts)
+        if correction is not None and slice_range is None and direction == "both":
+            slice_range = correction  # a correction re-propagates only what it can change
+        label = (
+            "correction" if correction is not None else "prompt" + (" + propagation" if propagate else "")
+        )
+        details = {"direction": direction, "slice_range": slice_range, "prompt": prompts_to_json(prompts)}
+        action = self.begin_action(label, details)
+        return action, self.compute(prompts, propagate, direction, slice_range, self._target_object())
+
+    def plan_propagation(
+        self, direction: str = "both", slice_range: tuple[int, int] | None = None
+    ) -> tuple[AIAction, Iterator[Any]]:
+        if self.session is None or self._object_id(create=False) is None:
+            self.volume()
+            if self.session is None or self._object_id(create=False) is None:
+                raise PromptError(
+                    "this segment has no MedSegAny prompt yet", "place a box or a positive point first"
+                )
+        action = self.begin_action(
+            f"propagation {direction}", {"direction": direction, "slice_range": slice_range}
+        )
+        return action, self.compute(None, True, direction, slice_range, self._target_object())
+
+    def start(self, worker, planned: tuple[AIAction, Iterator[Any]]) -> RunningAction:
+        """Run a planned action's model calls in ``worker``; poll the result on the main thread."""
+        action, results = planned
+        try:
+            handle = worker.submit(lambda context: results, label=action.label)
+        except BaseException:
+            self.abort_action(action)
+            raise
+        return RunningAction(self, action, handle)
+
+    # -- undo / redo (main thread) -------------------------------------------------------------------
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo) and self.running is None
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo) and self.running is None
+
+    def undo(self) -> UndoStep | None:
+        """Put back the segments as they were before the last AI action; None when there is nothing."""
+        self._refuse_while_running("undo")
+        if not self._undo:
+            return None
+        step = self._undo[-1]
+        self._apply_state(step, step.before, step.provenance_before, step.object_before)
+        self._redo.append(self._undo.pop())
+        return step
+
+    def redo(self) -> UndoStep | None:
+        """Apply the last undone AI action again (its saved result, no model call)."""
+        self._refuse_while_running("redo")
+        if not self._redo:
+            return None
+        step = self._redo[-1]
+        self._apply_state(step, step.after, step.provenance_after, step.object_after)
+        self._undo.append(self._redo.pop())
+        return step
+
+    def _apply_state(self, step: UndoStep, snapshot, provenance: str | None, object_state) -> None:
+        scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
+        node = scene.GetNodeByID(step.segmentation_node_id) if scene is not None else None
+        if node is None:
+            raise OutputError("the segmentation of that action was deleted", "undo is no longer possible")
+        restore_segment(node, snapshot)
+        segment = node.GetSegmentation().GetSegment(step.segment_id)
+        if segment is not None:
+            _set_tag(segment, PROVENANCE_TAG, provenance)
+        self._restore_object(step, object_state)
+
+    def _restore_object(self, step: UndoStep, object_state: ObjectState | None) -> None:
+        if self.session is None:
+            return
+        key = (step.segmentation_node_id, step.segment_id)
+        object_id = self._objects.get(key)
+        if object_state is None:
+            if object_id is not None:
+                self.session.objects.pop(object_id, None)
+                self._objects.pop(key, None)
+            return
+        if object_id is None or object_state.shape_kji != self.session.volume.voxels_kji.shape:
+            return  # the session was rebuilt (other volume or model): only the segment is restored
+        object_state.restore_into(self.session.objects[object_id])
+
+    def accept(self, prompt_nodes: Iterable[Any] = ()) -> None:
+        """Keep the segment as it is, clear the prompts; the next prompt starts a new object."""
+        self._refuse_while_running("accept")
+        for node in prompt_nodes:
+            if node is not None:
+                node.RemoveAllControlPoints()
+        if self.segmentation_node is not None and self.segment_id is not None:
+            object_id = self._objects.pop((self.segmentation_node.GetID(), self.segment_id), None)
+            if object_id is not None and self.session is not None:
+                self.session.objects.pop(object_id, None)
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _provenance(self, segment, action: AIAction, object_id: int | None, cancelled: bool) -> str:
+        previous = _get_tag(segment, PROVENANCE_TAG)
+        try:
+            record = json.loads(previous) if previous else {}
+        except json.JSONDecodeError:
+            record = {}
+        from . import __version__
+
+        window = self.session.intensity if self.session is not None else None
+        obj = self.session.objects.get(object_id) if object_id is not None else None
+        record.update(
+            {
+                "tool": f"MedSegAny {__version__}",
+                "model_id": str(getattr(self.session.model, "model_id", self.model_id)),
+                "intensity": None
+                if window is None
+                else {"name": window.name, "low": window.low, "high": window.high},
+                "volume": {
+                    "name": self.volume_node.GetName(),
+                    "node_id": self.volume_node.GetID(),
+                    "ijk_to_ras": np.round(self._volume.ijk_to_ras, 6).tolist(),
+                },
+                "prompts": []
+                if obj is None
+                else [prompts_to_json(obj.prompts[k]) for k in sorted(obj.prompts)],
+            }
+        )
+        actions = record.get("actions", [])
+        actions.append(
+            {
+                "action": action.label,
+                **{k: v for k, v in action.details.items() if k != "prompt"},
+                "slices_written": action.step.slices_written,
+                "cancelled": cancelled,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        record["actions"] = actions[-50:]  # keep the tag small in long sessions
+        return json.dumps(record)
+
+    def _current_key(self) -> _SessionKey:
+        image = self.volume_node.GetImageData()
+        transform = self.volume_node.GetParentTransformNode()
+        mtime = max(
+            self.volume_node.GetMTime(),
+            image.GetMTime() if image is not None else 0,
+            transform.GetMTime() if transform is not None else 0,
+        )
+        intensity = copy.copy(self.intensity)
+        return _SessionKey(self.volume_node.GetID(), mtime, self.model_id, self.device, intensity)
+
+    def _require_target(self) -> None:
+        if self.volume_node is None or self.segmentation_node is None or self.segment_id is None:
+            raise OutputError(
+                "no volume or target segment was chosen", "choose them in the MedSegAny panel"
+            )
+
+    def _refuse_while_running(self, what: str) -> None:
+        if self.running is not None:
+            raise MedSegAnyError(
+                f"cannot {what} while '{self.running.label}' is running", "wait or press Cancel"
+            )
+
+
+class RunningAction:
+    """An action whose model calls run in the worker; :meth:`poll` applies arriving slices (main thread)."""
+
+    def __init__(self, logic: SlicerSegmentationLogic, action: AIAction, handle) -> None:
+        self.logic = logic
+        self.action = action
+        self.handle = handle
+        self.finished = False
+        self.step: UndoStep | None = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Stop after the slice being computed; what was written stays, as one undo step."""
+        self.handle.cancel()
+
+    def poll(self, max_items: int | None = None) -> bool:
+        """Apply the slices that arrived; True once the action is finished (done, cancelled or failed)."""
+        if self.finished:
+            return True
+        for event in self.handle.drain(max_items):
+            if event.kind == "item":
+                try:
+                    self.action.apply(event.payload)
+                except BaseException as error:  # a write failed: stop the worker, undo this action
+                    self.handle.cancel()
+                    self.handle.wait(timeout_s=30)
+                    self.logic.abort_action(self.action)
+                    self.error, self.finished = error, True
+                    return True
+            elif event.kind == "error":
+                self.logic.abort_action(self.action)
+                self.error, self.finished = event.payload, True
+                return True
+            elif event.kind in ("done", "cancelled"):
+                self.step = self.logic.finish_action(self.action, cancelled=event.kind == "cancelled")
+                self.finished = True
+                return True
+        return False
+
+    def wait(self, timeout_s: float = 60.0, poll_interval_s: float = 0.01) -> UndoStep | None:
+        """Poll until finished (tests and the console); re-raises a worker error."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while not self.poll():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"'{self.action.label}' did not finish within {timeout_s} s")
+            time.sleep(poll_interval_s)
+        if self.error is not None:
+            raise self.error
+        return self.step

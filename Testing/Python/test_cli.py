@@ -1,0 +1,116 @@
+"""``medsegany segment``: exit codes, one-line errors (no traceback), and a real LiteMedSAM run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+
+from medsegany.cli import main  # noqa: E402
+
+
+def write_phantom(path, shape_kji=(5, 64, 64)):
+    """A bright ellipsoid in a 64 x 64 x 5 volume, 1 x 1 x 3 mm."""
+    k, j, i = np.indices(shape_kji)
+    voxels = np.where(((k - 2) / 2.6) ** 2 + ((j - 32) / 14) ** 2 + ((i - 30) / 18) ** 2 <= 1, 200, 10)
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray((voxels + rng.normal(0, 3, shape_kji)).astype(np.int16))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("cli") / "phantom.nii.gz")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medsegany: error: "), err
+    assert "Traceback" not in err
+    assert pytest.importorskip("re").search(pattern, lines[0]), lines[0]
+
+
+def test_segment_with_bundled_litemedsam_writes_nifti_seg_nrrd_and_preview(phantom, tmp_path, capsys):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"objects": [{"name": "blob", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]}]}))
+    nifti, seg, preview = tmp_path / "out.nii.gz", tmp_path / "out.seg.nrrd", tmp_path / "preview.png"
+    code, out, err = run_cli(
+        capsys,
+        "segment",
+        phantom,
+        "--prompts",
+        prompts,
+        "--model",
+        "litemedsam",
+        "--device",
+        "cpu",
+        "--window",
+        "0,255",
+        "-o",
+        nifti,
+        "-o",
+        seg,
+        "--preview",
+        preview,
+        "-q",
+    )
+    assert code == 0, err
+    assert nifti.is_file() and seg.is_file() and preview.is_file()
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(nifti)))
+    assert set(np.unique(labels)) == {0, 1}
+    assert labels[2].sum() > 200 and "blob:" in out
+    # an existing output without --overwrite is refused and left as it was
+    before = nifti.read_bytes()
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", nifti)
+    assert_one_line_error(code, err, "already exists.*--overwrite")
+    assert nifti.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--box-ijk", "14,20,2,46,44,2", "--model", "sam9_giant"], "unknown model"),
+        (["--box-ijk", "100,120,2,140,150,2"], "outside the volume"),
+        (["--box-ijk", "14,20,9,46,44,9"], "outside the volume"),
+        (
+            ["--box-ijk", "14,20,2,46,44,2", "--checkpoint", "BAD", "--config", "sam2.1_hiera_t512"],
+            "cannot read|corrupt|not a PyTorch",
+        ),
+        (
+            ["--box-ijk", "14,20,2,46,44,2", "--checkpoint", "BAD", "--config", "vit_b"],
+            "corrupt|not a PyTorch",
+        ),
+        (["--box-ijk", "14,20,2,46,44,2", "--model", "medsam2_latest"], "models download medsam2_latest"),
+    ],
+)
+def test_user_errors_exit_1_with_one_line(phantom, tmp_path, capsys, monkeypatch, extra, pattern):
+    monkeypatch.setenv("MEDSEGANY_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    argv = [str(bad) if value == "BAD" else value for value in extra]
+    code, _, err = run_cli(capsys, "segment", phantom, *argv, "--device", "cpu", "-o", tmp_path / "o.nii.gz")
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_missing_and_2d_inputs(tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "segment", tmp_path / "none.nii.gz", "--box-ijk", "1,1,0,5,5,0", "-o", tmp_path / "o.nii.gz"
+    )
+    assert_one_line_error(code, err, "does not exist")
+    flat = tmp_path / "flat.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.uint8)), str(flat))
+    code, _, err = run_cli(capsys, "segment", flat, "--box-ijk", "1,1,0,5,5,0", "-o", tmp_path / "o.nii.gz")
+    assert_one_line_error(code, err, "2D|2-D|two-dimensional|single slice|one slice")

@@ -1,0 +1,141 @@
+"""SAM 2-family models in the session: random weights in Meta's file format, installed in a weight store
+(MEDSEGANY_HOME in tmp, imported with a hash override of the catalog card) and loaded by catalog id, then
+propagated, corrected, undone through SegmentationSession."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sam2")
+torch = pytest.importorskip("torch")
+
+from medsegany.prompts import SlicePrompts, make_slice_prompts  # noqa: E402
+from medsegany.session import SegmentationSession  # noqa: E402
+from medsegany.session_sam2 import Sam2StopRule  # noqa: E402
+from medsegany.volume import Volume  # noqa: E402
+from sam2_testing import blob_frames, disc_box_xyxy  # noqa: E402
+
+# Keep every slice: the random weights' object scores say nothing about the phantom.
+KEEP_ALL = Sam2StopRule(absent_slices=10**6, area_collapse_fraction=0.0)
+
+
+def install_random_model(model_id: str, config: str, directory, seed: int = 0):
+    """Save random weights as Meta does, import them into a store under ``model_id`` and load them by id."""
+    from medsegany.models import catalog
+    from medsegany.models.registry import load_model
+    from medsegany.models.sam2_build import save_random_checkpoint
+    from medsegany.models.weight_store import WeightStore
+
+    path = save_random_checkpoint(config, directory / "download" / "random.pt", seed=seed)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    cards = dict(catalog.load_catalog())
+    cards[model_id] = dataclasses.replace(cards[model_id], sha256=digest, bytes=path.stat().st_size)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDSEGANY_HOME", str(directory / "home"))
+        patch.setattr(catalog, "load_catalog", lambda: cards)
+        store = WeightStore()
+        store.import_file(cards[model_id], path)
+        return load_model(model_id, device="cpu", store=store)
+
+
+def disc_volume(num_frames: int = 4) -> Volume:
+    frames = blob_frames(num_frames=num_frames, height=48, width=56, seed=1)
+    return Volume((frames * 255).astype(np.float32), np.eye(4), name="discs")
+
+
+def box_prompt(volume: Volume, k: int) -> SlicePrompts:
+    x0, y0, x1, y1 = disc_box_xyxy(volume.voxels_kji / 255.0, k)
+    return make_slice_prompts(volume, box_ijk=(x0, y0, k, x1, y1, k))
+
+
+@pytest.fixture(scope="module")
+def medsam2(tmp_path_factory):
+    return install_random_model("medsam2_latest", "sam2.1_hiera_t512", tmp_path_factory.mktemp("m2"), seed=3)
+
+
+def test_medsam2_propagates_forward_then_backward_and_reuses_features(medsam2):
+    assert medsam2.image_size == 512 and medsam2.model_id == "medsam2_latest"
+    volume = disc_volume()
+    session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    first, second = session.add_object("disc"), session.add_object("half")
+    session.add_prompts(first, box_prompt(volume, 1))
+    session.add_prompts(second, make_slice_prompts(volume, box_ijk=(10, 10, 1, 28, 38, 1)))
+    results = list(session.propagate())
+    order = [(r.object_id, r.slice_index) for r in results]
+    assert order == [(first, 2), (first, 3), (first, 0), (second, 2), (second, 3), (second, 0)]
+    tracker = session.tracker(2)
+    for result in results:
+        stored = tracker.result(result.object_id, result.slice_index)
+        np.testing.assert_array_equal(result.mask_frame, stored.mask_frame)
+        np.testing.assert_array_equal(
+            session.mask_kji(result.object_id)[result.slice_index], stored.mask_frame
+        )
+        assert result.score == stored.object_score_logit
+    assert tracker.frames_encoded == 4  # features once per slice for both objects
+
+    # a correction: a negative click on slice 2 changes slices 2 and 3, leaves 0 and 1 as they were
+    before = {oid: session.mask_kji(oid).copy() for oid in (first, second)}
+    logits_before = {i: tracker.result(first, i).mask_logits_frame for i in range(4)}
+    centre = (volume.shape_ijk[0] / 2, volume.shape_ijk[1] / 2, 2)
+    session.add_prompts(first, SlicePrompts(2, 2, None, (centre,), (0,)))
+    rerun = list(session.propagate())
+    assert [(r.object_id, r.slice_index) for r in rerun] == [(first, 3)]
+    for i in (2, 3):
+        assert not np.array_equal(tracker.result(first, i).mask_logits_frame, logits_before[i])
+    np.testing.assert_array_equal(session.mask_kji(first)[:2], before[first][:2])
+    np.testing.assert_array_equal(session.mask_kji(second), before[second])
+    assert tracker.frames_encoded == 4
+
+    # undo the correction and its propagation: masks and prompts exactly as before; redo gives it back
+    corrected = session.mask_kji(first).copy()
+    session.undo()
+    session.undo()
+    np.testing.assert_array_equal(session.mask_kji(first), before[first])
+    assert list(session.objects[first].prompts) == [1]
+    session.redo()
+    session.redo()
+    np.testing.assert_array_equal(session.mask_kji(first), corrected)
+
+
+def test_stop_rule_and_exclusive_objects(medsam2):
+    volume = disc_volume(num_frames=3)
+    # every absent slice ends a direction at once
+    rule = Sam2StopRule(absent_slices=1, area_collapse_fraction=0.5)
+    session = SegmentationSession(
+        volume, medsam2, intensity=(0.0, 255.0), overlap="exclusive", sam2_stop=rule
+    )
+    first, second = session.add_object("a"), session.add_object("b")
+    session.add_prompts(first, box_prompt(volume, 1))
+    session.add_prompts(second, make_slice_prompts(volume, box_ijk=(5, 5, 1, 40, 40, 1)))
+    list(session.propagate())
+    assert not (session.mask_kji(first) & session.mask_kji(second)).any()
+    tracker = session.tracker(2)
+    for oid in (first, second):
+        obj = session.objects[oid]
+        for step, index in ((+1, 2), (-1, 0)):
+            track = tracker.result(oid, index)
+            area = int(track.mask_frame.sum()) if track is not None else 0
+            prompted_area = int((obj.logits_frames[1] > 0).sum()) if 1 in obj.logits_frames else 0
+            ended = track is None or track.object_score_logit <= 0 or area < 0.5 * prompted_area
+            assert (step in obj.stop_reasons) == ended
+            if ended:
+                assert not session.mask_kji(oid)[index].any()  # cleared beyond the stop
+
+
+def test_sam2_1_tiny_at_1024_through_the_store(tmp_path):
+    model = install_random_model("sam2.1_hiera_tiny", "sam2.1_hiera_t", tmp_path, seed=1)
+    assert model.image_size == 1024
+    volume = disc_volume(num_frames=2)
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    object_id = session.add_object()
+    prompt = session.add_prompts(object_id, box_prompt(volume, 0))
+    results = list(session.propagate())
+    assert [r.slice_index for r in results] == [1]
+    tracker = session.tracker(2)
+    np.testing.assert_array_equal(session.mask_kji(object_id)[0], prompt.mask_frame)
+    np.testing.assert_array_equal(session.mask_kji(object_id)[1], tracker.result(object_id, 1).mask_frame)
+    assert tracker.frames_encoded == 2

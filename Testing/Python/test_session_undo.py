@@ -1,0 +1,197 @@
+"""Session corrections, undo/redo, cancel, masks, several objects (2D path, fast fake model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_models import ThresholdModel
+from medsegany.errors import PromptError
+from medsegany.prompts import SlicePrompts, make_slice_prompts
+from medsegany.session import SegmentationSession
+from medsegany.session_runs import Run, plan_runs
+from test_session import box_on_k, phantom
+
+
+def new_session(**kwargs) -> tuple[SegmentationSession, int]:
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0), **kwargs)
+    object_id = session.add_object("ellipsoid")
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    return session, object_id
+
+
+def snapshot(session: SegmentationSession) -> dict:
+    return {
+        oid: (obj.mask_kji.copy(), dict(obj.prompts), dict(obj.slice_sources), dict(obj.stop_reasons))
+        for oid, obj in session.objects.items()
+    }
+
+
+def assert_same(session: SegmentationSession, expected: dict) -> None:
+    assert set(expected) <= set(session.objects)
+    for oid in set(session.objects) - set(expected):  # add_object is not an undo step: it stays, empty
+        assert not session.objects[oid].mask_kji.any() and not session.objects[oid].prompts
+    for oid, (mask, prompts, sources, reasons) in expected.items():
+        obj = session.objects[oid]
+        np.testing.assert_array_equal(obj.mask_kji, mask)
+        assert obj.prompts == prompts and obj.slice_sources == sources and obj.stop_reasons == reasons
+
+
+def edge_negative_point(session: SegmentationSession, object_id: int, k: int) -> SlicePrompts:
+    """Negative clicks along the left edge of the object's mask on slice k: the fake model removes 7 x 7
+    pixels around each, so the mask's box (and the next slice's prompt box) loses 7 columns."""
+    mask = session.mask_kji(object_id)[k]
+    rows, cols = np.nonzero(mask)
+    points = tuple(
+        (float(cols.min() + 3), float(row), float(k)) for row in range(rows.min(), rows.max() + 1, 5)
+    )
+    return SlicePrompts(2, k, None, points, (0,) * len(points))
+
+
+def test_plan_runs_corrections_keep_the_run_they_correct():
+    assert plan_runs({10: 0, 18: 0}, 0, 30) == [
+        Run(10, -1, 0, True),
+        Run(18, +1, 30, True),
+        Run(10, +1, 14, False),
+        Run(18, -1, 15, False),
+    ]
+    # 16 corrects a forward run from 10: 10 keeps 11..15, 16 owns what is beyond it
+    assert Run(10, +1, 15, False) in plan_runs({10: 0, 16: +1}, 0, 30)
+    assert Run(16, +1, 30, True) in plan_runs({10: 0, 16: +1}, 0, 30)
+    assert Run(8, -1, 4, False) in plan_runs({3: 0, 8: -1, 10: 0}, 0, 30, family="sam2")
+    assert Run(3, +1, 9, False) in plan_runs({3: 0, 10: 0}, 0, 30, family="sam2")
+    assert all(run.step < 0 for run in plan_runs({10: 0}, 0, 30, direction="backward"))
+
+
+def test_correction_changes_its_slice_and_beyond_only():
+    session, object_id = new_session()
+    list(session.propagate())
+    before = session.mask_kji(object_id).copy()
+    correction = session.add_prompts(object_id, edge_negative_point(session, object_id, 16))
+    assert correction.source == "prompt"
+    rerun = list(session.propagate())
+    after = session.mask_kji(object_id)
+    assert not np.array_equal(after[16], before[16])
+    assert not np.array_equal(after[17], before[17])
+    np.testing.assert_array_equal(after[:16], before[:16])  # the other side of the correction is untouched
+    assert min(r.slice_index for r in rerun) > 16  # nothing before the correction was recomputed
+    # nothing changed since: propagate() has nothing to do; another range re-runs everything the same way
+    assert list(session.propagate()) == []
+    assert list(session.propagate(slice_range=(0, 28)))
+    np.testing.assert_array_equal(session.mask_kji(object_id), after)
+
+
+def test_repropagate_from_reruns_one_prompt():
+    session, object_id = new_session()
+    list(session.propagate())
+    results = list(session.repropagate_from(object_id, 14, direction="backward"))
+    assert results and all(r.slice_index < 14 for r in results)
+    with pytest.raises(PromptError, match="no prompt"):
+        list(session.repropagate_from(object_id, 3))
+
+
+def test_undo_redo_restore_every_step_exactly():
+    session, object_id = new_session()
+    states = [snapshot(session)]
+    list(session.propagate())
+    states.append(snapshot(session))
+    session.add_prompts(object_id, edge_negative_point(session, object_id, 16))
+    states.append(snapshot(session))
+    list(session.propagate())
+    states.append(snapshot(session))
+    second = session.add_object("slab")
+    session.add_prompts(second, make_slice_prompts(session.volume, box_ijk=(16, 14, 24, 32, 26, 24)))
+    states.append(snapshot(session))
+    session.remove_object(object_id)
+    states.append(snapshot(session))
+    assert session.history == [
+        "add_prompts",
+        "propagate",
+        "add_prompts",
+        "propagate",
+        "add_prompts",
+        "remove object",
+    ]
+    for state in reversed(states[:-1]):
+        assert session.can_undo
+        changed = session.undo()
+        assert changed and all(r.source == "undo" for r in changed)
+        assert_same(session, state)
+    assert session.can_redo
+    for state in states[1:]:
+        session.redo()
+        assert_same(session, state)
+    assert not session.can_redo
+    assert session.redo() == []
+
+
+def test_undo_of_a_correction_then_a_new_propagation_is_consistent():
+    session, object_id = new_session()
+    list(session.propagate())
+    propagated = session.mask_kji(object_id).copy()
+    session.add_prompts(object_id, edge_negative_point(session, object_id, 16))
+    list(session.propagate())
+    session.undo()
+    session.undo()
+    np.testing.assert_array_equal(session.mask_kji(object_id), propagated)
+    assert list(session.objects[object_id].prompts) == [14]
+    list(session.propagate())
+    np.testing.assert_array_equal(session.mask_kji(object_id), propagated)
+
+
+def test_a_cancelled_run_is_one_undo_step():
+    session, object_id = new_session()
+    before = snapshot(session)
+    generator = session.propagate()
+    taken = [next(generator) for _ in range(3)]
+    generator.close()
+    assert session.history[-1] == "propagate"
+    assert set(np.flatnonzero(session.mask_kji(object_id).any(axis=(1, 2)))) == {14} | {
+        r.slice_index for r in taken
+    }
+    session.undo()
+    assert_same(session, before)
+    # the interrupted prompt is still to be propagated: the next run does all of it
+    assert {r.slice_index for r in session.propagate()} >= {r.slice_index for r in taken}
+
+
+def test_add_mask_is_a_prompt_that_propagates():
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object()
+    drawn = volume.voxels_kji[14] >= 200
+    result = session.add_mask(object_id, 2, 14, drawn)
+    np.testing.assert_array_equal(result.mask_frame, drawn)
+    list(session.propagate())
+    truth = volume.voxels_kji >= 200
+    np.testing.assert_array_equal(session.mask_kji(object_id).any(axis=(1, 2)), truth.any(axis=(1, 2)))
+    with pytest.raises(PromptError, match="shape"):
+        session.add_mask(object_id, 2, 14, drawn[:5])
+    session.undo()
+    session.undo()
+    assert not session.mask_kji(object_id).any()
+
+
+def test_exclusive_objects_never_overlap_and_independent_ones_may():
+    for overlap in ("independent", "exclusive"):
+        volume = phantom()
+        session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0), overlap=overlap)
+        first, second = session.add_object("a"), session.add_object("b")
+        session.add_prompts(first, box_on_k(volume, 14))
+        wide = make_slice_prompts(volume, box_ijk=(10, 8, 14, 38, 32, 14))
+        session.add_prompts(second, wide)
+        list(session.propagate())
+        both = session.mask_kji(first) & session.mask_kji(second)
+        union = session.mask_kji(first) | session.mask_kji(second)
+        if overlap == "exclusive":
+            assert not both.any() and union.any()
+            labelmap = session.labelmap_kji()
+            np.testing.assert_array_equal(labelmap > 0, union)
+            session.undo()  # the propagation of both objects
+            assert not (session.mask_kji(first) & session.mask_kji(second)).any()
+        else:
+            assert both.any()
+    with pytest.raises(PromptError, match="one view"):
+        session.add_prompts(
+            session.add_object("c"), make_slice_prompts(volume, box_ijk=(24, 15, 10, 24, 25, 18))
+        )

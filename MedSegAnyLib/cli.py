@@ -267,6 +267,7 @@ def _write_preview(session, objects, path: Path) -> None:
         points_frame_xy=points if len(points) else None,
         point_labels=first.labels_array() if len(points) else None,
         spacing_ijk=session.volume.spacing_ijk,
+        ijk_to_ras=session.volume.ijk_to_ras,
     )
 
 

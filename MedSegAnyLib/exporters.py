@@ -23,10 +23,20 @@ from .volume import Volume, volume_to_sitk
 #: Longest first, so that ``x.seg.nrrd`` is not taken for a plain ``.nrrd`` and ``.nii.gz`` not for ``.gz``.
 LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
-#: Ten mutually distinguishable colours (RGB 0..1), ordered so that consecutive labels differ in hue.
+#: Ten mutually distinguishable colours (RGB 0..1): the first three are 3D Slicer's first segment colours
+#: (tissue green, pale yellow, brown), then saturated hues that stand out on grey CT/MR; any two differ by
+#: more than 0.2 in some channel (tested).
 _PALETTE = (
-    (0.50, 0.68, 0.50), (0.95, 0.84, 0.57), (0.69, 0.48, 0.40), (0.44, 0.58, 0.80), (0.85, 0.40, 0.40),
-    (0.56, 0.35, 0.65), (0.86, 0.60, 0.25), (0.30, 0.70, 0.70), (0.90, 0.55, 0.70), (0.60, 0.60, 0.25),
+    (0.50, 0.68, 0.50),
+    (0.95, 0.84, 0.57),
+    (0.69, 0.48, 0.40),
+    (0.30, 0.55, 0.95),
+    (0.90, 0.25, 0.25),
+    (0.65, 0.35, 0.85),
+    (1.00, 0.55, 0.10),
+    (0.15, 0.80, 0.80),
+    (0.95, 0.45, 0.75),
+    (0.55, 0.85, 0.15),
 )
 
 
@@ -110,9 +120,9 @@ def _checked_labels(labelmap_kji: np.ndarray, reference: Volume) -> np.ndarray:
         )
     if labelmap_kji.dtype == bool:
         return labelmap_kji.astype(np.uint8)
-    if not np.issubdtype(labelmap_kji.dtype, np.integer):
-        if not np.array_equal(labelmap_kji, np.round(labelmap_kji)):
-            raise OutputError("the labelmap holds non-integer values", "give integer label values")
+    integer = np.issubdtype(labelmap_kji.dtype, np.integer)
+    if not integer and not np.array_equal(labelmap_kji, np.round(labelmap_kji)):
+        raise OutputError("the labelmap holds non-integer values", "give integer label values")
     low, high = (labelmap_kji.min(), labelmap_kji.max()) if labelmap_kji.size else (0, 0)
     if low < 0 or high > 65535:
         raise OutputError(
@@ -170,7 +180,9 @@ def write_labelmap(
     return atomic_write(path, write)
 
 
-def _write_seg_nrrd(labels_kji: np.ndarray, reference: Volume, target: Path, infos: list[SegmentInfo]) -> None:
+def _write_seg_nrrd(
+    labels_kji: np.ndarray, reference: Volume, target: Path, infos: list[SegmentInfo]
+) -> None:
     import slicerio  # lazy; writes through pynrrd
 
     shape_ijk = labels_kji.shape[::-1]

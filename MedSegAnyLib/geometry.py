@@ -30,7 +30,9 @@ def ijk_to_ras_matrix(
     return LPS_TO_RAS @ ijk_to_lps
 
 
-def itk_geometry_from_ijk_to_ras(ijk_to_ras: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+def itk_geometry_from_ijk_to_ras(
+    ijk_to_ras: np.ndarray,
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """Inverse of :func:`ijk_to_ras_matrix`: (spacing_ijk, origin_lps, direction_lps flattened row-major)."""
     ijk_to_lps = LPS_TO_RAS @ np.asarray(ijk_to_ras, dtype=float)
     columns = ijk_to_lps[:3, :3]
@@ -50,7 +52,9 @@ def apply_affine(matrix_4x4: np.ndarray, points_n3: np.ndarray | Sequence[Sequen
     return out[0] if single else out
 
 
-def slice_axis_of_plane(normal_ras: Sequence[float], ijk_to_ras: np.ndarray, tolerance_deg: float = 1.0) -> int | None:
+def slice_axis_of_plane(
+    normal_ras: Sequence[float], ijk_to_ras: np.ndarray, tolerance_deg: float = 1.0
+) -> int | None:
     """Which IJK axis (0=I, 1=J, 2=K) a plane with this RAS normal cuts at a constant index, if any.
 
     A slice view is usable when its normal is parallel to one voxel axis's *normal* (the cross product

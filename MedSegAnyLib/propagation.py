@@ -37,16 +37,23 @@ class PropagationSettings:
     # Stop rule (any condition ends the direction; the slice that triggered it is left empty).
     stop_rule: str = "appearance"  # "appearance" (ours) or "empty" (naive: only an empty mask stops)
     min_area_px: int = 4
-    min_intensity_agreement: float = 0.35
-    min_confidence_logit: float = 2.0
-    min_iou_score: float = 0.5
+    # Fraction of the new mask's pixels inside the prompted object's 5th-95th percentile grey band.
+    # Inside the 30 logged objects >= 0.2 on 96 % of slices; past their ends < 0.2 on most (README).
+    min_intensity_agreement: float = 0.2
+    # Mean decoder logit inside the mask: 5-11 on slices of the object, 0.1-2.5 on most slices past it.
+    min_confidence_logit: float = 2.5
+    # Fraction of the new mask on the previous one: a jump to another structure overlaps little.
     min_overlap_with_previous: float = 0.3
+    # An object ends by shrinking: below 5 % of the largest area seen in this run, stop.
+    min_area_fraction_of_peak: float = 0.05
     max_slices: int | None = None
 
     @classmethod
     def naive(cls) -> PropagationSettings:
         """The reference scheme: bbox + 3 px, stop at an empty mask, no hygiene."""
-        return cls(box_margin_px=3.0, box_margin_fraction=0.0, keep_touching_components=False, stop_rule="empty")
+        return cls(
+            box_margin_px=3.0, box_margin_fraction=0.0, keep_touching_components=False, stop_rule="empty"
+        )
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,9 @@ def stop_reason(
     frame: np.ndarray,
     appearance: ObjectAppearance | None,
     settings: PropagationSettings,
+    peak_area: int = 0,
 ) -> str | None:
-    """Why this slice ends the object, or None to keep it and go on."""
+    """Why this slice ends the object, or None to keep it and go on (``peak_area``: largest area so far)."""
     area = int(mask_frame.sum())
     if area == 0:
         return "empty mask"
@@ -114,11 +122,13 @@ def stop_reason(
         if agreement < settings.min_intensity_agreement:
             return f"intensity agreement {agreement:.2f} below {settings.min_intensity_agreement}"
     confidence = float(prediction.logits_frame[mask_frame].mean())
-    if confidence < settings.min_confidence_logit and prediction.iou_score < settings.min_iou_score:
-        return f"low confidence (mean logit {confidence:.1f}, IoU estimate {prediction.iou_score:.2f})"
+    if confidence < settings.min_confidence_logit:
+        return f"low confidence (mean logit {confidence:.1f} below {settings.min_confidence_logit})"
     overlap = int((mask_frame & previous_mask).sum()) / area
     if overlap < settings.min_overlap_with_previous:
         return f"overlap with the previous slice {overlap:.2f} below {settings.min_overlap_with_previous}"
+    if area < settings.min_area_fraction_of_peak * peak_area:
+        return f"area {area} px below {settings.min_area_fraction_of_peak:.0%} of the peak {peak_area} px"
     return None
 
 
@@ -138,6 +148,7 @@ def propagate_slicewise(
     carries ``stop_reason`` and an empty mask; nothing is yielded after it.
     """
     previous = start_mask
+    peak_area = int(start_mask.sum())
     index = start_index + step
     count = 0
     while (index <= last_index) if step > 0 else (index >= last_index):
@@ -150,11 +161,12 @@ def propagate_slicewise(
         mask = prediction.mask_frame
         if settings.keep_touching_components and mask.any():
             mask = components_touching(mask, previous)
-        reason = stop_reason(prediction, mask, previous, frame_at(index), appearance, settings)
+        reason = stop_reason(prediction, mask, previous, frame_at(index), appearance, settings, peak_area)
         if reason is not None:
             yield StepOutcome(index, np.zeros_like(mask), prediction.iou_score, reason)
             return
         yield StepOutcome(index, mask, prediction.iou_score)
         previous = mask
+        peak_area = max(peak_area, int(mask.sum()))
         index += step
         count += 1

@@ -79,7 +79,9 @@ def _read_dicom_series(folder: Path):
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
-        raise VolumeError(f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder")
+        raise VolumeError(
+            f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder"
+        )
     if len(series_ids) > 1:
         # The largest series is the most likely the user means; say which one we took.
         series_ids = sorted(series_ids, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
@@ -116,7 +118,7 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
 
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise VolumeError(
-            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image)",
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour/vector image)",
             "give a scalar (grey-level) volume",
         )
     dimension = image.GetDimension()
@@ -137,7 +139,8 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
         raise VolumeError(f"--frame {frame} was given but {path} is {dimension}D", "drop --frame")
     if image.GetDimension() == 2:
         raise VolumeError(
-            f"{path} is a 2D image {image.GetSize()}", "give a 3D volume (MedSegAny propagates through slices)"
+            f"{path} is a 2D image {image.GetSize()}",
+            "give a 3D volume (MedSegAny propagates through slices)",
         )
     if image.GetDimension() != 3:
         raise VolumeError(f"{path} has {image.GetDimension()} dimensions", "give a 3D volume")

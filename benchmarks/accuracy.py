@@ -44,8 +44,14 @@ def jittered_key_box(case_id: str, label_kji: np.ndarray) -> tuple[int, np.ndarr
     width, height = x1 - x0 + 1, y1 - y0 + 1
     rng = np.random.default_rng([0, zlib.crc32(case_id.encode())])
     fractions = rng.uniform(0.0, 0.10, size=4)
-    box = np.array([x0 - fractions[0] * width, y0 - fractions[1] * height,
-                    x1 + fractions[2] * width, y1 + fractions[3] * height])
+    box = np.array(
+        [
+            x0 - fractions[0] * width,
+            y0 - fractions[1] * height,
+            x1 + fractions[2] * width,
+            y1 + fractions[3] * height,
+        ]
+    )
     frame_height, frame_width = label_kji.shape[1:]
     return key, np.clip(box, 0, [frame_width - 1, frame_height - 1, frame_width - 1, frame_height - 1])
 
@@ -99,9 +105,11 @@ def run_scheme(scheme: str, session_factory, label_kji: np.ndarray, key: int, bo
     visited = max(1, len(predicted_slices) + len(stops))
     return {
         "dice": round(dice(predicted_kji, label_kji), 4),
-        "slices_predicted": int(len(predicted_slices)),
-        "slices_labelled": int(len(labelled)),
-        "predicted_range": [int(predicted_slices[0]), int(predicted_slices[-1])] if len(predicted_slices) else None,
+        "slices_predicted": len(predicted_slices),
+        "slices_labelled": len(labelled),
+        "predicted_range": [int(predicted_slices[0]), int(predicted_slices[-1])]
+        if len(predicted_slices)
+        else None,
         "labelled_range": [int(labelled[0]), int(labelled[-1])],
         "overrun_slices": int(np.setdiff1d(predicted_slices, labelled).size),
         "seconds": round(seconds, 2),
@@ -116,10 +124,17 @@ def summarise(results: list[dict], schemes: list[str]) -> dict:
         rows = [r for r in results if scheme in r["schemes"]]
         groups: dict[str, list[float]] = {}
         for r in rows:
-            for group in ("all", f"{r['modality']}/{r['label_kind']}", f"all/{r['label_kind']}", r["modality"]):
+            for group in (
+                "all",
+                f"{r['modality']}/{r['label_kind']}",
+                f"all/{r['label_kind']}",
+                r["modality"],
+            ):
                 groups.setdefault(group, []).append(r["schemes"][scheme]["dice"])
-        summary[scheme] = {group: {"mean_dice": round(float(np.mean(v)), 4), "cases": len(v)}
-                           for group, v in sorted(groups.items())}
+        summary[scheme] = {
+            group: {"mean_dice": round(float(np.mean(v)), 4), "cases": len(v)}
+            for group, v in sorted(groups.items())
+        }
     if "ours" in schemes and "naive" in schemes:
         deltas = [r["schemes"]["ours"]["dice"] - r["schemes"]["naive"]["dice"] for r in results]
         summary["ours_minus_naive"] = {
@@ -170,28 +185,43 @@ def main(argv: list[str] | None = None) -> int:
 
         def factory(scheme, volume=volume, intensity=intensity, shared=shared):
             settings = PropagationSettings.naive() if scheme == "naive" else PropagationSettings()
-            session = SegmentationSession(volume, model, intensity=intensity, settings=settings,
-                                          max_cached_frames=100_000)
+            session = SegmentationSession(
+                volume, model, intensity=intensity, settings=settings, max_cached_frames=100_000
+            )
             if "caches" in shared:
                 session._caches = shared["caches"]  # same frames, same model: reuse the embeddings
             else:
                 shared["caches"] = session._caches
             return session
 
-        row = {"id": case["id"], "modality": case["modality"], "label_kind": label_origin_kind(case),
-               "key_slice": key, "box_frame_xyxy": [round(float(v), 2) for v in box], "schemes": {}}
+        row = {
+            "id": case["id"],
+            "modality": case["modality"],
+            "label_kind": label_origin_kind(case),
+            "key_slice": key,
+            "box_frame_xyxy": [round(float(v), 2) for v in box],
+            "schemes": {},
+        }
         for scheme in schemes:
             row["schemes"][scheme] = run_scheme(scheme, factory, label_kji, key, box)
         results.append(row)
-        print(case["id"].ljust(36), "  ".join(f"{s} {row['schemes'][s]['dice']:.3f}" for s in schemes), flush=True)
+        print(
+            case["id"].ljust(36),
+            "  ".join(f"{s} {row['schemes'][s]['dice']:.3f}" for s in schemes),
+            flush=True,
+        )
     import torch
 
     output = {
         "benchmark": "accuracy one-box protocol, axis K",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
         "model": args.model,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "device": args.device},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": args.device,
+        },
         "summary": summarise(results, schemes),
         "cases": results,
     }

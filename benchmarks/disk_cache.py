@@ -1,7 +1,8 @@
 """A disk cache of frame embeddings for repeated benchmark runs (the encoder is 95 % of the CPU time).
 
 Only for benchmarks: a wrapper around a SliceModel whose ``embed_frames`` looks up ``<dir>/<key>/<sha1 of
-the frame bytes>.pt`` first. Keys on the frame's bytes, so a change of window or axis cannot hit a stale entry.
+the frame bytes>.pt`` first. Keyed on the frame's bytes: a change of window or axis cannot
+hit a stale entry.
 """
 
 from __future__ import annotations

@@ -89,9 +89,13 @@ def resolve_device(device: str | None) -> str:
             return "mps"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto")
+        raise ModelError(
+            "--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto"
+        )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError("--device mps was asked for but Apple MPS is not available", "use --device cpu or auto")
+        raise ModelError(
+            "--device mps was asked for but Apple MPS is not available", "use --device cpu or auto"
+        )
     return device
 
 
@@ -152,7 +156,8 @@ class LiteMedSamModel:
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ModelError(
-                f"{path} is not a LiteMedSAM checkpoint ({len(missing)} missing, {len(unexpected)} unexpected keys)",
+                f"{path} is not a LiteMedSAM checkpoint "
+                f"({len(missing)} missing, {len(unexpected)} unexpected keys)",
                 "give the lite_medsam.pth weights",
             )
         self.net = net.eval().to(self.device)
@@ -188,7 +193,9 @@ class LiteMedSamModel:
             boxes = torch.as_tensor(np.asarray(box_frame_xyxy, dtype=np.float32) * scale, device=self.device)
             boxes = boxes.reshape(1, 1, 4)
         if points_frame_xy is not None and len(points_frame_xy):
-            coords = torch.as_tensor(np.asarray(points_frame_xy, dtype=np.float32) * scale, device=self.device)
+            coords = torch.as_tensor(
+                np.asarray(points_frame_xy, dtype=np.float32) * scale, device=self.device
+            )
             labels = torch.as_tensor(np.asarray(point_labels, dtype=np.int64), device=self.device)
             points = (coords.reshape(1, -1, 2), labels.reshape(1, -1))
         if boxes is None and points is None:
@@ -205,6 +212,9 @@ class LiteMedSamModel:
             )
             new_h, new_w = embedding.resized_shape
             logits = F.interpolate(
-                low_res_logits[..., :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False
+                low_res_logits[..., :new_h, :new_w],
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
             )
         return FramePrediction(logits[0, 0].float().cpu().numpy(), float(iou.reshape(-1)[0]))

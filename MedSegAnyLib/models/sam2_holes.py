@@ -24,7 +24,7 @@ def connected_components(mask_n1hw: Any) -> tuple[Any, Any]:
     background) and, on each foreground pixel, the pixel count of its component (0 on the background).
     """
     import numpy as np
-    import SimpleITK as sitk  # noqa: N813 (the usual alias)
+    import SimpleITK as sitk
     import torch
 
     mask_np = mask_n1hw.detach().to("cpu", torch.uint8).numpy()

@@ -26,7 +26,7 @@ def _shared_data_candidates() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The real labelled data folder (../shared/data or $MEDSEGANY_SHARED_DATA); skips the test when absent."""
+    """The real labelled data folder (../shared/data or $MEDSEGANY_SHARED_DATA); skips when absent."""
     for candidate in _shared_data_candidates():
         if (candidate / "cases.json").is_file():
             return candidate
@@ -76,7 +76,9 @@ OBLIQUE_RIGHT_HANDED = ItkGeometry(
 )
 
 
-def labelled_phantom_kji(shape_kji: tuple[int, int, int] = (6, 9, 11), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def labelled_phantom_kji(
+    shape_kji: tuple[int, int, int] = (6, 9, 11), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(image_kji int16, labels_kji uint8): random intensities, a box labelled 1, a corner voxel labelled 2.
 
     Nothing is symmetric, so a flipped or permuted axis anywhere changes the comparison.
@@ -103,7 +105,9 @@ def oblique_flipped_nrrd(tmp_path) -> tuple[Path, np.ndarray, np.ndarray, ItkGeo
     return path, image_kji, labels_kji, OBLIQUE_FLIPPED
 
 
-def write_dicom_series(folder: Path, image_kji: np.ndarray, geometry: ItkGeometry, shuffle: bool = True) -> Path:
+def write_dicom_series(
+    folder: Path, image_kji: np.ndarray, geometry: ItkGeometry, shuffle: bool = True
+) -> Path:
     """Write ``image_kji`` as a CT DICOM series, one file per K slice, with explicit geometry tags.
 
     Follows SimpleITK's "Dicom Series From Array" pattern: each slice carries Image Position (the LPS
@@ -155,6 +159,12 @@ def oblique_flipped_geometry() -> ItkGeometry:
 
 
 @pytest.fixture
+def oblique_right_handed_geometry() -> ItkGeometry:
+    """OBLIQUE_RIGHT_HANDED: oblique, anisotropic, determinant +1 (a DICOM series can hold it)."""
+    return OBLIQUE_RIGHT_HANDED
+
+
+@pytest.fixture
 def make_labelled_phantom():
     """The :func:`labelled_phantom_kji` factory: (shape_kji, seed) -> (image_kji, labels_kji)."""
     return labelled_phantom_kji
@@ -168,7 +178,7 @@ def make_dicom_series():
 
 @pytest.fixture
 def dicom_series(tmp_path) -> tuple[Path, np.ndarray, np.ndarray, ItkGeometry]:
-    """A written DICOM series folder on the OBLIQUE_RIGHT_HANDED grid: (folder, image_kji, labels_kji, geometry)."""
+    """A DICOM series folder on the OBLIQUE_RIGHT_HANDED grid: (folder, image_kji, labels_kji, geometry)."""
     image_kji, labels_kji = labelled_phantom_kji(shape_kji=(5, 8, 10), seed=1)
     folder = write_dicom_series(tmp_path / "dicom", image_kji, OBLIQUE_RIGHT_HANDED)
     return folder, image_kji, labels_kji, OBLIQUE_RIGHT_HANDED

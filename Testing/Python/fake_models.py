@@ -7,7 +7,6 @@ connected way a real decoder tends to: only the component under the box centre o
 from __future__ import annotations
 
 import numpy as np
-
 from medsegany.models.base import FramePrediction
 
 
@@ -23,7 +22,9 @@ class ThresholdModel:
         self.encoded += len(frames)
         return [np.array(frame, dtype=np.float32, copy=True) for frame in frames]
 
-    def predict(self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None) -> FramePrediction:
+    def predict(
+        self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None
+    ) -> FramePrediction:
         self.predict_calls += 1
         frame = embedding
         inside = np.zeros(frame.shape, dtype=bool)

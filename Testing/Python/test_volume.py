@@ -1,0 +1,230 @@
+"""read_volume: LPS files land in RAS exactly, DICOM series are sorted, and every unusable input is refused
+with a one-line VolumeError naming the problem and the fix."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from medsegany.errors import VolumeError
+from medsegany.geometry import LPS_TO_RAS
+from medsegany.volume import Volume, read_volume, volume_to_sitk
+
+LPS_TO_RAS_DIAG = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def sitk():
+    import SimpleITK
+
+    return SimpleITK
+
+
+def write_image(path: Path, array: np.ndarray, is_vector: bool = False) -> Path:
+    sitk().WriteImage(sitk().GetImageFromArray(array, isVector=is_vector), str(path))
+    return path
+
+
+def assert_volume_error(path, *fragments: str, frame: int | None = None) -> VolumeError:
+    """read_volume refuses ``path`` with a one-line VolumeError holding every fragment (any case)."""
+    with pytest.raises(VolumeError) as caught:
+        read_volume(path, frame=frame)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert caught.value.problem and caught.value.fix, "an error must name the problem and the fix"
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
+    return caught.value
+
+
+# -- geometry ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_read_volume_converts_an_oblique_flipped_lps_file_to_ras(
+    tmp_path, oblique_flipped_geometry, make_labelled_phantom, suffix
+):
+    image_kji, _ = make_labelled_phantom()
+    image = sitk().GetImageFromArray(image_kji)
+    oblique_flipped_geometry.apply_to(image)
+    path = tmp_path / f"scan{suffix}"
+    sitk().WriteImage(image, str(path))
+
+    volume = read_volume(path)
+
+    # NIfTI stores its matrix as float32 (1e-7 relative): 1e-4 mm is far below any voxel.
+    np.testing.assert_allclose(
+        volume.ijk_to_ras, LPS_TO_RAS_DIAG @ oblique_flipped_geometry.ijk_to_lps, atol=1e-4
+    )
+    np.testing.assert_array_equal(volume.voxels_kji, image_kji)
+    assert volume.name == "scan"
+    assert np.linalg.det(volume.ijk_to_ras[:3, :3]) < 0  # flipped stays flipped: no silent reorientation
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    spacing=st.tuples(*[st.floats(0.1, 8.0)] * 3),
+    origin=st.tuples(*[st.floats(-400.0, 400.0)] * 3),
+    angles=st.tuples(*[st.floats(-np.pi, np.pi)] * 3),
+    flip=st.booleans(),
+)
+def test_read_volume_of_a_random_lps_geometry_is_lps_to_ras_times_ijk_to_lps(spacing, origin, angles, flip):
+    from scipy.spatial.transform import Rotation
+
+    direction = Rotation.from_euler("xyz", angles).as_matrix() @ np.diag([1.0, -1.0 if flip else 1.0, 1.0])
+    image = sitk().Image(3, 4, 2, sitk().sitkInt16)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(tuple(direction.ravel()))
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction @ np.diag(spacing)
+    ijk_to_lps[:3, 3] = origin
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "random.mha"
+        sitk().WriteImage(image, str(path))
+        volume = read_volume(path)
+    np.testing.assert_allclose(volume.ijk_to_ras, LPS_TO_RAS_DIAG @ ijk_to_lps, atol=1e-9)
+
+
+def test_volume_to_sitk_restores_the_lps_geometry(oblique_flipped_geometry, make_labelled_phantom):
+    image_kji, _ = make_labelled_phantom()
+    volume = Volume(image_kji, LPS_TO_RAS @ oblique_flipped_geometry.ijk_to_lps, name="phantom")
+    image = volume_to_sitk(volume)
+    np.testing.assert_allclose(image.GetSpacing(), oblique_flipped_geometry.spacing_ijk, atol=1e-12)
+    np.testing.assert_allclose(image.GetOrigin(), oblique_flipped_geometry.origin_lps, atol=1e-12)
+    np.testing.assert_allclose(
+        np.reshape(image.GetDirection(), (3, 3)), oblique_flipped_geometry.direction_lps, atol=1e-12
+    )
+    np.testing.assert_array_equal(sitk().GetArrayFromImage(image), image_kji)
+    # One voxel centre through ITK and through the volume: the same place (RAS = LPS with x, y negated).
+    point_lps = np.array(image.TransformIndexToPhysicalPoint((3, 2, 1)))
+    np.testing.assert_allclose(
+        volume.ijk_to_ras_points(np.array([3, 2, 1])), point_lps * [-1, -1, 1], atol=1e-9
+    )
+
+
+def test_volume_properties_follow_the_matrix():
+    matrix = np.diag([-0.5, -2.0, 4.0, 1.0])
+    volume = Volume(np.zeros((3, 4, 5), dtype=np.int16), matrix)
+    assert volume.shape_ijk == (5, 4, 3)
+    np.testing.assert_allclose(volume.spacing_ijk, (0.5, 2.0, 4.0))
+    assert volume.voxel_volume_ml == pytest.approx(0.004)
+    np.testing.assert_allclose(
+        volume.ras_to_ijk_points(volume.ijk_to_ras_points(np.array([[1, 2, 3]]))), [[1, 2, 3]]
+    )
+    labels = volume.with_voxels(np.ones((3, 4, 5), dtype=np.uint8), name="labels")
+    assert labels.name == "labels" and np.array_equal(labels.ijk_to_ras, matrix)
+    with pytest.raises(ValueError):
+        volume.with_voxels(np.ones((3, 4, 6), dtype=np.uint8))
+    with pytest.raises(VolumeError, match="2 dimensions"):
+        Volume(np.zeros((4, 5)), np.eye(4))
+    with pytest.raises(VolumeError, match="invalid IJK->RAS"):
+        Volume(np.zeros((3, 4, 5)), np.diag([1.0, 0.0, 1.0, 1.0]))
+
+
+# -- DICOM -----------------------------------------------------------------------------------------------
+def test_read_volume_of_a_shuffled_oblique_dicom_series(dicom_series):
+    folder, image_kji, _, geometry = dicom_series
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.voxels_kji, image_kji)  # sorted by position, not by file name
+    np.testing.assert_allclose(volume.ijk_to_ras, LPS_TO_RAS_DIAG @ geometry.ijk_to_lps, atol=1e-4)
+    assert volume.metadata["dicom_series_count"] == 1
+    assert volume.name == "dicom"
+
+
+def test_a_folder_without_dicom_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert_volume_error(tmp_path, "without a dicom series", "dicom series folder")
+
+
+def test_a_single_file_dicom_series_is_refused_as_a_single_slice(
+    tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
+):
+    image_kji, _ = make_labelled_phantom(shape_kji=(1, 6, 7))
+    folder = make_dicom_series(tmp_path / "one_slice", image_kji, oblique_right_handed_geometry)
+    assert_volume_error(folder, "single slice", "several slices")
+
+
+# -- refusals ------------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    assert_volume_error(tmp_path / "absent.nii.gz", "does not exist", "check the path")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.nii.gz"
+    path.touch()
+    assert_volume_error(path, "empty (0 bytes)")
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("patient notes, not an image\n" * 3)
+    assert_volume_error(path, "not an image", "NIfTI")
+
+
+def test_corrupt_nifti(tmp_path):
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    assert_volume_error(path, "not an image simpleitk can read")
+
+
+def test_2d_png(tmp_path):
+    path = write_image(tmp_path / "slice.png", np.zeros((6, 7), dtype=np.uint8))
+    assert_volume_error(path, "2D image", "3D volume")
+
+
+def test_2d_nifti(tmp_path):
+    path = write_image(tmp_path / "slice.nii.gz", np.zeros((6, 7), dtype=np.int16))
+    assert_volume_error(path, "2D image", "3D volume")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_single_slice_volume(tmp_path, suffix):
+    path = write_image(tmp_path / f"one{suffix}", np.zeros((1, 6, 7), dtype=np.int16))
+    assert_volume_error(path, "single slice", "several slices")
+
+
+def test_rgb_png(tmp_path):
+    path = write_image(tmp_path / "photo.png", np.zeros((6, 7, 3), dtype=np.uint8), is_vector=True)
+    assert_volume_error(path, "3 components", "scalar")
+
+
+def test_rgb_volume(tmp_path):
+    path = write_image(tmp_path / "colour.nrrd", np.zeros((3, 6, 7, 3), dtype=np.uint8), is_vector=True)
+    assert_volume_error(path, "3 components", "scalar")
+
+
+@pytest.fixture
+def nifti_4d(tmp_path) -> Path:
+    """A 4D NIfTI with 3 frames; frame t holds the value 10 * t + k in slice k."""
+    frames = [
+        sitk().GetImageFromArray(10 * t + np.arange(4)[:, None, None] + np.zeros((4, 5, 6), np.int16))
+        for t in range(3)
+    ]
+    for frame in frames:
+        frame.SetSpacing((0.5, 0.75, 2.0))
+    path = tmp_path / "dynamic.nii.gz"
+    sitk().WriteImage(sitk().JoinSeries(frames), str(path))
+    return path
+
+
+def test_4d_nifti_without_frame_names_the_frame_count(nifti_4d):
+    assert_volume_error(nifti_4d, "4D with 3 frames", "--frame", "0..2")
+
+
+def test_4d_nifti_with_frame_reads_that_frame(nifti_4d):
+    volume = read_volume(nifti_4d, frame=2)
+    assert volume.voxels_kji.shape == (4, 5, 6)
+    np.testing.assert_array_equal(volume.voxels_kji[:, 0, 0], [20, 21, 22, 23])
+    np.testing.assert_allclose(volume.spacing_ijk, (0.5, 0.75, 2.0), atol=1e-6)
+    assert volume.metadata["frame"] == 2
+
+
+def test_4d_nifti_with_a_frame_outside_the_range(nifti_4d):
+    assert_volume_error(nifti_4d, "frame 3 is outside 0..2", frame=3)
+
+
+def test_frame_given_for_a_3d_volume(tmp_path):
+    path = write_image(tmp_path / "ct.nrrd", np.zeros((3, 4, 5), dtype=np.int16))
+    assert_volume_error(path, "--frame 2", "drop --frame", frame=2)

@@ -1,7 +1,9 @@
 # Two commands set everything up on a fresh machine with Python 3.10+:
-#   make demo   - segment a real MRI (MNI152 T1 shipped in nilearn) offline with the bundled LiteMedSAM
+#   make demo   - segment the brain in a real MRI (MNI152 T1 shipped in nilearn) offline, bundled LiteMedSAM
 #   make test   - the whole test suite (CPU only) and the linter
 PYTHON ?= python3
+# UTF-8 file reads whatever the locale (CI runs with LANG unset)
+export PYTHONUTF8 := 1
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medsegany-installed

@@ -184,7 +184,7 @@ def write_preview_png(
     if image_kji.dtype != np.uint8:
         image_kji = np.clip(image_kji, 0, 255).astype(np.uint8)
 
-    from PIL import Image, ImageDraw  # lazy, like every optional heavy import
+    from PIL import Image, ImageDraw  # lazy: importing medsegany loads no imaging library
 
     if spacing_ijk is None and ijk_to_ras is not None:
         spacing_ijk = tuple(np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0))

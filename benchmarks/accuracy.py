@@ -74,31 +74,28 @@ def intensity_of(case: dict):
     return "percentile"
 
 
-def run_scheme(scheme: str, session_factory, label_kji: np.ndarray, key: int, box_xyxy: np.ndarray) -> dict:
+def run_scheme(scheme: str, session, label_kji: np.ndarray, key: int, box_xyxy: np.ndarray) -> dict:
+    """Segment with one scheme as a new object of ``session`` (so every scheme reuses the embeddings)."""
     from medsegany.prompts import make_slice_prompts
+    from medsegany.propagation import PropagationSettings
 
     started = time.perf_counter()
-    session = session_factory(scheme)
-    predicted_kji = np.zeros(label_kji.shape, dtype=bool)
+    session.settings = PropagationSettings.naive() if scheme == "naive" else PropagationSettings()
+    object_id = session.add_object(scheme)
+    stops = {}
     if scheme == "oracle":
-        object_id = session.add_object("oracle")
-        slices = np.flatnonzero(label_kji.any(axis=(1, 2)))
-        for k in slices:
+        for k in np.flatnonzero(label_kji.any(axis=(1, 2))):
             rows = np.flatnonzero(label_kji[k].any(axis=1))
             cols = np.flatnonzero(label_kji[k].any(axis=0))
-            prompts = make_slice_prompts(session.volume, box_ijk=(cols[0], rows[0], k, cols[-1], rows[-1], k))
-            predicted_kji[k] = session.add_prompts(object_id, prompts).mask_frame
-        stops = {}
+            box_ijk = (cols[0], rows[0], k, cols[-1], rows[-1], k)
+            session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
     else:
-        object_id = session.add_object(scheme)
-        prompts = make_slice_prompts(
-            session.volume, box_ijk=(box_xyxy[0], box_xyxy[1], key, box_xyxy[2], box_xyxy[3], key)
-        )
-        session.add_prompts(object_id, prompts)
-        for _ in session.propagate():
+        box_ijk = (box_xyxy[0], box_xyxy[1], key, box_xyxy[2], box_xyxy[3], key)
+        session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
+        for _ in session.propagate(object_ids=[object_id]):
             pass
-        predicted_kji = session.mask_kji(object_id)
         stops = {str(k): v for k, v in session.objects[object_id].stop_reasons.items()}
+    predicted_kji = session.mask_kji(object_id)
     seconds = time.perf_counter() - started
     predicted_slices = np.flatnonzero(predicted_kji.any(axis=(1, 2)))
     labelled = np.flatnonzero(label_kji.any(axis=(1, 2)))
@@ -107,9 +104,9 @@ def run_scheme(scheme: str, session_factory, label_kji: np.ndarray, key: int, bo
         "dice": round(dice(predicted_kji, label_kji), 4),
         "slices_predicted": len(predicted_slices),
         "slices_labelled": len(labelled),
-        "predicted_range": [int(predicted_slices[0]), int(predicted_slices[-1])]
-        if len(predicted_slices)
-        else None,
+        "predicted_range": (
+            [int(predicted_slices[0]), int(predicted_slices[-1])] if len(predicted_slices) else None
+        ),
         "labelled_range": [int(labelled[0]), int(labelled[-1])],
         "overrun_slices": int(np.setdiff1d(predicted_slices, labelled).size),
         "seconds": round(seconds, 2),
@@ -158,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from medsegany.models.registry import load_slice_model
-    from medsegany.propagation import PropagationSettings
     from medsegany.session import SegmentationSession
     from medsegany.volume import read_volume
 
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(schemes) - set(SCHEMES)
     if unknown:
         parser.error(f"unknown schemes {sorted(unknown)}; choose from {SCHEMES}")
-    data = json.loads(args.cases.read_text())
+    data = json.loads(args.cases.read_text(encoding="utf-8"))
     root = args.cases.parent
     model = load_slice_model(args.model, device=args.device)
     if args.embedding_cache:
@@ -180,19 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         volume = read_volume(root / case["image"])
         label_kji = np.isin(read_volume(root / case["label"]).voxels_kji, case["label_values"])
         key, box = jittered_key_box(case["id"], label_kji)
-        intensity = intensity_of(case)
-        shared = {}
-
-        def factory(scheme, volume=volume, intensity=intensity, shared=shared):
-            settings = PropagationSettings.naive() if scheme == "naive" else PropagationSettings()
-            session = SegmentationSession(
-                volume, model, intensity=intensity, settings=settings, max_cached_frames=100_000
-            )
-            if "caches" in shared:
-                session._caches = shared["caches"]  # same frames, same model: reuse the embeddings
-            else:
-                shared["caches"] = session._caches
-            return session
+        # One session per case: every scheme is an object of it and reuses the frame embeddings.
+        session = SegmentationSession(volume, model, intensity=intensity_of(case), max_cached_frames=100_000)
 
         row = {
             "id": case["id"],
@@ -203,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "schemes": {},
         }
         for scheme in schemes:
-            row["schemes"][scheme] = run_scheme(scheme, factory, label_kji, key, box)
+            row["schemes"][scheme] = run_scheme(scheme, session, label_kji, key, box)
         results.append(row)
         print(
             case["id"].ljust(36),

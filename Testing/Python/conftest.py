@@ -16,12 +16,11 @@ import pytest
 
 
 def _shared_data_candidates() -> list[Path]:
-    candidates = []
+    # $MEDSEGANY_SHARED_DATA, when set, is the only place looked at (pointing it elsewhere disables the data).
     if os.environ.get("MEDSEGANY_SHARED_DATA"):
-        candidates.append(Path(os.environ["MEDSEGANY_SHARED_DATA"]))
+        return [Path(os.environ["MEDSEGANY_SHARED_DATA"])]
     # CI and the team checkout keep the data beside the repository: <repo>/../shared/data
-    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-    return candidates
+    return [Path(__file__).resolve().parents[2].parent / "shared" / "data"]
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ SCHEMA_1_0_2_REQUIRED = {"$schema", "category", "scm_url"}
 
 def _cmake_variables(path: Path) -> dict[str, str]:
     """``set(NAME value)`` pairs of a CMake file (quoted or bare values, comments removed)."""
-    text = re.sub(r"#[^\n]*", "", path.read_text())
+    text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
     variables = {}
     for name, value in re.findall(r"set\(\s*([A-Za-z_][A-Za-z0-9_]*)\s+(.*?)\)\s*$", text, flags=re.M | re.S):
         words = shlex.split(value)
@@ -46,7 +46,7 @@ def _cmake_variables(path: Path) -> dict[str, str]:
 
 def _s4ext(path: Path) -> dict[str, str]:
     entries = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -67,11 +67,11 @@ def s4ext() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def catalog() -> dict:
-    return json.loads((ROOT / f"{NAME}.json").read_text())
+    return json.loads((ROOT / f"{NAME}.json").read_text(encoding="utf-8"))
 
 
 def test_extension_name_is_the_project_name():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(rf"^project\(\s*{NAME}\s*\)", text, flags=re.M)
     assert (ROOT / f"{NAME}.s4ext").is_file() and (ROOT / f"{NAME}.json").is_file()
 
@@ -142,21 +142,21 @@ def test_catalog_entry_follows_schema_1_0_2(catalog):
 
 
 def test_minimum_slicer_version_is_enforced(cmake):
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert cmake["MedSegAny_MINIMUM_SLICER_VERSION"] == "5.10"
     assert re.search(r"if\(Slicer_VERSION VERSION_LESS MedSegAny_MINIMUM_SLICER_VERSION\)", text)
     assert text.index("find_package(Slicer") < text.index("Slicer_VERSION VERSION_LESS")
 
 
 def test_subdirectories_are_built():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for folder in (NAME, f"{NAME}Lib"):
         assert f"add_subdirectory({folder})" in text
         assert (ROOT / folder / "CMakeLists.txt").is_file()
 
 
 def test_module_cmake_registers_generic_and_self_tests():
-    text = (ROOT / NAME / "CMakeLists.txt").read_text()
+    text = (ROOT / NAME / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT \$\{MODULE_NAME\}\.py\s*\)", text)
     assert _cmake_variables(ROOT / NAME / "CMakeLists.txt")["MODULE_NAME"] == NAME
@@ -166,12 +166,12 @@ def test_module_script_has_the_classes_slicer_loads():
     script = ROOT / NAME / f"{NAME}.py"
     if not script.is_file():
         pytest.skip(f"{script.relative_to(ROOT)} is not written yet")
-    classes = {node.name for node in ast.parse(script.read_text()).body if isinstance(node, ast.ClassDef)}
+    classes = {node.name for node in ast.parse(script.read_text(encoding="utf-8")).body if isinstance(node, ast.ClassDef)}
     assert {NAME, f"{NAME}Widget", f"{NAME}Logic", f"{NAME}Test"} <= classes
 
 
 def test_library_cmake_installs_every_library_file():
-    text = (ROOT / f"{NAME}Lib" / "CMakeLists.txt").read_text()
+    text = (ROOT / f"{NAME}Lib" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_SUBDIR" in text
     patterns = re.findall(r"file\(GLOB_RECURSE \w+ RELATIVE \S+ CONFIGURE_DEPENDS \*(\.\w+)\)", text)
     assert sorted(patterns) == [".json", ".py"]
@@ -192,7 +192,7 @@ def test_library_modules_import_each_other_relatively():
     """In Slicer the package is ``MedSegAnyLib``, so ``import medsegany`` inside it would fail there."""
     offenders = []
     for path in (ROOT / f"{NAME}Lib").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -204,8 +204,8 @@ def test_library_modules_import_each_other_relatively():
 
 
 def test_license_is_apache_2():
-    text = (ROOT / "LICENSE").read_text()
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
-    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert re.search(r'^license = "Apache-2.0"', pyproject, flags=re.M)

@@ -297,7 +297,7 @@ def _cases() -> list[dict]:
     cases_file = shared_data() / "cases.json"
     if not cases_file.is_file():
         pytest.skip(f"shared data not found at {cases_file}")
-    return json.loads(cases_file.read_text())["cases"]
+    return json.loads(cases_file.read_text(encoding="utf-8"))["cases"]
 
 
 @pytest.mark.realdata

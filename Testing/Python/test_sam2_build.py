@@ -98,7 +98,7 @@ def test_same_model_as_meta_builder(checkpoint_512, state_dict_512):
 def test_user_yaml_file_builds_the_same_model(tmp_path, checkpoint_512, state_dict_512):
     yaml_path = tmp_path / "my_medsam2.yaml"
     packaged = resources.files("sam2").joinpath("configs/sam2.1/sam2.1_hiera_t.yaml")
-    yaml_path.write_text(packaged.read_text())
+    yaml_path.write_text(packaged.read_text(encoding="utf-8"))
     model = build_sam2_model(yaml_path, checkpoint_512, overrides=MEDSAM2_512_OVERRIDES)
     assert model.image_size == 512 and model.fill_hole_area == 8
     assert model.memory_attention.layers[0].self_attn.freqs_cis.shape[0] == 32 * 32

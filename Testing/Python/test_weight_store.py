@@ -202,7 +202,7 @@ def test_trust_on_first_use_records_then_enforces(server, store):
     card = fake_card([server.base_url + "/m.pt"], sha256=None)
     first = store.download(card, accept_license=True)
     assert first.first_use and first.hash_source == "recorded" and first.sha256 == PAYLOAD_SHA
-    recorded = json.loads((store.root / "recorded_hashes.json").read_text())
+    recorded = json.loads((store.root / "recorded_hashes.json").read_text(encoding="utf-8"))
     assert recorded["fake_model"]["sha256"] == PAYLOAD_SHA
     assert store.verify(card).hash_source == "recorded"
     store.remove(card)

@@ -199,6 +199,12 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     previews = [Path(args.preview)] if args.preview else []
     _check_outputs(outputs + previews, args.overwrite)
     volume = read_volume(args.image, frame=args.frame)
+    if volume.metadata.get("dicom_series_count", 1) > 1:
+        print(
+            f"medsegany: note: {args.image} holds {volume.metadata['dicom_series_count']} DICOM series; "
+            f"using the largest ({volume.metadata['dicom_series_uid']})",
+            file=stderr,
+        )
     if args.prompts:
         if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras:
             raise PromptError(
@@ -268,6 +274,7 @@ def _write_preview(session, objects, path: Path) -> None:
         point_labels=first.labels_array() if len(points) else None,
         spacing_ijk=session.volume.spacing_ijk,
         ijk_to_ras=session.volume.ijk_to_ras,
+        segments=session.segments(),
     )
 
 

@@ -34,7 +34,7 @@ class Volume:
                 "give a 3D image (a single slice or a 2D picture cannot be propagated)",
             )
         matrix = np.asarray(self.ijk_to_ras, dtype=float)
-        if matrix.shape != (4, 4) or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
             raise VolumeError(f"{self.name} has an invalid IJK->RAS matrix", "check the file's geometry")
         object.__setattr__(self, "ijk_to_ras", matrix)
 
@@ -77,7 +77,11 @@ def _sitk():
 def _read_dicom_series(folder: Path):
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" to stderr
+    try:
+        series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(True)
     if not series_ids:
         raise VolumeError(
             f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder"
@@ -110,7 +114,8 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
                 raise VolumeError(f"{path} is empty (0 bytes)", "give a complete image file")
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:  # SimpleITK raises RuntimeError for unreadable files
-        first_line = str(error).strip().splitlines()[-1][:200] if str(error).strip() else "unknown format"
+        text = str(error).strip()
+        first_line = text.splitlines()[-1].removeprefix("sitk::ERROR: ")[:200] if text else "unknown format"
         raise VolumeError(
             f"{path} is not an image SimpleITK can read ({first_line})",
             "give a NIfTI, NRRD, MHA/MHD file or a DICOM series folder",
@@ -162,7 +167,8 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
 def volume_to_sitk(volume: Volume):
     """A SimpleITK image with the volume's voxels and geometry (LPS, as ITK wants)."""
     sitk = _sitk()
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.voxels_kji))
+    voxels = volume.voxels_kji.astype(np.uint8) if volume.voxels_kji.dtype == bool else volume.voxels_kji
+    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
     spacing, origin, direction = itk_geometry_from_ijk_to_ras(volume.ijk_to_ras)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)

@@ -137,29 +137,33 @@ def test_seg_nrrd_names_labels_that_have_no_segment_info(tmp_path, oblique_flipp
 
 # -- (b) a NIfTI with a permuted, flipped direction (DeepLesion) -----------------------------------------
 @pytest.mark.realdata
-def test_labelmap_for_deeplesion_nifti_with_permuted_direction(tmp_path, shared_data_dir):
+def test_labelmap_for_deeplesion_niftis_with_permuted_directions(tmp_path, shared_data_dir):
+    """Every DeepLesion case: its own label file, written for its image, lands on the same voxels."""
     folder = shared_data_dir / "medsam2_recist_ct_lesion"
     labels = sorted(folder.glob("CT_Lesion_*_label.nii.gz"))
     if not labels:
         pytest.skip(f"no DeepLesion label files in {folder}")
-    label_path = labels[0]
-    image_path = label_path.with_name(label_path.name.replace("_label", "_image"))
-    reference_image = sitk().ReadImage(str(image_path))
-    direction = np.reshape(reference_image.GetDirection(), (3, 3))
-    assert not np.allclose(np.abs(direction), np.eye(3)), "this case should have a permuted direction"
-    expected_ijk_to_ras = ijk_to_ras_matrix(
-        reference_image.GetSpacing(), reference_image.GetOrigin(), direction
-    )
-
-    volume = read_volume(image_path)
-    labels_kji = read_volume(label_path).voxels_kji
-    assert labels_kji.any()
-    for suffix in (".nii.gz", ".nrrd"):
-        written = write_labelmap(labels_kji, volume, tmp_path / f"lesion{suffix}")
-        assert_same_voxels_and_place(written, labels_kji, expected_ijk_to_ras)
-    lesion = [SegmentInfo(1, "lesion", (0.85, 0.4, 0.4))]
-    written = write_labelmap(labels_kji, volume, tmp_path / "lesion.seg.nrrd", lesion)
-    assert_seg_nrrd(written, labels_kji, expected_ijk_to_ras, lesion)
+    permuted = 0
+    for label_path in labels:
+        image_path = label_path.with_name(label_path.name.replace("_label", "_image"))
+        reference_image = sitk().ReadImage(str(image_path))
+        direction = np.reshape(reference_image.GetDirection(), (3, 3))
+        permuted += not np.allclose(np.abs(direction), np.eye(3))
+        expected_ijk_to_ras = ijk_to_ras_matrix(
+            reference_image.GetSpacing(), reference_image.GetOrigin(), direction
+        )
+        volume = read_volume(image_path)
+        label_volume = read_volume(label_path)
+        np.testing.assert_allclose(label_volume.ijk_to_ras, volume.ijk_to_ras, atol=1e-4)
+        labels_kji = label_volume.voxels_kji
+        assert labels_kji.any(), label_path.name
+        for suffix in (".nii.gz", ".nrrd"):
+            written = write_labelmap(labels_kji, volume, tmp_path / f"{volume.name}{suffix}")
+            assert_same_voxels_and_place(written, labels_kji, expected_ijk_to_ras)
+        lesion = [SegmentInfo(1, "lesion", (0.85, 0.4, 0.4))]
+        written = write_labelmap(labels_kji, volume, tmp_path / f"{volume.name}.seg.nrrd", lesion)
+        assert_seg_nrrd(written, labels_kji, expected_ijk_to_ras, lesion)
+    assert permuted, "the DeepLesion cases should include a permuted direction"
 
 
 # -- (c) a DICOM series --------------------------------------------------------------------------------

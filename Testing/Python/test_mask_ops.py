@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from medsegany.mask_ops import bbox_xyxy, components_touching, dice, grow_box, interior_point_xy
 
 
@@ -19,7 +18,9 @@ def test_components_touching_keeps_the_connected_part_or_the_largest():
     mask[12:19, 12:19] = True
     reference = np.zeros_like(mask)
     reference[3, 3] = True
-    np.testing.assert_array_equal(components_touching(mask, reference), mask & (np.indices(mask.shape)[0] < 10))
+    np.testing.assert_array_equal(
+        components_touching(mask, reference), mask & (np.indices(mask.shape)[0] < 10)
+    )
     far = np.zeros_like(mask)
     far[0, 19] = True
     assert components_touching(mask, far).sum() == 49  # none touches: the largest is kept

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from medsegany.models.base import FramePrediction
 from medsegany.propagation import (
     ObjectAppearance,
@@ -38,7 +37,10 @@ def test_a_mask_like_the_previous_one_goes_on():
     previous = disk()
     frame = frame_with(previous)
     appearance = ObjectAppearance.from_mask(frame, previous)
-    assert stop_reason(prediction(previous), previous, previous, frame, appearance, PropagationSettings()) is None
+    assert (
+        stop_reason(prediction(previous), previous, previous, frame, appearance, PropagationSettings())
+        is None
+    )
 
 
 def test_each_stop_condition():
@@ -47,16 +49,23 @@ def test_each_stop_condition():
     key_frame = frame_with(previous)
     appearance = ObjectAppearance.from_mask(key_frame, previous)
     # other grey level: a different structure
-    assert "intensity" in stop_reason(prediction(previous), previous, previous, frame_with(previous, 90), appearance,
-                                      settings)
+    assert "intensity" in stop_reason(
+        prediction(previous), previous, previous, frame_with(previous, 90), appearance, settings
+    )
     # an unsure decoder
-    assert "confidence" in stop_reason(prediction(previous, 1.0), previous, previous, key_frame, appearance, settings)
+    assert "confidence" in stop_reason(
+        prediction(previous, 1.0), previous, previous, key_frame, appearance, settings
+    )
     # a jump away from the previous slice's mask
     moved = disk(centre=(20, 34), radius=5)
-    assert "overlap" in stop_reason(prediction(moved), moved, previous, frame_with(moved), appearance, settings)
+    assert "overlap" in stop_reason(
+        prediction(moved), moved, previous, frame_with(moved), appearance, settings
+    )
     # the collapse at an object's end
     tiny = disk(radius=1)
-    assert "area" in stop_reason(prediction(tiny), tiny, previous, key_frame, appearance, settings, peak_area=400)
+    assert "area" in stop_reason(
+        prediction(tiny), tiny, previous, key_frame, appearance, settings, peak_area=400
+    )
     # the naive scheme only stops on an empty mask
     naive = PropagationSettings.naive()
     assert stop_reason(prediction(moved), moved, previous, frame_with(moved, 90), appearance, naive) is None
@@ -73,7 +82,9 @@ def test_propagation_yields_until_the_stop_then_one_empty_outcome():
 
     key = disk(radius=9)
     appearance = ObjectAppearance.from_mask(frame_with(key), key)
-    outcomes = list(propagate_slicewise(predict, frames.__getitem__, 0, key, +1, 7, appearance, PropagationSettings()))
+    outcomes = list(
+        propagate_slicewise(predict, frames.__getitem__, 0, key, +1, 7, appearance, PropagationSettings())
+    )
     assert [o.slice_index for o in outcomes[:-1]] == list(range(1, len(outcomes)))
     assert outcomes[-1].stop_reason is not None and not outcomes[-1].mask_frame.any()
     assert all(o.stop_reason is None for o in outcomes[:-1])

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from medsegany.slices import frame_count, frame_of, frame_shape, set_frame
 
 

@@ -42,6 +42,9 @@ class PropagationSettings:
     min_intensity_agreement: float = 0.2
     # Mean decoder logit inside the mask: 5-11 on slices of the object, 0.1-2.5 on most slices past it.
     min_confidence_logit: float = 2.5
+    # ... unless the model is unsure of the object even on its prompted slice (a smooth MRI template's
+    # brain: 1.6): then the limit is this fraction of the prompted slice's mean logit.
+    min_confidence_fraction_of_key: float = 0.5
     # Fraction of the new mask on the previous one: a jump to another structure overlaps little.
     min_overlap_with_previous: float = 0.3
     # An object ends by shrinking: below 5 % of the largest area seen in this run, stop.
@@ -58,18 +61,22 @@ class PropagationSettings:
 
 @dataclass(frozen=True)
 class ObjectAppearance:
-    """Grey levels of the object on its prompted slice: the 5th-95th percentile band of the windowed frame."""
+    """The object on its prompted slice: the 5th-95th percentile band of its grey levels in the windowed
+    frame, and the decoder's mean logit inside its mask there (None when the mask was drawn, not decoded)."""
 
     low: float
     high: float
+    confidence: float | None = None
 
     @classmethod
-    def from_mask(cls, frame: np.ndarray, mask_frame: np.ndarray) -> ObjectAppearance | None:
+    def from_mask(
+        cls, frame: np.ndarray, mask_frame: np.ndarray, confidence: float | None = None
+    ) -> ObjectAppearance | None:
         values = frame[mask_frame]
         if values.size < 4:
             return None
         low, high = np.percentile(values, [5, 95])
-        return cls(float(low), float(high))
+        return cls(float(low), float(high), confidence)
 
     def agreement(self, frame: np.ndarray, mask_frame: np.ndarray) -> float:
         """Fraction of the mask's pixels whose grey level lies in the prompted object's band."""
@@ -122,8 +129,11 @@ def stop_reason(
         if agreement < settings.min_intensity_agreement:
             return f"intensity agreement {agreement:.2f} below {settings.min_intensity_agreement}"
     confidence = float(prediction.logits_frame[mask_frame].mean())
-    if confidence < settings.min_confidence_logit:
-        return f"low confidence (mean logit {confidence:.1f} below {settings.min_confidence_logit})"
+    limit = settings.min_confidence_logit
+    if appearance is not None and appearance.confidence is not None:
+        limit = min(limit, settings.min_confidence_fraction_of_key * appearance.confidence)
+    if confidence < limit:
+        return f"low confidence (mean logit {confidence:.1f} below {limit:.1f})"
     overlap = int((mask_frame & previous_mask).sum()) / area
     if overlap < settings.min_overlap_with_previous:
         return f"overlap with the previous slice {overlap:.2f} below {settings.min_overlap_with_previous}"

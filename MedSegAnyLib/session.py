@@ -94,6 +94,8 @@ class SegmentObject:
     dirty: set[int] = field(default_factory=set)  # prompted slices changed since their runs last ran
     origins: dict[int, tuple[int, int]] = field(default_factory=dict)  # propagated slice -> (key, step)
     logits_frames: dict[int, np.ndarray] = field(default_factory=dict)  # exclusive mode: raw float16 logits
+    # mean decoder logit inside each decoded slice's mask: the 2D stop rule scales by the prompted slice's
+    confidences: dict[int, float] = field(default_factory=dict)
     last_run: tuple[str, tuple[int, int]] | None = None  # (direction, range) of the last complete propagation
 
     def prompted_slices(self) -> list[int]:
@@ -498,7 +500,8 @@ class SegmentationSession:
         windowed = self.windowed_kji
         cache = self.embeddings(axis)
         key_mask = self._raw_mask(obj, key).copy()
-        appearance = ObjectAppearance.from_mask(frame_of(windowed, axis, key), key_mask)
+        key_frame = frame_of(windowed, axis, key)
+        appearance = ObjectAppearance.from_mask(key_frame, key_mask, obj.confidences.get(key))
         logits_at: dict[int, np.ndarray] = {}
 
         def predict(index: int, box_frame_xyxy: np.ndarray) -> FramePrediction:
@@ -630,6 +633,10 @@ class SegmentationSession:
             obj.origins.pop(index, None)
         else:
             obj.origins[index] = origin
+        if logits is not None and mask.any():
+            obj.confidences[index] = float(logits[mask].mean())
+        else:
+            obj.confidences.pop(index, None)
         if self.overlap != "exclusive":
             set_frame(obj.mask_kji, axis, index, mask)
             return [SliceResult(obj.object_id, axis, index, mask, source, score)]

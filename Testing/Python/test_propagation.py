@@ -73,6 +73,18 @@ def test_each_stop_condition():
     assert stop_reason(prediction(empty), empty, previous, key_frame, appearance, naive) == "empty mask"
 
 
+def test_the_confidence_limit_follows_an_unsure_prompted_slice():
+    settings = PropagationSettings()
+    previous = disk()
+    frame = frame_with(previous)
+    unsure_key = ObjectAppearance.from_mask(frame, previous, confidence=1.6)
+    sure_key = ObjectAppearance.from_mask(frame, previous, confidence=9.0)
+    # a mean logit of 1.5 is as sure as the prompted slice was (limit 0.8): go on
+    assert stop_reason(prediction(previous, 1.5), previous, previous, frame, unsure_key, settings) is None
+    # after a confident prompted slice the absolute limit (2.5) holds
+    assert "confidence" in stop_reason(prediction(previous, 1.5), previous, previous, frame, sure_key, settings)
+
+
 def test_propagation_yields_until_the_stop_then_one_empty_outcome():
     masks = {i: disk(radius=8 - i) for i in range(1, 8)}
     frames = {i: frame_with(masks[i]) for i in masks}

@@ -1,0 +1,445 @@
+"""How much memory a volume needs for a model on a device, told before the run, and a plan that fits.
+
+The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S px:
+
+- ``weights``: the parameters (float32; the CUDA path keeps them float32 and autocasts to bf16);
+- ``runtime``: the process before any model or volume: Python and the imported torch (527 MiB measured
+  for torch 2.15's CUDA build on CPU; the CUDA context is not counted on the GPU side, as in
+  ``torch.cuda.max_memory_allocated``);
+- ``volume`` and ``frames``: the user's voxels and the windowed uint8 copy the model sees (N x H x W);
+- ``masks``: the session's boolean mask of each object (N x H x W bytes each);
+- ``features``: cached image features, per frame 32 x (S/4)² + 64 x (S/8)² + 256 x (S/16)² values for a
+  SAM 2 model (4.2 MiB at 512 px float32, half under bf16 on CUDA), 256 x 64 x 64 float32 = 4 MiB for
+  LiteMedSAM; ``cached_frames`` of them;
+- ``memory_bank``: per tracked frame and object a SAM 2 model keeps its memory (64 x (S/16)² bf16), its
+  low-resolution mask logits ((S/4)² float32) and an object pointer (256 float32): 193 KiB at 512 px;
+- ``activations``: the larger of one encoder batch (``batch_size`` images, inputs included) and one
+  tracking step. Measured on this CPU in float32 with peak RSS (``VmHWM``): SAM 2.1 tiny at 512 px
+  about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image. Other Hiera sizes are
+  scaled by their first-stage width (tiny/small 96, base+ 112, large 144); S scales them by S².
+
+Which parts live on the device: on CPU all of them; on CUDA the weights, features (unless offloaded),
+memory bank and activations, the rest in host memory.
+
+:func:`plan_memory` tries, in order, until the device budget (``headroom`` x available) holds the run:
+all frames' features cached with a batch of 4; a batch of 1; fewer cached frames (frames beyond are
+re-encoded when revisited: other objects, corrections); on CUDA, features offloaded to host memory;
+finally a slab of slices around the prompted slice.
+
+Example::
+
+    >>> estimate = plan_memory("sam2.1_hiera_t512", (512, 512), 300, device="cpu")
+    >>> estimate.plan.cached_frames <= 300
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+MIB = 2**20
+GIB = 2**30
+
+# torch 2.15 (CUDA build) imported into Python on CPU: 527 MiB RSS measured; sam2/timm add about 10 MiB.
+CPU_RUNTIME_BYTES = 540 * MIB
+# Meta's tracking step at 512 px (memory attention over 7 memories + decoder + memory encoder): a few
+# tens of MiB in float32; scaled by (S/512)².
+SAM2_STEP_ACTIVATION_BYTES_512 = 48 * MIB
+# Encoder activations per image, float32, measured on CPU (see the module docstring).
+SAM2_TINY_ACTIVATION_PER_PIXEL = 100 * MIB / 512**2
+SAM2_ENCODER_FIXED_BYTES = 28 * MIB
+LITEMEDSAM_ACTIVATION_PER_IMAGE = 224 * MIB
+LITEMEDSAM_STEP_ACTIVATION_BYTES = 16 * MIB
+# Hiera first-stage width by size letter, and the parameter counts of SAM 2.1 (Meta's model card; tiny
+# counted here: 38 962 498).
+HIERA_WIDTH = {"t": 96, "s": 96, "b+": 112, "l": 144}
+SAM2_PARAMETERS = {"t": 38_962_498, "s": 46_000_000, "b+": 80_800_000, "l": 224_400_000}
+LITEMEDSAM_PARAMETERS = 9_791_300
+MIN_SLAB_SLICES = 3
+
+
+@dataclass(frozen=True)
+class ModelMemoryProfile:
+    """What one model costs, independent of the volume. ``family``: "sam2" (memory tracking) or "slice"."""
+
+    name: str
+    family: str
+    image_size: int
+    parameters: int
+    feature_values_per_frame: int
+    activation_bytes_per_image: int  # encoder, float32
+    activation_bytes_fixed: int
+    step_activation_bytes: int
+
+    def feature_bytes_per_frame(self, on_cuda: bool) -> int:
+        """Float32 on CPU; SAM 2 features are bf16 on CUDA (autocast), LiteMedSAM's stay float32."""
+        bytes_per_value = 2 if (on_cuda and self.family == "sam2") else 4
+        return self.feature_values_per_frame * bytes_per_value
+
+    def memory_bytes_per_frame_object(self) -> int:
+        """One SAM 2 memory-bank entry (memory bf16, mask logits float32, object pointer); 0 for 2D models."""
+        if self.family != "sam2":
+            return 0
+        size = self.image_size
+        return 64 * (size // 16) ** 2 * 2 + (size // 4) ** 2 * 4 + 256 * 4 + 4
+
+
+def sam2_feature_values(image_size: int) -> int:
+    """Values of one frame's cached FPN features (as ``Sam2Tracker.feature_bytes_per_frame`` / 4)."""
+    return 32 * (image_size // 4) ** 2 + 64 * (image_size // 8) ** 2 + 256 * (image_size // 16) ** 2
+
+
+def sam2_profile(size: str, image_size: int, name: str | None = None, parameters: int | None = None):
+    """The profile of a SAM 2.1 Hiera model (``size``: t, s, b+ or l) at ``image_size`` px."""
+    width_scale = HIERA_WIDTH[size] / HIERA_WIDTH["t"]
+    return ModelMemoryProfile(
+        name=name or f"sam2.1_hiera_{size}@{image_size}",
+        family="sam2",
+        image_size=image_size,
+        parameters=parameters if parameters is not None else SAM2_PARAMETERS[size],
+        feature_values_per_frame=sam2_feature_values(image_size),
+        activation_bytes_per_image=int(SAM2_TINY_ACTIVATION_PER_PIXEL * width_scale * image_size**2),
+        activation_bytes_fixed=SAM2_ENCODER_FIXED_BYTES,
+        step_activation_bytes=int(SAM2_STEP_ACTIVATION_BYTES_512 * (image_size / 512) ** 2),
+    )
+
+
+LITEMEDSAM_PROFILE = ModelMemoryProfile(
+    name="litemedsam",
+    family="slice",
+    image_size=256,
+    parameters=LITEMEDSAM_PARAMETERS,
+    feature_values_per_frame=256 * 64 * 64,
+    activation_bytes_per_image=LITEMEDSAM_ACTIVATION_PER_IMAGE,
+    activation_bytes_fixed=0,
+    step_activation_bytes=LITEMEDSAM_STEP_ACTIVATION_BYTES,
+)
+
+PROFILES: dict[str, ModelMemoryProfile] = {
+    "litemedsam": LITEMEDSAM_PROFILE,
+    "sam2.1_hiera_t512": sam2_profile("t", 512, "sam2.1_hiera_t512"),
+    "medsam2_latest": sam2_profile("t", 512, "medsam2_latest"),
+    "sam2.1_hiera_t": sam2_profile("t", 1024, "sam2.1_hiera_t"),
+    "sam2.1_hiera_s": sam2_profile("s", 1024, "sam2.1_hiera_s"),
+    "sam2.1_hiera_b+": sam2_profile("b+", 1024, "sam2.1_hiera_b+"),
+    "sam2.1_hiera_l": sam2_profile("l", 1024, "sam2.1_hiera_l"),
+}
+
+
+def _hiera_size_of(module: Any) -> str:
+    """Guess t/s/b+/l from a built SAM 2 model's first-stage width and depth (for the activation scale)."""
+    trunk = getattr(getattr(module, "image_encoder", None), "trunk", None)
+    width = getattr(getattr(trunk, "patch_embed", None), "proj", None)
+    channels = int(getattr(width, "out_channels", 96))
+    return {96: "t", 112: "b+", 144: "l"}.get(channels, "t")
+
+
+def profile_of(model: Any) -> ModelMemoryProfile:
+    """The profile of a name in :data:`PROFILES`, a profile, or a loaded model (Sam2VideoModel, a built
+    SAM2VideoPredictor, or a 2D slice model such as LiteMedSamModel)."""
+    if isinstance(model, ModelMemoryProfile):
+        return model
+    if isinstance(model, str):
+        if model not in PROFILES:
+            from .errors import ModelError
+
+            raise ModelError(
+                f"no memory profile for model {model!r}", f"use one of {', '.join(sorted(PROFILES))}"
+            )
+        return PROFILES[model]
+    module = getattr(model, "model", model)  # Sam2VideoModel wraps the predictor
+    if hasattr(module, "track_step"):  # a SAM 2 model
+        parameters = sum(p.numel() for p in module.parameters())
+        name = getattr(model, "model_id", type(module).__name__)
+        return sam2_profile(_hiera_size_of(module), int(module.image_size), name, parameters)
+    net = getattr(model, "net", None)
+    parameters = sum(p.numel() for p in net.parameters()) if net is not None else LITEMEDSAM_PARAMETERS
+    name = getattr(model, "model_id", "slice model")
+    if name == "litemedsam":
+        return replace(LITEMEDSAM_PROFILE, parameters=parameters)
+    # another 2D SAM-family model (SAM/MedSAM ViT): 256 x 64 x 64 embeddings, activations scaled by size
+    scale = parameters / LITEMEDSAM_PARAMETERS
+    return replace(
+        LITEMEDSAM_PROFILE,
+        name=name,
+        image_size=int(getattr(model, "image_size", 1024)),
+        parameters=parameters,
+        activation_bytes_per_image=int(LITEMEDSAM_ACTIVATION_PER_IMAGE * min(scale, 16.0)),
+    )
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How to run: encoder ``batch_size``, ``cached_frames`` kept (session ``max_cached_frames``),
+    ``offload_features`` to host memory (CUDA), and ``slab`` = the slice range to segment (inclusive),
+    None for the whole volume. ``fits``: whether the estimate fits the budget."""
+
+    batch_size: int
+    cached_frames: int
+    offload_features: bool = False
+    slab: tuple[int, int] | None = None
+    fits: bool = True
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes by part (see the module docstring) for one plan; ``message`` says it for a person."""
+
+    model: str
+    device: str
+    frame_shape: tuple[int, int]
+    num_frames: int
+    num_objects: int
+    parts: dict[str, int]
+    device_parts: tuple[str, ...]
+    plan: MemoryPlan
+    available_bytes: int | None = None
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def device_bytes(self) -> int:
+        """What the device holds at the peak (all of it on CPU)."""
+        return sum(self.parts[name] for name in self.device_parts)
+
+    @property
+    def host_bytes(self) -> int:
+        return self.total_bytes - self.device_bytes if self.device != "cpu" else self.total_bytes
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "device": self.device,
+            "frame_shape": list(self.frame_shape),
+            "num_frames": self.num_frames,
+            "num_objects": self.num_objects,
+            "parts_bytes": dict(self.parts),
+            "total_bytes": self.total_bytes,
+            "device_bytes": self.device_bytes,
+            "available_bytes": self.available_bytes,
+            "plan": {
+                "batch_size": self.plan.batch_size,
+                "cached_frames": self.plan.cached_frames,
+                "offload_features": self.plan.offload_features,
+                "slab": None if self.plan.slab is None else list(self.plan.slab),
+                "fits": self.plan.fits,
+            },
+            "message": self.message,
+        }
+
+
+def _device_kind(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "mps" if str(device) == "mps" else "cpu"
+
+
+def estimate_memory(
+    model: Any,
+    frame_shape: tuple[int, int],
+    num_frames: int,
+    num_objects: int = 1,
+    device: str = "cpu",
+    batch_size: int = 4,
+    cached_frames: int | None = None,
+    offload_features: bool = False,
+    runtime_bytes: int | None = None,
+    volume_bytes: int = 0,
+) -> MemoryEstimate:
+    """The bytes one run needs with these settings (no planning; see :func:`plan_memory`).
+
+    ``frame_shape``: (H, W) of one slice; ``num_frames``: slices along the prompted axis; ``cached_frames``:
+    None = all; ``runtime_bytes``: the process before the run (default: torch's import on CPU, 0 on the
+    GPU side); ``volume_bytes``: the user's voxels, already in memory (0 to leave them out).
+    """
+    profile = profile_of(model)
+    kind = _device_kind(device)
+    on_cuda = kind == "cuda"
+    height, width = (int(n) for n in frame_shape)
+    frames = max(0, int(num_frames))
+    objects = max(1, int(num_objects))
+    batch = max(1, int(batch_size))
+    cached = frames if cached_frames is None else max(0, min(int(cached_frames), frames))
+    size = profile.image_size
+    encoder = (
+        batch * (profile.activation_bytes_per_image + 3 * size * size * 4) + profile.activation_bytes_fixed
+    )
+    if on_cuda and profile.family == "sam2":
+        encoder //= 2  # bf16 autocast halves the activations
+    parts = {
+        "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
+        "weights": profile.parameters * 4,
+        "volume": int(volume_bytes),
+        "frames": frames * height * width,  # windowed uint8 copy
+        "masks": objects * frames * height * width,  # one bool per voxel and object
+        "features": cached * profile.feature_bytes_per_frame(on_cuda),
+        "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
+        "activations": max(encoder, profile.step_activation_bytes),
+    }
+    if kind == "cpu":
+        device_parts = tuple(parts)
+    else:
+        device_parts = ("weights", "memory_bank", "activations")
+        device_parts += () if offload_features else ("features",)
+    plan = MemoryPlan(batch_size=batch, cached_frames=cached, offload_features=offload_features)
+    estimate = MemoryEstimate(
+        model=profile.name,
+        device=str(device),
+        frame_shape=(height, width),
+        num_frames=frames,
+        num_objects=objects,
+        parts=parts,
+        device_parts=device_parts,
+        plan=plan,
+    )
+    return replace(estimate, message=describe(estimate))
+
+
+def available_memory_bytes(device: str = "cpu") -> int | None:
+    """Free memory of a device now: CUDA free memory, or the host's MemAvailable (+ this process's RSS is
+    not added: what the process already holds is counted by the estimate's runtime part). None if unknown."""
+    kind = _device_kind(device)
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        index = torch.device(device).index
+        free, _ = torch.cuda.mem_get_info(index if index is not None else torch.cuda.current_device())
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    return available + _current_rss_bytes()
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def plan_memory(
+    model: Any,
+    frame_shape: tuple[int, int],
+    num_frames: int,
+    num_objects: int = 1,
+    device: str = "cpu",
+    available_bytes: int | None = None,
+    prompt_slice: int | None = None,
+    batch_size: int = 4,
+    runtime_bytes: int | None = None,
+    volume_bytes: int = 0,
+    headroom: float = 0.9,
+) -> MemoryEstimate:
+    """The first plan that fits ``headroom`` x the available device memory (see the module docstring).
+
+    ``available_bytes`` None: measured now (:func:`available_memory_bytes`). ``prompt_slice``: centre of the
+    slab when only a slab fits (default: the middle slice).
+    """
+    if available_bytes is None:
+        available_bytes = available_memory_bytes(device)
+    frames = max(1, int(num_frames))
+    on_cuda = _device_kind(device) == "cuda"
+
+    def run(batch: int, cached: int | None, offload: bool = False, slices: int = frames) -> MemoryEstimate:
+        return estimate_memory(
+            model,
+            frame_shape,
+            slices,
+            num_objects,
+            device,
+            batch,
+            cached,
+            offload,
+            runtime_bytes,
+            volume_bytes,
+        )
+
+    def finish(estimate: MemoryEstimate, fits: bool, slab: tuple[int, int] | None = None) -> MemoryEstimate:
+        plan = replace(estimate.plan, fits=fits, slab=slab)
+        final = replace(estimate, plan=plan, available_bytes=available_bytes)
+        return replace(final, message=describe(final))
+
+    if available_bytes is None:  # unknown budget: plan the fastest run and say so
+        return finish(run(batch_size, None), True)
+    budget = headroom * available_bytes
+
+    def fits(estimate: MemoryEstimate) -> bool:
+        if on_cuda:
+            host_budget = headroom * (available_memory_bytes("cpu") or 0) or float("inf")
+            return estimate.device_bytes <= budget and estimate.host_bytes <= host_budget
+        return estimate.device_bytes <= budget
+
+    candidates = [run(batch_size, None)]
+    if batch_size > 1:
+        candidates.append(run(1, None))
+    for candidate in candidates:
+        if fits(candidate):
+            return finish(candidate, True)
+    # fewer cached frames: the largest count that fits with a batch of 1 (at least the lookahead of 2)
+    smallest = run(1, 2)
+    if fits(smallest):
+        spare = budget - smallest.device_bytes
+        per_frame = profile_of(model).feature_bytes_per_frame(on_cuda)
+        cached = min(frames, 2 + int(spare // max(per_frame, 1)))
+        return finish(run(1, cached), True)
+    if on_cuda:
+        offloaded = run(1, None, offload=True)
+        if fits(offloaded):
+            return finish(offloaded, True)
+    # a slab around the prompt: the most slices whose fixed costs fit
+    centre = frames // 2 if prompt_slice is None else min(max(int(prompt_slice), 0), frames - 1)
+    low_count, high_count = MIN_SLAB_SLICES, frames
+    if not fits(run(1, 2, on_cuda, low_count)):
+        return finish(run(1, 2, on_cuda, low_count), False)
+    while low_count < high_count:  # largest slice count that fits (costs grow with slices)
+        middle = (low_count + high_count + 1) // 2
+        if fits(run(1, 2, on_cuda, middle)):
+            low_count = middle
+        else:
+            high_count = middle - 1
+    start = max(0, min(centre - low_count // 2, frames - low_count))
+    return finish(run(1, 2, on_cuda, low_count), True, (start, start + low_count - 1))
+
+
+def _gib(value: float) -> str:
+    return f"{value / GIB:.2f} GiB"
+
+
+def describe(estimate: MemoryEstimate) -> str:
+    """One paragraph for a person: what the run needs, whether it fits, and the plan."""
+    plan = estimate.plan
+    on_device = [(name, estimate.parts[name]) for name in estimate.device_parts]
+    biggest = sorted(on_device, key=lambda item: -item[1])[:3]
+    parts = ", ".join(f"{name} {_gib(value)}" for name, value in biggest)
+    where = "memory" if estimate.device == "cpu" else f"{estimate.device} memory"
+    text = (
+        f"{estimate.model} on {estimate.num_frames} slices of {estimate.frame_shape[0]}x"
+        f"{estimate.frame_shape[1]} with {estimate.num_objects} object(s) needs about "
+        f"{_gib(estimate.device_bytes)} of {where} (largest: {parts})"
+    )
+    if estimate.available_bytes is not None:
+        text += f"; {_gib(estimate.available_bytes)} available"
+    if not plan.fits:
+        return text + "; it does not fit even on a few slices: use a smaller model, or the CPU."
+    steps = [f"encoder batch {plan.batch_size}", f"{plan.cached_frames} slices of features cached"]
+    if plan.offload_features:
+        steps.append("features kept in host memory")
+    if plan.slab is not None:
+        steps.append(f"only slices {plan.slab[0]}-{plan.slab[1]} (a slab around the prompt)")
+    return text + "; plan: " + ", ".join(steps) + "."

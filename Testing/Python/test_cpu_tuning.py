@@ -1,0 +1,76 @@
+"""CPU tuning: core counting, jemalloc detection, the bf16 probe, and the settings applied to torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from medsegany import cpu_tuning
+
+torch = pytest.importorskip("torch")
+
+# Two sockets x two cores x two hyper-threads, in /proc/cpuinfo's block layout.
+CPUINFO = "\n\n".join(
+    f"processor\t: {n}\nphysical id\t: {socket}\ncore id\t\t: {core}\nflags\t\t: fpu sse avx2"
+    for n, (socket, core) in enumerate([(s, c) for s in (0, 1) for c in (0, 1)] * 2)
+)
+
+
+def test_physical_cores_count_distinct_socket_core_pairs():
+    assert cpu_tuning.parse_physical_cores(CPUINFO) == 4
+    assert cpu_tuning.parse_physical_cores("processor : 0\nmodel name : some arm\n") is None
+    assert 1 <= cpu_tuning.physical_core_count() <= cpu_tuning.usable_cpus()
+
+
+def test_jemalloc_detection_reads_the_process_maps(tmp_path):
+    mapped = "7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
+    assert cpu_tuning.jemalloc_preloaded(mapped)
+    assert not cpu_tuning.jemalloc_preloaded("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n")
+    assert cpu_tuning.find_jemalloc((str(tmp_path),)) is None
+    (tmp_path / "libjemalloc.so.2").write_bytes(b"")
+    assert cpu_tuning.find_jemalloc((str(tmp_path / "none"), str(tmp_path))) == str(
+        tmp_path / "libjemalloc.so.2"
+    )
+
+
+def test_preloaded_jemalloc_is_seen_by_a_child_process():
+    path = cpu_tuning.find_jemalloc()
+    if path is None:
+        pytest.skip("jemalloc is not installed here")
+    code = "from medsegany.cpu_tuning import jemalloc_preloaded; print(jemalloc_preloaded())"
+    for preload, expected in ((path, "True"), ("", "False")):
+        env = {"LD_PRELOAD": preload, "PATH": "/usr/bin:/bin"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert out.stdout.strip() == expected, out.stderr
+
+
+def test_bf16_probe_agrees_with_float32():
+    supported, speedup = cpu_tuning.probe_bf16(size=64, repeats=2)
+    assert isinstance(supported, bool)
+    assert (speedup is None) if not supported else speedup > 0
+
+
+@pytest.fixture
+def restore_torch_settings():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
+
+
+def test_tune_cpu_sets_threads_and_flushes_denormals(restore_torch_settings):
+    tuning = cpu_tuning.tune_cpu(threads=1, probe=False)
+    assert tuning.threads == torch.get_num_threads() == 1
+    assert not tuning.bf16_supported and tuning.bf16_speedup is None
+    if tuning.flush_denormal:  # x86 with SSE3 and ARM support it
+        tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal (1.2e-38)
+        assert float(tiny * 1.0) == 0.0
+    default = cpu_tuning.tune_cpu(probe=False)
+    assert default.threads == cpu_tuning.physical_core_count()
+    assert default.as_dict()["threads"] == default.threads
+    if not default.jemalloc_preloaded:
+        assert any("LD_PRELOAD" in line for line in default.advice)
+        assert "jemalloc: not preloaded" in default.message

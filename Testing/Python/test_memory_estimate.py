@@ -1,0 +1,106 @@
+"""The memory estimator: its parts follow the models' real sizes, and its plans fit the budget they get."""
+
+from __future__ import annotations
+
+import pytest
+from medsegany.memory_estimate import (
+    GIB,
+    MIB,
+    PROFILES,
+    estimate_memory,
+    plan_memory,
+    profile_of,
+)
+
+
+def test_feature_and_memory_bank_sizes_follow_the_model_shapes():
+    from medsegany.session_sam2 import feature_bytes_per_frame
+
+    t512, t1024 = PROFILES["sam2.1_hiera_t512"], PROFILES["sam2.1_hiera_t"]
+    for profile in (t512, t1024):
+        for on_cuda in (False, True):
+            assert profile.feature_bytes_per_frame(on_cuda) == feature_bytes_per_frame(
+                profile.image_size, on_cuda
+            )
+    assert t512.feature_bytes_per_frame(False) == pytest.approx(4.2e6, rel=0.05)
+    assert PROFILES["litemedsam"].feature_bytes_per_frame(True) == 4 * MIB  # 256 x 64 x 64 float32
+    # memory bf16 64 x 32 x 32 + logits float32 128 x 128 + pointer: 193 KiB at 512 px
+    assert t512.memory_bytes_per_frame_object() == 64 * 32 * 32 * 2 + 128 * 128 * 4 + 1028
+    assert PROFILES["litemedsam"].memory_bytes_per_frame_object() == 0
+
+
+def test_parts_grow_with_slices_objects_and_batch():
+    base = estimate_memory("sam2.1_hiera_t512", (512, 512), 100, 1, runtime_bytes=0)
+    more = estimate_memory("sam2.1_hiera_t512", (512, 512), 300, 3, runtime_bytes=0)
+    assert more.parts["features"] == 3 * base.parts["features"]
+    assert more.parts["memory_bank"] == 9 * base.parts["memory_bank"]
+    assert more.parts["masks"] == 9 * base.parts["masks"] == 9 * 100 * 512 * 512
+    assert more.parts["weights"] == base.parts["weights"] == 38_962_498 * 4
+    batch1 = estimate_memory("sam2.1_hiera_t512", (512, 512), 100, 1, batch_size=1, runtime_bytes=0)
+    assert batch1.parts["activations"] < base.parts["activations"]
+    assert base.total_bytes == sum(base.parts.values()) == base.device_bytes
+    # issue 5: 300 slices at 512 px must stay under 3 GB of RSS on CPU
+    assert estimate_memory("sam2.1_hiera_t512", (512, 512), 300).total_bytes < 3e9
+
+
+def test_cuda_keeps_frames_and_masks_in_host_memory_and_halves_features():
+    cpu = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cpu")
+    gpu = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cuda")
+    assert gpu.parts["features"] * 2 == cpu.parts["features"]
+    assert gpu.device_bytes == sum(
+        gpu.parts[p] for p in ("weights", "features", "memory_bank", "activations")
+    )
+    assert gpu.host_bytes == gpu.total_bytes - gpu.device_bytes > gpu.parts["frames"]
+    offloaded = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cuda", offload_features=True)
+    assert offloaded.device_bytes == gpu.device_bytes - gpu.parts["features"]
+
+
+def test_plan_uses_the_fastest_settings_when_memory_is_plenty():
+    estimate = plan_memory("sam2.1_hiera_t512", (512, 512), 100, available_bytes=64 * GIB)
+    assert (estimate.plan.batch_size, estimate.plan.cached_frames, estimate.plan.slab) == (4, 100, None)
+    assert estimate.plan.fits and "plan: encoder batch 4, 100 slices of features cached" in estimate.message
+
+
+def test_plan_caches_fewer_frames_then_crops_to_a_slab_as_memory_shrinks():
+    full = estimate_memory("sam2.1_hiera_t512", (512, 512), 300, 3, batch_size=1)
+    budget = int(full.total_bytes * 0.8 / 0.9)  # 80 % of the full run after the 0.9 headroom
+    fewer = plan_memory("sam2.1_hiera_t512", (512, 512), 300, 3, available_bytes=budget)
+    assert fewer.plan.fits and fewer.plan.batch_size == 1 and fewer.plan.slab is None
+    assert 2 < fewer.plan.cached_frames < 300
+    assert fewer.device_bytes <= 0.9 * budget
+
+    # room for little more than the model: a slab around the prompted slice
+    model_only = estimate_memory("sam2.1_hiera_t512", (512, 512), 3, 1, batch_size=1, cached_frames=2)
+    small = int((model_only.total_bytes + 40 * 512 * 512 * 2) / 0.9)
+    slab = plan_memory("sam2.1_hiera_t512", (512, 512), 300, 1, available_bytes=small, prompt_slice=250)
+    low, high = slab.plan.slab
+    assert slab.plan.fits and 3 <= high - low + 1 < 300 and low <= 250 <= high and high <= 299
+    assert slab.device_bytes <= 0.9 * small
+    assert f"only slices {low}-{high}" in slab.message
+
+
+def test_plan_says_when_nothing_fits():
+    estimate = plan_memory("sam2.1_hiera_l", (512, 512), 300, device="cpu", available_bytes=GIB)
+    assert not estimate.plan.fits
+    assert "does not fit" in estimate.message
+
+
+def test_unknown_model_name_is_a_model_error():
+    from medsegany.errors import ModelError
+
+    with pytest.raises(ModelError, match="no memory profile"):
+        estimate_memory("no_such_model", (512, 512), 10)
+
+
+def test_profile_of_a_built_sam2_model_matches_its_tracker():
+    pytest.importorskip("sam2")
+    from medsegany.models.registry import Sam2VideoModel
+    from medsegany.models.sam2_build import build_sam2_model
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    model = build_sam2_model("sam2.1_hiera_t512", None)
+    profile = profile_of(Sam2VideoModel("medsam2", model, "cpu", 512, None))
+    assert profile.name == "medsam2" and profile.image_size == 512
+    assert profile.parameters == sum(p.numel() for p in model.parameters())
+    assert profile.feature_bytes_per_frame(False) == Sam2Tracker(model).feature_bytes_per_frame()
+    assert profile.activation_bytes_per_image == PROFILES["sam2.1_hiera_t512"].activation_bytes_per_image

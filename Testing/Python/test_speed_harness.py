@@ -1,0 +1,69 @@
+"""Smoke run of benchmarks/speed.py on a tiny case: every path runs, the JSON holds what issue 5 asks for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sam2")
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_harness(tmp_path: Path, *extra: str) -> dict:
+    output = tmp_path / "speed.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "speed.py"),
+        "--output",
+        str(output),
+        "--workdir",
+        str(tmp_path),
+        *extra,
+    ]
+    # 1 thread: the test shares a small CI machine; the harness itself asks for one per physical core
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=170, env=env, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(output.read_text(encoding="utf-8"))
+
+
+def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_path):
+    # SAM 2.1 tiny's architecture at 128 px on 48 x 48 x 3 slices: about 10 s on one core
+    report = run_harness(
+        tmp_path,
+        "--models", "sam2.1_hiera_t512", "sam2.1_hiera_l",
+        "--sam2-image-size", "128",
+        "--size", "48", "--slices", "3", "--objects", "2",
+        "--repeats", "1", "--warmup-slices", "1", "--correction-slices", "1",
+        "--no-cpu-tuning",
+    )  # fmt: skip
+    assert report["device"] == "cpu" and report["torch"]
+    assert report["skipped"] == [{"model": "sam2.1_hiera_l", "reason": "GPU only (too slow on CPU)"}]
+    (case,) = report["cases"]
+    assert (case["model"], case["slices"], case["objects"], case["input_size"]) == (
+        "sam2.1_hiera_t512", 3, 2, [48, 48]
+    )  # fmt: skip
+    paths = case["paths"]
+    assert set(paths) == {"reference_a", "reference_b", "medsegany"}
+    for name, summary in paths.items():
+        # every path gives a mask on every slice: forward then backward from the middle one
+        assert summary["slices_propagated_per_object"] == 3, name
+        assert summary["end_to_end_s"] > 0 and summary["peak_rss_bytes"] > report["baseline_rss_bytes"] / 2
+        assert summary["correction"]["until_repropagated_s"] >= summary["correction"]["until_mask_s"] > 0
+        assert len(summary["repeats"]) == 1
+    assert "frames" in paths["reference_a"]["phases_s"]  # the JPEG folder was written and timed
+    assert "frames" not in paths["reference_b"]["phases_s"]
+    assert paths["medsegany"]["frames_encoded"] == 3  # features once per slice, reused by the correction
+    ratio = case["ratios"]["reference_b_over_medsegany_end_to_end"]
+    assert ratio == pytest.approx(paths["reference_b"]["end_to_end_s"] / paths["medsegany"]["end_to_end_s"])
+    memory = case["memory_estimate"]
+    assert memory["predicted_peak_bytes"] == sum(memory["parts_bytes"].values())
+    assert memory["measured_peak_bytes"] == paths["medsegany"]["peak_rss_bytes"]
+    assert memory["plan"]["cached_frames"] == 3 and memory["plan"]["fits"]

@@ -1,0 +1,652 @@
+"""Speed and memory of MedSegAny's propagation against Meta's reference predictor, in one process.
+
+For each case (model x slices x objects) on a synthetic 512 x 512 x N phantom (bright tubes in noise;
+random weights for SAM 2 models, which cost the same time as trained ones):
+
+- ``reference_a``: Meta's ``SAM2VideoPredictor`` on a JPEG folder of the slices (see speed_references.py);
+- ``reference_b``: the same predictor fed in-memory frames;
+- ``medsegany``: :class:`medsegany.session.SegmentationSession` with the same model object (same
+  weights), image features of all slices computed first in batches (the plan of
+  :func:`medsegany.memory_estimate.plan_memory`), then the session's propagation, both directions.
+  The session's stop rule is off so that every path tracks every slice.
+- LiteMedSAM: ``plain`` (each slice encoded alone, then decoded: the per-slice loop) against
+  ``medsegany`` (the session: batched encoder, cached embeddings); same prompts and stop rule, so the
+  masks should agree (``mask_agreement`` reports it).
+
+Paths run alternately (the order rotates every repeat) after one warm-up run of each on a few slices;
+figures are medians over the repeats. Each path's peak RSS is measured alone (Linux: ``VmHWM`` reset via
+``/proc/self/clear_refs``), peak GPU memory with ``torch.cuda.max_memory_allocated``; the memory
+estimator's prediction for MedSegAny's path is reported next to the measured peak.
+
+Example (CPU, a small case)::
+
+    LD_PRELOAD=libjemalloc.so.2 .venv/bin/python benchmarks/speed.py --models sam2.1_hiera_t512 \\
+        --slices 20 --objects 1 --repeats 1 --output benchmarks/results/speed_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from speed_references import Correction, ObjectPrompt, run_meta_reference
+
+# name -> (sam2 config, image size); LiteMedSAM is the bundled 2D model
+SAM2_MODELS = {
+    "sam2.1_hiera_t512": ("sam2.1_hiera_t512", 512),
+    "sam2.1_hiera_t": ("sam2.1_hiera_t", 1024),
+    "sam2.1_hiera_l": ("sam2.1_hiera_l", 1024),
+}
+GPU_ONLY = {"sam2.1_hiera_l"}
+MODELS = (*SAM2_MODELS, "litemedsam")
+SAM2_PATHS = ("reference_a", "reference_b", "medsegany")
+SLICE_PATHS = ("plain", "medsegany")
+# Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
+TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
+
+
+# ---------------------------------------------------------------------- measuring
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int:
+    value = _status_bytes("VmRSS")
+    return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap back to the OS (glibc's malloc_trim) so one path's garbage is not the next's peak."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError, AttributeError):
+        # jemalloc (LD_PRELOAD) keeps freed pages ~10 s; purge every arena (4096 = MALLCTL_ARENAS_ALL)
+        ctypes.CDLL(None).mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))
+
+
+class PeakMemory:
+    """Peak RSS (and peak CUDA memory) of the code inside ``with``."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.peak_rss = 0
+        self.start_rss = 0
+        self.peak_gpu: int | None = None
+        self.isolated = False
+
+    def __enter__(self) -> PeakMemory:
+        _release_freed_memory()
+        self.start_rss = rss_bytes()
+        self.isolated = _reset_peak_rss()
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        peak = _status_bytes("VmHWM") if self.isolated else None
+        self.peak_rss = (
+            peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak_gpu = int(torch.cuda.max_memory_allocated())
+
+
+class PhaseTimer:
+    """``with timer("name"):`` adds the wall time of the block to ``seconds[name]`` (CUDA synchronised)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------- inputs
+def phantom_kji(num_slices: int, size: int = 512, seed: int = 0) -> np.ndarray:
+    """uint8 (N, size, size): bright tubes whose radius varies slowly along K, in noisy grey."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size].astype(np.float32)
+    volume = np.empty((num_slices, size, size), np.uint8)
+    for k in range(num_slices):
+        frame = 60.0 + 12.0 * rng.standard_normal((size, size), dtype=np.float32)
+        for n, (cx, cy, radius) in enumerate(TUBES):
+            r = radius * size * (1.0 + 0.25 * np.sin(2 * np.pi * k / max(num_slices, 8) + n))
+            inside = (cols - cx * size) ** 2 + (rows - cy * size) ** 2 < r**2
+            frame[inside] += 120.0
+        volume[k] = np.clip(frame, 0, 255).astype(np.uint8)
+    return volume
+
+
+def object_prompts(volume_kji: np.ndarray, objects: int) -> list[ObjectPrompt]:
+    """A box 3 px around each tube on the middle slice (frame x = I, y = J on K slices)."""
+    key = volume_kji.shape[0] // 2
+    size = volume_kji.shape[1]
+    prompts = []
+    for n, (cx, cy, radius) in enumerate(TUBES[:objects]):
+        r = radius * size * (1.0 + 0.25 * np.sin(2 * np.pi * key / max(volume_kji.shape[0], 8) + n)) + 3
+        box = (cx * size - r, cy * size - r, cx * size + r, cy * size + r)
+        prompts.append(ObjectPrompt(n + 1, key, tuple(float(np.clip(v, 0, size - 1)) for v in box)))
+    return prompts
+
+
+def correction_for(volume_kji: np.ndarray, prompts: list[ObjectPrompt], slices_after: int) -> Correction:
+    """A positive click at the first tube's centre and a negative one halfway to its box corner, on the slice
+    ``slices_after`` slices before the volume's end (after the key slice)."""
+    num = volume_kji.shape[0]
+    key = prompts[0].frame_index
+    frame_index = min(num - 1, max(key + 1, num - 1 - slices_after))
+    x0, y0, x1, y1 = prompts[0].box_frame_xyxy
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+    outside = ((x0 + centre[0]) / 2, (y0 + centre[1]) / 2)
+    return Correction(prompts[0].object_id, frame_index, (centre, outside), (1, 0))
+
+
+def _volume(voxels_kji: np.ndarray) -> Any:
+    from medsegany.volume import Volume
+
+    return Volume(voxels_kji, np.eye(4), name="phantom")
+
+
+def _prompt_of(volume: Any, prompt: ObjectPrompt) -> Any:
+    from medsegany.prompts import make_slice_prompts
+
+    x0, y0, x1, y1 = prompt.box_frame_xyxy
+    k = prompt.frame_index
+    return make_slice_prompts(volume, box_ijk=(x0, y0, k, x1, y1, k))
+
+
+# ---------------------------------------------------------------------- MedSegAny's paths
+def run_medsegany_sam2(
+    sam2_model: Any,
+    voxels_kji: np.ndarray,
+    prompts: list[ObjectPrompt],
+    timer: PhaseTimer,
+    plan: Any,
+    correction: Correction | None,
+) -> dict[str, Any]:
+    """The session path: features of all slices in batches first (when the plan caches them all)."""
+    from medsegany.prompts import make_slice_prompts
+    from medsegany.session import SegmentationSession
+    from medsegany.session_sam2 import Sam2StopRule
+
+    never_stop = Sam2StopRule(absent_slices=10**9, area_collapse_fraction=0.0)
+    num = voxels_kji.shape[0]
+    with timer("load"):
+        volume = _volume(voxels_kji)
+        session = SegmentationSession(
+            volume, sam2_model, intensity=(0, 255), max_cached_frames=plan.cached_frames, sam2_stop=never_stop
+        )
+        object_ids = [session.add_object() for _ in prompts]
+        tracker = session.tracker(2)
+    with timer("features"):
+        if plan.cached_frames >= num:
+            tracker.precompute_features(range(num), batch_size=plan.batch_size)
+    with timer("prompt"):
+        for object_id, prompt in zip(object_ids, prompts):
+            session.add_prompts(object_id, _prompt_of(volume, prompt))
+    visited = 0
+    with timer("propagation"):
+        for result in session.propagate():
+            visited += result.source == "propagated"
+    if correction is not None:
+        click = make_slice_prompts(
+            volume,
+            points_ijk=[(x, y, correction.frame_index) for x, y in correction.points_frame_xy],
+            point_labels=list(correction.point_labels),
+            axis=2,
+        )
+        with timer("correction_mask"):
+            session.add_prompts(object_ids[prompts.index(_first(prompts, correction))], click)
+        with timer("correction_propagation"):
+            for _ in session.propagate():
+                pass
+    # + 1: the key slice (its mask came with the prompt), counted like Meta's passes count it
+    return {"slices": visited // len(prompts) + 1, "frames": num, "frames_encoded": tracker.frames_encoded}
+
+
+def _first(prompts: list[ObjectPrompt], correction: Correction) -> ObjectPrompt:
+    return next(p for p in prompts if p.object_id == correction.object_id)
+
+
+def run_litemedsam_session(
+    model: Any, voxels_kji: np.ndarray, prompts: list[ObjectPrompt], timer: PhaseTimer, plan: Any
+) -> dict[str, Any]:
+    from medsegany.session import SegmentationSession
+
+    with timer("load"):
+        volume = _volume(voxels_kji)
+        session = SegmentationSession(volume, model, intensity=(0, 255), max_cached_frames=plan.cached_frames)
+        object_ids = [session.add_object() for _ in prompts]
+    with timer("prompt"):
+        for object_id, prompt in zip(object_ids, prompts):
+            session.add_prompts(object_id, _prompt_of(volume, prompt))
+    visited = 0
+    with timer("propagation"):
+        for result in session.propagate():
+            visited += result.source == "propagated"
+    masks = np.stack([session.mask_kji(object_id) for object_id in object_ids])
+    return {"slices": visited / len(prompts) + 1, "frames": voxels_kji.shape[0], "masks": masks}
+
+
+def run_litemedsam_plain(
+    model: Any, voxels_kji: np.ndarray, prompts: list[ObjectPrompt], timer: PhaseTimer
+) -> dict[str, Any]:
+    """The plain per-slice loop: encode each slice alone when it is reached, decode, next box; same rule."""
+    from medsegany.propagation import ObjectAppearance, PropagationSettings, propagate_slicewise
+
+    settings = PropagationSettings()
+    num = voxels_kji.shape[0]
+    masks = np.zeros((len(prompts), *voxels_kji.shape), bool)
+    visited = 0
+
+    def predict(index: int, box_frame_xyxy: np.ndarray) -> Any:
+        (embedding,) = model.embed_frames([voxels_kji[index]])
+        return model.predict(embedding, box_frame_xyxy=box_frame_xyxy)
+
+    with timer("prompt"):
+        key_masks = [predict(p.frame_index, np.asarray(p.box_frame_xyxy)).mask_frame for p in prompts]
+    with timer("propagation"):
+        for n, (prompt, key_mask) in enumerate(zip(prompts, key_masks)):
+            key = prompt.frame_index
+            masks[n, key] = key_mask
+            appearance = ObjectAppearance.from_mask(voxels_kji[key], key_mask)
+            for step, last in ((+1, num - 1), (-1, 0)):
+                for outcome in propagate_slicewise(
+                    predict, lambda i: voxels_kji[i], key, key_mask, step, last, appearance, settings
+                ):
+                    if outcome.stop_reason is not None:
+                        break
+                    masks[n, outcome.slice_index] = outcome.mask_frame
+                    visited += 1
+    return {"slices": visited / len(prompts) + 1, "frames": num, "masks": masks}
+
+
+# ---------------------------------------------------------------------- one case
+def _median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({name for run in runs for name in run})
+    return {name: statistics.median(run.get(name, 0.0) for run in runs) for name in names}
+
+
+def _summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    phases = _median_phases([run["phases_s"] for run in runs])
+    main = ("frames", "load", "features", "prompt", "propagation")
+    end_to_end = statistics.median(sum(run["phases_s"].get(p, 0.0) for p in main) for run in runs)
+    slices = runs[-1]["slices"]
+    summary = {
+        "phases_s": phases,
+        "end_to_end_s": end_to_end,
+        "slices_propagated_per_object": slices,
+        "per_slice_s": end_to_end / max(slices, 1),
+        "slices_per_s": slices / end_to_end if end_to_end > 0 else None,
+        "peak_rss_bytes": max(run["peak_rss_bytes"] for run in runs),
+        "peak_rss_isolated": all(run["peak_rss_isolated"] for run in runs),
+        "repeats": runs,
+    }
+    if runs[-1].get("peak_gpu_bytes") is not None:
+        summary["peak_gpu_bytes"] = max(run["peak_gpu_bytes"] for run in runs)
+    if "correction_mask" in phases:
+        summary["correction"] = {
+            "until_mask_s": phases["correction_mask"],
+            "until_repropagated_s": phases["correction_mask"] + phases.get("correction_propagation", 0.0),
+        }
+    for key in ("frames_encoded",):
+        if key in runs[-1]:
+            summary[key] = runs[-1][key]
+    return summary
+
+
+def _measure(run: Callable[[PhaseTimer], dict[str, Any]], cuda: bool) -> dict[str, Any]:
+    timer = PhaseTimer(cuda)
+    with PeakMemory(cuda) as memory:
+        result = run(timer)
+    result = {key: value for key, value in result.items() if key != "masks"} | {"_masks": result.get("masks")}
+    result.update(
+        phases_s=timer.seconds,
+        peak_rss_bytes=memory.peak_rss,
+        peak_rss_isolated=memory.isolated,
+        start_rss_bytes=memory.start_rss,
+        peak_gpu_bytes=memory.peak_gpu,
+    )
+    return result
+
+
+def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: int, log) -> dict[str, Any]:
+    import torch
+    from medsegany.memory_estimate import plan_memory
+
+    cuda = str(args.device).startswith("cuda")
+    voxels = phantom_kji(slices, args.size)
+    prompts = object_prompts(voxels, objects)
+    warm_voxels = phantom_kji(args.warmup_slices, args.size, seed=1)
+    warm_prompts = object_prompts(warm_voxels, objects)
+    correction = correction_for(voxels, prompts, args.correction_slices) if args.correction_slices else None
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    if model_name == "litemedsam":
+        from medsegany.models.litemedsam import LiteMedSamModel
+
+        model = LiteMedSamModel(device=args.device)
+        image_size = model.image_size
+    else:
+        from medsegany.models.registry import Sam2VideoModel
+        from medsegany.models.sam2_build import build_sam2_model
+
+        config, image_size = SAM2_MODELS[model_name]
+        overrides: tuple[str, ...] = ()
+        if args.sam2_image_size:  # smoke tests: a smaller input, the same architecture
+            image_size = args.sam2_image_size
+            feat = f"[{image_size // 16},{image_size // 16}]"
+            overrides = (
+                f"++model.image_size={image_size}",
+                f"++model.memory_attention.layer.self_attention.feat_sizes={feat}",
+                f"++model.memory_attention.layer.cross_attention.feat_sizes={feat}",
+            )
+        predictor = build_sam2_model(config, None, device=args.device, overrides=overrides)  # random weights
+        model = Sam2VideoModel(model_name, predictor, args.device, image_size, None)
+    if cuda:
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - start
+
+    plan = plan_memory(
+        model,
+        voxels.shape[1:],
+        slices,
+        objects,
+        device=args.device,
+        batch_size=args.batch_size,
+        runtime_bytes=0,
+        volume_bytes=voxels.nbytes,
+    )
+
+    def path_runner(path: str, vox: np.ndarray, prm: list[ObjectPrompt], corr: Correction | None):
+        if model_name == "litemedsam":
+            if path == "plain":
+                return lambda timer: run_litemedsam_plain(model, vox, prm, timer)
+            return lambda timer: run_litemedsam_session(model, vox, prm, timer, plan.plan)
+        if path == "medsegany":
+            return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr)
+        source = "jpeg" if path == "reference_a" else "memory"
+        return lambda timer: run_meta_reference(model.model, vox, prm, timer, source, corr, args.workdir)
+
+    paths = [p for p in args.paths if p in (SLICE_PATHS if model_name == "litemedsam" else SAM2_PATHS)]
+    for path in paths:
+        log(f"  warm-up {path} ({args.warmup_slices} slices)")
+        _measure(path_runner(path, warm_voxels, warm_prompts, None), cuda)
+    runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+    for repeat in range(args.repeats):
+        order = paths[repeat % len(paths) :] + paths[: repeat % len(paths)]
+        for path in order:
+            measured = _measure(path_runner(path, voxels, prompts, correction), cuda)
+            log(f"  repeat {repeat + 1} {path}: {json.dumps(measured['phases_s'])}")
+            runs[path].append(measured)
+    masks = {path: runs[path][-1].pop("_masks") for path in paths}
+    for path in paths:
+        for run in runs[path]:
+            run.pop("_masks", None)
+    summaries = {path: _summarise(path, runs[path]) for path in paths}
+
+    baseline_rss = args.baseline_rss
+    estimate = plan_memory(
+        model,
+        voxels.shape[1:],
+        slices,
+        objects,
+        device=args.device,
+        batch_size=args.batch_size,
+        runtime_bytes=baseline_rss,
+        volume_bytes=voxels.nbytes,
+    )
+    ours = summaries.get("medsegany")
+    memory = estimate.as_dict()
+    if ours is not None:
+        measured_peak = ours.get("peak_gpu_bytes") if cuda else ours["peak_rss_bytes"]
+        predicted = estimate.device_bytes
+        memory.update(
+            measured_peak_bytes=measured_peak,
+            predicted_peak_bytes=predicted,
+            predicted_over_measured=predicted / measured_peak if measured_peak else None,
+            runtime_measured_at_start_bytes=baseline_rss,
+        )
+    ratios = {}
+    if ours is not None:
+        for path, summary in summaries.items():
+            if path == "medsegany":
+                continue
+            ratios[f"{path}_over_medsegany_end_to_end"] = summary["end_to_end_s"] / ours["end_to_end_s"]
+            ratios[f"{path}_over_medsegany_per_slice"] = summary["per_slice_s"] / ours["per_slice_s"]
+            if "correction" in summary and "correction" in ours:
+                ratios[f"{path}_over_medsegany_correction"] = (
+                    summary["correction"]["until_repropagated_s"] / ours["correction"]["until_repropagated_s"]
+                )
+    case = {
+        "model": model_name,
+        "image_size": image_size,
+        "input_size": [int(n) for n in voxels.shape[1:]],
+        "slices": slices,
+        "objects": objects,
+        "repeats": args.repeats,
+        "warmup_slices": args.warmup_slices,
+        "correction_frame": None if correction is None else correction.frame_index,
+        "correction_repropagated_slices": None if correction is None else slices - correction.frame_index,
+        "model_load_s": load_s,
+        "paths": summaries,
+        "ratios": ratios,
+        "memory_estimate": memory,
+    }
+    if model_name == "litemedsam" and {"plain", "medsegany"} <= set(masks):
+        a, b = masks["plain"], masks["medsegany"]
+        union = int((a | b).sum())
+        case["mask_agreement"] = {
+            "voxels_equal_fraction": float((a == b).mean()),
+            "dice": 1.0 if union == 0 else float(2 * (a & b).sum() / (a.sum() + b.sum())),
+            "identical": bool(np.array_equal(a, b)),
+        }
+    _release_freed_memory()
+    return case
+
+
+# ---------------------------------------------------------------------- machine and main
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.partition(":")[2].strip()
+                break
+    with contextlib.suppress(OSError, ValueError):
+        info["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(ImportError, AttributeError):
+        from importlib.metadata import version
+
+        info["sam2"] = version("rf-sam-2")
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["sam2.1_hiera_t512"], choices=MODELS)
+    parser.add_argument("--slices", nargs="+", type=int, default=[100])
+    parser.add_argument("--objects", nargs="+", type=int, default=[1], choices=[1, 2, 3])
+    parser.add_argument("--size", type=int, default=512, help="slice height and width (px)")
+    parser.add_argument("--paths", nargs="+", default=[*SAM2_PATHS, "plain"], help="paths to run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup-slices", type=int, default=3)
+    parser.add_argument(
+        "--correction-slices",
+        type=int,
+        default=50,
+        help="correction this many slices before the end (0: none)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="encoder batch of MedSegAny's path")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--sam2-image-size", type=int, default=0, help="override the SAM 2 input size (smoke tests only)"
+    )
+    parser.add_argument("--no-cpu-tuning", action="store_true", help="leave torch's CPU settings alone")
+    parser.add_argument("--workdir", type=Path, default=None, help="where reference A writes its JPEGs")
+    parser.add_argument(
+        "--estimate-only", action="store_true", help="write the memory estimates of the cases, run nothing"
+    )
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # Meta's progress bars, one per pass
+    import sam2  # noqa: F401  (imported before the baseline so that it counts as runtime)
+    import torch
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    tuning = None
+    if not args.no_cpu_tuning:
+        from medsegany.cpu_tuning import tune_cpu
+
+        tuning = tune_cpu()
+        log(tuning.message)
+    _release_freed_memory()
+    args.baseline_rss = rss_bytes()
+    cuda = str(args.device).startswith("cuda") and torch.cuda.is_available()
+    if str(args.device).startswith("cuda") and not cuda and not args.estimate_only:
+        log(f"--device {args.device} was asked for but no CUDA GPU is available; use --device cpu")
+        return 2
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine_info(args.device),
+        "device": torch.cuda.get_device_name(torch.device(args.device)) if cuda else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_tuning": None if tuning is None else tuning.as_dict(),
+        "baseline_rss_bytes": args.baseline_rss,
+        "cases": [],
+        "skipped": [],
+    }
+    if args.estimate_only:
+        report["estimates"] = estimates_only(args)
+        _write_json(args.output, report)
+        log(f"wrote {args.output}")
+        return 0
+    for model_name in args.models:
+        if model_name in GPU_ONLY and not cuda:
+            report["skipped"].append({"model": model_name, "reason": "GPU only (too slow on CPU)"})
+            continue
+        for slices in args.slices:
+            for objects in args.objects:
+                log(f"{model_name}: {slices} slices, {objects} object(s)")
+                report["cases"].append(run_case(args, model_name, slices, objects, log))
+                _write_json(args.output, report)
+    report["peak_rss_process_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    _write_json(args.output, report)
+    log(f"wrote {args.output}")
+    return 0
+
+
+def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The estimator's plan for every case, from the model profiles alone (no model is built)."""
+    from medsegany.memory_estimate import plan_memory
+
+    estimates = []
+    for model_name in args.models:
+        for slices in args.slices:
+            for objects in args.objects:
+                estimate = plan_memory(
+                    model_name,
+                    (args.size, args.size),
+                    slices,
+                    objects,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    runtime_bytes=args.baseline_rss if not str(args.device).startswith("cuda") else None,
+                    volume_bytes=slices * args.size * args.size,
+                )
+                estimates.append(estimate.as_dict())
+                print(estimate.message, flush=True)
+    return estimates
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write atomically (a temp file in the same folder, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,7 +82,8 @@ def test_the_confidence_limit_follows_an_unsure_prompted_slice():
     # a mean logit of 1.5 is as sure as the prompted slice was (limit 0.8): go on
     assert stop_reason(prediction(previous, 1.5), previous, previous, frame, unsure_key, settings) is None
     # after a confident prompted slice the absolute limit (2.5) holds
-    assert "confidence" in stop_reason(prediction(previous, 1.5), previous, previous, frame, sure_key, settings)
+    reason = stop_reason(prediction(previous, 1.5), previous, previous, frame, sure_key, settings)
+    assert "confidence" in reason
 
 
 def test_propagation_yields_until_the_stop_then_one_empty_outcome():

@@ -87,7 +87,10 @@ def run_scheme(scheme: str, session, label_kji: np.ndarray, key: int, box_xyxy: 
         for k in np.flatnonzero(label_kji.any(axis=(1, 2))):
             rows = np.flatnonzero(label_kji[k].any(axis=1))
             cols = np.flatnonzero(label_kji[k].any(axis=0))
-            box_ijk = (cols[0], rows[0], k, cols[-1], rows[-1], k)
+            # a label one voxel wide (PET edges) still needs a box with width: half a voxel each side
+            x0, x1 = (cols[0], cols[-1]) if cols[-1] > cols[0] else (cols[0] - 0.5, cols[0] + 0.5)
+            y0, y1 = (rows[0], rows[-1]) if rows[-1] > rows[0] else (rows[0] - 0.5, rows[0] + 0.5)
+            box_ijk = (x0, y0, k, x1, y1, k)
             session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
     else:
         box_ijk = (box_xyxy[0], box_xyxy[1], key, box_xyxy[2], box_xyxy[3], key)

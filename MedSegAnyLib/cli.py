@@ -121,6 +121,18 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="several objects: may overlap (independent) or not (exclusive: highest logit wins)",
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    run.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else float32",
+    )
+    run.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compile LiteMedSAM's encoder (auto: on a CPU with a C++ compiler; ~20-50 s once, then ~2x)",
+    )
     run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
     run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
     run.add_argument("--slice-range", metavar="LO,HI", help="propagate only within these slice indices")
@@ -220,7 +232,21 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     from .models.registry import load_model
 
     model_id = args.model if args.model is not None else (None if args.config else "litemedsam")
-    model = load_model(model_id, device=args.device, checkpoint=args.checkpoint, config=args.config)
+    model = load_model(
+        model_id,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        config=args.config,
+        precision=args.precision,
+        compile=args.compile,
+    )
+    encoder = getattr(model, "encoder", None)
+    if getattr(encoder, "active", False) and not args.quiet:
+        print(
+            "compiling the image encoder for this CPU (once per run, about 20-50 s; --compile off skips it)",
+            file=stderr,
+            flush=True,
+        )
     session = SegmentationSession(volume, model, intensity=intensity, settings=settings, overlap=args.overlap)
     progress = SliceProgress(stderr, enabled=not args.quiet)
     for entry in objects:

@@ -2,21 +2,24 @@
 
 The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S px:
 
-- ``weights``: the parameters (float32; the CUDA path keeps them float32 and autocasts to bf16);
+- ``weights``: the parameters (float32; bf16 precision keeps them float32 and autocasts to bf16);
 - ``runtime``: the process before any model or volume: Python and the imported torch (527 MiB measured
   for torch 2.15's CUDA build on CPU; the CUDA context is not counted on the GPU side, as in
   ``torch.cuda.max_memory_allocated``);
 - ``volume`` and ``frames``: the user's voxels and the windowed uint8 copy the model sees (N x H x W);
 - ``masks``: the session's boolean mask of each object (N x H x W bytes each);
 - ``features``: cached image features, per frame 32 x (S/4)² + 64 x (S/8)² + 256 x (S/16)² values for a
-  SAM 2 model (4.2 MiB at 512 px float32, half under bf16 on CUDA), 256 x 64 x 64 float32 = 4 MiB for
-  LiteMedSAM; ``cached_frames`` of them;
+  SAM 2 model (4.2 MiB at 512 px float32, 2.6 MiB under bf16: its lowest level stays float32),
+  256 x 64 x 64 = 4 MiB float32 for LiteMedSAM, half under bf16 precision (see
+  ``medsegany.models.compute``: CUDA, and CPUs with native bf16);
+  ``cached_frames`` of them;
 - ``memory_bank``: per tracked frame and object a SAM 2 model keeps its memory (64 x (S/16)² bf16), its
   low-resolution mask logits ((S/4)² float32) and an object pointer (256 float32): 193 KiB at 512 px;
 - ``activations``: the larger of one encoder batch (``batch_size`` images, inputs included) and one
   tracking step. Measured on this CPU in float32 with peak RSS (``VmHWM``): SAM 2.1 tiny at 512 px
-  about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image. Other Hiera sizes are
-  scaled by their first-stage width (tiny/small 96, base+ 112, large 144); S scales them by S².
+  about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them. Other
+  Hiera sizes are scaled by their first-stage width (tiny/small 96, base+ 112, large 144); S scales
+  them by S².
 
 Which parts live on the device: on CPU all of them; on CUDA the weights, features (unless offloaded),
 memory bank and activations, the rest in host memory.
@@ -72,11 +75,16 @@ class ModelMemoryProfile:
     activation_bytes_per_image: int  # encoder, float32
     activation_bytes_fixed: int
     step_activation_bytes: int
+    # SAM 2 and LiteMedSAM keep the encoder's bf16 output under bf16 precision; SAM/MedSAM ViT cast to float32
+    features_follow_precision: bool = True
 
-    def feature_bytes_per_frame(self, on_cuda: bool) -> int:
-        """Float32 on CPU; SAM 2 features are bf16 on CUDA (autocast), LiteMedSAM's stay float32."""
-        bytes_per_value = 2 if (on_cuda and self.family == "sam2") else 4
-        return self.feature_values_per_frame * bytes_per_value
+    def feature_bytes_per_frame(self, bf16: bool) -> int:
+        """Bytes of one frame's cached features under bf16 precision or float32 (SAM 2: as its tracker)."""
+        if self.family == "sam2":
+            from .models.sam2_features import fpn_feature_bytes
+
+            return fpn_feature_bytes(self.image_size, bf16)
+        return self.feature_values_per_frame * (2 if (bf16 and self.features_follow_precision) else 4)
 
     def memory_bytes_per_frame_object(self) -> int:
         """One SAM 2 memory-bank entry (memory bf16, mask logits float32, object pointer); 0 for 2D models."""
@@ -167,7 +175,18 @@ def profile_of(model: Any) -> ModelMemoryProfile:
         image_size=int(getattr(model, "image_size", 1024)),
         parameters=parameters,
         activation_bytes_per_image=int(LITEMEDSAM_ACTIVATION_PER_IMAGE * min(scale, 16.0)),
+        features_follow_precision=False,
     )
+
+
+def runs_bf16(model: Any, device: str, precision: str | None = None) -> bool:
+    """Whether ``model`` computes in bf16 on ``device``: ``precision``, else the model's own setting, else
+    the default for the device (profiles and names: "auto")."""
+    from .models.compute import resolve_precision
+
+    if precision is None:
+        precision = getattr(model, "precision", None) or "auto"
+    return resolve_precision(device, precision) == "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -249,16 +268,18 @@ def estimate_memory(
     offload_features: bool = False,
     runtime_bytes: int | None = None,
     volume_bytes: int = 0,
+    precision: str | None = None,
 ) -> MemoryEstimate:
     """The bytes one run needs with these settings (no planning; see :func:`plan_memory`).
 
     ``frame_shape``: (H, W) of one slice; ``num_frames``: slices along the prompted axis; ``cached_frames``:
     None = all; ``runtime_bytes``: the process before the run (default: torch's import on CPU, 0 on the
-    GPU side); ``volume_bytes``: the user's voxels, already in memory (0 to leave them out).
+    GPU side); ``volume_bytes``: the user's voxels, already in memory (0 to leave them out);
+    ``precision``: as :func:`runs_bf16`.
     """
     profile = profile_of(model)
     kind = _device_kind(device)
-    on_cuda = kind == "cuda"
+    bf16 = runs_bf16(model, device, precision)
     height, width = (int(n) for n in frame_shape)
     frames = max(0, int(num_frames))
     objects = max(1, int(num_objects))
@@ -268,7 +289,7 @@ def estimate_memory(
     encoder = (
         batch * (profile.activation_bytes_per_image + 3 * size * size * 4) + profile.activation_bytes_fixed
     )
-    if on_cuda and profile.family == "sam2":
+    if bf16:
         encoder //= 2  # bf16 autocast halves the activations
     parts = {
         "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
@@ -276,7 +297,7 @@ def estimate_memory(
         "volume": int(volume_bytes),
         "frames": frames * height * width,  # windowed uint8 copy
         "masks": objects * frames * height * width,  # one bool per voxel and object
-        "features": cached * profile.feature_bytes_per_frame(on_cuda),
+        "features": cached * profile.feature_bytes_per_frame(bf16),
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
         "activations": max(encoder, profile.step_activation_bytes),
     }
@@ -345,6 +366,7 @@ def plan_memory(
     runtime_bytes: int | None = None,
     volume_bytes: int = 0,
     headroom: float = 0.9,
+    precision: str | None = None,
 ) -> MemoryEstimate:
     """The first plan that fits ``headroom`` x the available device memory (see the module docstring).
 
@@ -368,6 +390,7 @@ def plan_memory(
             offload,
             runtime_bytes,
             volume_bytes,
+            precision,
         )
 
     def finish(estimate: MemoryEstimate, fits: bool, slab: tuple[int, int] | None = None) -> MemoryEstimate:
@@ -395,7 +418,7 @@ def plan_memory(
     smallest = run(1, 2)
     if fits(smallest):
         spare = budget - smallest.device_bytes
-        per_frame = profile_of(model).feature_bytes_per_frame(on_cuda)
+        per_frame = profile_of(model).feature_bytes_per_frame(runs_bf16(model, device, precision))
         cached = min(frames, 2 + int(spare // max(per_frame, 1)))
         return finish(run(1, cached), True)
     if on_cuda:

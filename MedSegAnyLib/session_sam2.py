@@ -59,8 +59,8 @@ class StopTracker:
         return None, 0
 
 
-def feature_bytes_per_frame(image_size: int, on_cuda: bool) -> int:
-    """Cached image features of one frame, as Sam2Tracker.feature_bytes_per_frame (FPN levels 32/64/256
-    channels at S/4, S/8, S/16; bf16 on CUDA)."""
-    values = 32 * (image_size // 4) ** 2 + 64 * (image_size // 8) ** 2 + 256 * (image_size // 16) ** 2
-    return values * (2 if on_cuda else 4)
+def feature_bytes_per_frame(image_size: int, bf16: bool) -> int:
+    """Cached image features of one frame, as Sam2Tracker.feature_bytes_per_frame."""
+    from .models.sam2_features import fpn_feature_bytes
+
+    return fpn_feature_bytes(image_size, bf16)

@@ -348,11 +348,15 @@ class SlicerSegmentationLogic:
         key = (self._model_choice, self.device)
         if key not in self._models:
             if self._model_loader is not None:
-                self._models[key] = self._model_loader(*key)
+                model = self._model_loader(*key)
             else:
-                from .models.registry import load_slice_model
+                from .models.registry import load_model
 
-                self._models[key] = load_slice_model(self._model_choice, device=self.device)
+                model = load_model(self._model_choice, device=self.device)  # 2D or SAM 2-family
+            warm_up = getattr(model, "warm_up", None)
+            if warm_up is not None:
+                warm_up()  # a compiled encoder compiles now, while the panel says "loading the model"
+            self._models[key] = model
         return self._models[key]
 
     def ensure_session(self):

@@ -9,9 +9,14 @@ random weights for SAM 2 models, which cost the same time as trained ones):
   weights), image features of all slices computed first in batches (the plan of
   :func:`medsegany.memory_estimate.plan_memory`), then the session's propagation, both directions.
   The session's stop rule is off so that every path tracks every slice.
-- LiteMedSAM: ``plain`` (each slice encoded alone, then decoded: the per-slice loop) against
-  ``medsegany`` (the session: batched encoder, cached embeddings); same prompts and stop rule, so the
-  masks should agree (``mask_agreement`` reports it).
+- LiteMedSAM: ``plain`` (the eager float32 model, each slice encoded alone when reached, then decoded:
+  the per-slice loop) against ``medsegany`` (the session with the model as MedSegAny loads it: compiled
+  encoder, bf16 where the CPU has it, embeddings cached and encoded ahead); same prompts and stop rule,
+  so the masks should agree (``mask_agreement`` reports how closely). The compile time is reported apart
+  (``compile_s``): it is paid once per process, in the warm-up.
+
+``--precision`` and ``--compile`` set MedSegAny's path (default auto, as the CLI); the references always
+run as Meta ships them (float32 on CPU, bf16 autocast on CUDA).
 
 Paths run alternately (the order rotates every repeat) after one warm-up run of each on a few slices;
 figures are medians over the repeats. Each path's peak RSS is measured alone (Linux: ``VmHWM`` reset via
@@ -366,6 +371,19 @@ def _measure(run: Callable[[PhaseTimer], dict[str, Any]], cuda: bool) -> dict[st
     return result
 
 
+def _precision_of(model: Any, device: str) -> str:
+    from medsegany.models.compute import resolve_precision
+
+    return resolve_precision(device, getattr(model, "precision", "auto"))
+
+
+def _compile_seconds(model: Any) -> float | None:
+    """Seconds LiteMedSAM's encoder took to compile (in the warm-up), None when it ran eagerly."""
+    encoder = getattr(model, "encoder", None)
+    report = getattr(encoder, "report", None)
+    return None if report is None or not report.compiled else report.seconds
+
+
 def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: int, log) -> dict[str, Any]:
     import torch
     from medsegany.memory_estimate import plan_memory
@@ -379,10 +397,12 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
 
     start = time.perf_counter()
     torch.manual_seed(0)
+    plain_model = None
     if model_name == "litemedsam":
         from medsegany.models.litemedsam import LiteMedSamModel
 
-        model = LiteMedSamModel(device=args.device)
+        model = LiteMedSamModel(device=args.device, precision=args.precision, compile=args.compile)
+        plain_model = LiteMedSamModel(device=args.device, precision="float32", compile="off")
         image_size = model.image_size
     else:
         from medsegany.models.registry import Sam2VideoModel
@@ -399,18 +419,19 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
                 f"++model.memory_attention.layer.cross_attention.feat_sizes={feat}",
             )
         predictor = build_sam2_model(config, None, device=args.device, overrides=overrides)  # random weights
-        model = Sam2VideoModel(model_name, predictor, args.device, image_size, None)
+        model = Sam2VideoModel(model_name, predictor, args.device, image_size, None, precision=args.precision)
     if cuda:
         torch.cuda.synchronize()
     load_s = time.perf_counter() - start
 
+    batch_size = args.batch_size or (1 if not cuda else 4)  # CPU: one image at a time is fastest
     plan = plan_memory(
         model,
         voxels.shape[1:],
         slices,
         objects,
         device=args.device,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         runtime_bytes=0,
         volume_bytes=voxels.nbytes,
     )
@@ -418,7 +439,7 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
     def path_runner(path: str, vox: np.ndarray, prm: list[ObjectPrompt], corr: Correction | None):
         if model_name == "litemedsam":
             if path == "plain":
-                return lambda timer: run_litemedsam_plain(model, vox, prm, timer)
+                return lambda timer: run_litemedsam_plain(plain_model, vox, prm, timer)
             return lambda timer: run_litemedsam_session(model, vox, prm, timer, plan.plan)
         if path == "medsegany":
             return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr)
@@ -449,7 +470,7 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         slices,
         objects,
         device=args.device,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         runtime_bytes=baseline_rss,
         volume_bytes=voxels.nbytes,
     )
@@ -486,6 +507,8 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         "correction_frame": None if correction is None else correction.frame_index,
         "correction_repropagated_slices": None if correction is None else slices - correction.frame_index,
         "model_load_s": load_s,
+        "precision": _precision_of(model, args.device),
+        "compile_s": _compile_seconds(model),
         "paths": summaries,
         "ratios": ratios,
         "memory_estimate": memory,
@@ -545,7 +568,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=50,
         help="correction this many slices before the end (0: none)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="encoder batch of MedSegAny's path")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="encoder batch of MedSegAny's path (0: 1 on CPU, 4 on CUDA)"
+    )
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--sam2-image-size", type=int, default=0, help="override the SAM 2 input size (smoke tests only)"
@@ -631,7 +658,7 @@ def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:
                     slices,
                     objects,
                     device=args.device,
-                    batch_size=args.batch_size,
+                    batch_size=args.batch_size or (4 if str(args.device).startswith("cuda") else 1),
                     runtime_bytes=args.baseline_rss if not str(args.device).startswith("cuda") else None,
                     volume_bytes=slices * args.size * args.size,
                 )

@@ -5,6 +5,9 @@ Frames are prepared as LiteMedSAM was trained (bowang-lab MedSAM, LiteMedSAM bra
 side resized to 256 with area averaging, min-max scaled to [0, 1] per image, zero padding to 256 x 256
 at the bottom/right. Masks are the 256 px logits cropped to the unpadded part and resized bilinearly to
 the frame's own pixels.
+
+Speed (see :mod:`medsegany.models.compute`): on a CPU with native bf16 the encoder runs compiled under bf16
+autocast, about 5x the eager float32 encoder; ``precision="float32", compile="off"`` is the plain model.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .base import FramePrediction
+from .compute import CompiledModule, autocast_context, resolve_compile, resolve_precision
 
 IMAGE_SIZE = 256
 BUNDLED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -115,7 +119,14 @@ class LiteMedSamModel:
     model_id = "litemedsam"
     image_size = IMAGE_SIZE
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str | None = None, verify: bool = True):
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        device: str | None = None,
+        verify: bool = True,
+        precision: str = "auto",
+        compile: str | bool = "auto",
+    ):
         import torch
 
         try:
@@ -140,14 +151,30 @@ class LiteMedSamModel:
         self.net = net.eval().to(self.device)
         self.checkpoint = path
         self._torch = torch
+        self.precision = resolve_precision(self.device, precision)
+        self.encoder = CompiledModule(self.net.image_encoder, enabled=resolve_compile(self.device, compile))
+        # a compiled encoder has one static input shape, and on a CPU one slice at a time is also the
+        # fastest (0.41 s vs 0.46 s a slice in batches of 4): its activations already exceed the caches
+        self.preferred_batch_size = 1 if self.device == "cpu" else 4
+
+    def warm_up(self) -> float | None:
+        """Compile the encoder now (20-50 s on a 2-core CPU) rather than on the first slice; returns the
+        compile seconds, None when the encoder runs eagerly (nothing to do)."""
+        if self.encoder.active and not self.encoder.report.compiled:
+            self.embed_frames([np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)])  # every input is 256 x 256
+        return self.encoder.report.seconds
 
     def embed_frames(self, frames: list[np.ndarray]) -> list[LiteMedSamEmbedding]:
+        """Embeddings of these frames (bf16 under bf16 precision: half the memory of float32)."""
         torch = self._torch
         if not frames:
             return []
-        batch = torch.stack([preprocess_frame(frame) for frame in frames]).to(self.device)
-        with torch.inference_mode():
-            features = self.net.image_encoder(batch)
+        images = torch.stack([preprocess_frame(frame) for frame in frames]).to(self.device)
+        with torch.inference_mode(), autocast_context(self.device, self.precision):
+            if self.encoder.active:  # one static shape for the compiled encoder
+                features = torch.cat([self.encoder(images[i : i + 1]) for i in range(len(frames))])
+            else:
+                features = self.encoder(images)
         return [
             LiteMedSamEmbedding(features[index : index + 1], frame.shape, resized_shape_for(frame.shape))
             for index, frame in enumerate(frames)
@@ -178,7 +205,7 @@ class LiteMedSamModel:
         if boxes is None and points is None:
             raise ValueError("predict needs a box or points")
         net = self.net
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(self.device, self.precision):
             sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=None)
             low_res_logits, iou = net.mask_decoder(
                 image_embeddings=embedding.features,
@@ -189,9 +216,9 @@ class LiteMedSamModel:
             )
             new_h, new_w = embedding.resized_shape
             logits = F.interpolate(
-                low_res_logits[..., :new_h, :new_w],
+                low_res_logits.float()[..., :new_h, :new_w],  # resized in float32
                 size=(height, width),
                 mode="bilinear",
                 align_corners=False,
             )
-        return FramePrediction(logits[0, 0].float().cpu().numpy(), float(iou.reshape(-1)[0]))
+        return FramePrediction(logits[0, 0].float().cpu().numpy(), float(iou.reshape(-1)[0].float()))

@@ -43,7 +43,7 @@ SAM_VIT_CONFIGS: dict[str, tuple[str, str]] = {
 
 def resolve_device(device: str | None) -> str:
     """CUDA when available, then Apple MPS, else CPU (``None``/``"auto"``); an unavailable explicit device
-    is a ModelError. The arithmetic follows the device: bf16 autocast on CUDA, float32 on MPS and CPU."""
+    is a ModelError. The arithmetic is chosen by ``precision`` (see :mod:`medsegany.models.compute`)."""
     from .litemedsam import resolve_device as _resolve
 
     return _resolve(device)
@@ -62,11 +62,12 @@ class Sam2VideoModel:
     image_size: int
     checkpoint: Path | None
     family: str = "sam2"
+    precision: str = "auto"  # resolved by each tracker for its device (see medsegany.models.compute)
 
     def new_tracker(self, feature_cache_mb: float = 1024.0) -> Any:
         from .sam2_tracker import Sam2Tracker
 
-        return Sam2Tracker(self.model, feature_cache_mb=feature_cache_mb)
+        return Sam2Tracker(self.model, feature_cache_mb=feature_cache_mb, precision=self.precision)
 
 
 def is_sam2_model(model: Any) -> bool:
@@ -86,14 +87,18 @@ def load_model(
     checkpoint: str | Path | None = None,
     config: str | None = None,
     store: Any | None = None,
+    precision: str = "auto",
+    compile: str | bool = "auto",
 ) -> SliceModel | Sam2VideoModel:
     """The model ``model_id`` (a catalog id) ready on ``device`` ("auto", "cpu", "cuda", "mps").
 
     ``checkpoint``: a user's weights file instead of the stored one (with ``config`` when the catalog id
     does not say the architecture, or to override it). ``store``: the WeightStore to look in (default:
-    ``$MEDSEGANY_HOME/weights`` or the platform cache).
+    ``$MEDSEGANY_HOME/weights`` or the platform cache). ``precision`` ("auto", "float32", "bfloat16") and
+    ``compile`` ("auto", "on", "off"; LiteMedSAM's encoder) are explained in :mod:`medsegany.models.compute`.
     """
     from .catalog import get_card
+    from .compute import resolve_compile, resolve_precision
 
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise ModelError(f"checkpoint {checkpoint} does not exist", "check the path of --checkpoint")
@@ -116,11 +121,15 @@ def load_model(
             "no model was named", "give a catalog id (--model) or --checkpoint FILE --config NAME"
         )
     resolved_device = resolve_device(device)
+    resolve_precision(resolved_device, precision)  # a bad choice fails before the weights are read
+    resolve_compile(resolved_device, compile)
 
     if family == "litemedsam":
         from .litemedsam import LiteMedSamModel
 
-        return LiteMedSamModel(checkpoint=checkpoint, device=resolved_device)
+        return LiteMedSamModel(
+            checkpoint=checkpoint, device=resolved_device, precision=precision, compile=compile
+        )
 
     path = Path(checkpoint).expanduser() if checkpoint is not None else _stored_checkpoint(card, store)
     if family == "sam":
@@ -149,6 +158,7 @@ def load_model(
             device=resolved_device,
             model_id=model_name,
             state_key=state_key,
+            precision=precision,
         )
 
     from .sam2_build import build_sam2_model, resolve_config
@@ -164,7 +174,9 @@ def load_model(
     model = build_sam2_model(
         sam2_config, path, device=resolved_device, overrides=overrides, state_key=state_key
     )
-    return Sam2VideoModel(model_name, model, resolved_device, int(model.image_size), path)
+    return Sam2VideoModel(
+        model_name, model, resolved_device, int(model.image_size), path, precision=precision
+    )
 
 
 def _stored_checkpoint(card: Any, store: Any | None) -> Path:

@@ -1,15 +1,23 @@
 """A bounded cache of SAM 2 image features, one entry per frame, least recently used evicted first.
 
-What one frame costs (float32; half under bf16 autocast on CUDA): the three FPN levels after Meta's
-``forward_image`` (32 x S/4², 64 x S/8², 256 x S/16² values) = 4.2 MB at S = 512 and 16.8 MB at
-S = 1024. The positional encodings (256 channels on every level, 4x more) depend only on the feature
-shape, so one copy is kept for all frames.
+What one frame costs: the three FPN levels after Meta's ``forward_image`` (32 x S/4², 64 x S/8²,
+256 x S/16² values) = 4.2 MB at S = 512 and 16.8 MB at S = 1024 in float32. Under bf16 autocast the
+first two levels are bf16 but the third stays float32 (Meta's neck upsamples in float32 and adds it in):
+2.6 MB at 512 px (see :func:`fpn_feature_bytes`). The positional encodings (256 channels on every level,
+4x more) depend only on the feature shape, so one copy is kept for all frames.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any
+
+
+def fpn_feature_bytes(image_size: int, bf16: bool) -> int:
+    """Bytes of one frame's cached FPN features at ``image_size`` px (float32, or bf16 autocast)."""
+    high = 32 * (image_size // 4) ** 2 + 64 * (image_size // 8) ** 2  # bf16 under autocast
+    low = 256 * (image_size // 16) ** 2  # float32 either way: the top-down sum is computed in float32
+    return high * (2 if bf16 else 4) + low * 4
 
 
 def tensor_bytes(tensors: list[Any]) -> int:

@@ -12,7 +12,8 @@ Each is fed exactly as it was trained:
   Gaussian pre-filter when shrinking, output clipped to the input range), cast to uint8, min-max scaled to
   [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the 256 px logits resized bilinearly to (H, W).
 
-The image encoder runs once per frame (the session caches embeddings); CUDA uses bf16 autocast.
+The image encoder runs once per frame (the session caches embeddings), under bf16 autocast where the
+precision is bf16 (see medsegany.models.compute).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .base import FramePrediction
+from .compute import autocast_context
 
 IMAGE_SIZE = 1024
 PREPROCESSINGS = ("sam", "medsam")
@@ -90,9 +92,16 @@ class SamVitModel:
     image_size = IMAGE_SIZE
 
     def __init__(
-        self, net: Any, preprocessing: str, device: str = "cpu", model_id: str = "sam_vit_b"
+        self,
+        net: Any,
+        preprocessing: str,
+        device: str = "cpu",
+        model_id: str = "sam_vit_b",
+        precision: str = "auto",
     ) -> None:
         import torch
+
+        from .compute import resolve_precision
 
         if preprocessing not in PREPROCESSINGS:
             raise ModelError(f"unknown preprocessing {preprocessing!r}", f"use one of {PREPROCESSINGS}")
@@ -101,7 +110,7 @@ class SamVitModel:
         self.device = str(device)
         self.model_id = model_id
         self._torch = torch
-        self._autocast = torch.bfloat16 if self.device.startswith("cuda") else None
+        self.precision = resolve_precision(self.device, precision)  # bf16 autocast or float32
 
     @classmethod
     def from_checkpoint(
@@ -112,6 +121,7 @@ class SamVitModel:
         device: str = "cpu",
         model_id: str | None = None,
         state_key: str | None = None,
+        precision: str = "auto",
     ) -> SamVitModel:
         """Load the publisher's file (a plain state dict for SAM and MedSAM) with ``weights_only=True``."""
         from .weight_store import load_state_dict
@@ -134,7 +144,8 @@ class SamVitModel:
                 f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys)",
                 "pick the config that matches this checkpoint (vit_b, vit_l or vit_h)",
             )
-        return cls(net, preprocessing, device=device, model_id=model_id or f"sam_{registry_name}")
+        model_id = model_id or f"sam_{registry_name}"
+        return cls(net, preprocessing, device=device, model_id=model_id, precision=precision)
 
     # ------------------------------------------------------------------ image side
     def _sam_input(self, frame: np.ndarray) -> tuple[Any, tuple[int, int]]:
@@ -151,8 +162,6 @@ class SamVitModel:
 
     def embed_frames(self, frames: list[np.ndarray]) -> list[SamVitEmbedding]:
         """Image embeddings of a batch of frames (the expensive part, once per frame)."""
-        import contextlib
-
         torch = self._torch
         if not frames:
             return []
@@ -166,12 +175,7 @@ class SamVitModel:
             inputs.append(tensor)
             shapes.append(input_shape)
         batch = torch.stack(inputs)
-        autocast = (
-            torch.autocast("cuda", dtype=self._autocast)
-            if self._autocast is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast_context(self.device, self.precision):
             features = self.net.image_encoder(batch).float()
         return [
             SamVitEmbedding(features[i : i + 1], tuple(np.asarray(frame).shape[:2]), shapes[i])

@@ -14,6 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# LiteMedSAM compiles its encoder on a CPU by default (20-50 s once per process): tests that do not measure
+# that path run the model eagerly (subprocesses of the CLI tests inherit this); test_compute.py and
+# test_litemedsam.py ask for compile="on" explicitly.
+os.environ.setdefault("MEDSEGANY_COMPILE", "off")
+
 
 def _shared_data_candidates() -> list[Path]:
     # $MEDSEGANY_SHARED_DATA, when set, is the only place looked at (pointing it elsewhere disables the data).

@@ -102,3 +102,34 @@ def test_bundled_model_segments_a_real_tumour_slice(shared_data_dir):
     mask = prediction.mask_frame
     dice = 2 * (mask & label[k]).sum() / (mask.sum() + label[k].sum())
     assert dice > 0.8
+
+
+def disc_frame(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A bright noisy disc on a dark background (uint8) and its box (x0, y0, x1, y1)."""
+    rows, cols = np.mgrid[:size, :size]
+    disc = (rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 4) ** 2
+    noise = np.random.default_rng(0).normal(0, 8, (size, size))
+    frame = np.clip(40 + 150 * disc + noise, 0, 255).astype(np.uint8)
+    return frame, np.array([size / 4 - 3, size / 4 - 3, 3 * size / 4 + 3, 3 * size / 4 + 3])
+
+
+def test_the_fast_path_gives_the_plain_models_masks():
+    """Compiled encoder (and bf16 where the CPU has it) against the eager float32 model: same masks."""
+    from medsegany.models.compute import cpp_compiler_available
+
+    frame, box = disc_frame()
+    plain = LiteMedSamModel(device="cpu", precision="float32", compile="off")
+    fast = LiteMedSamModel(device="cpu", precision="auto", compile="on")
+    assert plain.preferred_batch_size == fast.preferred_batch_size == 1
+    expected = plain.predict(plain.embed_frames([frame])[0], box).mask_frame
+    assert plain.warm_up() is None  # eager: nothing to compile
+    compile_seconds = fast.warm_up()  # compiles on a blank 256 x 256 input, as Slicer does when loading
+    embeddings = fast.embed_frames([frame, frame[::-1]])  # two frames: one compiled call per frame
+    assert fast.encoder.report.seconds == compile_seconds  # not compiled again for the real frames
+    got = fast.predict(embeddings[0], box).mask_frame
+    flipped = fast.predict(embeddings[1], box[[0, 3, 2, 1]] * [1, -1, 1, -1] + [0, 95, 0, 95]).mask_frame
+    assert fast.encoder.report.compiled == cpp_compiler_available()
+    assert expected.sum() > 500  # the disc (r = 24 px, ~1800 px) was found, not an empty mask
+    dice = 2 * (expected & got).sum() / (expected.sum() + got.sum())
+    assert dice > 0.99, dice
+    assert 2 * (expected[::-1] & flipped).sum() / (expected.sum() + flipped.sum()) > 0.97

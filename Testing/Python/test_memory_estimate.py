@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from medsegany.memory_estimate import (
     GIB,
@@ -14,16 +15,13 @@ from medsegany.memory_estimate import (
 
 
 def test_feature_and_memory_bank_sizes_follow_the_model_shapes():
-    from medsegany.session_sam2 import feature_bytes_per_frame
-
     t512, t1024 = PROFILES["sam2.1_hiera_t512"], PROFILES["sam2.1_hiera_t"]
-    for profile in (t512, t1024):
-        for on_cuda in (False, True):
-            assert profile.feature_bytes_per_frame(on_cuda) == feature_bytes_per_frame(
-                profile.image_size, on_cuda
-            )
     assert t512.feature_bytes_per_frame(False) == pytest.approx(4.2e6, rel=0.05)
-    assert PROFILES["litemedsam"].feature_bytes_per_frame(True) == 4 * MIB  # 256 x 64 x 64 float32
+    assert t1024.feature_bytes_per_frame(False) == 4 * t512.feature_bytes_per_frame(False)
+    # bf16: the two high-resolution levels in 2 bytes, the 256 x 32 x 32 level stays float32
+    assert t512.feature_bytes_per_frame(True) == (32 * 128 * 128 + 64 * 64 * 64) * 2 + 256 * 32 * 32 * 4
+    assert PROFILES["litemedsam"].feature_bytes_per_frame(False) == 4 * MIB  # 256 x 64 x 64 float32
+    assert PROFILES["litemedsam"].feature_bytes_per_frame(True) == 2 * MIB  # kept in bf16
     # memory bf16 64 x 32 x 32 + logits float32 128 x 128 + pointer: 193 KiB at 512 px
     assert t512.memory_bytes_per_frame_object() == 64 * 32 * 32 * 2 + 128 * 128 * 4 + 1028
     assert PROFILES["litemedsam"].memory_bytes_per_frame_object() == 0
@@ -43,10 +41,10 @@ def test_parts_grow_with_slices_objects_and_batch():
     assert estimate_memory("sam2.1_hiera_t512", (512, 512), 300).total_bytes < 3e9
 
 
-def test_cuda_keeps_frames_and_masks_in_host_memory_and_halves_features():
-    cpu = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cpu")
+def test_cuda_keeps_frames_and_masks_in_host_memory_and_shrinks_features():
+    cpu = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cpu", precision="float32")
     gpu = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cuda")
-    assert gpu.parts["features"] * 2 == cpu.parts["features"]
+    assert gpu.parts["features"] < 0.65 * cpu.parts["features"]  # bf16 on CUDA (one level stays float32)
     assert gpu.device_bytes == sum(
         gpu.parts[p] for p in ("weights", "features", "memory_bank", "activations")
     )
@@ -102,5 +100,18 @@ def test_profile_of_a_built_sam2_model_matches_its_tracker():
     profile = profile_of(Sam2VideoModel("medsam2", model, "cpu", 512, None))
     assert profile.name == "medsam2" and profile.image_size == 512
     assert profile.parameters == sum(p.numel() for p in model.parameters())
-    assert profile.feature_bytes_per_frame(False) == Sam2Tracker(model).feature_bytes_per_frame()
+    for precision, bf16 in (("float32", False), ("bfloat16", True)):
+        tracker = Sam2Tracker(model, precision=precision)
+        tracker.set_frames(np.zeros((2, 40, 40), np.uint8))
+        tracker.precompute_features([0])  # what the cache really holds, dtypes included
+        assert profile.feature_bytes_per_frame(bf16) == tracker.feature_bytes_per_frame()
+        assert tracker._cache.nbytes == tracker.feature_bytes_per_frame(), precision
     assert profile.activation_bytes_per_image == PROFILES["sam2.1_hiera_t512"].activation_bytes_per_image
+
+
+def test_bf16_precision_halves_features_and_encoder_activations_on_any_device():
+    fp32 = estimate_memory("litemedsam", (512, 512), 100, device="cpu", batch_size=1, precision="float32")
+    bf16 = estimate_memory("litemedsam", (512, 512), 100, device="cpu", batch_size=1, precision="bfloat16")
+    assert bf16.parts["features"] * 2 == fp32.parts["features"] == 100 * 4 * MIB
+    assert bf16.parts["activations"] < fp32.parts["activations"]
+    assert bf16.parts["weights"] == fp32.parts["weights"]  # autocast keeps float32 weights

@@ -1,4 +1,6 @@
-"""Sam2Tracker gives Meta's SAM2VideoPredictor's masks: same weights, frames and prompts, float32 CPU.
+"""Sam2Tracker gives Meta's SAM2VideoPredictor's masks: same weights, frames and prompts, on the CPU in
+float32 and, where the CPU computes bf16 natively (what precision "auto" picks there), under bf16 autocast
+on both sides.
 
 Meta's predictor reads frames only through ``sam2.sam2_video_predictor.load_video_frames`` (JPEG files,
 lossy); the test replaces that function so ``init_state`` receives exactly the preprocessed tensor our
@@ -23,6 +25,8 @@ torch = pytest.importorskip("torch")
 
 from sam2_testing import CONFIG_512, blob_frames, disc_box_xyxy, random_checkpoint  # noqa: E402
 
+# Both sides run the same operations in the same order: on this CPU they agree exactly in float32 and in
+# bf16 (0.0 measured); the margin allows another BLAS's summation order, far below bf16's 0.4 % rounding.
 RELATIVE_TOLERANCE = 1e-4
 
 
@@ -40,7 +44,8 @@ def model(tmp_path_factory):
     memo: dict[tuple, dict] = {}
 
     def memoised_forward_image(images):
-        key = (tuple(images.shape), hashlib.sha256(images.float().numpy().tobytes()).hexdigest())
+        autocast = torch.is_autocast_enabled("cpu")  # a bf16 run never gets float32 features, nor back
+        key = (tuple(images.shape), autocast, hashlib.sha256(images.float().numpy().tobytes()).hexdigest())
         if key not in memo:
             memo[key] = encode(images)
         out = memo[key]
@@ -64,8 +69,13 @@ def meta_state(model, frames, monkeypatch):
     return model.init_state(video_path="in-memory frames")
 
 
-def test_propagation_and_correction_match_meta(model, monkeypatch):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_propagation_and_correction_match_meta(model, monkeypatch, precision):
+    from medsegany.models.compute import autocast_context, cpu_has_native_bf16
     from medsegany.models.sam2_tracker import Sam2Tracker
+
+    if precision == "bfloat16" and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: precision auto runs float32 here")
 
     # 4 frames keep the test near 30 s of CPU: the prompt on frame 1 has one frame behind it and two ahead
     frames = blob_frames(num_frames=4)
@@ -74,7 +84,7 @@ def test_propagation_and_correction_match_meta(model, monkeypatch):
     negative_point = np.array([[frames.shape[2] / 2, frames.shape[1] / 2]], np.float32)
 
     # ours: a box on frame 1, forward then backward, then a negative click on the next frame
-    tracker = Sam2Tracker(model)
+    tracker = Sam2Tracker(model, precision=precision)
     tracker.set_frames(frames)
     ours_prompt = tracker.add_prompts(7, middle, box_frame_xyxy=box)
     ours = {}
@@ -87,7 +97,9 @@ def test_propagation_and_correction_match_meta(model, monkeypatch):
     )
     ours_after = {r.frame_index: r.mask_logits_frame for r in tracker.propagate(corrected, +1)}
 
-    # Meta: the same calls on SAM2VideoPredictor
+    # Meta: the same calls on SAM2VideoPredictor (under autocast for bf16, as Meta's notebooks run it)
+    meta_context = autocast_context("cpu", precision)
+    meta_context.__enter__()
     state = meta_state(model, frames, monkeypatch)
     _, _, meta_prompt = model.add_new_points_or_box(state, frame_idx=middle, obj_id=7, box=box)
     meta = {}
@@ -95,24 +107,25 @@ def test_propagation_and_correction_match_meta(model, monkeypatch):
         for frame_index, _, logits in model.propagate_in_video(
             state, start_frame_idx=middle, reverse=reverse
         ):
-            meta[frame_index] = logits[0, 0].numpy()
+            meta[frame_index] = logits[0, 0].float().numpy()
     _, _, meta_correction = model.add_new_points_or_box(
         state, frame_idx=corrected, obj_id=7, points=negative_point, labels=np.array([0])
     )
     meta_after = {
-        frame_index: logits[0, 0].numpy()
+        frame_index: logits[0, 0].float().numpy()
         for frame_index, _, logits in model.propagate_in_video(state, start_frame_idx=corrected)
     }
+    meta_context.__exit__(None, None, None)
 
     # the random weights see the object (score > 0), so the logits are real masks, not -1024 everywhere
     assert ours[middle][1] > 0 and (ours[middle][0] > 0).any()
     assert sorted(ours) == sorted(meta) == list(range(len(frames)))
-    assert relative_error(ours_prompt, meta_prompt[0, 0].numpy()) <= RELATIVE_TOLERANCE
+    assert relative_error(ours_prompt, meta_prompt[0, 0].float().numpy()) <= RELATIVE_TOLERANCE
     for frame_index, (logits, _) in ours.items():
         assert logits.shape == frames.shape[1:] and logits.dtype == np.float32
         assert relative_error(logits, meta[frame_index]) <= RELATIVE_TOLERANCE, frame_index
         np.testing.assert_array_equal(logits > 0, meta[frame_index] > 0)
-    assert relative_error(ours_correction, meta_correction[0, 0].numpy()) <= RELATIVE_TOLERANCE
+    assert relative_error(ours_correction, meta_correction[0, 0].float().numpy()) <= RELATIVE_TOLERANCE
     assert sorted(ours_after) == sorted(meta_after) == [corrected, corrected + 1]
     for frame_index, logits in ours_after.items():
         assert relative_error(logits, meta_after[frame_index]) <= RELATIVE_TOLERANCE, frame_index

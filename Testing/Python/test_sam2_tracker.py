@@ -34,7 +34,8 @@ def encoded_tracker(model, frames):
     """A tracker whose frames were all encoded once, in batches of 2; tests call reset() to start over."""
     from medsegany.models.sam2_tracker import Sam2Tracker
 
-    tracker = Sam2Tracker(model)
+    # float32: these tests check bookkeeping, the same on every CPU (bf16 is in test_sam2_equivalence)
+    tracker = Sam2Tracker(model, precision="float32")
     tracker.set_frames(frames)
     assert tracker.precompute_features(batch_size=2) == NUM_FRAMES
     assert tracker.precompute_features(batch_size=2) == 0  # all cached: nothing to do
@@ -52,7 +53,7 @@ def tracker(encoded_tracker):
 def test_batched_features_equal_single_frame_features(model, frames, encoded_tracker):
     from medsegany.models.sam2_tracker import Sam2Tracker
 
-    lazy = Sam2Tracker(model)
+    lazy = Sam2Tracker(model, precision="float32")
     lazy.set_frames(frames)
     with torch.inference_mode():
         single = lazy._frame_features(1)

@@ -1,0 +1,173 @@
+"""The arithmetic a model runs in: precision (float32 or bfloat16 autocast) and a compiled image encoder.
+
+Measured on the 2-core development CPU (AMD EPYC with AVX512-BF16, jemalloc, torch 2.15; see
+``benchmarks/README.md``):
+
+- LiteMedSAM's image encoder, one 256 x 256 slice: 2.1 s eager float32, 1.2 s eager bf16 autocast, 0.89 s
+  compiled float32 and 0.41 s compiled bf16 (``torch.compile`` with inductor's weight freezing, which
+  folds the batch norms into the convolutions and fuses the GELUs on the 256 x 256 x 256 activations of its
+  first stage). Compiling costs about 20-50 s once per process, so it pays from about 15 slices on.
+  One slice at a time beats batches of 4 (0.41 vs 0.46 s a slice): the activations of one slice already
+  exceed the caches.
+- SAM 2.1 tiny at 512: the image encoder takes 0.50 s float32 and 0.31 s bf16 eager; compiled it takes
+  0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly. Its tracking
+  step (memory attention over 7 memories of 1024 tokens) takes 0.59 s float32 and 0.36-0.42 s bf16.
+
+``precision="auto"`` picks bfloat16 on CUDA (Meta's own setting) and on CPUs with a native bf16 unit
+(AVX512-BF16 or AMX), float32 elsewhere (MPS; CPUs without it, where bf16 is emulated and slower).
+Masks in bf16 differ from float32 only along the boundary (Dice 0.996 between the two on a random-weight
+SAM 2; the benchmarks report it for LiteMedSAM's trained weights). ``precision="float32"`` reproduces the
+publishers' float32 numbers (the equivalence tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_ENV = "MEDSEGANY_COMPILE"
+# CPU flags of a native bf16 unit: x86 AVX512-BF16 and Intel AMX. Without one torch emulates bf16 through
+# float32 conversions and it runs slower than float32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    """True when this CPU computes bf16 in hardware (Linux x86 flags; False where unknown)."""
+    if flags is None:
+        from ..cpu_tuning import cpu_flags
+
+        flags = cpu_flags()
+    return bool(set(flags) & NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(device: str, precision: str = "auto", cpu_flags: set[str] | None = None) -> str:
+    """ "float32" or "bfloat16" for this device (see the module docstring for what "auto" picks)."""
+    if precision not in PRECISIONS:
+        raise ModelError(
+            f"precision {precision!r} is not one of {PRECISIONS}", "use auto, float32 or bfloat16"
+        )
+    device_type = str(device).split(":")[0]
+    if precision != "auto":
+        if precision == "bfloat16" and device_type == "mps":
+            raise ModelError("bfloat16 is not supported on Apple MPS here", "use --precision float32 or auto")
+        return precision
+    if device_type == "cuda":
+        import torch
+
+        # without a GPU here (planning memory for one), assume a current one: bf16 since Ampere (2020)
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "float32"
+        return "bfloat16"
+    if device_type == "cpu" and cpu_has_native_bf16(cpu_flags):
+        return "bfloat16"
+    return "float32"
+
+
+def autocast_context(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device for "bfloat16", nothing for "float32" (a resolved precision)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(str(device).split(":")[0], dtype=torch.bfloat16)
+
+
+def cpp_compiler_available() -> bool:
+    """Inductor's CPU backend builds C++ kernels: it needs g++/clang (Linux, macOS) or cl.exe (Windows)."""
+    names = ("cl",) if sys.platform == "win32" else ("g++", "c++", "clang++")
+    return any(shutil.which(name) for name in names)
+
+
+def resolve_compile(device: str, compile_choice: str | bool = "auto") -> bool:
+    """Whether to compile a 2D model's image encoder: "auto" = on the CPU when a C++ compiler exists.
+
+    ``MEDSEGANY_COMPILE=on|off`` in the environment decides "auto" (e.g. inside Slicer, or for tests that
+    do not measure speed). CUDA stays eager until it is measured on a GPU (bf16 autocast already uses its
+    tensor cores).
+    """
+    if isinstance(compile_choice, bool):
+        return compile_choice
+    if compile_choice not in COMPILE_CHOICES:
+        raise ModelError(f"compile {compile_choice!r} is not one of {COMPILE_CHOICES}", "use auto, on or off")
+    if compile_choice == "auto":
+        compile_choice = os.environ.get(COMPILE_ENV, "auto").strip().lower()
+        if compile_choice not in COMPILE_CHOICES:
+            raise ModelError(
+                f"{COMPILE_ENV}={compile_choice!r} is not one of {COMPILE_CHOICES}", f"unset {COMPILE_ENV}"
+            )
+    if compile_choice != "auto":
+        return compile_choice == "on"
+    return str(device).split(":")[0] == "cpu" and cpp_compiler_available()
+
+
+@dataclass
+class CompileReport:
+    """What happened to a compiled module: compile seconds, or why it fell back to eager."""
+
+    compiled: bool = False
+    seconds: float | None = None
+    fallback_reason: str | None = None
+
+
+class CompiledModule:
+    """Calls a module through ``torch.compile`` (inductor, frozen weights), eagerly when that fails.
+
+    Compiling happens on the first call (its time is in :attr:`report`); any failure there (no C++
+    compiler, an unsupported platform) logs one warning and every later call runs the module eagerly, so a
+    missing toolchain costs speed, never a result. Shapes are static: call it with one input shape.
+    """
+
+    def __init__(self, module: Any, enabled: bool = True) -> None:
+        self.module = module
+        self.report = CompileReport()
+        self._compiled: Callable[..., Any] | None = None
+        self._enabled = enabled
+
+    @property
+    def active(self) -> bool:
+        """True while it runs (or will run at its first call) compiled; False when off or fallen back."""
+        return self._enabled
+
+    def __call__(self, *args: Any) -> Any:
+        if not self._enabled:
+            return self.module(*args)
+        if self._compiled is None:
+            return self._first_call(*args)
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):  # a guard-triggered recompile keeps the same settings
+            return self._compiled(*args)
+
+    def _first_call(self, *args: Any) -> Any:
+        import torch
+        import torch._inductor.config as inductor_config
+
+        start = time.perf_counter()
+        try:
+            compiled = torch.compile(self.module, dynamic=False)
+            # freezing turns the weights into constants: batch norms fold into convolutions (inference only)
+            with inductor_config.patch(freezing=True):
+                out = compiled(*args)
+        except Exception as error:  # any compiler failure (toolchain, platform) means: run eagerly
+            self._enabled = False
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+            self.report = CompileReport(False, None, reason[:300])
+            log.warning("compiling the image encoder failed (%s); running it eagerly", reason[:300])
+            return self.module(*args)
+        self._compiled = compiled
+        self.report = CompileReport(True, time.perf_counter() - start)
+        log.info("image encoder compiled in %.1f s", self.report.seconds)
+        return out

@@ -1,0 +1,120 @@
+"""Precision and compile choices, and the compiled module with its eager fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from medsegany.errors import ModelError  # noqa: E402
+from medsegany.models import compute  # noqa: E402
+from medsegany.models.compute import (  # noqa: E402
+    CompiledModule,
+    autocast_context,
+    cpu_has_native_bf16,
+    resolve_compile,
+    resolve_precision,
+)
+
+
+def test_auto_precision_follows_the_device_and_the_cpu():
+    assert cpu_has_native_bf16({"avx2", "avx512_bf16"}) and cpu_has_native_bf16({"amx_bf16"})
+    assert not cpu_has_native_bf16({"avx2", "avx512f"})
+    assert resolve_precision("cpu", "auto", cpu_flags={"avx512_bf16"}) == "bfloat16"
+    assert resolve_precision("cpu", "auto", cpu_flags={"avx2"}) == "float32"
+    assert resolve_precision("mps", "auto") == "float32"
+    assert resolve_precision("cpu", "float32", cpu_flags={"avx512_bf16"}) == "float32"
+    assert resolve_precision("cpu", "bfloat16", cpu_flags=set()) == "bfloat16"  # asked for: honoured
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: resolve_precision("cpu", "half"), "precision 'half'"),
+        (lambda: resolve_precision("mps", "bfloat16"), "MPS"),
+        (lambda: resolve_compile("cpu", "yes"), "compile 'yes'"),
+    ],
+)
+def test_bad_choices_are_model_errors(call, message):
+    with pytest.raises(ModelError, match=message):
+        call()
+
+
+def test_compile_choice_and_its_environment_override(monkeypatch):
+    monkeypatch.delenv(compute.COMPILE_ENV, raising=False)
+    monkeypatch.setattr(compute, "cpp_compiler_available", lambda: True)
+    assert resolve_compile("cpu", "auto") and not resolve_compile("cuda", "auto")
+    assert resolve_compile("cuda", "on") and not resolve_compile("cpu", "off")
+    monkeypatch.setattr(compute, "cpp_compiler_available", lambda: False)
+    assert not resolve_compile("cpu", "auto")  # no toolchain: eager
+    monkeypatch.setenv(compute.COMPILE_ENV, "on")
+    assert resolve_compile("cpu", "auto") and not resolve_compile("cpu", "off")  # explicit beats env
+    monkeypatch.setenv(compute.COMPILE_ENV, "maybe")
+    with pytest.raises(ModelError, match="MEDSEGANY_COMPILE"):
+        resolve_compile("cpu", "auto")
+
+
+def test_autocast_context_runs_bf16_only_when_asked():
+    a = torch.randn(8, 8)
+    with autocast_context("cpu", "float32"):
+        assert (a @ a).dtype == torch.float32
+    with autocast_context("cpu", "bfloat16"):
+        assert (a @ a).dtype == torch.bfloat16
+
+
+def small_net() -> torch.nn.Module:
+    """Convolution, batch norm and GELU: what freezing folds and fuses in LiteMedSAM's first stage."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(8, 4, 1),
+    )
+    with torch.no_grad():  # non-trivial running statistics, so folding them is checked
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+@pytest.mark.skipif(not compute.cpp_compiler_available(), reason="no C++ compiler for inductor")
+def test_compiled_module_matches_the_eager_module():
+    net = small_net()
+    x = torch.randn(1, 3, 16, 16)
+    compiled = CompiledModule(net)
+    with torch.inference_mode():
+        expected = net(x)
+        first, second = compiled(x), compiled(x + 1)
+        expected_second = net(x + 1)
+    assert compiled.active and compiled.report.compiled and compiled.report.seconds > 0
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, expected_second, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch, caplog):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    net = small_net()
+    x = torch.randn(1, 3, 16, 16)
+    compiled = CompiledModule(net)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        out = compiled(x)
+        again = compiled(x)
+    torch.testing.assert_close(out, net(x))
+    torch.testing.assert_close(again, out)
+    assert not compiled.active and not compiled.report.compiled
+    assert compiled.report.fallback_reason == "RuntimeError: no C++ compiler found"
+    assert sum("running it eagerly" in record.message for record in caplog.records) == 1
+
+
+def test_a_disabled_module_is_called_directly():
+    net = small_net()
+    x = torch.randn(1, 3, 8, 8)
+    compiled = CompiledModule(net, enabled=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), net(x))
+    assert not compiled.active and compiled.report.seconds is None

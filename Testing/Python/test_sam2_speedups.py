@@ -1,0 +1,33 @@
+"""The exact SAM 2 speed-ups give the same numbers and do no repeated work."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("sam2")
+torch = pytest.importorskip("torch")
+
+
+def test_position_embedding_is_memoised_per_size_in_inference_mode_only():
+    from medsegany.models.sam2_build import build_sam2_model
+    from medsegany.models.sam2_speedups import MEMO_ATTRIBUTE, memoise_position_embedding
+
+    model = build_sam2_model("sam2.1_hiera_t512", None)
+    trunk = model.image_encoder.trunk
+    with torch.no_grad():
+        expected = {hw: trunk._get_pos_embed(hw) for hw in ((128, 128), (64, 64))}
+    calls = []
+    original = trunk._get_pos_embed
+    trunk._get_pos_embed = lambda hw: calls.append(hw) or original(hw)
+    assert memoise_position_embedding(model) and memoise_position_embedding(model)  # twice: harmless
+    with torch.inference_mode():
+        first = trunk._get_pos_embed((128, 128))
+        again = trunk._get_pos_embed((128, 128))
+        other = trunk._get_pos_embed((64, 64))
+    assert again is first and calls == [(128, 128), (64, 64)]
+    torch.testing.assert_close(first, expected[(128, 128)], rtol=0, atol=0)
+    torch.testing.assert_close(other, expected[(64, 64)], rtol=0, atol=0)
+    with torch.no_grad():
+        trunk._get_pos_embed((128, 128))  # outside inference mode: computed live, never memoised
+    assert calls[-1] == (128, 128) and len(getattr(trunk, MEMO_ATTRIBUTE)) == 2
+    assert not memoise_position_embedding(torch.nn.Linear(2, 2))  # no Hiera trunk: nothing to do

@@ -100,6 +100,12 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.viewComboBox.addItem(name)
         for key, text in DIRECTIONS:
             self.ui.directionComboBox.addItem(text, key)
+        from MedSegAnyLib.terminology import structure_names
+
+        self.ui.structureComboBox.addItem("")  # empty: a plain "MedSegAny N" segment, as before
+        for name in structure_names():
+            self.ui.structureComboBox.addItem(name)
+        self.ui.structureComboBox.lineEdit().setPlaceholderText("none (plain segment)")
 
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUI)
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUI)
@@ -220,15 +226,27 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onNewSegment(self):
         from MedSegAnyLib.slicer_logic import create_segment
+        from MedSegAnyLib.terminology import resolve_structure
 
+        try:  # an unknown structure is refused before anything is added to the scene
+            structure = resolve_structure(self.ui.structureComboBox.currentText)
+        except Exception as error:
+            self._showError(error)
+            return
         segmentationNode = self.ui.segmentSelector.currentNode()
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
             segmentationNode.CreateDefaultDisplayNodes()
             self.ui.segmentSelector.setCurrentNode(segmentationNode)
         count = segmentationNode.GetSegmentation().GetNumberOfSegments()
-        segmentId = create_segment(segmentationNode, f"MedSegAny {count + 1}")
+        name = None if structure is not None else f"MedSegAny {count + 1}"
+        segmentId = create_segment(segmentationNode, name, structure=structure)
         self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+        if structure is not None:
+            self.ui.statusLabel.text = (
+                f"New segment '{segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()}': "
+                f"{structure.type.meaning} (SNOMED CT {structure.type.value})"
+            )
 
     def _segmentEditorWidget(self):
         try:

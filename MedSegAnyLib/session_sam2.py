@@ -58,9 +58,3 @@ class StopTracker:
             return f"{self.rule.max_slices} slices reached", 0
         return None, 0
 
-
-def feature_bytes_per_frame(image_size: int, bf16: bool) -> int:
-    """Cached image features of one frame, as Sam2Tracker.feature_bytes_per_frame."""
-    from .models.sam2_features import fpn_feature_bytes
-
-    return fpn_feature_bytes(image_size, bf16)

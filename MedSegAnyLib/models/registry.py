@@ -53,7 +53,7 @@ def resolve_device(device: str | None) -> str:
 class Sam2VideoModel:
     """A built SAM 2-family video model (Meta's ``SAM2VideoPredictor``) and what the session needs to know.
 
-    ``feature_bytes_per_frame`` sizes the session's feature cache (see Sam2Tracker).
+    The session sizes each tracker's feature cache from ``Sam2Tracker.feature_bytes_per_frame``.
     """
 
     model_id: str

@@ -102,6 +102,15 @@ class Sam2Tracker:
         """Bytes of one frame's cached image features (to size ``feature_cache_mb``, advise on memory)."""
         return fpn_feature_bytes(self.image_size, self._autocast_dtype is not None)
 
+    @property
+    def feature_cache_bytes(self) -> int:
+        """The feature cache's budget in bytes (least recently used frames are evicted beyond it)."""
+        return self._cache.max_bytes
+
+    @feature_cache_bytes.setter
+    def feature_cache_bytes(self, value: int) -> None:
+        self._cache.max_bytes = int(value)
+
     def _require_frames(self) -> np.ndarray:
         if self._frames_nhw is None:
             raise VolumeError("the tracker has no frames", "call set_frames first")

@@ -1,0 +1,59 @@
+"""Out-of-memory during a model call becomes a one-line ModelError, and the memory the model held is freed.
+
+PyTorch reports running out of memory as ``torch.OutOfMemoryError`` (CUDA; a ``RuntimeError``), as a
+``RuntimeError`` naming the allocator ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of
+memory"), or Python's ``MemoryError``. The session wraps every model call in
+:func:`out_of_memory_as_model_error`; its transaction then keeps what was written before (one undo step,
+like a cancel), so the session stays usable: the user can segment fewer slices, or free memory and go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+from collections.abc import Iterator
+
+from .errors import ModelError
+
+# Lower-case fragments of PyTorch's out-of-memory messages (CUDA, CPU allocator, Apple MPS).
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for PyTorch's and Python's out-of-memory errors, on any device."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(part in text for part in OUT_OF_MEMORY_MESSAGES)
+
+
+def release_cached_memory() -> None:
+    """Give PyTorch's cached blocks back (CUDA, MPS) after a failure, so the next try starts clean."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # never import torch only for this
+    if torch is None:
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+@contextlib.contextmanager
+def out_of_memory_as_model_error(device: str) -> Iterator[None]:
+    """Turn an out-of-memory error raised inside into a ModelError naming the device and the ways out."""
+    try:
+        yield
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        release_cached_memory()
+        on_cpu = str(device).startswith("cpu")
+        where = "memory" if on_cpu else f"{device} memory"
+        others = "memory, or use a smaller model" if on_cpu else "GPU, or use the CPU (--device cpu)"
+        raise ModelError(
+            f"the model ran out of {where} (what was segmented before is kept; undo removes it)",
+            f"segment a slice range instead of the whole volume, close other programs using the {others}",
+        ) from None

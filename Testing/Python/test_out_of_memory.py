@@ -1,0 +1,83 @@
+"""Out-of-memory errors become one-line ModelErrors; the session keeps what it had and stays usable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_models import ThresholdModel
+from medsegany.errors import ModelError
+from medsegany.out_of_memory import is_out_of_memory, out_of_memory_as_model_error
+from medsegany.session import SegmentationSession
+from test_session import box_on_k, phantom
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"), True),
+        (RuntimeError("MPS backend out of memory (MPS allocated: 17 GB)"), True),
+        (MemoryError(), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("out of memory"), False),  # not a runtime failure of the allocator
+    ],
+)
+def test_recognises_the_out_of_memory_errors_of_each_device(error, expected):
+    assert is_out_of_memory(error) is expected
+
+
+def test_the_context_turns_only_out_of_memory_into_a_model_error():
+    gpu, cpu = out_of_memory_as_model_error("cuda:0"), out_of_memory_as_model_error("cpu")
+    with pytest.raises(ModelError, match=r"ran out of cuda:0 memory.*use the CPU"), gpu:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(ModelError, match=r"ran out of memory.*smaller model"), cpu:
+        raise MemoryError()
+    with pytest.raises(RuntimeError, match="shapes"), out_of_memory_as_model_error("cpu"):
+        raise RuntimeError("shapes cannot be multiplied")
+
+
+class RunsOutOfMemory(ThresholdModel):
+    """The fake model, failing like a full GPU on the encoder call number ``fail_at`` (then never again)."""
+
+    device = "cuda"
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def embed_frames(self, frames):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.20 GiB")
+        return super().embed_frames(frames)
+
+
+def test_a_run_out_of_memory_keeps_earlier_slices_and_the_session_goes_on():
+    volume = phantom()
+    model = RunsOutOfMemory(fail_at=4)
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0), max_cached_frames=2)
+    liver = session.add_object("liver")
+    session.add_prompts(liver, box_on_k(volume, 14))
+    after_prompt = session.mask_kji(liver).copy()
+    written = []
+    with pytest.raises(ModelError, match="ran out of cuda memory"):
+        for result in session.propagate():
+            written.append(result.slice_index)
+    assert written  # slices were segmented before the failure, and they are kept
+    kept = session.mask_kji(liver).copy()
+    assert kept[written].any(axis=(1, 2)).all()
+
+    session.undo()  # the interrupted run is one undo step, as a cancel
+    np.testing.assert_array_equal(session.mask_kji(liver), after_prompt)
+    session.redo()
+    np.testing.assert_array_equal(session.mask_kji(liver), kept)
+
+    reference = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    reference_id = reference.add_object("liver")
+    reference.add_prompts(reference_id, box_on_k(volume, 14))
+    list(reference.propagate())
+    list(session.propagate())  # memory is back: the same call now completes the object
+    np.testing.assert_array_equal(session.mask_kji(liver), reference.mask_kji(reference_id))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from .errors import MedSegAnyError, PromptError
+from .errors import MedSegAnyError, ModelError, PromptError
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -240,6 +240,7 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
         precision=args.precision,
         compile=args.compile,
     )
+    slice_range, cached_frames = _memory_plan(model, volume, objects, slice_range, stderr, args.quiet)
     encoder = getattr(model, "encoder", None)
     if getattr(encoder, "active", False) and not args.quiet:
         print(
@@ -247,7 +248,14 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             file=stderr,
             flush=True,
         )
-    session = SegmentationSession(volume, model, intensity=intensity, settings=settings, overlap=args.overlap)
+    session = SegmentationSession(
+        volume,
+        model,
+        intensity=intensity,
+        settings=settings,
+        overlap=args.overlap,
+        max_cached_frames=cached_frames,
+    )
     progress = SliceProgress(stderr, enabled=not args.quiet)
     for entry in objects:
         object_id = session.add_object(entry.name)
@@ -276,6 +284,35 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             f"{voxels * volume.voxel_volume_ml:.1f} mL, {seconds:.1f} s -> {', '.join(map(str, outputs))}"
         )
     return EXIT_OK
+
+
+def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
+    """(slice range, cached slices) that fit the device's free memory, told before the run; ModelError when
+    nothing fits. A slab around the prompt replaces the whole volume only when no --slice-range was given."""
+    from .memory_estimate import plan_for_volume
+
+    first = objects[0].prompts[0]
+    estimate = plan_for_volume(
+        model,
+        volume.voxels_kji.shape,
+        first.axis,
+        len(objects),
+        first.slice_index,
+        str(getattr(model, "device", "cpu")),
+        volume_bytes=volume.voxels_kji.nbytes,
+    )
+    plan = estimate.plan
+    if not plan.fits:
+        needs = estimate.message.split("; it does not fit")[0]
+        raise ModelError(
+            f"{needs}: it does not fit, even on a few slices",
+            "free memory, use a smaller model or another device",
+        )
+    if plan.slab is not None and slice_range is None:
+        slice_range = plan.slab
+    if not quiet and (plan.slab is not None or plan.cached_frames < estimate.num_frames):
+        print(f"medsegany: note: {estimate.message}", file=stderr)
+    return slice_range, max(plan.cached_frames, 2)
 
 
 def _slice_has_voxels(obj, index: int) -> bool:

@@ -337,8 +337,8 @@ def estimate_memory(
 
 
 def available_memory_bytes(device: str = "cpu") -> int | None:
-    """Free memory of a device now: CUDA free memory, or the host's MemAvailable (+ this process's RSS is
-    not added: what the process already holds is counted by the estimate's runtime part). None if unknown."""
+    """Memory a run may use: CUDA free memory, or the host's MemAvailable plus this process's own RSS
+    (what the process already holds is counted again by the estimate's runtime part). None if unknown."""
     kind = _device_kind(device)
     if kind == "cuda":
         import torch
@@ -454,6 +454,32 @@ def plan_memory(
             high_count = middle - 1
     start = max(0, min(centre - low_count // 2, frames - low_count))
     return finish(run(1, 2, on_cuda, low_count), True, (start, start + low_count - 1))
+
+
+def plan_for_volume(
+    model: Any,
+    shape_kji: tuple[int, int, int],
+    axis: int,
+    num_objects: int,
+    prompt_slice: int,
+    device: str,
+    volume_bytes: int = 0,
+    available_bytes: int | None = None,
+) -> MemoryEstimate:
+    """:func:`plan_memory` for propagating along IJK ``axis`` (0 = I, 1 = J, 2 = K) of a KJI volume."""
+    from .slices import frame_count, frame_shape
+
+    return plan_memory(
+        model,
+        frame_shape(tuple(shape_kji), axis),
+        frame_count(tuple(shape_kji), axis),
+        num_objects,
+        device=device,
+        available_bytes=available_bytes,
+        prompt_slice=prompt_slice,
+        batch_size=int(getattr(model, "preferred_batch_size", 1 if _device_kind(device) == "cpu" else 4)),
+        volume_bytes=volume_bytes,
+    )
 
 
 def _gib(value: float) -> str:

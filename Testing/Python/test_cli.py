@@ -114,3 +114,13 @@ def test_missing_and_2d_inputs(tmp_path, capsys):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.uint8)), str(flat))
     code, _, err = run_cli(capsys, "segment", flat, "--box-ijk", "1,1,0,5,5,0", "-o", tmp_path / "o.nii.gz")
     assert_one_line_error(code, err, "2D|2-D|two-dimensional|single slice|one slice")
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(phantom, tmp_path, capsys, monkeypatch):
+    import medsegany.memory_estimate as memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": 64 * 2**20)
+    out = tmp_path / "never.nii.gz"
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", out)
+    assert_one_line_error(code, err, r"needs about .* GiB of memory.*0\.06 GiB available: it does not fit")
+    assert not out.exists()

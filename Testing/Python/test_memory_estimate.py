@@ -132,3 +132,14 @@ def test_libraries_and_a_compiled_encoder_are_counted():
     assert eager.parts["libraries"] == LITEMEDSAM_LIBRARY_BYTES
     assert compiled.device_bytes - eager.device_bytes == COMPILED_ENCODER_BYTES
     assert estimate_memory("sam2.1_hiera_t512", (512, 512), 50).parts["libraries"] == 0  # in the runtime
+
+
+def test_plan_for_a_volume_counts_the_slices_along_the_prompted_axis():
+    from medsegany.memory_estimate import plan_for_volume
+
+    shape_kji = (40, 96, 128)  # 40 K slices of 96 x 128, 128 I slices of 40 x 96
+    along_k = plan_for_volume("litemedsam", shape_kji, 2, 1, 20, "cpu", available_bytes=64 * GIB)
+    along_i = plan_for_volume("litemedsam", shape_kji, 0, 1, 60, "cpu", available_bytes=64 * GIB)
+    assert (along_k.num_frames, along_k.frame_shape) == (40, (96, 128))
+    assert (along_i.num_frames, along_i.frame_shape) == (128, (40, 96))
+    assert along_k.plan.batch_size == 1 and along_k.plan.cached_frames == 40  # CPU: one image a call

@@ -155,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="case ids to run (default: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--embedding-cache", type=Path, help="folder to keep frame embeddings between runs")
+    parser.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
     args = parser.parse_args(argv)
 
-    from medsegany.models.registry import load_slice_model
+    from medsegany.models.registry import load_model
     from medsegany.session import SegmentationSession
     from medsegany.volume import read_volume
 
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown schemes {sorted(unknown)}; choose from {SCHEMES}")
     data = json.loads(args.cases.read_text(encoding="utf-8"))
     root = args.cases.parent
-    model = load_slice_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision, compile=args.compile)
     if args.embedding_cache:
         from disk_cache import DiskCachedModel
 

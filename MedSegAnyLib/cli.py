@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from .errors import MedSegAnyError, ModelError, PromptError
+from .errors import MedSegAnyError, PromptError
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -289,7 +289,7 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
 def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
     """(slice range, cached slices) that fit the device's free memory, told before the run; ModelError when
     nothing fits. A slab around the prompt replaces the whole volume only when no --slice-range was given."""
-    from .memory_estimate import plan_for_volume
+    from .memory_estimate import plan_for_volume, require_fit
 
     first = objects[0].prompts[0]
     estimate = plan_for_volume(
@@ -301,13 +301,8 @@ def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
         str(getattr(model, "device", "cpu")),
         volume_bytes=volume.voxels_kji.nbytes,
     )
+    require_fit(estimate)
     plan = estimate.plan
-    if not plan.fits:
-        needs = estimate.message.split("; it does not fit")[0]
-        raise ModelError(
-            f"{needs}: it does not fit, even on a few slices",
-            "free memory, use a smaller model or another device",
-        )
     if plan.slab is not None and slice_range is None:
         slice_range = plan.slab
     if not quiet and (plan.slab is not None or plan.cached_frames < estimate.num_frames):

@@ -482,6 +482,19 @@ def plan_for_volume(
     )
 
 
+def require_fit(estimate: MemoryEstimate) -> None:
+    """Raise a one-line ModelError when even the smallest plan does not fit (before any model call)."""
+    if estimate.plan.fits:
+        return
+    from .errors import ModelError
+
+    needs = estimate.message.split("; it does not fit")[0]
+    raise ModelError(
+        f"{needs}: it does not fit, even on a few slices",
+        "free memory, use a smaller model or another device",
+    )
+
+
 def _gib(value: float) -> str:
     return f"{value / GIB:.2f} GiB"
 

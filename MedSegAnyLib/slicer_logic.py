@@ -263,6 +263,7 @@ class SlicerSegmentationLogic:
         self.segment_id: str | None = None
         self.segment_editor_node = None
         self.session = None
+        self.memory_message = ""  # the memory plan of the current session, for the panel
         self._session_key: _SessionKey | None = None
         self._volume: Volume | None = None
         self._objects: dict[tuple[str, str], int] = {}
@@ -357,10 +358,30 @@ class SlicerSegmentationLogic:
             if self._volume is None:
                 raise OutputError("no volume was prepared", "call set_target() and begin an action first")
             kwargs = {} if self.settings is None else {"settings": self.settings}
-            self.session = SegmentationSession(
-                self._volume, model=self.load_model(), intensity=self.intensity, **kwargs
-            )
+            model = self.load_model()
+            kwargs["max_cached_frames"] = self._cached_frames_that_fit(model)
+            self.session = SegmentationSession(self._volume, model=model, intensity=self.intensity, **kwargs)
         return self.session
+
+    def _cached_frames_that_fit(self, model: Any) -> int:
+        """Slices of image features the session may cache on this device (the memory plan, along the
+        volume's longest axis: the prompt's axis is not known yet); ModelError when nothing fits."""
+        from .memory_estimate import plan_for_volume, require_fit
+
+        shape_kji = self._volume.voxels_kji.shape
+        axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
+        estimate = plan_for_volume(
+            model,
+            shape_kji,
+            axis,
+            1,
+            shape_kji[2 - axis] // 2,
+            str(getattr(model, "device", "cpu")),
+            volume_bytes=self._volume.voxels_kji.nbytes,
+        )
+        require_fit(estimate)
+        self.memory_message = estimate.message  # shown by the panel's status line
+        return max(2, estimate.plan.cached_frames)
 
     def _object_key(self) -> tuple[str, str]:
         return (self.segmentation_node.GetID(), self.segment_id)

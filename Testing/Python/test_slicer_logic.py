@@ -377,3 +377,25 @@ def test_a_sam2_model_writes_the_librarys_result_through_the_logic(scene, tmp_pa
     np.testing.assert_array_equal(_mask(segmentation, target, node), expected)
     np.testing.assert_array_equal(_mask(segmentation, other, node), i < 4)
     assert read_provenance(segmentation, target)["model_id"] == model.model_id
+
+
+def test_a_volume_that_cannot_fit_is_refused_and_the_segment_is_untouched(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    import medsegany.memory_estimate as memory_estimate
+    from medsegany.errors import ModelError
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    fill_segment(segmentation, target, phantom_kji() > 0)
+    before = _mask(segmentation, target, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": 32 * 2**20)
+    with pytest.raises(ModelError, match="does not fit"):
+        logic.segment(*prompt_nodes)
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), before)
+    assert not logic.can_undo
+
+    monkeypatch.undo()  # memory is back: the same logic works, and says what it planned
+    logic.segment(*prompt_nodes)
+    assert logic.can_undo and "slices of features cached" in logic.memory_message

@@ -52,7 +52,7 @@ from .prompts import SlicePrompts
 from .propagation import ObjectAppearance, PropagationSettings, next_box, propagate_slicewise
 from .session_history import History, ObjectRecord, SliceState, Transaction, capture_slice_state, pack_mask
 from .session_overlap import resolve_exclusive, stored_logits
-from .session_runs import Run, plan_runs
+from .session_runs import Run, clip_runs, plan_runs
 from .session_sam2 import Sam2StopRule, StopTracker
 from .slices import AXIS_NAMES, frame_count, frame_of, frame_shape, set_frame
 from .volume import Volume
@@ -399,11 +399,13 @@ class SegmentationSession:
         """Propagate each object from its prompted slices outward; yields one result per slice.
 
         ``direction``: "both", "forward" (increasing index) or "backward". ``slice_range`` (inclusive)
-        limits where propagation may go. Only the runs of prompts changed since the last propagation are
-        re-run; an object with no change is re-run whole when the direction or range differ from its last
-        complete run, and skipped otherwise (a re-run would give the same masks). Slices that a previous
-        run filled beyond where this run
-        stops are cleared (yielded with source "cleared"). The whole call is one undo step.
+        limits what changes: runs start only at prompted slices inside it and end at its edges, and no
+        slice outside it is written or cleared (a range holding no prompt of an object is a PromptError);
+        a later propagation without a range finishes the runs the range cut. Only the runs of prompts
+        changed since the last propagation are re-run; an object with no change is re-run whole when the
+        direction or range differ from its last complete run, and skipped otherwise (a re-run would give
+        the same masks). Slices that a previous run filled beyond where this run stops are cleared
+        (yielded with source "cleared"). The whole call is one undo step.
         """
         if direction not in DIRECTIONS:
             raise PromptError(
@@ -464,14 +466,21 @@ class SegmentationSession:
         )
         if low > high:
             raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
+        keys = obj.prompted_slices()
+        if not any(low <= key <= high for key in keys):
+            raise PromptError(
+                f"slices {low}..{high} hold no prompt of {obj.name} (prompted: {keys})",
+                "include a prompted slice in the range, or propagate without a range",
+            )
         tx.touch_object(obj.object_id)
         # Prompts set without a prediction (e.g. restored by the Slicer logic) get their mask first.
         for key in sorted(obj.prompts):
-            if obj.slice_sources.get(key) != "prompt":
+            if low <= key <= high and obj.slice_sources.get(key) != "prompt":
                 yield from self._prompt_slice(tx, obj, obj.prompts[key])
-        keys = obj.prompted_slices()
         roles = {key: obj.roles.get(key, 0) for key in keys}
-        runs = plan_runs(roles, low, high, direction, "sam2" if self.is_sam2 else "slice")
+        # the whole volume's plan, cut to the range: nothing outside low..high is written or cleared
+        planned = plan_runs(roles, 0, count - 1, direction, "sam2" if self.is_sam2 else "slice")
+        runs, cut_keys = clip_runs(planned, low, high)
         selected = only_keys if only_keys is not None else (obj.dirty & set(keys)) or None
         if selected is not None:
             runs = [run for run in runs if run.key in selected]
@@ -491,14 +500,17 @@ class SegmentationSession:
                         generators.remove(generator)
                     else:
                         yield result
-        obj.dirty.clear()
+        # keys whose runs the range cut, or that lie outside it, still have work: they stay "changed"
+        done = (set(keys) if selected is None else selected) - cut_keys
+        obj.dirty -= {key for key in done if low <= key <= high}
         obj.last_run = (direction, (low, high)) if only_keys is None else None
 
     def _clear_beyond(
-        self, tx: Transaction, obj: SegmentObject, start: int, run: Run, count: int
+        self, tx: Transaction, obj: SegmentObject, start: int, run: Run
     ) -> Iterator[SliceResult]:
-        """Clear non-prompt slices from ``start`` to the end of the run (outer runs: to the volume's end)."""
-        end = (count - 1 if run.step > 0 else 0) if run.outer else run.last
+        """Clear non-prompt slices from ``start`` to the end of the run (an outer run ends at the volume's end
+        or at the edge of the slice range)."""
+        end = run.last
         prompted = set(obj.prompted_slices())
         for index in range(start, end + run.step, run.step):
             if index in prompted:
@@ -553,7 +565,7 @@ class SegmentationSession:
         else:
             if key_mask.any():
                 obj.stop_reasons.pop(step, None)
-        yield from self._clear_beyond(tx, obj, next_index, run, count)
+        yield from self._clear_beyond(tx, obj, next_index, run)
 
     def _sam2_runs(
         self, tx: Transaction, obj: SegmentObject, runs: list[Run], count: int
@@ -608,11 +620,11 @@ class SegmentationSession:
             obj.stop_reasons[step] = f"slice {stop_at}: {reason}"
             end = count - 1 if step > 0 else 0
             tracker.clear_outputs(oid, range(stop_at, end + step, step))
-            yield from self._clear_beyond(tx, obj, stop_at, run, count)
+            yield from self._clear_beyond(tx, obj, stop_at, run)
         else:
             if run.outer:
                 obj.stop_reasons.pop(step, None)
-            yield from self._clear_beyond(tx, obj, next_index, run, count)
+            yield from self._clear_beyond(tx, obj, next_index, run)
 
     # -- writing slices ------------------------------------------------------------------------------
     def _raw_mask(self, obj: SegmentObject, index: int) -> np.ndarray:

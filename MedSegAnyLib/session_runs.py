@@ -11,7 +11,9 @@ slice that a run in that direction had propagated to. Between two adjacent keys 
   prompt), a SAM 2 model goes forward from ``a`` through to ``b`` as Meta's ``propagate_in_video`` does.
 
 Outside the outermost keys, the lowest key runs backward and the highest forward, to the ends of the
-allowed slice range. A later ``propagate()`` re-runs only the runs that start at a changed key.
+volume. A slice range (:func:`clip_runs`) keeps the runs whose key lies inside it, cut at its edges: the
+plan is the whole volume's, so a range never changes which prompt owns a slice, only how far runs go.
+A later ``propagate()`` re-runs only the runs that start at a changed key.
 """
 
 from __future__ import annotations
@@ -76,3 +78,23 @@ def plan_runs(
     elif direction == "backward":
         runs = [run for run in runs if run.step < 0]
     return runs
+
+
+def clip_runs(runs: list[Run], low: int, high: int) -> tuple[list[Run], set[int]]:
+    """(the runs that start inside ``low..high``, cut at its edges; the keys whose runs the range cut).
+
+    A run whose key lies outside the range is dropped (its key is "cut"); a run reaching past an edge ends
+    there (its key is "cut" too: its work beyond the range is still to do).
+    """
+    kept: list[Run] = []
+    cut: set[int] = set()
+    for run in runs:
+        if not low <= run.key <= high:
+            cut.add(run.key)
+            continue
+        last = min(run.last, high) if run.step > 0 else max(run.last, low)
+        if last != run.last:
+            cut.add(run.key)
+        if (last - run.key) * run.step > 0:
+            kept.append(Run(run.key, run.step, last, run.outer))
+    return kept, cut

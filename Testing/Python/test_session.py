@@ -94,16 +94,81 @@ def test_cancel_between_slices_keeps_what_was_yielded():
     assert filled == {14} | {r.slice_index for r in taken}
 
 
-def test_rerun_with_a_shorter_range_clears_stale_slices():
+def fresh_mask(volume: Volume, prompts_by_slice: dict) -> np.ndarray:
+    """What a new session gives for these prompts, propagated over the whole volume."""
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object()
+    for prompts in prompts_by_slice.values():
+        session.add_prompts(object_id, prompts)
+    run(session)
+    return session.mask_kji(object_id).copy()
+
+
+def shrunk_box_on_k(volume: Volume, k: int, by: int):
+    rows, cols = np.nonzero(volume.voxels_kji[k] >= 200)
+    box_ijk = (cols.min() + by, rows.min() + by, k, cols.max() - by, rows.max() - by, k)
+    return make_slice_prompts(volume, box_ijk=box_ijk)
+
+
+def test_a_slice_range_changes_nothing_outside_it_and_a_later_run_finishes_the_rest():
     volume = phantom()
     session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
     object_id = session.add_object()
     session.add_prompts(object_id, box_on_k(volume, 14))
     run(session)
+    before = session.mask_kji(object_id).copy()
+    assert set(np.flatnonzero(before.any(axis=(1, 2)))) == set(range(8, 21))
+
+    session.add_prompts(object_id, shrunk_box_on_k(volume, 14, 4))  # a tighter box on the same slice
     results = run(session, slice_range=(12, 16))
-    cleared = {r.slice_index for r in results if r.source == "cleared"}
-    assert cleared == {8, 9, 10, 11, 17, 18, 19, 20}
-    assert set(np.flatnonzero(session.mask_kji(object_id).any(axis=(1, 2)))) == set(range(12, 17))
+    assert {r.slice_index for r in results} <= set(range(12, 17))
+    after = session.mask_kji(object_id)
+    outside = [k for k in range(volume.voxels_kji.shape[0]) if not 12 <= k <= 16]
+    np.testing.assert_array_equal(after[outside], before[outside])  # bit-identical outside the range
+    assert not np.array_equal(after[12:17], before[12:17])
+
+    # the range cut the prompt's runs: a propagation without a range finishes them, as a fresh run would
+    run(session)
+    np.testing.assert_array_equal(
+        session.mask_kji(object_id), fresh_mask(volume, {14: shrunk_box_on_k(volume, 14, 4)})
+    )
+
+
+def test_a_slice_range_cuts_runs_between_prompts_and_leaves_prompts_outside_it():
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object()
+    session.add_prompts(object_id, box_on_k(volume, 10))
+    session.add_prompts(object_id, box_on_k(volume, 18))
+    run(session)
+    before = session.mask_kji(object_id).copy()
+    session.add_prompts(object_id, shrunk_box_on_k(volume, 10, 4))
+    session.add_prompts(object_id, shrunk_box_on_k(volume, 18, 4))  # changed too, but outside the range
+
+    results = run(session, slice_range=(0, 12))
+    assert {r.slice_index for r in results} <= set(range(13))
+    after = session.mask_kji(object_id)
+    np.testing.assert_array_equal(after[13:18], before[13:18])  # the gap beyond the range: untouched
+    np.testing.assert_array_equal(after[19:], before[19:])  # the run of prompt 18: not re-run
+
+    run(session)  # both prompts changed; the range did part of 10's work and none of 18's
+    expected = fresh_mask(volume, {10: shrunk_box_on_k(volume, 10, 4), 18: shrunk_box_on_k(volume, 18, 4)})
+    np.testing.assert_array_equal(session.mask_kji(object_id), expected)
+
+
+def test_a_slice_range_without_a_prompt_of_the_object_is_refused():
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object("liver")
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    before = session.mask_kji(object_id).copy()
+    with pytest.raises(PromptError, match=r"slices 20\.\.25 hold no prompt of liver"):
+        run(session, slice_range=(20, 25))
+    with pytest.raises(PromptError, match="empty"):
+        run(session, slice_range=(40, 60))  # beyond the 30 slices
+    np.testing.assert_array_equal(session.mask_kji(object_id), before)
+    session.undo()  # the refused calls left no undo step: one undo removes the prompt's mask
+    assert not session.mask_kji(object_id).any()
 
 
 def test_two_prompted_slices_share_the_slices_between_them():

@@ -139,3 +139,20 @@ def test_sam2_1_tiny_at_1024_through_the_store(tmp_path):
     np.testing.assert_array_equal(session.mask_kji(object_id)[0], prompt.mask_frame)
     np.testing.assert_array_equal(session.mask_kji(object_id)[1], tracker.result(object_id, 1).mask_frame)
     assert tracker.frames_encoded == 2
+
+
+def test_a_slice_range_leaves_the_slices_outside_it_untouched(medsam2):
+    volume = disc_volume(num_frames=6)
+    session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    disc = session.add_object("disc")
+    session.add_prompts(disc, box_prompt(volume, 2))
+    list(session.propagate())
+    before = session.mask_kji(disc).copy()
+    session.add_prompts(disc, make_slice_prompts(volume, box_ijk=(12, 10, 2, 30, 36, 2)))  # another box
+
+    results = list(session.propagate(slice_range=(1, 3)))
+    assert {r.slice_index for r in results} == {1, 3}  # the prompt's runs, cut at the range's edges
+    after = session.mask_kji(disc)
+    np.testing.assert_array_equal(after[[0, 4, 5]], before[[0, 4, 5]])
+    rest = list(session.propagate())  # without a range: the runs the range cut go on to the ends
+    assert {r.slice_index for r in rest} == {0, 1, 3, 4, 5}

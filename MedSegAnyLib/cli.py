@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -90,6 +91,13 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     prompt.add_argument("--axis", choices=["I", "J", "K"], help="slice axis of a points-only prompt")
     prompt.add_argument("--prompts", metavar="FILE.json", help='{"objects": [{"name":…, "boxes_ijk": […]}]}')
     prompt.add_argument("--name", default=None, help="segment name (single-object prompts)")
+    prompt.add_argument(
+        "--structure",
+        metavar="NAME",
+        default=None,
+        help="what the object is (liver, kidney_left, IVC, tumour...): standard name, colour and SNOMED CT "
+        "terminology in .seg.nrrd (single-object prompts)",
+    )
     intensity = parser.add_argument_group("intensity (applied to a copy)")
     exclusive = intensity.add_mutually_exclusive_group()
     exclusive.add_argument("--window", metavar="LO,HI", help="explicit intensity window")
@@ -217,7 +225,15 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             f"using the largest ({volume.metadata['dicom_series_uid']})",
             file=stderr,
         )
+    from .terminology import resolve_structure, terminology_entry_string
+
+    structure = resolve_structure(args.structure)  # an unknown name fails before any work
     if args.prompts:
+        if structure is not None:
+            raise PromptError(
+                "--structure was given with --prompts",
+                "use --structure with --box/--point prompts (one object)",
+            )
         if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras:
             raise PromptError(
                 "--prompts was given with --box/--point options", "put every prompt in the file"
@@ -258,7 +274,9 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
     for entry in objects:
-        object_id = session.add_object(entry.name)
+        if structure is not None and args.name is None:
+            entry = replace(entry, name=structure.name)
+        object_id = session.add_object(entry.name, structure.color_rgb_float if structure else None)
         for prompts in entry.prompts:
             session.add_prompts(object_id, prompts)
     try:
@@ -269,8 +287,11 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
         progress.close()
 
     labelmap_kji = session.labelmap_kji()
+    segments = session.segments()
+    if structure is not None:
+        segments = [replace(info, terminology=terminology_entry_string(structure)) for info in segments]
     for path in outputs:
-        write_labelmap(labelmap_kji, volume, path, segments=session.segments())
+        write_labelmap(labelmap_kji, volume, path, segments=segments)
     if previews:
         _write_preview(session, objects, previews[0])
     seconds = time.monotonic() - started

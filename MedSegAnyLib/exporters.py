@@ -42,11 +42,23 @@ _PALETTE = (
 
 @dataclass(frozen=True)
 class SegmentInfo:
-    """A segment of a labelmap: its label value (>= 1), name and colour (RGB, each 0..1)."""
+    """A segment of a labelmap: its label value (>= 1), name, colour (RGB, each 0..1) and, optionally, its
+    Slicer terminology entry (the serialized string of :func:`medsegany.terminology.terminology_entry_string`)
+    written into ``.seg.nrrd`` files."""
 
     label_value: int
     name: str
     color_rgb: tuple[float, float, float]
+    terminology: str | None = None
+
+
+def _terminology_field(info: SegmentInfo) -> dict:
+    """slicerio's ``terminology`` entry of a segment, or nothing when the segment has no terminology."""
+    if not info.terminology:
+        return {}
+    from slicerio.segmentation import terminology_entry_from_string
+
+    return {"terminology": terminology_entry_from_string(info.terminology)}
 
 
 def default_segment_color(index: int) -> tuple[float, float, float]:
@@ -206,6 +218,7 @@ def _write_seg_nrrd(
                 # The full extent, not the segment's own: some Slicer versions cropped every segment of
                 # a layer to the first segment's extent (slicerio's extract_segments notes the same).
                 "extent": full_extent,
+                **_terminology_field(info),
             }
             for info in infos
         ],

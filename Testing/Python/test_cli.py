@@ -124,3 +124,19 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(phantom, tm
     code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", out)
     assert_one_line_error(code, err, r"needs about .* GiB of memory.*0\.06 GiB available: it does not fit")
     assert not out.exists()
+
+
+def test_structure_names_the_segment_and_writes_its_terminology(phantom, tmp_path, capsys):
+    slicerio = pytest.importorskip("slicerio")
+    seg = tmp_path / "kidney.seg.nrrd"
+    code, out, err = run_cli(
+        capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--structure", "kidney_left",
+        "--window", "0,255", "-o", seg, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    (segment,) = slicerio.read_segmentation(str(seg), skip_voxels=True)["segments"]
+    assert segment["name"] == "Left kidney" and "Left kidney:" in out
+    assert segment["terminology"]["type"][:2] == ["SCT", "64033007"]  # SNOMED CT: kidney structure
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--structure", "livr",
+                           "-o", tmp_path / "x.nii.gz")  # fmt: skip
+    assert_one_line_error(code, err, "did you mean 'Liver'")

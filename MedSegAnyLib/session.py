@@ -418,6 +418,10 @@ class SegmentationSession:
                 raise PromptError(
                     f"{obj.name} has no prompt", "place a box or a positive point on a slice first"
                 )
+        if slice_range is not None and len(ids) > 1:
+            # several objects: a range goes to those with a prompt in it (an error only if none has one)
+            inside = [i for i in ids if self._has_prompt_within(self.objects[i], slice_range)]
+            ids = inside or ids[:1]
         tx = self._begin("propagate")
         try:
             with out_of_memory_as_model_error(self.device):
@@ -426,6 +430,10 @@ class SegmentationSession:
                     yield from self._propagate_object(tx, obj, direction, slice_range, None)
         finally:
             self._commit(tx)
+
+    @staticmethod
+    def _has_prompt_within(obj: SegmentObject, slice_range: tuple[int, int]) -> bool:
+        return any(slice_range[0] <= key <= slice_range[1] for key in obj.prompted_slices())
 
     def repropagate_from(
         self,

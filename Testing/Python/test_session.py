@@ -233,3 +233,14 @@ def test_labelmap_gives_object_n_label_n():
     labelmap = session.labelmap_kji()
     assert set(np.unique(labelmap)) == {0, 1, 2}
     assert [s.name for s in session.segments()] == ["a", "b"]
+
+
+def test_with_several_objects_a_range_goes_to_those_prompted_in_it():
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    near, far = session.add_object("near"), session.add_object("far")
+    session.add_prompts(near, box_on_k(volume, 14))
+    session.add_prompts(far, box_on_k(volume, 19))
+    results = run(session, slice_range=(12, 16))
+    assert {r.object_id for r in results} == {near}
+    assert set(np.flatnonzero(session.mask_kji(far).any(axis=(1, 2)))) == {19}  # its prompt only

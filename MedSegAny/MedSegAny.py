@@ -360,9 +360,11 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.worker is None:
             self.worker = ModelWorker()
         with slicer.util.tryWithErrorDisplay("Loading the model failed.", waitCursor=True):
-            self.ui.statusLabel.text = f"Loading {card.name}..."
+            # a compiled encoder (LiteMedSAM on a CPU with a C++ compiler) compiles here, once per session
+            self.ui.statusLabel.text = f"Loading {card.name} (the first time on a CPU: about 30 s)..."
             slicer.app.processEvents()
             self.worker.run_sync(lambda context: [self.logic.load_model()], label="load model")
+            self.ui.statusLabel.text = f"{card.name} ready"
 
     @staticmethod
     def _downloadProgress(dialog, done, total):

@@ -262,7 +262,12 @@ def run_medsegany_sam2(
             for _ in session.propagate():
                 pass
     # + 1: the key slice (its mask came with the prompt), counted like Meta's passes count it
-    return {"slices": visited // len(prompts) + 1, "frames": num, "frames_encoded": tracker.frames_encoded}
+    return {
+        "slices": visited // len(prompts) + 1,
+        "frames": num,
+        "frames_encoded": tracker.frames_encoded,
+        "step_graphs": tracker.step_graph_stats,
+    }
 
 
 def _first(prompts: list[ObjectPrompt], correction: Correction) -> ObjectPrompt:
@@ -350,7 +355,7 @@ def _summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "until_mask_s": phases["correction_mask"],
             "until_repropagated_s": phases["correction_mask"] + phases.get("correction_propagation", 0.0),
         }
-    for key in ("frames_encoded",):
+    for key in ("frames_encoded", "step_graphs"):
         if key in runs[-1]:
             summary[key] = runs[-1][key]
     return summary

@@ -36,8 +36,9 @@ from ..errors import ModelError, PromptError, VolumeError
 from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
-from .sam2_speedups import memoise_position_embedding
+from .sam2_speedups import bf16_weight_copy, memoise_position_embedding
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
+from .sam2_step_graphs import default_capture, step_graphs_for
 
 # Meta clamps earlier logits fed back with new clicks to [-32, 32] "to avoid rare numerical issues".
 PREV_LOGITS_CLAMP = 32.0
@@ -54,7 +55,13 @@ class Sam2Tracker:
     from one thread.
     """
 
-    def __init__(self, model: Any, feature_cache_mb: float = 1024.0, precision: str = "auto") -> None:
+    def __init__(
+        self,
+        model: Any,
+        feature_cache_mb: float = 1024.0,
+        precision: str = "auto",
+        step_graphs: bool | None = None,
+    ) -> None:
         import torch
 
         from .compute import resolve_precision
@@ -63,17 +70,23 @@ class Sam2Tracker:
             # multi-object options of Meta's predictor; objects are tracked independently here
             if getattr(model, option, False):
                 raise ModelError(f"model option {option} is not supported", f"build it with {option}=false")
-        self.model = model.eval()
+        model.eval()
         memoise_position_embedding(model)  # exact: the same embedding, interpolated once per size
         self.device = next(model.parameters()).device
+        self.precision = resolve_precision(self.device.type, precision)
+        self._autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None
+        # bf16: weights cast once instead of at every call (same numbers, see sam2_speedups)
+        self.model = bf16_weight_copy(model) if self._autocast_dtype is not None else model
+        # tracking steps split around the memory attention and replayed from CUDA graphs (see
+        # sam2_step_graphs); None = on CUDA only, True on another device = the same split, eagerly
+        use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)
+        self._steps = step_graphs_for(self.model, default_capture(self.device)) if use_graphs else None
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
         self._objects: dict[int, ObjectTrack] = {}
         self._maskmem_pos_enc: list[Any] | None = None
         self.frames_encoded = 0  # image-encoder runs, counted per frame (tests check features are reused)
-        self.precision = resolve_precision(self.device.type, precision)
-        self._autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None
 
     # ------------------------------------------------------------------ frames and features
     def set_frames(self, frames_nhw: np.ndarray) -> None:
@@ -87,6 +100,21 @@ class Sam2Tracker:
         """Frames per encoder call: 1 on a CPU (SAM 2.1 tiny at 512: 0.63 s an image alone vs 0.82 s in
         batches of 4 in float32, 0.41 vs 0.43 s in bf16, on the 2-core CPU), 4 on a GPU."""
         return 1 if self.device.type == "cpu" else 4
+
+    @property
+    def step_graph_stats(self) -> dict[str, Any] | None:
+        """CUDA graphs of the tracking step (shared by the model's trackers): how many were recorded, in
+        how many seconds, replays, and why recording fell back to eager steps; None without the split."""
+        steps = self._steps
+        if steps is None:
+            return None
+        return {
+            "capture": steps.capture,
+            "recorded": steps.recorded,
+            "record_s": steps.record_seconds,
+            "replays": steps.replays,
+            "fallback_reason": steps.fallback_reason,
+        }
 
     @property
     def num_frames(self) -> int:
@@ -393,7 +421,7 @@ class Sam2Tracker:
                 output = track.conditioning.get(frame_index)
                 if output is None:
                     with self._compute():
-                        output = self._run_frame(track, frame_index, False, None, None, direction < 0, True)
+                        output = self._track_frame(track, frame_index, direction < 0)
                     track.tracked[frame_index] = output
                 track.visited_direction[frame_index] = direction
                 yield self._result(frame_index, track.object_id, output)
@@ -449,6 +477,45 @@ class Sam2Tracker:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
         return self._maskmem_pos_enc
 
+    def _track_frame(self, track: ObjectTrack, frame_index: int, reverse: bool) -> FrameOutput:
+        """One tracking step of an unprompted frame (through the step graphs when there are)."""
+        if self._steps is None:
+            return self._run_frame(track, frame_index, False, None, None, reverse, True)
+        vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
+        out = self._steps.track(
+            frame_index,
+            vision_feats,
+            vision_pos_embeds,
+            feat_sizes,
+            track.memory_bank(),
+            self.num_frames,
+            reverse,
+        )
+        return self._frame_output(
+            out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem_features, out.maskmem_pos_enc
+        )
+
+    def _frame_output(
+        self,
+        pred_masks: Any,
+        obj_ptr: Any,
+        object_score_logits: Any,
+        maskmem_features: Any,
+        maskmem_pos_enc: list[Any] | None,
+    ) -> FrameOutput:
+        """Meta's post-processing of a step's outputs (``_run_single_frame_inference``)."""
+        if maskmem_features is not None:
+            maskmem_features = maskmem_features.to(self._memory_dtype())
+        if self.model.fill_hole_area > 0:
+            pred_masks = fill_holes_in_mask_logits(pred_masks, self.model.fill_hole_area)
+        return FrameOutput(
+            pred_masks=pred_masks,
+            obj_ptr=obj_ptr,
+            object_score_logits=object_score_logits,
+            maskmem_features=maskmem_features,
+            maskmem_pos_enc=self._shared_maskmem_pos_enc(maskmem_pos_enc),
+        )
+
     def _run_frame(
         self,
         track: ObjectTrack,
@@ -476,18 +543,12 @@ class Sam2Tracker:
             run_mem_encoder=run_mem_encoder,
             prev_sam_mask_logits=prev_sam_mask_logits,
         )
-        maskmem_features = out["maskmem_features"]
-        if maskmem_features is not None:
-            maskmem_features = maskmem_features.to(self._memory_dtype())
-        pred_masks = out["pred_masks"]
-        if self.model.fill_hole_area > 0:
-            pred_masks = fill_holes_in_mask_logits(pred_masks, self.model.fill_hole_area)
-        return FrameOutput(
-            pred_masks=pred_masks,
-            obj_ptr=out["obj_ptr"],
-            object_score_logits=out["object_score_logits"],
-            maskmem_features=maskmem_features,
-            maskmem_pos_enc=self._shared_maskmem_pos_enc(out["maskmem_pos_enc"]),
+        return self._frame_output(
+            out["pred_masks"],
+            out["obj_ptr"],
+            out["object_score_logits"],
+            out["maskmem_features"],
+            out["maskmem_pos_enc"],
         )
 
     def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:

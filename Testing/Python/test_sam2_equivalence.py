@@ -69,8 +69,13 @@ def meta_state(model, frames, monkeypatch):
     return model.init_state(video_path="in-memory frames")
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_propagation_and_correction_match_meta(model, monkeypatch, precision):
+@pytest.mark.parametrize(
+    ("precision", "step_graphs"),
+    [("float32", False), ("bfloat16", False), ("float32", True), ("bfloat16", True)],
+)
+def test_propagation_and_correction_match_meta(model, monkeypatch, precision, step_graphs):
+    """``step_graphs=True``: the tracking steps split around the memory attention as on CUDA (where they
+    replay from CUDA graphs; here the same split runs eagerly)."""
     from medsegany.models.compute import autocast_context, cpu_has_native_bf16
     from medsegany.models.sam2_tracker import Sam2Tracker
 
@@ -84,7 +89,7 @@ def test_propagation_and_correction_match_meta(model, monkeypatch, precision):
     negative_point = np.array([[frames.shape[2] / 2, frames.shape[1] / 2]], np.float32)
 
     # ours: a box on frame 1, forward then backward, then a negative click on the next frame
-    tracker = Sam2Tracker(model, precision=precision)
+    tracker = Sam2Tracker(model, precision=precision, step_graphs=step_graphs)
     tracker.set_frames(frames)
     ours_prompt = tracker.add_prompts(7, middle, box_frame_xyxy=box)
     ours = {}

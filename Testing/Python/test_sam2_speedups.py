@@ -31,3 +31,23 @@ def test_position_embedding_is_memoised_per_size_in_inference_mode_only():
         trunk._get_pos_embed((128, 128))  # outside inference mode: computed live, never memoised
     assert calls[-1] == (128, 128) and len(getattr(trunk, MEMO_ATTRIBUTE)) == 2
     assert not memoise_position_embedding(torch.nn.Linear(2, 2))  # no Hiera trunk: nothing to do
+
+
+def test_bf16_weight_copy_casts_linear_and_conv_weights_once():
+    from medsegany.models.sam2_build import build_sam2_model
+    from medsegany.models.sam2_speedups import bf16_weight_copy
+
+    torch.manual_seed(0)
+    model = build_sam2_model("sam2.1_hiera_t512", None, device="cpu")
+    copy = bf16_weight_copy(model)
+    assert copy is not model and bf16_weight_copy(model) is copy  # one copy per model
+    assert copy.memory_attention.layers[0].linear1.weight.dtype == torch.bfloat16
+    assert copy.sam_mask_decoder.conv_s0.weight.dtype == torch.bfloat16
+    assert copy.memory_attention.norm.weight.dtype == torch.float32  # norms stay float32, as autocast
+    assert model.memory_attention.layers[0].linear1.weight.dtype == torch.float32  # the source untouched
+    # under bf16 autocast the copy computes exactly what the float32 model computes
+    x = torch.randn(2, 16, 256)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model.memory_attention.layers[0].linear1(x)
+        got = copy.memory_attention.layers[0].linear1(x)
+    assert torch.equal(expected, got)

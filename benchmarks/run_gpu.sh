@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU runs of the speed benchmarks, in one call to a lent GPU machine (its python3 holds torch+CUDA).
+# Meta's sam2 and its pure-Python needs come as wheels in .whl/ when that machine cannot install them
+# (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
+# Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
+# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs large objects eager compile)
+set -u
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT" /tmp/medsegany_pkg
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+ln -sfn "$PWD/MedSegAnyLib" /tmp/medsegany_pkg/medsegany
+export PYTHONPATH=/tmp/medsegany_pkg:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, sam2, medsegany; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+
+run() {  # run LIMIT_S script args...: a python benchmark under a time limit
+    local limit=$1
+    shift
+    echo "== $(date +%T) $*"
+    timeout "$limit" python3 "$@" || echo "!! exit $?: $*"
+}
+stages=${*:-speed graphs large objects eager}
+for stage in $stages; do
+    case $stage in
+    # 40 warm-up slices: each direction takes 20 steps, enough to record every step graph (16 lengths)
+    speed) run 150 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+        --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
+        --output "$OUT/speed_gpu_t512_300.json" ;;
+    graphs) run 90 benchmarks/tracker_profile.py --variant graphs --slices 300 --output "$OUT/profile_graphs.json" ;;
+    eager) run 60 benchmarks/tracker_profile.py --variant eager --slices 100 --output "$OUT/profile_eager.json" ;;
+    large) run 120 benchmarks/speed.py --device cuda --models sam2.1_hiera_l --slices 100 --objects 1 \
+        --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 16 \
+        --output "$OUT/speed_gpu_l1024_100.json" ;;
+    objects) run 100 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 100 --objects 3 \
+        --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
+        --output "$OUT/speed_gpu_t512_100_3objects.json" ;;
+    compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \
+        --output "$OUT/profile_compile_reduce_overhead.json" ;;
+    *) echo "unknown stage $stage" ;;
+    esac
+done
+echo "== $(date +%T) done"

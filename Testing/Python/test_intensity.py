@@ -346,3 +346,16 @@ def test_subsampled_percentiles_on_the_largest_real_mr():
         pytest.skip(f"{path} not in shared data")
     voxels = read_volume(path).voxels_kji  # 40 x 512 x 512 = 10.5 M voxels, subsampled
     assert_percentile_ranks(voxels, percentile_window(voxels))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("window", [(0, 255), (-160, 240), (-1000.5, 3000.25), (10, 11)])
+def test_integer_volumes_use_a_table_with_the_same_numbers(dtype, window):
+    from medsegany.intensity import _window_block
+
+    info = np.iinfo(dtype)
+    voxels = np.random.default_rng(0).integers(info.min, info.max, (3, 40, 50), endpoint=True).astype(dtype)
+    voxels[0, 0, :2] = (info.min, info.max)
+    win = intensity.explicit_window(*window)
+    expected = _window_block(voxels, win.low, win.high, 255.0 / (win.high - win.low))
+    np.testing.assert_array_equal(apply_window(voxels, win), expected)

@@ -33,7 +33,8 @@ def test_parts_grow_with_slices_objects_and_batch():
     assert more.parts["features"] == 3 * base.parts["features"]
     assert more.parts["memory_bank"] == 9 * base.parts["memory_bank"]
     assert more.parts["masks"] == 9 * base.parts["masks"] == 9 * 100 * 512 * 512
-    assert more.parts["weights"] == base.parts["weights"] == 38_962_498 * 4
+    # float32 weights, plus the tracker's bf16 copy where this CPU runs bf16
+    assert more.parts["weights"] == base.parts["weights"] in (38_962_498 * 4, 38_962_498 * 6)
     batch1 = estimate_memory("sam2.1_hiera_t512", (512, 512), 100, 1, batch_size=1, runtime_bytes=0)
     assert batch1.parts["activations"] < base.parts["activations"]
     assert base.total_bytes == sum(base.parts.values()) == base.device_bytes
@@ -46,8 +47,11 @@ def test_cuda_keeps_frames_and_masks_in_host_memory_and_shrinks_features():
     gpu = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cuda")
     assert gpu.parts["features"] < 0.65 * cpu.parts["features"]  # bf16 on CUDA (one level stays float32)
     assert gpu.device_bytes == sum(
-        gpu.parts[p] for p in ("weights", "features", "memory_bank", "activations")
+        gpu.parts[p] for p in ("weights", "features", "memory_bank", "activations", "cuda_overhead")
     )
+    assert gpu.parts["cuda_overhead"] > 0 == cpu.parts["cuda_overhead"]
+    # bf16 on CUDA: the float32 weights and the tracker's bf16 copy of them
+    assert gpu.parts["weights"] == 6 * cpu.parts["weights"] // 4
     assert gpu.host_bytes == gpu.total_bytes - gpu.device_bytes > gpu.parts["frames"]
     offloaded = estimate_memory("sam2.1_hiera_l", (512, 512), 300, 1, device="cuda", offload_features=True)
     assert offloaded.device_bytes == gpu.device_bytes - gpu.parts["features"]
@@ -114,7 +118,10 @@ def test_bf16_precision_halves_features_and_encoder_activations_on_any_device():
     bf16 = estimate_memory("litemedsam", (512, 512), 100, device="cpu", batch_size=1, precision="bfloat16")
     assert bf16.parts["features"] * 2 == fp32.parts["features"] == 100 * 4 * MIB
     assert bf16.parts["activations"] < fp32.parts["activations"]
-    assert bf16.parts["weights"] == fp32.parts["weights"]  # autocast keeps float32 weights
+    assert bf16.parts["weights"] == fp32.parts["weights"]  # LiteMedSAM: autocast, no bf16 copy
+    sam2_fp32 = estimate_memory("sam2.1_hiera_t512", (512, 512), 10, device="cpu", precision="float32")
+    sam2_bf16 = estimate_memory("sam2.1_hiera_t512", (512, 512), 10, device="cpu", precision="bfloat16")
+    assert sam2_bf16.parts["weights"] == sam2_fp32.parts["weights"] * 6 // 4  # + the tracker's bf16 copy
 
 
 def test_libraries_and_a_compiled_encoder_are_counted():

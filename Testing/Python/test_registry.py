@@ -61,3 +61,17 @@ def test_slice_model_loader_refuses_sam2_and_devices_resolve(tmp_path, monkeypat
         load_slice_model("sam2.1_hiera_tiny")
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda", "mps")
+
+
+def test_sam2_warm_up_tracks_only_on_cuda():
+    pytest.importorskip("sam2")
+    torch = pytest.importorskip("torch")
+    from medsegany.models.registry import Sam2VideoModel
+    from medsegany.models.sam2_build import build_sam2_model
+
+    torch.manual_seed(0)
+    video = Sam2VideoModel(
+        "t", build_sam2_model("sam2.1_hiera_t512", None), "cpu", 512, None, precision="float32"
+    )
+    assert video.warm_up() is None  # a CPU: nothing to record, no 40-frame run at load
+    assert video.track_synthetic(3) > 0  # the run warm_up makes on CUDA works on any device

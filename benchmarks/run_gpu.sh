@@ -3,7 +3,7 @@
 # Meta's sam2 and its pure-Python needs come as wheels in .whl/ when that machine cannot install them
 # (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
-# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs large objects eager compile)
+# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs large objects memory eager compile)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT" /tmp/medsegany_pkg
@@ -22,7 +22,7 @@ run() {  # run LIMIT_S script args...: a python benchmark under a time limit
     echo "== $(date +%T) $*"
     timeout "$limit" python3 "$@" || echo "!! exit $?: $*"
 }
-stages=${*:-speed graphs large objects eager}
+stages=${*:-speed graphs large objects memory}
 for stage in $stages; do
     case $stage in
     # 40 warm-up slices: each direction takes 20 steps, enough to record every step graph (16 lengths)
@@ -37,6 +37,10 @@ for stage in $stages; do
     objects) run 100 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 100 --objects 3 \
         --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
         --output "$OUT/speed_gpu_t512_100_3objects.json" ;;
+    # MedSegAny's path alone (its own peak), encoder batches of 16: the 3 GB target for 300 slices
+    memory) run 90 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+        --repeats 1 --warmup-slices 40 --correction-slices 0 --batch-size 16 --paths medsegany \
+        --output "$OUT/speed_gpu_t512_300_memory.json" ;;
     compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \
         --output "$OUT/profile_compile_reduce_overhead.json" ;;
     *) echo "unknown stage $stage" ;;

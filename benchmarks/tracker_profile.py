@@ -3,7 +3,8 @@
 One variant per run (a fresh process each, so a compile's caches and memory are its own), one JSON out:
 
 - ``eager`` and ``graphs``: :class:`medsegany.models.sam2_tracker.Sam2Tracker` without and with its
-  tracking steps replayed from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`): the image features
+  tracking steps replayed from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`) and launched one
+  ahead (:mod:`medsegany.models.sam2_lookahead`): the image features
   of all frames first (timed per encoder batch size in ``--feature-batches``), then the tracking loop
   forward and backward from the middle frame, each frame's mask brought to the host as the session does;
   then the same through :class:`medsegany.session.SegmentationSession` (its bookkeeping on top); then
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     eager_model = build(config, args.device, overrides, None)
     report["build_s"] = time.perf_counter() - start
     graphs = args.variant == "graphs"
-    eager = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=graphs)
+    eager = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=graphs, lookahead=graphs)
     if args.variant in ("eager", "graphs"):
         report["features_s"] = {
             str(b): time_features(eager, volume, b, args.device) for b in args.feature_batches
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         report["step_graphs"] = eager.step_graph_stats
         if graphs:  # the graphs must give the eager steps' numbers
             _, graph_logits = track_both_ways(eager, volume, box, key)
-            reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False)
+            reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False, lookahead=False)
             reference.set_frames(volume)
             reference.precompute_features(range(args.slices), batch_size=16)
             _, eager_logits = track_both_ways(reference, volume, box, key)
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         mode = args.variant.removeprefix("compile-")
         compiled_model = build(config, args.device, overrides, mode)
         compiled_model.load_state_dict(eager_model.state_dict())
-        compiled = Sam2Tracker(compiled_model, feature_cache_mb=8192, step_graphs=False)
+        compiled = Sam2Tracker(compiled_model, feature_cache_mb=8192, step_graphs=False, lookahead=False)
         for tracker in (eager, compiled):
             tracker.set_frames(volume)
             tracker.precompute_features(range(args.slices), batch_size=16)

@@ -51,34 +51,22 @@ def memoise_position_embedding(model: Any) -> bool:
 
 
 def bf16_weight_copy(model: Any) -> Any:
-    """A copy of a SAM 2 model whose linear and convolution weights and biases are bf16, for bf16 autocast.
+    """A copy of a SAM 2 model whose linear and convolution weights and biases are bf16, for bf16 autocast
+    (:func:`medsegany.models.compute.bf16_weights_copy`: bitwise the float32 model's numbers there).
 
-    Under ``torch.autocast(dtype=torch.bfloat16)`` it computes exactly what the float32 model computes
-    (autocast casts those weights to bf16 anyway; norms and embeddings stay float32 as autocast keeps
-    them); outside autocast it would fail on mixed dtypes, so use it only there. One copy per source
-    model, shared by every caller (about half the model's float32 size again).
+    One copy per source model, shared by every caller (about half the model's float32 size again).
     """
-    import copy
-
-    import torch
+    from .compute import bf16_weights_copy
 
     cached = _BF16_COPIES.get(model)
     if cached is not None:
         return cached
-    clone = copy.deepcopy(model)
+    clone = bf16_weights_copy(model)
     trunk = getattr(getattr(clone, "image_encoder", None), "trunk", None)
     if trunk is not None and hasattr(trunk, MEMO_ATTRIBUTE):
         # the memo's closure points at the source trunk: drop it, the copy gets its own below
         trunk.__dict__.pop("_get_pos_embed", None)
         delattr(trunk, MEMO_ATTRIBUTE)
-    casts = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    with torch.no_grad():
-        for module in clone.modules():
-            if isinstance(module, casts):
-                for name in ("weight", "bias"):
-                    parameter = getattr(module, name, None)
-                    if parameter is not None:
-                        parameter.data = parameter.data.to(torch.bfloat16)
     memoise_position_embedding(clone)
     _BF16_COPIES[model] = clone
     return clone.eval()

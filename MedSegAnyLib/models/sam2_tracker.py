@@ -38,6 +38,7 @@ from ..errors import ModelError, PromptError, VolumeError
 from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
+from .sam2_lookahead import LaunchedStep, copy_to_host, record_step
 from .sam2_speedups import bf16_weight_copy, memoise_position_embedding
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
 from .sam2_step_graphs import default_capture, step_graphs_for
@@ -63,6 +64,7 @@ class Sam2Tracker:
         feature_cache_mb: float = 1024.0,
         precision: str = "auto",
         step_graphs: bool | None = None,
+        lookahead: bool | None = None,
     ) -> None:
         import torch
 
@@ -83,6 +85,9 @@ class Sam2Tracker:
         # sam2_step_graphs); None = on CUDA only, True on another device = the same split, eagerly
         use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)
         self._steps = step_graphs_for(self.model, default_capture(self.device)) if use_graphs else None
+        # one step launched ahead of the one being yielded (see sam2_lookahead); None = on CUDA only (on
+        # a CPU it would only compute one step too many where the caller stops)
+        self._lookahead = self.device.type == "cuda" if lookahead is None else bool(lookahead)
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
@@ -106,11 +111,13 @@ class Sam2Tracker:
     @property
     def step_graph_stats(self) -> dict[str, Any] | None:
         """CUDA graphs of the tracking step (shared by the model's trackers): how many were recorded, in
-        how many seconds, replays, and why recording fell back to eager steps; None without the split."""
+        how many seconds, replays, why recording fell back to eager steps, and whether steps are launched
+        ahead; None without the split."""
         steps = self._steps
         if steps is None:
             return None
         return {
+            "lookahead": self._lookahead,
             "capture": steps.capture,
             "recorded": steps.recorded,
             "record_s": steps.record_seconds,
@@ -418,6 +425,9 @@ class Sam2Tracker:
         return self._propagate(tracks, range(start_frame, end_frame + direction, direction), direction)
 
     def _propagate(self, tracks: list[ObjectTrack], order: range, direction: int) -> Iterator[TrackResult]:
+        if self._lookahead:
+            yield from self._propagate_ahead(tracks, order, direction)
+            return
         for frame_index in order:
             for track in tracks:
                 output = track.conditioning.get(frame_index)
@@ -427,6 +437,54 @@ class Sam2Tracker:
                     track.tracked[frame_index] = output
                 track.visited_direction[frame_index] = direction
                 yield self._result(frame_index, track.object_id, output)
+
+    def _propagate_ahead(
+        self, tracks: list[ObjectTrack], order: range, direction: int
+    ) -> Iterator[TrackResult]:
+        """As :meth:`_propagate`, with the next step launched before the current one is finished."""
+        ahead: LaunchedStep | None = None
+        try:
+            for frame_index in order:
+                for track in tracks:
+                    launched = self._launch(track, frame_index, direction)
+                    done, ahead = ahead, launched
+                    if done is not None:
+                        yield self._finish(done)
+            done, ahead = ahead, None
+            if done is not None:
+                yield self._finish(done)
+        finally:
+            if ahead is not None:  # launched but never yielded: the caller stopped before it
+                ahead.revert()
+
+    def _launch(self, track: ObjectTrack, frame_index: int, direction: int) -> LaunchedStep:
+        output = track.conditioning.get(frame_index)
+        computed = output is None
+        if computed:
+            with self._compute():
+                output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
+        step = record_step(track, frame_index, direction, output, computed)
+        if computed:
+            step.host_masks, step.host_score, step.ready = copy_to_host(
+                output.pred_masks, output.object_score_logits
+            )
+        return step
+
+    def _finish(self, step: LaunchedStep) -> TrackResult:
+        """The step's result; its holes filled on the host, where its mask then stays for corrections."""
+        if not step.computed:
+            return self._result(step.frame_index, step.track.object_id, step.output)
+        step.wait()
+        masks = step.host_masks
+        if self.model.fill_hole_area > 0:
+            masks = fill_holes_in_mask_logits(masks, self.model.fill_hole_area)
+        step.output.pred_masks = masks
+        return TrackResult(
+            frame_index=step.frame_index,
+            object_id=step.track.object_id,
+            mask_logits_frame=self._to_frame_resolution(masks),
+            object_score_logit=float(step.host_score.reshape(-1)[0]),
+        )
 
     def _commit_prompts(self, track: ObjectTrack) -> None:
         """Encode new prompted frames' memory and file them (Meta's ``propagate_in_video_preflight``)."""
@@ -479,10 +537,15 @@ class Sam2Tracker:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
         return self._maskmem_pos_enc
 
-    def _track_frame(self, track: ObjectTrack, frame_index: int, reverse: bool) -> FrameOutput:
-        """One tracking step of an unprompted frame (through the step graphs when there are)."""
+    def _track_frame(
+        self, track: ObjectTrack, frame_index: int, reverse: bool, fill_holes: bool = True
+    ) -> FrameOutput:
+        """One tracking step of an unprompted frame (through the step graphs when there are);
+        ``fill_holes=False`` leaves Meta's hole filling to the caller."""
         if self._steps is None:
-            return self._run_frame(track, frame_index, False, None, None, reverse, True)
+            return self._run_frame(
+                track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
+            )
         vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
         out = self._steps.track(
             frame_index,
@@ -494,7 +557,12 @@ class Sam2Tracker:
             reverse,
         )
         return self._frame_output(
-            out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem_features, out.maskmem_pos_enc
+            out.pred_masks,
+            out.obj_ptr,
+            out.object_score_logits,
+            out.maskmem_features,
+            out.maskmem_pos_enc,
+            fill_holes,
         )
 
     def _frame_output(
@@ -504,11 +572,12 @@ class Sam2Tracker:
         object_score_logits: Any,
         maskmem_features: Any,
         maskmem_pos_enc: list[Any] | None,
+        fill_holes: bool = True,
     ) -> FrameOutput:
         """Meta's post-processing of a step's outputs (``_run_single_frame_inference``)."""
         if maskmem_features is not None:
             maskmem_features = maskmem_features.to(self._memory_dtype())
-        if self.model.fill_hole_area > 0:
+        if fill_holes and self.model.fill_hole_area > 0:
             pred_masks = fill_holes_in_mask_logits(pred_masks, self.model.fill_hole_area)
         return FrameOutput(
             pred_masks=pred_masks,
@@ -528,6 +597,7 @@ class Sam2Tracker:
         reverse: bool,
         run_mem_encoder: bool,
         prev_sam_mask_logits: Any | None = None,
+        fill_holes: bool = True,
     ) -> FrameOutput:
         """One ``track_step`` on one object, as Meta's ``_run_single_frame_inference`` (batch of 1)."""
         vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
@@ -551,16 +621,18 @@ class Sam2Tracker:
             out["object_score_logits"],
             out["maskmem_features"],
             out["maskmem_pos_enc"],
+            fill_holes,
         )
 
     def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:
-        """Low-res logits -> (H, W) float32 at the frame's pixels (Meta's ``_get_orig_video_res_output``)."""
+        """Low-res logits -> (H, W) float32 at the frame's pixels (Meta's ``_get_orig_video_res_output``),
+        resized where they are (on the host after a step launched ahead, see sam2_lookahead)."""
         import torch
         from torch.nn.functional import interpolate
 
         with torch.inference_mode():
             logits = interpolate(
-                pred_masks.to(self.device).float(),
+                pred_masks.float(),
                 size=self.frame_shape,
                 mode="bilinear",
                 align_corners=False,

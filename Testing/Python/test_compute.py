@@ -118,3 +118,20 @@ def test_a_disabled_module_is_called_directly():
     with torch.inference_mode():
         torch.testing.assert_close(compiled(x), net(x))
     assert not compiled.active and compiled.report.seconds is None
+
+
+def test_bf16_weights_copy_casts_linear_and_conv_layers_only():
+    from medsegany.models.compute import bf16_weights_copy
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.Flatten(), torch.nn.LazyLinear(4)
+    )
+    x = torch.randn(2, 3, 10, 10)
+    module(x)  # materialise the lazy layer
+    copy = bf16_weights_copy(module)
+    assert copy[0].weight.dtype == copy[3].bias.dtype == torch.bfloat16
+    assert copy[1].weight.dtype == torch.float32  # a norm: autocast keeps it in float32
+    assert module[0].weight.dtype == torch.float32  # the source untouched
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(copy(x), module(x))

@@ -133,3 +133,18 @@ def test_the_fast_path_gives_the_plain_models_masks():
     dice = 2 * (expected & got).sum() / (expected.sum() + got.sum())
     assert dice > 0.99, dice
     assert 2 * (expected[::-1] & flipped).sum() / (expected.sum() + flipped.sum()) > 0.97
+
+
+def test_bf16_decoder_weights_are_cast_once_with_the_same_masks():
+    """Under bf16 the prompt encoder and mask decoder are bf16-weight copies: bitwise what autocast gives."""
+    frame, box = disc_frame()
+    model = LiteMedSamModel(device="cpu", precision="bfloat16", compile="off")
+    assert model.mask_decoder is not model.net.mask_decoder
+    assert next(model.mask_decoder.parameters()).dtype == torch.bfloat16
+    assert next(model.net.mask_decoder.parameters()).dtype == torch.float32  # the original stays
+    embedding = model.embed_frames([frame])[0]
+    got = model.predict(embedding, box)
+    model.prompt_encoder, model.mask_decoder = model.net.prompt_encoder, model.net.mask_decoder
+    expected = model.predict(embedding, box)  # autocast casting the float32 weights at every call
+    np.testing.assert_array_equal(got.logits_frame, expected.logits_frame)
+    assert got.iou_score == expected.iou_score

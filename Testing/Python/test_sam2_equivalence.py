@@ -70,12 +70,12 @@ def meta_state(model, frames, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("precision", "step_graphs"),
+    ("precision", "gpu_path"),
     [("float32", False), ("bfloat16", False), ("float32", True), ("bfloat16", True)],
 )
-def test_propagation_and_correction_match_meta(model, monkeypatch, precision, step_graphs):
-    """``step_graphs=True``: the tracking steps split around the memory attention as on CUDA (where they
-    replay from CUDA graphs; here the same split runs eagerly)."""
+def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gpu_path):
+    """``gpu_path=True``: the tracker as on CUDA: steps split around the memory attention (replayed from
+    CUDA graphs there, run eagerly here) and launched one ahead, holes filled on the host."""
     from medsegany.models.compute import autocast_context, cpu_has_native_bf16
     from medsegany.models.sam2_tracker import Sam2Tracker
 
@@ -89,7 +89,7 @@ def test_propagation_and_correction_match_meta(model, monkeypatch, precision, st
     negative_point = np.array([[frames.shape[2] / 2, frames.shape[1] / 2]], np.float32)
 
     # ours: a box on frame 1, forward then backward, then a negative click on the next frame
-    tracker = Sam2Tracker(model, precision=precision, step_graphs=step_graphs)
+    tracker = Sam2Tracker(model, precision=precision, step_graphs=gpu_path, lookahead=gpu_path)
     tracker.set_frames(frames)
     ours_prompt = tracker.add_prompts(7, middle, box_frame_xyxy=box)
     ours = {}

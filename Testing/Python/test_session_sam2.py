@@ -57,7 +57,26 @@ def medsam2(tmp_path_factory):
     return install_random_model("medsam2_latest", "sam2.1_hiera_t512", tmp_path_factory.mktemp("m2"), seed=3)
 
 
-def test_medsam2_propagates_forward_then_backward_and_reuses_features(medsam2):
+@pytest.fixture(params=[False, True], ids=["cpu_path", "gpu_path"])
+def gpu_path(request, monkeypatch, medsam2):
+    """gpu_path: the session's trackers as on CUDA (steps split as for CUDA graphs, one launched ahead)."""
+    if request.param:
+        from medsegany.models.sam2_tracker import Sam2Tracker
+
+        def new_tracker(feature_cache_mb: float = 1024.0):
+            return Sam2Tracker(
+                medsam2.model,
+                feature_cache_mb=feature_cache_mb,
+                precision=medsam2.precision,
+                step_graphs=True,
+                lookahead=True,
+            )
+
+        monkeypatch.setattr(medsam2, "new_tracker", new_tracker)
+    return request.param
+
+
+def test_medsam2_propagates_forward_then_backward_and_reuses_features(medsam2, gpu_path):
     assert medsam2.image_size == 512 and medsam2.model_id == "medsam2_latest"
     volume = disc_volume()
     session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
@@ -101,7 +120,7 @@ def test_medsam2_propagates_forward_then_backward_and_reuses_features(medsam2):
     np.testing.assert_array_equal(session.mask_kji(first), corrected)
 
 
-def test_stop_rule_and_exclusive_objects(medsam2):
+def test_stop_rule_and_exclusive_objects(medsam2, gpu_path):
     volume = disc_volume(num_frames=3)
     # every absent slice ends a direction at once
     rule = Sam2StopRule(absent_slices=1, area_collapse_fraction=0.5)

@@ -298,7 +298,8 @@ def step_graphs_for(model: Any, capture: bool) -> StepGraphs:
     """The model's one :class:`StepGraphs`, shared by all its trackers (a session makes one per axis and
     per run; recording a graph costs about three steps, so they are recorded once per model)."""
     graphs = _SHARED.get(model)
-    if graphs is None or graphs.capture != bool(capture):
+    # graphs that failed to record stay eager: asking again would only fail (and warn) again
+    if graphs is None or (graphs.capture != bool(capture) and graphs.fallback_reason is None):
         graphs = StepGraphs(model, capture)
         _SHARED[model] = graphs
     return graphs

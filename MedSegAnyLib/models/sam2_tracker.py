@@ -9,8 +9,9 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
   by every object, correction and re-propagation; :meth:`Sam2Tracker.precompute_features` batches them;
 - the state is typed (:mod:`medsegany.models.sam2_state`);
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
-- on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), and
-  under bf16 the weights are cast once (:func:`medsegany.models.sam2_speedups.bf16_weight_copy`);
+- on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
+  launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
+  weights are cast once (:func:`medsegany.models.sam2_speedups.bf16_weight_copy`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
   turns on); re-propagating from it, away from the first prompt, updates the frames after it only.
@@ -54,8 +55,10 @@ class Sam2Tracker:
     ``precision`` ("auto", "float32", "bfloat16", see :mod:`medsegany.models.compute`): "auto" runs bf16
     autocast on CUDA (as Meta's demos) and on CPUs with native bf16 (1.6x float32 there), float32 elsewhere;
     "float32" gives Meta's float32 numbers. ``feature_cache_mb`` bounds the cached image features (about
-    4 MB a frame at 512 px, 17 MB at 1024 px in float32, half in bf16). Not thread-safe: drive one tracker
-    from one thread.
+    4 MB a frame at 512 px, 17 MB at 1024 px in float32, half in bf16). ``step_graphs`` (tracking steps
+    replayed from CUDA graphs, :mod:`~medsegany.models.sam2_step_graphs`) and ``lookahead`` (one step
+    launched ahead, :mod:`~medsegany.models.sam2_lookahead`) default to on for CUDA, off elsewhere; both
+    give the same masks. Not thread-safe: drive one tracker from one thread.
     """
 
     def __init__(

@@ -58,24 +58,26 @@ def test_memory_attention_forward_is_restored(model):
 
 
 def test_failed_recording_falls_back_to_eager_steps(model, caplog):
-    from medsegany.models.sam2_step_graphs import StepGraphs
+    from medsegany.models.sam2_step_graphs import step_graphs_for
     from medsegany.models.sam2_tracker import Sam2Tracker
 
     frames = blob_frames(num_frames=3)
     expected = track(Sam2Tracker(model, precision="float32", step_graphs=False), frames)
     tracker = Sam2Tracker(model, precision="float32", step_graphs=True)
-    tracker._steps = StepGraphs(model, capture=True)  # no CUDA here: recording must fail
+    tracker._steps = step_graphs_for(model, capture=True)  # no CUDA here: recording must fail
     with caplog.at_level(logging.WARNING):
         got = track(tracker, frames)
     assert not tracker._steps.capture and tracker._steps.fallback_reason
     assert "running eagerly" in caplog.text
+    assert step_graphs_for(model, capture=True) is tracker._steps  # not tried again by the next tracker
     assert sorted(got) == sorted(expected) == [1, 2]
     for frame_index, logits in expected.items():
         np.testing.assert_array_equal(got[frame_index], logits)
 
 
-def test_graphs_are_shared_per_model(model):
+def test_graphs_are_shared_per_model():
     from medsegany.models.sam2_step_graphs import step_graphs_for
 
-    assert step_graphs_for(model, False) is step_graphs_for(model, False)
-    assert step_graphs_for(model, True).capture
+    other = torch.nn.Linear(2, 2)  # any model object: graphs are keyed by it
+    assert step_graphs_for(other, False) is step_graphs_for(other, False)
+    assert step_graphs_for(other, True).capture

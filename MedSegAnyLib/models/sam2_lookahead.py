@@ -7,7 +7,7 @@ waits for the current one's mask, the host's work overlaps the device's.
 
 What a step leaves for the host: its low-resolution mask logits (S/4 x S/4 float32) and object score,
 copied into page-locked host memory behind the step (one transfer, no synchronisation), with an event
-that fires when they have arrived. Holes are then filled on the host (SimpleITK, as on the CPU) and the
+that fires when they have arrived. Holes are then filled on the host (SciPy, as on the CPU) and the
 mask is resized to the frame there, so the device is never waited for twice.
 
 A launched step is in the object's memory bank before its result is yielded (the next step needs it). If

@@ -592,7 +592,7 @@ class SegmentationSession:
     ) -> Iterator[SliceResult]:
         key, step, last, oid = run.key, run.step, run.last, obj.object_id
         stopper = StopTracker(self.sam2_stop, int(self._raw_mask(obj, key).sum())) if run.outer else None
-        batch = tracker.preferred_batch_size  # frames encoded together ahead (4 on a GPU, 1 on a CPU)
+        batch = tracker.preferred_batch_size  # frames encoded together ahead (16 on a GPU, 1 on a CPU)
         stop_at, reason, next_index = None, None, key + step
         in_run = range(key, last + step, step)
         tracker.precompute_features(in_run[: batch + 1], batch_size=batch + 1)

@@ -429,7 +429,7 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         torch.cuda.synchronize()
     load_s = time.perf_counter() - start
 
-    batch_size = args.batch_size or (1 if not cuda else 4)  # CPU: one image at a time is fastest
+    batch_size = args.batch_size or (1 if not cuda else 16)  # as Sam2Tracker.preferred_batch_size
     plan = plan_memory(
         model,
         voxels.shape[1:],
@@ -574,7 +574,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="correction this many slices before the end (0: none)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=0, help="encoder batch of MedSegAny's path (0: 1 on CPU, 4 on CUDA)"
+        "--batch-size",
+        type=int,
+        default=0,
+        help="encoder batch of MedSegAny's path (0: 1 on CPU, 16 on CUDA)",
     )
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
@@ -663,7 +666,7 @@ def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:
                     slices,
                     objects,
                     device=args.device,
-                    batch_size=args.batch_size or (4 if str(args.device).startswith("cuda") else 1),
+                    batch_size=args.batch_size or (16 if str(args.device).startswith("cuda") else 1),
                     runtime_bytes=args.baseline_rss if not str(args.device).startswith("cuda") else None,
                     volume_bytes=slices * args.size * args.size,
                 )

@@ -64,6 +64,13 @@ class Sam2VideoModel:
     family: str = "sam2"
     precision: str = "auto"  # resolved by each tracker for its device (see medsegany.models.compute)
 
+    @property
+    def preferred_batch_size(self) -> int:
+        """Frames per encoder call its trackers use (the memory plan sizes the encoder's activations)."""
+        from .sam2_tracker import preferred_encoder_batch
+
+        return preferred_encoder_batch(str(self.device).split(":")[0])
+
     def new_tracker(self, feature_cache_mb: float = 1024.0) -> Any:
         from .sam2_tracker import Sam2Tracker
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from medsegany.errors import ModelError
 from medsegany.models.registry import is_sam2_model, load_model, load_slice_model, resolve_device
@@ -74,4 +76,7 @@ def test_sam2_warm_up_tracks_only_on_cuda():
         "t", build_sam2_model("sam2.1_hiera_t512", None), "cpu", 512, None, precision="float32"
     )
     assert video.warm_up() is None  # a CPU: nothing to record, no 40-frame run at load
+    # encoder batches: one image at a time on a CPU, 16 on a GPU (what the memory plan sizes)
+    assert video.preferred_batch_size == 1
+    assert dataclasses.replace(video, device="cuda:0").preferred_batch_size == 16
     assert video.track_synthetic(3) > 0  # the run warm_up makes on CUDA works on any device

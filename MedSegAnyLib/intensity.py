@@ -224,19 +224,16 @@ def apply_window(voxels_kji: np.ndarray, window: IntensityWindow) -> np.ndarray:
             out[...] = np.where(voxels > low, 255, 0)
         return out
     scale = 255.0 / (high - low)
+    # Blocks along the first axis (K) keep the temporaries small on 512 x 512 x 300 volumes.
+    step = max(1, _BLOCK_VOXELS // max(1, voxels[0].size))
     if voxels.dtype.kind in "ui" and voxels.dtype.itemsize <= 2:
         # 8/16-bit integers (CT is int16): the same arithmetic on each of the 65 536 possible values once,
         # then a table lookup: 512 x 512 x 300 voxels in 0.15-0.2 s instead of 0.5-0.65 s (2-core CPU)
         unsigned = voxels.view(np.dtype(f"u{voxels.dtype.itemsize}"))
         table = _window_block(_all_values(voxels.dtype), low, high, scale)
-        per_slice = max(1, voxels[0].size)
-        step = max(1, _BLOCK_VOXELS // per_slice)
         for start in range(0, voxels.shape[0], step):
             np.take(table, unsigned[start : start + step], out=out[start : start + step])
         return out
-    # Blocks along the first axis (K) keep the float temporary small on 512 x 512 x 300 volumes.
-    per_slice = max(1, voxels[0].size)
-    step = max(1, _BLOCK_VOXELS // per_slice)
     for start in range(0, voxels.shape[0], step):
         out[start : start + step] = _window_block(voxels[start : start + step], low, high, scale)
     return out

@@ -411,25 +411,20 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         image_size = model.image_size
     else:
         from medsegany.models.registry import Sam2VideoModel
-        from medsegany.models.sam2_build import build_sam2_model
+        from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
 
         config, image_size = SAM2_MODELS[model_name]
         overrides: tuple[str, ...] = ()
         if args.sam2_image_size:  # smoke tests: a smaller input, the same architecture
             image_size = args.sam2_image_size
-            feat = f"[{image_size // 16},{image_size // 16}]"
-            overrides = (
-                f"++model.image_size={image_size}",
-                f"++model.memory_attention.layer.self_attention.feat_sizes={feat}",
-                f"++model.memory_attention.layer.cross_attention.feat_sizes={feat}",
-            )
+            overrides = image_size_overrides(image_size)
         predictor = build_sam2_model(config, None, device=args.device, overrides=overrides)  # random weights
         model = Sam2VideoModel(model_name, predictor, args.device, image_size, None, precision=args.precision)
     if cuda:
         torch.cuda.synchronize()
     load_s = time.perf_counter() - start
 
-    batch_size = args.batch_size or (1 if not cuda else 16)  # as Sam2Tracker.preferred_batch_size
+    batch_size = args.batch_size or model.preferred_batch_size  # what the CLI and Slicer use
     plan = plan_memory(
         model,
         voxels.shape[1:],
@@ -577,7 +572,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=0,
-        help="encoder batch of MedSegAny's path (0: 1 on CPU, 16 on CUDA)",
+        help="encoder batch of MedSegAny's path (0: the model's preferred_batch_size, 1 on a CPU)",
     )
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
@@ -655,9 +650,13 @@ def main(argv: list[str] | None = None) -> int:
 def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The estimator's plan for every case, from the model profiles alone (no model is built)."""
     from medsegany.memory_estimate import plan_memory
+    from medsegany.models import litemedsam, sam2_tracker
 
+    device_type = str(args.device).split(":")[0]
     estimates = []
     for model_name in args.models:
+        module = litemedsam if model_name == "litemedsam" else sam2_tracker
+        batch = args.batch_size or module.preferred_encoder_batch(device_type)
         for slices in args.slices:
             for objects in args.objects:
                 estimate = plan_memory(
@@ -666,7 +665,7 @@ def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:
                     slices,
                     objects,
                     device=args.device,
-                    batch_size=args.batch_size or (16 if str(args.device).startswith("cuda") else 1),
+                    batch_size=batch,
                     runtime_bytes=args.baseline_rss if not str(args.device).startswith("cuda") else None,
                     volume_bytes=slices * args.size * args.size,
                 )

@@ -52,17 +52,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _overrides(image_size: int, native_size: int) -> tuple[str, ...]:
-    if image_size == native_size:
-        return ()
-    feat = f"[{image_size // 16},{image_size // 16}]"
-    return (
-        f"++model.image_size={image_size}",
-        f"++model.memory_attention.layer.self_attention.feat_sizes={feat}",
-        f"++model.memory_attention.layer.cross_attention.feat_sizes={feat}",
-    )
-
-
 def build(config: str, device: str, overrides: tuple[str, ...], compile_mode: str | None) -> Any:
     """The model with seed-0 random weights; ``compile_mode``: Meta's VOS class compiled in that mode."""
     import torch
@@ -204,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
+    from medsegany.models.sam2_build import image_size_overrides
     from medsegany.models.sam2_tracker import Sam2Tracker
 
     config, native = SAM2_MODELS[args.model]
     image_size = args.image_size or native
-    overrides = _overrides(image_size, native)
+    overrides = () if image_size == native else image_size_overrides(image_size)
     volume = phantom_kji(args.slices, args.size)
     prompts = object_prompts(volume, 1)
     key, box = prompts[0].frame_index, np.asarray(prompts[0].box_frame_xyxy, np.float32)

@@ -27,13 +27,20 @@ from typing import Any
 
 from ..errors import ModelError
 
-# MedSAM2 (bowang-lab) is SAM 2.1 tiny trained at 512 px: the RoPE tables of memory attention cover a
-# 32 x 32 feature map (512 / stride 16) instead of 64 x 64.
-MEDSAM2_512_OVERRIDES: tuple[str, ...] = (
-    "++model.image_size=512",
-    "++model.memory_attention.layer.self_attention.feat_sizes=[32,32]",
-    "++model.memory_attention.layer.cross_attention.feat_sizes=[32,32]",
-)
+
+def image_size_overrides(image_size: int) -> tuple[str, ...]:
+    """Hydra overrides for a SAM 2 model at ``image_size`` px: its input size and the RoPE tables of the
+    memory attention, which cover the (image_size / 16)² feature map (stride 16)."""
+    feat = f"[{image_size // 16},{image_size // 16}]"
+    return (
+        f"++model.image_size={image_size}",
+        f"++model.memory_attention.layer.self_attention.feat_sizes={feat}",
+        f"++model.memory_attention.layer.cross_attention.feat_sizes={feat}",
+    )
+
+
+# MedSAM2 (bowang-lab) is SAM 2.1 tiny trained at 512 px: a 32 x 32 feature map instead of 64 x 64.
+MEDSAM2_512_OVERRIDES: tuple[str, ...] = image_size_overrides(512)
 
 # Exactly the overrides of sam2.build_sam.build_sam2_video_predictor (apply_postprocessing=True).
 META_VIDEO_OVERRIDES: tuple[str, ...] = (

@@ -7,7 +7,7 @@
 - Under bf16 autocast every linear and convolution casts its float32 weight and bias to bf16 at every
   call, and the cast cache lives only as long as the autocast region, which a tracker enters per frame:
   on an H200 a SAM 2.1 tiny tracking step launched 833 kernels, 345 of them such casts (23 % of its GPU
-  time). :func:`bf16_weight_copy` casts them once, into a copy, so the caller's model is untouched;
+  time). :func:`shared_bf16_copy` casts them once, into a copy, so the caller's model is untouched;
   autocast then finds bf16 weights and casts only the activations, exactly as before (same rounding).
 """
 
@@ -50,7 +50,7 @@ def memoise_position_embedding(model: Any) -> bool:
     return True
 
 
-def bf16_weight_copy(model: Any) -> Any:
+def shared_bf16_copy(model: Any) -> Any:
     """A copy of a SAM 2 model whose linear and convolution weights and biases are bf16, for bf16 autocast
     (:func:`medsegany.models.compute.bf16_weights_copy`: bitwise the float32 model's numbers there).
 

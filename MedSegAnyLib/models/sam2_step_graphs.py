@@ -28,7 +28,6 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -38,17 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_GRAPHS = 48
 # model -> its StepGraphs (weak keys: graphs go with the model)
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class StepOutput:
-    """What one tracking step gives back (Meta's ``current_out`` entries the tracker keeps)."""
-
-    pred_masks: Any  # (1, 1, S/4, S/4) low-resolution mask logits, float32
-    obj_ptr: Any
-    object_score_logits: Any
-    maskmem_features: Any
-    maskmem_pos_enc: list[Any]
 
 
 class _MemoryRecorder:
@@ -173,7 +161,7 @@ class StepGraphs:
         self.fallback_reason: str | None = None
 
     def clear(self) -> None:
-        """Drop every graph (the frames' feature buffers changed shape, or to free their memory)."""
+        """Drop every graph and the memory pool they share (after a failed recording)."""
         self._graphs.clear()
         self._pool = None
 
@@ -186,8 +174,9 @@ class StepGraphs:
         memory_bank: dict[str, Any],
         num_frames: int,
         reverse: bool,
-    ) -> StepOutput:
-        """One tracking step of an unprompted frame; outputs are the caller's own tensors."""
+    ) -> tuple[Any, Any, Any, Any, list[Any]]:
+        """One tracking step of an unprompted frame, as :func:`step_after_memory` returns it; the tensors
+        are the caller's own (cloned out of the graph's buffers)."""
         memory, memory_pos, num_ptr_tokens = assemble_memory(
             self.model,
             frame_index,
@@ -199,10 +188,9 @@ class StepGraphs:
             reverse,
         )
         if not self.capture:
-            outputs = step_after_memory(
+            return step_after_memory(
                 self.model, vision_feats, vision_pos_embeds, feat_sizes, memory, memory_pos, num_ptr_tokens
             )
-            return StepOutput(*outputs[:4], list(outputs[4]))
         key = (
             tuple(memory.shape),
             memory.dtype,
@@ -228,9 +216,7 @@ class StepGraphs:
         graph.graph.replay()
         self.replays += 1
         masks, ptr, score, features, pos_enc = graph.outputs
-        return StepOutput(
-            masks.clone(), ptr.clone(), score.clone(), features.clone(), [p.clone() for p in pos_enc]
-        )
+        return masks.clone(), ptr.clone(), score.clone(), features.clone(), [p.clone() for p in pos_enc]
 
     def _record(
         self,

@@ -11,7 +11,7 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
 - on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
   launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
-  weights are cast once (:func:`medsegany.models.sam2_speedups.bf16_weight_copy`);
+  weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
   turns on); re-propagating from it, away from the first prompt, updates the frames after it only.
@@ -40,7 +40,7 @@ from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
 from .sam2_lookahead import LaunchedStep, copy_to_host, record_step
-from .sam2_speedups import bf16_weight_copy, memoise_position_embedding
+from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
 from .sam2_step_graphs import default_capture, step_graphs_for
 
@@ -91,7 +91,7 @@ class Sam2Tracker:
         self.precision = resolve_precision(self.device.type, precision)
         self._autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None
         # bf16: weights cast once instead of at every call (same numbers, see sam2_speedups)
-        self.model = bf16_weight_copy(model) if self._autocast_dtype is not None else model
+        self.model = shared_bf16_copy(model) if self._autocast_dtype is not None else model
         # tracking steps split around the memory attention and replayed from CUDA graphs (see
         # sam2_step_graphs); None = on CUDA only, True on another device = the same split, eagerly
         use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)
@@ -557,7 +557,7 @@ class Sam2Tracker:
                 track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
             )
         vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
-        out = self._steps.track(
+        outputs = self._steps.track(
             frame_index,
             vision_feats,
             vision_pos_embeds,
@@ -566,14 +566,7 @@ class Sam2Tracker:
             self.num_frames,
             reverse,
         )
-        return self._frame_output(
-            out.pred_masks,
-            out.obj_ptr,
-            out.object_score_logits,
-            out.maskmem_features,
-            out.maskmem_pos_enc,
-            fill_holes,
-        )
+        return self._frame_output(*outputs, fill_holes)
 
     def _frame_output(
         self,

@@ -33,14 +33,14 @@ def test_position_embedding_is_memoised_per_size_in_inference_mode_only():
     assert not memoise_position_embedding(torch.nn.Linear(2, 2))  # no Hiera trunk: nothing to do
 
 
-def test_bf16_weight_copy_casts_linear_and_conv_weights_once():
+def test_shared_bf16_copy_casts_linear_and_conv_weights_once():
     from medsegany.models.sam2_build import build_sam2_model
-    from medsegany.models.sam2_speedups import bf16_weight_copy
+    from medsegany.models.sam2_speedups import shared_bf16_copy
 
     torch.manual_seed(0)
     model = build_sam2_model("sam2.1_hiera_t512", None, device="cpu")
-    copy = bf16_weight_copy(model)
-    assert copy is not model and bf16_weight_copy(model) is copy  # one copy per model
+    copy = shared_bf16_copy(model)
+    assert copy is not model and shared_bf16_copy(model) is copy  # one copy per model
     assert copy.memory_attention.layers[0].linear1.weight.dtype == torch.bfloat16
     assert copy.sam_mask_decoder.conv_s0.weight.dtype == torch.bfloat16
     assert copy.memory_attention.norm.weight.dtype == torch.float32  # norms stay float32, as autocast

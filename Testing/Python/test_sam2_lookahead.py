@@ -85,3 +85,24 @@ def test_results_equal_the_strict_order(model, frames):
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a.mask_logits_frame, b.mask_logits_frame)
             assert a.object_score_logit == b.object_score_logit
+
+
+def test_an_error_in_a_later_step_leaves_only_the_yielded_frames(model, frames):
+    """E.g. the GPU runs out of memory launching step k+2: step k+1 was launched but never yielded."""
+    tracker = new_tracker(model, frames)
+    original = tracker._track_frame
+    calls = []
+
+    def failing_track_frame(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(*args, **kwargs)
+
+    tracker._track_frame = failing_track_frame
+    seen = []
+    with pytest.raises(RuntimeError, match="out of memory"):
+        for result in tracker.propagate(KEY, +1):
+            seen.append(result.frame_index)
+    assert seen == [KEY]  # frame KEY + 1 was computed, then KEY + 2 failed before it was yielded
+    assert tracker.tracked_frames(1) == [KEY]

@@ -72,6 +72,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.worker = None
         self.running = None
+        self.loadingAhead = None  # the worker job loading the model before the first action
         self.shortcuts = []
         self.timer = None
         self._viewAxis = None
@@ -136,6 +137,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self._installShortcuts()
+        self._loadModelAhead()
 
     def exit(self):
         self._removeShortcuts()
@@ -216,6 +218,43 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = weights_status(modelId)
         except Exception as error:
             self._showError(error)
+            return
+        self._loadModelAhead()
+
+    def _loadModelAhead(self):
+        """Load the model on the worker now when that asks the user nothing (bundled or downloaded
+        weights, packages installed): a CPU compiles the encoder (~30 s) while the user finds the slice."""
+        try:
+            if self.logic is None or self.logic.model_loaded or not self.logic.can_load_unasked():
+                return
+            from MedSegAnyLib.slicer_worker import ModelWorker
+
+            if self.worker is None:
+                self.worker = ModelWorker()
+            if self.worker.busy:
+                return
+            logic = self.logic
+            self.loadingAhead = self.worker.submit(lambda context: [logic.load_model()], label="load model")
+            self.ui.statusLabel.text = "Loading the model in the background..."
+            qt.QTimer.singleShot(500, self._checkLoadingAhead)
+        except Exception:  # a head start only: the first action loads the model and reports any problem
+            logging.exception("MedSegAny: loading the model ahead failed")
+
+    def _checkLoadingAhead(self):
+        handle = self.loadingAhead
+        if handle is None:  # an action took it over
+            return
+        if not handle.finished:
+            qt.QTimer.singleShot(500, self._checkLoadingAhead)
+            return
+        failed = any(event.kind == "error" for event in handle.drain())
+        self.loadingAhead = None
+        if self.running is None:
+            self.ui.statusLabel.text = (
+                "Loading the model failed; it is tried again at the first action."
+                if failed
+                else "Model ready: place a box or points."
+            )
 
     def onIntensityChanged(self, *args):
         try:
@@ -363,6 +402,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # a compiled encoder (LiteMedSAM on a CPU with a C++ compiler) compiles here, once per session
             self.ui.statusLabel.text = f"Loading {card.name} (the first time on a CPU: about 30 s)..."
             slicer.app.processEvents()
+            if self.loadingAhead is not None:  # loading since the panel opened: the rest of it
+                handle, self.loadingAhead = self.loadingAhead, None
+                handle.wait(timeout_s=None)  # an error of it comes again from the load below, shown
             self.worker.run_sync(lambda context: [self.logic.load_model()], label="load model")
             self.ui.statusLabel.text = f"{card.name} ready"
 

@@ -352,6 +352,36 @@ class SlicerSegmentationLogic:
             self._models[key] = model
         return self._models[key]
 
+    @property
+    def model_loaded(self) -> bool:
+        """True when the configured model is loaded (and warmed up) for the configured device."""
+        if not isinstance(self._model_choice, str):
+            return True
+        return (self._model_choice, self.device) in self._models
+
+    def can_load_unasked(self, store: Any = None) -> bool:
+        """True when loading the configured model asks the user nothing: its weights ship with MedSegAny
+        or are downloaded already, and its Python packages are installed (checked without importing).
+
+        The panel then loads the model in the background as soon as it opens. Why: on a CPU the first
+        load compiles LiteMedSAM's encoder (25-30 s on the 2-core development machine, every Slicer
+        session: inductor cannot cache an encoder whose weights are packed for oneDNN), and the user
+        would otherwise wait that long for the first mask after drawing the first box.
+        """
+        if not isinstance(self._model_choice, str) or self._model_loader is not None:
+            return False  # a model object or a test's loader: nothing to fetch ahead
+        from .models.catalog import get_card
+        from .models.weight_store import WeightStore
+        from .slicer_install import install_plan
+
+        try:
+            card = get_card(self._model_choice)
+            if not card.is_usable or not install_plan(card.family).empty:
+                return False
+            return card.status == "bundled" or (store or WeightStore()).is_present(card)
+        except MedSegAnyError:  # an unknown model id or family: the user's action reports it
+            return False
+
     def ensure_session(self):
         """The :class:`~medsegany.session.SegmentationSession` for the current volume, model, intensity."""
         from .session import SegmentationSession

@@ -399,3 +399,50 @@ def test_a_volume_that_cannot_fit_is_refused_and_the_segment_is_untouched(
     monkeypatch.undo()  # memory is back: the same logic works, and says what it planned
     logic.segment(*prompt_nodes)
     assert logic.can_undo and "slices of features cached" in logic.memory_message
+
+
+def test_the_panel_may_load_ahead_only_what_asks_the_user_nothing(tmp_path, monkeypatch):
+    from medsegany import slicer_install
+    from medsegany.models.catalog import get_card
+    from medsegany.models.weight_store import WeightStore
+
+    store = WeightStore(tmp_path / "weights")
+    bundled = SlicerSegmentationLogic(model="litemedsam")
+    monkeypatch.setattr(
+        slicer_install, "install_plan", lambda family: slicer_install.InstallPlan(family, False, ())
+    )
+    assert bundled.can_load_unasked(store)
+    assert not bundled.model_loaded
+
+    # downloadable weights: only once they are in the store (a licence is accepted on download)
+    download = SlicerSegmentationLogic(model="sam2.1_hiera_tiny")
+    assert not download.can_load_unasked(store)
+    path = store.path_for(get_card("sam2.1_hiera_tiny"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(get_card("sam2.1_hiera_tiny").bytes)  # the right size (a sparse file)
+    assert download.can_load_unasked(store)
+
+    # missing packages would be installed after asking: not ahead
+    monkeypatch.setattr(
+        slicer_install, "install_plan", lambda family: slicer_install.InstallPlan(family, True, ())
+    )
+    assert not bundled.can_load_unasked(store)
+    # unknown or unsupported ids are refused quietly (the action reports them), never raised here
+    assert not SlicerSegmentationLogic(model="no-such-model").can_load_unasked(store)
+    assert not SlicerSegmentationLogic(model="edgetam").can_load_unasked(store)
+
+
+def test_model_loaded_follows_the_configured_model_and_device():
+    loads = []
+    logic = SlicerSegmentationLogic(
+        model="litemedsam",
+        model_loader=lambda model_id, device: loads.append((model_id, device)) or ThresholdModel(),
+    )
+    assert not logic.can_load_unasked()  # a caller's own loader: nothing is loaded behind its back
+    assert not logic.model_loaded
+    logic.load_model()
+    assert logic.model_loaded and loads == [("litemedsam", None)]
+    logic.configure(device="cpu")
+    assert not logic.model_loaded
+    assert SlicerSegmentationLogic(model=ThresholdModel()).model_loaded

@@ -3,7 +3,7 @@
 # Meta's sam2 and its pure-Python needs come as wheels in .whl/ when that machine cannot install them
 # (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
-# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs large objects memory eager compile)
+# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs strict large objects memory eager compile)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT" /tmp/medsegany_pkg
@@ -30,6 +30,8 @@ for stage in $stages; do
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
         --output "$OUT/speed_gpu_t512_300.json" ;;
     graphs) run 90 benchmarks/tracker_profile.py --variant graphs --slices 300 --output "$OUT/profile_graphs.json" ;;
+    strict) run 90 benchmarks/tracker_profile.py --variant graphs-strict --slices 300 \
+        --output "$OUT/profile_graphs_strict.json" ;;
     eager) run 60 benchmarks/tracker_profile.py --variant eager --slices 100 --output "$OUT/profile_eager.json" ;;
     large) run 120 benchmarks/speed.py --device cuda --models sam2.1_hiera_l --slices 100 --objects 1 \
         --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 16 \

@@ -4,7 +4,8 @@ One variant per run (a fresh process each, so a compile's caches and memory are 
 
 - ``eager`` and ``graphs``: :class:`medsegany.models.sam2_tracker.Sam2Tracker` without and with its
   tracking steps replayed from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`) and launched one
-  ahead (:mod:`medsegany.models.sam2_lookahead`): the image features
+  ahead (:mod:`medsegany.models.sam2_lookahead`); ``graphs-strict``: the graphs in strict order (what the
+  step launched ahead buys): the image features
   of all frames first (timed per encoder batch size in ``--feature-batches``), then the tracking loop
   forward and backward from the middle frame, each frame's mask brought to the host as the session does;
   then the same through :class:`medsegany.session.SegmentationSession` (its bookkeeping on top); then
@@ -180,7 +181,9 @@ def _compare(expected: dict[int, np.ndarray], got: dict[int, np.ndarray]) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="eager", help="eager, graphs or compile-<torch.compile mode>")
+    parser.add_argument(
+        "--variant", default="eager", help="eager, graphs, graphs-strict or compile-<torch.compile mode>"
+    )
     parser.add_argument("--model", default="sam2.1_hiera_t512", choices=list(SAM2_MODELS))
     parser.add_argument("--image-size", type=int, default=0, help="override the input size (smoke tests)")
     parser.add_argument("--size", type=int, default=512, help="slice height and width (px)")
@@ -219,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     eager_model = build(config, args.device, overrides, None)
     report["build_s"] = time.perf_counter() - start
-    graphs = args.variant == "graphs"
-    eager = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=graphs, lookahead=graphs)
-    if args.variant in ("eager", "graphs"):
+    graphs = args.variant in ("graphs", "graphs-strict")
+    ahead = args.variant == "graphs"  # graphs-strict: the graphs without a step launched ahead
+    eager = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=graphs, lookahead=ahead)
+    if args.variant in ("eager", "graphs", "graphs-strict"):
         report["features_s"] = {
             str(b): time_features(eager, volume, b, args.device) for b in args.feature_batches
         }
@@ -231,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         report["step_graphs"] = eager.step_graph_stats
         if graphs:  # the graphs must give the eager steps' numbers
             _, graph_logits = track_both_ways(eager, volume, box, key)
-            # eager steps, launched ahead too: masks resized on the host alike, so only the graphs differ
-            reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False, lookahead=True)
+            # eager steps, launched ahead alike (masks resized where they are), so only the graphs differ
+            reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False, lookahead=ahead)
             reference.set_frames(volume)
             reference.precompute_features(range(args.slices), batch_size=16)
             _, eager_logits = track_both_ways(reference, volume, box, key)

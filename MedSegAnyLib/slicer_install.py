@@ -204,6 +204,27 @@ def weights_status(model_id: str, store=None) -> str:
     return f"{card.name} - licence {card.license_text()} - {states[entry.state]}"
 
 
+def weights_in_place(card, store) -> bool:
+    """The model's weights need no download: bundled, or in the store with the right size."""
+    return card.status == "bundled" or store.is_present(card)
+
+
+def loads_without_asking(model_id: str, store=None) -> bool:
+    """True when loading ``model_id`` would ask the user nothing here: neither
+    :func:`ensure_python_packages` (its packages are installed; checked without importing them) nor
+    :func:`download_weights` (bundled or downloaded weights). Unknown or unsupported ids give False."""
+    from .models.catalog import get_card
+    from .models.weight_store import WeightStore
+
+    try:
+        card = get_card(model_id)
+        if not card.is_usable or not install_plan(card.family).empty:
+            return False
+    except ModelError:  # an unknown model id or family: the user's action reports it
+        return False
+    return weights_in_place(card, store or WeightStore())
+
+
 def download_weights(
     model_id: str,
     accept_license: Callable[[str], bool],
@@ -216,7 +237,7 @@ def download_weights(
 
     card = get_card(model_id)
     store = store or WeightStore()
-    if card.status == "bundled" or store.is_present(card):
+    if weights_in_place(card, store):
         return store.path_for(card)
     text = (
         f"{card.name} weights ({card.filename}) are distributed under: {card.license_text()}.\n"

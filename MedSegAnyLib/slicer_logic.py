@@ -370,17 +370,9 @@ class SlicerSegmentationLogic:
         """
         if not isinstance(self._model_choice, str) or self._model_loader is not None:
             return False  # a model object or a test's loader: nothing to fetch ahead
-        from .models.catalog import get_card
-        from .models.weight_store import WeightStore
-        from .slicer_install import install_plan
+        from .slicer_install import loads_without_asking
 
-        try:
-            card = get_card(self._model_choice)
-            if not card.is_usable or not install_plan(card.family).empty:
-                return False
-            return card.status == "bundled" or (store or WeightStore()).is_present(card)
-        except MedSegAnyError:  # an unknown model id or family: the user's action reports it
-            return False
+        return loads_without_asking(self._model_choice, store)
 
     def ensure_session(self):
         """The :class:`~medsegany.session.SegmentationSession` for the current volume, model, intensity."""

@@ -651,12 +651,12 @@ def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The estimator's plan for every case, from the model profiles alone (no model is built)."""
     from medsegany.memory_estimate import plan_memory
     from medsegany.models import litemedsam, sam2_tracker
+    from medsegany.models.compute import device_type
 
-    device_type = str(args.device).split(":")[0]
     estimates = []
     for model_name in args.models:
         module = litemedsam if model_name == "litemedsam" else sam2_tracker
-        batch = args.batch_size or module.preferred_encoder_batch(device_type)
+        batch = args.batch_size or module.preferred_encoder_batch(device_type(args.device))
         for slices in args.slices:
             for objects in args.objects:
                 estimate = plan_memory(

@@ -53,25 +53,30 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return bool(set(flags) & NATIVE_BF16_FLAGS)
 
 
+def device_type(device: Any) -> str:
+    """The type ("cpu", "cuda", "mps") of a device given as text ("cuda:1") or as a ``torch.device``."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
 def resolve_precision(device: str, precision: str = "auto", cpu_flags: set[str] | None = None) -> str:
     """ "float32" or "bfloat16" for this device (see the module docstring for what "auto" picks)."""
     if precision not in PRECISIONS:
         raise ModelError(
             f"precision {precision!r} is not one of {PRECISIONS}", "use auto, float32 or bfloat16"
         )
-    device_type = str(device).split(":")[0]
+    kind = device_type(device)
     if precision != "auto":
-        if precision == "bfloat16" and device_type == "mps":
+        if precision == "bfloat16" and kind == "mps":
             raise ModelError("bfloat16 is not supported on Apple MPS here", "use --precision float32 or auto")
         return precision
-    if device_type == "cuda":
+    if kind == "cuda":
         import torch
 
         # without a GPU here (planning memory for one), assume a current one: bf16 since Ampere (2020)
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             return "float32"
         return "bfloat16"
-    if device_type == "cpu" and cpu_has_native_bf16(cpu_flags):
+    if kind == "cpu" and cpu_has_native_bf16(cpu_flags):
         return "bfloat16"
     return "float32"
 
@@ -82,7 +87,7 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
         return contextlib.nullcontext()
     import torch
 
-    return torch.autocast(str(device).split(":")[0], dtype=torch.bfloat16)
+    return torch.autocast(device_type(device), dtype=torch.bfloat16)
 
 
 def cpp_compiler_available() -> bool:
@@ -110,7 +115,7 @@ def resolve_compile(device: str, compile_choice: str | bool = "auto") -> bool:
             )
     if compile_choice != "auto":
         return compile_choice == "on"
-    return str(device).split(":")[0] == "cpu" and cpp_compiler_available()
+    return device_type(device) == "cpu" and cpp_compiler_available()
 
 
 def bf16_weights_copy(module: Any) -> Any:

@@ -67,9 +67,10 @@ class Sam2VideoModel:
     @property
     def preferred_batch_size(self) -> int:
         """Frames per encoder call its trackers use (the memory plan sizes the encoder's activations)."""
+        from .compute import device_type
         from .sam2_tracker import preferred_encoder_batch
 
-        return preferred_encoder_batch(str(self.device).split(":")[0])
+        return preferred_encoder_batch(device_type(self.device))
 
     def new_tracker(self, feature_cache_mb: float = 1024.0) -> Any:
         from .sam2_tracker import Sam2Tracker
@@ -80,7 +81,9 @@ class Sam2VideoModel:
         """On CUDA, track a synthetic object through 40 frames now, while the model loads: the tracking
         step's CUDA graphs (one per memory length, 16 per direction) are recorded here (about 1 s on an
         H200) instead of during the user's first propagation. Elsewhere nothing happens (None)."""
-        if str(self.device).split(":")[0] != "cuda":
+        from .compute import device_type
+
+        if device_type(self.device) != "cuda":
             return None
         return self.track_synthetic(40)
 

@@ -293,4 +293,6 @@ def step_graphs_for(model: Any, capture: bool) -> StepGraphs:
 
 def default_capture(device: Any) -> bool:
     """Record graphs on CUDA devices only (MPS and CPU have no CUDA graphs)."""
-    return getattr(device, "type", str(device).split(":")[0]) == "cuda"
+    from .compute import device_type
+
+    return device_type(device) == "cuda"

@@ -485,9 +485,7 @@ class Sam2Tracker:
         if not step.computed:
             return self._result(step.frame_index, step.track.object_id, step.output)
         step.wait()
-        masks = step.host_masks
-        if self.model.fill_hole_area > 0:
-            masks = fill_holes_in_mask_logits(masks, self.model.fill_hole_area)
+        masks = self._fill_holes(step.host_masks)
         step.output.pred_masks = masks
         return TrackResult(
             frame_index=step.frame_index,
@@ -580,8 +578,8 @@ class Sam2Tracker:
         """Meta's post-processing of a step's outputs (``_run_single_frame_inference``)."""
         if maskmem_features is not None:
             maskmem_features = maskmem_features.to(self._memory_dtype())
-        if fill_holes and self.model.fill_hole_area > 0:
-            pred_masks = fill_holes_in_mask_logits(pred_masks, self.model.fill_hole_area)
+        if fill_holes:
+            pred_masks = self._fill_holes(pred_masks)
         return FrameOutput(
             pred_masks=pred_masks,
             obj_ptr=obj_ptr,
@@ -589,6 +587,12 @@ class Sam2Tracker:
             maskmem_features=maskmem_features,
             maskmem_pos_enc=self._shared_maskmem_pos_enc(maskmem_pos_enc),
         )
+
+    def _fill_holes(self, pred_masks: Any) -> Any:
+        """Meta's filling of small background holes in mask logits (none when the model sets no area)."""
+        if self.model.fill_hole_area > 0:
+            return fill_holes_in_mask_logits(pred_masks, self.model.fill_hole_area)
+        return pred_masks
 
     def _run_frame(
         self,

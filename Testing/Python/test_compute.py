@@ -135,3 +135,8 @@ def test_bf16_weights_copy_casts_linear_and_conv_layers_only():
     assert module[0].weight.dtype == torch.float32  # the source untouched
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(copy(x), module(x))
+
+
+def test_device_type_of_text_and_torch_devices():
+    kinds = [compute.device_type(device) for device in ("cuda:1", "cpu", "mps", torch.device("cuda", 0))]
+    assert kinds == ["cuda", "cpu", "mps", "cuda"]

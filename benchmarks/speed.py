@@ -16,7 +16,9 @@ random weights for SAM 2 models, which cost the same time as trained ones):
   (``compile_s``): it is paid once per process, in the warm-up.
 
 ``--precision`` and ``--compile`` set MedSegAny's path (default auto, as the CLI); the references always
-run as Meta ships them (float32 on CPU, bf16 autocast on CUDA).
+run as Meta ships them (float32 on CPU, bf16 autocast on CUDA). On a CPU MedSegAny's path keeps the memory
+it frees until its run ends (:mod:`medsegany.allocator`), as the CLI and Slicer do; the references and the
+plain loop run with the allocator's defaults (``--no-kept-memory``: MedSegAny's path too).
 
 Paths run alternately (the order rotates every repeat) after one warm-up run of each on a few slices;
 figures are medians over the repeats. Each path's peak RSS is measured alone (Linux: ``VmHWM`` reset via
@@ -581,6 +583,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sam2-image-size", type=int, default=0, help="override the SAM 2 input size (smoke tests only)"
     )
     parser.add_argument("--no-cpu-tuning", action="store_true", help="leave torch's CPU settings alone")
+    parser.add_argument(
+        "--no-kept-memory",
+        action="store_true",
+        help="MedSegAny's path returns freed memory at once (MEDSEGANY_KEEP_FREED_MEMORY=0)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where reference A writes its JPEGs")
     parser.add_argument(
         "--estimate-only", action="store_true", help="write the memory estimates of the cases, run nothing"
@@ -603,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if args.no_kept_memory:
+        os.environ["MEDSEGANY_KEEP_FREED_MEMORY"] = "0"
     tuning = None
     if not args.no_cpu_tuning:
         from medsegany.cpu_tuning import tune_cpu
@@ -623,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_tuning": None if tuning is None else tuning.as_dict(),
+        "kept_memory": _kept_memory_info(),
         "baseline_rss_bytes": args.baseline_rss,
         "cases": [],
         "skipped": [],
@@ -645,6 +655,15 @@ def main(argv: list[str] | None = None) -> int:
     _write_json(args.output, report)
     log(f"wrote {args.output}")
     return 0
+
+
+def _kept_memory_info() -> dict[str, Any]:
+    """Which allocator MedSegAny's path keeps freed memory in (medsegany.allocator); the references and
+    the plain loop run with the allocator's defaults, as their users run them."""
+    from medsegany.allocator import process_allocator
+
+    allocator = process_allocator()
+    return {"medsegany": None if allocator is None else allocator.name, "references": "allocator defaults"}
 
 
 def estimates_only(args: argparse.Namespace) -> list[dict[str, Any]]:

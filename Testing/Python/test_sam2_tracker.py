@@ -87,6 +87,27 @@ def test_propagates_each_direction_in_order_and_reuses_features(tracker, frames)
     np.testing.assert_array_equal(again[1].mask_logits_frame, forward[1].mask_logits_frame)
 
 
+def test_encoding_and_tracking_on_a_cpu_keep_freed_memory_until_they_end(model, frames, tracker, monkeypatch):
+    from medsegany import allocator
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    lazy = Sam2Tracker(model, precision="float32")
+    lazy.set_frames(frames)
+    depths = []
+    encode = lazy._encode_images
+    monkeypatch.setattr(
+        lazy, "_encode_images", lambda indices: (depths.append(allocator.retention_depth()), encode(indices))
+    )
+    lazy.precompute_features([0, 1], batch_size=1)
+    assert depths == [1, 1] and allocator.retention_depth() == 0
+
+    tracker.add_prompts(4, 1, box_frame_xyxy=disc_box_xyxy(frames, 1))
+    stream = tracker.propagate(1, +1)
+    for _ in stream:
+        assert allocator.retention_depth() == 1  # held across the whole propagation, between its frames
+    assert allocator.retention_depth() == 0
+
+
 def test_mask_prompt_becomes_the_output(tracker, frames):
     # with use_mask_input_as_output_without_sam (SAM 2.1 configs) a mask prompt is taken as the mask
     # itself, whatever the weights: the output must be the disc

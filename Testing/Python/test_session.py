@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fake_models import ThresholdModel
+from medsegany import allocator
 from medsegany.errors import PromptError
 from medsegany.prompts import make_slice_prompts
 from medsegany.propagation import PropagationSettings
@@ -244,3 +245,33 @@ def test_with_several_objects_a_range_goes_to_those_prompted_in_it():
     results = run(session, slice_range=(12, 16))
     assert {r.object_id for r in results} == {near}
     assert set(np.flatnonzero(session.mask_kji(far).any(axis=(1, 2)))) == {19}  # its prompt only
+
+
+class DepthRecordingModel(ThresholdModel):
+    """Records, at every decode, how many retained-memory blocks are open (medsegany.allocator)."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+        self.depths: list[int] = []
+
+    def predict(self, *args, **kwargs):
+        self.depths.append(allocator.retention_depth())
+        return super().predict(*args, **kwargs)
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", 1), ("cuda", 0)])
+def test_model_calls_on_a_cpu_keep_freed_memory_until_they_end(device, expected):
+    volume = phantom()
+    model = DepthRecordingModel(device)
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    object_id = session.add_object()
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    assert model.depths == [expected] and allocator.retention_depth() == 0
+    stream = session.propagate()
+    next(stream)
+    assert allocator.retention_depth() == expected, "held between slices of one propagation"
+    stream.close()  # a cancelled propagation gives the memory back too
+    assert allocator.retention_depth() == 0
+    run(session)
+    assert set(model.depths) == {expected} and allocator.retention_depth() == 0

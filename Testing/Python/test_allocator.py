@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from medsegany import allocator, cpu_tuning
+
+
+class FakeAllocator:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.retained = 0
+        self.restored = 0
+
+    def retain(self):
+        self.retained += 1
+
+        def restore() -> None:
+            self.restored += 1
+
+        return restore
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeAllocator:
+    fake = FakeAllocator()
+    monkeypatch.setattr(allocator, "process_allocator", lambda: fake)
+    return fake
+
+
+def test_only_the_outermost_block_retains_and_restores(fake):
+    with allocator.retained_freed_memory() as name:
+        assert name == "fake" and allocator.retention_depth() == 1
+        with allocator.retained_freed_memory():
+            assert allocator.retention_depth() == 2
+        assert (fake.retained, fake.restored) == (1, 0)
+    assert (fake.retained, fake.restored) == (1, 1) and allocator.retention_depth() == 0
+    with allocator.retained_freed_memory(enabled=False) as name:
+        assert name is None and allocator.retention_depth() == 0
+    assert fake.retained == 1
+
+
+def test_an_error_inside_still_restores(fake):
+    with pytest.raises(RuntimeError), allocator.retained_freed_memory():
+        raise RuntimeError("boom")
+    assert (fake.retained, fake.restored, allocator.retention_depth()) == (1, 1, 0)
+
+
+def test_blocks_of_several_threads_share_one_retention(fake):
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def worker() -> None:
+        with allocator.retained_freed_memory():
+            inside.wait(timeout=10)
+            release.wait(timeout=10)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    inside.wait(timeout=10)
+    assert allocator.retention_depth() == 2 and fake.restored == 0
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert (fake.retained, fake.restored, allocator.retention_depth()) == (1, 1, 0)
+
+
+def _run_child(code: str, preload: str = "", **variables: str) -> str:
+    env = {"LD_PRELOAD": preload, "PATH": "/usr/bin:/bin", **variables}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+# RSS of the child after freeing 8 blocks of 16 MiB, inside the block and after it, in MiB.
+FREED_RSS_CODE = """
+    import numpy as np
+    from medsegany.allocator import retained_freed_memory
+
+    def rss_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    before = rss_mib()
+    with retained_freed_memory() as name:
+        blocks = [np.ones(2 << 20) for _ in range(8)]  # 8 x 16 MiB, every page touched
+        del blocks
+        inside = rss_mib() - before
+    after = rss_mib() - before
+    print(name, round(inside), round(after))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
+def test_glibc_keeps_freed_blocks_during_a_run_and_returns_them_after():
+    name, inside, after = _run_child(FREED_RSS_CODE).split()
+    if name == "None":
+        pytest.skip("this Python does not run on glibc")
+    # 128 MiB were freed inside the block: glibc's default (mmap above 128 KiB) would return all of it
+    assert name == "glibc" and int(inside) >= 100 and int(after) <= 30, (inside, after)
+    name, inside, after = _run_child(FREED_RSS_CODE, MEDSEGANY_KEEP_FREED_MEMORY="0").split()
+    assert name == "None" and int(inside) <= 30, "the opt-out leaves glibc's defaults"
+
+
+def test_jemalloc_decay_is_off_during_a_run_and_restored_after():
+    path = cpu_tuning.find_jemalloc()
+    if path is None:
+        pytest.skip("jemalloc is not installed here")
+    code = """
+        import ctypes
+        from medsegany.allocator import retained_freed_memory
+
+        mallctl = ctypes.CDLL(None).mallctl
+
+        def decay(name):
+            value, size = ctypes.c_ssize_t(), ctypes.c_size_t(8)
+            code = mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, ctypes.c_size_t(0))
+            assert code == 0
+            return value.value
+
+        names = ["arenas.dirty_decay_ms", "arena.0.dirty_decay_ms", "arena.0.muzzy_decay_ms"]
+        before = [decay(n) for n in names]
+        with retained_freed_memory() as name:
+            inside = [decay(n) for n in names]
+        print(name, before == [decay(n) for n in names], inside, min(before))
+    """
+    name, restored, *rest = _run_child(code, preload=path).split(maxsplit=2)
+    inside, smallest_before = rest[0].rsplit(maxsplit=1)
+    assert name == "jemalloc" and restored == "True"
+    assert inside == "[-1, -1, -1]" and int(smallest_before) >= 0
+    name, inside, after = _run_child(FREED_RSS_CODE, preload=path).split()
+    assert int(inside) >= 100 and int(after) <= 30, (inside, after)

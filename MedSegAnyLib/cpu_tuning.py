@@ -14,6 +14,10 @@ bfloat16. What :func:`tune_cpu` does:
 - report whether jemalloc is preloaded; an allocator cannot be switched once Python runs, so the advice
   is ``LD_PRELOAD=libjemalloc.so.2`` before starting the process.
 
+Loading a model on a CPU (``medsegany.models.registry.load_model``: the CLI, Slicer) applies these
+settings once per process (:func:`tune_cpu_once`). While a model runs, the allocator keeps the memory
+it frees (:mod:`medsegany.allocator`).
+
 Example::
 
     >>> tuning = tune_cpu()            # doctest: +SKIP
@@ -232,3 +236,21 @@ def tune_cpu(threads: int | None = None, probe: bool = True, flush_denormal: boo
         jemalloc_path=path,
         advice=advice,
     )
+
+
+_PROCESS_TUNING: CpuTuning | None = None
+# a thread count the user chose in the environment is kept
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def tune_cpu_once() -> CpuTuning:
+    """:func:`tune_cpu` for this process, once, without the probe: what loading a model on a CPU does (the
+    CLI, Slicer, the library's ``load_model``). A thread count set by ``OMP_NUM_THREADS`` or
+    ``MKL_NUM_THREADS`` is kept."""
+    global _PROCESS_TUNING
+    if _PROCESS_TUNING is None:
+        import torch
+
+        chosen = any(os.environ.get(name, "").strip() for name in THREAD_VARIABLES)
+        _PROCESS_TUNING = tune_cpu(threads=torch.get_num_threads() if chosen else None, probe=False)
+    return _PROCESS_TUNING

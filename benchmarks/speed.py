@@ -65,6 +65,10 @@ GPU_ONLY = {"sam2.1_hiera_l"}
 MODELS = (*SAM2_MODELS, "litemedsam")
 SAM2_PATHS = ("reference_a", "reference_b", "medsegany")
 SLICE_PATHS = ("plain", "medsegany")
+# "<path>_kept": that reference run inside medsegany.allocator.retained_freed_memory, as MedSegAny's path
+# runs (the allocator setting alone, measured apart from everything else MedSegAny does)
+KEPT_SUFFIX = "_kept"
+KEPT_PATHS = tuple(f"{path}{KEPT_SUFFIX}" for path in ("reference_a", "reference_b", "plain"))
 # Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
 TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
 
@@ -439,6 +443,16 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
     )
 
     def path_runner(path: str, vox: np.ndarray, prm: list[ObjectPrompt], corr: Correction | None):
+        if path.endswith(KEPT_SUFFIX):
+            from medsegany.allocator import retained_freed_memory
+
+            run = path_runner(path.removesuffix(KEPT_SUFFIX), vox, prm, corr)
+
+            def run_kept(timer: PhaseTimer) -> dict[str, Any]:
+                with retained_freed_memory():
+                    return run(timer)
+
+            return run_kept
         if model_name == "litemedsam":
             if path == "plain":
                 return lambda timer: run_litemedsam_plain(plain_model, vox, prm, timer)
@@ -448,7 +462,8 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         source = "jpeg" if path == "reference_a" else "memory"
         return lambda timer: run_meta_reference(model.model, vox, prm, timer, source, corr, args.workdir)
 
-    paths = [p for p in args.paths if p in (SLICE_PATHS if model_name == "litemedsam" else SAM2_PATHS)]
+    known = SLICE_PATHS if model_name == "litemedsam" else SAM2_PATHS
+    paths = [p for p in args.paths if p.removesuffix(KEPT_SUFFIX) in known and p in (*known, *KEPT_PATHS)]
     for path in paths:
         log(f"  warm-up {path} ({args.warmup_slices} slices)")
         _measure(path_runner(path, warm_voxels, warm_prompts, None), cuda)
@@ -561,7 +576,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slices", nargs="+", type=int, default=[100])
     parser.add_argument("--objects", nargs="+", type=int, default=[1], choices=[1, 2, 3])
     parser.add_argument("--size", type=int, default=512, help="slice height and width (px)")
-    parser.add_argument("--paths", nargs="+", default=[*SAM2_PATHS, "plain"], help="paths to run")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=[*SAM2_PATHS, "plain"],
+        choices=[*SAM2_PATHS, "plain", *KEPT_PATHS],
+        help="paths to run (the _kept ones: that reference with MedSegAny's allocator setting)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-slices", type=int, default=3)
     parser.add_argument(

@@ -135,7 +135,7 @@ def load_model(
     ``compile`` ("auto", "on", "off"; LiteMedSAM's encoder) are explained in :mod:`medsegany.models.compute`.
     """
     from .catalog import get_card
-    from .compute import resolve_compile, resolve_precision
+    from .compute import device_type, resolve_compile, resolve_precision
 
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise ModelError(f"checkpoint {checkpoint} does not exist", "check the path of --checkpoint")
@@ -160,6 +160,10 @@ def load_model(
     resolved_device = resolve_device(device)
     resolve_precision(resolved_device, precision)  # a bad choice fails before the weights are read
     resolve_compile(resolved_device, compile)
+    if device_type(resolved_device) == "cpu":
+        from ..cpu_tuning import tune_cpu_once
+
+        tune_cpu_once()  # threads per physical core, denormals flushed (what benchmarks/speed.py measures)
 
     if family == "litemedsam":
         from .litemedsam import LiteMedSamModel

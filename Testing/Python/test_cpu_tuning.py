@@ -74,3 +74,36 @@ def test_tune_cpu_sets_threads_and_flushes_denormals(restore_torch_settings):
     if not default.jemalloc_preloaded:
         assert any("LD_PRELOAD" in line for line in default.advice)
         assert "jemalloc: not preloaded" in default.message
+
+
+ONCE_CODE = """
+import torch
+from medsegany import cpu_tuning
+
+first = cpu_tuning.tune_cpu_once()
+assert cpu_tuning.tune_cpu_once() is first  # once per process
+flushed = torch.tensor([1e-40], dtype=torch.float32).item() == 0.0
+print(torch.get_num_threads(), first.threads, flushed, cpu_tuning.physical_core_count())
+"""
+
+
+@pytest.mark.parametrize("omp_threads", ["", "1"])
+def test_tuning_once_flushes_denormals_and_keeps_a_thread_count_the_user_chose(omp_threads):
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": omp_threads}
+    out = subprocess.run(
+        [sys.executable, "-c", ONCE_CODE], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    threads, reported, flushed, physical = out.stdout.split()
+    assert threads == reported and flushed == "True"
+    assert int(threads) == (int(omp_threads) if omp_threads else int(physical))
+
+
+def test_loading_a_model_on_a_cpu_tunes_the_process(monkeypatch):
+    from medsegany.models import litemedsam, registry
+
+    calls = []
+    monkeypatch.setattr(cpu_tuning, "tune_cpu_once", lambda: calls.append("tuned"))
+    monkeypatch.setattr(litemedsam, "LiteMedSamModel", lambda **kwargs: kwargs)
+    assert registry.load_model("litemedsam", device="cpu")["device"] == "cpu"
+    assert calls == ["tuned"]

@@ -4,12 +4,15 @@ PyTorch frees each slice's activations and asks for the same sizes again for the
 both common allocators hand such blocks straight back to the kernel: jemalloc purges allocations of
 8 MiB and more at once (its "oversize" arena has a decay time of 0), and glibc returns blocks above its
 mmap threshold with ``munmap``. The next slice then page-faults the same memory in again, and the kernel
-zeroes every page. Measured on the 2-core development CPU (jemalloc preloaded, benchmarks/README.md):
+zeroes every page. Measured on the 2-core development CPU (benchmarks/README.md, 2026-11-27), a slice's
+time with the allocator's defaults -> with freed memory kept:
 
-- LiteMedSAM's compiled bf16 encoder: 0.455 -> 0.299 s a slice (median of 12; system time 0.49 -> 0.24 s
-  a slice);
-- SAM 2.1 tiny at 512, 20 slices: the tracking steps 6.71 -> 4.79 s, the image features 7.19 -> 6.37 s;
-  the peak resident memory unchanged (1148 vs 1158 MiB).
+- LiteMedSAM in a session (compiled bf16 encoder): jemalloc 0.497 -> 0.359 s, glibc 0.389 -> 0.373 s;
+- the plain eager float32 LiteMedSAM loop: jemalloc 2.25-2.57 -> 0.92-0.94 s, glibc 1.41-1.51 ->
+  1.21-1.29 s (the allocator, not the model, was most of that loop's time under jemalloc);
+- SAM 2.1 tiny at 512 (jemalloc, bf16, median of 32 steps in each of 3 runs): a tracking step
+  0.350-0.360 -> 0.302-0.312 s, a slice's image features 0.37-0.39 -> 0.31-0.32 s. The 300-slice run's
+  peak resident memory rose from 2033 to 2250 MiB (what the run freed stays until it ends).
 
 While a :func:`retained_freed_memory` block runs, freed pages stay in the process:
 

@@ -1,9 +1,8 @@
 """Settings that make PyTorch inference faster on a CPU, and advice for the ones a process cannot set itself.
 
-Measured on the 2-core development machine (issue "Speed and memory"): LiteMedSAM's image encoder takes
-about 1.4 s per slice with glibc's allocator and about 0.7 s with jemalloc preloaded, so the allocator
-alone is half the time; a large matrix product runs at 81 GFLOP/s in float32 and about 180 GFLOP/s in
-bfloat16. What :func:`tune_cpu` does:
+Measured on the 2-core development machine: a large matrix product runs at 134 GFLOP/s in float32 and
+352 GFLOP/s in bfloat16 (AVX512-BF16). The allocator matters as much as the arithmetic: see
+:mod:`medsegany.allocator`, which keeps freed memory while a model runs. What :func:`tune_cpu` does:
 
 - flush denormals to zero (``torch.set_flush_denormal``): tiny weights and activations otherwise take
   the slow microcode path of x86 floating point units;
@@ -12,7 +11,9 @@ bfloat16. What :func:`tune_cpu` does:
 - probe bfloat16 with a tiny matrix product: supported when it runs and agrees with float32, fast when
   it is also quicker (CPUs with AVX512-BF16 or AMX), so callers may choose bf16 autocast;
 - report whether jemalloc is preloaded; an allocator cannot be switched once Python runs, so the advice
-  is ``LD_PRELOAD=libjemalloc.so.2`` before starting the process.
+  is ``LD_PRELOAD=libjemalloc.so.2`` before starting the process. With freed memory kept it helps the
+  eager float32 models only (LiteMedSAM's plain loop 0.91 s a slice against 1.12 s with glibc); the
+  compiled bf16 LiteMedSAM ran as fast on glibc (0.377 against 0.395 s a slice, 2026-11-27).
 
 Loading a model on a CPU (``medsegany.models.registry.load_model``: the CLI, Slicer) applies these
 settings once per process (:func:`tune_cpu_once`). While a model runs, the allocator keeps the memory
@@ -215,12 +216,13 @@ def tune_cpu(threads: int | None = None, probe: bool = True, flush_denormal: boo
     if not preloaded:
         if path is not None:
             advice.append(
-                f"start Python with LD_PRELOAD={path} (jemalloc halves LiteMedSAM's encoder time on CPU)"
+                f"for eager float32 models start Python with LD_PRELOAD={path} "
+                "(jemalloc: about 20 % faster than glibc's allocator there)"
             )
         else:
             advice.append(
-                "install jemalloc (apt install libjemalloc2) and start Python with "
-                "LD_PRELOAD=libjemalloc.so.2: it halves LiteMedSAM's encoder time on CPU"
+                "for eager float32 models install jemalloc (apt install libjemalloc2) and start Python with "
+                "LD_PRELOAD=libjemalloc.so.2 (about 20 % faster than glibc's allocator there)"
             )
     if supported and native and not fast and speedup is not None:
         advice.append(f"bf16 ran only {speedup:.2f}x float32 on the probe: keep float32 on this CPU")

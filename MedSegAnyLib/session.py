@@ -232,8 +232,8 @@ class SegmentationSession:
     @contextlib.contextmanager
     def _computing(self) -> Iterator[None]:
         """Around every model call: an out-of-memory error becomes a ModelError, and on a CPU the memory
-        freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM's
-        encoder 0.455 -> 0.299 s a slice on the 2-core development CPU)."""
+        freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM
+        0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc)."""
         on_cpu = device_type(self.device) == "cpu"
         with out_of_memory_as_model_error(self.device), retained_freed_memory(on_cpu):
             yield

@@ -187,8 +187,8 @@ class Sam2Tracker:
         return stack
 
     def _retained_memory(self) -> contextlib.AbstractContextManager:
-        """On a CPU, freed activations stay in the process for the next frame (medsegany.allocator: the
-        tracking steps 29 % faster on the 2-core development CPU)."""
+        """On a CPU, freed activations stay in the process for the next frame (medsegany.allocator: a
+        tracking step 0.35 -> 0.30 s, a frame's features 0.38 -> 0.31 s on the 2-core development CPU)."""
         return retained_freed_memory(self.device.type == "cpu")
 
     def _encode_images(self, frame_indices: Sequence[int]) -> None:

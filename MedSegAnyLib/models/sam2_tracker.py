@@ -12,8 +12,9 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
 - on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
   launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
   weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a CPU the memory
-  keys are rotated through a broadcast frequency table (:func:`~medsegany.models.sam2_speedups.
-  broadcast_memory_rope`) and freed memory is kept until a run ends (:mod:`medsegany.allocator`);
+  keys are rotated through a broadcast frequency table
+  (:func:`~medsegany.models.sam2_speedups.broadcast_memory_rope`) and freed memory is kept until a run
+  ends (:mod:`medsegany.allocator`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
   turns on); re-propagating from it, away from the first prompt, updates the frames after it only.

@@ -9,22 +9,14 @@
   on an H200 a SAM 2.1 tiny tracking step launched 833 kernels, 345 of them such casts (23 % of its GPU
   time). :func:`shared_bf16_copy` casts them once, into a copy, so the caller's model is untouched;
   autocast then finds bf16 weights and casts only the activations, exactly as before (same rounding).
-- The memory attention's cross-attention rotates its keys (7 memory frames x 1024 tokens at 512 px) with
-  the query grid's frequency table repeated once per memory frame: Meta's ``apply_rotary_enc`` builds
-  that repeated table (7 x 1024 x 64 complex numbers) at every layer of every step.
-  :func:`broadcast_memory_rope` multiplies by the table broadcast over the frames instead: the same
-  products, bitwise; 11.8 -> 7.2 ms a layer on the 2-core CPU in bf16, 4 layers a step.
 """
 
 from __future__ import annotations
 
-import math
-import types
 import weakref
 from typing import Any
 
 MEMO_ATTRIBUTE = "_medsegany_pos_embed_memo"
-BROADCAST_ROPE_ATTRIBUTE = "_medsegany_meta_forward"
 # source model -> its bf16-weight copy (weak keys: the copy goes when the caller drops the model)
 _BF16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -78,52 +70,3 @@ def shared_bf16_copy(model: Any) -> Any:
     memoise_position_embedding(clone)
     _BF16_COPIES[model] = clone
     return clone.eval()
-
-
-def broadcast_memory_rope(model: Any) -> int:
-    """Give every rotary cross-attention of a built SAM 2 model (``RoPEAttention`` with
-    ``rope_k_repeat``) the broadcast key rotation of the module docstring; returns how many it changed.
-
-    Calling it twice is harmless; anything the broadcast does not cover (training, keys that are not whole
-    memory frames) runs Meta's own forward.
-    """
-    changed = 0
-    for module in model.modules():
-        if not getattr(module, "rope_k_repeat", False) or not hasattr(module, "freqs_cis"):
-            continue
-        if BROADCAST_ROPE_ATTRIBUTE not in module.__dict__:
-            setattr(module, BROADCAST_ROPE_ATTRIBUTE, type(module).forward)
-            module.forward = types.MethodType(_forward_broadcast_rope, module)
-        changed += 1
-    return changed
-
-
-def _forward_broadcast_rope(self: Any, q: Any, k: Any, v: Any, num_k_exclude_rope: int = 0) -> Any:
-    """Meta's ``RoPEAttention.forward`` (sam2/modeling/sam/transformer.py) with the keys rotated frame by
-    frame through a broadcast frequency table."""
-    import torch
-    import torch.nn.functional as F
-
-    queries = q.shape[-2]
-    keys_rotated = k.shape[-2] - num_k_exclude_rope
-    if self.training or queries == 0 or keys_rotated % queries:
-        return getattr(self, BROADCAST_ROPE_ATTRIBUTE)(self, q, k, v, num_k_exclude_rope)
-    q = self._separate_heads(self.q_proj(q), self.num_heads)
-    k = self._separate_heads(self.k_proj(k), self.num_heads)
-    v = self._separate_heads(self.v_proj(v), self.num_heads)
-    # the table follows the query grid (square), as in Meta's forward
-    self.freqs_cis = self.freqs_cis.to(q.device)
-    if self.freqs_cis.shape[0] != queries:
-        side = math.sqrt(queries)
-        self.freqs_cis = self.compute_cis(end_x=side, end_y=side).to(q.device)
-    freqs = self.freqs_cis  # (queries, head_dim / 2) complex64
-    rotated_q = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2)) * freqs
-    q = torch.view_as_real(rotated_q).flatten(3).type_as(q)
-    if keys_rotated:
-        batch, heads, _, head_dim = k.shape
-        frames = keys_rotated // queries
-        pairs = k[:, :, :keys_rotated].float().reshape(batch, heads, frames, queries, head_dim // 2, 2)
-        rotated_k = torch.view_as_complex(pairs) * freqs  # broadcast over batch, heads and frames
-        k[:, :, :keys_rotated] = torch.view_as_real(rotated_k).reshape(batch, heads, keys_rotated, head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0)
-    return self.out_proj(self._recombine_heads(out))

@@ -11,10 +11,8 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
 - on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
   launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
-  weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a CPU the memory
-  keys are rotated through a broadcast frequency table
-  (:func:`~medsegany.models.sam2_speedups.broadcast_memory_rope`) and freed memory is kept until a run
-  ends (:mod:`medsegany.allocator`);
+  weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a CPU freed memory
+  is kept until a run ends (:mod:`medsegany.allocator`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
   turns on); re-propagating from it, away from the first prompt, updates the frames after it only.
@@ -44,7 +42,7 @@ from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
 from .sam2_lookahead import LaunchedStep, copy_to_host, record_step
-from .sam2_speedups import broadcast_memory_rope, memoise_position_embedding, shared_bf16_copy
+from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
 from .sam2_step_graphs import default_capture, step_graphs_for
 
@@ -96,10 +94,6 @@ class Sam2Tracker:
         self._autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None
         # bf16: weights cast once instead of at every call (same numbers, see sam2_speedups)
         self.model = shared_bf16_copy(model) if self._autocast_dtype is not None else model
-        if self.device.type == "cpu":
-            # exact: Meta's numbers bitwise (test_sam2_speedups); 4 x 4.6 ms a step on the 2-core CPU. Not
-            # on CUDA yet, where no GPU run has checked it.
-            broadcast_memory_rope(self.model)
         # tracking steps split around the memory attention and replayed from CUDA graphs (see
         # sam2_step_graphs); None = on CUDA only, True on another device = the same split, eagerly
         use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)

@@ -51,31 +51,3 @@ def test_shared_bf16_copy_casts_linear_and_conv_weights_once():
         expected = model.memory_attention.layers[0].linear1(x)
         got = copy.memory_attention.layers[0].linear1(x)
     assert torch.equal(expected, got)
-
-
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_broadcast_memory_rope_gives_metas_numbers_bitwise(precision):
-    from medsegany.models.sam2_build import build_sam2_model
-    from medsegany.models.sam2_speedups import broadcast_memory_rope
-
-    torch.manual_seed(0)
-    model = build_sam2_model("sam2.1_hiera_t512", None, device="cpu")
-    layer = model.memory_attention.layers[0].cross_attn_image
-    assert layer.rope_k_repeat
-    # a full memory bank at 512 px: 32 x 32 queries, 7 memory frames of 1024 tokens + 16 object pointers
-    # of 4 tokens, which are not rotated
-    queries, memory, pointers = torch.randn(1, 1024, 256), torch.randn(1, 7 * 1024 + 64, 64), 64
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    with torch.inference_mode(), autocast:
-        expected = layer(queries, memory.clone(), memory, num_k_exclude_rope=pointers)
-        expected_no_pointers = layer(queries, memory[:, :7168].clone(), memory[:, :7168])
-        self_attention = model.memory_attention.layers[0].self_attn(queries, queries.clone(), queries)
-    # the 4 cross-attention layers change; self-attention (no repeated keys) keeps Meta's forward
-    assert broadcast_memory_rope(model) == 4 and broadcast_memory_rope(model) == 4  # twice: harmless
-    assert "forward" not in vars(model.memory_attention.layers[0].self_attn)
-    with torch.inference_mode(), autocast:
-        got = layer(queries, memory.clone(), memory, num_k_exclude_rope=pointers)
-        got_no_pointers = layer(queries, memory[:, :7168].clone(), memory[:, :7168])
-        assert torch.equal(model.memory_attention.layers[0].self_attn(queries, queries.clone(), queries),
-                           self_attention)  # fmt: skip
-    assert torch.equal(got, expected) and torch.equal(got_no_pointers, expected_no_pointers)

@@ -9,6 +9,8 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
   by every object, correction and re-propagation; :meth:`Sam2Tracker.precompute_features` batches them;
 - the state is typed (:mod:`medsegany.models.sam2_state`);
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
+- on a CPU under bf16 the attention runs as two bf16 matrix products and a softmax, not PyTorch's fused
+  kernel (:mod:`medsegany.models.sam2_cpu_attention`: a tracking step 0.30 -> 0.20 s);
 - on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
   launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
   weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a CPU freed memory
@@ -31,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -38,6 +41,8 @@ import numpy as np
 
 from ..allocator import retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
+from .sam2_cpu_attention import install as install_cpu_attention
+from .sam2_cpu_attention import matmul_attention
 from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
@@ -46,6 +51,8 @@ from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
 from .sam2_step_graphs import default_capture, step_graphs_for
 
+# "0" turns the CPU's bf16 attention by matrix products off (see sam2_cpu_attention)
+MATMUL_ATTENTION_VARIABLE = "MEDSEGANY_MATMUL_ATTENTION"
 # Meta clamps earlier logits fed back with new clicks to [-32, 32] "to avoid rare numerical issues".
 PREV_LOGITS_CLAMP = 32.0
 
@@ -68,7 +75,10 @@ class Sam2Tracker:
     4 MB a frame at 512 px, 17 MB at 1024 px in float32, half in bf16). ``step_graphs`` (tracking steps
     replayed from CUDA graphs, :mod:`~medsegany.models.sam2_step_graphs`) and ``lookahead`` (one step
     launched ahead, :mod:`~medsegany.models.sam2_lookahead`) default to on for CUDA, off elsewhere; both
-    give the same masks. Not thread-safe: drive one tracker from one thread.
+    give the same masks. ``matmul_attention`` (bf16 attention as matrix products on a CPU,
+    :mod:`~medsegany.models.sam2_cpu_attention`) defaults to on where the tracker runs bf16 on a CPU, unless
+    ``MEDSEGANY_MATMUL_ATTENTION=0``; it rounds the attention scores to bf16 (the masks differ from the
+    fused kernel's only along boundaries). Not thread-safe: drive one tracker from one thread.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class Sam2Tracker:
         precision: str = "auto",
         step_graphs: bool | None = None,
         lookahead: bool | None = None,
+        matmul_attention: bool | None = None,
     ) -> None:
         import torch
 
@@ -101,6 +112,11 @@ class Sam2Tracker:
         # one step launched ahead of the one being yielded (see sam2_lookahead); None = on CUDA only (on
         # a CPU it would only compute one step too many where the caller stops)
         self._lookahead = self.device.type == "cuda" if lookahead is None else bool(lookahead)
+        if matmul_attention is None:
+            matmul_attention = self.device.type == "cpu" and os.environ.get(MATMUL_ATTENTION_VARIABLE) != "0"
+        bf16_cpu = self.device.type == "cpu" and self._autocast_dtype is not None
+        # only bf16 calls on a CPU run by matrix products; the stand-in goes in once per process
+        self.matmul_attention = bool(matmul_attention) and bf16_cpu and install_cpu_attention()
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
@@ -172,13 +188,15 @@ class Sam2Tracker:
         return int(frame_index)
 
     def _compute(self) -> contextlib.AbstractContextManager:
-        """No autograd; bf16 autocast under bf16 precision. Entered per step, never across a ``yield``."""
+        """No autograd; bf16 autocast under bf16 precision (and on a CPU the attention by matrix products).
+        Entered per step, never across a ``yield``."""
         import torch
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         if self._autocast_dtype is not None:
             stack.enter_context(torch.autocast(self.device.type, dtype=self._autocast_dtype))
+        stack.enter_context(matmul_attention(self.matmul_attention))
         return stack
 
     def _retained_memory(self) -> contextlib.AbstractContextManager:

@@ -15,6 +15,7 @@ re-encoding frames that Meta's one-frame feature cache drops: a different input 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import numpy as np
@@ -23,6 +24,7 @@ import pytest
 pytest.importorskip("sam2")
 torch = pytest.importorskip("torch")
 
+from medsegany.models.sam2_cpu_attention import matmul_attention, matmul_attention_active  # noqa: E402
 from sam2_testing import CONFIG_512, blob_frames, disc_box_xyxy, random_checkpoint  # noqa: E402
 
 # Both sides run the same operations in the same order: on this CPU they agree exactly in float32 and in
@@ -45,7 +47,9 @@ def model(tmp_path_factory):
 
     def memoised_forward_image(images):
         autocast = torch.is_autocast_enabled("cpu")  # a bf16 run never gets float32 features, nor back
-        key = (tuple(images.shape), autocast, hashlib.sha256(images.float().numpy().tobytes()).hexdigest())
+        by_matmul = matmul_attention_active()  # nor features of the other attention arithmetic
+        digest = hashlib.sha256(images.float().numpy().tobytes()).hexdigest()
+        key = (tuple(images.shape), autocast, by_matmul, digest)
         if key not in memo:
             memo[key] = encode(images)
         out = memo[key]
@@ -70,12 +74,21 @@ def meta_state(model, frames, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("precision", "gpu_path"),
-    [("float32", False), ("bfloat16", False), ("float32", True), ("bfloat16", True)],
+    ("precision", "gpu_path", "by_matmul"),
+    [
+        ("float32", False, False),
+        ("bfloat16", False, True),
+        ("bfloat16", False, False),
+        ("float32", True, False),
+        ("bfloat16", True, False),
+    ],
 )
-def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gpu_path):
+def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gpu_path, by_matmul):
     """``gpu_path=True``: the tracker as on CUDA: steps split around the memory attention (replayed from
-    CUDA graphs there, run eagerly here) and launched one ahead, holes filled on the host."""
+    CUDA graphs there, run eagerly here) and launched one ahead, holes filled on the host.
+    ``by_matmul=True``: the CPU's bf16 default, attention by matrix products (sam2_cpu_attention), which
+    Meta's predictor then runs too: everything else must still be Meta's, operation for operation (how
+    far that attention is from PyTorch's fused kernel is in test_sam2_cpu_attention.py)."""
     from medsegany.models.compute import autocast_context, cpu_has_native_bf16
     from medsegany.models.sam2_tracker import Sam2Tracker
 
@@ -89,7 +102,10 @@ def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gp
     negative_point = np.array([[frames.shape[2] / 2, frames.shape[1] / 2]], np.float32)
 
     # ours: a box on frame 1, forward then backward, then a negative click on the next frame
-    tracker = Sam2Tracker(model, precision=precision, step_graphs=gpu_path, lookahead=gpu_path)
+    tracker = Sam2Tracker(
+        model, precision=precision, step_graphs=gpu_path, lookahead=gpu_path, matmul_attention=by_matmul
+    )
+    assert tracker.matmul_attention == by_matmul
     tracker.set_frames(frames)
     ours_prompt = tracker.add_prompts(7, middle, box_frame_xyxy=box)
     ours = {}
@@ -103,8 +119,9 @@ def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gp
     ours_after = {r.frame_index: r.mask_logits_frame for r in tracker.propagate(corrected, +1)}
 
     # Meta: the same calls on SAM2VideoPredictor (under autocast for bf16, as Meta's notebooks run it)
-    meta_context = autocast_context("cpu", precision)
-    meta_context.__enter__()
+    meta_context = contextlib.ExitStack()
+    meta_context.enter_context(autocast_context("cpu", precision))
+    meta_context.enter_context(matmul_attention(by_matmul))
     state = meta_state(model, frames, monkeypatch)
     _, _, meta_prompt = model.add_new_points_or_box(state, frame_idx=middle, obj_id=7, box=box)
     meta = {}

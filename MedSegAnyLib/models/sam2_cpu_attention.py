@@ -1,0 +1,160 @@
+"""SAM 2's attention on a CPU under bf16: two bf16 matrix products and a softmax, not PyTorch's fused kernel.
+
+Why: PyTorch's fused CPU attention (``_scaled_dot_product_flash_attention_for_cpu``) gains almost nothing
+from bf16 on the 2-core development CPU (AMD EPYC, AVX512-BF16), while its matrix products do (2048³:
+162 GFLOP/s float32, 396 bf16). Measured there, bf16 autocast, freed memory kept (median of 8):
+
+- the memory attention's cross-attention of SAM 2.1 tiny at 512 (1024 queries, 7 memories of 1024 keys
+  plus 64 pointer tokens, one head of 256): 44-48 ms fused (41 ms in float32), 23.5-25 ms here;
+- Hiera's attention at 512 px: global blocks (4 heads of 96, 1024 tokens) 11.1 -> 7.0 ms, windows of 64
+  and 196 tokens 30-45 % faster.
+
+A tracking step with a full memory took 0.30 s and takes 0.20 s; an image's features 0.27 s and 0.25 s.
+
+What it costs in precision: the fused kernel keeps the attention scores in float32; here they are rounded
+to bf16 (relative 2^-9) before the softmax, as in any attention written as ``softmax(q @ k.T) @ v`` under
+bf16 autocast. That is how LiteMedSAM's TinyViT and SAM's mask decoder already run in our bf16 path (their
+attention is written out that way), where the masks match float32 at Dice 0.9995 on real data
+(``benchmarks/README.md``). Float32 runs, CUDA, and anything else keep PyTorch's kernel.
+
+How it is wired: Meta's attention modules call ``F.scaled_dot_product_attention`` through the name ``F``
+in their own modules (``sam2.modeling.sam.transformer`` and ``sam2.modeling.backbones.hieradet``).
+:func:`install` points that name at a stand-in for ``torch.nn.functional`` whose attention goes here only
+inside :func:`matmul_attention` on the calling thread, and only for plain bf16 CPU calls; every other
+call, thread and process-wide user of those modules gets PyTorch's kernel unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Meta's modules that call F.scaled_dot_product_attention
+SAM2_ATTENTION_MODULES = ("sam2.modeling.sam.transformer", "sam2.modeling.backbones.hieradet")
+# Scores of one block of queries, at most (bf16: 16 MiB, and as much for the softmax's output). SAM 2.1
+# at 512 px never splits (cross-attention: 1024 x 7232 = 7.4 M); at 1024 px its cross-attention (4096 x
+# 28 736 = 118 M) runs in 15 blocks instead of 470 MiB of scores at once.
+BLOCK_SCORE_VALUES = 8 * 2**20
+
+_ACTIVE = threading.local()
+_INSTALL_LOCK = threading.Lock()
+
+
+def attention_by_matmul(query: Any, key: Any, value: Any, scale: float | None = None) -> Any:
+    """``softmax(query @ key.T * scale) @ value`` over the last two dimensions, in the inputs' dtype.
+
+    The same shapes as ``torch.nn.functional.scaled_dot_product_attention`` without a mask or dropout:
+    (..., L, E), (..., S, E), (..., S, Ev) -> (..., L, Ev). Queries go in blocks so that no block's
+    scores exceed :data:`BLOCK_SCORE_VALUES`.
+    """
+    import torch
+
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    # scaling the queries (L x E) costs far less than scaling the scores (L x S); exact for E = 256
+    query = query * scale
+    key_t = key.transpose(-1, -2)
+    rows, keys = query.shape[-2], key.shape[-2]
+    batch = query.numel() // max(1, rows * query.shape[-1])
+    block = max(1, BLOCK_SCORE_VALUES // max(1, batch * keys))
+    if block >= rows:
+        return torch.matmul(torch.softmax(torch.matmul(query, key_t), -1), value)
+    blocks = [
+        torch.matmul(torch.softmax(torch.matmul(query[..., start : start + block, :], key_t), -1), value)
+        for start in range(0, rows, block)
+    ]
+    return torch.cat(blocks, dim=-2)
+
+
+def matmul_attention_active() -> bool:
+    """True inside :func:`matmul_attention` on this thread."""
+    return getattr(_ACTIVE, "depth", 0) > 0
+
+
+def _runs_by_matmul(query: Any, attn_mask: Any, dropout_p: float, is_causal: bool, extra: dict) -> bool:
+    import torch
+
+    if torch.compiler.is_compiling() or not matmul_attention_active():
+        return False
+    plain = attn_mask is None and not dropout_p and not is_causal and not extra.get("enable_gqa", False)
+    return plain and query.device.type == "cpu" and query.dtype == torch.bfloat16
+
+
+def scaled_dot_product_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    **extra: Any,
+) -> Any:
+    """PyTorch's ``scaled_dot_product_attention``, by :func:`attention_by_matmul` where it applies."""
+    import torch.nn.functional as functional
+
+    if _runs_by_matmul(query, attn_mask, dropout_p, is_causal, extra):
+        return attention_by_matmul(query, key, value, scale)
+    return functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **extra
+    )
+
+
+class _FunctionalWithCpuAttention(types.ModuleType):
+    """``torch.nn.functional`` with :func:`scaled_dot_product_attention` in place of PyTorch's."""
+
+    def __init__(self) -> None:
+        super().__init__("torch.nn.functional")
+        self.scaled_dot_product_attention = scaled_dot_product_attention
+
+    def __getattr__(self, name: str) -> Any:
+        import torch.nn.functional as functional
+
+        return getattr(functional, name)
+
+
+_FUNCTIONAL = _FunctionalWithCpuAttention()
+
+
+def install() -> bool:
+    """Point Meta's attention modules at the stand-in (once per process); False when sam2 is missing
+    or a module's ``F`` is something else already (then it is left alone, with a log line)."""
+    import importlib
+
+    import torch.nn.functional as functional
+
+    installed = True
+    with _INSTALL_LOCK:
+        for name in SAM2_ATTENTION_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                return False
+            current = getattr(module, "F", None)
+            if current is _FUNCTIONAL:
+                continue
+            if current is not functional:
+                log.info("%s.F is not torch.nn.functional; its attention stays as it is", name)
+                installed = False
+                continue
+            module.F = _FUNCTIONAL
+    return installed
+
+
+@contextlib.contextmanager
+def matmul_attention(enabled: bool = True) -> Iterator[None]:
+    """On this thread, Meta's bf16 CPU attention runs by :func:`attention_by_matmul` inside the block
+    (after :func:`install`); blocks nest."""
+    if not enabled:
+        yield
+        return
+    _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _ACTIVE.depth -= 1

@@ -10,7 +10,8 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
 - the state is typed (:mod:`medsegany.models.sam2_state`);
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
 - on a CPU under bf16 the attention runs as two bf16 matrix products and a softmax, not PyTorch's fused
-  kernel (:mod:`medsegany.models.sam2_cpu_attention`: a tracking step 0.30 -> 0.20 s);
+  kernel, and the memory attention projects its values after it (:mod:`medsegany.models.sam2_cpu_attention`:
+  a tracking step 0.30 -> 0.18 s);
 - on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
   launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
   weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a CPU freed memory
@@ -209,7 +210,9 @@ class Sam2Tracker:
         frames = self._require_frames()
         images = preprocess_frames(frames[list(frame_indices)], self.image_size, self.device)
         backbone_out = self.model.forward_image(images)
-        pos_enc = [p[0:1].clone() for p in backbone_out["vision_pos_enc"]]
+        pos_enc = self._cache.pos_enc
+        if pos_enc is None:  # the same for every frame: one copy (16 MiB at 512 px; 3-6 ms a clone)
+            pos_enc = [p[0:1].clone() for p in backbone_out["vision_pos_enc"]]
         for i, frame_index in enumerate(frame_indices):
             # clone: a slice would keep the whole batch's storage alive in the cache
             fpn = [f[i : i + 1].clone() for f in backbone_out["backbone_fpn"]]

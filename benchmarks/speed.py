@@ -69,6 +69,9 @@ SLICE_PATHS = ("plain", "medsegany")
 # runs (the allocator setting alone, measured apart from everything else MedSegAny does)
 KEPT_SUFFIX = "_kept"
 KEPT_PATHS = tuple(f"{path}{KEPT_SUFFIX}" for path in ("reference_a", "reference_b", "plain"))
+# MedSegAny's SAM 2 path with PyTorch's fused attention kernel instead of the bf16 CPU attention by
+# matrix products (medsegany.models.sam2_cpu_attention): that change alone, in the same run
+FUSED_ATTENTION_PATH = "medsegany_fused_attention"
 # Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
 TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
 
@@ -273,7 +276,24 @@ def run_medsegany_sam2(
         "frames": num,
         "frames_encoded": tracker.frames_encoded,
         "step_graphs": tracker.step_graph_stats,
+        "matmul_attention": tracker.matmul_attention,
     }
+
+
+def _with_fused_attention(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` with trackers made without the CPU attention by matrix products (their default is read
+    from MEDSEGANY_MATMUL_ATTENTION when a session makes them)."""
+    from medsegany.models.sam2_tracker import MATMUL_ATTENTION_VARIABLE
+
+    before = os.environ.get(MATMUL_ATTENTION_VARIABLE)
+    os.environ[MATMUL_ATTENTION_VARIABLE] = "0"
+    try:
+        return run()
+    finally:
+        if before is None:
+            os.environ.pop(MATMUL_ATTENTION_VARIABLE, None)
+        else:
+            os.environ[MATMUL_ATTENTION_VARIABLE] = before
 
 
 def _first(prompts: list[ObjectPrompt], correction: Correction) -> ObjectPrompt:
@@ -361,7 +381,7 @@ def _summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "until_mask_s": phases["correction_mask"],
             "until_repropagated_s": phases["correction_mask"] + phases.get("correction_propagation", 0.0),
         }
-    for key in ("frames_encoded", "step_graphs"):
+    for key in ("frames_encoded", "step_graphs", "matmul_attention"):
         if key in runs[-1]:
             summary[key] = runs[-1][key]
     return summary
@@ -459,10 +479,14 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
             return lambda timer: run_litemedsam_session(model, vox, prm, timer, plan.plan)
         if path == "medsegany":
             return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr)
+        if path == FUSED_ATTENTION_PATH:
+            return lambda timer: _with_fused_attention(
+                lambda: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr)
+            )
         source = "jpeg" if path == "reference_a" else "memory"
         return lambda timer: run_meta_reference(model.model, vox, prm, timer, source, corr, args.workdir)
 
-    known = SLICE_PATHS if model_name == "litemedsam" else SAM2_PATHS
+    known = SLICE_PATHS if model_name == "litemedsam" else (*SAM2_PATHS, FUSED_ATTENTION_PATH)
     paths = [p for p in args.paths if p.removesuffix(KEPT_SUFFIX) in known and p in (*known, *KEPT_PATHS)]
     for path in paths:
         log(f"  warm-up {path} ({args.warmup_slices} slices)")
@@ -580,8 +604,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--paths",
         nargs="+",
         default=[*SAM2_PATHS, "plain"],
-        choices=[*SAM2_PATHS, "plain", *KEPT_PATHS],
-        help="paths to run (the _kept ones: that reference with MedSegAny's allocator setting)",
+        choices=[*SAM2_PATHS, "plain", *KEPT_PATHS, FUSED_ATTENTION_PATH],
+        help="paths to run (the _kept ones: that reference with MedSegAny's allocator setting; "
+        f"{FUSED_ATTENTION_PATH}: MedSegAny's SAM 2 path with PyTorch's fused attention on a CPU)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-slices", type=int, default=3)

@@ -43,6 +43,7 @@ def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_pat
         "--size", "48", "--slices", "3", "--objects", "2",
         "--repeats", "1", "--warmup-slices", "1", "--correction-slices", "1",
         "--paths", "reference_a", "reference_b", "reference_b_kept", "medsegany",
+        "medsegany_fused_attention",
         "--no-cpu-tuning",
     )  # fmt: skip
     assert report["device"] == "cpu" and report["torch"]
@@ -55,8 +56,13 @@ def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_pat
         "sam2.1_hiera_t512", 3, 2, [48, 48]
     )  # fmt: skip
     paths = case["paths"]
-    assert set(paths) == {"reference_a", "reference_b", "reference_b_kept", "medsegany"}
+    ours = ("medsegany", "medsegany_fused_attention")
+    assert set(paths) == {"reference_a", "reference_b", "reference_b_kept", *ours}
     assert "reference_b_kept_over_medsegany_per_slice" in case["ratios"]
+    assert "medsegany_fused_attention_over_medsegany_per_slice" in case["ratios"]
+    # bf16 on a CPU: MedSegAny's attention by matrix products, and the fused kernel where asked
+    assert paths["medsegany"]["matmul_attention"] == (case["precision"] == "bfloat16")
+    assert paths["medsegany_fused_attention"]["matmul_attention"] is False
     for name, summary in paths.items():
         # every path gives a mask on every slice: forward then backward from the middle one
         assert summary["slices_propagated_per_object"] == 3, name

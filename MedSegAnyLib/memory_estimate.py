@@ -202,6 +202,17 @@ def _compiles(model: Any) -> bool:
     return bool(getattr(getattr(model, "encoder", None), "active", False))
 
 
+def matmul_attention_bytes(image_size: int) -> int:
+    """SAM 2's memory cross-attention on a CPU under bf16 (medsegany.models.sam2_cpu_attention): its
+    scores and their softmax, bf16, for (S/16)² queries against 7 memories of (S/16)² keys and 64 pointer
+    tokens, in blocks of at most ``BLOCK_SCORE_VALUES`` scores (29 MiB at 512 px, 32 MiB at 1024)."""
+    from .models.sam2_cpu_attention import BLOCK_SCORE_VALUES
+
+    queries = (image_size // 16) ** 2
+    scores = min(queries * (7 * queries + 64), BLOCK_SCORE_VALUES)
+    return 2 * scores * 2
+
+
 def runs_bf16(model: Any, device: str, precision: str | None = None) -> bool:
     """Whether ``model`` computes in bf16 on ``device``: ``precision``, else the model's own setting, else
     the default for the device (profiles and names: "auto")."""
@@ -314,6 +325,9 @@ def estimate_memory(
     )
     if bf16:
         encoder //= 2  # bf16 autocast halves the activations
+    step = profile.step_activation_bytes
+    if bf16 and kind == "cpu" and profile.family == "sam2":
+        step += matmul_attention_bytes(size)  # the fused kernel kept no scores; the CPU's bf16 path does
     parts = {
         "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
         # float32, plus a SAM 2 tracker's bf16 copy under bf16 precision
@@ -323,7 +337,7 @@ def estimate_memory(
         "masks": objects * frames * height * width,  # one bool per voxel and object
         "features": cached * profile.feature_bytes_per_frame(bf16),
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
-        "activations": max(encoder, profile.step_activation_bytes),
+        "activations": max(encoder, step),
         "libraries": profile.library_bytes + (COMPILED_ENCODER_BYTES if _compiles(model) else 0),
         # measured for SAM 2 (its step graphs, their streams' workspaces); not for 2D models
         "cuda_overhead": CUDA_OVERHEAD_BYTES if kind == "cuda" and profile.family == "sam2" else 0,

@@ -126,6 +126,27 @@ def test_bf16_precision_halves_features_and_encoder_activations_on_any_device():
     assert sam2_bf16.parts["weights"] == sam2_fp32.parts["weights"] * 6 // 4  # + the tracker's bf16 copy
 
 
+def test_the_cpus_bf16_attention_scores_are_counted_in_sam2_steps():
+    from medsegany.memory_estimate import matmul_attention_bytes
+
+    # 1024 queries x (7 x 1024 + 64) keys, scores and softmax in bf16: 28.25 MiB at 512 px; at 1024 px the
+    # queries go in blocks of at most 8 Mi scores
+    assert matmul_attention_bytes(512) == 2 * 1024 * 7232 * 2
+    assert matmul_attention_bytes(1024) == 2 * 8 * 2**20 * 2
+    step = PROFILES["sam2.1_hiera_t512"].step_activation_bytes
+
+    def activations(device: str, precision: str = "bfloat16") -> int:
+        # one image per encoder call (a CPU's batch): the step, not the encoder, is the larger
+        estimate = estimate_memory(
+            "sam2.1_hiera_t512", (512, 512), 10, device=device, batch_size=1, precision=precision
+        )
+        return estimate.parts["activations"]
+
+    assert activations("cpu") == step + matmul_attention_bytes(512)
+    assert activations("cpu", "float32") == activations("cuda", "float32")  # float32: the fused kernel
+    assert activations("cuda") < step + matmul_attention_bytes(512)  # CUDA: PyTorch's fused kernel
+
+
 def test_libraries_and_a_compiled_encoder_are_counted():
     from types import SimpleNamespace
 

@@ -11,7 +11,8 @@ Measured on the 2-core development CPU (AMD EPYC with AVX512-BF16, jemalloc, tor
   exceed the caches.
 - SAM 2.1 tiny at 512: the image encoder takes 0.50 s float32 and 0.31 s bf16 eager; compiled it takes
   0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly. Its tracking
-  step (memory attention over 7 memories of 1024 tokens) takes 0.59 s float32 and 0.36-0.42 s bf16.
+  step (memory attention over 7 memories of 1024 tokens) takes 0.59 s float32 and 0.36-0.42 s bf16
+  (0.18 s with freed memory kept and the attention by bf16 matrix products, sam2_cpu_attention).
 
 ``precision="auto"`` picks bfloat16 on CUDA (Meta's own setting) and on CPUs with a native bf16 unit
 (AVX512-BF16 or AMX), float32 elsewhere (MPS; CPUs without it, where bf16 is emulated and slower).

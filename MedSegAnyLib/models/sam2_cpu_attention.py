@@ -26,8 +26,11 @@ attention is written out that way), where the masks match float32 at Dice 0.9995
 How it is wired: Meta's attention modules call ``F.scaled_dot_product_attention`` through the name ``F``
 in their own modules (``sam2.modeling.sam.transformer`` and ``sam2.modeling.backbones.hieradet``).
 :func:`install` points that name at a stand-in for ``torch.nn.functional`` whose attention goes here only
-inside :func:`matmul_attention` on the calling thread, and only for plain bf16 CPU calls; every other
-call, thread and process-wide user of those modules gets PyTorch's kernel unchanged.
+inside :func:`matmul_attention` on the calling thread, and only for plain bf16 CPU calls, and wraps
+``RoPEAttention.forward`` so that, under the same conditions, the values are projected last; every other
+call, thread and process-wide user of those modules gets Meta's forward and PyTorch's kernel unchanged.
+Meta's predictor inside :func:`matmul_attention` computes exactly what the tracker does (the
+equivalence test).
 """
 
 from __future__ import annotations

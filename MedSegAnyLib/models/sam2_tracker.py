@@ -78,8 +78,8 @@ class Sam2Tracker:
     launched ahead, :mod:`~medsegany.models.sam2_lookahead`) default to on for CUDA, off elsewhere; both
     give the same masks. ``matmul_attention`` (bf16 attention as matrix products on a CPU,
     :mod:`~medsegany.models.sam2_cpu_attention`) defaults to on where the tracker runs bf16 on a CPU, unless
-    ``MEDSEGANY_MATMUL_ATTENTION=0``; it rounds the attention scores to bf16 (the masks differ from the
-    fused kernel's only along boundaries). Not thread-safe: drive one tracker from one thread.
+    ``MEDSEGANY_MATMUL_ATTENTION=0``; it rounds the attention scores to bf16 (on random weights the masks
+    stay as close to float32 as the fused kernel's). Not thread-safe: drive one tracker from one thread.
     """
 
     def __init__(

@@ -258,3 +258,14 @@ def test_values_go_last_only_for_narrow_values_under_bf16_autocast(monkeypatch):
     # measured: 0.00094 (fused kernel) and 0.00102 (ours) for outputs up to 0.22; bf16's rounding,
     # where a wrong function (e.g. the bias counted twice) is off by the bias itself (up to 0.12)
     assert ours_error < 2 * fused_error + 0.001, (ours_error, fused_error)
+
+
+def test_metas_modules_still_compile_whole_after_install():
+    """Meta's fast predictor compiles its attention modules with ``fullgraph=True``: the stand-in and the
+    wrapped forward must not break the graph (about 6 s of compiling on the 2-core CPU)."""
+    module, query, memory = _cross_attention(seed=3)
+    assert sam2_cpu_attention.install()
+    compiled = torch.compile(module, fullgraph=True)
+    with torch.inference_mode():
+        expected = module(query, memory.clone(), memory, num_k_exclude_rope=4)
+        torch.testing.assert_close(compiled(query, memory.clone(), memory, num_k_exclude_rope=4), expected)

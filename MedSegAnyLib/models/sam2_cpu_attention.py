@@ -85,10 +85,17 @@ def matmul_attention_active() -> bool:
     return getattr(_ACTIVE, "depth", 0) > 0
 
 
+def _rewritten_here() -> bool:
+    """Inside :func:`matmul_attention` on this thread, and not while ``torch.compile`` traces the code."""
+    import torch
+
+    return matmul_attention_active() and not torch.compiler.is_compiling()
+
+
 def _runs_by_matmul(query: Any, attn_mask: Any, dropout_p: float, is_causal: bool, extra: dict) -> bool:
     import torch
 
-    if torch.compiler.is_compiling() or not matmul_attention_active():
+    if not _rewritten_here():
         return False
     plain = attn_mask is None and not dropout_p and not is_causal and not extra.get("enable_gqa", False)
     return plain and query.device.type == "cpu" and query.dtype == torch.bfloat16
@@ -133,7 +140,7 @@ _FUNCTIONAL = _FunctionalWithCpuAttention()
 def _projects_values_last(module: Any, query: Any, value: Any) -> bool:
     import torch
 
-    if torch.compiler.is_compiling() or not matmul_attention_active() or module.training:
+    if module.training or not _rewritten_here():
         return False
     bf16_autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     narrow_values = value.shape[-1] == module.v_proj.in_features < module.v_proj.out_features

@@ -114,7 +114,7 @@ class Sam2Tracker:
         # a CPU it would only compute one step too many where the caller stops)
         self._lookahead = self.device.type == "cuda" if lookahead is None else bool(lookahead)
         if matmul_attention is None:
-            matmul_attention = self.device.type == "cpu" and os.environ.get(MATMUL_ATTENTION_VARIABLE) != "0"
+            matmul_attention = os.environ.get(MATMUL_ATTENTION_VARIABLE, "1").strip() != "0"
         bf16_cpu = self.device.type == "cpu" and self._autocast_dtype is not None
         # only bf16 calls on a CPU run by matrix products; the stand-in goes in once per process
         self.matmul_attention = bool(matmul_attention) and bf16_cpu and install_cpu_attention()

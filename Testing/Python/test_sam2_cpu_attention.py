@@ -65,21 +65,22 @@ def test_bf16_stays_within_bf16_rounding_of_float32(shapes):
     assert ours_error < 0.02, (ours_error, fused_error)
 
 
-def _recording_pytorch_attention(monkeypatch):
+def _record_calls(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` for the test by a wrapper that records each call's positional arguments."""
     calls = []
-    original = torch.nn.functional.scaled_dot_product_attention
+    original = getattr(owner, name)
 
     def recording(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append(args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    monkeypatch.setattr(owner, name, recording)
     return calls
 
 
 def test_only_plain_bf16_cpu_calls_inside_the_block_run_by_matmul(monkeypatch):
     query, key, value = _inputs(SHAPES[1], torch.bfloat16)
-    calls = _recording_pytorch_attention(monkeypatch)
+    calls = _record_calls(monkeypatch, torch.nn.functional, "scaled_dot_product_attention")
     scaled_dot_product_attention(query, key, value)  # outside the block: PyTorch's
     assert len(calls) == 1
     with matmul_attention():
@@ -172,18 +173,11 @@ def test_tracked_masks_are_as_close_to_float32_as_the_fused_kernels(model, monke
     fused = _track(Sam2Tracker(model, precision="bfloat16", matmul_attention=False), frames)
     float32 = _track(Sam2Tracker(model, precision="float32"), frames)
 
-    calls = []
-    by_matmul = sam2_cpu_attention.attention_by_matmul
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return by_matmul(*args, **kwargs)
-
-    monkeypatch.setattr(sam2_cpu_attention, "attention_by_matmul", counting)
+    calls = _record_calls(monkeypatch, sam2_cpu_attention, "attention_by_matmul")
     ours = _track(Sam2Tracker(model, precision="bfloat16"), frames)
     # the encoder's 12 blocks per frame, and the memory attention's cross-attention over memories
     assert len(calls) >= 12 * len(frames)
-    assert any(shape[-2] == (512 // 16) ** 2 for shape in calls)
+    assert any(query.shape[-2] == (512 // 16) ** 2 for query, *_ in calls)
     assert not matmul_attention_active()
 
     # random weights give small logits (at most 0.22 here) on which any bf16 run is far from float32 in
@@ -228,20 +222,13 @@ def test_values_projected_last_equal_metas_forward_in_float32():
 def test_values_go_last_only_for_narrow_values_under_bf16_autocast(monkeypatch):
     module, query, memory = _cross_attention(seed=1)
     assert sam2_cpu_attention.install()
-    calls = []
-    values_last = sam2_cpu_attention.rope_attention_values_last
-
-    def counting(*args, **kwargs):
-        calls.append(args[3].shape)
-        return values_last(*args, **kwargs)
-
-    monkeypatch.setattr(sam2_cpu_attention, "rope_attention_values_last", counting)
+    calls = _record_calls(monkeypatch, sam2_cpu_attention, "rope_attention_values_last")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         fused = module(query, memory.clone(), memory, num_k_exclude_rope=4)
         assert calls == []  # outside the block: Meta's forward
         with matmul_attention():
             ours = module(query, memory.clone(), memory, num_k_exclude_rope=4)
-            assert calls == [memory.shape]
+            assert len(calls) == 1 and calls[0][3] is memory  # the raw 64-channel memories as values
             # values as wide as the attention (the memory attention's self-attention): nothing to gain
             from sam2.modeling.sam.transformer import RoPEAttention
 

@@ -38,6 +38,9 @@ class FrameEmbeddingCache:
     def __contains__(self, index: int) -> bool:
         return index in self._cache
 
+    def __len__(self) -> int:
+        return len(self._cache)
+
     def get(self, index: int, ahead: Iterable[int] = ()) -> Any:
         """The embedding of frame ``index``; missing frames among ``ahead`` are encoded in the same batch."""
         if index in self._cache:
@@ -49,6 +52,18 @@ class FrameEmbeddingCache:
                 break
             if 0 <= other < self.frame_count and other not in self._cache and other not in batch:
                 batch.append(other)
+        self.encode(batch)
+        return self._cache[index]
+
+    def encode(self, indices: list[int]) -> None:
+        """Encode these frames in one encoder call and cache them (the least recently used frames beyond
+        ``max_frames`` are evicted, never these)."""
+        batch = list(dict.fromkeys(indices))
+        if len(batch) > self.max_frames:
+            raise ValueError(f"{len(batch)} frames in one call exceed the cache's {self.max_frames}")
+        for i in batch:
+            if not 0 <= i < self.frame_count:
+                raise IndexError(f"frame {i} is outside 0..{self.frame_count - 1}")
         embeddings = self.model.embed_frames([self.frame_at(i) for i in batch])
         self.encoded_frames += len(batch)
         for i, embedding in zip(batch, embeddings):
@@ -56,4 +71,3 @@ class FrameEmbeddingCache:
             self._cache.move_to_end(i)
         while len(self._cache) > self.max_frames:
             self._cache.popitem(last=False)
-        return self._cache[index]

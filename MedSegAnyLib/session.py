@@ -45,6 +45,7 @@ import numpy as np
 
 from .allocator import retained_freed_memory
 from .embedding_cache import FrameEmbeddingCache
+from .encode_ahead import EncodeAheadProgress, outward_order
 from .errors import PromptError
 from .exporters import SegmentInfo, default_segment_color
 from .intensity import IntensityWindow, apply_window, resolve_intensity
@@ -342,6 +343,60 @@ class SegmentationSession:
             points_frame_xy=points if len(points) else None,
             point_labels=prompts.labels_array() if len(points) else None,
         )
+
+    # -- image features ahead of the prompt ------------------------------------------------------------
+    def cached_frames(self) -> int:
+        """Slices whose image features the session holds, over all axes."""
+        if self.is_sam2:
+            return sum(tracker.cached_frame_count for tracker in self._trackers.values())
+        return sum(len(cache) for cache in self._caches.values())
+
+    def encode_ahead(self, axis: int, slice_index: int) -> Iterator[EncodeAheadProgress]:
+        """Encode the image features of ``axis``'s slices before any prompt: ``slice_index`` first, then
+        outward (see :mod:`medsegany.encode_ahead`); a generator, one item per encoder call, so a caller
+        shows progress and stops between calls (closing it keeps what was encoded). A wrong axis or slice
+        is refused here, before anything runs.
+
+        Stops when every slice of the axis is cached or when the session's caches hold
+        ``max_cached_frames`` frames over all axes: nothing cached is evicted for it. Masks computed
+        later are the same as without it (the same encoder on the same frames).
+        """
+        if axis not in (0, 1, 2):
+            raise PromptError(f"axis {axis!r} is not 0, 1 or 2", "use the slice view's IJK axis: 0, 1 or 2")
+        count = frame_count(self.windowed_kji.shape, axis)
+        if not 0 <= int(slice_index) < count:
+            raise PromptError(
+                f"slice {slice_index} is outside the {count} slices along {AXIS_NAMES[axis]}",
+                f"use 0..{count - 1}",
+            )
+        return self._encode_ahead(axis, int(slice_index), count)
+
+    def _encode_ahead(self, axis: int, slice_index: int, count: int) -> Iterator[EncodeAheadProgress]:
+        if self.is_sam2:
+            tracker = self._tracker(axis)
+            is_cached, batch_size = tracker.has_features, tracker.preferred_batch_size
+
+            def encode(batch: list[int]) -> None:
+                tracker.precompute_features(batch, batch_size=len(batch))
+
+            def cached_on_axis() -> int:
+                return tracker.cached_frame_count
+        else:
+            cache = self.embeddings(axis)
+            is_cached, batch_size, encode = cache.__contains__, cache.batch_size, cache.encode
+
+            def cached_on_axis() -> int:
+                return len(cache)
+
+        # what is missing is decided when the first item is asked for (a prompt may have come in between)
+        room = max(0, self.max_cached_frames - self.cached_frames())
+        todo = [index for index in outward_order(slice_index, count) if not is_cached(index)][:room]
+        with self._computing():
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                encode(batch)
+                done = min(start + batch_size, len(todo))
+                yield EncodeAheadProgress(axis, tuple(batch), done, len(todo), cached_on_axis(), count)
 
     # -- SAM 2 ---------------------------------------------------------------------------------------
     def tracker(self, axis: int) -> Any:

@@ -81,6 +81,19 @@ def view_slice_axis(slice_node, volume_node, tolerance_deg: float = 1.0) -> int:
     return axis
 
 
+def view_slice_index(slice_node, volume_node, axis: int) -> int:
+    """The slice of ``volume_node`` along IJK ``axis`` that a slice view shows: the voxel plane through
+    the view's centre (the translation of its SliceToRAS), the nearest one when the view lies beyond
+    the volume."""
+    from .geometry import apply_affine
+    from .prompts import snap_index
+
+    centre_ras = matrix_to_numpy(slice_node.GetSliceToRAS())[:3, 3]
+    centre_ijk = apply_affine(np.linalg.inv(world_ijk_to_ras(volume_node)), centre_ras[None])[0]
+    count = volume_node.GetImageData().GetDimensions()[axis]
+    return int(np.clip(snap_index(centre_ijk[axis]), 0, count - 1))
+
+
 def set_roi_box_ijk(roi_node, volume_node, box_ijk) -> None:
     """Place an ROI exactly on the voxel box ``box_ijk`` (i0, j0, k0, i1, j1, k1) of ``volume_node``.
 
@@ -406,6 +419,21 @@ class SlicerSegmentationLogic:
         require_fit(estimate)
         self.memory_message = estimate.message  # shown by the panel's status line
         return max(2, estimate.plan.cached_frames)
+
+    def plan_encode_ahead(self, axis: int, slice_index: int) -> Iterator[Any] | None:
+        """(main thread) The worker's generator encoding the image features of ``axis``'s slices from
+        ``slice_index`` outward (:meth:`~medsegany.session.SegmentationSession.encode_ahead`), or None
+        when that cannot start now: an action runs, or the model is not loaded yet (loading it is the
+        worker's job, not a head start's).
+
+        The session is made here, on the main thread, so that the generator holds it: a volume, model
+        or intensity changed meanwhile gives the next action a new session, and the old one's features
+        are dropped with it, never used for another volume.
+        """
+        if self.running is not None or not self.model_loaded:
+            return None
+        self.volume()  # refresh the private copy (MRML: main thread)
+        return self.ensure_session().encode_ahead(axis, slice_index)
 
     def _object_key(self) -> tuple[str, str]:
         return (self.segmentation_node.GetID(), self.segment_id)

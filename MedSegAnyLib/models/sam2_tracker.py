@@ -177,6 +177,15 @@ class Sam2Tracker:
     def feature_cache_bytes(self, value: int) -> None:
         self._cache.max_bytes = int(value)
 
+    @property
+    def cached_frame_count(self) -> int:
+        """Frames whose image features are cached."""
+        return len(self._cache)
+
+    def has_features(self, frame_index: int) -> bool:
+        """True when the frame's image features are cached (nothing to encode)."""
+        return int(frame_index) in self._cache
+
     def _require_frames(self) -> np.ndarray:
         if self._frames_nhw is None:
             raise VolumeError("the tracker has no frames", "call set_frames first")

@@ -175,3 +175,28 @@ def test_a_slice_range_leaves_the_slices_outside_it_untouched(medsam2):
     np.testing.assert_array_equal(after[[0, 4, 5]], before[[0, 4, 5]])
     rest = list(session.propagate())  # without a range: the runs the range cut go on to the ends
     assert {r.slice_index for r in rest} == {0, 1, 3, 4, 5}
+
+
+def test_features_encoded_ahead_are_used_and_give_the_same_masks(medsam2):
+    volume = disc_volume()
+    ahead = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+
+    progress = list(ahead.encode_ahead(2, 2))
+
+    assert [i for p in progress for i in p.frames] == [2, 3, 1, 0]
+    assert progress[-1].cached == 4 and ahead.cached_frames() == 4
+    tracker = ahead.tracker(2)
+    object_id = ahead.add_object("disc")
+    ahead.add_prompts(object_id, box_prompt(volume, 1))
+    list(ahead.propagate())
+    assert tracker.frames_encoded == 4  # nothing encoded after the prompt
+
+    cold = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    other = cold.add_object("disc")
+    cold.add_prompts(other, box_prompt(volume, 1))
+    list(cold.propagate())
+    np.testing.assert_array_equal(ahead.mask_kji(object_id), cold.mask_kji(other))
+    for k in range(4):
+        np.testing.assert_array_equal(
+            tracker.result(object_id, k).mask_logits_frame, cold.tracker(2).result(other, k).mask_logits_frame
+        )

@@ -1,0 +1,162 @@
+"""The panel's encoding ahead (medsegany.slicer_encode_ahead) on a real worker thread and a headless MRML
+scene: it starts from the slice in view, restarts from another slice, stops before an action, and the
+action then encodes nothing again and writes the same segment as without it."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt-free MRML)")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
+
+from medsegany.slicer_encode_ahead import EncodeAhead  # noqa: E402
+from medsegany.slicer_logic import SlicerSegmentationLogic, view_slice_index  # noqa: E402
+from medsegany.slicer_worker import ModelWorker, wait_until  # noqa: E402
+from slicer_scene_testing import (  # noqa: E402
+    SHAPE_KJI,
+    WORLD_IJK_TO_RAS,
+    ThresholdModel,
+    add_roi_on_slice,
+    add_segmentation,
+    add_volume_node,
+    make_scene,
+    phantom_kji,
+    vtk_matrix,
+    world_ras,
+)
+from test_slicer_logic import BOX_IJK, _mask, library_mask  # noqa: E402
+
+SLICES = SHAPE_KJI[0]
+
+
+class CountingModel(ThresholdModel):
+    """Counts the frames it encodes; with ``hold`` set, each encoder call waits until it is released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded: list[int] = []
+        self.hold: threading.Event | None = None
+        self.calls_started = 0
+
+    def embed_frames(self, frames):
+        self.calls_started += 1
+        if self.hold is not None:
+            self.hold.wait(30)
+        self.encoded.append(len(frames))
+        return super().embed_frames(frames)
+
+
+@pytest.fixture()
+def scene():
+    mrml_scene, segmentations_logic = make_scene()
+    yield mrml_scene
+    segmentations_logic.SetMRMLScene(None)
+    mrml_scene.Clear(1)
+
+
+@pytest.fixture()
+def worker():
+    model_worker = ModelWorker("test worker")
+    yield model_worker
+    model_worker.shutdown()
+
+
+def _panel(scene, model):
+    volume_node = add_volume_node(scene, phantom_kji())
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=model, intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    return logic, volume_node, segmentation, target
+
+
+def _finish(ahead: EncodeAhead) -> None:
+    assert wait_until(lambda: ahead.poll() is None and not ahead.running, timeout_s=30)
+
+
+def test_slices_encoded_ahead_serve_the_next_action_which_writes_the_same_segment(scene, worker):
+    model = CountingModel()
+    logic, volume_node, segmentation, target = _panel(scene, model)
+    ahead = EncodeAhead(logic, worker)
+
+    assert ahead.request(2, 6)
+    _finish(ahead)
+
+    assert sum(model.encoded) == SLICES and ahead.progress.cached == SLICES
+    assert ahead.progress.frames[-1] in (0, SLICES - 1) and ahead.error is None
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+    logic.segment(roi)
+    assert sum(model.encoded) == SLICES  # the action encoded nothing
+    np.testing.assert_array_equal(
+        _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
+    )
+
+
+def test_stop_returns_once_the_encoder_call_ends_and_keeps_what_was_encoded(scene, worker):
+    model = CountingModel()
+    logic, *_ = _panel(scene, model)
+    model.hold = threading.Event()
+    ahead = EncodeAhead(logic, worker)
+    assert ahead.request(2, 6)
+    assert wait_until(lambda: model.calls_started == 1)
+
+    stopper = threading.Timer(0.2, model.hold.set)  # the encoder call ends 0.2 s after stop() is asked
+    stopper.start()
+    ahead.stop()
+
+    assert not worker.busy and not ahead.running
+    # one encoder call (the fake model's batch: 4 slices, 6 7 5 8), nothing after it
+    assert model.encoded == [4] and logic.session.cached_frames() == 4
+    assert all(k in logic.session.embeddings(2) for k in (6, 7, 5, 8))
+
+
+def test_a_request_from_another_slice_restarts_from_there(scene, worker):
+    model = CountingModel()
+    logic, *_ = _panel(scene, model)
+    model.hold = threading.Event()
+    ahead = EncodeAhead(logic, worker)
+    assert ahead.request(2, 0)
+    assert wait_until(lambda: model.calls_started == 1)
+    assert ahead.request(2, 0)  # the same slice: the running job goes on
+    assert ahead.pending is None
+
+    assert ahead.request(2, 9)  # another slice: the job stops after its call, the new one waits
+    assert ahead.pending == (2, 9)
+    model.hold.set()
+    _finish(ahead)
+
+    cache = logic.session.embeddings(2)
+    assert 0 in cache and 9 in cache and sum(model.encoded) == SLICES
+    assert ahead.target == (2, 9)
+
+
+def test_nothing_starts_before_the_model_is_loaded_or_while_the_worker_is_busy(scene, worker):
+    logic, *_ = _panel(scene, "litemedsam")  # a model id, not loaded yet
+    ahead = EncodeAhead(logic, worker)
+    assert not ahead.request(2, 3) and ahead.handle is None
+
+    logic, *_ = _panel(scene, CountingModel())
+    gate = threading.Event()
+    worker.submit(lambda context: [gate.wait(30)], label="load model")
+    ahead = EncodeAhead(logic, worker)
+    assert not ahead.request(2, 3)
+    gate.set()
+    assert wait_until(lambda: not worker.busy)
+    assert ahead.request(2, 3)
+    _finish(ahead)
+
+
+def test_a_view_gives_the_slice_through_its_centre(scene):
+    volume_node = add_volume_node(scene, phantom_kji())
+    node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    for k, expected in ((4.0, 4), (7.4, 7), (-3.0, 0), (40.0, SLICES - 1)):
+        slice_to_ras = np.eye(4)
+        slice_to_ras[:3, 3] = world_ras([(5.0, 6.0, k)])[0]
+        node.GetSliceToRAS().DeepCopy(vtk_matrix(slice_to_ras))
+        assert view_slice_index(node, volume_node, 2) == expected
+    slice_to_ras[:3, 3] = WORLD_IJK_TO_RAS[:3, :3] @ [3.0, 9.0, 2.0] + WORLD_IJK_TO_RAS[:3, 3]
+    node.GetSliceToRAS().DeepCopy(vtk_matrix(slice_to_ras))
+    assert view_slice_index(node, volume_node, 0) == 3 and view_slice_index(node, volume_node, 1) == 9

@@ -347,15 +347,18 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self.worker is None or self.loadingAhead is not None or not self.logic.model_loaded:
             return
-        if not self._setTarget(quiet=True):
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        if volumeNode is None:
             return
         from MedSegAnyLib.slicer_encode_ahead import EncodeAhead
         from MedSegAnyLib.slicer_logic import view_slice_axis, view_slice_index
 
         try:
+            if not self._setTarget(quiet=True):  # no segment chosen yet: the volume is enough here
+                self.logic.set_volume(volumeNode)
             sliceNode = self._viewSliceNode()
-            axis = view_slice_axis(sliceNode, self.logic.volume_node)
-            index = view_slice_index(sliceNode, self.logic.volume_node, axis)
+            axis = view_slice_axis(sliceNode, volumeNode)
+            index = view_slice_index(sliceNode, volumeNode, axis)
             if self.encodeAhead is None or self.encodeAhead.worker is not self.worker:
                 self.encodeAhead = EncodeAhead(self.logic, self.worker)
             if self.encodeAhead.request(axis, index):

@@ -317,9 +317,22 @@ class SlicerSegmentationLogic:
         self.segment_id = segment_id
         self.segment_editor_node = segment_editor_node
 
+    def set_volume(self, volume_node) -> None:
+        """Only the volume, before a segment is chosen (what encoding ahead needs); ``set_target`` sets
+        all three."""
+        self._refuse_while_running("change the volume")
+        if volume_node is None:
+            raise OutputError("no volume was chosen", "choose the source volume in the MedSegAny panel")
+        self.volume_node = volume_node
+
     def volume(self) -> Volume:
         """The source volume as a private copy (refreshed when the node's voxels or geometry change)."""
         self._require_target()
+        return self._source_volume()
+
+    def _source_volume(self) -> Volume:
+        if self.volume_node is None:
+            raise OutputError("no volume was chosen", "choose the source volume in the MedSegAny panel")
         key = self._current_key()
         if self._volume is None or self._session_key is None or key != self._session_key:
             self._volume = volume_from_node(self.volume_node)
@@ -432,7 +445,7 @@ class SlicerSegmentationLogic:
         """
         if self.running is not None or not self.model_loaded:
             return None
-        self.volume()  # refresh the private copy (MRML: main thread)
+        self._source_volume()  # refresh the private copy (MRML: main thread); no segment needed yet
         return self.ensure_session().encode_ahead(axis, slice_index)
 
     def _object_key(self) -> tuple[str, str]:

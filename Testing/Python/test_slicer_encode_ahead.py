@@ -160,3 +160,23 @@ def test_a_view_gives_the_slice_through_its_centre(scene):
     slice_to_ras[:3, 3] = WORLD_IJK_TO_RAS[:3, :3] @ [3.0, 9.0, 2.0] + WORLD_IJK_TO_RAS[:3, 3]
     node.GetSliceToRAS().DeepCopy(vtk_matrix(slice_to_ras))
     assert view_slice_index(node, volume_node, 0) == 3 and view_slice_index(node, volume_node, 1) == 9
+
+
+def test_a_volume_is_enough_to_encode_ahead_and_the_later_target_reuses_it(scene, worker):
+    model = CountingModel()
+    volume_node = add_volume_node(scene, phantom_kji())
+    logic = SlicerSegmentationLogic(model=model, intensity="auto")
+    logic.set_volume(volume_node)  # no segmentation or segment chosen yet
+    ahead = EncodeAhead(logic, worker)
+
+    assert ahead.request(2, 6)
+    _finish(ahead)
+
+    assert sum(model.encoded) == SLICES
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4)))
+    assert sum(model.encoded) == SLICES
+    np.testing.assert_array_equal(
+        _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
+    )

@@ -500,7 +500,14 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _run(self, plan):
         if self.running is not None or not self._setTarget():
             return
-        self._stopEncodingAhead()  # within one encoder call; what it encoded serves this action
+        if self.encodeAhead is not None and self.encodeAhead.running:
+            # the encoder call in flight ends first (a slice: seconds for a large model on a CPU); the
+            # panel stays responsive meanwhile, and what was encoded serves this action
+            self.encodeAhead.cancel()
+            self.ui.statusLabel.text = "Finishing the slice being encoded..."
+            qt.QTimer.singleShot(ENCODE_AHEAD_POLL_MS // 5, lambda: self._run(plan))
+            return
+        self._stopEncodingAhead()
         self.placingHint = ""
         try:
             self._ensureReady()

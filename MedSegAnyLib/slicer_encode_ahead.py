@@ -3,8 +3,10 @@
 The panel asks for it when the model has loaded, when the user starts placing a box or points (the view
 and its slice are known then: that slice is encoded first), and when an action has ended (the rest of
 the volume, for the next object or correction). Before anything else uses the worker (an action, a model
-change) the panel calls :meth:`EncodeAhead.stop`, which returns once the encoder call being made has
-ended: up to one slice (0.3-0.6 s on the 2-core development CPU).
+change) the panel stops it. An action is started once the encoder call in flight has ended
+(:meth:`EncodeAhead.cancel`, the panel polling meanwhile): up to one slice, 0.3-0.6 s on the 2-core
+development CPU but seconds for a ViT-B encoder there, so the panel does not freeze for it. Rarer changes
+(the model, the volume) wait for it (:meth:`EncodeAhead.stop`).
 
 Main thread only, like the rest of the panel; the worker runs the session's generator
 (:meth:`medsegany.slicer_logic.SlicerSegmentationLogic.plan_encode_ahead`).
@@ -70,11 +72,16 @@ class EncodeAhead:
             return str(self.progress.message)
         return None
 
-    def stop(self, timeout_s: float | None = 60.0) -> None:
-        """Cancel the job and wait until its encoder call has ended (the worker is free afterwards)."""
+    def cancel(self) -> None:
+        """Ask the job to stop after its encoder call, without waiting (``running`` turns False then)."""
         self.pending = None
         if self.handle is not None:
             self.handle.cancel()
+
+    def stop(self, timeout_s: float | None = 60.0) -> None:
+        """Cancel the job and wait until its encoder call has ended (the worker is free afterwards)."""
+        self.cancel()
+        if self.handle is not None:
             if not self.handle.finished:
                 self.handle.wait(timeout_s)
             self.poll()

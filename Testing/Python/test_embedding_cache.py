@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from fake_models import ThresholdModel
 from medsegany.embedding_cache import FrameEmbeddingCache
 
@@ -15,3 +16,18 @@ def test_frames_are_encoded_once_in_batches_and_evicted_least_recently_used():
     assert model.encoded == 3
     cache.get(7, ahead=[8, 9, 10])  # 10 is outside the stack: ignored
     assert model.encoded == 6 and 2 not in cache and 3 in cache  # 2 was the least recently used
+
+
+def test_encode_caches_exactly_the_frames_asked_for_in_one_call():
+    frames = np.arange(10 * 4 * 4, dtype=np.float32).reshape(10, 4, 4)
+    model = ThresholdModel()
+    cache = FrameEmbeddingCache(model, lambda i: frames[i], 10, max_frames=4, batch_size=2)
+    cache.encode([6, 1, 6, 8])  # a repeat is encoded once; the batch size is the caller's choice here
+    assert model.encoded == 3 and len(cache) == 3 and all(i in cache for i in (6, 1, 8))
+    np.testing.assert_array_equal(cache.get(1), frames[1])
+    assert model.encoded == 3
+    with pytest.raises(IndexError, match=r"frame 10 is outside 0\.\.9"):
+        cache.encode([10])
+    with pytest.raises(ValueError, match="5 frames in one call exceed the cache's 4"):
+        cache.encode([0, 2, 3, 4, 5])
+    assert model.encoded == 3 and len(cache) == 3  # refused calls encode nothing

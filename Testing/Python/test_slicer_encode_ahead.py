@@ -180,3 +180,20 @@ def test_a_volume_is_enough_to_encode_ahead_and_the_later_target_reuses_it(scene
     np.testing.assert_array_equal(
         _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
     )
+
+
+def test_cancel_returns_at_once_and_the_job_ends_after_its_encoder_call(scene, worker):
+    model = CountingModel()
+    logic, *_ = _panel(scene, model)
+    model.hold = threading.Event()
+    ahead = EncodeAhead(logic, worker)
+    assert ahead.request(2, 6)
+    assert wait_until(lambda: model.calls_started == 1)
+    ahead.request(2, 3)  # a restart waiting for the job to end...
+
+    ahead.cancel()  # ...is dropped: the panel starts an action instead
+
+    assert ahead.running and ahead.pending is None and worker.busy  # the encoder call is still in flight
+    model.hold.set()
+    assert wait_until(lambda: not ahead.running and not worker.busy)
+    assert ahead.poll() is None and not ahead.running and model.calls_started == 1

@@ -347,9 +347,10 @@ class SegmentationSession:
     # -- image features ahead of the prompt ------------------------------------------------------------
     def cached_frames(self) -> int:
         """Slices whose image features the session holds, over all axes."""
+        # copies: another thread may add an axis meanwhile (the Slicer panel's worker)
         if self.is_sam2:
-            return sum(tracker.cached_frame_count for tracker in self._trackers.values())
-        return sum(len(cache) for cache in self._caches.values())
+            return sum(tracker.cached_frame_count for tracker in list(self._trackers.values()))
+        return sum(len(cache) for cache in list(self._caches.values()))
 
     def encode_ahead(self, axis: int, slice_index: int) -> Iterator[EncodeAheadProgress]:
         """Encode the image features of ``axis``'s slices before any prompt: ``slice_index`` first, then
@@ -418,7 +419,8 @@ class SegmentationSession:
 
     def _forget_tracker_object(self, object_id: int) -> None:
         self._synced.pop(object_id, None)
-        for tracker in self._trackers.values():
+        # a copy: encoding ahead may add an axis's tracker from the worker thread meanwhile (Slicer)
+        for tracker in list(self._trackers.values()):
             tracker.remove_object(object_id)
 
     def _sync_tracker(self, obj: SegmentObject, tracker: Any) -> None:

@@ -197,3 +197,23 @@ def test_cancel_returns_at_once_and_the_job_ends_after_its_encoder_call(scene, w
     model.hold.set()
     assert wait_until(lambda: not ahead.running and not worker.busy)
     assert ahead.poll() is None and not ahead.running and model.calls_started == 1
+
+
+def test_undo_and_redo_work_while_slices_are_encoded_ahead(scene, worker):
+    model = CountingModel()
+    logic, volume_node, segmentation, target = _panel(scene, model)
+    logic.segment(add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4)))
+    segmented = _mask(segmentation, target, volume_node)
+    model.hold = threading.Event()
+    ahead = EncodeAhead(logic, worker)
+    assert ahead.request(1, 10)  # another axis: nothing of it is cached yet
+    assert wait_until(lambda: model.calls_started > 0 and ahead.running)
+
+    logic.undo()  # the panel allows it meanwhile: main thread, no model call
+    assert not _mask(segmentation, target, volume_node).any()
+    logic.redo()
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), segmented)
+
+    model.hold.set()
+    _finish(ahead)
+    assert ahead.error is None and ahead.progress.encoded == ahead.progress.planned > 0

@@ -39,7 +39,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import SAM2_MODELS, _prompt_of, _volume, _write_json, machine_info, object_prompts, phantom_kji
+from speed import (
+    SAM2_MODELS,
+    PeakMemory,
+    _prompt_of,
+    _release_freed_memory,
+    _volume,
+    _write_json,
+    machine_info,
+    object_prompts,
+    phantom_kji,
+    rss_bytes,
+)
 
 MODELS = ("litemedsam", *SAM2_MODELS)
 
@@ -83,7 +94,14 @@ def frames_encoded(session: Any) -> int:
     return session.tracker(2).frames_encoded if session.is_sam2 else session.embeddings(2).encoded_frames
 
 
-def one_run(model: Any, voxels_kji: np.ndarray, idle_s: float) -> dict[str, Any]:
+def one_run(model: Any, voxels_kji: np.ndarray, idle_s: float, cuda: bool = False) -> dict[str, Any]:
+    """:func:`timed_run` with its peak memory (RSS; on CUDA also the GPU's)."""
+    with PeakMemory(cuda) as memory:
+        run = timed_run(model, voxels_kji, idle_s)
+    return run | {"peak_rss_bytes": memory.peak_rss, "peak_gpu_bytes": memory.peak_gpu}
+
+
+def timed_run(model: Any, voxels_kji: np.ndarray, idle_s: float) -> dict[str, Any]:
     """Encode ahead for ``idle_s`` seconds, then prompt and propagate; times and the mask."""
     prompt = object_prompts(voxels_kji, 1)[0]
     session = new_session(model, voxels_kji)
@@ -128,13 +146,37 @@ def one_run(model: Any, voxels_kji: np.ndarray, idle_s: float) -> dict[str, Any]
     }
 
 
+def memory_estimate(model: Any, args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The estimator's plan for the case against the largest peak of its runs (every run ends with the
+    same features cached: those encoded ahead, or those the propagation encoded)."""
+    from medsegany.memory_estimate import plan_memory
+
+    cuda = str(args.device).startswith("cuda")
+    estimate = plan_memory(
+        model,
+        (args.size, args.size),
+        args.slices,
+        1,
+        device=args.device,
+        batch_size=getattr(model, "preferred_batch_size", 1),
+        runtime_bytes=None if cuda else args.baseline_rss,
+        volume_bytes=args.slices * args.size * args.size,
+    )
+    measured = max(run["peak_gpu_bytes" if cuda else "peak_rss_bytes"] or 0 for run in runs)
+    return estimate.as_dict() | {
+        "measured_peak_bytes": measured,
+        "predicted_over_measured": estimate.device_bytes / measured if measured else None,
+    }
+
+
 def run_model(args: argparse.Namespace, model_name: str, log) -> dict[str, Any]:
     model, info = load(model_name, args.device, log)
     voxels = phantom_kji(args.slices, args.size)
-    one_run(model, phantom_kji(3, args.size), math.inf)  # warm-up: first calls, allocator pools
+    cuda = str(args.device).startswith("cuda")
+    one_run(model, phantom_kji(3, args.size), math.inf, cuda)  # warm-up: first calls, allocator pools
     runs = []
     for idle in args.idle_seconds:
-        run = one_run(model, voxels, idle)
+        run = one_run(model, voxels, idle, cuda)
         log(
             f"  idle {idle:g} s (used {run['idle_s_used']:.1f}, {run['slices_encoded_ahead']} slices ahead): "
             f"prompt {run['prompt_s']:.2f} s, propagation {run['propagation_s']:.1f} s "
@@ -155,6 +197,7 @@ def run_model(args: argparse.Namespace, model_name: str, log) -> dict[str, Any]:
         "precision": getattr(model, "precision", None),
         **info,
         "runs": runs,
+        "memory_estimate": memory_estimate(model, args, runs),
     }
 
 
@@ -174,6 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/encode_ahead.json"))
     args = parser.parse_args(argv)
     args.idle_seconds = sorted(set(args.idle_seconds))  # the cold run (0) first: the others compare to it
+    args.baseline_rss = None  # set by main() before any model is loaded
     return args
 
 
@@ -186,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     tune_cpu_once()
+    _release_freed_memory()
+    args.baseline_rss = rss_bytes()  # the runtime before any model: the estimator's "runtime" term
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

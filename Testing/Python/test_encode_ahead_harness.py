@@ -30,3 +30,7 @@ def test_runs_after_encoding_ahead_need_no_encoder_and_give_the_cold_masks(monke
     assert cold["after_prompt_ratio_cold_over_this"] == 1.0 and ahead["after_prompt_ratio_cold_over_this"] > 0
     assert ahead["slices_encoded_after_prompt"] == 0
     assert cold["slices_encoded_after_prompt"] > cold["slices_propagated"]  # the key slice too
+    assert all(run["peak_rss_bytes"] > 0 for run in case["runs"])
+    estimate = case["memory_estimate"]
+    assert estimate["measured_peak_bytes"] == max(run["peak_rss_bytes"] for run in case["runs"])
+    assert estimate["predicted_over_measured"] > 0

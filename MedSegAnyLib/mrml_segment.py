@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OutputError
+from .mrml_surface import SurfaceDeferral
 from .mrml_volume import world_ijk_to_ras
 from .mrml_vtk import (
     extent_is_empty,
@@ -214,7 +215,12 @@ class SegmentWriter:
     """
 
     def __init__(
-        self, segmentation_node, segment_id: str, reference_volume_node, masking: EditMasking | None = None
+        self,
+        segmentation_node,
+        segment_id: str,
+        reference_volume_node,
+        masking: EditMasking | None = None,
+        defer_surface: bool = True,
     ):
         self.segmentation_node = segmentation_node
         self.segment_id = segment_id
@@ -231,6 +237,9 @@ class SegmentWriter:
             )
         self._volume_to_segmentation = volume_ijk_to_segmentation(segmentation_node, reference_volume_node)
         self._use_volume_as_reference_geometry()
+        #: the 3D surfaces of the segments written, rebuilt every few seconds instead of after every slice;
+        #: ``defer_surface=False``: Slicer's own behaviour, every surface converted after each slice
+        self.surface = SurfaceDeferral(segmentation_node, enabled=defer_surface)
         #: (i0, i1, j0, j1, k0, k1) of all slices written so far, volume IJK; None before the first write.
         self.modified_extent_ijk: tuple[int, ...] | None = None
 
@@ -310,7 +319,10 @@ class SegmentWriter:
         overwrite_ids = segment_ids_to_overwrite(
             self.segmentation_node, segment_id, self.masking.overwrite_other_segments
         )
-        if not keep_kji.all():
+        self.surface.before_write(segment_id)
+        # nothing of the segment where the slice removes: skip that pass (a fresh slice of a run; each
+        # pass costs about 20 ms on a 512 x 512 x 100 segment, slicer-core on the 2-core CPU)
+        if not keep_kji.all() and self._has_voxels_under(segment_id, keep_kji == 0, extent):
             # Removing only touches this segment's own label (minimumOfAllSegments off); listing every other
             # segment as overwritable stops Slicer from splitting the layer for a removal.
             image, shifted = self._modifier(segment_id, keep_kji, extent)
@@ -339,13 +351,14 @@ class SegmentWriter:
                 continue
             if not self._has_voxels_under(other, added, extent):
                 continue
+            self.surface.before_write(other)
             image, shifted = self._modifier(other, (~added).astype(np.uint8), extent)
             set_binary_labelmap(
                 image, self.segmentation_node, other, logic.MODE_MERGE_MIN, shifted, all_others
             )
 
     def _has_voxels_under(self, segment_id: str, added_kji: np.ndarray, extent: list[int]) -> bool:
-        """Whether ``segment_id`` has any voxel where the slice adds voxels (skips needless writes)."""
+        """Whether ``segment_id`` has any voxel where ``added_kji`` is set (skips needless writes)."""
         layer = binary_labelmap_layer(self.segmentation_node, segment_id)
         values_kji = image_values_kji(layer) if layer is not None else None
         if values_kji is None:
@@ -366,6 +379,14 @@ class SegmentWriter:
         )
         target = tuple(slice(start, start + high - low + 1) for (low, high, start) in region)
         return bool(np.any((values_kji[source] == label_value) & added_kji[target]))
+
+    def refresh_surface(self) -> None:
+        """Rebuild the 3D surfaces of the segments written when it is time (see :mod:`.mrml_surface`)."""
+        self.surface.maybe_rebuild()
+
+    def close(self) -> None:
+        """The run ended: the 3D surfaces of the segments written are built (see :mod:`.mrml_surface`)."""
+        self.surface.close()
 
     def _mark_in_progress(self) -> None:
         logic = slicer_module().vtkSlicerSegmentationsModuleLogic

@@ -22,6 +22,7 @@ from .mrml_segment import (
     segment_or_error,
     set_binary_labelmap,
 )
+from .mrml_surface import closed_surface_name
 from .mrml_vtk import image_to_world, image_values_kji, oriented_image, slicer_module
 
 
@@ -108,6 +109,12 @@ def restore_segment(segmentation_node, snapshot: SegmentSnapshot) -> None:
         )
     logic = slicer_module().vtkSlicerSegmentationsModuleLogic
     segmentation = segmentation_node.GetSegmentation()
+    # ClearSegment drops a segment's 3D surface and writing the labelmap back does not rebuild it
+    surface = closed_surface_name()
+    shown_in_3d = any(
+        segmentation.GetSegment(saved.segment_id).GetRepresentation(surface) is not None
+        for saved in snapshot.segments
+    )
     for saved in snapshot.segments:
         segmentation.ClearSegment(saved.segment_id)
     for saved in snapshot.segments:
@@ -118,3 +125,5 @@ def restore_segment(segmentation_node, snapshot: SegmentSnapshot) -> None:
         set_binary_labelmap(
             image, segmentation_node, saved.segment_id, logic.MODE_MERGE_MASK, list(saved.extent_ijk), []
         )
+    if shown_in_3d:
+        segmentation.CreateRepresentation(surface)  # converts the restored segments only

@@ -578,6 +578,7 @@ class SlicerSegmentationLogic:
         """
         if self.running is action:
             self.running = None
+        action.writer.close()  # the 3D surfaces of what was written, built once (mrml_surface)
         step = action.step
         step.cancelled = cancelled
         if step.slices_written == 0:
@@ -602,6 +603,7 @@ class SlicerSegmentationLogic:
             self.running = None
         if action.step.slices_written:
             restore_segment(self.segmentation_node, action.step.before)
+        action.writer.close()
         self._restore_object(action.step, action.step.object_before)
 
     def run_action(
@@ -854,7 +856,8 @@ class RunningAction:
         """Apply the slices that arrived; True once the action is finished (done, cancelled or failed)."""
         if self.finished:
             return True
-        for event in self.handle.drain(max_items):
+        events = self.handle.drain(max_items)
+        for event in events:
             if event.kind == "item":
                 try:
                     self.action.apply(event.payload)
@@ -872,6 +875,8 @@ class RunningAction:
                 self.step = self.logic.finish_action(self.action, cancelled=event.kind == "cancelled")
                 self.finished = True
                 return True
+        if events:  # the 3D view: the surface rebuilt every few seconds, drawn before the next slices
+            self.action.writer.refresh_surface()
         return False
 
     def wait(self, timeout_s: float = 60.0, poll_interval_s: float = 0.01) -> UndoStep | None:

@@ -228,9 +228,18 @@ class AIAction:
 
     def apply(self, result) -> None:
         """Write one :class:`~medsegany.session.SliceResult` into the segment (touches that slice only)."""
-        self.writer.write_slice(result.axis, result.slice_index, result.mask_frame)
-        self.slices.append(int(result.slice_index))
-        self.step.slices_written += 1
+        self.apply_all([result])
+
+    def apply_all(self, results: list[Any]) -> None:
+        """Write the results that arrived together, in order; neighbouring slices in one call to Slicer
+        (:meth:`~medsegany.mrml_segment.SegmentWriter.write_slices`)."""
+        for axis in dict.fromkeys(result.axis for result in results):
+            self.writer.write_slices(
+                axis, [(r.slice_index, r.mask_frame) for r in results if r.axis == axis]
+            )
+        for result in results:
+            self.slices.append(int(result.slice_index))
+            self.step.slices_written += 1
 
 
 # ------------------------------------------------------------------------------------------ the logic
@@ -601,7 +610,7 @@ class SlicerSegmentationLogic:
         """Undo what a failed action wrote (it raised before finishing) and forget it."""
         if self.running is action:
             self.running = None
-        if action.step.slices_written:
+        if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
             restore_segment(self.segmentation_node, action.step.before)
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)
@@ -857,25 +866,28 @@ class RunningAction:
         if self.finished:
             return True
         events = self.handle.drain(max_items)
+        # everything that arrived since the last poll is written at once (a GPU yields several slices
+        # per poll); the final event, if any, comes last
+        items = [event.payload for event in events if event.kind == "item"]
+        if items:
+            try:
+                self.action.apply_all(items)
+            except BaseException as error:  # a write failed: stop the worker, undo this action
+                self.handle.cancel()
+                self.handle.wait(timeout_s=30)
+                self.logic.abort_action(self.action)
+                self.error, self.finished = error, True
+                return True
         for event in events:
-            if event.kind == "item":
-                try:
-                    self.action.apply(event.payload)
-                except BaseException as error:  # a write failed: stop the worker, undo this action
-                    self.handle.cancel()
-                    self.handle.wait(timeout_s=30)
-                    self.logic.abort_action(self.action)
-                    self.error, self.finished = error, True
-                    return True
-            elif event.kind == "error":
+            if event.kind == "error":
                 self.logic.abort_action(self.action)
                 self.error, self.finished = event.payload, True
                 return True
-            elif event.kind in ("done", "cancelled"):
+            if event.kind in ("done", "cancelled"):
                 self.step = self.logic.finish_action(self.action, cancelled=event.kind == "cancelled")
                 self.finished = True
                 return True
-        if events:  # the 3D view: the surface rebuilt every few seconds, drawn before the next slices
+        if items:  # the 3D view: the surface rebuilt every few seconds, drawn before the next slices
             self.action.writer.refresh_surface()
         return False
 

@@ -9,7 +9,10 @@ classes, no rendering). For a 512 x 512 x N volume whose target segment already 
 - ``3d_slicer``: surfaces shown, the writer without the deferral, as Slicer's own API behaves: every
   write converts the whole segment's surface again (``defer_surface=False``);
 - ``3d_medsegany``: surfaces shown, the writer with :mod:`medsegany.mrml_surface`: removed once, rebuilt
-  every few seconds and when the run ends (``close_s``, counted in the total).
+  every few seconds and when the run ends (``close_s``, counted in the total);
+- ``plain_batched`` and ``3d_medsegany_batched``: the same, ``--batch`` neighbouring slices per call
+  (``SegmentWriter.write_slices``), as the panel writes what arrived between two of its polls (50 ms)
+  when the model yields a slice every 10 ms (SAM 2 on a GPU). Per slice = per call / ``--batch``.
 
 The surfaces at the end of both 3D paths are compared (points and bounds).
 
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import _write_json, machine_info
 
-PATHS = ("plain", "3d_slicer", "3d_medsegany")
+PATHS = ("plain", "plain_batched", "3d_slicer", "3d_medsegany", "3d_medsegany_batched")
 
 
 def scene_with_segment(shape_kji: tuple[int, int, int], filled: int, in_3d: bool) -> tuple[Any, ...]:
@@ -61,21 +64,25 @@ def disc(shape: tuple[int, int], k: int) -> np.ndarray:
     return (rows - shape[0] / 2) ** 2 + (cols - shape[1] / 2) ** 2 < radius**2
 
 
-def run_path(path: str, shape_kji: tuple[int, int, int], filled: int, slices: int) -> dict[str, Any]:
+def run_path(
+    path: str, shape_kji: tuple[int, int, int], filled: int, slices: int, batch: int
+) -> dict[str, Any]:
     from medsegany.mrml_segment import SegmentWriter
     from medsegany.mrml_surface import closed_surface_name
 
     scene, segmentations_logic, volume_node, segmentation, target = scene_with_segment(
-        shape_kji, filled, in_3d=path != "plain"
+        shape_kji, filled, in_3d=path.startswith("3d")
     )
-    writer = SegmentWriter(segmentation, target, volume_node, defer_surface=path == "3d_medsegany")
+    writer = SegmentWriter(segmentation, target, volume_node, defer_surface=path.startswith("3d_medsegany"))
+    per_call = batch if path.endswith("_batched") else 1
     seconds = []
     start = time.perf_counter()
-    for k in range(filled, filled + slices):
+    for first in range(filled, filled + slices, per_call):
+        indices = range(first, min(first + per_call, filled + slices))
         before = time.perf_counter()
-        writer.write_slice(2, k, disc(shape_kji[1:], k))
+        writer.write_slices(2, [(k, disc(shape_kji[1:], k)) for k in indices])
         writer.refresh_surface()  # as the panel does after each batch of slices
-        seconds.append(time.perf_counter() - before)
+        seconds.append((time.perf_counter() - before) / len(indices))
     rebuilds_during_run = writer.surface.rebuilds
     before = time.perf_counter()
     writer.close()
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filled", type=int, default=50, help="slices the segment holds before")
     parser.add_argument("--depth", type=int, default=100, help="slices of the volume")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=5, help="slices per call on the _batched paths")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/segment_writes.json"))
     args = parser.parse_args(argv)
     shape_kji = (args.depth, args.size, args.size)
@@ -113,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         "shape_kji": list(shape_kji),
         "filled_before": args.filled,
         "slices_written": args.slices,
+        "batch": args.batch,
         "paths": {},
     }
     for path in PATHS:
-        result = run_path(path, shape_kji, args.filled, args.slices)
+        result = run_path(path, shape_kji, args.filled, args.slices, args.batch)
         report["paths"][path] = result
         median_ms, max_ms = 1000 * result["write_s_median"], 1000 * result["write_s_max"]
         print(
@@ -129,10 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         "3d_slicer_over_3d_medsegany_total": paths["3d_slicer"]["total_s"] / paths["3d_medsegany"]["total_s"],
         "3d_slicer_over_3d_medsegany_per_slice": paths["3d_slicer"]["write_s_median"]
         / paths["3d_medsegany"]["write_s_median"],
+        "plain_over_plain_batched_per_slice": paths["plain"]["write_s_median"]
+        / paths["plain_batched"]["write_s_median"],
+        "3d_slicer_over_3d_medsegany_batched_total": paths["3d_slicer"]["total_s"]
+        / paths["3d_medsegany_batched"]["total_s"],
     }
-    report["same_surface"] = paths["3d_slicer"]["surface_points"] == paths["3d_medsegany"][
-        "surface_points"
-    ] and np.allclose(paths["3d_slicer"]["surface_bounds"], paths["3d_medsegany"]["surface_bounds"])
+    surfaces = [paths[name] for name in ("3d_slicer", "3d_medsegany", "3d_medsegany_batched")]
+    report["same_surface"] = all(
+        other["surface_points"] == surfaces[0]["surface_points"]
+        and np.allclose(other["surface_bounds"], surfaces[0]["surface_bounds"])
+        for other in surfaces[1:]
+    )
     _write_json(args.output, report)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -211,6 +211,48 @@ def test_rewriting_a_slice_removes_what_is_no_longer_there(scene, volume_node):
     assert not got_kji[[0, 1, 2, 3, 5, 6, 7]].any()
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_written_together_equal_the_same_slices_written_in_order(scene, volume_node, axis):
+    """Runs of neighbouring slices go to Slicer as slabs, with masking and overwriting as slice by slice."""
+    editable_kji = np.ones(SHAPE_KJI, dtype=bool)
+    editable_kji[:, :, :4] = False
+    masking = EditMasking(editable_kji, overwrite_other_segments="all")
+    count = SHAPE_KJI[2 - axis]
+    order = [1, 2, 3, count - 1, 5, 2]  # runs 1-3 and 5, the last slice alone, slice 2 twice
+    frames = [np.take(_blob_kji(20 + n, 0.5), index, axis=2 - axis) for n, index in enumerate(order)]
+    results = {}
+    for together in (False, True):
+        segmentation, (target, other) = add_segmentation(scene, volume_node, (f"t{together}", f"o{together}"))
+        _fill(segmentation, target, _blob_kji(30, 0.3))
+        _fill(segmentation, other, _blob_kji(31, 0.3))
+        writer = SegmentWriter(segmentation, target, volume_node, masking)
+        if together:
+            writer.write_slices(axis, list(zip(order, frames)))
+        else:  # the last frame of each slice, one by one
+            for index, frame in dict(zip(order, frames)).items():
+                writer.write_slice(axis, index, frame)
+        results[together] = [segment_mask_kji(segmentation, sid, volume_node) for sid in (target, other)]
+        extent = writer.modified_extent_ijk
+        assert (extent[2 * axis], extent[2 * axis + 1]) == (1, count - 1)
+    for in_order, together in zip(results[False], results[True]):
+        np.testing.assert_array_equal(together, in_order)
+    np.testing.assert_array_equal(  # the last frame given for slice 2 won
+        np.take(results[True][0], 2, axis=2 - axis)[np.take(editable_kji, 2, axis=2 - axis)],
+        frames[-1][np.take(editable_kji, 2, axis=2 - axis)],
+    )
+
+
+def test_a_bad_slice_among_several_writes_nothing(scene, volume_node):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    writer = SegmentWriter(segmentation, target, volume_node)
+    good = np.ones(SHAPE_KJI[1:], dtype=bool)
+    with pytest.raises(OutputError, match="outside the volume"):
+        writer.write_slices(2, [(3, good), (SHAPE_KJI[0], good)])
+    with pytest.raises(OutputError, match="has shape"):
+        writer.write_slices(2, [(3, good), (4, good[:-1])])
+    assert not segment_mask_kji(segmentation, target, volume_node).any() and not writer.touched
+
+
 @pytest.mark.parametrize("mode", ["all", "visible"])
 def test_overwrite_modes_erase_only_the_allowed_segments(scene, volume_node, mode):
     segmentation, (target, visible, hidden) = add_segmentation(

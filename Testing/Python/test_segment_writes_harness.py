@@ -14,6 +14,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt
 pytest.importorskip("torch")  # speed.py's machine report
 
 ROOT = Path(__file__).resolve().parents[2]
+PATHS = ("plain", "plain_batched", "3d_slicer", "3d_medsegany", "3d_medsegany_batched")
 
 
 def test_small_run_reports_every_path_and_the_same_surface(tmp_path):
@@ -21,11 +22,12 @@ def test_small_run_reports_every_path_and_the_same_surface(tmp_path):
     command = [
         sys.executable,
         str(ROOT / "benchmarks" / "segment_writes.py"),
-        *("--slices", "4", "--filled", "3", "--depth", "10", "--size", "48", "--output", str(output)),
+        *("--slices", "4", "--filled", "3", "--depth", "10", "--size", "48", "--batch", "3"),
+        *("--output", str(output)),
     ]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=300)
     report = json.loads(output.read_text())
-    assert set(report["paths"]) == {"plain", "3d_slicer", "3d_medsegany"}
+    assert set(report["paths"]) == set(PATHS)
     assert report["same_surface"] is True
     assert report["paths"]["3d_medsegany"]["surface_points"] > 0
     assert report["paths"]["plain"]["surface_points"] is None

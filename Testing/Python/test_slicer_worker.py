@@ -128,13 +128,13 @@ def test_model_runs_in_the_worker_and_mrml_writes_on_the_main_thread(scene, work
 
     logic, model, volume_node, segmentation, target, roi = _setup(scene)
     writer_threads = set()
-    original = SegmentWriter.write_slice
+    original = SegmentWriter.write_slices
 
     def recording_write(self, *args, **kwargs):
         writer_threads.add(threading.current_thread().name)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(SegmentWriter, "write_slice", recording_write)
+    monkeypatch.setattr(SegmentWriter, "write_slices", recording_write)
     running = logic.start(worker, logic.plan_prompt_action(roi))
     step = running.wait(timeout_s=30)
 

@@ -20,7 +20,7 @@ from slicer_scene_testing import (  # noqa: E402
     add_segmentation,
     add_volume_node,
     fill_segment,
-    make_scene,
+    mrml_scene,
     phantom_kji,
 )
 from test_slicer_logic import BOX_IJK  # noqa: E402
@@ -28,10 +28,8 @@ from test_slicer_logic import BOX_IJK  # noqa: E402
 
 @pytest.fixture()
 def scene():
-    mrml_scene, segmentations_logic = make_scene()
-    yield mrml_scene
-    segmentations_logic.SetMRMLScene(None)
-    mrml_scene.Clear(1)
+    with mrml_scene() as new_scene:
+        yield new_scene
 
 
 class Clock:

@@ -23,7 +23,7 @@ from slicer_scene_testing import (  # noqa: E402
     add_roi_on_slice,
     add_segmentation,
     add_volume_node,
-    make_scene,
+    mrml_scene,
     phantom_kji,
     vtk_matrix,
     world_ras,
@@ -52,10 +52,8 @@ class CountingModel(ThresholdModel):
 
 @pytest.fixture()
 def scene():
-    mrml_scene, segmentations_logic = make_scene()
-    yield mrml_scene
-    segmentations_logic.SetMRMLScene(None)
-    mrml_scene.Clear(1)
+    with mrml_scene() as new_scene:
+        yield new_scene
 
 
 @pytest.fixture()
@@ -77,6 +75,26 @@ def _finish(ahead: EncodeAhead) -> None:
     assert wait_until(lambda: ahead.poll() is None and not ahead.running, timeout_s=30)
 
 
+def _held_in_first_call(scene, worker, axis: int, slice_index: int):
+    """(model, logic, ahead): a job encoding from ``slice_index``, held inside its first encoder call."""
+    model = CountingModel()
+    logic, *_ = _panel(scene, model)
+    model.hold = threading.Event()
+    ahead = EncodeAhead(logic, worker)
+    assert ahead.request(axis, slice_index)
+    assert wait_until(lambda: model.calls_started == 1)
+    return model, logic, ahead
+
+
+def _box_gives_the_librarys_segment(scene, logic, model, volume_node, segmentation, target) -> None:
+    """A box through the logic encodes nothing more and writes what the library alone gives."""
+    logic.segment(add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4)))
+    assert sum(model.encoded) == SLICES
+    np.testing.assert_array_equal(
+        _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
+    )
+
+
 def test_slices_encoded_ahead_serve_the_next_action_which_writes_the_same_segment(scene, worker):
     model = CountingModel()
     logic, volume_node, segmentation, target = _panel(scene, model)
@@ -87,21 +105,11 @@ def test_slices_encoded_ahead_serve_the_next_action_which_writes_the_same_segmen
 
     assert sum(model.encoded) == SLICES and ahead.progress.cached == SLICES
     assert ahead.progress.frames[-1] in (0, SLICES - 1) and ahead.error is None
-    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
-    logic.segment(roi)
-    assert sum(model.encoded) == SLICES  # the action encoded nothing
-    np.testing.assert_array_equal(
-        _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
-    )
+    _box_gives_the_librarys_segment(scene, logic, model, volume_node, segmentation, target)
 
 
 def test_stop_returns_once_the_encoder_call_ends_and_keeps_what_was_encoded(scene, worker):
-    model = CountingModel()
-    logic, *_ = _panel(scene, model)
-    model.hold = threading.Event()
-    ahead = EncodeAhead(logic, worker)
-    assert ahead.request(2, 6)
-    assert wait_until(lambda: model.calls_started == 1)
+    model, logic, ahead = _held_in_first_call(scene, worker, 2, 6)
 
     stopper = threading.Timer(0.2, model.hold.set)  # the encoder call ends 0.2 s after stop() is asked
     stopper.start()
@@ -114,12 +122,7 @@ def test_stop_returns_once_the_encoder_call_ends_and_keeps_what_was_encoded(scen
 
 
 def test_a_request_from_another_slice_restarts_from_there(scene, worker):
-    model = CountingModel()
-    logic, *_ = _panel(scene, model)
-    model.hold = threading.Event()
-    ahead = EncodeAhead(logic, worker)
-    assert ahead.request(2, 0)
-    assert wait_until(lambda: model.calls_started == 1)
+    model, logic, ahead = _held_in_first_call(scene, worker, 2, 0)
     assert ahead.request(2, 0)  # the same slice: the running job goes on
     assert ahead.pending is None
 
@@ -175,20 +178,11 @@ def test_a_volume_is_enough_to_encode_ahead_and_the_later_target_reuses_it(scene
     assert sum(model.encoded) == SLICES
     segmentation, (target, _) = add_segmentation(scene, volume_node)
     logic.set_target(volume_node, segmentation, target)
-    logic.segment(add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4)))
-    assert sum(model.encoded) == SLICES
-    np.testing.assert_array_equal(
-        _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
-    )
+    _box_gives_the_librarys_segment(scene, logic, model, volume_node, segmentation, target)
 
 
 def test_cancel_returns_at_once_and_the_job_ends_after_its_encoder_call(scene, worker):
-    model = CountingModel()
-    logic, *_ = _panel(scene, model)
-    model.hold = threading.Event()
-    ahead = EncodeAhead(logic, worker)
-    assert ahead.request(2, 6)
-    assert wait_until(lambda: model.calls_started == 1)
+    model, _, ahead = _held_in_first_call(scene, worker, 2, 6)
     ahead.request(2, 3)  # a restart waiting for the job to end...
 
     ahead.cancel()  # ...is dropped: the panel starts an action instead

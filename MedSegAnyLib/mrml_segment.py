@@ -354,21 +354,22 @@ class SegmentWriter:
             self.segmentation_node, segment_id, self.masking.overwrite_other_segments
         )
         self.touched = True
-        self.surface.before_write(segment_id)
         # nothing of the segment where the slices remove: skip that pass (fresh slices of a run; each
         # pass costs about 20 ms on a 512 x 512 x 100 segment, slicer-core on the 2-core CPU)
         if not keep_kji.all() and self._has_voxels_under(segment_id, keep_kji == 0, extent):
             # Removing only touches this segment's own label (minimumOfAllSegments off); listing every other
             # segment as overwritable stops Slicer from splitting the layer for a removal.
             image, shifted = self._modifier(segment_id, keep_kji, extent)
-            set_binary_labelmap(
-                image, self.segmentation_node, segment_id, logic.MODE_MERGE_MIN, shifted, all_others
-            )
+            with self.surface.writing(segment_id):
+                set_binary_labelmap(
+                    image, self.segmentation_node, segment_id, logic.MODE_MERGE_MIN, shifted, all_others
+                )
         if add_kji.any():
             image, shifted = self._modifier(segment_id, add_kji, extent)
-            set_binary_labelmap(
-                image, self.segmentation_node, segment_id, logic.MODE_MERGE_MASK, shifted, overwrite_ids
-            )
+            with self.surface.writing(segment_id):
+                set_binary_labelmap(
+                    image, self.segmentation_node, segment_id, logic.MODE_MERGE_MASK, shifted, overwrite_ids
+                )
             self._erase_from_other_layers(add_kji, extent, overwrite_ids, all_others)
         self._mark_in_progress()
         self._grow_modified_extent(extent)
@@ -386,11 +387,11 @@ class SegmentWriter:
                 continue
             if not self._has_voxels_under(other, added, extent):
                 continue
-            self.surface.before_write(other)
             image, shifted = self._modifier(other, (~added).astype(np.uint8), extent)
-            set_binary_labelmap(
-                image, self.segmentation_node, other, logic.MODE_MERGE_MIN, shifted, all_others
-            )
+            with self.surface.writing(other):
+                set_binary_labelmap(
+                    image, self.segmentation_node, other, logic.MODE_MERGE_MIN, shifted, all_others
+                )
 
     def _has_voxels_under(self, segment_id: str, added_kji: np.ndarray, extent: list[int]) -> bool:
         """Whether ``segment_id`` has any voxel where ``added_kji`` is set (skips needless writes)."""

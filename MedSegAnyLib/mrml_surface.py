@@ -1,26 +1,26 @@
 """A segment's 3D surface while AI slices stream into it: rebuilt every few seconds, not after every slice.
 
-Why: after each change of a segment's labelmap, Slicer converts again every other representation the
-segment holds (``vtkSlicerSegmentationsModuleLogic::SetBinaryLabelmapToSegment``). With the segmentation
-shown in 3D (the Segment Editor's "Show 3D"), each segment holds a closed surface, and one 512 x 512
-slice written into a 50-slice segment took 575 ms instead of 40 ms (``slicer-core``, 2-core development
-CPU). That is more than LiteMedSAM needs for a whole slice on that CPU, and 50x what SAM 2 needs on a
-GPU. Slicer's display then draws every slice of a run in 2D at once, and the 3D view lags.
+Why: after each change of a segment's labelmap, Slicer converts every other representation the segment
+holds again (``vtkSlicerSegmentationsModuleLogic::SetBinaryLabelmapToSegment``). With the segmentation
+shown in 3D (the Segment Editor's "Show 3D"), each segment holds a closed surface, and writing one
+512 x 512 slice into a segment of 50 such slices took 0.42-0.58 s instead of 25-40 ms (``slicer-core``,
+2-core development CPU, ``benchmarks/segment_writes.py``): more than LiteMedSAM's whole slice on that
+CPU, and 40x SAM 2's step on a GPU, all on Slicer's main thread.
 
-What :class:`SurfaceDeferral` does instead: before a slice is written into a segment, the segment's
-closed surface is removed (only that segment's: the others keep theirs, and nothing is converted per
-slice). It is built again while the run goes on (:meth:`SurfaceDeferral.maybe_rebuild`, called by the
-panel after each batch of slices it writes), but only every ``refresh_s`` seconds and never more than
-``max_share`` of the run's time (a rebuild of a large segment costs about as much as one of those
-per-slice conversions), and once more when the run ends. Since ``vtkSegmentation.CreateRepresentation``
-converts only the segments that lack a representation, each rebuild converts just the segments written.
-The surface is the same as without the deferral: Slicer computes it from the same labelmap.
+What :class:`SurfaceDeferral` does instead, around each write (:meth:`SurfaceDeferral.writing`): the
+segment's surface is taken off before Slicer changes the labelmap (so there is nothing to convert) and
+put back, unchanged, right after. Between writes every segment keeps a surface, so the 3D view and
+the "Show 3D" button never see one missing (no flicker): the written segments show the surface they
+had, and it is built anew every ``refresh_s`` seconds (:meth:`SurfaceDeferral.maybe_rebuild`, called by
+the panel after each batch of slices, before the views draw), at most ``max_share`` of the run's time,
+and once more when the run ends. The final surface is Slicer's own conversion of the final labelmap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .mrml_vtk import slicer_module
 
@@ -46,42 +46,52 @@ class SurfaceDeferral:
         enabled: bool = True,
     ) -> None:
         self.segmentation_node = segmentation_node
-        self.enabled = bool(enabled)  # False: nothing removed (Slicer converts after every write)
+        self.enabled = bool(enabled)  # False: Slicer's own behaviour, a conversion after every write
         self.refresh_s = float(refresh_s)
         self.max_share = float(max_share)
         self.clock = clock
-        self.deferred: set[str] = set()  # segments whose surface was removed and is owed
+        self.deferred: set[str] = set()  # segments written whose surface is older than their labelmap
         self.rebuilds = 0
         self._name = closed_surface_name()
         self._next_rebuild_at: float | None = None
 
-    def before_write(self, segment_id: str) -> None:
-        """Call before changing ``segment_id``'s labelmap: removes its surface if it has one."""
-        if not self.enabled:
-            return
+    @contextlib.contextmanager
+    def writing(self, segment_id: str) -> Iterator[None]:
+        """Around one change of ``segment_id``'s labelmap: its surface (if any) is off during the change
+        and back, as it was, afterwards; the segment then owes a rebuild."""
         segment = self.segmentation_node.GetSegmentation().GetSegment(segment_id)
-        if segment is None or segment.GetRepresentation(self._name) is None:
+        surface = None if segment is None or not self.enabled else segment.GetRepresentation(self._name)
+        if surface is None:
+            yield
             return
         segment.RemoveRepresentation(self._name)
-        self.deferred.add(segment_id)
-        if self._next_rebuild_at is None:
-            self._next_rebuild_at = self.clock() + self.refresh_s
+        try:
+            yield
+        finally:
+            if segment.GetRepresentation(self._name) is None:  # (a display may have converted it already)
+                segment.AddRepresentation(self._name, surface)
+            self.deferred.add(segment_id)
+            if self._next_rebuild_at is None:
+                self._next_rebuild_at = self.clock() + self.refresh_s
 
     def maybe_rebuild(self) -> None:
-        """Rebuild the owed surfaces when it is time (3D progress). Call when the slices that arrived are
-        written, before control returns to Slicer's event loop, so the views draw the rebuilt surface
-        before the next slice removes it again."""
+        """Rebuild the owed surfaces when it is time (3D progress); the panel calls it after writing the
+        slices that arrived, so a rebuild costs one conversion per ``refresh_s``, not one per slice."""
         if self.deferred and self._next_rebuild_at is not None and self.clock() >= self._next_rebuild_at:
             seconds = self.rebuild()
             self._next_rebuild_at = self.clock() + max(self.refresh_s, seconds / self.max_share)
 
     def rebuild(self) -> float:
-        """Build the owed surfaces now (the segments written keep theirs until the next write); seconds."""
+        """Build the owed surfaces now from the current labelmaps; the seconds it took."""
         if not self.deferred:
             return 0.0
         start = self.clock()
         segmentation = self.segmentation_node.GetSegmentation()
-        if any(segmentation.GetSegment(segment_id) is not None for segment_id in self.deferred):
+        segments = [segmentation.GetSegment(segment_id) for segment_id in self.deferred]
+        segments = [segment for segment in segments if segment is not None]  # (one may have been deleted)
+        for segment in segments:
+            segment.RemoveRepresentation(self._name)
+        if segments:
             segmentation.CreateRepresentation(self._name)  # converts only the segments that lack it
             self.rebuilds += 1
         self.deferred.clear()

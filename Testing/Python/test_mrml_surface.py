@@ -1,5 +1,5 @@
 """The 3D surface of a segment while slices stream in (medsegany.mrml_surface), headless with slicer-core:
-not rebuilt after every slice, rebuilt on time and at the end, equal to Slicer's own conversion."""
+kept (unchanged) through every slice, rebuilt on time and at the end, equal to Slicer's own conversion."""
 
 from __future__ import annotations
 
@@ -66,9 +66,14 @@ def _fresh_surface_points(segmentation, segment_id) -> int:
     return _surface(segmentation, segment_id).GetNumberOfPoints()
 
 
-def test_slices_written_do_not_rebuild_the_surface_until_the_run_ends(scene):
+def _address(surface) -> str:
+    return surface.GetAddressAsString("vtkPolyData")
+
+
+def test_slices_written_keep_the_surface_until_the_run_ends(scene):
     volume_node, segmentation, target, other = _shown_in_3d(scene)
-    other_surface = _surface(segmentation, other)
+    target_before, other_before = (_address(_surface(segmentation, sid)) for sid in (target, other))
+    points_before = _surface(segmentation, target).GetNumberOfPoints()
     writer = SegmentWriter(segmentation, target, volume_node)
     mask = np.zeros(SHAPE_KJI[1:], bool)
     mask[3:18, 4:20] = True
@@ -76,12 +81,15 @@ def test_slices_written_do_not_rebuild_the_surface_until_the_run_ends(scene):
     for k in range(4, 9):
         writer.write_slice(2, k, mask)
 
-    assert _surface(segmentation, target) is None  # removed once, not converted after each slice
-    assert _surface(segmentation, other) is other_surface  # the other segment was not touched
+    # the surface it had, never missing and not converted after each slice; the other one untouched
+    assert _address(_surface(segmentation, target)) == target_before
+    assert _address(_surface(segmentation, other)) == other_before
     writer.close()
     built = _surface(segmentation, target)
-    assert built is not None and built.GetNumberOfPoints() > 0 and writer.surface.rebuilds == 1
+    assert writer.surface.rebuilds == 1
+    assert built.GetNumberOfPoints() != points_before  # the segment grew: the surface follows
     assert built.GetNumberOfPoints() == _fresh_surface_points(segmentation, target)
+    assert _address(_surface(segmentation, other)) == other_before
 
 
 def test_the_surface_is_rebuilt_every_few_seconds_and_at_most_a_share_of_the_time(scene):
@@ -89,15 +97,17 @@ def test_the_surface_is_rebuilt_every_few_seconds_and_at_most_a_share_of_the_tim
     clock = Clock()
     deferral = SurfaceDeferral(segmentation, refresh_s=5.0, max_share=0.1, clock=clock)
 
-    deferral.before_write(target)
+    with deferral.writing(target):
+        pass
     clock.now += 4.9
     deferral.maybe_rebuild()
-    assert deferral.rebuilds == 0 and _surface(segmentation, target) is None
+    assert deferral.rebuilds == 0 and _surface(segmentation, target) is not None
     clock.now += 0.2
-    deferral.maybe_rebuild()  # 5.1 s after the first removal
+    deferral.maybe_rebuild()  # 5.1 s after the first write
     assert deferral.rebuilds == 1 and _surface(segmentation, target) is not None
 
-    deferral.before_write(target)
+    with deferral.writing(target):
+        pass
     clock.now += 5.1
     deferral.maybe_rebuild()
     assert deferral.rebuilds == 2
@@ -111,10 +121,12 @@ def test_the_surface_is_rebuilt_every_few_seconds_and_at_most_a_share_of_the_tim
         return 2.0
 
     slow.rebuild = rebuild_taking_2_s
-    slow.before_write(target)
+    with slow.writing(target):
+        pass
     clock.now += 5.0
     slow.maybe_rebuild()  # took 2 s: the next one waits 2 / 0.1 = 20 s
-    slow.before_write(target)
+    with slow.writing(target):
+        pass
     clock.now += 19.0
     slow.maybe_rebuild()
     assert slow.deferred

@@ -77,7 +77,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.loadingAhead = None  # the worker job loading the model before the first action
         self.encodeAhead = None  # MedSegAnyLib.slicer_encode_ahead.EncodeAhead, once the worker exists
         self.encodeTimer = None
-        self.placingHint = ""  # "Place in the Red view." while the user places a prompt
+        # what the status line says before the encoding-ahead progress: the placing instruction, or the
+        # last action's summary
+        self.statusPrefix = ""
         self.shortcuts = []
         self.timer = None
         self._viewAxis = None
@@ -278,6 +280,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:
             self._showError(error)
         self.updateGUI()
+        self._encodeAheadFromView()  # again, in the new window
 
     def onNewSegment(self):
         from MedSegAnyLib.slicer_logic import create_segment
@@ -373,7 +376,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         message = self.encodeAhead.poll()
         if message is not None:
             if self.running is None:  # the placing instruction stays in front
-                self.ui.statusLabel.text = f"{self.placingHint} {message}".strip()
+                self.ui.statusLabel.text = f"{self.statusPrefix} {message}".strip()
             return
         if self.encodeAhead.running or self.encodeAhead.pending is not None:
             return
@@ -381,7 +384,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         progress = self.encodeAhead.progress
         if self.running is None and progress is not None:
             ready = f"{progress.cached} of {progress.frame_count} slices encoded ahead."
-            self.ui.statusLabel.text = f"{self.placingHint or 'Model ready:'} {ready}"
+            self.ui.statusLabel.text = f"{self.statusPrefix or 'Model ready:'} {ready}"
 
     def _stopEncodingAhead(self):
         if self.encodeAhead is not None:
@@ -417,8 +420,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         interactionNode.SetPlaceModePersistence(index != 0)  # points: keep clicking; box: one
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
-        self.placingHint = f"Place in the {self.ui.viewComboBox.currentText} view."
-        self.ui.statusLabel.text = self.placingHint
+        self.statusPrefix = f"Place in the {self.ui.viewComboBox.currentText} view."
+        self.ui.statusLabel.text = self.statusPrefix
         self._encodeAheadFromView()  # this view's slice first, while the user draws
 
     def placeBox(self):
@@ -508,7 +511,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(ENCODE_AHEAD_POLL_MS // 5, lambda: self._run(plan))
             return
         self._stopEncodingAhead()
-        self.placingHint = ""
+        self.statusPrefix = ""
         try:
             self._ensureReady()
             self._saveSegmentEditorUndoState()
@@ -529,7 +532,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finished = self.running.poll()
         written = self.running.action.step.slices_written
         volumeNode = self.logic.volume_node
-        total = volumeNode.GetImageData().GetDimensions()[2] if volumeNode is not None else 0
+        axis = self.running.action.axis  # the prompt's view: slices along I, J or K
+        dims = volumeNode.GetImageData().GetDimensions() if volumeNode is not None else (0, 0, 0)
+        total = dims[2 if axis is None else axis]
         self.ui.progressBar.setRange(0, max(total, written))
         self.ui.progressBar.value = written
         if not finished:
@@ -540,7 +545,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(running.error)
         else:
             state = "cancelled" if running.step is not None and running.step.cancelled else "done"
-            self.ui.statusLabel.text = f"{running.action.label}: {state}, {written} slices written."
+            self.statusPrefix = f"{running.action.label}: {state}, {written} slices written."
+            self.ui.statusLabel.text = self.statusPrefix
             self._encodeAheadFromView()  # the rest of the volume, for the next object or correction
         self.updateGUI()
 

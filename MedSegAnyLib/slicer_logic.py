@@ -225,6 +225,7 @@ class AIAction:
     writer: SegmentWriter
     step: UndoStep
     slices: list[int] = field(default_factory=list)
+    axis: int | None = None  # the IJK axis of the slices written (None before the first)
 
     def apply(self, result) -> None:
         """Write one :class:`~medsegany.session.SliceResult` into the segment (touches that slice only)."""
@@ -240,6 +241,7 @@ class AIAction:
         for result in results:
             self.slices.append(int(result.slice_index))
             self.step.slices_written += 1
+            self.axis = int(result.axis)
 
 
 # ------------------------------------------------------------------------------------------ the logic

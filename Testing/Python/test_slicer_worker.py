@@ -140,6 +140,7 @@ def test_model_runs_in_the_worker_and_mrml_writes_on_the_main_thread(scene, work
 
     assert model.threads == {worker.name}
     assert writer_threads == {threading.current_thread().name}
+    assert running.action.axis == 2  # the box's slices are K slices: the panel's progress counts them
     mask = segment_mask_kji(segmentation, target, volume_node)
     np.testing.assert_array_equal(mask, logic.session.mask_kji(1))
     assert mask.any(axis=(1, 2)).sum() == step.slices_written >= 5

@@ -1,4 +1,4 @@
-"""The ``medsegany`` command line: ``segment`` one volume (or a batch) and manage ``models``.
+"""The ``medsegany`` command line: ``segment`` one volume, ``batch`` many, and manage ``models``.
 
 Every error a user can cause ends with one line ``medsegany: error: <problem>. <fix>.`` and exit code 1;
 Ctrl-C exits 130 without writing anything (existing outputs are left as they were).
@@ -10,9 +10,9 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from .errors import MedSegAnyError, PromptError
@@ -205,16 +205,38 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
             )
 
 
+@dataclass
+class SegmentJob:
+    """One volume to segment, read and checked (everything a ``segment`` command needs but the model)."""
+
+    args: argparse.Namespace
+    outputs: list[Path]
+    previews: list[Path]
+    volume: Any
+    objects: list[Any]
+    structure: Any
+    slice_range: tuple[int, int] | None
+    intensity: Any
+    settings: Any
+
+
 def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
-    from .exporters import write_labelmap
+    stderr = stderr or sys.stderr
+    started = time.monotonic()
+    job = prepare_job(args, stderr)  # the inputs fail before the model loads (a compile takes 20-50 s)
+    model = load_cli_model(args)
+    segment_job(job, model, stderr, started)
+    return EXIT_OK
+
+
+def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
+    """Check the outputs, read the volume and the prompts of one ``segment`` command."""
     from .intensity import parse_window
     from .prompt_file import load_prompt_file
     from .propagation import PropagationSettings
-    from .session import SegmentationSession
+    from .terminology import resolve_structure
     from .volume import read_volume
 
-    stderr = stderr or sys.stderr
-    started = time.monotonic()
     outputs = [Path(path) for path in args.output]
     previews = [Path(args.preview)] if args.preview else []
     _check_outputs(outputs + previews, args.overwrite)
@@ -225,8 +247,6 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             f"using the largest ({volume.metadata['dicom_series_uid']})",
             file=stderr,
         )
-    from .terminology import resolve_structure, terminology_entry_string
-
     structure = resolve_structure(args.structure)  # an unknown name fails before any work
     if args.prompts:
         if structure is not None:
@@ -241,14 +261,25 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
         objects = load_prompt_file(args.prompts, volume)
     else:
         objects = _single_object_prompts(args, volume)
-    slice_range = _parse_range(args.slice_range) if args.slice_range else None
-    intensity = parse_window(args.window) if args.window else args.preset
-    settings = PropagationSettings.naive() if args.naive else PropagationSettings()
+    return SegmentJob(
+        args=args,
+        outputs=outputs,
+        previews=previews,
+        volume=volume,
+        objects=objects,
+        structure=structure,
+        slice_range=_parse_range(args.slice_range) if args.slice_range else None,
+        intensity=parse_window(args.window) if args.window else args.preset,
+        settings=PropagationSettings.naive() if args.naive else PropagationSettings(),
+    )
 
+
+def load_cli_model(args: argparse.Namespace) -> Any:
+    """The model the command's options name (LiteMedSAM when none), on the chosen device."""
     from .models.registry import load_model
 
     model_id = args.model if args.model is not None else (None if args.config else "litemedsam")
-    model = load_model(
+    return load_model(
         model_id,
         device=args.device,
         checkpoint=args.checkpoint,
@@ -256,9 +287,19 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
         precision=args.precision,
         compile=args.compile,
     )
-    slice_range, cached_frames = _memory_plan(model, volume, objects, slice_range, stderr, args.quiet)
+
+
+def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> None:
+    """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
+    from .exporters import write_labelmap
+    from .session import SegmentationSession
+    from .terminology import terminology_entry_string
+
+    args, volume, structure = job.args, job.volume, job.structure
+    slice_range, cached_frames = _memory_plan(model, volume, job.objects, job.slice_range, stderr, args.quiet)
     encoder = getattr(model, "encoder", None)
-    if getattr(encoder, "active", False) and not args.quiet:
+    compiles_now = getattr(encoder, "active", False) and not getattr(encoder.report, "compiled", False)
+    if compiles_now and not args.quiet:  # (in a batch, only the first volume's run compiles)
         print(
             "compiling the image encoder for this CPU (once per run, about 20-50 s; --compile off skips it)",
             file=stderr,
@@ -267,13 +308,13 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     session = SegmentationSession(
         volume,
         model,
-        intensity=intensity,
-        settings=settings,
+        intensity=job.intensity,
+        settings=job.settings,
         overlap=args.overlap,
         max_cached_frames=cached_frames,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
-    for entry in objects:
+    for entry in job.objects:
         if structure is not None and args.name is None:
             entry = replace(entry, name=structure.name)
         object_id = session.add_object(entry.name, structure.color_rgb_float if structure else None)
@@ -290,10 +331,10 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     segments = session.segments()
     if structure is not None:
         segments = [replace(info, terminology=terminology_entry_string(structure)) for info in segments]
-    for path in outputs:
+    for path in job.outputs:
         write_labelmap(labelmap_kji, volume, path, segments=segments)
-    if previews:
-        _write_preview(session, objects, previews[0])
+    if job.previews:
+        _write_preview(session, job.objects, job.previews[0])
     seconds = time.monotonic() - started
     for obj in session.objects.values():
         voxels = int(obj.mask_kji.sum())
@@ -302,9 +343,8 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
         extent = f"{'IJK'[obj.axis]} {min(filled)}..{max(filled)}" if filled else "none"
         print(
             f"{obj.name}: {len(filled)} slices ({extent}), {voxels} voxels, "
-            f"{voxels * volume.voxel_volume_ml:.1f} mL, {seconds:.1f} s -> {', '.join(map(str, outputs))}"
+            f"{voxels * volume.voxel_volume_ml:.1f} mL, {seconds:.1f} s -> {', '.join(map(str, job.outputs))}"
         )
-    return EXIT_OK
 
 
 def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
@@ -358,6 +398,7 @@ def _write_preview(session, objects, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_batch import add_batch_parser
     from .cli_models import add_models_parser
 
     parser = argparse.ArgumentParser(
@@ -366,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medsegany {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_segment_parser(subparsers)
+    add_batch_parser(subparsers)
     add_models_parser(subparsers)
     return parser
 

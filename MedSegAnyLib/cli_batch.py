@@ -1,0 +1,160 @@
+"""``medsegany batch JOBS.txt``: many volumes in one process, with one model load.
+
+Why: every ``medsegany segment`` process loads its model again, and on a CPU compiles LiteMedSAM's
+encoder again: 25-45 s on the 2-core development machine, more than a 50-slice object takes to segment
+(about 20 s). Inductor cannot cache that compile across processes (its weights are packed for oneDNN;
+``benchmarks/README.md``). A labelling team that loops over 100 volumes would spend most of its time
+compiling. Here the model is loaded and compiled once, and each job then costs only its own volume.
+
+The jobs file has one ``segment`` command line per line, without the ``medsegany segment`` in front
+(``#`` starts a comment; paths are relative to the current directory, as on the command line)::
+
+    CT_001.nii.gz --box-ijk 120,200,57,210,290,57 -o out/liver_001.nii.gz
+    CT_002.nii.gz --prompts prompts/002.json -o out/organs_002.seg.nrrd --preview out/002.png
+
+The model options (``--model``, ``--checkpoint``, ``--config``, ``--device``, ``--precision``,
+``--compile``) go on the ``batch`` command once, never on a job's line. Every line is parsed before
+the model loads, and the first job's inputs are read before it too, so a misspelt option or a wrong
+first file fails in a second, not after the compile. A job that fails while it runs (a missing file, a
+box outside its volume) prints its one-line error and the batch goes on; the exit code is 1 when any
+job failed. ``--skip-done`` skips the jobs whose outputs all exist, so an
+interrupted batch resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .errors import MedSegAnyError, PromptError
+
+#: Options of ``segment`` that belong to the batch (one model for every job).
+MODEL_OPTIONS = ("--model", "--checkpoint", "--config", "--device", "--precision", "--compile")
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One job: its line number in the jobs file and its parsed ``segment`` arguments."""
+
+    number: int
+    text: str
+    args: argparse.Namespace
+
+
+class _LineParser(argparse.ArgumentParser):
+    """The ``segment`` parser, raising instead of exiting (a bad line is the batch's error, not a crash)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PromptError(message, "fix the line in the jobs file")
+
+
+def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "batch",
+        help="segment many volumes with one model load: a file of `segment` command lines",
+        description="Segment many volumes in one process: the model loads (and on a CPU compiles) once. "
+        "JOBS is a text file with one `segment` command line per line, without `medsegany segment` "
+        "(# starts a comment), e.g. `CT_001.nii.gz --box-ijk 120,200,57,210,290,57 -o liver_001.nii.gz`. "
+        "Model options go on this command, not on the lines. A failed job is reported and the batch "
+        "goes on (exit code 1 at the end).",
+    )
+    parser.add_argument("jobs", help="text file: one `segment` command line per line (# comments)")
+    parser.add_argument("--model", default=None, help="catalog model id for every job (default litemedsam)")
+    parser.add_argument("--checkpoint", help="your own weights file (see `segment --help`)")
+    parser.add_argument("--config", help="architecture of --checkpoint (see `segment --help`)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument(
+        "--skip-done", action="store_true", help="skip jobs whose outputs (and preview) all exist already"
+    )
+    parser.set_defaults(func=run_batch)
+    return parser
+
+
+def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLine]:
+    """Every job of the file, parsed with the ``segment`` options and the batch's model options."""
+    from .cli import add_segment_parser
+
+    jobs_path = Path(path)
+    if not jobs_path.is_file():
+        raise MedSegAnyError(f"jobs file {jobs_path} does not exist", "give a text file of `segment` lines")
+    # the same options as `medsegany segment`, parsed by a parser that raises instead of exiting
+    lines = _LineParser(prog="medsegany").add_subparsers(parser_class=_LineParser)
+    segment_parser = add_segment_parser(lines)
+    try:
+        text = jobs_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        problem = f"cannot read jobs file {jobs_path} ({error})"
+        raise MedSegAnyError(problem, "give a UTF-8 text file") from None
+    jobs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as error:  # an unclosed quote
+            raise PromptError(f"line {number} of {jobs_path}: {error}", "fix the line's quoting") from None
+        if not words:
+            continue
+        named = [word.split("=")[0] for word in words if word.startswith("--")]
+        for option in MODEL_OPTIONS:
+            if option in named:
+                raise PromptError(
+                    f"line {number} of {jobs_path} sets {option}",
+                    "give model options once, on the batch command",
+                )
+        try:
+            args = segment_parser.parse_args(words)
+        except PromptError as error:
+            raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
+        for option in MODEL_OPTIONS:
+            setattr(args, option[2:], getattr(batch_args, option[2:]))
+        jobs.append(BatchLine(number, line.strip(), args))
+    if not jobs:
+        raise PromptError(f"{jobs_path} holds no job", "write one `segment` command line per line")
+    return jobs
+
+
+def _done(args: argparse.Namespace) -> bool:
+    wanted = [Path(path) for path in args.output] + ([Path(args.preview)] if args.preview else [])
+    return all(path.exists() for path in wanted)
+
+
+def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
+    from .cli import EXIT_OK, EXIT_USER_ERROR, load_cli_model, prepare_job, segment_job
+
+    stderr = stderr or sys.stderr
+    started = time.monotonic()
+    jobs = read_jobs(args.jobs, args)
+    todo = [job for job in jobs if not (args.skip_done and _done(job.args))]
+    skipped = len(jobs) - len(todo)
+    if skipped:
+        print(f"medsegany: skipping {skipped} job(s) whose outputs exist (--skip-done)", file=stderr)
+    failed = []
+    model = None
+    for position, job in enumerate(todo, start=1):
+        print(f"[{position}/{len(todo)}] line {job.number}: {job.text}", file=stderr, flush=True)
+        job_started = time.monotonic()
+        try:
+            prepared = prepare_job(job.args, stderr)
+            if model is None:  # once, after the first job's inputs were read
+                model = load_cli_model(args)
+            segment_job(prepared, model, stderr, job_started)
+        except MedSegAnyError as error:
+            print(f"medsegany: error: line {job.number}: {error}", file=stderr, flush=True)
+            failed.append(job.number)
+        except MemoryError:
+            print(f"medsegany: error: line {job.number}: out of memory. Crop the volume", file=stderr)
+            failed.append(job.number)
+    seconds = time.monotonic() - started
+    done = len(todo) - len(failed)
+    print(
+        f"batch: {done} done, {len(failed)} failed, {skipped} skipped, {seconds:.1f} s"
+        + (f" (failed lines: {', '.join(map(str, failed))})" if failed else ""),
+        file=stderr,
+    )
+    return EXIT_USER_ERROR if failed else EXIT_OK

@@ -1,0 +1,116 @@
+"""``medsegany batch``: one model load for many volumes, the same outputs as one ``segment`` each, a
+failed job that does not stop the others, resuming with --skip-done, and lines refused before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+
+from medsegany.models import registry  # noqa: E402
+from test_cli import assert_one_line_error, run_cli, write_phantom  # noqa: E402
+
+BOX = "14,20,2,46,44,2"
+
+
+@pytest.fixture()
+def loads(monkeypatch):
+    """Counts the model loads of the command (the real loader runs)."""
+    calls = []
+    real = registry.load_model
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args else kwargs.get("model_id"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "load_model", counting)
+    return calls
+
+
+def _labels(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_a_batch_loads_the_model_once_and_writes_what_segment_writes(tmp_path, capsys, loads):
+    volumes = [write_phantom(tmp_path / f"ct_{n}.nii.gz", shape_kji=(5, 64, 64 + 4 * n)) for n in range(3)]
+    jobs = tmp_path / "jobs.txt"
+    lines = ["# three volumes, one object each"]
+    lines += [
+        f"{volume} --box-ijk {BOX} --window 0,255 -o {tmp_path / f'out_{n}.nii.gz'} -q"
+        for n, volume in enumerate(volumes)
+    ]
+    jobs.write_text("\n".join(lines) + "\n")
+
+    code, out, err = run_cli(capsys, "batch", jobs, "--device", "cpu")
+
+    assert code == 0, err
+    assert len(loads) == 1 and "batch: 3 done, 0 failed, 0 skipped" in err
+    assert out.count("segment_1: ") == 3  # one summary line per job
+    code, _, err = run_cli(
+        capsys,
+        "segment",
+        volumes[1],
+        "--box-ijk",
+        BOX,
+        "--window",
+        "0,255",
+        "-o",
+        tmp_path / "alone.nii.gz",
+        "--device",
+        "cpu",
+        "-q",
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(_labels(tmp_path / "out_1.nii.gz"), _labels(tmp_path / "alone.nii.gz"))
+    assert _labels(tmp_path / "out_1.nii.gz")[2].sum() > 200
+
+
+def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path, capsys, loads):
+    good = write_phantom(tmp_path / "good.nii.gz")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(
+        f"{good} --box-ijk {BOX} -o {tmp_path / 'a.nii.gz'} -q\n"
+        f"{good} --box-ijk 100,120,2,140,150,2 -o {tmp_path / 'b.nii.gz'} -q\n"  # outside the volume
+        f"{tmp_path / 'missing.nii.gz'} --box-ijk {BOX} -o {tmp_path / 'c.nii.gz'} -q\n"
+        f"{good} --box-ijk {BOX} -o {tmp_path / 'd.nii.gz'} -q\n"
+    )
+
+    code, _, err = run_cli(capsys, "batch", jobs, "--device", "cpu")
+
+    assert code == 1 and "Traceback" not in err
+    assert "line 2: " in err and "outside the volume" in err and "line 3: " in err
+    assert "batch: 2 done, 2 failed, 0 skipped, " in err and "(failed lines: 2, 3)" in err
+    assert (tmp_path / "a.nii.gz").is_file() and (tmp_path / "d.nii.gz").is_file()
+    assert not (tmp_path / "b.nii.gz").exists() and len(loads) == 1
+
+    before = (tmp_path / "a.nii.gz").read_bytes()
+    code, _, err = run_cli(capsys, "batch", jobs, "--device", "cpu", "--skip-done")
+    assert code == 1 and "skipping 2 job(s)" in err and "batch: 0 done, 2 failed, 2 skipped" in err
+    assert (tmp_path / "a.nii.gz").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("line", "pattern"),
+    [
+        ("ct.nii.gz --box-ijk 1,2,3,4,5,3 -o out.nii.gz --model sam2.1_hiera_tiny", "line 2 .*sets --model"),
+        ("ct.nii.gz --box-ijk 1,2,3,4,5,3 --device=cuda -o out.nii.gz", "line 2 .*sets --device"),
+        ("ct.nii.gz --box-ijk 1,2,3,4,5,3", "line 2 .*-o/--output"),
+        ("ct.nii.gz --bux-ijk 1,2,3,4,5,3 -o out.nii.gz", "line 2 .*unrecognized arguments: --bux-ijk"),
+        ('ct.nii.gz --name "unclosed -o out.nii.gz', "line 2 .*(quotation|closing)"),
+    ],
+)
+def test_bad_lines_are_refused_before_the_model_loads(tmp_path, capsys, loads, line, pattern):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"ct.nii.gz --box-ijk 1,2,3,4,5,3 -o out.nii.gz\n{line}\n")
+    code, _, err = run_cli(capsys, "batch", jobs)
+    assert_one_line_error(code, err, pattern)
+    assert loads == []
+
+
+def test_an_empty_or_missing_jobs_file_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "batch", tmp_path / "nope.txt")
+    assert_one_line_error(code, err, "jobs file .* does not exist")
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    code, _, err = run_cli(capsys, "batch", tmp_path / "empty.txt")
+    assert_one_line_error(code, err, "holds no job")

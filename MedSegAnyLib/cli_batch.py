@@ -100,19 +100,19 @@ def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLin
             raise PromptError(f"line {number} of {jobs_path}: {error}", "fix the line's quoting") from None
         if not words:
             continue
-        named = [word.split("=")[0] for word in words if word.startswith("--")]
-        for option in MODEL_OPTIONS:
-            if option in named:
-                raise PromptError(
-                    f"line {number} of {jobs_path} sets {option}",
-                    "give model options once, on the batch command",
-                )
         try:
             args = segment_parser.parse_args(words)
         except PromptError as error:
             raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
         for option in MODEL_OPTIONS:
-            setattr(args, option[2:], getattr(batch_args, option[2:]))
+            dest = option[2:]
+            # compared after parsing: argparse also takes abbreviations (--mod) and --opt=value
+            if getattr(args, dest) != segment_parser.get_default(dest):
+                raise PromptError(
+                    f"line {number} of {jobs_path} sets {option}",
+                    "give model options once, on the batch command",
+                )
+            setattr(args, dest, getattr(batch_args, dest))
         jobs.append(BatchLine(number, line.strip(), args))
     if not jobs:
         raise PromptError(f"{jobs_path} holds no job", "write one `segment` command line per line")

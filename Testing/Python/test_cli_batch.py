@@ -95,6 +95,7 @@ def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path,
     [
         ("ct.nii.gz --box-ijk 1,2,3,4,5,3 -o out.nii.gz --model sam2.1_hiera_tiny", "line 2 .*sets --model"),
         ("ct.nii.gz --box-ijk 1,2,3,4,5,3 --device=cuda -o out.nii.gz", "line 2 .*sets --device"),
+        ("ct.nii.gz --box-ijk 1,2,3,4,5,3 --prec float32 -o out.nii.gz", "line 2 .*sets --precision"),
         ("ct.nii.gz --box-ijk 1,2,3,4,5,3", "line 2 .*-o/--output"),
         ("ct.nii.gz --bux-ijk 1,2,3,4,5,3 -o out.nii.gz", "line 2 .*unrecognized arguments: --bux-ijk"),
         ('ct.nii.gz --name "unclosed -o out.nii.gz', "line 2 .*(quotation|closing)"),

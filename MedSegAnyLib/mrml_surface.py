@@ -9,7 +9,9 @@ CPU, and 40x SAM 2's step on a GPU, all on Slicer's main thread.
 
 What :class:`SurfaceDeferral` does instead, around each write (:meth:`SurfaceDeferral.writing`): the
 segment's surface is taken off before Slicer changes the labelmap (so there is nothing to convert) and
-put back, unchanged, right after. Between writes every segment keeps a surface, so the 3D view and
+put back, unchanged, right after, while the segmentation node holds its events (``StartModify``): Slicer's
+3D view answers a changed segment by converting the surface of any segment that lacks one, and now
+finds none lacking. Between writes every segment keeps a surface, so the 3D view and
 the "Show 3D" button never see one missing (no flicker): the written segments show the surface they
 had, and it is built anew every ``refresh_s`` seconds (:meth:`SurfaceDeferral.maybe_rebuild`, called by
 the panel after each batch of slices, before the views draw), at most ``max_share`` of the run's time,
@@ -64,12 +66,17 @@ class SurfaceDeferral:
         if surface is None:
             yield
             return
+        # The node's events wait until the surface is back: Slicer's 3D view answers a changed segment by
+        # creating the surface of any segment that lacks one (vtkMRMLSegmentationsDisplayableManager3D,
+        # at once, inside the event), which would convert it after every slice after all.
+        was_modifying = self.segmentation_node.StartModify()
         segment.RemoveRepresentation(self._name)
         try:
             yield
         finally:
-            if segment.GetRepresentation(self._name) is None:  # (a display may have converted it already)
+            if segment.GetRepresentation(self._name) is None:
                 segment.AddRepresentation(self._name, surface)
+            self.segmentation_node.EndModify(was_modifying)
             self.deferred.add(segment_id)
             if self._next_rebuild_at is None:
                 self._next_rebuild_at = self.clock() + self.refresh_s

@@ -14,7 +14,11 @@ classes, no rendering). For a 512 x 512 x N volume whose target segment already 
   (``SegmentWriter.write_slices``), as the panel writes what arrived between two of its polls (50 ms)
   when the model yields a slice every 10 ms (SAM 2 on a GPU). Per slice = per call / ``--batch``.
 
-The surfaces at the end of both 3D paths are compared (points and bounds).
+On the 3D paths a stand-in for Slicer's 3D view observes the segmentation node: like
+``vtkMRMLSegmentationsDisplayableManager3D``, at each ``RepresentationModified`` or ``SegmentModified``
+event it creates the surface of any segment that lacks one, at once (``view_conversions`` counts the
+events at which the target lacked its surface). The surfaces at the end of the 3D paths are compared
+(points and bounds).
 
 Example::
 
@@ -58,6 +62,25 @@ def scene_with_segment(shape_kji: tuple[int, int, int], filled: int, in_3d: bool
     return scene, segmentations_logic, volume_node, segmentation, target
 
 
+class ThreeDView:
+    """Slicer's 3D view as far as writes are concerned: a missing surface is created inside the event."""
+
+    def __init__(self, segmentation: Any, target: str) -> None:
+        import slicer
+        from medsegany.mrml_surface import closed_surface_name
+
+        self.segmentation, self.target, self.name = segmentation, target, closed_surface_name()
+        self.conversions = 0
+        for event in (slicer.vtkSegmentation.RepresentationModified, slicer.vtkSegmentation.SegmentModified):
+            segmentation.AddObserver(event, self.on_event)
+
+    def on_event(self, caller: Any, event: Any) -> None:
+        segment = self.segmentation.GetSegmentation().GetSegment(self.target)
+        if segment is not None and segment.GetRepresentation(self.name) is None:
+            self.conversions += 1
+        self.segmentation.GetSegmentation().CreateRepresentation(self.name)
+
+
 def disc(shape: tuple[int, int], k: int) -> np.ndarray:
     rows, cols = np.mgrid[: shape[0], : shape[1]]
     radius = 0.16 * min(shape) * (1.0 + 0.2 * np.sin(k / 7.0))
@@ -73,6 +96,7 @@ def run_path(
     scene, segmentations_logic, volume_node, segmentation, target = scene_with_segment(
         shape_kji, filled, in_3d=path.startswith("3d")
     )
+    view = ThreeDView(segmentation, target) if path.startswith("3d") else None
     writer = SegmentWriter(segmentation, target, volume_node, defer_surface=path.startswith("3d_medsegany"))
     per_call = batch if path.endswith("_batched") else 1
     seconds = []
@@ -96,6 +120,7 @@ def run_path(
         "close_s": close_s,
         "total_s": total_s,
         "surface_rebuilds_during_run": rebuilds_during_run,
+        "view_conversions": None if view is None else view.conversions,
         "surface_points": None if surface is None else surface.GetNumberOfPoints(),
         "surface_bounds": None if surface is None else list(surface.GetBounds()),
     }

@@ -92,6 +92,44 @@ def test_slices_written_keep_the_surface_until_the_run_ends(scene):
     assert _address(_surface(segmentation, other)) == other_before
 
 
+class ThreeDView:
+    """What Slicer's 3D view does when a segment changes (vtkMRMLSegmentationsDisplayableManager3D): at once,
+    inside the node's event, it creates the surface of any segment that lacks one. Records what it saw."""
+
+    def __init__(self, segmentation, target) -> None:
+        self.segmentation, self.target = segmentation, target
+        self.events = 0
+        self.target_lacked_surface = 0
+        for event in (slicer.vtkSegmentation.RepresentationModified, slicer.vtkSegmentation.SegmentModified):
+            segmentation.AddObserver(event, self.on_event)
+
+    def on_event(self, caller, event) -> None:
+        self.events += 1
+        if _surface(self.segmentation, self.target) is None:
+            self.target_lacked_surface += 1
+        self.segmentation.GetSegmentation().CreateRepresentation(closed_surface_name())
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["medsegany", "slicer"])
+def test_slicers_3d_view_finds_no_surface_to_convert_while_slices_are_written(scene, defer):
+    volume_node, segmentation, target, _ = _shown_in_3d(scene)
+    view = ThreeDView(segmentation, target)
+    writer = SegmentWriter(segmentation, target, volume_node, defer_surface=defer)
+    mask = np.zeros(SHAPE_KJI[1:], bool)
+    mask[3:18, 4:20] = True
+    before = _address(_surface(segmentation, target))
+
+    for k in range(4, 9):
+        writer.write_slice(2, k, mask)
+
+    assert view.events > 0  # the view heard of every write...
+    if defer:  # ...and found the (unchanged) surface each time: nothing converted until the end
+        assert view.target_lacked_surface == 0
+        assert _address(_surface(segmentation, target)) == before
+    writer.close()
+    assert _surface(segmentation, target).GetNumberOfPoints() == _fresh_surface_points(segmentation, target)
+
+
 def test_the_surface_is_rebuilt_every_few_seconds_and_at_most_a_share_of_the_time(scene):
     _, segmentation, target, _ = _shown_in_3d(scene)
     clock = Clock()

@@ -2,20 +2,21 @@
 
 Why: after each change of a segment's labelmap, Slicer converts every other representation the segment
 holds again (``vtkSlicerSegmentationsModuleLogic::SetBinaryLabelmapToSegment``). With the segmentation
-shown in 3D (the Segment Editor's "Show 3D"), each segment holds a closed surface, and writing one
-512 x 512 slice into a segment of 50 such slices took 0.42-0.58 s instead of 25-40 ms (``slicer-core``,
-2-core development CPU, ``benchmarks/segment_writes.py``): more than LiteMedSAM's whole slice on that
-CPU, and 40x SAM 2's step on a GPU, all on Slicer's main thread.
+shown in 3D (the Segment Editor's "Show 3D") each segment holds a closed surface, and writing one
+512 x 512 slice into a 50-slice segment took 0.42-0.50 s instead of 25-30 ms, 0.82-1.0 s in a 300-slice
+volume (``slicer-core``, 2-core development CPU, ``benchmarks/segment_writes.py``). That is more than
+LiteMedSAM's whole slice on that CPU and 40x SAM 2's step on a GPU, all on Slicer's main thread.
 
 What :class:`SurfaceDeferral` does instead, around each write (:meth:`SurfaceDeferral.writing`): the
 segment's surface is taken off before Slicer changes the labelmap (so there is nothing to convert) and
-put back, unchanged, right after, while the segmentation node holds its events (``StartModify``): Slicer's
-3D view answers a changed segment by converting the surface of any segment that lacks one, and now
-finds none lacking. Between writes every segment keeps a surface, so the 3D view and
-the "Show 3D" button never see one missing (no flicker): the written segments show the surface they
-had, and it is built anew every ``refresh_s`` seconds (:meth:`SurfaceDeferral.maybe_rebuild`, called by
-the panel after each batch of slices, before the views draw), at most ``max_share`` of the run's time,
-and once more when the run ends. The final surface is Slicer's own conversion of the final labelmap.
+put back, unchanged, right after, while the segmentation node holds its events (``StartModify``).
+Slicer's 3D view answers a changed segment at once by converting the surface of any segment that lacks
+one (``vtkMRMLSegmentationsDisplayableManager3D``); when the held events reach it, none lacks one. So
+the 3D view and the "Show 3D" button never see a surface missing (no flicker): the written segments
+show the surface they had. It is built anew every ``refresh_s`` seconds
+(:meth:`SurfaceDeferral.maybe_rebuild`, which the panel calls after each batch of slices), at most
+``max_share`` of the run's time, and once more when the run ends: Slicer's own conversion of the final
+labelmap.
 """
 
 from __future__ import annotations

@@ -193,6 +193,11 @@ def _single_object_prompts(args: argparse.Namespace, volume):
     return [ObjectPrompts(args.name or "segment_1", (prompts,))]
 
 
+def output_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """(outputs, previews) a ``segment`` command writes."""
+    return [Path(path) for path in args.output], [Path(args.preview)] if args.preview else []
+
+
 def _check_outputs(paths: list[Path], overwrite: bool) -> None:
     from .errors import OutputError
 
@@ -237,8 +242,7 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
     from .terminology import resolve_structure
     from .volume import read_volume
 
-    outputs = [Path(path) for path in args.output]
-    previews = [Path(args.preview)] if args.preview else []
+    outputs, previews = output_paths(args)
     _check_outputs(outputs + previews, args.overwrite)
     volume = read_volume(args.image, frame=args.frame)
     if volume.metadata.get("dicom_series_count", 1) > 1:

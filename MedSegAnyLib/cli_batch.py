@@ -120,8 +120,10 @@ def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLin
 
 
 def _done(args: argparse.Namespace) -> bool:
-    wanted = [Path(path) for path in args.output] + ([Path(args.preview)] if args.preview else [])
-    return all(path.exists() for path in wanted)
+    from .cli import output_paths
+
+    outputs, previews = output_paths(args)
+    return all(path.exists() for path in outputs + previews)
 
 
 def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:

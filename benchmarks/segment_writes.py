@@ -62,25 +62,6 @@ def scene_with_segment(shape_kji: tuple[int, int, int], filled: int, in_3d: bool
     return scene, segmentations_logic, volume_node, segmentation, target
 
 
-class ThreeDView:
-    """Slicer's 3D view as far as writes are concerned: a missing surface is created inside the event."""
-
-    def __init__(self, segmentation: Any, target: str) -> None:
-        import slicer
-        from medsegany.mrml_surface import closed_surface_name
-
-        self.segmentation, self.target, self.name = segmentation, target, closed_surface_name()
-        self.conversions = 0
-        for event in (slicer.vtkSegmentation.RepresentationModified, slicer.vtkSegmentation.SegmentModified):
-            segmentation.AddObserver(event, self.on_event)
-
-    def on_event(self, caller: Any, event: Any) -> None:
-        segment = self.segmentation.GetSegmentation().GetSegment(self.target)
-        if segment is not None and segment.GetRepresentation(self.name) is None:
-            self.conversions += 1
-        self.segmentation.GetSegmentation().CreateRepresentation(self.name)
-
-
 def disc(shape: tuple[int, int], k: int) -> np.ndarray:
     rows, cols = np.mgrid[: shape[0], : shape[1]]
     radius = 0.16 * min(shape) * (1.0 + 0.2 * np.sin(k / 7.0))
@@ -92,6 +73,7 @@ def run_path(
 ) -> dict[str, Any]:
     from medsegany.mrml_segment import SegmentWriter
     from medsegany.mrml_surface import closed_surface_name
+    from slicer_scene_testing import ThreeDView
 
     scene, segmentations_logic, volume_node, segmentation, target = scene_with_segment(
         shape_kji, filled, in_3d=path.startswith("3d")

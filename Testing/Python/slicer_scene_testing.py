@@ -226,3 +226,27 @@ class ThresholdModel:
                 mask &= (cols - x) ** 2 + (rows - y) ** 2 > self.negative_radius_px**2
         logits = np.where(mask, 6.0, -6.0).astype(np.float32)
         return FramePrediction(logits, 0.9)
+
+
+class ThreeDView:
+    """Slicer's 3D view as far as segment writes are concerned (vtkMRMLSegmentationsDisplayableManager3D):
+    at a segment's ``RepresentationModified`` or ``SegmentModified`` event it creates, at once, inside the
+    event, the closed surface of any segment that lacks one. ``events`` counts the events it heard,
+    ``conversions`` those at which ``target`` lacked its surface (so the view converted it)."""
+
+    def __init__(self, segmentation, target: str) -> None:
+        import slicer
+        from medsegany.mrml_surface import closed_surface_name
+
+        self.segmentation, self.target, self.name = segmentation, target, closed_surface_name()
+        self.events = 0
+        self.conversions = 0
+        for event in (slicer.vtkSegmentation.RepresentationModified, slicer.vtkSegmentation.SegmentModified):
+            segmentation.AddObserver(event, self.on_event)
+
+    def on_event(self, caller, event) -> None:
+        self.events += 1
+        segment = self.segmentation.GetSegmentation().GetSegment(self.target)
+        if segment is not None and segment.GetRepresentation(self.name) is None:
+            self.conversions += 1
+        self.segmentation.GetSegmentation().CreateRepresentation(self.name)

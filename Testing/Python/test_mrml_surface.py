@@ -15,6 +15,7 @@ from medsegany.mrml_surface import SurfaceDeferral, closed_surface_name  # noqa:
 from medsegany.slicer_logic import SlicerSegmentationLogic  # noqa: E402
 from slicer_scene_testing import (  # noqa: E402
     SHAPE_KJI,
+    ThreeDView,
     ThresholdModel,
     add_roi_on_slice,
     add_segmentation,
@@ -92,24 +93,6 @@ def test_slices_written_keep_the_surface_until_the_run_ends(scene):
     assert _address(_surface(segmentation, other)) == other_before
 
 
-class ThreeDView:
-    """What Slicer's 3D view does when a segment changes (vtkMRMLSegmentationsDisplayableManager3D): at once,
-    inside the node's event, it creates the surface of any segment that lacks one. Records what it saw."""
-
-    def __init__(self, segmentation, target) -> None:
-        self.segmentation, self.target = segmentation, target
-        self.events = 0
-        self.target_lacked_surface = 0
-        for event in (slicer.vtkSegmentation.RepresentationModified, slicer.vtkSegmentation.SegmentModified):
-            segmentation.AddObserver(event, self.on_event)
-
-    def on_event(self, caller, event) -> None:
-        self.events += 1
-        if _surface(self.segmentation, self.target) is None:
-            self.target_lacked_surface += 1
-        self.segmentation.GetSegmentation().CreateRepresentation(closed_surface_name())
-
-
 @pytest.mark.parametrize("defer", [True, False], ids=["medsegany", "slicer"])
 def test_slicers_3d_view_finds_no_surface_to_convert_while_slices_are_written(scene, defer):
     volume_node, segmentation, target, _ = _shown_in_3d(scene)
@@ -124,7 +107,7 @@ def test_slicers_3d_view_finds_no_surface_to_convert_while_slices_are_written(sc
 
     assert view.events > 0  # the view heard of every write...
     if defer:  # ...and found the (unchanged) surface each time: nothing converted until the end
-        assert view.target_lacked_surface == 0
+        assert view.conversions == 0
         assert _address(_surface(segmentation, target)) == before
     writer.close()
     assert _surface(segmentation, target).GetNumberOfPoints() == _fresh_surface_points(segmentation, target)

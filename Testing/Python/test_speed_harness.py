@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,25 +10,15 @@ import pytest
 pytest.importorskip("sam2")
 pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_testing import run_benchmark
 
 
 def run_harness(tmp_path: Path, *extra: str) -> dict:
-    output = tmp_path / "speed.json"
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "speed.py"),
-        "--output",
-        str(output),
-        "--workdir",
-        str(tmp_path),
-        *extra,
-    ]
     # 1 thread: the test shares a small CI machine; the harness itself asks for one per physical core
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=170, env=env, cwd=ROOT)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(output.read_text(encoding="utf-8"))
+    return run_benchmark(
+        "speed.py", tmp_path / "speed.json", "--workdir", str(tmp_path), *extra, timeout=170, env=env
+    )
 
 
 def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_path):

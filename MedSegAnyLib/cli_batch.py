@@ -17,8 +17,9 @@ The model options (``--model``, ``--checkpoint``, ``--config``, ``--device``, ``
 the model loads, and the first job's inputs are read before it too, so a misspelt option or a wrong
 first file fails in a second, not after the compile. A job that fails while it runs (a missing file, a
 box outside its volume) prints its one-line error and the batch goes on; the exit code is 1 when any
-job failed. ``--skip-done`` skips the jobs whose outputs all exist, so an
-interrupted batch resumes where it stopped.
+job failed. A model that cannot load stops the batch at once (every job needs it), with ``segment``'s
+error. Ctrl-C stops it too (exit 130): the jobs done keep their outputs. ``--skip-done`` skips the jobs
+whose outputs all exist, so an interrupted batch resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _done(args: argparse.Namespace) -> bool:
 
 
 def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
-    from .cli import EXIT_OK, EXIT_USER_ERROR, load_cli_model, prepare_job, segment_job
+    from .cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, load_cli_model, prepare_job, segment_job
 
     stderr = stderr or sys.stderr
     started = time.monotonic()
@@ -136,27 +137,45 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"medsegany: skipping {skipped} job(s) whose outputs exist (--skip-done)", file=stderr)
-    failed = []
+    failed: list[int] = []
+    done = 0
     model = None
     for position, job in enumerate(todo, start=1):
         print(f"[{position}/{len(todo)}] line {job.number}: {job.text}", file=stderr, flush=True)
         job_started = time.monotonic()
         try:
-            prepared = prepare_job(job.args, stderr)
-            if model is None:  # once, after the first job's inputs were read
+            try:
+                prepared = prepare_job(job.args, stderr)
+            except MedSegAnyError as error:
+                _job_failed(job, error, failed, stderr)
+                continue
+            if model is None:
+                # once, after the first job's inputs were read; a model that cannot load fails the whole
+                # batch here (every job needs it), with the error of `segment`
                 model = load_cli_model(args)
-            segment_job(prepared, model, stderr, job_started)
-        except MedSegAnyError as error:
-            print(f"medsegany: error: line {job.number}: {error}", file=stderr, flush=True)
-            failed.append(job.number)
-        except MemoryError:
-            print(f"medsegany: error: line {job.number}: out of memory. Crop the volume", file=stderr)
-            failed.append(job.number)
+            try:
+                segment_job(prepared, model, stderr, job_started)
+                done += 1
+            except MedSegAnyError as error:
+                _job_failed(job, error, failed, stderr)
+            except MemoryError:
+                _job_failed(job, "out of memory. Crop the volume or use --slice-range", failed, stderr)
+        except KeyboardInterrupt:
+            print(
+                f"medsegany: cancelled at line {job.number}: the {done} job(s) done before it keep their "
+                "outputs; run again with --skip-done to go on",
+                file=stderr,
+            )
+            return EXIT_INTERRUPTED
     seconds = time.monotonic() - started
-    done = len(todo) - len(failed)
     print(
         f"batch: {done} done, {len(failed)} failed, {skipped} skipped, {seconds:.1f} s"
         + (f" (failed lines: {', '.join(map(str, failed))})" if failed else ""),
         file=stderr,
     )
     return EXIT_USER_ERROR if failed else EXIT_OK
+
+
+def _job_failed(job: BatchLine, error: object, failed: list[int], stderr: TextIO) -> None:
+    print(f"medsegany: error: line {job.number}: {error}", file=stderr, flush=True)
+    failed.append(job.number)

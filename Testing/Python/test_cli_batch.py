@@ -115,3 +115,34 @@ def test_an_empty_or_missing_jobs_file_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
     code, _, err = run_cli(capsys, "batch", tmp_path / "empty.txt")
     assert_one_line_error(code, err, "holds no job")
+
+
+def test_a_model_that_cannot_load_stops_the_batch_once(tmp_path, capsys, loads):
+    good = write_phantom(tmp_path / "good.nii.gz")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(f"{good} --box-ijk {BOX} -o {tmp_path / f'{n}.nii.gz'} -q\n" for n in range(3)))
+    code, _, err = run_cli(capsys, "batch", jobs, "--model", "sam9_giant")
+    assert code == 1 and err.count("unknown model") == 1 and "Traceback" not in err
+    assert len(loads) == 1 and not list(tmp_path.glob("[0-9].nii.gz"))
+
+
+def test_ctrl_c_keeps_the_jobs_done_and_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    from medsegany import cli
+
+    good = write_phantom(tmp_path / "good.nii.gz")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(f"{good} --box-ijk {BOX} -o {tmp_path / f'{n}.nii.gz'} -q\n" for n in range(3)))
+    real = cli.segment_job
+    calls = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "segment_job", interrupted_on_the_second)
+    code, _, err = run_cli(capsys, "batch", jobs, "--device", "cpu")
+    assert code == 130 and "cancelled at line 2: the 1 job(s) done before it keep their outputs" in err
+    assert (tmp_path / "0.nii.gz").is_file() and not (tmp_path / "1.nii.gz").exists()
+    assert "no output was written" not in err

@@ -283,17 +283,12 @@ def run_medsegany_sam2(
 def _with_fused_attention(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``run`` with trackers made without the CPU attention by matrix products (their default is read
     from MEDSEGANY_MATMUL_ATTENTION when a session makes them)."""
+    from unittest import mock
+
     from medsegany.models.sam2_tracker import MATMUL_ATTENTION_VARIABLE
 
-    before = os.environ.get(MATMUL_ATTENTION_VARIABLE)
-    os.environ[MATMUL_ATTENTION_VARIABLE] = "0"
-    try:
+    with mock.patch.dict(os.environ, {MATMUL_ATTENTION_VARIABLE: "0"}):
         return run()
-    finally:
-        if before is None:
-            os.environ.pop(MATMUL_ATTENTION_VARIABLE, None)
-        else:
-            os.environ[MATMUL_ATTENTION_VARIABLE] = before
 
 
 def _first(prompts: list[ObjectPrompt], correction: Correction) -> ObjectPrompt:

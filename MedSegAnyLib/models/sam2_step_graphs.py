@@ -7,13 +7,16 @@ graph records those launches once and replays them with one call.
 
 How the step is split (:meth:`StepGraphs.track`):
 
-1. Meta's own ``_prepare_memory_conditioned_features`` picks the memories and object pointers for the frame
-   and assembles them (its Python logic: which frames, their temporal encodings), eagerly; its call of
-   the memory attention is intercepted to take the assembled ``memory`` and ``memory_pos`` instead;
-2. the rest (memory attention, prompt encoder with no prompt, mask decoder, object pointer, memory
-   encoder), which depends on the frame only through tensors, runs from a graph recorded for this
-   memory length: the frame's features and the memory are copied into the graph's input buffers, the
-   graph replays, and its outputs are cloned out of the graph's buffers (the next replay reuses them).
+1. which memories and object pointers the frame attends to is chosen in Python, by Meta's rules
+   (:func:`medsegany.models.sam2_memory_gather.select_memory`), and their tensors are gathered into the
+   graph's input buffers with three copies, as are the frame's features (copied only when they changed);
+2. the rest (the temporal encodings added to the memory, the pointers' encoding, memory attention,
+   prompt encoder with no prompt, mask decoder, object pointer, memory encoder), which depends on the
+   frame only through tensors, replays from a graph recorded for this memory length, and its outputs
+   are cloned out of the graph's buffers (the next replay reuses them).
+
+Until 2026-11-27 step 1 was Meta's own ``_prepare_memory_conditioned_features`` with its call of the
+memory attention intercepted: about 30 kernels a step launched from Python outside the graph.
 
 The shapes change only while the memory fills (one graph per number of memory frames and object
 pointers: about 16 per direction), so graphs are recorded the first time a length is seen and kept
@@ -30,6 +33,14 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from .sam2_memory_gather import (
+    GatheredMemory,
+    gather_memory,
+    memory_from_gathered,
+    select_memory,
+    token_major,
+)
+
 log = logging.getLogger(__name__)
 
 # 16 lengths per direction while the memory fills (7 memory frames, 16 object pointers at most), a few
@@ -37,53 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_GRAPHS = 48
 # model -> its StepGraphs (weak keys: graphs go with the model)
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class _MemoryRecorder:
-    """Stands in for ``memory_attention.forward``: keeps its inputs, returns the current features."""
-
-    def __init__(self) -> None:
-        self.inputs: dict[str, Any] = {}
-
-    def __call__(self, curr: Any, memory: Any, curr_pos: Any = None, memory_pos: Any = None, **kwargs: Any):
-        self.inputs = {"memory": memory, "memory_pos": memory_pos, **kwargs}
-        # Meta reshapes the result (HW, B, C) -> (B, C, H, W) and returns it; nobody uses it here
-        return curr[0] if isinstance(curr, list) else curr
-
-
-def assemble_memory(
-    model: Any,
-    frame_index: int,
-    vision_feats: list[Any],
-    vision_pos_embeds: list[Any],
-    feat_sizes: list[tuple[int, int]],
-    memory_bank: dict[str, Any],
-    num_frames: int,
-    reverse: bool,
-) -> tuple[Any, Any, int]:
-    """(memory, memory_pos, num_obj_ptr_tokens) as Meta's tracking step feeds its memory attention."""
-    attention = model.memory_attention
-    recorder = _MemoryRecorder()
-    shadowed = attention.__dict__.get("forward")  # e.g. a torch.compile'd forward set on the instance
-    attention.forward = recorder
-    try:
-        model._prepare_memory_conditioned_features(
-            frame_idx=frame_index,
-            is_init_cond_frame=False,
-            current_vision_feats=vision_feats[-1:],
-            current_vision_pos_embeds=vision_pos_embeds[-1:],
-            feat_sizes=feat_sizes[-1:],
-            output_dict=memory_bank,
-            num_frames=num_frames,
-            track_in_reverse=reverse,
-        )
-    finally:
-        if shadowed is None:
-            del attention.forward
-        else:
-            attention.forward = shadowed
-    inputs = recorder.inputs
-    return inputs["memory"], inputs["memory_pos"], int(inputs.get("num_obj_ptr_tokens", 0))
 
 
 def step_after_memory(
@@ -131,11 +95,60 @@ def step_after_memory(
     return low_res_masks, obj_ptr, object_score_logits, maskmem_features, maskmem_pos_enc
 
 
+def step_from_gathered(
+    model: Any,
+    vision_feats: list[Any],
+    vision_pos_embeds: list[Any],
+    feat_sizes: list[tuple[int, int]],
+    gathered: GatheredMemory,
+    maskmem_pos_enc: Any,
+) -> tuple[Any, Any, Any, Any, list[Any]]:
+    """The step from gathered memory: :func:`memory_from_gathered`, then :func:`step_after_memory`; the
+    memory features come back token-major (see :func:`~medsegany.models.sam2_memory_gather.token_major`)."""
+    memory, memory_pos, num_ptr_tokens = memory_from_gathered(
+        model,
+        gathered.spatial,
+        gathered.pointers,
+        gathered.indices,
+        maskmem_pos_enc,
+        gathered.num_spatial,
+        gathered.max_pointers,
+    )
+    masks, ptr, score, features, pos_enc = step_after_memory(
+        model, vision_feats, vision_pos_embeds, feat_sizes, memory, memory_pos, num_ptr_tokens
+    )
+    return masks, ptr, score, token_major(features), pos_enc
+
+
+class _Input:
+    """A graph input buffer that copies a new source in only when it changed: the features' positional
+    encodings are the same tensors every step. The last source is held, so its memory cannot be reused
+    by another tensor at the same address. An in-place change bumps a tensor's version; tensors made in
+    inference mode have none, and the tracker never changes its sources (cached features, the shared
+    positional encodings) in place."""
+
+    def __init__(self, buffer: Any) -> None:
+        self.buffer = buffer
+        self._source: Any = None
+        self._signature: tuple | None = None
+
+    def load(self, tensor: Any) -> None:
+        version = None if tensor.is_inference() else tensor._version
+        signature = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, version)
+        if self._source is not None and signature == self._signature:
+            return
+        self.buffer.copy_(tensor, non_blocking=True)
+        self._source, self._signature = tensor, signature
+
+
 class _Graph:
     """One recorded step: input buffers, the graph, its output buffers."""
 
-    def __init__(self, inputs: list[Any], graph: Any, outputs: tuple[Any, ...]) -> None:
+    def __init__(
+        self, inputs: list[_Input], memory: GatheredMemory, graph: Any, outputs: tuple[Any, ...]
+    ) -> None:
         self.inputs = inputs
+        self.memory = memory
         self.graph = graph
         self.outputs = outputs
 
@@ -175,92 +188,77 @@ class StepGraphs:
         num_frames: int,
         reverse: bool,
     ) -> tuple[Any, Any, Any, Any, list[Any]]:
-        """One tracking step of an unprompted frame, as :func:`step_after_memory` returns it; the tensors
-        are the caller's own (cloned out of the graph's buffers)."""
-        memory, memory_pos, num_ptr_tokens = assemble_memory(
-            self.model,
-            frame_index,
-            vision_feats,
-            vision_pos_embeds,
-            feat_sizes,
-            memory_bank,
-            num_frames,
-            reverse,
-        )
+        """One tracking step of an unprompted frame, as :func:`step_from_gathered` returns it; the mask,
+        pointer, score and memory features are the caller's own (cloned out of the graph's buffers), the
+        memory positional encodings are the graph's (the same values at every replay)."""
+        selection = select_memory(self.model, frame_index, memory_bank, num_frames, reverse)
+        maskmem_pos_enc = selection.spatial[0][1]["maskmem_pos_enc"][-1]
+        device = vision_feats[-1].device
         if not self.capture:
-            return step_after_memory(
-                self.model, vision_feats, vision_pos_embeds, feat_sizes, memory, memory_pos, num_ptr_tokens
+            gathered = gather_memory(selection, device)
+            return step_from_gathered(
+                self.model, vision_feats, vision_pos_embeds, feat_sizes, gathered, maskmem_pos_enc
             )
-        key = (
-            tuple(memory.shape),
-            memory.dtype,
-            tuple(memory_pos.shape),
-            num_ptr_tokens,
-            tuple(tuple(t.shape) for t in vision_feats),
-            tuple(t.dtype for t in vision_feats),
-        )
         # only the lowest level's positional encoding enters the step (the memory attention's)
-        tensors = [*vision_feats, vision_pos_embeds[-1], memory, memory_pos]
+        tensors = [*vision_feats, vision_pos_embeds[-1], maskmem_pos_enc]
+        first_memory = selection.spatial[0][1]["maskmem_features"]
+        first_pointer = selection.pointers[0][1]["obj_ptr"] if selection.pointers else None
+        key = (
+            tuple((tuple(t.shape), t.dtype) for t in tensors),
+            len(selection.spatial),
+            tuple(first_memory.shape),
+            first_memory.dtype,
+            len(selection.pointers),
+            None if first_pointer is None else (tuple(first_pointer.shape), first_pointer.dtype),
+            selection.max_pointers,
+        )
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._record(key, tensors, feat_sizes, len(vision_feats), num_ptr_tokens)
+            graph = self._record(
+                key, tensors, gather_memory(selection, device), feat_sizes, len(vision_feats)
+            )
             if graph is None:  # recording failed: eager from now on
                 return self.track(
                     frame_index, vision_feats, vision_pos_embeds, feat_sizes, memory_bank, num_frames, reverse
                 )
         else:
             self._graphs.move_to_end(key)
-        for buffer, tensor in zip(graph.inputs, tensors):
-            if buffer.data_ptr() != tensor.data_ptr():
-                buffer.copy_(tensor, non_blocking=True)
+            for buffer, tensor in zip(graph.inputs, tensors):
+                buffer.load(tensor)
+            gather_memory(selection, device, out=graph.memory)
         graph.graph.replay()
         self.replays += 1
         masks, ptr, score, features, pos_enc = graph.outputs
-        return masks.clone(), ptr.clone(), score.clone(), features.clone(), [p.clone() for p in pos_enc]
+        return masks.clone(), ptr.clone(), score.clone(), features.clone(), pos_enc
 
     def _record(
         self,
         key: tuple,
         tensors: list[Any],
+        gathered: GatheredMemory,
         feat_sizes: list[tuple[int, int]],
         levels: int,
-        num_ptr_tokens: int,
     ) -> _Graph | None:
-        import torch
-
         start = time.perf_counter()
-        inputs = [t.clone() for t in tensors]
-        feats, pos = inputs[:levels], inputs[levels : levels + 1]
-        memory, memory_pos = inputs[levels + 1], inputs[levels + 2]
+        inputs = [_Input(t.clone()) for t in tensors]
+        for buffer, tensor in zip(inputs, tensors):
+            buffer.load(tensor)  # remembers the source: the next step copies only what changed
+        buffers = [i.buffer for i in inputs]
+        feats, pos, maskmem_pos_enc = buffers[:levels], buffers[levels : levels + 1], buffers[levels + 1]
+        memory = GatheredMemory(
+            gathered.spatial.clone(),
+            None if gathered.pointers is None else gathered.pointers.clone(),
+            gathered.indices.clone(),
+            gathered.num_spatial,
+            gathered.num_pointers,
+            gathered.max_pointers,
+        )
 
         def body() -> tuple[Any, ...]:
-            return step_after_memory(self.model, feats, pos, feat_sizes, memory, memory_pos, num_ptr_tokens)
+            return step_from_gathered(self.model, feats, pos, feat_sizes, memory, maskmem_pos_enc)
 
-        # PyTorch's advice for graphs under autocast: no cast cache (a cached cast made while recording
-        # would be freed behind the graph's back); the weights are bf16 already, so nothing is lost
-        device_type = feats[0].device.type
-        no_cast_cache = torch.autocast(
-            device_type,
-            dtype=torch.get_autocast_dtype(device_type),
-            enabled=torch.is_autocast_enabled(device_type),
-            cache_enabled=False,
-        )
         try:
-            with no_cast_cache:
-                # warm up on a side stream (cuBLAS/cuDNN pick kernels and workspaces outside the graph);
-                # one stream for all recordings: cuBLAS keeps a workspace per stream for good, and a new
-                # stream per graph left about 1 GB of them behind on an H200 (19 graphs; see the README)
-                if self._side_stream is None:
-                    self._side_stream = torch.cuda.Stream()
-                side = self._side_stream
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(2):
-                        body()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool):
-                    outputs = body()
+            graph, outputs = self._capture(body, feats[0].device.type)
             self._pool = graph.pool()
         except Exception as error:  # no graph support here: say so once, then run eagerly
             self.capture = False
@@ -271,13 +269,46 @@ class StepGraphs:
                 self.fallback_reason,
             )
             return None
-        recorded = _Graph(inputs, graph, (*outputs[:4], list(outputs[4])))
+        recorded = _Graph(inputs, memory, graph, (*outputs[:4], list(outputs[4])))
         self._graphs[key] = recorded
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         self.recorded += 1
         self.record_seconds += time.perf_counter() - start
         return recorded
+
+    def _capture(self, body: Any, device_type: str) -> tuple[Any, tuple[Any, ...]]:
+        """Record ``body`` as a CUDA graph: (the graph, the output tensors its replays overwrite).
+
+        Everything the graph path does around it (buffers, gathering, copies only of what changed,
+        clones) is exercised on the CPU by tests that stand in for this method.
+        """
+        import torch
+
+        # PyTorch's advice for graphs under autocast: no cast cache (a cached cast made while recording
+        # would be freed behind the graph's back); the weights are bf16 already, so nothing is lost
+        no_cast_cache = torch.autocast(
+            device_type,
+            dtype=torch.get_autocast_dtype(device_type),
+            enabled=torch.is_autocast_enabled(device_type),
+            cache_enabled=False,
+        )
+        with no_cast_cache:
+            # warm up on a side stream (cuBLAS/cuDNN pick kernels and workspaces outside the graph);
+            # one stream for all recordings: cuBLAS keeps a workspace per stream for good, and a new
+            # stream per graph left about 1 GB of them behind on an H200 (19 graphs; see the README)
+            if self._side_stream is None:
+                self._side_stream = torch.cuda.Stream()
+            side = self._side_stream
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                outputs = body()
+        return graph, outputs
 
 
 def step_graphs_for(model: Any, capture: bool) -> StepGraphs:

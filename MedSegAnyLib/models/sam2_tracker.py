@@ -48,6 +48,8 @@ from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
 from .sam2_lookahead import LaunchedStep, copy_to_host, record_step
+from .sam2_memory_gather import supports as memory_gather_supports
+from .sam2_memory_gather import token_major
 from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
 from .sam2_step_graphs import default_capture, step_graphs_for
@@ -109,6 +111,7 @@ class Sam2Tracker:
         # tracking steps split around the memory attention and replayed from CUDA graphs (see
         # sam2_step_graphs); None = on CUDA only, True on another device = the same split, eagerly
         use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)
+        use_graphs = use_graphs and memory_gather_supports(model)  # models with a memory (all video ones)
         self._steps = step_graphs_for(self.model, default_capture(self.device)) if use_graphs else None
         # one step launched ahead of the one being yielded (see sam2_lookahead); None = on CUDA only (on
         # a CPU it would only compute one step too many where the caller stops)
@@ -562,7 +565,7 @@ class Sam2Tracker:
                             object_score_logits=output.object_score_logits,
                             is_mask_from_pts=True,  # Meta: "these frames are what the user interacted with"
                         )
-                        output.maskmem_features = features.to(self._memory_dtype())
+                        output.maskmem_features = token_major(features.to(self._memory_dtype()))
                         output.maskmem_pos_enc = self._shared_maskmem_pos_enc(pos_enc)
                     bank[frame_index] = output
                 pending.clear()
@@ -619,8 +622,8 @@ class Sam2Tracker:
         fill_holes: bool = True,
     ) -> FrameOutput:
         """Meta's post-processing of a step's outputs (``_run_single_frame_inference``)."""
-        if maskmem_features is not None:
-            maskmem_features = maskmem_features.to(self._memory_dtype())
+        if maskmem_features is not None:  # token-major: gathered with one copy (sam2_memory_gather)
+            maskmem_features = token_major(maskmem_features.to(self._memory_dtype()))
         if fill_holes:
             pred_masks = self._fill_holes(pred_masks)
         return FrameOutput(

@@ -1,8 +1,10 @@
 """The tracking step split around the memory attention (medsegany.models.sam2_step_graphs) on the CPU.
 
 Its agreement with Meta's ``track_step`` is checked in test_sam2_equivalence.py (``step_graphs=True``);
-here: the intercepted ``memory_attention.forward`` is always restored, and a failed graph recording falls
-back to eager steps with the same masks. Recording itself needs a CUDA GPU (benchmarks/run_gpu.sh).
+here: the step calls the memory attention instance's own forward, a graph input is copied only when
+its source changed, and a failed graph recording falls back to eager steps with the same masks.
+Recording itself needs a CUDA GPU (benchmarks/run_gpu.sh); a stand-in "graph" that replays the step
+eagerly into its output tensors runs everything around the recording on the CPU.
 """
 
 from __future__ import annotations
@@ -32,15 +34,13 @@ def track(tracker, frames) -> dict[int, np.ndarray]:
     return {r.frame_index: r.mask_logits_frame for r in tracker.propagate(1, +1)}
 
 
-def test_memory_attention_forward_is_restored(model):
+def test_steps_run_through_the_instance_forward(model):
+    """A forward set on the memory attention instance (e.g. torch.compile'd) is the one the split calls."""
     from medsegany.models.sam2_tracker import Sam2Tracker
 
     frames = blob_frames(num_frames=3)
     tracker = Sam2Tracker(model, precision="float32", step_graphs=True)
     assert tracker._steps is not None and not tracker._steps.capture  # the CPU: the split runs eagerly
-    track(tracker, frames)
-    assert "forward" not in model.memory_attention.__dict__
-
     calls = []
     original = type(model.memory_attention).forward
 
@@ -48,13 +48,34 @@ def test_memory_attention_forward_is_restored(model):
         calls.append(1)
         return original(model.memory_attention, *args, **kwargs)
 
-    model.memory_attention.forward = counted_forward  # e.g. torch.compile'd on the instance
+    model.memory_attention.forward = counted_forward
     try:
         track(tracker, frames)
         assert model.memory_attention.forward is counted_forward
-        assert calls  # the step still ran through the instance's forward
+        assert len(calls) == 1  # frame 2, the one tracked step (frame 1 is the prompt)
     finally:
         del model.memory_attention.forward
+
+
+def test_graph_inputs_copy_only_changed_sources():
+    from medsegany.models.sam2_step_graphs import _Input
+
+    source = torch.arange(6.0).reshape(2, 3)
+    graph_input = _Input(torch.zeros(2, 3))
+    graph_input.load(source)
+    assert torch.equal(graph_input.buffer, source)
+    graph_input.buffer.zero_()  # a marker: a skipped copy leaves it
+    graph_input.load(source.view(2, 3))  # another view of the same memory, unchanged: skipped
+    assert not graph_input.buffer.any()
+    source.add_(1.0)  # changed in place: its version moved on
+    graph_input.load(source)
+    assert torch.equal(graph_input.buffer, source)
+    other = source.clone()
+    graph_input.buffer.zero_()
+    graph_input.load(other)  # another tensor
+    assert torch.equal(graph_input.buffer, other)
+    graph_input.load(source.t().contiguous().t())  # same values elsewhere: copied, not compared
+    assert torch.equal(graph_input.buffer, source)
 
 
 def test_failed_recording_falls_back_to_eager_steps(model, caplog):
@@ -73,6 +94,65 @@ def test_failed_recording_falls_back_to_eager_steps(model, caplog):
     assert sorted(got) == sorted(expected) == [1, 2]
     for frame_index, logits in expected.items():
         np.testing.assert_array_equal(got[frame_index], logits)
+
+
+class ReplayedEagerly:
+    """Stands in for a CUDA graph: a replay runs the recorded step again and writes into its outputs."""
+
+    def __init__(self, body, outputs):
+        self.body = body
+        self.outputs = outputs
+
+    def pool(self):
+        return None
+
+    def replay(self):
+        fresh = self.body()
+        for target, value in zip(self.outputs[:4], fresh[:4]):
+            target.copy_(value)
+        for target, value in zip(self.outputs[4], fresh[4]):
+            target.copy_(value)
+
+
+def test_the_graph_path_gives_the_eager_masks(model, monkeypatch):
+    """Buffers, gathering into them, copies only of what changed and clones of the outputs, on the CPU:
+    a forward and a backward run (the memory fills, then is full), then a correction, as on a GPU."""
+    from medsegany.models.sam2_step_graphs import StepGraphs
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    def capture(self, body, device_type):
+        outputs = body()
+        return ReplayedEagerly(body, outputs), outputs
+
+    frames = blob_frames(num_frames=12)
+    key, corrected = 4, 8
+    box = disc_box_xyxy(frames, key)
+    point = np.array([[frames.shape[2] / 2, frames.shape[1] / 2]], np.float32)
+
+    def run(tracker):
+        tracker.set_frames(frames)
+        tracker.add_prompts(1, key, box_frame_xyxy=box)
+        logits = {}
+        for direction in (+1, -1):
+            for result in tracker.propagate(key, direction):
+                logits[(result.frame_index, 0)] = result.mask_logits_frame
+        tracker.add_prompts(1, corrected, points_frame_xy=point, point_labels=np.array([0]))
+        for result in tracker.propagate(corrected, +1):
+            logits[(result.frame_index, 1)] = result.mask_logits_frame
+        return logits
+
+    expected = run(Sam2Tracker(model, precision="float32", step_graphs=True, lookahead=True))
+    monkeypatch.setattr(StepGraphs, "_capture", capture)
+    tracker = Sam2Tracker(model, precision="float32", step_graphs=True, lookahead=True)
+    tracker._steps = StepGraphs(tracker.model, capture=True)
+    got = run(tracker)
+    steps = tracker._steps
+    assert steps.capture and steps.fallback_reason is None
+    # 7 forward, 4 backward, 3 after the correction; a graph per memory length, replayed for the rest
+    assert steps.replays == 14 and 0 < steps.recorded < steps.replays
+    assert sorted(got) == sorted(expected)
+    for name, logits in expected.items():
+        np.testing.assert_array_equal(got[name], logits, err_msg=str(name))
 
 
 def test_graphs_are_shared_per_model():

@@ -201,3 +201,45 @@ def token_major(features_bchw: Any) -> Any:
     if not tokens.is_contiguous():
         tokens = tokens.contiguous()
     return tokens.permute(1, 2, 0).view(batch, channels, height, width)
+
+
+def meta_assembled_memory(
+    model: Any,
+    frame_index: int,
+    vision_feats: list[Any],
+    feat_sizes: list[tuple[int, int]],
+    memory_bank: dict[str, dict[int, Any]],
+    num_frames: int,
+    reverse: bool,
+) -> tuple[Any, Any, int]:
+    """(memory, memory_pos, num_obj_ptr_tokens) as Meta's own ``_prepare_memory_conditioned_features``
+    assembles them, its memory attention call intercepted: the reference the tests and
+    ``benchmarks/memory_gather.py`` compare :func:`memory_from_gathered` with."""
+    inputs: dict[str, Any] = {}
+
+    def intercept(curr: Any, memory: Any, curr_pos: Any = None, memory_pos: Any = None, **kwargs: Any) -> Any:
+        inputs.update(
+            memory=memory, memory_pos=memory_pos, num_obj_ptr_tokens=kwargs.get("num_obj_ptr_tokens", 0)
+        )
+        return curr[0] if isinstance(curr, list) else curr
+
+    attention = model.memory_attention
+    shadowed = attention.__dict__.get("forward")  # e.g. a torch.compile'd forward set on the instance
+    attention.forward = intercept
+    try:
+        model._prepare_memory_conditioned_features(
+            frame_idx=frame_index,
+            is_init_cond_frame=False,
+            current_vision_feats=vision_feats[-1:],
+            current_vision_pos_embeds=vision_feats[-1:],  # unused by the assembly
+            feat_sizes=feat_sizes[-1:],
+            output_dict=memory_bank,
+            num_frames=num_frames,
+            track_in_reverse=reverse,
+        )
+    finally:
+        if shadowed is None:
+            del attention.forward
+        else:
+            attention.forward = shadowed
+    return inputs["memory"], inputs["memory_pos"], int(inputs["num_obj_ptr_tokens"])

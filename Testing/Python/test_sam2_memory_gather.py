@@ -1,10 +1,11 @@
 """The gathered memory (medsegany.models.sam2_memory_gather) is Meta's assembled memory, bitwise.
 
 Meta's ``_prepare_memory_conditioned_features`` is run with its call of the memory attention
-intercepted, on memory banks of random tensors that exercise each of its rules: a full memory, the
-first frames of a stack, tracking in reverse, gaps, more conditioning frames than it attends to (the
-others then serve as ordinary memories), a conditioning frame ahead (its pointer is left out), a stack
-shorter than the pointer window, SAM 2.0's pointers without temporal encoding.
+intercepted (``meta_assembled_memory``), on memory banks of random tensors that exercise each of its
+rules: a full memory, the first frames of a stack, tracking in reverse, gaps, more conditioning frames
+than it attends to (the others then serve as ordinary memories), a conditioning frame ahead (its
+pointer is left out), a stack shorter than the pointer window, SAM 2.0's pointers without temporal
+encoding.
 """
 
 from __future__ import annotations
@@ -54,28 +55,11 @@ def memory_bank(model, cond_frames, tracked_frames, seed=0, token_major_layout=T
 
 def meta_memory(model, frame_index, bank, num_frames, reverse):
     """(memory, memory_pos, num_obj_ptr_tokens) as Meta's code hands them to its memory attention."""
+    from medsegany.models.sam2_memory_gather import meta_assembled_memory
+
     side = model.image_size // 16
-    inputs = {}
-
-    def intercept(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
-        inputs.update(memory=memory, memory_pos=memory_pos, num_obj_ptr_tokens=num_obj_ptr_tokens)
-        return curr[0]
-
-    model.memory_attention.forward = intercept
-    try:
-        model._prepare_memory_conditioned_features(
-            frame_idx=frame_index,
-            is_init_cond_frame=False,
-            current_vision_feats=[torch.zeros(side * side, 1, model.hidden_dim)],
-            current_vision_pos_embeds=[torch.zeros(side * side, 1, model.hidden_dim)],
-            feat_sizes=[(side, side)],
-            output_dict=bank,
-            num_frames=num_frames,
-            track_in_reverse=reverse,
-        )
-    finally:
-        del model.memory_attention.forward
-    return inputs["memory"], inputs["memory_pos"], inputs["num_obj_ptr_tokens"]
+    feats = [torch.zeros(side * side, 1, model.hidden_dim)]
+    return meta_assembled_memory(model, frame_index, feats, [(side, side)], bank, num_frames, reverse)
 
 
 def ours(model, frame_index, bank, num_frames, reverse):
@@ -189,6 +173,24 @@ def test_token_major_keeps_values_and_copies_once():
     assert tokens.flatten(2).permute(2, 0, 1).is_contiguous()
     assert token_major(tokens).data_ptr() == tokens.data_ptr()  # already token-major: no copy
     assert tokens.to(torch.bfloat16).flatten(2).permute(2, 0, 1).is_contiguous()  # a cast keeps the layout
+
+
+def test_the_interception_is_undone(model):
+    """Meta's assembly is read by intercepting the memory attention: its own forward (or one set on the
+    instance, e.g. torch.compile'd) is back afterwards."""
+    bank = memory_bank(model, [10], range(11, 20))
+    meta_memory(model, 20, bank, 100, False)
+    assert "forward" not in model.memory_attention.__dict__
+
+    def compiled_forward(*args, **kwargs):
+        raise AssertionError("not called by the assembly")
+
+    model.memory_attention.forward = compiled_forward
+    try:
+        meta_memory(model, 20, bank, 100, False)
+        assert model.memory_attention.forward is compiled_forward
+    finally:
+        del model.memory_attention.forward
 
 
 def test_models_without_memory_are_not_supported(model):

@@ -5,10 +5,13 @@ and the host 7 ms (benchmarks/README.md): bringing the mask to the host, filling
 the session's bookkeeping. In strict order the two add up; with the next step launched before the host
 waits for the current one's mask, the host's work overlaps the device's.
 
-What a step leaves for the host: its low-resolution mask logits (S/4 x S/4 float32) and object score,
-copied into page-locked host memory behind the step (one transfer, no synchronisation), with an event
-that fires when they have arrived. Holes are then filled on the host (SciPy, as on the CPU) and the
-mask is resized to the frame there, so the device is never waited for twice.
+What a step leaves for the host: its mask logits and object score, copied into page-locked host memory
+behind the step (one transfer, no synchronisation), with an event that fires when they have arrived.
+With step graphs, the step has filled the mask's holes and resized it to the frame itself (inside its
+graph, :func:`~medsegany.models.sam2_step_graphs.finish_on_device`), so the host only copies the frame's
+logits out of the page-locked buffer; without them, the low-resolution logits (S/4 x S/4) come over and
+the host fills their holes (SciPy, as on the CPU) and resizes them. Either way the device is waited for
+once a step.
 
 A launched step is in the object's memory bank before its result is yielded (the next step needs it). If
 the caller stops after step k (the stop rule, a cancel), step k+1 was never seen: closing the generator
@@ -36,6 +39,7 @@ class LaunchedStep:
     computed: bool  # False: a conditioning frame (its output was already there)
     previous_output: Any = _MISSING  # what ``track.tracked`` held on the frame before (restored on revert)
     previous_direction: Any = _MISSING
+    finished: bool = False  # True: host_masks holds the frame's logits, holes filled on the device
     host_masks: Any = None
     host_score: Any = None
     ready: Any = None  # torch.cuda.Event, None when the copies are plain host tensors
@@ -81,11 +85,15 @@ def _restore(mapping: dict, key: int, value: Any) -> None:
 
 
 def copy_to_host(pred_masks: Any, object_score_logits: Any) -> tuple[Any, Any, Any]:
-    """(host masks, host score, event): behind the queued work on CUDA, plain copies elsewhere."""
+    """(host masks, host score, event): behind the queued work on CUDA, plain copies elsewhere.
+    ``pred_masks`` is any (N, 1, h, w) mask logits: the step's low-resolution ones, or the frame's."""
     import torch
 
     if pred_masks.device.type != "cuda":
-        return pred_masks.detach().to("cpu", torch.float32), object_score_logits.detach().to("cpu"), None
+        # copies, never the tensors themselves: they may be a step graph's buffers, which the step
+        # launched next overwrites before this one is finished
+        host_masks = pred_masks.detach().to("cpu", torch.float32, copy=True)
+        return host_masks, object_score_logits.detach().to("cpu", copy=True), None
     host_masks = torch.empty(pred_masks.shape, dtype=torch.float32, pin_memory=True)
     host_score = torch.empty(object_score_logits.shape, dtype=object_score_logits.dtype, pin_memory=True)
     host_masks.copy_(pred_masks, non_blocking=True)

@@ -1,11 +1,11 @@
 """The memory of a SAM 2 tracking step, chosen in Python and gathered with three copies.
 
 Why: Meta's ``_prepare_memory_conditioned_features`` picks a frame's memories (the conditioning frames,
-the last 6 tracked frames, up to 16 object pointers) and assembles them tensor by tensor: on a GPU about
-30 small kernels a step (a temporal encoding added per memory frame, the pointers' sine encoding and its
-projection, reshapes, two concatenations), each launched from Python. With the rest of the step replayed
-from a CUDA graph (:mod:`medsegany.models.sam2_step_graphs`), those launches were most of what the host
-still did per step beside the graph itself.
+the last 6 tracked frames, up to 16 object pointers) and assembles them tensor by tensor: 22 operations
+a step with a full memory (a temporal encoding added per memory frame, the pointers' sine encoding and
+its projection, three concatenations; ``benchmarks/step_host_work.py``), each launched from Python.
+With the rest of the step replayed from a CUDA graph (:mod:`medsegany.models.sam2_step_graphs`), those
+launches were most of what the host still did per step beside the graph itself.
 
 Here the choice stays Meta's, rule for rule (:func:`select_memory`, plain Python on frame numbers), and
 the tensors are brought together by three copies (:func:`gather_memory`): the memory frames' features
@@ -214,7 +214,7 @@ def meta_assembled_memory(
 ) -> tuple[Any, Any, int]:
     """(memory, memory_pos, num_obj_ptr_tokens) as Meta's own ``_prepare_memory_conditioned_features``
     assembles them, its memory attention call intercepted: the reference the tests and
-    ``benchmarks/memory_gather.py`` compare :func:`memory_from_gathered` with."""
+    ``benchmarks/step_host_work.py`` compare :func:`memory_from_gathered` with."""
     inputs: dict[str, Any] = {}
 
     def intercept(curr: Any, memory: Any, curr_pos: Any = None, memory_pos: Any = None, **kwargs: Any) -> Any:

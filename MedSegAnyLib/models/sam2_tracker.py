@@ -516,27 +516,38 @@ class Sam2Tracker:
     def _launch(self, track: ObjectTrack, frame_index: int, direction: int) -> LaunchedStep:
         output = track.conditioning.get(frame_index)
         computed = output is None
+        frame_logits = None
         if computed:
             with self._compute():
-                output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
+                if self._steps is not None:  # holes filled and the mask resized inside the step
+                    output, frame_logits = self._track_frame_finished(track, frame_index, direction < 0)
+                else:
+                    output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
         step = record_step(track, frame_index, direction, output, computed)
         if computed:
+            step.finished = frame_logits is not None
             step.host_masks, step.host_score, step.ready = copy_to_host(
-                output.pred_masks, output.object_score_logits
+                output.pred_masks if frame_logits is None else frame_logits, output.object_score_logits
             )
         return step
 
     def _finish(self, step: LaunchedStep) -> TrackResult:
-        """The step's result; its holes filled on the host, where its mask then stays for corrections."""
+        """The step's result. Finished on the device: its frame's logits, copied out of the page-locked
+        buffer (the session may keep them); else its holes filled on the host, where its mask then stays
+        for corrections, and resized there."""
         if not step.computed:
             return self._result(step.frame_index, step.track.object_id, step.output)
         step.wait()
-        masks = self._fill_holes(step.host_masks)
-        step.output.pred_masks = masks
+        if step.finished:
+            logits = step.host_masks[0, 0].numpy().copy()
+        else:
+            masks = self._fill_holes(step.host_masks)
+            step.output.pred_masks = masks
+            logits = self._to_frame_resolution(masks)
         return TrackResult(
             frame_index=step.frame_index,
             object_id=step.track.object_id,
-            mask_logits_frame=self._to_frame_resolution(masks),
+            mask_logits_frame=logits,
             object_score_logit=float(step.host_score.reshape(-1)[0]),
         )
 
@@ -600,8 +611,23 @@ class Sam2Tracker:
             return self._run_frame(
                 track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
             )
+        *outputs, _ = self._steps.track(*self._step_inputs(track, frame_index, reverse))
+        return self._frame_output(*outputs, fill_holes)
+
+    def _track_frame_finished(
+        self, track: ObjectTrack, frame_index: int, reverse: bool
+    ) -> tuple[FrameOutput, Any]:
+        """One step through the step graphs with its holes filled and its mask resized to the frame in
+        the same graph (:func:`~medsegany.models.sam2_step_graphs.finish_on_device`): (the output, the
+        frame's logits (1, 1, H, W) on the device, valid until the next step)."""
+        finish = (int(self.model.fill_hole_area), self.frame_shape)
+        *outputs, frame_logits = self._steps.track(*self._step_inputs(track, frame_index, reverse), finish)
+        return self._frame_output(*outputs, fill_holes=False), frame_logits
+
+    def _step_inputs(self, track: ObjectTrack, frame_index: int, reverse: bool) -> tuple[Any, ...]:
+        """The arguments of ``StepGraphs.track`` for this frame."""
         vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
-        outputs = self._steps.track(
+        return (
             frame_index,
             vision_feats,
             vision_pos_embeds,
@@ -610,7 +636,6 @@ class Sam2Tracker:
             self.num_frames,
             reverse,
         )
-        return self._frame_output(*outputs, fill_holes)
 
     def _frame_output(
         self,

@@ -96,3 +96,39 @@ def test_matches_meta_cuda_kernel_when_installed():
     our_labels, our_areas = connected_components(masks)
     assert torch.equal(areas.cpu().int(), our_areas)
     assert torch.equal(labels.cpu() > 0, our_labels > 0)
+
+
+def hole_cases() -> list[np.ndarray]:
+    """Logit maps (N, 1, H, W): random speckle at several densities, and drawn holes of 8 and 9 pixels,
+    a 20-pixel line (a large component that a few steps of labelling cannot span), holes on the border."""
+    rng = np.random.default_rng(7)
+    cases = [np.where(rng.random((3, 1, 40, 52)) < density, -1.0, 1.0) for density in (0.1, 0.3, 0.5, 0.7)]
+    drawn = np.ones((1, 1, 32, 40))
+    drawn[0, 0, 2, 2:10] = -1.0  # 8 pixels in a row: a hole
+    drawn[0, 0, 6, 2:11] = -1.0  # 9 pixels: not
+    drawn[0, 0, 10, 5:25] = -1.0  # 20 pixels in a row
+    drawn[0, 0, 14:16, 30:34] = -1.0  # a 2 x 4 block: 8 pixels
+    drawn[0, 0, 20:23, 30:33] = -1.0  # 3 x 3: 9 pixels
+    drawn[0, 0, 0, 35:40] = -1.0  # on the border, 5 pixels
+    drawn[0, 0, 25:32, 0] = -1.0  # on the border, 7 pixels
+    drawn[0, 0, 26, 10:18] = -1.0  # a diagonal neighbour joins these 8 and the next 1: 9
+    drawn[0, 0, 27, 18] = -1.0
+    cases.append(drawn)
+    cases.append(np.full((2, 1, 16, 16), -3.0))  # all background: one component, not a hole
+    return [case.astype(np.float32) * rng.uniform(0.5, 2.0, case.shape).astype(np.float32) for case in cases]
+
+
+@pytest.mark.parametrize("max_area", [1, 3, 8])
+def test_filling_without_host_gives_the_same_masks(max_area):
+    from medsegany.models.sam2_holes import fill_holes_without_host
+
+    for case in hole_cases():
+        logits = torch.from_numpy(case)
+        expected = fill_holes_in_mask_logits(logits, max_area)
+        got = fill_holes_without_host(logits, max_area)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert torch.equal(got, expected)
+    drawn = torch.from_numpy(hole_cases()[4])
+    filled = fill_holes_without_host(drawn, 8)[0, 0]
+    assert (filled[2, 2:10] == HOLE_FILL_LOGIT).all() and (filled[6, 2:11] < 0).all()
+    assert (filled[10, 5:25] < 0).all() and (filled[26, 10:18] < 0).all()

@@ -152,15 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     def memory_in_graph() -> Any:
         selection = select_memory(model, frame, bank, num_frames, False)
         pos_enc = selection.spatial[0][1]["maskmem_pos_enc"][-1]
-        return memory_from_gathered(
-            model,
-            buffers.spatial,
-            buffers.pointers,
-            buffers.indices,
-            pos_enc,
-            buffers.num_spatial,
-            buffers.max_pointers,
-        )
+        return memory_from_gathered(model, buffers, pos_enc)
 
     def host_finish() -> Any:  # sam2_lookahead without step graphs: holes and resize on the host
         return tracker._to_frame_resolution(fill_holes_in_mask_logits(host_masks, area))

@@ -146,25 +146,19 @@ def gather_memory(
     )
 
 
-def memory_from_gathered(
-    model: Any,
-    spatial: Any,
-    pointers: Any | None,
-    indices: Any,
-    maskmem_pos_enc: Any,
-    num_spatial: int,
-    max_pointers: int,
-) -> tuple[Any, Any, int]:
+def memory_from_gathered(model: Any, gathered: GatheredMemory, maskmem_pos_enc: Any) -> tuple[Any, Any, int]:
     """(memory, memory_pos, num_obj_ptr_tokens) for the memory attention, computed as Meta's assembly does:
     the same operations on the same values (only batched over the memory frames), so the same numbers.
 
     ``maskmem_pos_enc`` is the memory's spatial positional encoding (1, mem_dim, H, W), the same for every
-    frame. Graph-safe: no host synchronisation, shapes fixed by ``num_spatial``, the pointers' count and
-    ``max_pointers``.
+    frame. Graph-safe: no host synchronisation, shapes fixed by the numbers of memory frames and
+    pointers and ``max_pointers``.
     """
     import torch
     from sam2.modeling.sam2_utils import get_1d_sine_pe
 
+    spatial, pointers, indices = gathered.spatial, gathered.pointers, gathered.indices
+    num_spatial, max_pointers = gathered.num_spatial, gathered.max_pointers
     batch = spatial.size(1)
     channels, mem_dim = int(model.hidden_dim), int(model.mem_dim)
     t_pos_index = indices[:num_spatial]

@@ -110,15 +110,7 @@ def step_from_gathered(
     with ``finish`` = (fill_hole_area, frame (H, W)) :func:`finish_on_device`. Returns its five outputs
     (the masks filled when finished, the memory features token-major, see
     :func:`~medsegany.models.sam2_memory_gather.token_major`) and the frame's logits or None."""
-    memory, memory_pos, num_ptr_tokens = memory_from_gathered(
-        model,
-        gathered.spatial,
-        gathered.pointers,
-        gathered.indices,
-        maskmem_pos_enc,
-        gathered.num_spatial,
-        gathered.max_pointers,
-    )
+    memory, memory_pos, num_ptr_tokens = memory_from_gathered(model, gathered, maskmem_pos_enc)
     masks, ptr, score, features, pos_enc = step_after_memory(
         model, vision_feats, vision_pos_embeds, feat_sizes, memory, memory_pos, num_ptr_tokens
     )

@@ -68,15 +68,7 @@ def ours(model, frame_index, bank, num_frames, reverse):
     selection = select_memory(model, frame_index, bank, num_frames, reverse)
     gathered = gather_memory(selection, torch.device("cpu"))
     pos_enc = selection.spatial[0][1]["maskmem_pos_enc"][-1]
-    return memory_from_gathered(
-        model,
-        gathered.spatial,
-        gathered.pointers,
-        gathered.indices,
-        pos_enc,
-        gathered.num_spatial,
-        gathered.max_pointers,
-    )
+    return memory_from_gathered(model, gathered, pos_enc)
 
 
 # (conditioning frames, tracked frames, frame, frames in the stack, reverse, max conditioning frames)

@@ -10,8 +10,9 @@ on the same step:
   ``memory_in_graph``: ``memory_from_gathered``, the rest of Meta's assembly, which the graph replays;
 - finishing: ``host_finish``, the low-resolution logits' holes filled on the host (SciPy) and the mask
   resized to the frame there, what the step launched ahead did (``sam2_lookahead``), against
-  ``device_finish_host_share``: the frame's logits copied out of the page-locked buffer they arrive in;
-  ``finish_in_graph``: ``finish_on_device``, which the graph replays (holes without SciPy).
+  ``device_finish_host_share``: the mask resized on the device (one launch) and the frame's logits
+  copied out of the page-locked buffer they arrive in; ``holes_in_graph``: ``fill_holes_without_host``,
+  which the graph replays.
 
 For each: the ATen operations that do work (views and metadata excluded: on a GPU each is a kernel
 launch or a copy issued from Python) and the wall time per call (median of ``--repeats``; on CUDA the
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from medsegany.models.sam2_build import build_sam2_model
-    from medsegany.models.sam2_holes import fill_holes_in_mask_logits
+    from medsegany.models.sam2_holes import fill_holes_in_mask_logits, fill_holes_without_host
     from medsegany.models.sam2_lookahead import copy_to_host
     from medsegany.models.sam2_memory_gather import (
         gather_memory,
@@ -112,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         meta_assembled_memory,
         select_memory,
     )
-    from medsegany.models.sam2_step_graphs import finish_on_device
     from medsegany.models.sam2_tracker import Sam2Tracker
+    from torch.nn.functional import interpolate
 
     torch.manual_seed(0)
     tracker = Sam2Tracker(
@@ -138,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         low_res_masks = tracker._steps.track(*inputs)[0]  # the step's logits, holes not filled
     buffers = gather_memory(select_memory(model, frame, bank, num_frames, False), device)
     host_masks, _, ready = copy_to_host(low_res_masks, torch.zeros(1, 1, device=device))
-    _, device_frame_logits = finish_on_device(low_res_masks, area, frame_shape)
-    host_frame_logits, _, ready = copy_to_host(device_frame_logits, torch.zeros(1, 1, device=device))
+    filled = fill_holes_without_host(low_res_masks, area)  # as the graph leaves it
+
+    def resize_on_device() -> Any:
+        return interpolate(filled.float(), size=frame_shape, mode="bilinear", align_corners=False)
+
+    host_frame_logits, _, ready = copy_to_host(resize_on_device(), torch.zeros(1, 1, device=device))
     if ready is not None:
         ready.synchronize()
 
@@ -158,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         return tracker._to_frame_resolution(fill_holes_in_mask_logits(host_masks, area))
 
     def device_finish_host_share() -> Any:
+        resize_on_device()
         return host_frame_logits[0, 0].numpy().copy()
 
-    def finish_in_graph() -> Any:
-        return finish_on_device(low_res_masks, area, frame_shape)
+    def holes_in_graph() -> Any:
+        return fill_holes_without_host(low_res_masks, area)
 
     with tracker._compute():
         expected, got = meta(), (gather(), memory_in_graph())[1]
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "host_finish": host_finish,
                 "device_finish_host_share": device_finish_host_share,
-                "finish_in_graph": finish_in_graph,
+                "holes_in_graph": holes_in_graph,
             },
             max(args.repeats // 4, 3),
             device,

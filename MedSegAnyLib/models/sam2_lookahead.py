@@ -7,11 +7,11 @@ waits for the current one's mask, the host's work overlaps the device's.
 
 What a step leaves for the host: its mask logits and object score, copied into page-locked host memory
 behind the step (one transfer, no synchronisation), with an event that fires when they have arrived.
-With step graphs, the step has filled the mask's holes and resized it to the frame itself (inside its
-graph, :func:`~medsegany.models.sam2_step_graphs.finish_on_device`), so the host only copies the frame's
-logits out of the page-locked buffer; without them, the low-resolution logits (S/4 x S/4) come over and
-the host fills their holes (SciPy, as on the CPU) and resizes them. Either way the device is waited for
-once a step.
+With step graphs, the step has filled the mask's holes itself (inside its graph,
+:func:`~medsegany.models.sam2_holes.fill_holes_without_host`) and the mask is resized to the frame on the
+device (one launch), so the host only copies the frame's logits out of the page-locked buffer; without
+them, the low-resolution logits (S/4 x S/4) come over and the host fills their holes (SciPy, as on the
+CPU) and resizes them. Either way the device is waited for once a step.
 
 A launched step is in the object's memory bank before its result is yielded (the next step needs it). If
 the caller stops after step k (the stop rule, a cancel), step k+1 was never seen: closing the generator

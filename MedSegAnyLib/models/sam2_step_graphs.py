@@ -17,8 +17,9 @@ How the step is split (:meth:`StepGraphs.track`):
 
 Until 2026-11-27 step 1 was Meta's own ``_prepare_memory_conditioned_features`` with its call of the
 memory attention intercepted: 22 operations a step issued from Python outside the graph, against 3 now
-(``benchmarks/step_host_work.py``). With ``finish`` the graph also fills the mask's small holes and
-resizes it to the frame (:func:`finish_on_device`), which the host did after every step.
+(``benchmarks/step_host_work.py``). With ``fill_hole_area`` the graph also fills the mask's small holes
+(:func:`~medsegany.models.sam2_holes.fill_holes_without_host`), which the host did after every step;
+the resize to the frame stays outside (one launch), so that one set of graphs serves every volume axis.
 
 The shapes change only while the memory fills (one graph per number of memory frames and object
 pointers: about 16 per direction), so graphs are recorded the first time a length is seen and kept
@@ -104,33 +105,22 @@ def step_from_gathered(
     feat_sizes: list[tuple[int, int]],
     gathered: GatheredMemory,
     maskmem_pos_enc: Any,
-    finish: tuple[int, tuple[int, int]] | None = None,
-) -> tuple[Any, Any, Any, Any, list[Any], Any]:
+    fill_hole_area: int = 0,
+) -> tuple[Any, Any, Any, Any, list[Any]]:
     """The step from gathered memory: :func:`memory_from_gathered`, then :func:`step_after_memory`, then
-    with ``finish`` = (fill_hole_area, frame (H, W)) :func:`finish_on_device`. Returns its five outputs
-    (the masks filled when finished, the memory features token-major, see
-    :func:`~medsegany.models.sam2_memory_gather.token_major`) and the frame's logits or None."""
+    with ``fill_hole_area`` > 0 Meta's hole filling, without the host
+    (:func:`~medsegany.models.sam2_holes.fill_holes_without_host`). Returns :func:`step_after_memory`'s
+    outputs, the memory features token-major (see
+    :func:`~medsegany.models.sam2_memory_gather.token_major`)."""
+    from .sam2_holes import fill_holes_without_host
+
     memory, memory_pos, num_ptr_tokens = memory_from_gathered(model, gathered, maskmem_pos_enc)
     masks, ptr, score, features, pos_enc = step_after_memory(
         model, vision_feats, vision_pos_embeds, feat_sizes, memory, memory_pos, num_ptr_tokens
     )
-    frame_logits = None
-    if finish is not None:
-        masks, frame_logits = finish_on_device(masks, *finish)
-    return masks, ptr, score, token_major(features), pos_enc, frame_logits
-
-
-def finish_on_device(masks: Any, fill_hole_area: int, frame_shape: tuple[int, int]) -> tuple[Any, Any]:
-    """(mask logits with Meta's small holes filled, those logits resized to the frame (1, 1, H, W)
-    float32): what the host did after each step (``sam2_lookahead``), done where the step ran, with no
-    host synchronisation, so that it joins the step's graph."""
-    from torch.nn.functional import interpolate
-
-    from .sam2_holes import fill_holes_without_host
-
-    filled = fill_holes_without_host(masks, fill_hole_area)
-    frame_logits = interpolate(filled.float(), size=frame_shape, mode="bilinear", align_corners=False)
-    return filled, frame_logits
+    if fill_hole_area > 0:
+        masks = fill_holes_without_host(masks, fill_hole_area)
+    return masks, ptr, score, token_major(features), pos_enc
 
 
 class _Input:
@@ -200,25 +190,25 @@ class StepGraphs:
         memory_bank: dict[str, Any],
         num_frames: int,
         reverse: bool,
-        finish: tuple[int, tuple[int, int]] | None = None,
-    ) -> tuple[Any, Any, Any, Any, list[Any], Any]:
-        """One tracking step of an unprompted frame: :func:`step_from_gathered`'s outputs and the mask
-        logits at the frame's resolution, or None.
-
-        ``finish`` = (fill_hole_area, frame (H, W)): the step also fills the mask's holes and resizes it
-        to the frame (:func:`finish_on_device`), inside its graph; the masks returned are then filled.
-        The mask, pointer, score and memory features are the caller's own (cloned out of the graph's
-        buffers); the memory positional encodings are the graph's (the same values at every replay), and
-        so are the frame's logits: valid until the next step, so copy them at once (the tracker queues
-        their copy to the host behind the step).
-        """
+        fill_hole_area: int = 0,
+    ) -> tuple[Any, Any, Any, Any, list[Any]]:
+        """One tracking step of an unprompted frame, as :func:`step_from_gathered` returns it (with
+        ``fill_hole_area`` > 0 its mask's small holes filled inside the graph). The mask, pointer, score
+        and memory features are the caller's own (cloned out of the graph's buffers); the memory
+        positional encodings are the graph's (the same values at every replay)."""
         selection = select_memory(self.model, frame_index, memory_bank, num_frames, reverse)
         maskmem_pos_enc = selection.spatial[0][1]["maskmem_pos_enc"][-1]
         device = vision_feats[-1].device
         if not self.capture:
             gathered = gather_memory(selection, device)
             return step_from_gathered(
-                self.model, vision_feats, vision_pos_embeds, feat_sizes, gathered, maskmem_pos_enc, finish
+                self.model,
+                vision_feats,
+                vision_pos_embeds,
+                feat_sizes,
+                gathered,
+                maskmem_pos_enc,
+                fill_hole_area,
             )
         # only the lowest level's positional encoding enters the step (the memory attention's)
         tensors = [*vision_feats, vision_pos_embeds[-1], maskmem_pos_enc]
@@ -232,12 +222,12 @@ class StepGraphs:
             len(selection.pointers),
             None if first_pointer is None else (tuple(first_pointer.shape), first_pointer.dtype),
             selection.max_pointers,
-            finish,
+            fill_hole_area,
         )
         graph = self._graphs.get(key)
         if graph is None:
             gathered = gather_memory(selection, device)
-            graph = self._record(key, tensors, gathered, feat_sizes, len(vision_feats), finish)
+            graph = self._record(key, tensors, gathered, feat_sizes, len(vision_feats), fill_hole_area)
             if graph is None:  # recording failed: eager from now on
                 return self.track(
                     frame_index,
@@ -247,7 +237,7 @@ class StepGraphs:
                     memory_bank,
                     num_frames,
                     reverse,
-                    finish,
+                    fill_hole_area,
                 )
         else:
             self._graphs.move_to_end(key)
@@ -256,8 +246,8 @@ class StepGraphs:
             gather_memory(selection, device, out=graph.memory)
         graph.graph.replay()
         self.replays += 1
-        masks, ptr, score, features, pos_enc, frame_logits = graph.outputs
-        return masks.clone(), ptr.clone(), score.clone(), features.clone(), pos_enc, frame_logits
+        masks, ptr, score, features, pos_enc = graph.outputs
+        return masks.clone(), ptr.clone(), score.clone(), features.clone(), pos_enc
 
     def _record(
         self,
@@ -266,7 +256,7 @@ class StepGraphs:
         gathered: GatheredMemory,
         feat_sizes: list[tuple[int, int]],
         levels: int,
-        finish: tuple[int, tuple[int, int]] | None,
+        fill_hole_area: int,
     ) -> _Graph | None:
         start = time.perf_counter()
         inputs = [_Input(t.clone()) for t in tensors]
@@ -284,7 +274,9 @@ class StepGraphs:
         )
 
         def body() -> tuple[Any, ...]:
-            return step_from_gathered(self.model, feats, pos, feat_sizes, memory, maskmem_pos_enc, finish)
+            return step_from_gathered(
+                self.model, feats, pos, feat_sizes, memory, maskmem_pos_enc, fill_hole_area
+            )
 
         try:
             graph, outputs = self._capture(body, feats[0].device.type)
@@ -298,7 +290,7 @@ class StepGraphs:
                 self.fallback_reason,
             )
             return None
-        recorded = _Graph(inputs, memory, graph, (*outputs[:4], list(outputs[4]), outputs[5]))
+        recorded = _Graph(inputs, memory, graph, (*outputs[:4], list(outputs[4])))
         self._graphs[key] = recorded
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)

@@ -519,7 +519,7 @@ class Sam2Tracker:
         frame_logits = None
         if computed:
             with self._compute():
-                if self._steps is not None:  # holes filled and the mask resized inside the step
+                if self._steps is not None:  # holes filled inside the step, the mask resized on the device
                     output, frame_logits = self._track_frame_finished(track, frame_index, direction < 0)
                 else:
                     output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
@@ -611,18 +611,23 @@ class Sam2Tracker:
             return self._run_frame(
                 track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
             )
-        *outputs, _ = self._steps.track(*self._step_inputs(track, frame_index, reverse))
+        outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse))
         return self._frame_output(*outputs, fill_holes)
 
     def _track_frame_finished(
         self, track: ObjectTrack, frame_index: int, reverse: bool
     ) -> tuple[FrameOutput, Any]:
-        """One step through the step graphs with its holes filled and its mask resized to the frame in
-        the same graph (:func:`~medsegany.models.sam2_step_graphs.finish_on_device`): (the output, the
-        frame's logits (1, 1, H, W) on the device, valid until the next step)."""
-        finish = (int(self.model.fill_hole_area), self.frame_shape)
-        *outputs, frame_logits = self._steps.track(*self._step_inputs(track, frame_index, reverse), finish)
-        return self._frame_output(*outputs, fill_holes=False), frame_logits
+        """One step through the step graphs with its holes filled inside the graph, and its mask resized
+        to the frame on the device (one launch): (the output, the frame's logits (1, 1, H, W) float32)."""
+        from torch.nn.functional import interpolate
+
+        area = int(self.model.fill_hole_area)
+        outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse), area)
+        output = self._frame_output(*outputs, fill_holes=False)
+        frame_logits = interpolate(
+            output.pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False
+        )
+        return output, frame_logits
 
     def _step_inputs(self, track: ObjectTrack, frame_index: int, reverse: bool) -> tuple[Any, ...]:
         """The arguments of ``StepGraphs.track`` for this frame."""

@@ -85,8 +85,8 @@ def meta_state(model, frames, monkeypatch):
 )
 def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gpu_path, by_matmul):
     """``gpu_path=True``: the tracker as on CUDA: steps split around the memory attention (replayed from
-    CUDA graphs there, run eagerly here) and launched one ahead, holes filled and masks resized in the
-    step (sam2_step_graphs.finish_on_device).
+    CUDA graphs there, run eagerly here) and launched one ahead, holes filled in the step
+    (sam2_holes.fill_holes_without_host) and masks resized where it ran.
     ``by_matmul=True``: the CPU's bf16 default, attention by matrix products (sam2_cpu_attention), which
     Meta's predictor then runs too: everything else must still be Meta's, operation for operation (how
     far that attention is from PyTorch's fused kernel is in test_sam2_cpu_attention.py)."""

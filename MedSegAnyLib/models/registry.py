@@ -78,9 +78,11 @@ class Sam2VideoModel:
         return Sam2Tracker(self.model, feature_cache_mb=feature_cache_mb, precision=self.precision)
 
     def warm_up(self) -> float | None:
-        """On CUDA, track a synthetic object through 40 frames now, while the model loads: the tracking
-        step's CUDA graphs (one per memory length, 16 per direction) are recorded here (about 1 s on an
-        H200) instead of during the user's first propagation. Elsewhere nothing happens (None)."""
+        """On CUDA, track a synthetic object through 40 frames now, while the model loads, and correct it
+        once: the tracking step's CUDA graphs (one per memory length: 16 for a first propagation, 2 more
+        for the steps after a correction far from the prompt) are recorded here (about 1 s on an H200)
+        instead of during the user's first propagation and first correction. Elsewhere nothing happens
+        (None)."""
         from .compute import device_type
 
         if device_type(self.device) != "cuda":
@@ -88,7 +90,8 @@ class Sam2VideoModel:
         return self.track_synthetic(40)
 
     def track_synthetic(self, num_frames: int) -> float:
-        """Seconds to encode ``num_frames`` synthetic frames and track a disc both ways from the middle."""
+        """Seconds to encode ``num_frames`` synthetic frames, track a disc both ways from the middle, then
+        correct it 4 frames before the end with a click and track on from there."""
         import time
 
         import numpy as np
@@ -103,6 +106,13 @@ class Sam2VideoModel:
         tracker.add_prompts(1, middle, box_frame_xyxy=np.array([16, 16, 48, 48], np.float32))
         for direction in (+1, -1):
             for _ in tracker.propagate(middle, direction):
+                pass
+        corrected = max(middle + 1, tracker.num_frames - 4)
+        if corrected < tracker.num_frames:
+            tracker.add_prompts(
+                1, corrected, points_frame_xy=np.array([[32, 32]], np.float32), point_labels=np.array([1])
+            )
+            for _ in tracker.propagate(corrected, +1):
                 pass
         return time.perf_counter() - start
 

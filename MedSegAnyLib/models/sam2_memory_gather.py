@@ -164,7 +164,9 @@ def memory_from_gathered(model: Any, gathered: GatheredMemory, maskmem_pos_enc: 
     t_pos_index = indices[:num_spatial]
     position = maskmem_pos_enc.flatten(2).permute(2, 0, 1)  # (HW, B, mem_dim)
     # Meta: per memory frame, position + maskmem_tpos_enc[index]; here all frames in one addition
-    spatial_pos = (position.unsqueeze(0) + model.maskmem_tpos_enc[t_pos_index]).flatten(0, 1)
+    # (index_select: a CUDA graph may hold it, no host synchronisation)
+    temporal = torch.index_select(model.maskmem_tpos_enc, 0, t_pos_index)
+    spatial_pos = (position.unsqueeze(0) + temporal).flatten(0, 1)
     memories, positions = [spatial], [spatial_pos]
     num_ptr_tokens = 0
     if pointers is not None:
@@ -180,7 +182,10 @@ def memory_from_gathered(model: Any, gathered: GatheredMemory, maskmem_pos_enc: 
             pointers = (
                 pointers.reshape(-1, batch, channels // mem_dim, mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
             )
-            obj_pos = obj_pos.repeat_interleave(channels // mem_dim, dim=0)
+            # Meta's repeat_interleave(n, dim=0), as a copy: the same values, and no host
+            # synchronisation to size the output (graph-safe whatever PyTorch's version)
+            tokens = channels // mem_dim
+            obj_pos = obj_pos.unsqueeze(1).expand(-1, tokens, -1, -1).reshape(-1, batch, mem_dim)
         memories.append(pointers)
         positions.append(obj_pos)
         num_ptr_tokens = int(pointers.shape[0])

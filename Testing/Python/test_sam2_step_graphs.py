@@ -158,6 +158,45 @@ def test_the_graph_path_gives_the_eager_masks(model, monkeypatch):
         np.testing.assert_array_equal(got[name], logits, err_msg=str(name))
 
 
+# operations that wait for the device to learn a size or a value: a CUDA graph cannot hold them
+HOST_SYNCHRONISING = {
+    "aten._local_scalar_dense.default",
+    "aten.nonzero.default",
+    "aten.masked_select.default",
+    "aten.repeat_interleave.Tensor",
+    "aten._unique2.default",
+    "aten.unique_consecutive.default",
+}
+
+
+def test_the_recorded_step_never_waits_for_the_host(model, monkeypatch):
+    """Everything a graph records (the memory from its buffers, the step, the hole filling) avoids the
+    operations that would synchronise with the host, checked on the CPU where no recording fails."""
+    import medsegany.models.sam2_step_graphs as step_graphs
+    from medsegany.models.sam2_tracker import Sam2Tracker
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[str] = set()
+
+    class Recording(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    original = step_graphs.step_from_gathered
+
+    def recorded(*args, **kwargs):
+        with Recording():
+            return original(*args, **kwargs)
+
+    monkeypatch.setattr(step_graphs, "step_from_gathered", recorded)
+    tracker = Sam2Tracker(model, precision="float32", step_graphs=True, lookahead=True)
+    track(tracker, blob_frames(num_frames=4))
+    assert "aten.scatter_add_.default" in seen  # the hole filling ran inside
+    assert "aten.index_select.default" in seen  # and the memory's temporal encodings
+    assert not seen & HOST_SYNCHRONISING
+
+
 def test_graphs_are_shared_per_model():
     from medsegany.models.sam2_step_graphs import step_graphs_for
 

@@ -12,10 +12,11 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
 - on a CPU under bf16 the attention runs as two bf16 matrix products and a softmax, not PyTorch's fused
   kernel, and the memory attention projects its values after it (:mod:`medsegany.models.sam2_cpu_attention`:
   a tracking step 0.30 -> 0.18 s);
-- on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`), one
-  launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and under bf16 the
-  weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a CPU freed memory
-  is kept until a run ends (:mod:`medsegany.allocator`);
+- on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`: the
+  memory gathered in 3 copies by :mod:`medsegany.models.sam2_memory_gather`, the holes filled inside the
+  graph), one launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and
+  under bf16 the weights are cast once (:func:`medsegany.models.sam2_speedups.shared_bf16_copy`); on a
+  CPU freed memory is kept until a run ends (:mod:`medsegany.allocator`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
   turns on); re-propagating from it, away from the first prompt, updates the frames after it only.

@@ -606,25 +606,25 @@ class Sam2Tracker:
     def _track_frame(
         self, track: ObjectTrack, frame_index: int, reverse: bool, fill_holes: bool = True
     ) -> FrameOutput:
-        """One tracking step of an unprompted frame (through the step graphs when there are);
-        ``fill_holes=False`` leaves Meta's hole filling to the caller."""
+        """One tracking step of an unprompted frame; ``fill_holes=False`` leaves Meta's hole filling to
+        the caller. Through the step graphs when there are, with the holes filled inside the graph
+        (:func:`~medsegany.models.sam2_holes.fill_holes_without_host`: no trip to the host)."""
         if self._steps is None:
             return self._run_frame(
                 track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
             )
-        outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse))
-        return self._frame_output(*outputs, fill_holes)
+        area = int(self.model.fill_hole_area) if fill_holes else 0
+        outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse), area)
+        return self._frame_output(*outputs, fill_holes=False)
 
     def _track_frame_finished(
         self, track: ObjectTrack, frame_index: int, reverse: bool
     ) -> tuple[FrameOutput, Any]:
-        """One step through the step graphs with its holes filled inside the graph, and its mask resized
-        to the frame on the device (one launch): (the output, the frame's logits (1, 1, H, W) float32)."""
+        """One step through the step graphs, its holes filled inside the graph, and its mask resized to
+        the frame on the device (one launch): (the output, the frame's logits (1, 1, H, W) float32)."""
         from torch.nn.functional import interpolate
 
-        area = int(self.model.fill_hole_area)
-        outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse), area)
-        output = self._frame_output(*outputs, fill_holes=False)
+        output = self._track_frame(track, frame_index, reverse)
         frame_logits = interpolate(
             output.pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False
         )

@@ -3,7 +3,7 @@
 # Meta's sam2 and its pure-Python needs come as wheels in .whl/ when that machine cannot install them
 # (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
-# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs strict large objects memory host eager compile)
+# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs strict large objects memory host stream eager compile)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT" /tmp/medsegany_pkg
@@ -45,6 +45,10 @@ for stage in $stages; do
         --output "$OUT/speed_gpu_t512_300_memory.json" ;;
     # what the host does per step outside the graph, before and after (bitwise checked)
     host) run 60 benchmarks/step_host_work.py --device cuda --output "$OUT/step_host_work_gpu.json" ;;
+    # the image encoder on its own CUDA stream against the default path, masks compared
+    stream) run 150 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+        --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
+        --paths medsegany medsegany_encode_stream --output "$OUT/speed_gpu_t512_300_encode_stream.json" ;;
     compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \
         --output "$OUT/profile_compile_reduce_overhead.json" ;;
     *) echo "unknown stage $stage" ;;

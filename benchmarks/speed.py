@@ -72,6 +72,9 @@ KEPT_PATHS = tuple(f"{path}{KEPT_SUFFIX}" for path in ("reference_a", "reference
 # MedSegAny's SAM 2 path with PyTorch's fused attention kernel instead of the bf16 CPU attention by
 # matrix products (medsegany.models.sam2_cpu_attention): that change alone, in the same run
 FUSED_ATTENTION_PATH = "medsegany_fused_attention"
+# MedSegAny's SAM 2 path with the image encoder on a CUDA stream of its own (sam2_encode_stream)
+ENCODE_STREAM_PATH = "medsegany_encode_stream"
+MEDSEGANY_VARIANTS = (FUSED_ATTENTION_PATH, ENCODE_STREAM_PATH)
 # Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
 TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
 
@@ -233,8 +236,11 @@ def run_medsegany_sam2(
     timer: PhaseTimer,
     plan: Any,
     correction: Correction | None,
+    keep_masks: bool = False,
 ) -> dict[str, Any]:
-    """The session path: features of all slices in batches first (when the plan caches them all)."""
+    """The session path: features of all slices in batches first (when the plan caches them all).
+    ``keep_masks``: return the objects' masks (to compare variants; their copy counts in the peak RSS)."""
+    from medsegany.encode_ahead import outward_order
     from medsegany.prompts import make_slice_prompts
     from medsegany.session import SegmentationSession
     from medsegany.session_sam2 import Sam2StopRule
@@ -250,7 +256,10 @@ def run_medsegany_sam2(
         tracker = session.tracker(2)
     with timer("features"):
         if plan.cached_frames >= num:
-            tracker.precompute_features(range(num), batch_size=plan.batch_size)
+            # outward from the prompts' slice, the order the propagation needs them (with the encoder on
+            # its own stream the first steps wait for the first batch only)
+            order = outward_order(prompts[0].frame_index, num)
+            tracker.precompute_features(order, batch_size=plan.batch_size)
     with timer("prompt"):
         for object_id, prompt in zip(object_ids, prompts):
             session.add_prompts(object_id, _prompt_of(volume, prompt))
@@ -273,10 +282,12 @@ def run_medsegany_sam2(
     # + 1: the key slice (its mask came with the prompt), counted like Meta's passes count it
     return {
         "slices": visited // len(prompts) + 1,
+        "masks": np.stack([session.mask_kji(i) for i in object_ids]) if keep_masks else None,
         "frames": num,
         "frames_encoded": tracker.frames_encoded,
         "step_graphs": tracker.step_graph_stats,
         "matmul_attention": tracker.matmul_attention,
+        "encoder_stream_batches": tracker.encoder_stream_batches,
     }
 
 
@@ -288,6 +299,17 @@ def _with_fused_attention(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     from medsegany.models.sam2_tracker import MATMUL_ATTENTION_VARIABLE
 
     with mock.patch.dict(os.environ, {MATMUL_ATTENTION_VARIABLE: "0"}):
+        return run()
+
+
+def _with_encode_stream(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` with trackers that encode on a CUDA stream of their own (read from
+    MEDSEGANY_ENCODE_STREAM when a session makes them; nothing changes on a CPU)."""
+    from unittest import mock
+
+    from medsegany.models.sam2_encode_stream import ENCODE_STREAM_VARIABLE
+
+    with mock.patch.dict(os.environ, {ENCODE_STREAM_VARIABLE: "1"}):
         return run()
 
 
@@ -376,7 +398,7 @@ def _summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "until_mask_s": phases["correction_mask"],
             "until_repropagated_s": phases["correction_mask"] + phases.get("correction_propagation", 0.0),
         }
-    for key in ("frames_encoded", "step_graphs", "matmul_attention"):
+    for key in ("frames_encoded", "step_graphs", "matmul_attention", "encoder_stream_batches"):
         if key in runs[-1]:
             summary[key] = runs[-1][key]
     return summary
@@ -472,16 +494,18 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
             if path == "plain":
                 return lambda timer: run_litemedsam_plain(plain_model, vox, prm, timer)
             return lambda timer: run_litemedsam_session(model, vox, prm, timer, plan.plan)
+        compared = any(p in MEDSEGANY_VARIANTS for p in args.paths)  # masks kept only to compare
         if path == "medsegany":
-            return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr)
-        if path == FUSED_ATTENTION_PATH:
-            return lambda timer: _with_fused_attention(
-                lambda: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr)
+            return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr, compared)
+        if path in MEDSEGANY_VARIANTS:
+            variant = _with_fused_attention if path == FUSED_ATTENTION_PATH else _with_encode_stream
+            return lambda timer: variant(
+                lambda: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr, keep_masks=True)
             )
         source = "jpeg" if path == "reference_a" else "memory"
         return lambda timer: run_meta_reference(model.model, vox, prm, timer, source, corr, args.workdir)
 
-    known = SLICE_PATHS if model_name == "litemedsam" else (*SAM2_PATHS, FUSED_ATTENTION_PATH)
+    known = SLICE_PATHS if model_name == "litemedsam" else (*SAM2_PATHS, *MEDSEGANY_VARIANTS)
     paths = [p for p in args.paths if p.removesuffix(KEPT_SUFFIX) in known and p in (*known, *KEPT_PATHS)]
     for path in paths:
         log(f"  warm-up {path} ({args.warmup_slices} slices)")
@@ -550,15 +574,23 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         "memory_estimate": memory,
     }
     if model_name == "litemedsam" and {"plain", "medsegany"} <= set(masks):
-        a, b = masks["plain"], masks["medsegany"]
-        union = int((a | b).sum())
-        case["mask_agreement"] = {
-            "voxels_equal_fraction": float((a == b).mean()),
-            "dice": 1.0 if union == 0 else float(2 * (a & b).sum() / (a.sum() + b.sum())),
-            "identical": bool(np.array_equal(a, b)),
-        }
+        case["mask_agreement"] = _agreement(masks["plain"], masks["medsegany"])
+    variants = [
+        p for p in MEDSEGANY_VARIANTS if masks.get(p) is not None and masks.get("medsegany") is not None
+    ]
+    if variants:  # the same path with one option changed: how far its masks are from the default's
+        case["variant_mask_agreement"] = {p: _agreement(masks["medsegany"], masks[p]) for p in variants}
     _release_freed_memory()
     return case
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    union = int((a | b).sum())
+    return {
+        "voxels_equal_fraction": float((a == b).mean()),
+        "dice": 1.0 if union == 0 else float(2 * (a & b).sum() / (a.sum() + b.sum())),
+        "identical": bool(np.array_equal(a, b)),
+    }
 
 
 # ---------------------------------------------------------------------- machine and main
@@ -599,9 +631,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--paths",
         nargs="+",
         default=[*SAM2_PATHS, "plain"],
-        choices=[*SAM2_PATHS, "plain", *KEPT_PATHS, FUSED_ATTENTION_PATH],
+        choices=[*SAM2_PATHS, "plain", *KEPT_PATHS, *MEDSEGANY_VARIANTS],
         help="paths to run (the _kept ones: that reference with MedSegAny's allocator setting; "
-        f"{FUSED_ATTENTION_PATH}: MedSegAny's SAM 2 path with PyTorch's fused attention on a CPU)",
+        f"{FUSED_ATTENTION_PATH}: MedSegAny's SAM 2 path with PyTorch's fused attention on a CPU; "
+        f"{ENCODE_STREAM_PATH}: with the image encoder on a CUDA stream of its own)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-slices", type=int, default=3)

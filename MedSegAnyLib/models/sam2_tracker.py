@@ -45,6 +45,7 @@ from ..allocator import retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
 from .sam2_cpu_attention import install as install_cpu_attention
 from .sam2_cpu_attention import matmul_attention
+from .sam2_encode_stream import ENCODE_STREAM_VARIABLE, EncoderStream
 from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
@@ -82,7 +83,9 @@ class Sam2Tracker:
     give the same masks. ``matmul_attention`` (bf16 attention as matrix products on a CPU,
     :mod:`~medsegany.models.sam2_cpu_attention`) defaults to on where the tracker runs bf16 on a CPU, unless
     ``MEDSEGANY_MATMUL_ATTENTION=0``; it rounds the attention scores to bf16 (on random weights the masks
-    stay as close to float32 as the fused kernel's). Not thread-safe: drive one tracker from one thread.
+    stay as close to float32 as the fused kernel's). ``encode_stream`` (the image encoder on a CUDA stream of
+    its own, :mod:`~medsegany.models.sam2_encode_stream`) is off unless asked for or
+    ``MEDSEGANY_ENCODE_STREAM=1``, and CUDA only. Not thread-safe: drive one tracker from one thread.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Sam2Tracker:
         step_graphs: bool | None = None,
         lookahead: bool | None = None,
         matmul_attention: bool | None = None,
+        encode_stream: bool | None = None,
     ) -> None:
         import torch
 
@@ -122,6 +126,11 @@ class Sam2Tracker:
         bf16_cpu = self.device.type == "cpu" and self._autocast_dtype is not None
         # only bf16 calls on a CPU run by matrix products; the stand-in goes in once per process
         self.matmul_attention = bool(matmul_attention) and bf16_cpu and install_cpu_attention()
+        # the image encoder on a CUDA stream of its own (sam2_encode_stream); off unless asked for
+        if encode_stream is None:
+            encode_stream = os.environ.get(ENCODE_STREAM_VARIABLE, "0").strip() == "1"
+        use_stream = bool(encode_stream) and self.device.type == "cuda"
+        self._encoder_stream = EncoderStream(self.device) if use_stream else None
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
@@ -134,6 +143,8 @@ class Sam2Tracker:
         """Use these frames (N, H, W), uint8 or float in [0, 1]; forgets all objects and cached features."""
         self._frames_nhw = check_frames(frames_nhw)
         self._cache.clear()
+        if self._encoder_stream is not None:
+            self._encoder_stream.forget()
         self._objects.clear()
 
     @property
@@ -157,6 +168,11 @@ class Sam2Tracker:
             "replays": steps.replays,
             "fallback_reason": steps.fallback_reason,
         }
+
+    @property
+    def encoder_stream_batches(self) -> int | None:
+        """Encoder batches run on the encoder's own CUDA stream (sam2_encode_stream); None when off."""
+        return None if self._encoder_stream is None else self._encoder_stream.batches
 
     @property
     def num_frames(self) -> int:
@@ -219,7 +235,15 @@ class Sam2Tracker:
         return retained_freed_memory(self.device.type == "cpu")
 
     def _encode_images(self, frame_indices: Sequence[int]) -> None:
-        """Run the image encoder on a batch of frames and cache each frame's features separately."""
+        """Run the image encoder on a batch of frames and cache each frame's features separately (on
+        the encoder's own stream when there is one: the host does not wait for it)."""
+        if self._encoder_stream is None:
+            self._encode_batch(frame_indices)
+            return
+        with self._encoder_stream.encoding(frame_indices):
+            self._encode_batch(frame_indices)
+
+    def _encode_batch(self, frame_indices: Sequence[int]) -> None:
         frames = self._require_frames()
         images = preprocess_frames(frames[list(frame_indices)], self.image_size, self.device)
         backbone_out = self.model.forward_image(images)
@@ -253,6 +277,8 @@ class Sam2Tracker:
         if fpn is None:
             self._encode_images([frame_index])
             fpn = self._cache.get(frame_index)
+        if self._encoder_stream is not None:  # its batch may still be running on the encoder's stream
+            self._encoder_stream.ready(frame_index, [*fpn, *self._cache.pos_enc])
         backbone_out = {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._cache.pos_enc)}
         _, vision_feats, vision_pos_embeds, feat_sizes = self.model._prepare_backbone_features(backbone_out)
         return vision_feats, vision_pos_embeds, feat_sizes

@@ -30,7 +30,7 @@ def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_pat
         "--size", "48", "--slices", "3", "--objects", "2",
         "--repeats", "1", "--warmup-slices", "1", "--correction-slices", "1",
         "--paths", "reference_a", "reference_b", "reference_b_kept", "medsegany",
-        "medsegany_fused_attention",
+        "medsegany_fused_attention", "medsegany_encode_stream",
         "--no-cpu-tuning",
     )  # fmt: skip
     assert report["device"] == "cpu" and report["torch"]
@@ -43,13 +43,18 @@ def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_pat
         "sam2.1_hiera_t512", 3, 2, [48, 48]
     )  # fmt: skip
     paths = case["paths"]
-    ours = ("medsegany", "medsegany_fused_attention")
+    ours = ("medsegany", "medsegany_fused_attention", "medsegany_encode_stream")
     assert set(paths) == {"reference_a", "reference_b", "reference_b_kept", *ours}
     assert "reference_b_kept_over_medsegany_per_slice" in case["ratios"]
     assert "medsegany_fused_attention_over_medsegany_per_slice" in case["ratios"]
     # bf16 on a CPU: MedSegAny's attention by matrix products, and the fused kernel where asked
     assert paths["medsegany"]["matmul_attention"] == (case["precision"] == "bfloat16")
     assert paths["medsegany_fused_attention"]["matmul_attention"] is False
+    # the encoder's own stream exists on CUDA only: on a CPU that path is the default one, same masks
+    assert paths["medsegany_encode_stream"]["encoder_stream_batches"] is None
+    agreement = case["variant_mask_agreement"]
+    assert agreement["medsegany_encode_stream"]["identical"] is True
+    assert agreement["medsegany_fused_attention"]["dice"] > 0.9
     for name, summary in paths.items():
         # every path gives a mask on every slice: forward then backward from the middle one
         assert summary["slices_propagated_per_object"] == 3, name

@@ -5,13 +5,12 @@ and the host 7 ms (benchmarks/README.md): bringing the mask to the host, filling
 the session's bookkeeping. In strict order the two add up; with the next step launched before the host
 waits for the current one's mask, the host's work overlaps the device's.
 
-What a step leaves for the host: its mask logits and object score, copied into page-locked host memory
-behind the step (one transfer, no synchronisation), with an event that fires when they have arrived.
-With step graphs, the step has filled the mask's holes itself (inside its graph,
-:func:`~medsegany.models.sam2_holes.fill_holes_without_host`) and the mask is resized to the frame on the
-device (one launch), so the host only copies the frame's logits out of the page-locked buffer; without
-them, the low-resolution logits (S/4 x S/4) come over and the host fills their holes (SciPy, as on the
-CPU) and resizes them. Either way the device is waited for once a step.
+What a step leaves for the host: its mask logits at the frame's resolution and its object score, copied
+into page-locked host memory behind the step (one transfer, no synchronisation), with an event that
+fires when they have arrived. The mask's holes were filled where the step ran (inside its graph with
+step graphs, :func:`~medsegany.models.sam2_holes.fill_holes_without_host`; SciPy's labelling on a CPU)
+and it was resized to the frame there, so the host only copies the logits out of the page-locked
+buffer, and the device is waited for once a step.
 
 A launched step is in the object's memory bank before its result is yielded (the next step needs it). If
 the caller stops after step k (the stop rule, a cancel), step k+1 was never seen: closing the generator
@@ -39,7 +38,6 @@ class LaunchedStep:
     computed: bool  # False: a conditioning frame (its output was already there)
     previous_output: Any = _MISSING  # what ``track.tracked`` held on the frame before (restored on revert)
     previous_direction: Any = _MISSING
-    finished: bool = False  # True: host_masks holds the frame's logits, holes filled on the device
     host_masks: Any = None
     host_score: Any = None
     ready: Any = None  # torch.cuda.Event, None when the copies are plain host tensors

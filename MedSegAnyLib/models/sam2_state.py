@@ -45,9 +45,8 @@ class FrameOutput:
     """The model's output for one object on one frame: what the memory bank holds.
 
     Tensors keep Meta's shapes with a batch of 1: ``pred_masks`` (1, 1, S/4, S/4) float32 low-resolution
-    logits after hole filling (on the host after a step launched ahead without step graphs, see
-    sam2_lookahead); ``obj_ptr``
-    (1, C); ``object_score_logits`` (1, 1); ``maskmem_features`` (1, 64, S/16, S/16) bfloat16 as Meta
+    logits after hole filling, where the step ran, as Meta keeps them; ``obj_ptr`` (1, C);
+    ``object_score_logits`` (1, 1); ``maskmem_features`` (1, 64, S/16, S/16) bfloat16 as Meta
     stores it, None until the memory encoder ran (prompted frames are encoded when propagation starts);
     ``maskmem_pos_enc`` the shared positional encodings of the memory.
     """

@@ -541,40 +541,37 @@ class Sam2Tracker:
                 ahead.revert()
 
     def _launch(self, track: ObjectTrack, frame_index: int, direction: int) -> LaunchedStep:
+        """Launch one step, its holes filled where it runs (inside its graph with step graphs) and its
+        mask resized to the frame there, and queue the copy of the frame's logits to the host."""
+        from torch.nn.functional import interpolate
+
         output = track.conditioning.get(frame_index)
         computed = output is None
-        frame_logits = None
         if computed:
             with self._compute():
-                if self._steps is not None:  # holes filled inside the step, the mask resized on the device
-                    output, frame_logits = self._track_frame_finished(track, frame_index, direction < 0)
-                else:
-                    output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
+                output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
+                if self._steps is None:  # with step graphs the graph filled them
+                    output.pred_masks = self._fill_holes_where_they_are(output.pred_masks)
+                frame_logits = interpolate(
+                    output.pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False
+                )
         step = record_step(track, frame_index, direction, output, computed)
         if computed:
-            step.finished = frame_logits is not None
             step.host_masks, step.host_score, step.ready = copy_to_host(
-                output.pred_masks if frame_logits is None else frame_logits, output.object_score_logits
+                frame_logits, output.object_score_logits
             )
         return step
 
     def _finish(self, step: LaunchedStep) -> TrackResult:
-        """The step's result. Finished on the device: its frame's logits, copied out of the page-locked
-        buffer (the session may keep them); else its holes filled on the host, where its mask then stays
-        for corrections, and resized there."""
+        """The step's result: its frame's logits, copied out of the page-locked buffer they arrived in
+        (the session may keep them)."""
         if not step.computed:
             return self._result(step.frame_index, step.track.object_id, step.output)
         step.wait()
-        if step.finished:
-            logits = step.host_masks[0, 0].numpy().copy()
-        else:
-            masks = self._fill_holes(step.host_masks)
-            step.output.pred_masks = masks
-            logits = self._to_frame_resolution(masks)
         return TrackResult(
             frame_index=step.frame_index,
             object_id=step.track.object_id,
-            mask_logits_frame=logits,
+            mask_logits_frame=step.host_masks[0, 0].numpy().copy(),
             object_score_logit=float(step.host_score.reshape(-1)[0]),
         )
 
@@ -632,29 +629,26 @@ class Sam2Tracker:
     def _track_frame(
         self, track: ObjectTrack, frame_index: int, reverse: bool, fill_holes: bool = True
     ) -> FrameOutput:
-        """One tracking step of an unprompted frame; ``fill_holes=False`` leaves Meta's hole filling to
-        the caller. Through the step graphs when there are, with the holes filled inside the graph
-        (:func:`~medsegany.models.sam2_holes.fill_holes_without_host`: no trip to the host)."""
+        """One tracking step of an unprompted frame. Through the step graphs when there are, which always
+        fill the holes inside the graph (:func:`~medsegany.models.sam2_holes.fill_holes_without_host`: no
+        trip to the host); else Meta's step, with ``fill_holes=False`` leaving the hole filling to the
+        caller."""
         if self._steps is None:
             return self._run_frame(
                 track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
             )
-        area = int(self.model.fill_hole_area) if fill_holes else 0
+        area = int(self.model.fill_hole_area)
         outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse), area)
         return self._frame_output(*outputs, fill_holes=False)
 
-    def _track_frame_finished(
-        self, track: ObjectTrack, frame_index: int, reverse: bool
-    ) -> tuple[FrameOutput, Any]:
-        """One step through the step graphs, its holes filled inside the graph, and its mask resized to
-        the frame on the device (one launch): (the output, the frame's logits (1, 1, H, W) float32)."""
-        from torch.nn.functional import interpolate
+    def _fill_holes_where_they_are(self, pred_masks: Any) -> Any:
+        """Meta's hole filling without a trip to the host on a GPU (the step launched ahead must not
+        wait), SciPy's on a CPU (faster there; the same masks)."""
+        from .sam2_holes import fill_holes_without_host
 
-        output = self._track_frame(track, frame_index, reverse)
-        frame_logits = interpolate(
-            output.pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False
-        )
-        return output, frame_logits
+        if pred_masks.device.type == "cpu" or self.model.fill_hole_area <= 0:
+            return self._fill_holes(pred_masks)
+        return fill_holes_without_host(pred_masks, int(self.model.fill_hole_area))
 
     def _step_inputs(self, track: ObjectTrack, frame_index: int, reverse: bool) -> tuple[Any, ...]:
         """The arguments of ``StepGraphs.track`` for this frame."""
@@ -736,7 +730,7 @@ class Sam2Tracker:
 
     def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:
         """Low-res logits -> (H, W) float32 at the frame's pixels (Meta's ``_get_orig_video_res_output``),
-        resized where they are (on the host after a step launched ahead, see sam2_lookahead)."""
+        resized where they are (a step launched ahead resizes its own, see :meth:`_launch`)."""
         import torch
         from torch.nn.functional import interpolate
 

@@ -16,7 +16,9 @@ on the same step:
 
 For each: the ATen operations that do work (views and metadata excluded: on a GPU each is a kernel
 launch or a copy issued from Python) and the wall time per call (median of ``--repeats``; on CUDA the
-device is synchronised after each call). The memories and the frame's logits are compared bitwise.
+device is synchronised after each call). The memories are compared bitwise, and so are the frame's
+logits on a CPU; on a GPU the resize moved from the host to the device, so the largest difference of
+the logits and whether the masks are the same are reported.
 
 The step: SAM 2.1 tiny at 512 px with random weights, a box on frame 0 of a ``--slices`` phantom of
 ``--size`` pixels, tracked forward; the last frame's step is measured (from 18 slices on, a full memory:
@@ -38,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -185,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             max(args.repeats // 4, 3),
             device,
         )
-        same_finish = bool((host_finish() == device_finish_host_share()).all())
+        before, now = host_finish(), device_finish_host_share()
+        # on a GPU the resize now runs there, not on the host: its rounding may differ in the last bits
+        finish_difference = float(np.abs(before - now).max())
+        same_masks = bool(((before > 0) == (now > 0)).all())
     same_memory = got[2] == expected[2] and all(
         a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got[:2], expected[:2])
     )
@@ -205,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "memory": memory,
         "finishing": finishing,
-        "bitwise_equal": {"memory": bool(same_memory), "frame_logits": same_finish},
+        "bitwise_equal": {"memory": bool(same_memory), "frame_logits": finish_difference == 0.0},
+        "frame_logits_max_abs_difference": finish_difference,
+        "frame_masks_equal": same_masks,
         "ratios": {
             "memory_operations_meta_over_gather": memory["meta_assembly"]["operations"]
             / max(memory["medsegany_gather"]["operations"], 1),
@@ -223,10 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         json.dumps(
-            {**summary, "bitwise_equal": report["bitwise_equal"], "ratios": report["ratios"]}, indent=1
+            {
+                **summary,
+                "bitwise_equal": report["bitwise_equal"],
+                "frame_masks_equal": same_masks,
+                "ratios": report["ratios"],
+            },
+            indent=1,
         )
     )
-    return 0 if same_memory and same_finish else 1
+    return 0 if same_memory and same_masks else 1
 
 
 if __name__ == "__main__":

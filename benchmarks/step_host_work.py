@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         pos_enc = selection.spatial[0][1]["maskmem_pos_enc"][-1]
         return memory_from_gathered(model, buffers, pos_enc)
 
-    def host_finish() -> Any:  # sam2_lookahead without step graphs: holes and resize on the host
+    def host_finish() -> Any:  # what the step launched ahead did before: holes and resize on the host
         return tracker._to_frame_resolution(fill_holes_in_mask_logits(host_masks, area))
 
     def device_finish_host_share() -> Any:

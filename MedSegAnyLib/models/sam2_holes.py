@@ -54,14 +54,18 @@ def _meta_kernel() -> Any | None:
 def fill_holes_in_mask_logits(mask_logits_n1hw: Any, max_area: int) -> Any:
     """Meta's ``fill_holes_in_mask_scores``: background components of <= ``max_area`` pixels get logit 0.1.
 
-    Uses ``sam2._C`` for CUDA tensors when it is installed, :func:`connected_components` otherwise.
+    Where the logits are: on a CPU with :func:`connected_components` (SciPy), on CUDA with ``sam2._C``
+    when it is installed, else (CUDA without it, MPS) with :func:`fill_holes_without_host`, which never
+    makes the device wait for the host. The same masks every way.
     """
     import torch
 
     if max_area <= 0:
         return mask_logits_n1hw
-    background = mask_logits_n1hw <= 0
     kernel = _meta_kernel() if mask_logits_n1hw.is_cuda else None
+    if kernel is None and mask_logits_n1hw.device.type != "cpu":
+        return fill_holes_without_host(mask_logits_n1hw, max_area)
+    background = mask_logits_n1hw <= 0
     if kernel is not None:
         labels, areas = kernel.get_connected_componnets(background.to(torch.uint8).contiguous())
     else:

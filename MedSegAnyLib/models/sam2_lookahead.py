@@ -38,7 +38,7 @@ class LaunchedStep:
     computed: bool  # False: a conditioning frame (its output was already there)
     previous_output: Any = _MISSING  # what ``track.tracked`` held on the frame before (restored on revert)
     previous_direction: Any = _MISSING
-    host_masks: Any = None
+    host_logits: Any = None
     host_score: Any = None
     ready: Any = None  # torch.cuda.Event, None when the copies are plain host tensors
 
@@ -82,20 +82,20 @@ def _restore(mapping: dict, key: int, value: Any) -> None:
         mapping[key] = value
 
 
-def copy_to_host(pred_masks: Any, object_score_logits: Any) -> tuple[Any, Any, Any]:
-    """(host masks, host score, event): behind the queued work on CUDA, plain copies elsewhere.
-    ``pred_masks`` is any (N, 1, h, w) mask logits: the step's low-resolution ones, or the frame's."""
+def copy_to_host(mask_logits: Any, object_score_logits: Any) -> tuple[Any, Any, Any]:
+    """(host logits, host score, event): behind the queued work on CUDA, plain copies elsewhere.
+    ``mask_logits`` is any (N, 1, h, w) float tensor: a step's frame logits, or its low-resolution ones."""
     import torch
 
-    if pred_masks.device.type != "cuda":
+    if mask_logits.device.type != "cuda":
         # copies, never the tensors themselves: they may be a step graph's buffers, which the step
         # launched next overwrites before this one is finished
-        host_masks = pred_masks.detach().to("cpu", torch.float32, copy=True)
-        return host_masks, object_score_logits.detach().to("cpu", copy=True), None
-    host_masks = torch.empty(pred_masks.shape, dtype=torch.float32, pin_memory=True)
+        host_logits = mask_logits.detach().to("cpu", torch.float32, copy=True)
+        return host_logits, object_score_logits.detach().to("cpu", copy=True), None
+    host_logits = torch.empty(mask_logits.shape, dtype=torch.float32, pin_memory=True)
     host_score = torch.empty(object_score_logits.shape, dtype=object_score_logits.dtype, pin_memory=True)
-    host_masks.copy_(pred_masks, non_blocking=True)
+    host_logits.copy_(mask_logits, non_blocking=True)
     host_score.copy_(object_score_logits, non_blocking=True)
     ready = torch.cuda.Event()
     ready.record()
-    return host_masks, host_score, ready
+    return host_logits, host_score, ready

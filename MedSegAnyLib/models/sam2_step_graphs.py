@@ -36,6 +36,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from .sam2_holes import fill_holes_without_host
 from .sam2_memory_gather import (
     GatheredMemory,
     gather_memory,
@@ -112,8 +113,6 @@ def step_from_gathered(
     (:func:`~medsegany.models.sam2_holes.fill_holes_without_host`). Returns :func:`step_after_memory`'s
     outputs, the memory features token-major (see
     :func:`~medsegany.models.sam2_memory_gather.token_major`)."""
-    from .sam2_holes import fill_holes_without_host
-
     memory, memory_pos, num_ptr_tokens = memory_from_gathered(model, gathered, maskmem_pos_enc)
     masks, ptr, score, features, pos_enc = step_after_memory(
         model, vision_feats, vision_pos_embeds, feat_sizes, memory, memory_pos, num_ptr_tokens

@@ -549,15 +549,13 @@ class Sam2Tracker:
         computed = output is None
         if computed:
             with self._compute():
-                output = self._track_frame(track, frame_index, direction < 0, fill_holes=False)
-                if self._steps is None:  # with step graphs the graph filled them
-                    output.pred_masks = self._fill_holes_where_they_are(output.pred_masks)
+                output = self._track_frame(track, frame_index, direction < 0)
                 frame_logits = interpolate(
                     output.pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False
                 )
         step = record_step(track, frame_index, direction, output, computed)
         if computed:
-            step.host_masks, step.host_score, step.ready = copy_to_host(
+            step.host_logits, step.host_score, step.ready = copy_to_host(
                 frame_logits, output.object_score_logits
             )
         return step
@@ -571,7 +569,7 @@ class Sam2Tracker:
         return TrackResult(
             frame_index=step.frame_index,
             object_id=step.track.object_id,
-            mask_logits_frame=step.host_masks[0, 0].numpy().copy(),
+            mask_logits_frame=step.host_logits[0, 0].numpy().copy(),
             object_score_logit=float(step.host_score.reshape(-1)[0]),
         )
 
@@ -626,29 +624,14 @@ class Sam2Tracker:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
         return self._maskmem_pos_enc
 
-    def _track_frame(
-        self, track: ObjectTrack, frame_index: int, reverse: bool, fill_holes: bool = True
-    ) -> FrameOutput:
-        """One tracking step of an unprompted frame. Through the step graphs when there are, which always
-        fill the holes inside the graph (:func:`~medsegany.models.sam2_holes.fill_holes_without_host`: no
-        trip to the host); else Meta's step, with ``fill_holes=False`` leaving the hole filling to the
-        caller."""
+    def _track_frame(self, track: ObjectTrack, frame_index: int, reverse: bool) -> FrameOutput:
+        """One tracking step of an unprompted frame, its holes filled where it ran: through the step
+        graphs when there are (inside the graph), else Meta's step (see :meth:`_fill_holes`)."""
         if self._steps is None:
-            return self._run_frame(
-                track, frame_index, False, None, None, reverse, True, fill_holes=fill_holes
-            )
+            return self._run_frame(track, frame_index, False, None, None, reverse, True)
         area = int(self.model.fill_hole_area)
         outputs = self._steps.track(*self._step_inputs(track, frame_index, reverse), area)
         return self._frame_output(*outputs, fill_holes=False)
-
-    def _fill_holes_where_they_are(self, pred_masks: Any) -> Any:
-        """Meta's hole filling without a trip to the host on a GPU (the step launched ahead must not
-        wait), SciPy's on a CPU (faster there; the same masks)."""
-        from .sam2_holes import fill_holes_without_host
-
-        if pred_masks.device.type == "cpu" or self.model.fill_hole_area <= 0:
-            return self._fill_holes(pred_masks)
-        return fill_holes_without_host(pred_masks, int(self.model.fill_hole_area))
 
     def _step_inputs(self, track: ObjectTrack, frame_index: int, reverse: bool) -> tuple[Any, ...]:
         """The arguments of ``StepGraphs.track`` for this frame."""
@@ -701,7 +684,6 @@ class Sam2Tracker:
         reverse: bool,
         run_mem_encoder: bool,
         prev_sam_mask_logits: Any | None = None,
-        fill_holes: bool = True,
     ) -> FrameOutput:
         """One ``track_step`` on one object, as Meta's ``_run_single_frame_inference`` (batch of 1)."""
         vision_feats, vision_pos_embeds, feat_sizes = self._frame_features(frame_index)
@@ -725,7 +707,6 @@ class Sam2Tracker:
             out["object_score_logits"],
             out["maskmem_features"],
             out["maskmem_pos_enc"],
-            fill_holes,
         )
 
     def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:

@@ -145,14 +145,20 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
     run.add_argument("--slice-range", metavar="LO,HI", help="propagate only within these slice indices")
     run.add_argument("--naive", action="store_true", help="the reference scheme (bbox+3 px, stop when empty)")
+    run.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the memory this run needs on the device, by part, and the plan that fits, then stop: "
+        "the model loads, nothing runs, nothing is written (-o not needed); exit code 1 if it cannot fit",
+    )
     output = parser.add_argument_group("outputs")
     output.add_argument(
         "-o",
         "--output",
         action="append",
-        required=True,
+        default=None,
         metavar="OUT",
-        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable)",
+        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable; required unless --estimate)",
     )
     output.add_argument(
         "--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices"
@@ -195,12 +201,14 @@ def _single_object_prompts(args: argparse.Namespace, volume):
 
 def output_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     """(outputs, previews) a ``segment`` command writes."""
-    return [Path(path) for path in args.output], [Path(args.preview)] if args.preview else []
+    return [Path(path) for path in args.output or []], [Path(args.preview)] if args.preview else []
 
 
 def _check_outputs(paths: list[Path], overwrite: bool) -> None:
     from .errors import OutputError
 
+    if not paths:
+        raise OutputError("no output file was given", "add -o OUT.nii.gz (or .seg.nrrd, .nrrd, .mha)")
     for path in paths:
         if path.exists() and not overwrite:
             raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
@@ -229,8 +237,10 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     stderr = stderr or sys.stderr
     started = time.monotonic()
     job = prepare_job(args, stderr)  # the inputs fail before the model loads (a compile takes 20-50 s)
-    model = load_cli_model(args)
-    segment_job(job, model, stderr, started)
+    if args.estimate:
+        estimate_job(job, estimate_model(args), sys.stdout)
+    else:
+        segment_job(job, load_cli_model(args), stderr, started)
     return EXIT_OK
 
 
@@ -243,7 +253,8 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
     from .volume import read_volume
 
     outputs, previews = output_paths(args)
-    _check_outputs(outputs + previews, args.overwrite)
+    if not args.estimate:  # an estimate writes nothing
+        _check_outputs(outputs + previews, args.overwrite)
     volume = read_volume(args.image, frame=args.frame)
     if volume.metadata.get("dicom_series_count", 1) > 1:
         print(
@@ -293,6 +304,36 @@ def load_cli_model(args: argparse.Namespace) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class CatalogModel:
+    """A catalog model not downloaded yet, for ``--estimate``: its memory profile from its card, and the
+    device and precision it would run with."""
+
+    profile: Any  # medsegany.memory_estimate.ModelMemoryProfile
+    device: str
+    precision: str
+
+
+def estimate_model(args: argparse.Namespace) -> Any:
+    """What ``--estimate`` sizes: the loaded model (its weights counted exactly), or, for a catalog model
+    not downloaded yet, its card's profile on the device it would use (so a user can ask before a
+    download whether a model fits)."""
+    if args.model is not None and args.checkpoint is None and args.config is None:
+        from .models.catalog import get_card
+        from .models.compute import resolve_precision
+        from .models.registry import resolve_device
+        from .models.weight_store import WeightStore
+
+        card = get_card(args.model)  # an unknown id fails here, as when loading
+        if card.status == "supported" and not WeightStore().is_present(card):
+            from .memory_estimate import profile_of_card
+
+            device = resolve_device(args.device)
+            resolve_precision(device, args.precision)  # a bad choice fails as when loading
+            return CatalogModel(profile_of_card(card), device, args.precision)
+    return load_cli_model(args)
+
+
 def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> None:
     """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
     from .exporters import write_labelmap
@@ -300,7 +341,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     from .terminology import terminology_entry_string
 
     args, volume, structure = job.args, job.volume, job.structure
-    slice_range, cached_frames = _memory_plan(model, volume, job.objects, job.slice_range, stderr, args.quiet)
+    plan, slice_range = _memory_plan(model, volume, job.objects, job.slice_range, stderr, args.quiet)
     encoder = getattr(model, "encoder", None)
     compiles_now = getattr(encoder, "active", False) and not getattr(encoder.report, "compiled", False)
     if compiles_now and not args.quiet:  # (in a batch, only the first volume's run compiles)
@@ -315,7 +356,8 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         intensity=job.intensity,
         settings=job.settings,
         overlap=args.overlap,
-        max_cached_frames=cached_frames,
+        max_cached_frames=max(plan.cached_frames, 2),
+        offload_features=plan.offload_features,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
     for entry in job.objects:
@@ -351,28 +393,59 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         )
 
 
-def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
-    """(slice range, cached slices) that fit the device's free memory, told before the run; ModelError when
-    nothing fits. A slab around the prompt replaces the whole volume only when no --slice-range was given."""
-    from .memory_estimate import plan_for_volume, require_fit
+def _job_estimate(model, volume, objects):
+    """The memory plan of propagating ``objects`` through ``volume`` along the first prompt's axis
+    (``model``: loaded, or a :class:`CatalogModel`)."""
+    from .memory_estimate import plan_for_volume
 
     first = objects[0].prompts[0]
-    estimate = plan_for_volume(
-        model,
+    unloaded = isinstance(model, CatalogModel)
+    return plan_for_volume(
+        model.profile if unloaded else model,
         volume.voxels_kji.shape,
         first.axis,
         len(objects),
         first.slice_index,
         str(getattr(model, "device", "cpu")),
         volume_bytes=volume.voxels_kji.nbytes,
+        precision=model.precision if unloaded else None,
     )
+
+
+def estimate_job(job: SegmentJob, model: Any, stdout: TextIO) -> None:
+    """``--estimate``: print what the job's run would need, by part, and its plan; ModelError (exit 1)
+    after printing when it cannot fit. Nothing runs and nothing is written."""
+    from .memory_estimate import describe_parts, require_fit
+
+    estimate = _job_estimate(model, job.volume, job.objects)
+    print(f"{job.args.image}: {estimate.message}", file=stdout)
+    for line in describe_parts(estimate):
+        print(f"  {line}", file=stdout)
+    if isinstance(model, CatalogModel):
+        print(
+            f"  (not downloaded: weights counted from the catalog's sizes, {model.profile.parameters:,} "
+            "parameters)",
+            file=stdout,
+        )
+    stdout.flush()
+    require_fit(estimate)
+
+
+def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
+    """(the memory plan, the slice range) that fit the device's free memory, told before the run;
+    ModelError when nothing fits. A slab around the prompt replaces the whole volume only when no
+    --slice-range was given."""
+    from .memory_estimate import require_fit
+
+    estimate = _job_estimate(model, volume, objects)
     require_fit(estimate)
     plan = estimate.plan
     if plan.slab is not None and slice_range is None:
         slice_range = plan.slab
-    if not quiet and (plan.slab is not None or plan.cached_frames < estimate.num_frames):
+    changed = plan.slab is not None or plan.cached_frames < estimate.num_frames or plan.offload_features
+    if not quiet and changed:
         print(f"medsegany: note: {estimate.message}", file=stderr)
-    return slice_range, max(plan.cached_frames, 2)
+    return plan, slice_range
 
 
 def _slice_has_voxels(obj, index: int) -> bool:

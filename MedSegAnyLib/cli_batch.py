@@ -19,7 +19,8 @@ first file fails in a second, not after the compile. A job that fails while it r
 box outside its volume) prints its one-line error and the batch goes on; the exit code is 1 when any
 job failed. A model that cannot load stops the batch at once (every job needs it), with ``segment``'s
 error. Ctrl-C stops it too (exit 130): the jobs done keep their outputs. ``--skip-done`` skips the jobs
-whose outputs all exist, so an interrupted batch resumes where it stopped.
+whose outputs all exist, so an interrupted batch resumes where it stopped. ``--estimate`` prints every
+job's memory estimate and plan (``segment --estimate``) and writes nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--skip-done", action="store_true", help="skip jobs whose outputs (and preview) all exist already"
     )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print every job's memory estimate and plan instead of running it (see `segment --help`)",
+    )
     parser.set_defaults(func=run_batch)
     return parser
 
@@ -114,6 +120,11 @@ def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLin
                     "give model options once, on the batch command",
                 )
             setattr(args, dest, getattr(batch_args, dest))
+        args.estimate = args.estimate or bool(getattr(batch_args, "estimate", False))
+        if not args.output and not args.estimate:  # refused with the other bad lines, before any work
+            raise PromptError(
+                f"line {number} of {jobs_path} has no output (-o/--output)", "add -o OUT.nii.gz to the line"
+            )
         jobs.append(BatchLine(number, line.strip(), args))
     if not jobs:
         raise PromptError(f"{jobs_path} holds no job", "write one `segment` command line per line")
@@ -124,11 +135,19 @@ def _done(args: argparse.Namespace) -> bool:
     from .cli import output_paths
 
     outputs, previews = output_paths(args)
-    return all(path.exists() for path in outputs + previews)
+    return bool(outputs) and not args.estimate and all(path.exists() for path in outputs + previews)
 
 
 def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
-    from .cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, load_cli_model, prepare_job, segment_job
+    from .cli import (
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        EXIT_USER_ERROR,
+        estimate_job,
+        load_cli_model,
+        prepare_job,
+        segment_job,
+    )
 
     stderr = stderr or sys.stderr
     started = time.monotonic()
@@ -154,7 +173,10 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
                 # batch here (every job needs it), with the error of `segment`
                 model = load_cli_model(args)
             try:
-                segment_job(prepared, model, stderr, job_started)
+                if prepared.args.estimate:
+                    estimate_job(prepared, model, sys.stdout)
+                else:
+                    segment_job(prepared, model, stderr, job_started)
                 done += 1
             except MedSegAnyError as error:
                 _job_failed(job, error, failed, stderr)

@@ -26,8 +26,12 @@ class FrameEmbeddingCache:
         frame_count: int,
         max_frames: int = 256,
         batch_size: int = 4,
+        offload: bool = False,
     ) -> None:
         self.model = model
+        # embeddings kept in host memory, copied to the model's device when used (the memory plan's
+        # choice when a GPU cannot hold them all; medsegany.feature_offload)
+        self.offload = bool(offload)
         self.frame_at = frame_at
         self.frame_count = frame_count
         self.max_frames = max(1, max_frames)
@@ -45,7 +49,7 @@ class FrameEmbeddingCache:
         """The embedding of frame ``index``; missing frames among ``ahead`` are encoded in the same batch."""
         if index in self._cache:
             self._cache.move_to_end(index)
-            return self._cache[index]
+            return self._on_device(self._cache[index])
         batch = [index]
         for other in ahead:
             if len(batch) >= self.batch_size:
@@ -53,7 +57,14 @@ class FrameEmbeddingCache:
             if 0 <= other < self.frame_count and other not in self._cache and other not in batch:
                 batch.append(other)
         self.encode(batch)
-        return self._cache[index]
+        return self._on_device(self._cache[index])
+
+    def _on_device(self, embedding: Any) -> Any:
+        if not self.offload:
+            return embedding
+        from .feature_offload import to_device
+
+        return to_device(embedding, getattr(self.model, "device", "cpu"))
 
     def encode(self, indices: list[int]) -> None:
         """Encode these frames in one encoder call and cache them (the least recently used frames beyond
@@ -66,6 +77,10 @@ class FrameEmbeddingCache:
                 raise IndexError(f"frame {i} is outside 0..{self.frame_count - 1}")
         embeddings = self.model.embed_frames([self.frame_at(i) for i in batch])
         self.encoded_frames += len(batch)
+        if self.offload:
+            from .feature_offload import to_host
+
+            embeddings = [to_host(embedding) for embedding in embeddings]
         for i, embedding in zip(batch, embeddings):
             self._cache[i] = embedding
             self._cache.move_to_end(i)

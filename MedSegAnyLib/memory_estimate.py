@@ -35,9 +35,10 @@ Which parts live on the device: on CPU all of them; on CUDA the weights, feature
 memory bank, activations and the CUDA overhead, the rest in host memory.
 
 :func:`plan_memory` tries, in order, until the device budget (``headroom`` x available) holds the run:
-all frames' features cached with a batch of 4; a batch of 1; fewer cached frames (frames beyond are
-re-encoded when revisited: other objects, corrections); on CUDA, features offloaded to host memory;
-finally a slab of slices around the prompted slice.
+all frames' features cached with the model's encoder batch; on CUDA, the same with the features in host
+memory (``offload_features``: copied to the GPU when used, :mod:`medsegany.feature_offload`); the same
+two with a batch of 1; fewer cached frames (frames beyond are re-encoded when revisited: other objects,
+corrections); finally a slab of slices around the prompted slice.
 
 Example::
 
@@ -49,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -187,15 +189,43 @@ def profile_of(model: Any) -> ModelMemoryProfile:
     name = getattr(model, "model_id", "slice model")
     if name == "litemedsam":
         return replace(LITEMEDSAM_PROFILE, parameters=parameters)
-    # another 2D SAM-family model (SAM/MedSAM ViT): 256 x 64 x 64 embeddings, activations scaled by size
+    return slice_vit_profile(name, int(getattr(model, "image_size", 1024)), parameters)
+
+
+def slice_vit_profile(name: str, image_size: int, parameters: int) -> ModelMemoryProfile:
+    """A 2D SAM-family ViT (SAM, MedSAM): 256 x 64 x 64 embeddings, activations scaled by its size."""
     scale = parameters / LITEMEDSAM_PARAMETERS
     return replace(
         LITEMEDSAM_PROFILE,
         name=name,
-        image_size=int(getattr(model, "image_size", 1024)),
+        image_size=image_size,
         parameters=parameters,
         activation_bytes_per_image=int(LITEMEDSAM_ACTIVATION_PER_IMAGE * min(scale, 16.0)),
         features_follow_precision=False,
+    )
+
+
+def profile_of_card(card: Any) -> ModelMemoryProfile:
+    """The profile of a catalog model from its card alone, for an estimate before its weights are
+    downloaded: SAM 2 from its config's Hiera size and its input size (Meta's parameter counts), a 2D
+    ViT from its checkpoint's size (float32: 4 bytes a parameter). ModelError when the card says too
+    little (the estimate then needs the model loaded)."""
+    import re
+
+    if card.family == "litemedsam":
+        return LITEMEDSAM_PROFILE
+    image_size = int(card.input_size or 1024)
+    if card.family == "sam2":
+        found = re.search(r"hiera_(t|s|b\+|l)\.yaml$", card.sam2_config or "")
+        if found:
+            return sam2_profile(found.group(1), image_size, card.id)
+    elif card.family == "sam" and (card.bytes or card.approx_bytes):
+        return slice_vit_profile(card.id, image_size, int(card.bytes or card.approx_bytes) // 4)
+    from .errors import ModelError
+
+    raise ModelError(
+        f"the catalog does not say enough about {card.id} to estimate its memory",
+        f"download it first (`medsegany models download {card.id}`)",
     )
 
 
@@ -311,6 +341,11 @@ def _device_kind(device: str) -> str:
     return "cuda" if str(device).startswith("cuda") else "mps" if str(device) == "mps" else "cpu"
 
 
+def weights_bytes(profile: ModelMemoryProfile, bf16: bool) -> int:
+    """The estimate's ``weights`` part: float32, plus a SAM 2 tracker's bf16 copy under bf16 precision."""
+    return profile.parameters * (6 if bf16 and profile.family == "sam2" else 4)
+
+
 def estimate_memory(
     model: Any,
     frame_shape: tuple[int, int],
@@ -341,8 +376,7 @@ def estimate_memory(
     cached = frames if cached_frames is None else max(0, min(int(cached_frames), frames))
     parts = {
         "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
-        # float32, plus a SAM 2 tracker's bf16 copy under bf16 precision
-        "weights": profile.parameters * (6 if bf16 and profile.family == "sam2" else 4),
+        "weights": weights_bytes(profile, bf16),
         "volume": int(volume_bytes),
         "frames": frames * height * width,  # windowed uint8 copy
         "masks": objects * frames * height * width,  # one bool per voxel and object
@@ -375,8 +409,9 @@ def estimate_memory(
 
 
 def available_memory_bytes(device: str = "cpu") -> int | None:
-    """Memory a run may use: CUDA free memory, or the host's MemAvailable plus this process's own RSS
-    (what the process already holds is counted again by the estimate's runtime part). None if unknown."""
+    """Memory a run may use: on CUDA the device's free memory plus the blocks PyTorch's caching allocator
+    holds unused (this process's to reuse); else the host's MemAvailable plus this process's own RSS (what
+    the process already holds is counted again by the estimate's runtime part). None if unknown."""
     kind = _device_kind(device)
     if kind == "cuda":
         import torch
@@ -384,8 +419,10 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
         if not torch.cuda.is_available():
             return None
         index = torch.device(device).index
-        free, _ = torch.cuda.mem_get_info(index if index is not None else torch.cuda.current_device())
-        return int(free)
+        index = index if index is not None else torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(index)
+        cached_unused = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        return int(free) + max(0, int(cached_unused))
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -398,6 +435,38 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def model_resident_bytes(model: Any, device: str) -> int:
+    """Bytes of ``model``'s weights already on ``device``'s kind of memory: the parameters and buffers of
+    its torch modules (the model, or the modules a wrapper holds as attributes: Sam2VideoModel's
+    predictor, LiteMedSAM's network and bf16 decoder copy) and of a SAM 2 model's bf16 copy once made,
+    each storage once. The estimate's ``weights`` part counts them, while a GPU's free memory, measured after
+    the model loaded, no longer holds them: without this the weights were counted twice (1.3 GiB for
+    SAM 2.1 large under bf16). 0 for a model name or profile."""
+    torch = sys.modules.get("torch")
+    if torch is None or isinstance(model, (str, ModelMemoryProfile)):
+        return 0
+    from .models.sam2_speedups import bf16_copy_if_made
+
+    held = [model] if isinstance(model, torch.nn.Module) else list(getattr(model, "__dict__", {}).values())
+    modules = []
+    for candidate in held:
+        if isinstance(candidate, torch.nn.Module):
+            copy = bf16_copy_if_made(candidate)
+            modules += [candidate] if copy is None else [candidate, copy]
+    kind = _device_kind(device)
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            if _device_kind(str(tensor.device)) != kind:
+                continue
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
 
 
 def _current_rss_bytes() -> int:
@@ -424,13 +493,17 @@ def plan_memory(
 ) -> MemoryEstimate:
     """The first plan that fits ``headroom`` x the available device memory (see the module docstring).
 
-    ``available_bytes`` None: measured now (:func:`available_memory_bytes`). ``prompt_slice``: centre of the
-    slab when only a slab fits (default: the middle slice).
+    ``available_bytes`` None: measured now (:func:`available_memory_bytes`; on CUDA with the loaded model's
+    weights added back, :func:`model_resident_bytes`, since the estimate counts them). ``prompt_slice``:
+    centre of the slab when only a slab fits (default: the middle slice).
     """
-    if available_bytes is None:
-        available_bytes = available_memory_bytes(device)
     frames = max(1, int(num_frames))
     on_cuda = _device_kind(device) == "cuda"
+    if available_bytes is None:
+        available_bytes = available_memory_bytes(device)
+        if on_cuda and available_bytes is not None:  # the loaded weights are the estimate's to count
+            counted = weights_bytes(profile_of(model), runs_bf16(model, device, precision))
+            available_bytes += min(model_resident_bytes(model, device), counted)
 
     def run(batch: int, cached: int | None, offload: bool = False, slices: int = frames) -> MemoryEstimate:
         return estimate_memory(
@@ -462,9 +535,12 @@ def plan_memory(
             return estimate.device_bytes <= budget and estimate.host_bytes <= host_budget
         return estimate.device_bytes <= budget
 
-    candidates = [run(batch_size, None)]
-    if batch_size > 1:
-        candidates.append(run(1, None))
+    # on CUDA, every slice's features in host memory comes before a smaller encoder batch (a copy of
+    # 2.6 MiB a slice costs ~0.1 ms; batches of 1 leave an H200 mostly idle) and before caching fewer
+    # slices (evicted slices are encoded again when a correction or another object comes back to them)
+    batches = [batch_size] + ([1] if batch_size > 1 else [])
+    offloads = (False, True) if on_cuda else (False,)
+    candidates = [run(batch, None, offload) for batch in batches for offload in offloads]
     for candidate in candidates:
         if fits(candidate):
             return finish(candidate, True)
@@ -475,10 +551,6 @@ def plan_memory(
         per_frame = profile_of(model).feature_bytes_per_frame(runs_bf16(model, device, precision))
         cached = min(frames, 2 + int(spare // max(per_frame, 1)))
         return finish(run(1, cached), True)
-    if on_cuda:
-        offloaded = run(1, None, offload=True)
-        if fits(offloaded):
-            return finish(offloaded, True)
     # a slab around the prompt: the most slices whose fixed costs fit
     centre = frames // 2 if prompt_slice is None else min(max(int(prompt_slice), 0), frames - 1)
     low_count, high_count = MIN_SLAB_SLICES, frames
@@ -503,8 +575,10 @@ def plan_for_volume(
     device: str,
     volume_bytes: int = 0,
     available_bytes: int | None = None,
+    precision: str | None = None,
 ) -> MemoryEstimate:
-    """:func:`plan_memory` for propagating along IJK ``axis`` (0 = I, 1 = J, 2 = K) of a KJI volume."""
+    """:func:`plan_memory` for propagating along IJK ``axis`` (0 = I, 1 = J, 2 = K) of a KJI volume
+    (``precision`` as :func:`runs_bf16`)."""
     from .slices import frame_count, frame_shape
 
     return plan_memory(
@@ -515,9 +589,23 @@ def plan_for_volume(
         device=device,
         available_bytes=available_bytes,
         prompt_slice=prompt_slice,
-        batch_size=int(getattr(model, "preferred_batch_size", 1 if _device_kind(device) == "cpu" else 4)),
+        batch_size=_encoder_batch(model, device),
         volume_bytes=volume_bytes,
+        precision=precision,
     )
+
+
+def _encoder_batch(model: Any, device: str) -> int:
+    """Images per encoder call: the loaded model's own choice; for a name or profile, what a SAM 2
+    tracker would choose on that device (2D models: 1 on a CPU, 4 elsewhere)."""
+    if hasattr(model, "preferred_batch_size"):
+        return int(model.preferred_batch_size)
+    kind = _device_kind(device)
+    if profile_of(model).family == "sam2":
+        from .models.sam2_tracker import preferred_encoder_batch
+
+        return preferred_encoder_batch(kind)
+    return 1 if kind == "cpu" else 4
 
 
 def require_fit(estimate: MemoryEstimate) -> None:
@@ -559,3 +647,20 @@ def describe(estimate: MemoryEstimate) -> str:
     if plan.slab is not None:
         steps.append(f"only slices {plan.slab[0]}-{plan.slab[1]} (a slab around the prompt)")
     return text + "; plan: " + ", ".join(steps) + "."
+
+
+def describe_parts(estimate: MemoryEstimate) -> list[str]:
+    """The estimate's parts for a person, largest first: one line for the device (all of them on a CPU),
+    one for host memory on a GPU."""
+
+    def line(title: str, names: list[str]) -> str:
+        names = sorted((n for n in names if estimate.parts[n] > 0), key=lambda name: -estimate.parts[name])
+        total = sum(estimate.parts[name] for name in names)
+        return f"{title} {_gib(total)}: " + ", ".join(
+            f"{name} {_gib(estimate.parts[name])}" for name in names
+        )
+
+    if estimate.device == "cpu":
+        return [line("memory", list(estimate.parts))]
+    host = [name for name in estimate.parts if name not in estimate.device_parts]
+    return [line(f"{estimate.device} memory", list(estimate.device_parts)), line("host memory", host)]

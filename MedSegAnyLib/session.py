@@ -113,6 +113,8 @@ class SegmentationSession:
     ``overlap``: "independent" (objects may overlap) or "exclusive" (a voxel belongs to the object with
     the highest logit; every object must then be prompted in the same view). ``sam2_stop``: the stop rule
     of SAM 2 directions. ``max_cached_frames``: image features kept per axis (both families).
+    ``offload_features``: keep them in host memory, copied to the GPU when used (the memory plan's
+    choice when the GPU cannot hold them all; see :mod:`medsegany.feature_offload`).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class SegmentationSession:
         max_cached_frames: int = 256,
         overlap: str = "independent",
         sam2_stop: Sam2StopRule | None = None,
+        offload_features: bool = False,
     ) -> None:
         from .models.registry import is_sam2_model
 
@@ -148,6 +151,7 @@ class SegmentationSession:
         self.settings = settings or PropagationSettings()
         self.sam2_stop = sam2_stop or Sam2StopRule()
         self.max_cached_frames = max_cached_frames
+        self.offload_features = bool(offload_features)
         self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
         self._caches: dict[int, FrameEmbeddingCache] = {}
@@ -326,6 +330,7 @@ class SegmentationSession:
                 frame_count(windowed.shape, axis),
                 max_frames=self.max_cached_frames,
                 batch_size=getattr(self.model, "preferred_batch_size", 4),  # 1 on a CPU: no batch gain
+                offload=self.offload_features,
             )
         return self._caches[axis]
 
@@ -409,6 +414,7 @@ class SegmentationSession:
             tracker = self.model.new_tracker()
             # the cache holds max_cached_frames frames at the tracker's precision (bf16 features are smaller)
             tracker.feature_cache_bytes = self.max_cached_frames * tracker.feature_bytes_per_frame()
+            tracker.offload_features = self.offload_features
             tracker.set_frames(np.moveaxis(self.windowed_kji, 2 - axis, 0))
             self._trackers[axis] = tracker
         return self._trackers[axis]

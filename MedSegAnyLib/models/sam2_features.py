@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from ..feature_offload import to_device, to_host
+
 
 def fpn_feature_bytes(image_size: int, bf16: bool) -> int:
     """Bytes of one frame's cached FPN features at ``image_size`` px (float32, or bf16 autocast)."""
@@ -25,11 +27,18 @@ def tensor_bytes(tensors: list[Any]) -> int:
 
 
 class FeatureCache:
-    """Frame index -> FPN feature maps (each (1, C, h, w)), bounded by ``max_bytes``."""
+    """Frame index -> FPN feature maps (each (1, C, h, w)), bounded by ``max_bytes``.
 
-    def __init__(self, max_bytes: int) -> None:
+    ``offload``: frames stored from then on are kept in host memory and :meth:`get` hands back copies
+    on the device they came from (:mod:`medsegany.feature_offload`; the memory plan's choice for a GPU
+    too small for every frame's features). The positional encodings, one copy for all frames, stay.
+    """
+
+    def __init__(self, max_bytes: int, offload: bool = False) -> None:
         self.max_bytes = int(max_bytes)
+        self.offload = bool(offload)
         self._entries: OrderedDict[int, list[Any]] = OrderedDict()
+        self._devices: dict[int, Any] = {}  # frame index -> the device its features came from
         self._bytes = 0
         self.pos_enc: list[Any] | None = None  # shared by all frames
 
@@ -45,9 +54,15 @@ class FeatureCache:
 
     def get(self, frame_index: int) -> list[Any] | None:
         fpn = self._entries.get(frame_index)
-        if fpn is not None:
-            self._entries.move_to_end(frame_index)
-        return fpn
+        if fpn is None:
+            return None
+        self._entries.move_to_end(frame_index)
+        device = self._devices.get(frame_index)
+        return fpn if device is None else to_device(fpn, device)
+
+    def stored(self, frame_index: int) -> list[Any] | None:
+        """The frame's features as the cache holds them (in host memory when offloaded)."""
+        return self._entries.get(frame_index)
 
     def put(self, frame_index: int, fpn: list[Any], pos_enc: list[Any]) -> None:
         """Store one frame's features; evicts the least recently used frames beyond the budget.
@@ -60,13 +75,19 @@ class FeatureCache:
             raise ValueError("positional encodings changed shape between frames")
         if frame_index in self._entries:
             self._bytes -= tensor_bytes(self._entries.pop(frame_index))
+            self._devices.pop(frame_index, None)
+        if self.offload:  # (on a CPU both copies are no-ops)
+            self._devices[frame_index] = fpn[0].device
+            fpn = to_host(fpn)
         self._entries[frame_index] = fpn
         self._bytes += tensor_bytes(fpn)
         while self._bytes > self.max_bytes and len(self._entries) > 1:
-            _, evicted = self._entries.popitem(last=False)
+            evicted_index, evicted = self._entries.popitem(last=False)
+            self._devices.pop(evicted_index, None)
             self._bytes -= tensor_bytes(evicted)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._devices.clear()
         self._bytes = 0
         self.pos_enc = None

@@ -50,6 +50,11 @@ def memoise_position_embedding(model: Any) -> bool:
     return True
 
 
+def bf16_copy_if_made(model: Any) -> Any | None:
+    """The bf16-weight copy :func:`shared_bf16_copy` made of ``model``, or None when none was made."""
+    return _BF16_COPIES.get(model)
+
+
 def shared_bf16_copy(model: Any) -> Any:
     """A copy of a SAM 2 model whose linear and convolution weights and biases are bf16, for bf16 autocast
     (:func:`medsegany.models.compute.bf16_weights_copy`: bitwise the float32 model's numbers there).

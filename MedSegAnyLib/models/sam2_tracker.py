@@ -198,6 +198,16 @@ class Sam2Tracker:
         self._cache.max_bytes = int(value)
 
     @property
+    def offload_features(self) -> bool:
+        """Whether frames encoded from now on keep their features in host memory, copied to the device
+        when used (the memory plan's choice when the GPU cannot hold them all; a no-op on a CPU)."""
+        return self._cache.offload
+
+    @offload_features.setter
+    def offload_features(self, value: bool) -> None:
+        self._cache.offload = bool(value)
+
+    @property
     def cached_frame_count(self) -> int:
         """Frames whose image features are cached."""
         return len(self._cache)

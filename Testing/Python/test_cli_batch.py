@@ -146,3 +146,25 @@ def test_ctrl_c_keeps_the_jobs_done_and_says_how_to_go_on(tmp_path, capsys, monk
     assert code == 130 and "cancelled at line 2: the 1 job(s) done before it keep their outputs" in err
     assert (tmp_path / "0.nii.gz").is_file() and not (tmp_path / "1.nii.gz").exists()
     assert "no output was written" not in err
+
+
+def test_a_batch_estimate_sizes_every_job_and_writes_nothing(tmp_path, capsys, loads):
+    small = write_phantom(tmp_path / "small.nii.gz")
+    tall = write_phantom(tmp_path / "tall.nii.gz", shape_kji=(9, 64, 64))
+    jobs = tmp_path / "jobs.txt"
+    out_path = tmp_path / "small_out.nii.gz"
+    out_path.write_bytes(b"done before")  # --skip-done must not skip an estimate
+    jobs.write_text(f"{small} --box-ijk {BOX} -o {out_path}\n{tall} --box-ijk 14,20,4,46,44,4\n")
+
+    code, out, err = run_cli(capsys, "batch", jobs, "--device", "cpu", "--estimate", "--skip-done")
+
+    assert code == 0, err
+    assert "batch: 2 done, 0 failed, 0 skipped" in err
+    assert "on 5 slices of 64x64" in out and "on 9 slices of 64x64" in out
+    assert out_path.read_bytes() == b"done before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "jobs.txt",
+        "small.nii.gz",
+        "small_out.nii.gz",
+        "tall.nii.gz",
+    ]

@@ -31,3 +31,20 @@ def test_encode_caches_exactly_the_frames_asked_for_in_one_call():
     with pytest.raises(ValueError, match="5 frames in one call exceed the cache's 4"):
         cache.encode([0, 2, 3, 4, 5])
     assert model.encoded == 3 and len(cache) == 3  # refused calls encode nothing
+
+
+def test_offloaded_embeddings_are_kept_in_host_memory_and_used_on_the_models_device(monkeypatch):
+    """As in test_sam2_features: negating stand-ins show that every read goes through the copy back."""
+    import medsegany.feature_offload as feature_offload
+
+    frames = np.arange(6 * 4 * 4, dtype=np.float32).reshape(6, 4, 4) + 1
+    moves = []
+    monkeypatch.setattr(feature_offload, "to_host", lambda embedding: -embedding)
+    monkeypatch.setattr(feature_offload, "to_device", lambda e, device: moves.append(device) or -e)
+    model = ThresholdModel()
+    model.device = "cuda:0"
+    cache = FrameEmbeddingCache(model, lambda i: frames[i], 6, max_frames=3, batch_size=2, offload=True)
+    np.testing.assert_array_equal(cache.get(1, ahead=[2]), frames[1])
+    np.testing.assert_array_equal(cache._cache[2], -frames[2])  # held in host memory
+    np.testing.assert_array_equal(cache.get(2), frames[2])
+    assert moves == ["cuda:0", "cuda:0"] and model.encoded == 2

@@ -184,3 +184,71 @@ def test_plan_for_a_volume_counts_the_slices_along_the_prompted_axis():
     assert (along_k.num_frames, along_k.frame_shape) == (40, (96, 128))
     assert (along_i.num_frames, along_i.frame_shape) == (128, (40, 96))
     assert along_k.plan.batch_size == 1 and along_k.plan.cached_frames == 40  # CPU: one image a call
+
+
+def test_the_weights_a_model_holds_are_counted_once_each_with_its_bf16_copy():
+    import torch
+    from medsegany.memory_estimate import model_resident_bytes
+    from medsegany.models.sam2_speedups import shared_bf16_copy
+
+    class Wrapper:  # as Sam2VideoModel holds its predictor: a module among the wrapper's attributes
+        def __init__(self) -> None:
+            self.model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16))
+            self.same_model_again = self.model
+            self.device = "cpu"
+
+    wrapper = Wrapper()
+    # Linear 8x16 + 16 bias; BatchNorm 16 weight + 16 bias + 16 mean + 16 var + 1 count (int64)
+    float32 = (8 * 16 + 16 + 4 * 16) * 4 + 8
+    assert model_resident_bytes(wrapper, "cpu") == float32
+    assert model_resident_bytes(wrapper, "cuda") == 0  # nothing of it on a GPU
+    assert model_resident_bytes("sam2.1_hiera_t512", "cpu") == 0  # a name holds no weights
+    shared_bf16_copy(wrapper.model)  # linear weights and bias in bf16; the rest copied as it is
+    assert model_resident_bytes(wrapper, "cpu") == float32 + (8 * 16 + 16) * 2 + 4 * 16 * 4 + 8
+
+
+def test_a_gpu_plan_adds_back_the_loaded_weights_the_estimate_counts(monkeypatch):
+    """On CUDA the free memory is measured with the model already loaded: its weights, which the estimate
+    counts again, are added back (at most what the estimate counts), or a run would be refused or
+    cropped for want of memory the model already holds."""
+    import medsegany.memory_estimate as memory_estimate
+
+    free = 3 * GIB
+    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": free)
+    weights = PROFILES["sam2.1_hiera_l"].parameters * 6  # float32 + the bf16 copy
+    for resident, credited in ((GIB, GIB), (10 * GIB, weights)):
+        monkeypatch.setattr(memory_estimate, "model_resident_bytes", lambda model, device, r=resident: r)
+        on_gpu = plan_memory("sam2.1_hiera_l", (512, 512), 100, device="cuda")
+        assert on_gpu.available_bytes == free + credited
+        assert estimate_memory("sam2.1_hiera_l", (512, 512), 1, device="cuda").parts["weights"] == weights
+    on_cpu = plan_memory("sam2.1_hiera_l", (512, 512), 100, device="cpu")
+    assert on_cpu.available_bytes == free  # on a CPU the process's own memory is counted already
+
+
+def test_cuda_memory_the_caching_allocator_holds_unused_is_available(monkeypatch):
+    import torch
+    from medsegany.memory_estimate import available_memory_bytes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (5 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index: 3 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index: 2 * GIB)
+    assert available_memory_bytes("cuda") == 6 * GIB  # free + reserved - allocated
+    assert available_memory_bytes("cuda:0") == 6 * GIB
+
+
+def test_a_gpu_plan_keeps_features_in_host_memory_before_it_shrinks_the_batch_or_the_cache(monkeypatch):
+    import medsegany.memory_estimate as memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": 64 * GIB)
+    args = ("sam2.1_hiera_t512", (512, 512), 300, 1)
+    full = estimate_memory(*args, device="cuda", batch_size=16)
+    host = estimate_memory(*args, device="cuda", batch_size=16, offload_features=True)
+    assert host.device_bytes < full.device_bytes
+    available = int((host.device_bytes + full.device_bytes) / 2 / 0.9)  # room for the offloaded run only
+    plan = plan_memory(*args, device="cuda", available_bytes=available, batch_size=16).plan
+    assert (plan.offload_features, plan.batch_size, plan.cached_frames, plan.slab) == (True, 16, 300, None)
+    # a CPU has no second memory: the same budget there caches fewer slices instead
+    on_cpu = plan_memory(*args, device="cpu", available_bytes=available, batch_size=1).plan
+    assert not on_cpu.offload_features

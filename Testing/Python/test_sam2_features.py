@@ -37,3 +37,28 @@ def test_keeps_the_latest_frame_even_over_budget_and_checks_pos_enc_shapes():
         cache.put(7, features(7), [torch.zeros(1, 8, 8, 8)])
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0 and cache.pos_enc is None
+
+
+def test_offloaded_frames_are_kept_in_host_memory_and_handed_back_on_their_device(monkeypatch):
+    """Stand-ins negate the values on the way to the host and back, so a frame read without its copy
+    back would come out negated (this CPU has no second memory to move them to)."""
+    import medsegany.models.sam2_features as sam2_features
+
+    moves = []
+    monkeypatch.setattr(sam2_features, "to_host", lambda fpn: [-t for t in fpn])
+    monkeypatch.setattr(
+        sam2_features, "to_device", lambda fpn, device: moves.append(device) or [-t for t in fpn]
+    )
+    pos_enc = [torch.zeros(1, 8, 4, 4)]
+    cache = FeatureCache(max_bytes=2 * 256, offload=True)
+    cache.put(0, features(1), pos_enc)
+    cache.put(1, features(2), pos_enc)
+    assert cache.stored(0)[0][0, 0, 0, 0] == -1  # the host copy
+    assert cache.get(0)[0][0, 0, 0, 0] == 1 and moves == [torch.device("cpu")]
+    cache.put(2, features(3), pos_enc)  # evicts frame 1, the least recently used, with its device
+    assert 1 not in cache and set(cache._devices) == {0, 2} and cache.nbytes == 2 * 256
+    cache.offload = False  # frames stored from now on stay where they are
+    cache.put(3, features(4), pos_enc)
+    assert cache.stored(3)[0][0, 0, 0, 0] == 4 and cache.get(3)[0][0, 0, 0, 0] == 4 and len(moves) == 1
+    cache.clear()
+    assert not cache._devices

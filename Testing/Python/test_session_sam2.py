@@ -200,3 +200,33 @@ def test_features_encoded_ahead_are_used_and_give_the_same_masks(medsam2):
         np.testing.assert_array_equal(
             tracker.result(object_id, k).mask_logits_frame, cold.tracker(2).result(other, k).mask_logits_frame
         )
+
+
+def test_features_kept_in_host_memory_give_the_same_masks(medsam2, gpu_path, monkeypatch):
+    """offload_features, as the memory plan asks on a small GPU: the trackers keep the features in host
+    memory and copy them back for every use. On this CPU the stand-ins negate the values both ways, so a
+    read that skipped the copy back (by the graph path's buffers, the step launched ahead, a correction)
+    would change the masks."""
+    import medsegany.models.sam2_features as sam2_features
+
+    volume = disc_volume()
+
+    def segment(session):
+        object_id = session.add_object("disc")
+        session.add_prompts(object_id, box_prompt(volume, 1))
+        list(session.propagate())
+        centre = (volume.shape_ijk[0] / 2, volume.shape_ijk[1] / 2, 2)
+        session.add_prompts(object_id, SlicePrompts(2, 2, None, (centre,), (0,)))  # a negative click
+        list(session.propagate())
+        return session.mask_kji(object_id)
+
+    kept = segment(SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL))
+    monkeypatch.setattr(sam2_features, "to_host", lambda fpn: [-t for t in fpn])
+    monkeypatch.setattr(sam2_features, "to_device", lambda fpn, device: [-t for t in fpn])
+    offloaded = SegmentationSession(
+        volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL, offload_features=True
+    )
+    np.testing.assert_array_equal(segment(offloaded), kept)
+    tracker = offloaded.tracker(2)
+    assert tracker.offload_features and tracker.frames_encoded == 4
+    assert all(tracker._cache.stored(k) is not None for k in range(4))

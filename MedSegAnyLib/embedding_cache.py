@@ -66,6 +66,16 @@ class FrameEmbeddingCache:
 
         return to_device(embedding, getattr(self.model, "device", "cpu"))
 
+    def move_to_host(self) -> None:
+        """Keep the embeddings in host memory from now on, those cached included."""
+        if self.offload:
+            return
+        from .feature_offload import to_host
+
+        self.offload = True
+        for index in list(self._cache):
+            self._cache[index] = to_host(self._cache[index])
+
     def encode(self, indices: list[int]) -> None:
         """Encode these frames in one encoder call and cache them (the least recently used frames beyond
         ``max_frames`` are evicted, never these)."""

@@ -3,7 +3,7 @@
 Why: on a GPU too small for every slice's features, keeping them in host memory keeps the rule that a
 slice is encoded once per session (corrections and other objects reuse it), where caching fewer slices
 on the GPU would encode the evicted ones again. The price is one host-to-device copy per slice used:
-2.6 MiB for SAM 2.1 tiny at 512 px under bf16 (about 0.1 ms over PCIe 4 at 25 GB/s, against a 2-3 ms
+2.5 MiB for SAM 2.1 tiny at 512 px under bf16 (about 0.1 ms over PCIe 4 at 25 GB/s, against a 2-3 ms
 tracking step on an H200), 2 MiB for LiteMedSAM. The host copies are page-locked on CUDA, so the copy
 back is asynchronous (PyTorch's pinned-memory allocator keeps a block alive until copies from it end).
 

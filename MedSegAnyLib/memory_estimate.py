@@ -536,7 +536,7 @@ def plan_memory(
         return estimate.device_bytes <= budget
 
     # on CUDA, every slice's features in host memory comes before a smaller encoder batch (a copy of
-    # 2.6 MiB a slice costs ~0.1 ms; batches of 1 leave an H200 mostly idle) and before caching fewer
+    # 2.5 MiB a slice costs ~0.1 ms; batches of 1 leave an H200 mostly idle) and before caching fewer
     # slices (evicted slices are encoded again when a correction or another object comes back to them)
     batches = [batch_size] + ([1] if batch_size > 1 else [])
     offloads = (False, True) if on_cuda else (False,)

@@ -5,6 +5,8 @@ PyTorch reports running out of memory as ``torch.OutOfMemoryError`` (CUDA; a ``R
 memory"), or Python's ``MemoryError``. The session wraps every model call in
 :func:`out_of_memory_as_model_error`; its transaction then keeps what was written before (one undo step,
 like a cancel), so the session stays usable: the user can segment fewer slices, or free memory and go on.
+On a GPU the session also moves the image features it holds there to host memory before the error is
+raised (``make_room``), so running again needs less of the GPU.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import ModelError
 
@@ -42,18 +44,30 @@ def release_cached_memory() -> None:
 
 
 @contextlib.contextmanager
-def out_of_memory_as_model_error(device: str) -> Iterator[None]:
-    """Turn an out-of-memory error raised inside into a ModelError naming the device and the ways out."""
+def out_of_memory_as_model_error(
+    device: str, make_room: Callable[[], str | None] | None = None
+) -> Iterator[None]:
+    """Turn an out-of-memory error raised inside into a ModelError naming the device and the ways out.
+
+    ``make_room``: called once the cached blocks are released; it may free more for the next try (the
+    session moves its image features to host memory) and returns what it did, for the message, or None.
+    """
     try:
         yield
     except Exception as error:
         if not is_out_of_memory(error):
             raise
         release_cached_memory()
+        done = make_room() if make_room is not None else None
+        if done:
+            release_cached_memory()  # what make_room let go of goes back to the device
         on_cpu = str(device).startswith("cpu")
         where = "memory" if on_cpu else f"{device} memory"
         others = "memory, or use a smaller model" if on_cpu else "GPU, or use the CPU (--device cpu)"
+        ways_out = (
+            f"segment a slice range instead of the whole volume, close other programs using the {others}"
+        )
         raise ModelError(
             f"the model ran out of {where} (what was segmented before is kept; undo removes it)",
-            f"segment a slice range instead of the whole volume, close other programs using the {others}",
+            f"run it again: {done}; if it runs out again, {ways_out}" if done else ways_out,
         ) from None

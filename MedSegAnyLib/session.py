@@ -240,8 +240,27 @@ class SegmentationSession:
         freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM
         0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc)."""
         on_cpu = device_type(self.device) == "cpu"
-        with out_of_memory_as_model_error(self.device), retained_freed_memory(on_cpu):
+        make_room = None if on_cpu else self._features_to_host_memory
+        with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):
             yield
+
+    def _features_to_host_memory(self) -> str | None:
+        """After the GPU ran out of memory: keep every axis's image features in host memory from now on,
+        those cached included (copied back per use: :mod:`medsegany.feature_offload`); None when they
+        were there already."""
+        if self.offload_features:
+            return None
+        self.keep_features_in_host_memory()
+        return "the session now keeps the image features in host memory, which frees the GPU's share"
+
+    def keep_features_in_host_memory(self) -> None:
+        """Keep every axis's image features in host memory, those already cached included; each is
+        copied to the model's device when used (the memory plan's ``offload_features``)."""
+        self.offload_features = True
+        for tracker in list(self._trackers.values()):
+            tracker.offload_features = True
+        for cache in list(self._caches.values()):
+            cache.move_to_host()
 
     # -- prompts -------------------------------------------------------------------------------------
     def add_prompts(self, object_id: int, prompts: SlicePrompts) -> SliceResult:

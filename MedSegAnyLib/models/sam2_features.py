@@ -60,6 +60,14 @@ class FeatureCache:
         device = self._devices.get(frame_index)
         return fpn if device is None else to_device(fpn, device)
 
+    def move_to_host(self) -> None:
+        """Offload from now on, and move the frames cached on a device to host memory too."""
+        self.offload = True
+        for frame_index, fpn in list(self._entries.items()):
+            if frame_index not in self._devices:
+                self._devices[frame_index] = fpn[0].device
+                self._entries[frame_index] = to_host(fpn)
+
     def stored(self, frame_index: int) -> list[Any] | None:
         """The frame's features as the cache holds them (in host memory when offloaded)."""
         return self._entries.get(frame_index)

@@ -199,13 +199,17 @@ class Sam2Tracker:
 
     @property
     def offload_features(self) -> bool:
-        """Whether frames encoded from now on keep their features in host memory, copied to the device
-        when used (the memory plan's choice when the GPU cannot hold them all; a no-op on a CPU)."""
+        """Whether the frames' features are kept in host memory, copied to the device when used (the
+        memory plan's choice when the GPU cannot hold them all; a no-op on a CPU). Turning it on moves
+        the features already cached; turning it off leaves them there and keeps new ones on the device."""
         return self._cache.offload
 
     @offload_features.setter
     def offload_features(self, value: bool) -> None:
-        self._cache.offload = bool(value)
+        if value:
+            self._cache.move_to_host()
+        else:
+            self._cache.offload = False
 
     @property
     def cached_frame_count(self) -> int:

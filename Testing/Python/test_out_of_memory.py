@@ -81,3 +81,43 @@ def test_a_run_out_of_memory_keeps_earlier_slices_and_the_session_goes_on():
     list(reference.propagate())
     list(session.propagate())  # memory is back: the same call now completes the object
     np.testing.assert_array_equal(session.mask_kji(liver), reference.mask_kji(reference_id))
+
+
+def test_a_gpu_that_ran_out_gets_the_features_moved_to_host_memory_for_the_next_try(monkeypatch):
+    """After running out on a GPU, the session keeps its image features in host memory, those cached
+    included, and says so; the next run uses them from there (negating stand-ins for the copies: an
+    embedding read without its copy back would segment nothing) and gives the reference's masks."""
+    import medsegany.feature_offload as feature_offload
+
+    moved = []
+    monkeypatch.setattr(feature_offload, "to_host", lambda e: moved.append(e) or -e)
+    monkeypatch.setattr(feature_offload, "to_device", lambda e, device: -e)
+    volume = phantom()
+    session = SegmentationSession(volume, RunsOutOfMemory(fail_at=4), intensity=(0.0, 255.0))
+    liver = session.add_object("liver")
+    session.add_prompts(liver, box_on_k(volume, 14))
+    cached = len(session.embeddings(2))
+    with pytest.raises(ModelError, match="run it again: the session now keeps the image features in host"):
+        list(session.propagate())
+    assert session.offload_features and session.embeddings(2).offload
+    assert len(moved) == len(session.embeddings(2)) > cached  # every cached slice, then none twice
+    list(session.propagate())
+
+    reference = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    reference_id = reference.add_object("liver")
+    reference.add_prompts(reference_id, box_on_k(volume, 14))
+    list(reference.propagate())
+    np.testing.assert_array_equal(session.mask_kji(liver), reference.mask_kji(reference_id))
+    assert len(moved) == len(session.embeddings(2))  # slices encoded after the switch went there too
+
+    # a second failure with the features already in host memory: the usual ways out, nothing moved
+    with pytest.raises(ModelError) as failure, session._computing():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    assert "run it again" not in str(failure.value) and "slice range" in str(failure.value)
+
+
+def test_a_cpu_that_ran_out_moves_nothing():
+    session = SegmentationSession(phantom(), ThresholdModel(), intensity=(0.0, 255.0))
+    with pytest.raises(ModelError, match="ran out of memory") as failure, session._computing():
+        raise MemoryError()
+    assert not session.offload_features and "run it again" not in str(failure.value)

@@ -62,3 +62,18 @@ def test_offloaded_frames_are_kept_in_host_memory_and_handed_back_on_their_devic
     assert cache.stored(3)[0][0, 0, 0, 0] == 4 and cache.get(3)[0][0, 0, 0, 0] == 4 and len(moves) == 1
     cache.clear()
     assert not cache._devices
+
+
+def test_moving_to_host_takes_the_frames_already_cached(monkeypatch):
+    import medsegany.models.sam2_features as sam2_features
+
+    monkeypatch.setattr(sam2_features, "to_host", lambda fpn: [-t for t in fpn])
+    monkeypatch.setattr(sam2_features, "to_device", lambda fpn, device: [-t for t in fpn])
+    pos_enc = [torch.zeros(1, 8, 4, 4)]
+    cache = FeatureCache(max_bytes=4 * 256)
+    cache.put(0, features(1), pos_enc)
+    cache.move_to_host()
+    cache.put(1, features(2), pos_enc)
+    cache.move_to_host()  # a second call moves nothing twice
+    assert cache.offload and [cache.stored(k)[0][0, 0, 0, 0] for k in (0, 1)] == [-1, -2]
+    assert [cache.get(k)[0][0, 0, 0, 0] for k in (0, 1)] == [1, 2]

@@ -3,7 +3,8 @@
 # Meta's sam2 and its pure-Python needs come as wheels in .whl/ when that machine cannot install them
 # (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
-# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]   (stages: speed graphs strict large objects memory host stream eager compile)
+# Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
+#   (stages: speed graphs strict large objects memory host stream window eager compile)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT" /tmp/medsegany_pkg
@@ -49,6 +50,8 @@ for stage in $stages; do
     stream) run 150 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
         --paths medsegany medsegany_encode_stream --output "$OUT/speed_gpu_t512_300_encode_stream.json" ;;
+    # the volume's intensity window on the GPU machine's cores, one thread against several (host only)
+    window) run 30 benchmarks/windowing.py --output "$OUT/windowing_gpu_host.json" ;;
     compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \
         --output "$OUT/profile_compile_reduce_overhead.json" ;;
     *) echo "unknown stage $stage" ;;

@@ -361,3 +361,20 @@ def test_integer_volumes_use_a_table_with_the_same_numbers(dtype, window):
     np.testing.assert_array_equal(apply_window(voxels, win), expected)
     # the table is indexed by each voxel's raw bytes: big-endian and strided arrays are read alike
     np.testing.assert_array_equal(apply_window(voxels.transpose(0, 2, 1), win), expected.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint8", "float32"])
+def test_windowing_on_threads_gives_the_same_bytes_as_in_order(dtype, monkeypatch):
+    import medsegany.cpu_tuning as cpu_tuning
+    import medsegany.intensity as intensity
+
+    voxels = np.random.default_rng(3).integers(-1000, 2000, (70, 256, 256)).astype(dtype)  # 3 blocks
+    voxels_before = voxels.copy()
+    window = intensity.IntensityWindow(-160.0, 240.0, "ct")
+    monkeypatch.setattr(cpu_tuning, "usable_cpus", lambda: 4)
+    threaded = intensity.apply_window(voxels, window)
+    monkeypatch.setattr(intensity, "_MAX_WINDOW_THREADS", 1)
+    in_order = intensity.apply_window(voxels, window)
+    np.testing.assert_array_equal(threaded, in_order)
+    np.testing.assert_array_equal(voxels, voxels_before)
+    assert len(np.unique(in_order)) > 100  # a real spread of values, not a constant

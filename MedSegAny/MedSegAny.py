@@ -546,7 +546,10 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             state = "cancelled" if running.step is not None and running.step.cancelled else "done"
             self.statusPrefix = f"{running.action.label}: {state}, {written} slices written."
+            if self.logic.memory_note:  # the memory plan gave way (fewer cached slices, host memory...)
+                self.statusPrefix += " " + self.logic.memory_note
             self.ui.statusLabel.text = self.statusPrefix
+            self.ui.statusLabel.toolTip = self.logic.memory_message
             self._encodeAheadFromView()  # the rest of the volume, for the next object or correction
         self.updateGUI()
 

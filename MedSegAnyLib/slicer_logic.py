@@ -256,6 +256,23 @@ class _SessionKey:
     intensity: Any
 
 
+def memory_note(estimate: Any) -> str:
+    """What the panel tells after an action when the memory plan had to give way, else "". A slab is not
+    applied by the panel (the prompt's axis is not known when the session starts), so it becomes advice:
+    a slice range of at most that many slices."""
+    plan = estimate.plan
+    needs = estimate.message.split("; plan:")[0]
+    if plan.slab is not None:
+        count = plan.slab[1] - plan.slab[0] + 1
+        return (
+            f"Memory: {needs}. Only about {count} slices fit: propagate over a slice range of at most "
+            "that many (Direction: range)."
+        )
+    if plan.cached_frames < estimate.num_frames or plan.offload_features:
+        return f"Memory: {estimate.message}"
+    return ""
+
+
 class SlicerSegmentationLogic:
     """The module's logic: one volume, one target segment at a time, one model, undo/redo of AI actions.
 
@@ -287,7 +304,8 @@ class SlicerSegmentationLogic:
         self.segment_id: str | None = None
         self.segment_editor_node = None
         self.session = None
-        self.memory_message = ""  # the memory plan of the current session, for the panel
+        self.memory_message = ""  # the memory plan of the current session (the panel's status tooltip)
+        self.memory_note = ""  # what the panel adds to its status line when the plan had to give way
         self._session_key: _SessionKey | None = None
         self._volume: Volume | None = None
         self._objects: dict[tuple[str, str], int] = {}
@@ -444,7 +462,8 @@ class SlicerSegmentationLogic:
             volume_bytes=self._volume.voxels_kji.nbytes,
         )
         require_fit(estimate)
-        self.memory_message = estimate.message  # shown by the panel's status line
+        self.memory_message = estimate.message
+        self.memory_note = memory_note(estimate)
         return estimate.plan
 
     def plan_encode_ahead(self, axis: int, slice_index: int) -> Iterator[Any] | None:

@@ -399,6 +399,26 @@ def test_a_volume_that_cannot_fit_is_refused_and_the_segment_is_untouched(
     monkeypatch.undo()  # memory is back: the same logic works, and says what it planned
     logic.segment(*prompt_nodes)
     assert logic.can_undo and "slices of features cached" in logic.memory_message
+    assert logic.memory_note == ""  # nothing gave way: the panel adds nothing to its status line
+
+
+def test_the_panel_is_told_when_the_memory_plan_gave_way():
+    from medsegany.memory_estimate import estimate_memory, plan_memory
+    from medsegany.slicer_logic import memory_note
+
+    args = ("sam2.1_hiera_t512", (512, 512), 300, 1)
+    full = estimate_memory(*args, batch_size=1)
+    assert memory_note(plan_memory(*args, available_bytes=64 * 2**30)) == ""
+    fewer = plan_memory(*args, available_bytes=int(full.total_bytes * 0.8 / 0.9))
+    assert fewer.plan.cached_frames < 300
+    assert memory_note(fewer) == f"Memory: {fewer.message}"
+    model_only = estimate_memory("sam2.1_hiera_t512", (512, 512), 3, 1, batch_size=1, cached_frames=2)
+    slab = plan_memory(*args, available_bytes=int((model_only.total_bytes + 40 * 512 * 512 * 2) / 0.9))
+    low, high = slab.plan.slab
+    note = memory_note(slab)
+    # the panel does not crop to the slab itself (the prompt's axis is unknown when the session starts)
+    assert f"Only about {high - low + 1} slices fit" in note and "slice range" in note
+    assert "only slices" not in note
 
 
 def test_the_panel_may_load_ahead_only_what_asks_the_user_nothing(tmp_path, monkeypatch):

@@ -411,7 +411,8 @@ def estimate_memory(
 def available_memory_bytes(device: str = "cpu") -> int | None:
     """Memory a run may use: on CUDA the device's free memory plus the blocks PyTorch's caching allocator
     holds unused (this process's to reuse); else the host's MemAvailable plus this process's own RSS (what
-    the process already holds is counted again by the estimate's runtime part). None if unknown."""
+    the process already holds is counted again by the estimate's runtime part), or less where a
+    container's memory limit leaves less (:mod:`medsegany.cgroup_memory`). None if unknown."""
     kind = _device_kind(device)
     if kind == "cuda":
         import torch
@@ -423,6 +424,19 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
         free, _ = torch.cuda.mem_get_info(index)
         cached_unused = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
         return int(free) + max(0, int(cached_unused))
+    host = _host_available_bytes()
+    from .cgroup_memory import cgroup_memory_room
+
+    room = cgroup_memory_room()  # a container's limit, when tighter than the machine's free memory
+    if room is not None:
+        room += _current_rss_bytes()  # counted again by the estimate's runtime part, as above
+        host = room if host is None else min(host, room)
+    return host
+
+
+def _host_available_bytes() -> int | None:
+    """The machine's MemAvailable plus this process's own RSS, or the free pages where there is no
+    /proc/meminfo; None if unknown."""
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

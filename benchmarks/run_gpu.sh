@@ -4,7 +4,7 @@
 # (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
-#   (stages: speed graphs strict large objects memory host stream window eager compile)
+#   (stages: speed graphs strict large objects memory host stream window cudatests eager compile)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT" /tmp/medsegany_pkg
@@ -52,6 +52,10 @@ for stage in $stages; do
         --paths medsegany medsegany_encode_stream --output "$OUT/speed_gpu_t512_300_encode_stream.json" ;;
     # the volume's intensity window on the GPU machine's cores, one thread against several (host only)
     window) run 30 benchmarks/windowing.py --output "$OUT/windowing_gpu_host.json" ;;
+    # the unit tests that run only where CUDA is (pytest comes as a wheel in .whl/ too): features in
+    # page-locked host memory, the encoder on its own stream, each against the default path's masks
+    cudatests) run 120 -m pytest -q -rs -p no:cacheprovider Testing/Python/test_feature_offload.py \
+        Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py ;;
     compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \
         --output "$OUT/profile_compile_reduce_overhead.json" ;;
     *) echo "unknown stage $stage" ;;

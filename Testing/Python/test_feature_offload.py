@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -38,3 +39,39 @@ def test_cuda_features_go_to_page_locked_host_memory_and_come_back_equal():
     back = to_device(host, features[0].device)
     for before, after in zip(features, back):
         assert after.device == before.device and torch.equal(after, before)
+
+
+@needs_cuda
+def test_a_cuda_tracker_with_its_features_in_host_memory_gives_the_same_masks():
+    """On a GPU, with the default CUDA path (step graphs, a step launched ahead): features kept in
+    page-locked host memory give the masks of features kept on the GPU, a correction included."""
+    pytest.importorskip("sam2")
+    from medsegany.models.sam2_build import build_sam2_model
+    from medsegany.models.sam2_tracker import Sam2Tracker
+    from sam2_testing import CONFIG_512, blob_frames, disc_box_xyxy
+
+    torch.manual_seed(0)
+    model = build_sam2_model(CONFIG_512, None, device="cuda")
+    frames = blob_frames(num_frames=10)
+
+    def track(offload):
+        tracker = Sam2Tracker(model)
+        tracker.offload_features = offload
+        tracker.set_frames(frames)
+        tracker.precompute_features(batch_size=4)
+        tracker.add_prompts(1, 4, box_frame_xyxy=disc_box_xyxy(frames, 4))
+        logits = {}
+        for direction in (+1, -1):
+            for result in tracker.propagate(4, direction):
+                logits[(str(direction), result.frame_index)] = result.mask_logits_frame
+        tracker.add_prompts(1, 6, points_frame_xy=np.array([[20.0, 20.0]]), point_labels=np.array([0]))
+        for result in tracker.propagate(6, +1):
+            logits[("correction", result.frame_index)] = result.mask_logits_frame
+        return tracker, logits
+
+    _, expected = track(False)
+    tracker, got = track(True)
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in tracker._cache.stored(0))
+    assert sorted(got) == sorted(expected)
+    for key, logits in expected.items():
+        np.testing.assert_array_equal(got[key], logits, err_msg=str(key))

@@ -238,6 +238,8 @@ def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     started = time.monotonic()
     job = prepare_job(args, stderr)  # the inputs fail before the model loads (a compile takes 20-50 s)
     if args.estimate:
+        from .cli_estimate import estimate_job, estimate_model
+
         estimate_job(job, estimate_model(args), sys.stdout)
     else:
         segment_job(job, load_cli_model(args), stderr, started)
@@ -304,36 +306,6 @@ def load_cli_model(args: argparse.Namespace) -> Any:
     )
 
 
-@dataclass(frozen=True)
-class CatalogModel:
-    """A catalog model not downloaded yet, for ``--estimate``: its memory profile from its card, and the
-    device and precision it would run with."""
-
-    profile: Any  # medsegany.memory_estimate.ModelMemoryProfile
-    device: str
-    precision: str
-
-
-def estimate_model(args: argparse.Namespace) -> Any:
-    """What ``--estimate`` sizes: the loaded model (its weights counted exactly), or, for a catalog model
-    not downloaded yet, its card's profile on the device it would use (so a user can ask before a
-    download whether a model fits)."""
-    if args.model is not None and args.checkpoint is None and args.config is None:
-        from .models.catalog import get_card
-        from .models.compute import resolve_precision
-        from .models.registry import resolve_device
-        from .models.weight_store import WeightStore
-
-        card = get_card(args.model)  # an unknown id fails here, as when loading
-        if card.status == "supported" and not WeightStore().is_present(card):
-            from .memory_estimate import profile_of_card
-
-            device = resolve_device(args.device)
-            resolve_precision(device, args.precision)  # a bad choice fails as when loading
-            return CatalogModel(profile_of_card(card), device, args.precision)
-    return load_cli_model(args)
-
-
 def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> None:
     """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
     from .exporters import write_labelmap
@@ -393,51 +365,14 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         )
 
 
-def _job_estimate(model, volume, objects):
-    """The memory plan of propagating ``objects`` through ``volume`` along the first prompt's axis
-    (``model``: loaded, or a :class:`CatalogModel`)."""
-    from .memory_estimate import plan_for_volume
-
-    first = objects[0].prompts[0]
-    unloaded = isinstance(model, CatalogModel)
-    return plan_for_volume(
-        model.profile if unloaded else model,
-        volume.voxels_kji.shape,
-        first.axis,
-        len(objects),
-        first.slice_index,
-        str(getattr(model, "device", "cpu")),
-        volume_bytes=volume.voxels_kji.nbytes,
-        precision=model.precision if unloaded else None,
-    )
-
-
-def estimate_job(job: SegmentJob, model: Any, stdout: TextIO) -> None:
-    """``--estimate``: print what the job's run would need, by part, and its plan; ModelError (exit 1)
-    after printing when it cannot fit. Nothing runs and nothing is written."""
-    from .memory_estimate import describe_parts, require_fit
-
-    estimate = _job_estimate(model, job.volume, job.objects)
-    print(f"{job.args.image}: {estimate.message}", file=stdout)
-    for line in describe_parts(estimate):
-        print(f"  {line}", file=stdout)
-    if isinstance(model, CatalogModel):
-        print(
-            f"  (not downloaded: weights counted from the catalog's sizes, {model.profile.parameters:,} "
-            "parameters)",
-            file=stdout,
-        )
-    stdout.flush()
-    require_fit(estimate)
-
-
 def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
     """(the memory plan, the slice range) that fit the device's free memory, told before the run;
     ModelError when nothing fits. A slab around the prompt replaces the whole volume only when no
     --slice-range was given."""
+    from .cli_estimate import job_estimate
     from .memory_estimate import require_fit
 
-    estimate = _job_estimate(model, volume, objects)
+    estimate = job_estimate(model, volume, objects)
     require_fit(estimate)
     plan = estimate.plan
     if plan.slab is not None and slice_range is None:

@@ -139,15 +139,8 @@ def _done(args: argparse.Namespace) -> bool:
 
 
 def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
-    from .cli import (
-        EXIT_INTERRUPTED,
-        EXIT_OK,
-        EXIT_USER_ERROR,
-        estimate_job,
-        load_cli_model,
-        prepare_job,
-        segment_job,
-    )
+    from .cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, load_cli_model, prepare_job, segment_job
+    from .cli_estimate import estimate_job
 
     stderr = stderr or sys.stderr
     started = time.monotonic()

@@ -142,52 +142,6 @@ def test_structure_names_the_segment_and_writes_its_terminology(phantom, tmp_pat
     assert_one_line_error(code, err, "did you mean 'Liver'")
 
 
-def test_estimate_prints_the_memory_by_part_and_the_plan_and_writes_nothing(phantom, tmp_path, capsys):
-    existing = tmp_path / "kept.nii.gz"
-    existing.write_bytes(b"the user's file")
-    code, out, err = run_cli(
-        capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--device", "cpu", "--estimate"
-    )
-    assert code == 0, err
-    first, parts = out.splitlines()[:2]
-    assert "litemedsam on 5 slices of 64x64 with 1 object(s) needs about" in first
-    assert "plan: encoder batch 1, 5 slices of features cached" in first
-    assert parts.startswith("  memory ") and "weights " in parts and "features " in parts
-    assert "cuda_overhead" not in parts  # parts of nothing are left out
-    # an output named with --estimate is neither refused for existing nor touched
-    code, _, err = run_cli(
-        capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--estimate", "-o", existing
-    )
-    assert code == 0, err
-    assert existing.read_bytes() == b"the user's file"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.nii.gz"]
-
-
-def test_estimate_of_a_model_not_downloaded_comes_from_its_catalog_card(
-    phantom, tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setenv("MEDSEGANY_HOME", str(tmp_path / "empty_home"))
-    argv = ["segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--device", "cpu", "--estimate"]
-    code, out, err = run_cli(capsys, *argv, "--model", "sam2.1_hiera_large")
-    assert code == 0, err
-    assert "sam2.1_hiera_large on 5 slices" in out and "224,400,000 parameters" in out
-    code, out, err = run_cli(capsys, *argv, "--model", "medsam2_latest", "--precision", "float32")
-    assert code == 0, err
-    # float32 weights of 38 962 498 parameters, no bf16 copy
-    assert "weights 0.15 GiB" in out
-    code, _, err = run_cli(capsys, *argv, "--model", "edgetam")
-    assert_one_line_error(code, err, "not supported")
-
-
-def test_estimate_that_cannot_fit_prints_it_then_exits_1(phantom, capsys, monkeypatch):
-    import medsegany.memory_estimate as memory_estimate
-
-    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": 64 * 2**20)
-    code, out, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--estimate")
-    assert "it does not fit even on a few slices" in out
-    assert_one_line_error(code, err, "does not fit")
-
-
 def test_a_run_without_an_output_is_a_clear_error(phantom, capsys):
     code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2")
     assert_one_line_error(code, err, "no output file was given.*-o OUT")

@@ -234,7 +234,22 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:
             self._showError(error)
             return
+        self._updateMemoryPreview()
         self._loadModelAhead()
+
+    def _updateMemoryPreview(self):
+        """What the chosen volume needs with the chosen model, before any action (a hint: never blocks)."""
+        from MedSegAnyLib.slicer_install import weights_status
+
+        modelId = self.ui.modelComboBox.currentData
+        if not modelId or self.logic is None:
+            return
+        try:
+            preview = self.logic.memory_preview(self.ui.inputVolumeSelector.currentNode())
+            parts = (weights_status(modelId), preview)
+            self.ui.modelInfoLabel.text = " - ".join(part for part in parts if part)
+        except Exception as error:  # a display hint only
+            self.ui.modelInfoLabel.toolTip = str(error)
 
     def _loadModelAhead(self):
         """Load the model on the worker now when that asks the user nothing (bundled or downloaded
@@ -335,6 +350,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- encoding ahead ----------------------------------------------------------------------------
     def onVolumeChanged(self, *args):
         self._stopEncodingAhead()  # its features belong to the previous volume
+        self._updateMemoryPreview()
         self._encodeAheadFromView()
 
     def onEncodeAheadToggled(self, checked):

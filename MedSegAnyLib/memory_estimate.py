@@ -678,3 +678,21 @@ def describe_parts(estimate: MemoryEstimate) -> list[str]:
         return [line("memory", list(estimate.parts))]
     host = [name for name in estimate.parts if name not in estimate.device_parts]
     return [line(f"{estimate.device} memory", list(estimate.device_parts)), line("host memory", host)]
+
+
+def describe_fit(estimate: MemoryEstimate) -> str:
+    """A few words for a panel: what the run needs on its device, what is available, and how it fits."""
+    plan = estimate.plan
+    where = "memory" if estimate.device == "cpu" else f"{estimate.device} memory"
+    text = f"about {_gib(estimate.device_bytes)} of {where}"
+    if estimate.available_bytes is not None:
+        text += f", {_gib(estimate.available_bytes)} available"
+    if not plan.fits:
+        return text + ": does not fit"
+    if plan.slab is not None:
+        return text + f": only {plan.slab[1] - plan.slab[0] + 1} slices at a time fit"
+    if plan.offload_features:
+        return text + ": fits with the image features in host memory"
+    if plan.cached_frames < estimate.num_frames:
+        return text + f": fits with {plan.cached_frames} of {estimate.num_frames} slices' features kept"
+    return text + ": fits"

@@ -407,6 +407,42 @@ class SlicerSegmentationLogic:
             self._models[key] = model
         return self._models[key]
 
+    def memory_preview(self, volume_node: Any) -> str:
+        """One line for the panel before any action: what segmenting ``volume_node`` with the chosen model
+        needs on the device and whether it fits (along its longest axis). A catalog model not loaded yet
+        is sized from its card, so the line shows before a download; "" when it cannot be told (no
+        image, an unsupported model, a device that is not there)."""
+        from .memory_estimate import describe_fit, plan_for_volume, profile_of_card
+        from .models.catalog import get_card
+        from .models.registry import resolve_device
+
+        image = volume_node.GetImageData() if volume_node is not None else None
+        if image is None:
+            return ""
+        try:
+            device = resolve_device(self.device)
+            model = self._models.get((self._model_choice, self.device), self._model_choice)
+            if isinstance(model, str):
+                card = get_card(model)
+                if card.status == "unsupported":
+                    return ""
+                model = profile_of_card(card)
+            shape_kji = tuple(int(n) for n in reversed(image.GetDimensions()))
+            axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
+            voxel_bytes = image.GetScalarSize() * image.GetNumberOfScalarComponents()
+            estimate = plan_for_volume(
+                model,
+                shape_kji,
+                axis,
+                1,
+                shape_kji[2 - axis] // 2,
+                str(getattr(model, "device", device)),
+                volume_bytes=int(np.prod(shape_kji)) * voxel_bytes,
+            )
+        except MedSegAnyError:
+            return ""
+        return f"Memory: {describe_fit(estimate)}"
+
     @property
     def model_loaded(self) -> bool:
         """True when the configured model is loaded (and warmed up) for the configured device."""

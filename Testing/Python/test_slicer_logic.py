@@ -466,3 +466,20 @@ def test_model_loaded_follows_the_configured_model_and_device():
     logic.configure(device="cpu")
     assert not logic.model_loaded
     assert SlicerSegmentationLogic(model=ThresholdModel()).model_loaded
+
+
+def test_the_panel_tells_the_memory_a_volume_needs_before_any_action(volume_node, tmp_path, monkeypatch):
+    import medsegany.memory_estimate as memory_estimate
+
+    monkeypatch.setenv("MEDSEGANY_HOME", str(tmp_path / "empty_home"))  # nothing downloaded
+    logic = SlicerSegmentationLogic(model="sam2.1_hiera_large", device="cpu")
+    line = logic.memory_preview(volume_node)
+    assert line.startswith("Memory: about ") and "GiB of memory" in line and line.endswith(": fits")
+    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": 2**30)
+    assert logic.memory_preview(volume_node).endswith(": does not fit")  # the large model in 1 GiB
+    assert logic.memory_preview(None) == ""
+    logic.configure(model="edgetam")  # not supported: nothing to tell
+    assert logic.memory_preview(volume_node) == ""
+    loaded = SlicerSegmentationLogic(model=ThresholdModel())  # a model object: sized as it is
+    monkeypatch.undo()
+    assert loaded.memory_preview(volume_node).endswith(": fits")

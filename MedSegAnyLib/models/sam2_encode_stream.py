@@ -68,8 +68,3 @@ class EncoderStream:
     def forget(self) -> None:
         """New frames: no batch of the old ones is waited for any more."""
         self._pending.clear()
-
-    @property
-    def pending_frames(self) -> int:
-        """Frames encoded on the side stream whose features the main stream has not read yet."""
-        return len(self._pending)

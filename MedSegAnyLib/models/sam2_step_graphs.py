@@ -36,7 +36,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from .sam2_holes import fill_holes_without_host
+from .sam2_holes import fill_holes_in_mask_logits, fill_holes_without_host
 from .sam2_memory_gather import (
     GatheredMemory,
     gather_memory,
@@ -200,15 +200,11 @@ class StepGraphs:
         device = vision_feats[-1].device
         if not self.capture:
             gathered = gather_memory(selection, device)
-            return step_from_gathered(
-                self.model,
-                vision_feats,
-                vision_pos_embeds,
-                feat_sizes,
-                gathered,
-                maskmem_pos_enc,
-                fill_hole_area,
+            masks, ptr, score, features, pos_enc = step_from_gathered(
+                self.model, vision_feats, vision_pos_embeds, feat_sizes, gathered, maskmem_pos_enc
             )
+            # eagerly the shared filler picks the fastest way here (SciPy on a CPU); the same masks
+            return fill_holes_in_mask_logits(masks, fill_hole_area), ptr, score, features, pos_enc
         # only the lowest level's positional encoding enters the step (the memory attention's)
         tensors = [*vision_feats, vision_pos_embeds[-1], maskmem_pos_enc]
         first_memory = selection.spatial[0][1]["maskmem_features"]
@@ -257,20 +253,15 @@ class StepGraphs:
         levels: int,
         fill_hole_area: int,
     ) -> _Graph | None:
+        import torch
+
         start = time.perf_counter()
-        inputs = [_Input(t.clone()) for t in tensors]
+        inputs = [_Input(torch.empty_like(t)) for t in tensors]
         for buffer, tensor in zip(inputs, tensors):
-            buffer.load(tensor)  # remembers the source: the next step copies only what changed
+            buffer.load(tensor)  # the first copy; the next step copies only what changed
         buffers = [i.buffer for i in inputs]
         feats, pos, maskmem_pos_enc = buffers[:levels], buffers[levels : levels + 1], buffers[levels + 1]
-        memory = GatheredMemory(
-            gathered.spatial.clone(),
-            None if gathered.pointers is None else gathered.pointers.clone(),
-            gathered.indices.clone(),
-            gathered.num_spatial,
-            gathered.num_pointers,
-            gathered.max_pointers,
-        )
+        memory = gathered  # made for this step alone (gather_memory): it becomes the graph's input buffers
 
         def body() -> tuple[Any, ...]:
             return step_from_gathered(

@@ -557,16 +557,12 @@ class Sam2Tracker:
     def _launch(self, track: ObjectTrack, frame_index: int, direction: int) -> LaunchedStep:
         """Launch one step, its holes filled where it runs (inside its graph with step graphs) and its
         mask resized to the frame there, and queue the copy of the frame's logits to the host."""
-        from torch.nn.functional import interpolate
-
         output = track.conditioning.get(frame_index)
         computed = output is None
         if computed:
             with self._compute():
                 output = self._track_frame(track, frame_index, direction < 0)
-                frame_logits = interpolate(
-                    output.pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False
-                )
+                frame_logits = self._frame_logits(output.pred_masks)
         step = record_step(track, frame_index, direction, output, computed)
         if computed:
             step.host_logits, step.host_score, step.ready = copy_to_host(
@@ -723,20 +719,20 @@ class Sam2Tracker:
             out["maskmem_pos_enc"],
         )
 
-    def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:
-        """Low-res logits -> (H, W) float32 at the frame's pixels (Meta's ``_get_orig_video_res_output``),
-        resized where they are (a step launched ahead resizes its own, see :meth:`_launch`)."""
-        import torch
+    def _frame_logits(self, pred_masks: Any) -> Any:
+        """Low-res logits (N, 1, h, w) -> (N, 1, H, W) float32 at the frame's pixels, resized where they
+        are (Meta's ``_get_orig_video_res_output``); one place for every path, so that a step launched
+        ahead and a result read later give the same numbers."""
         from torch.nn.functional import interpolate
 
+        return interpolate(pred_masks.float(), size=self.frame_shape, mode="bilinear", align_corners=False)
+
+    def _to_frame_resolution(self, pred_masks: Any) -> np.ndarray:
+        """Low-res logits -> (H, W) float32 numpy at the frame's pixels (:meth:`_frame_logits`)."""
+        import torch
+
         with torch.inference_mode():
-            logits = interpolate(
-                pred_masks.float(),
-                size=self.frame_shape,
-                mode="bilinear",
-                align_corners=False,
-            )
-            return logits[0, 0].to("cpu", torch.float32).numpy()
+            return self._frame_logits(pred_masks)[0, 0].to("cpu", torch.float32).numpy()
 
     def _result(self, frame_index: int, object_id: int, output: FrameOutput) -> TrackResult:
         return TrackResult(

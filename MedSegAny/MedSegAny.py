@@ -221,8 +221,6 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.intensityLabel.text = str(error)
 
     def onModelChanged(self, *args):
-        from MedSegAnyLib.slicer_install import weights_status
-
         modelId = self.ui.modelComboBox.currentData
         device = self.ui.deviceComboBox.currentText
         if not modelId or self.logic is None:
@@ -230,26 +228,32 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._stopEncodingAhead()  # the worker is needed for the new model
         try:
             self.logic.configure(model=modelId, device=device)
-            self.ui.modelInfoLabel.text = weights_status(modelId)
         except Exception as error:
             self._showError(error)
             return
-        self._updateMemoryPreview()
+        self._updateModelInfo()
         self._loadModelAhead()
 
-    def _updateMemoryPreview(self):
-        """What the chosen volume needs with the chosen model, before any action (a hint: never blocks)."""
+    def _updateModelInfo(self):
+        """The model's licence and weights, and what the chosen volume needs with it (a hint: never
+        blocks; the memory part shows once PyTorch is loaded, see ``memory_preview``)."""
         from MedSegAnyLib.slicer_install import weights_status
 
         modelId = self.ui.modelComboBox.currentData
         if not modelId or self.logic is None:
             return
         try:
+            status = weights_status(modelId)
+        except Exception as error:
+            self._showError(error)
+            return
+        try:
             preview = self.logic.memory_preview(self.ui.inputVolumeSelector.currentNode())
-            parts = (weights_status(modelId), preview)
-            self.ui.modelInfoLabel.text = " - ".join(part for part in parts if part)
+            self.ui.modelInfoLabel.toolTip = ""
         except Exception as error:  # a display hint only
+            preview = ""
             self.ui.modelInfoLabel.toolTip = str(error)
+        self.ui.modelInfoLabel.text = " - ".join(part for part in (status, preview) if part)
 
     def _loadModelAhead(self):
         """Load the model on the worker now when that asks the user nothing (bundled or downloaded
@@ -286,6 +290,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else "Model ready: place a box or points."
             )
             if not failed:
+                self._updateModelInfo()  # PyTorch is loaded now: the memory line can be told
                 self._encodeAheadFromView()
 
     def onIntensityChanged(self, *args):
@@ -350,7 +355,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- encoding ahead ----------------------------------------------------------------------------
     def onVolumeChanged(self, *args):
         self._stopEncodingAhead()  # its features belong to the previous volume
-        self._updateMemoryPreview()
+        self._updateModelInfo()
         self._encodeAheadFromView()
 
     def onEncodeAheadToggled(self, checked):

@@ -105,6 +105,12 @@ class SurfaceDeferral:
         self.deferred.clear()
         return self.clock() - start
 
+    def discard(self) -> None:
+        """Nothing is owed any more: the segments written were given back as they were, surfaces included
+        (``mrml_undo.restore_segment`` rebuilds them), so building them again would only convert twice."""
+        self.deferred.clear()
+        self._next_rebuild_at = None
+
     def close(self) -> None:
         """The run ended (done, cancelled or failed): every owed surface is built."""
         self.rebuild()

@@ -256,6 +256,17 @@ class _SessionKey:
     intensity: Any
 
 
+def _longest_axis_plan(model: Any, shape_kji: tuple[int, ...], device: str, volume_bytes: int) -> Any:
+    """The memory plan of one object propagated from the middle of the volume's longest axis: the panel
+    plans before it knows the prompt's axis (``memory_estimate.plan_for_volume``)."""
+    from .memory_estimate import plan_for_volume
+
+    axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
+    return plan_for_volume(
+        model, tuple(shape_kji), axis, 1, shape_kji[2 - axis] // 2, device, volume_bytes=volume_bytes
+    )
+
+
 def memory_note(estimate: Any) -> str:
     """What the panel tells after an action when the memory plan had to give way, else "". A slab is not
     applied by the panel (the prompt's axis is not known when the session starts), so it becomes advice:
@@ -411,13 +422,17 @@ class SlicerSegmentationLogic:
         """One line for the panel before any action: what segmenting ``volume_node`` with the chosen model
         needs on the device and whether it fits (along its longest axis). A catalog model not loaded yet
         is sized from its card, so the line shows before a download; "" when it cannot be told (no
-        image, an unsupported model, a device that is not there)."""
-        from .memory_estimate import describe_fit, plan_for_volume, profile_of_card
+        image, an unsupported model, a device that is not there), and while PyTorch is not imported yet:
+        the panel calls this on Slicer's main thread, where importing it (and on a GPU making its CUDA
+        context) would freeze the window for seconds; the panel asks again once its model has loaded."""
+        import sys
+
+        from .memory_estimate import describe_fit, profile_of_card
         from .models.catalog import get_card
         from .models.registry import resolve_device
 
         image = volume_node.GetImageData() if volume_node is not None else None
-        if image is None:
+        if image is None or "torch" not in sys.modules:
             return ""
         try:
             device = resolve_device(self.device)
@@ -428,17 +443,10 @@ class SlicerSegmentationLogic:
                     return ""
                 model = profile_of_card(card)
             shape_kji = tuple(int(n) for n in reversed(image.GetDimensions()))
-            axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
             voxel_bytes = image.GetScalarSize() * image.GetNumberOfScalarComponents()
-            estimate = plan_for_volume(
-                model,
-                shape_kji,
-                axis,
-                1,
-                shape_kji[2 - axis] // 2,
-                str(getattr(model, "device", device)),
-                volume_bytes=int(np.prod(shape_kji)) * voxel_bytes,
-            )
+            volume_bytes = int(np.prod(shape_kji)) * voxel_bytes
+            device = str(getattr(model, "device", device))  # a loaded model's own
+            estimate = _longest_axis_plan(model, shape_kji, device, volume_bytes)
         except MedSegAnyError:
             return ""
         return f"Memory: {describe_fit(estimate)}"
@@ -484,19 +492,11 @@ class SlicerSegmentationLogic:
         """The memory plan of a session on this device: how many slices of image features it may cache,
         and whether in host memory (along the volume's longest axis: the prompt's axis is not known
         yet); ModelError when nothing fits."""
-        from .memory_estimate import plan_for_volume, require_fit
+        from .memory_estimate import require_fit
 
-        shape_kji = self._volume.voxels_kji.shape
-        axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
-        estimate = plan_for_volume(
-            model,
-            shape_kji,
-            axis,
-            1,
-            shape_kji[2 - axis] // 2,
-            str(getattr(model, "device", "cpu")),
-            volume_bytes=self._volume.voxels_kji.nbytes,
-        )
+        voxels_kji = self._volume.voxels_kji
+        device = str(getattr(model, "device", "cpu"))
+        estimate = _longest_axis_plan(model, voxels_kji.shape, device, voxels_kji.nbytes)
         require_fit(estimate)
         self.memory_message = estimate.message
         self.memory_note = memory_note(estimate)
@@ -671,7 +671,8 @@ class SlicerSegmentationLogic:
         if self.running is action:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
-            restore_segment(self.segmentation_node, action.step.before)
+            restore_segment(self.segmentation_node, action.step.before)  # surfaces rebuilt there
+            action.writer.surface.discard()
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)
 

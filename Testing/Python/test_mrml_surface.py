@@ -181,3 +181,26 @@ def test_an_action_through_the_logic_leaves_the_surface_built(scene):
     assert restored is not None
     assert restored.GetNumberOfPoints() == _fresh_surface_points(segmentation, target)
     assert _surface(segmentation, other) is not None
+
+
+def test_a_failed_action_gives_the_surface_back_converted_once(scene):
+    """The run fails after some slices: the segments are restored with their surfaces (mrml_undo), and the
+    writer does not build them a second time."""
+    volume_node, segmentation, target, _ = _shown_in_3d(scene)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    before = _fresh_surface_points(segmentation, target)
+    action, results = logic.plan_prompt_action(add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4)))
+
+    def fails_after_two():
+        for count, result in enumerate(results):
+            if count == 2:
+                raise RuntimeError("the model failed")
+            yield result
+
+    with pytest.raises(RuntimeError, match="failed"):
+        logic.run_action(action, fails_after_two())
+    assert action.step.slices_written == 2 and action.writer.surface.rebuilds == 0
+    restored = _surface(segmentation, target)
+    assert restored is not None and restored.GetNumberOfPoints() == before
+    assert not logic.can_undo

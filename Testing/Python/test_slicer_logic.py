@@ -471,6 +471,7 @@ def test_model_loaded_follows_the_configured_model_and_device():
 def test_the_panel_tells_the_memory_a_volume_needs_before_any_action(volume_node, tmp_path, monkeypatch):
     import medsegany.memory_estimate as memory_estimate
 
+    pytest.importorskip("torch")  # as in the panel once its model has loaded
     monkeypatch.setenv("MEDSEGANY_HOME", str(tmp_path / "empty_home"))  # nothing downloaded
     logic = SlicerSegmentationLogic(model="sam2.1_hiera_large", device="cpu")
     line = logic.memory_preview(volume_node)
@@ -483,3 +484,7 @@ def test_the_panel_tells_the_memory_a_volume_needs_before_any_action(volume_node
     loaded = SlicerSegmentationLogic(model=ThresholdModel())  # a model object: sized as it is
     monkeypatch.undo()
     assert loaded.memory_preview(volume_node).endswith(": fits")
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch")  # not imported yet: the main thread will not import it
+    assert loaded.memory_preview(volume_node) == ""

@@ -63,6 +63,46 @@ def _parse_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+#: The options that choose the model: one set for ``segment`` and for ``batch`` (which refuses them on a
+#: job's line: every job uses the batch's model).
+MODEL_OPTIONS = ("--model", "--checkpoint", "--config", "--device", "--precision", "--compile")
+#: What running out of host memory says, on ``segment`` and for a job of ``batch``.
+OUT_OF_MEMORY_MESSAGE = "out of memory. Crop the volume, use --slice-range, or free memory"
+
+
+def add_model_options(parser: Any) -> None:
+    """:data:`MODEL_OPTIONS` on ``parser`` (a parser or an argument group)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="catalog model id: litemedsam (default, bundled), "
+        "medsam2_latest, sam2.1_hiera_tiny ... sam2.1_hiera_large, sam2_hiera_*, medsam_vit_b, "
+        "sam_vit_b/l/h (see `medsegany models list`)",
+    )
+    parser.add_argument(
+        "--checkpoint", help="your own weights file (for --model's architecture, or --config's)"
+    )
+    parser.add_argument(
+        "--config",
+        help="architecture of --checkpoint: sam2.1_hiera_t (_s, _b+, _l), "
+        "sam2_hiera_t ..., sam2.1_hiera_t512 (MedSAM2), a SAM 2 YAML file, vit_b/vit_l/vit_h "
+        "(SAM) or medsam_vit_b",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else float32",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compile LiteMedSAM's encoder (auto: on a CPU with a C++ compiler; ~20-50 s once, then ~2x)",
+    )
+
+
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "segment",
@@ -108,38 +148,12 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "ct-liver, ct-mediastinum, percentile (default: auto)",
     )
     run = parser.add_argument_group("model and propagation")
-    run.add_argument(
-        "--model",
-        default=None,
-        help="catalog model id: litemedsam (default, bundled), "
-        "medsam2_latest, sam2.1_hiera_tiny ... sam2.1_hiera_large, sam2_hiera_*, medsam_vit_b, "
-        "sam_vit_b/l/h (see `medsegany models list`)",
-    )
-    run.add_argument("--checkpoint", help="your own weights file (for --model's architecture, or --config's)")
-    run.add_argument(
-        "--config",
-        help="architecture of --checkpoint: sam2.1_hiera_t (_s, _b+, _l), "
-        "sam2_hiera_t ..., sam2.1_hiera_t512 (MedSAM2), a SAM 2 YAML file, vit_b/vit_l/vit_h "
-        "(SAM) or medsam_vit_b",
-    )
+    add_model_options(run)
     run.add_argument(
         "--overlap",
         choices=["independent", "exclusive"],
         default="independent",
         help="several objects: may overlap (independent) or not (exclusive: highest logit wins)",
-    )
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
-    run.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        default="auto",
-        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else float32",
-    )
-    run.add_argument(
-        "--compile",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="compile LiteMedSAM's encoder (auto: on a CPU with a C++ compiler; ~20-50 s once, then ~2x)",
     )
     run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
     run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
@@ -207,8 +221,6 @@ def output_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 def _check_outputs(paths: list[Path], overwrite: bool) -> None:
     from .errors import OutputError
 
-    if not paths:
-        raise OutputError("no output file was given", "add -o OUT.nii.gz (or .seg.nrrd, .nrrd, .mha)")
     for path in paths:
         if path.exists() and not overwrite:
             raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
@@ -256,6 +268,10 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
 
     outputs, previews = output_paths(args)
     if not args.estimate:  # an estimate writes nothing
+        if not outputs:  # a preview alone is not a segmentation
+            from .errors import OutputError
+
+            raise OutputError("no output file was given", "add -o OUT.nii.gz (or .seg.nrrd, .nrrd, .mha)")
         _check_outputs(outputs + previews, args.overwrite)
     volume = read_volume(args.image, frame=args.frame)
     if volume.metadata.get("dicom_series_count", 1) > 1:
@@ -436,10 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("medsegany: cancelled; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
-        print(
-            "medsegany: error: out of memory. Crop the volume, use --slice-range, or free memory",
-            file=sys.stderr,
-        )
+        print(f"medsegany: error: {OUT_OF_MEMORY_MESSAGE}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

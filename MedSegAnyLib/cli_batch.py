@@ -35,9 +35,6 @@ from typing import TextIO
 
 from .errors import MedSegAnyError, PromptError
 
-#: Options of ``segment`` that belong to the batch (one model for every job).
-MODEL_OPTIONS = ("--model", "--checkpoint", "--config", "--device", "--precision", "--compile")
-
 
 @dataclass(frozen=True)
 class BatchLine:
@@ -49,13 +46,20 @@ class BatchLine:
 
 
 class _LineParser(argparse.ArgumentParser):
-    """The ``segment`` parser, raising instead of exiting (a bad line is the batch's error, not a crash)."""
+    """The ``segment`` parser, raising instead of exiting (a bad line is the batch's error, not a crash);
+    without ``-h``, which would print the help and end the batch with nothing done and exit code 0."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["add_help"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise PromptError(message, "fix the line in the jobs file")
 
 
 def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from .cli import add_model_options
+
     parser = subparsers.add_parser(
         "batch",
         help="segment many volumes with one model load: a file of `segment` command lines",
@@ -66,12 +70,7 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "goes on (exit code 1 at the end).",
     )
     parser.add_argument("jobs", help="text file: one `segment` command line per line (# comments)")
-    parser.add_argument("--model", default=None, help="catalog model id for every job (default litemedsam)")
-    parser.add_argument("--checkpoint", help="your own weights file (see `segment --help`)")
-    parser.add_argument("--config", help="architecture of --checkpoint (see `segment --help`)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
-    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    add_model_options(parser.add_argument_group("model (for every job)"))
     parser.add_argument(
         "--skip-done", action="store_true", help="skip jobs whose outputs (and preview) all exist already"
     )
@@ -86,11 +85,12 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLine]:
     """Every job of the file, parsed with the ``segment`` options and the batch's model options."""
-    from .cli import add_segment_parser
+    from .cli import MODEL_OPTIONS, add_segment_parser
 
     jobs_path = Path(path)
     if not jobs_path.is_file():
-        raise MedSegAnyError(f"jobs file {jobs_path} does not exist", "give a text file of `segment` lines")
+        problem = "is not a file" if jobs_path.exists() else "does not exist"
+        raise MedSegAnyError(f"jobs file {jobs_path} {problem}", "give a text file of `segment` lines")
     # the same options as `medsegany segment`, parsed by a parser that raises instead of exiting
     lines = _LineParser(prog="medsegany").add_subparsers(parser_class=_LineParser)
     segment_parser = add_segment_parser(lines)
@@ -120,7 +120,7 @@ def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLin
                     "give model options once, on the batch command",
                 )
             setattr(args, dest, getattr(batch_args, dest))
-        args.estimate = args.estimate or bool(getattr(batch_args, "estimate", False))
+        args.estimate = args.estimate or batch_args.estimate
         if not args.output and not args.estimate:  # refused with the other bad lines, before any work
             raise PromptError(
                 f"line {number} of {jobs_path} has no output (-o/--output)", "add -o OUT.nii.gz to the line"
@@ -139,8 +139,16 @@ def _done(args: argparse.Namespace) -> bool:
 
 
 def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
-    from .cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, load_cli_model, prepare_job, segment_job
-    from .cli_estimate import estimate_job
+    from .cli import (
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        EXIT_USER_ERROR,
+        OUT_OF_MEMORY_MESSAGE,
+        load_cli_model,
+        prepare_job,
+        segment_job,
+    )
+    from .cli_estimate import estimate_job, estimate_model
 
     stderr = stderr or sys.stderr
     started = time.monotonic()
@@ -164,7 +172,8 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             if model is None:
                 # once, after the first job's inputs were read; a model that cannot load fails the whole
                 # batch here (every job needs it), with the error of `segment`
-                model = load_cli_model(args)
+                # (a batch that only estimates sizes a catalog model from its card, as `segment --estimate`)
+                model = estimate_model(args) if args.estimate else load_cli_model(args)
             try:
                 if prepared.args.estimate:
                     estimate_job(prepared, model, sys.stdout)
@@ -174,7 +183,7 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             except MedSegAnyError as error:
                 _job_failed(job, error, failed, stderr)
             except MemoryError:
-                _job_failed(job, "out of memory. Crop the volume or use --slice-range", failed, stderr)
+                _job_failed(job, OUT_OF_MEMORY_MESSAGE, failed, stderr)
         except KeyboardInterrupt:
             print(
                 f"medsegany: cancelled at line {job.number}: the {done} job(s) done before it keep their "

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,25 +30,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import machine_info
+from speed import _write_json, machine_info
 
 
-def time_window(voxels: np.ndarray, threads: int, repeats: int) -> tuple[list[float], np.ndarray]:
-    """Seconds of each of ``repeats`` windowings with at most ``threads`` threads, and the last output."""
+def time_window(voxels: np.ndarray, threads: int) -> tuple[float, np.ndarray]:
+    """Seconds of one windowing with at most ``threads`` threads, and its output."""
     import medsegany.intensity as intensity
 
     window = intensity.IntensityWindow(-160.0, 240.0, "ct-soft-tissue")
     saved = intensity._MAX_WINDOW_THREADS
     intensity._MAX_WINDOW_THREADS = threads
     try:
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            out = intensity.apply_window(voxels, window)
-            seconds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        out = intensity.apply_window(voxels, window)
+        return time.perf_counter() - start, out
     finally:
         intensity._MAX_WINDOW_THREADS = saved
-    return seconds, out
 
 
 def run(slices: int, size: int, repeats: int) -> dict[str, Any]:
@@ -63,10 +59,10 @@ def run(slices: int, size: int, repeats: int) -> dict[str, Any]:
         voxels = rng.integers(-1000, 2000, (slices, size, size)).astype(dtype)
         one, many = [], []
         for _ in range(repeats):  # alternating, so both see the same machine
-            seconds, serial = time_window(voxels, 1, 1)
-            one += seconds
-            seconds, threaded = time_window(voxels, threads, 1)
-            many += seconds
+            seconds, serial = time_window(voxels, 1)
+            one.append(seconds)
+            seconds, threaded = time_window(voxels, threads)
+            many.append(seconds)
         cases[dtype] = {
             "one_thread_s": statistics.median(one),
             "threads_s": statistics.median(many),
@@ -78,7 +74,7 @@ def run(slices: int, size: int, repeats: int) -> dict[str, Any]:
         "machine": machine_info("cpu"),
         "shape_kji": [slices, size, size],
         "repeats": repeats,
-        "threads": threads,
+        "threads": threads,  # at most: a volume of fewer blocks uses fewer
         "cases": cases,
     }
 
@@ -91,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     report = run(args.slices, args.size, args.repeats)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_json(args.output, report)
     for dtype, case in report["cases"].items():
         print(
             f"{dtype}: one thread {case['one_thread_s']:.3f} s, {report['threads']} threads "

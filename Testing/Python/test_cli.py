@@ -142,9 +142,13 @@ def test_structure_names_the_segment_and_writes_its_terminology(phantom, tmp_pat
     assert_one_line_error(code, err, "did you mean 'Liver'")
 
 
-def test_a_run_without_an_output_is_a_clear_error(phantom, capsys):
+def test_a_run_without_an_output_is_a_clear_error(phantom, tmp_path, capsys):
     code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2")
     assert_one_line_error(code, err, "no output file was given.*-o OUT")
+    preview = tmp_path / "only.png"  # a preview alone is not a segmentation: refused before any work
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--preview", preview)
+    assert_one_line_error(code, err, "no output file was given")
+    assert not preview.exists()
 
 
 def test_the_plans_choice_of_host_memory_for_features_reaches_the_session(

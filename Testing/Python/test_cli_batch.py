@@ -99,6 +99,7 @@ def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path,
         ("ct.nii.gz --box-ijk 1,2,3,4,5,3", "line 2 .*-o/--output"),
         ("ct.nii.gz --bux-ijk 1,2,3,4,5,3 -o out.nii.gz", "line 2 .*unrecognized arguments: --bux-ijk"),
         ('ct.nii.gz --name "unclosed -o out.nii.gz', "line 2 .*(quotation|closing)"),
+        ("ct.nii.gz -h", "line 2 .*unrecognized arguments: -h"),  # not the help, and an exit code 0
     ],
 )
 def test_bad_lines_are_refused_before_the_model_loads(tmp_path, capsys, loads, line, pattern):
@@ -112,6 +113,8 @@ def test_bad_lines_are_refused_before_the_model_loads(tmp_path, capsys, loads, l
 def test_an_empty_or_missing_jobs_file_is_a_clear_error(tmp_path, capsys):
     code, _, err = run_cli(capsys, "batch", tmp_path / "nope.txt")
     assert_one_line_error(code, err, "jobs file .* does not exist")
+    code, _, err = run_cli(capsys, "batch", tmp_path)
+    assert_one_line_error(code, err, "jobs file .* is not a file")
     (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
     code, _, err = run_cli(capsys, "batch", tmp_path / "empty.txt")
     assert_one_line_error(code, err, "holds no job")
@@ -168,3 +171,14 @@ def test_a_batch_estimate_sizes_every_job_and_writes_nothing(tmp_path, capsys, l
         "small_out.nii.gz",
         "tall.nii.gz",
     ]
+
+
+def test_a_batch_estimate_sizes_a_model_not_downloaded_from_its_card(tmp_path, capsys, monkeypatch, loads):
+    monkeypatch.setenv("MEDSEGANY_HOME", str(tmp_path / "empty_home"))
+    small = write_phantom(tmp_path / "small.nii.gz")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"{small} --box-ijk {BOX}\n")
+    argv = ["batch", jobs, "--device", "cpu", "--estimate", "--model", "sam2.1_hiera_tiny"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert "sam2.1_hiera_tiny on 5 slices" in out and "not downloaded" in out and loads == []

@@ -393,8 +393,7 @@ def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
     plan = estimate.plan
     if plan.slab is not None and slice_range is None:
         slice_range = plan.slab
-    changed = plan.slab is not None or plan.cached_frames < estimate.num_frames or plan.offload_features
-    if not quiet and changed:
+    if not quiet and estimate.gave_way:
         print(f"medsegany: note: {estimate.message}", file=stderr)
     return plan, slice_range
 

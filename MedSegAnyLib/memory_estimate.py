@@ -312,6 +312,13 @@ class MemoryEstimate:
         return sum(self.parts[name] for name in self.device_parts)
 
     @property
+    def gave_way(self) -> bool:
+        """Whether the plan is less than the fastest run: fewer slices' features kept, features in host
+        memory, or a slab (what the CLI and the panel tell the user about)."""
+        plan = self.plan
+        return plan.slab is not None or plan.offload_features or plan.cached_frames < self.num_frames
+
+    @property
     def host_bytes(self) -> int:
         return self.total_bytes - self.device_bytes if self.device != "cpu" else self.total_bytes
 
@@ -639,13 +646,17 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.2f} GiB"
 
 
+def _memory_of(device: str) -> str:
+    return "memory" if device == "cpu" else f"{device} memory"
+
+
 def describe(estimate: MemoryEstimate) -> str:
     """One paragraph for a person: what the run needs, whether it fits, and the plan."""
     plan = estimate.plan
     on_device = [(name, estimate.parts[name]) for name in estimate.device_parts]
     biggest = sorted(on_device, key=lambda item: -item[1])[:3]
     parts = ", ".join(f"{name} {_gib(value)}" for name, value in biggest)
-    where = "memory" if estimate.device == "cpu" else f"{estimate.device} memory"
+    where = _memory_of(estimate.device)
     text = (
         f"{estimate.model} on {estimate.num_frames} slices of {estimate.frame_shape[0]}x"
         f"{estimate.frame_shape[1]} with {estimate.num_objects} object(s) needs about "
@@ -677,13 +688,13 @@ def describe_parts(estimate: MemoryEstimate) -> list[str]:
     if estimate.device == "cpu":
         return [line("memory", list(estimate.parts))]
     host = [name for name in estimate.parts if name not in estimate.device_parts]
-    return [line(f"{estimate.device} memory", list(estimate.device_parts)), line("host memory", host)]
+    return [line(_memory_of(estimate.device), list(estimate.device_parts)), line("host memory", host)]
 
 
 def describe_fit(estimate: MemoryEstimate) -> str:
     """A few words for a panel: what the run needs on its device, what is available, and how it fits."""
     plan = estimate.plan
-    where = "memory" if estimate.device == "cpu" else f"{estimate.device} memory"
+    where = _memory_of(estimate.device)
     text = f"about {_gib(estimate.device_bytes)} of {where}"
     if estimate.available_bytes is not None:
         text += f", {_gib(estimate.available_bytes)} available"

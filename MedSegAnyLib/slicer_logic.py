@@ -279,9 +279,7 @@ def memory_note(estimate: Any) -> str:
             f"Memory: {needs}. Only about {count} slices fit: propagate over a slice range of at most "
             "that many (Direction: range)."
         )
-    if plan.cached_frames < estimate.num_frames or plan.offload_features:
-        return f"Memory: {estimate.message}"
-    return ""
+    return f"Memory: {estimate.message}" if estimate.gave_way else ""
 
 
 class SlicerSegmentationLogic:

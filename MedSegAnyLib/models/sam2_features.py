@@ -65,8 +65,12 @@ class FeatureCache:
         self.offload = True
         for frame_index, fpn in list(self._entries.items()):
             if frame_index not in self._devices:
-                self._devices[frame_index] = fpn[0].device
-                self._entries[frame_index] = to_host(fpn)
+                self._entries[frame_index] = self._to_host(frame_index, fpn)
+
+    def _to_host(self, frame_index: int, fpn: list[Any]) -> list[Any]:
+        """The frame's features in host memory, remembering the device they go back to."""
+        self._devices[frame_index] = fpn[0].device
+        return to_host(fpn)
 
     def stored(self, frame_index: int) -> list[Any] | None:
         """The frame's features as the cache holds them (in host memory when offloaded)."""
@@ -85,8 +89,7 @@ class FeatureCache:
             self._bytes -= tensor_bytes(self._entries.pop(frame_index))
             self._devices.pop(frame_index, None)
         if self.offload:  # (on a CPU both copies are no-ops)
-            self._devices[frame_index] = fpn[0].device
-            fpn = to_host(fpn)
+            fpn = self._to_host(frame_index, fpn)
         self._entries[frame_index] = fpn
         self._bytes += tensor_bytes(fpn)
         while self._bytes > self.max_bytes and len(self._entries) > 1:

@@ -58,7 +58,12 @@ def out_of_memory_as_model_error(
         if not is_out_of_memory(error):
             raise
         release_cached_memory()
-        done = make_room() if make_room is not None else None
+        try:
+            done = make_room() if make_room is not None else None
+        except Exception as room_error:  # no room to make (host memory is full too): the usual ways out
+            if not is_out_of_memory(room_error):
+                raise
+            done = None
         if done:
             release_cached_memory()  # what make_room let go of goes back to the device
         on_cpu = str(device).startswith("cpu")

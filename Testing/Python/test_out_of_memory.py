@@ -121,3 +121,13 @@ def test_a_cpu_that_ran_out_moves_nothing():
     with pytest.raises(ModelError, match="ran out of memory") as failure, session._computing():
         raise MemoryError()
     assert not session.offload_features and "run it again" not in str(failure.value)
+
+
+def test_making_room_that_runs_out_too_still_ends_in_the_one_line_error():
+    def no_room():
+        raise MemoryError()  # the host memory the features would move to is full as well
+
+    failing = out_of_memory_as_model_error("cuda", no_room)
+    with pytest.raises(ModelError, match="ran out of cuda memory") as failure, failing:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    assert "run it again" not in str(failure.value) and "slice range" in str(failure.value)

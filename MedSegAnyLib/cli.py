@@ -157,7 +157,12 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
     run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
-    run.add_argument("--slice-range", metavar="LO,HI", help="propagate only within these slice indices")
+    run.add_argument(
+        "--slice-range",
+        metavar="LO,HI",
+        help="segment only these slice indices of the prompts' axis (with every prompt on one axis, "
+        "only they are held in memory)",
+    )
     run.add_argument("--naive", action="store_true", help="the reference scheme (bbox+3 px, stop when empty)")
     run.add_argument(
         "--estimate",
@@ -325,11 +330,20 @@ def load_cli_model(args: argparse.Namespace) -> Any:
 def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> None:
     """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
     from .exporters import write_labelmap
+    from .intensity import resolve_intensity
     from .session import SegmentationSession
     from .terminology import terminology_entry_string
 
     args, volume, structure = job.args, job.volume, job.structure
-    plan, slice_range = _memory_plan(model, volume, job.objects, job.slice_range, stderr, args.quiet)
+    # the whole volume's window, also for a slab: an automatic window from the slab's voxels alone would
+    # differ, and so would the masks
+    intensity = (
+        resolve_intensity(volume, window=job.intensity)
+        if isinstance(job.intensity, tuple)
+        else resolve_intensity(volume, preset=job.intensity)
+    )
+    run = _run_plan(model, job, stderr, args.quiet)
+    plan = run.estimate.plan
     encoder = getattr(model, "encoder", None)
     compiles_now = getattr(encoder, "active", False) and not getattr(encoder.report, "compiled", False)
     if compiles_now and not args.quiet:  # (in a batch, only the first volume's run compiles)
@@ -339,41 +353,46 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
             flush=True,
         )
     session = SegmentationSession(
-        volume,
+        run.volume,
         model,
-        intensity=job.intensity,
+        intensity=intensity,
         settings=job.settings,
         overlap=args.overlap,
         max_cached_frames=max(plan.cached_frames, 2),
         offload_features=plan.offload_features,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
-    for entry in job.objects:
+    prompted = []
+    for entry in run.objects:
         if structure is not None and args.name is None:
             entry = replace(entry, name=structure.name)
         object_id = session.add_object(entry.name, structure.color_rgb_float if structure else None)
         for prompts in entry.prompts:
             session.add_prompts(object_id, prompts)
+        if entry.prompts:  # an object whose prompts all lie outside the slab keeps its label, empty
+            prompted.append(object_id)
     try:
-        for result in session.propagate(direction=args.direction, slice_range=slice_range):
+        for result in session.propagate(prompted, direction=args.direction, slice_range=run.slice_range):
             name = session.objects[result.object_id].name
-            progress.update(name, f"{'IJK'[result.axis]}={result.slice_index}")
+            progress.update(name, f"{'IJK'[result.axis]}={_volume_index(run, result.slice_index)}")
     finally:
         progress.close()
 
     labelmap_kji = session.labelmap_kji()
+    if run.slab is not None:
+        labelmap_kji = run.slab.paste(labelmap_kji, volume.voxels_kji.shape)
     segments = session.segments()
     if structure is not None:
         segments = [replace(info, terminology=terminology_entry_string(structure)) for info in segments]
     for path in job.outputs:
         write_labelmap(labelmap_kji, volume, path, segments=segments)
     if job.previews:
-        _write_preview(session, job.objects, job.previews[0])
+        _write_preview(session, [entry for entry in run.objects if entry.prompts], job.previews[0])
     seconds = time.monotonic() - started
     for obj in session.objects.values():
         voxels = int(obj.mask_kji.sum())
         present = sorted(index for index, source in obj.slice_sources.items() if source)
-        filled = [index for index in present if _slice_has_voxels(obj, index)]
+        filled = [_volume_index(run, index) for index in present if _slice_has_voxels(obj, index)]
         extent = f"{'IJK'[obj.axis]} {min(filled)}..{max(filled)}" if filled else "none"
         print(
             f"{obj.name}: {len(filled)} slices ({extent}), {voxels} voxels, "
@@ -381,21 +400,29 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         )
 
 
-def _memory_plan(model, volume, objects, slice_range, stderr, quiet: bool):
-    """(the memory plan, the slice range) that fit the device's free memory, told before the run;
-    ModelError when nothing fits. A slab around the prompt replaces the whole volume only when no
-    --slice-range was given."""
-    from .cli_estimate import job_estimate
+def _run_plan(model: Any, job: SegmentJob, stderr: TextIO, quiet: bool) -> Any:
+    """What the job propagates within the device's free memory (``cli_estimate.plan_run``), told before
+    the run; ModelError when nothing fits. A slab around the prompt replaces the whole volume only when no
+    --slice-range was given, or within it."""
+    from .cli_estimate import plan_run
     from .memory_estimate import require_fit
 
-    estimate = job_estimate(model, volume, objects)
-    require_fit(estimate)
-    plan = estimate.plan
-    if plan.slab is not None and slice_range is None:
-        slice_range = plan.slab
-    if not quiet and estimate.gave_way:
-        print(f"medsegany: note: {estimate.message}", file=stderr)
-    return plan, slice_range
+    run = plan_run(model, job.volume, job.objects, job.slice_range)
+    require_fit(run.estimate)
+    if not quiet and run.estimate.gave_way:
+        print(f"medsegany: note: {run.estimate.message}", file=stderr)
+    if not quiet and run.prompts_left_out:
+        print(
+            f"medsegany: note: {run.prompts_left_out} prompted slice(s) outside slices {run.slab.describe()} "
+            "are not used",
+            file=stderr,
+        )
+    return run
+
+
+def _volume_index(run: Any, slice_index: int) -> int:
+    """A slice index of the run's volume as the user's volume's index (they differ on a slab)."""
+    return slice_index if run.slab is None else run.slab.to_volume_index(slice_index)
 
 
 def _slice_has_voxels(obj, index: int) -> bool:

@@ -8,7 +8,7 @@ user can ask before a download whether the model fits the machine.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 
@@ -44,12 +44,15 @@ def estimate_model(args: argparse.Namespace) -> Any:
     return load_cli_model(args)
 
 
-def job_estimate(model: Any, volume: Any, objects: list[Any]) -> Any:
+def job_estimate(
+    model: Any, volume: Any, objects: list[Any], volume_bytes: int | None = None, crops_slab: bool = True
+) -> Any:
     """The memory plan of propagating ``objects`` through ``volume`` along the first prompt's axis
-    (``model``: loaded, or a :class:`CatalogModel`)."""
+    (``model``: loaded, or a :class:`CatalogModel`; ``volume_bytes``: the user's voxels held, default
+    ``volume``'s; ``crops_slab`` as :func:`medsegany.memory_estimate.plan_memory`)."""
     from .memory_estimate import plan_for_volume
 
-    first = objects[0].prompts[0]
+    first = next(entry.prompts[0] for entry in objects if entry.prompts)
     unloaded = isinstance(model, CatalogModel)
     return plan_for_volume(
         model.profile if unloaded else model,
@@ -58,9 +61,67 @@ def job_estimate(model: Any, volume: Any, objects: list[Any]) -> Any:
         len(objects),
         first.slice_index,
         str(getattr(model, "device", "cpu")),
-        volume_bytes=volume.voxels_kji.nbytes,
+        volume_bytes=volume.voxels_kji.nbytes if volume_bytes is None else volume_bytes,
         precision=model.precision if unloaded else None,
+        crops_slab=crops_slab,
     )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one ``segment`` run propagates: ``volume`` (the user's, or a :class:`~medsegany.slab.Slab`
+    of it) and ``objects`` with their prompts in its indices; ``slice_range`` for the session when a range
+    cannot crop (prompts on several axes); the memory ``estimate`` (its slab, if any, in the user's
+    volume's indices); ``prompts_left_out``: prompts outside the slab."""
+
+    volume: Any
+    objects: list[Any]
+    slab: Any
+    slice_range: tuple[int, int] | None
+    estimate: Any
+    prompts_left_out: int = 0
+
+
+def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int, int] | None) -> RunPlan:
+    """The memory plan of one job and what it segments (see :mod:`medsegany.slab`).
+
+    When every prompt lies on one axis, ``--slice-range`` and a plan's slab crop the volume, so the
+    session holds only those slices; else the range only limits the propagation, and a plan's slab
+    becomes that range when the user gave none.
+    """
+    from .memory_estimate import describe
+    from .slab import Slab, objects_in_slab, one_axis
+    from .slices import frame_count
+
+    axis = one_axis(objects)
+    slab = None
+    if slice_range is not None and axis is not None:
+        count = frame_count(volume.voxels_kji.shape, axis)
+        low, high = max(0, slice_range[0]), min(count - 1, slice_range[1])
+        if low > high:
+            from .errors import PromptError
+
+            raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
+        slab, slice_range = Slab(axis, low, high), None
+    run_volume, run_objects = volume, objects
+    if slab is not None:
+        run_objects, _ = objects_in_slab(objects, slab)
+        run_volume = slab.crop(volume)
+    estimate = job_estimate(model, run_volume, run_objects, volume.voxels_kji.nbytes, axis is not None)
+    inner = estimate.plan.slab
+    if inner is not None and axis is not None:
+        offset = 0 if slab is None else slab.first
+        slab = Slab(axis, offset + inner[0], offset + inner[1])
+        run_volume = slab.crop(volume)
+        plan = replace(estimate.plan, slab=(slab.first, slab.last))
+        estimate = replace(estimate, plan=plan)
+        estimate = replace(estimate, message=describe(estimate))
+    elif inner is not None and slice_range is None:
+        slice_range = inner
+    left_out = 0
+    if slab is not None:
+        run_objects, left_out = objects_in_slab(objects, slab)
+    return RunPlan(run_volume, run_objects, slab, slice_range, estimate, left_out)
 
 
 def estimate_job(job: Any, model: Any, stdout: TextIO) -> None:
@@ -68,7 +129,8 @@ def estimate_job(job: Any, model: Any, stdout: TextIO) -> None:
     after printing when it cannot fit. Nothing runs and nothing is written."""
     from .memory_estimate import describe_parts, require_fit
 
-    estimate = job_estimate(model, job.volume, job.objects)
+    run = plan_run(model, job.volume, job.objects, job.slice_range)
+    estimate = run.estimate
     print(f"{job.args.image}: {estimate.message}", file=stdout)
     for line in describe_parts(estimate):
         print(f"  {line}", file=stdout)

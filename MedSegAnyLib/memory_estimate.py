@@ -38,7 +38,8 @@ memory bank, activations and the CUDA overhead, the rest in host memory.
 all frames' features cached with the model's encoder batch; on CUDA, the same with the features in host
 memory (``offload_features``: copied to the GPU when used, :mod:`medsegany.feature_offload`); the same
 two with a batch of 1; fewer cached frames (frames beyond are re-encoded when revisited: other objects,
-corrections); finally a slab of slices around the prompted slice.
+corrections); finally a slab of slices around the prompted slice (the CLI segments it as a volume of
+its own, :mod:`medsegany.slab`; the Slicer panel propagates only over it).
 
 Example::
 
@@ -365,19 +366,22 @@ def estimate_memory(
     runtime_bytes: int | None = None,
     volume_bytes: int = 0,
     precision: str | None = None,
+    held_frames: int | None = None,
 ) -> MemoryEstimate:
     """The bytes one run needs with these settings (no planning; see :func:`plan_memory`).
 
-    ``frame_shape``: (H, W) of one slice; ``num_frames``: slices along the prompted axis; ``cached_frames``:
-    None = all; ``runtime_bytes``: the process before the run (default: torch's import on CPU, 0 on the
-    GPU side); ``volume_bytes``: the user's voxels, already in memory (0 to leave them out);
-    ``precision``: as :func:`runs_bf16`.
+    ``frame_shape``: (H, W) of one slice; ``num_frames``: slices along the prompted axis that the run
+    propagates through; ``cached_frames``: None = all; ``runtime_bytes``: the process before the run
+    (default: torch's import on CPU, 0 on the GPU side); ``volume_bytes``: the user's voxels, already in
+    memory (0 to leave them out); ``precision``: as :func:`runs_bf16`; ``held_frames``: slices the session
+    windows and masks, when more than ``num_frames`` (a slab propagated inside a whole volume).
     """
     profile = profile_of(model)
     kind = _device_kind(device)
     bf16 = runs_bf16(model, device, precision)
     height, width = (int(n) for n in frame_shape)
     frames = max(0, int(num_frames))
+    held = frames if held_frames is None else max(frames, int(held_frames))
     objects = max(1, int(num_objects))
     batch = max(1, int(batch_size))
     cached = frames if cached_frames is None else max(0, min(int(cached_frames), frames))
@@ -385,8 +389,8 @@ def estimate_memory(
         "runtime": int(CPU_RUNTIME_BYTES if runtime_bytes is None else runtime_bytes),
         "weights": weights_bytes(profile, bf16),
         "volume": int(volume_bytes),
-        "frames": frames * height * width,  # windowed uint8 copy
-        "masks": objects * frames * height * width,  # one bool per voxel and object
+        "frames": held * height * width,  # windowed uint8 copy
+        "masks": objects * held * height * width,  # one bool per voxel and object
         "features": cached * profile.feature_bytes_per_frame(bf16),
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
         "activations": max(
@@ -511,12 +515,16 @@ def plan_memory(
     volume_bytes: int = 0,
     headroom: float = 0.9,
     precision: str | None = None,
+    crops_slab: bool = True,
 ) -> MemoryEstimate:
     """The first plan that fits ``headroom`` x the available device memory (see the module docstring).
 
     ``available_bytes`` None: measured now (:func:`available_memory_bytes`; on CUDA with the loaded model's
     weights added back, :func:`model_resident_bytes`, since the estimate counts them). ``prompt_slice``:
-    centre of the slab when only a slab fits (default: the middle slice).
+    centre of the slab when only a slab fits (default: the middle slice). ``crops_slab``: whether the
+    caller segments a slab as a volume of its own (the CLI, :mod:`medsegany.slab`), so that the windowed
+    copy and the masks shrink with it; else (the Slicer panel, whose session holds the whole volume) a
+    slab only limits the propagation, and saves only the memory bank.
     """
     frames = max(1, int(num_frames))
     on_cuda = _device_kind(device) == "cuda"
@@ -539,6 +547,7 @@ def plan_memory(
             runtime_bytes,
             volume_bytes,
             precision,
+            held_frames=None if crops_slab else frames,
         )
 
     def finish(estimate: MemoryEstimate, fits: bool, slab: tuple[int, int] | None = None) -> MemoryEstimate:
@@ -597,9 +606,10 @@ def plan_for_volume(
     volume_bytes: int = 0,
     available_bytes: int | None = None,
     precision: str | None = None,
+    crops_slab: bool = True,
 ) -> MemoryEstimate:
     """:func:`plan_memory` for propagating along IJK ``axis`` (0 = I, 1 = J, 2 = K) of a KJI volume
-    (``precision`` as :func:`runs_bf16`)."""
+    (``precision`` as :func:`runs_bf16`, ``crops_slab`` as :func:`plan_memory`)."""
     from .slices import frame_count, frame_shape
 
     return plan_memory(
@@ -613,6 +623,7 @@ def plan_for_volume(
         batch_size=_encoder_batch(model, device),
         volume_bytes=volume_bytes,
         precision=precision,
+        crops_slab=crops_slab,
     )
 
 

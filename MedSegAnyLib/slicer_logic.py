@@ -263,21 +263,26 @@ def _longest_axis_plan(model: Any, shape_kji: tuple[int, ...], device: str, volu
 
     axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
     return plan_for_volume(
-        model, tuple(shape_kji), axis, 1, shape_kji[2 - axis] // 2, device, volume_bytes=volume_bytes
+        model,
+        tuple(shape_kji),
+        axis,
+        1,
+        shape_kji[2 - axis] // 2,
+        device,
+        volume_bytes=volume_bytes,
+        crops_slab=False,  # the panel's session holds the whole volume; a slab only limits propagation
     )
 
 
 def memory_note(estimate: Any) -> str:
-    """What the panel tells after an action when the memory plan had to give way, else "". A slab is not
-    applied by the panel (the prompt's axis is not known when the session starts), so it becomes advice:
-    a slice range of at most that many slices."""
+    """What the panel tells after an action when the memory plan had to give way, else "". A slab is
+    the slice range an action propagates over (:meth:`SlicerSegmentationLogic.range_that_fits`)."""
     plan = estimate.plan
     needs = estimate.message.split("; plan:")[0]
     if plan.slab is not None:
-        count = plan.slab[1] - plan.slab[0] + 1
         return (
-            f"Memory: {needs}. Only about {count} slices fit: propagate over a slice range of at most "
-            "that many (Direction: range)."
+            f"Memory: {needs}. Only slices {plan.slab[0]}-{plan.slab[1]} fit around the prompt: a "
+            "propagation covers those (a prompt near their edge continues from there)."
         )
     return f"Memory: {estimate.message}" if estimate.gave_way else ""
 
@@ -636,7 +641,43 @@ class SlicerSegmentationLogic:
         if prompts is not None:
             yield session.add_prompts(object_id, prompts)
         if propagate:
+            slice_range = self.range_that_fits(session, object_id, prompts, slice_range)
             yield from session.propagate([object_id], direction=session_direction, slice_range=slice_range)
+
+    def range_that_fits(
+        self,
+        session: Any,
+        object_id: int,
+        prompts: SlicePrompts | None,
+        slice_range: tuple[int, int] | None,
+    ) -> tuple[int, int] | None:
+        """``slice_range`` (None: the whole axis), cut to the slab around the prompt that the memory
+        plan allows when the propagation along the prompt's axis does not fit whole (SAM 2's memory of
+        every tracked slice grows with the range). The session holds the whole volume, so the plan
+        counts its windowed copy and masks whole (``crops_slab=False``). Sets :attr:`memory_note`."""
+        from .memory_estimate import plan_for_volume
+
+        obj = session.objects[object_id]
+        centre = prompts.slice_index if prompts is not None else obj.prompted_slices()[0]
+        voxels_kji = session.volume.voxels_kji
+        estimate = plan_for_volume(
+            session.model,
+            voxels_kji.shape,
+            obj.axis,
+            len(session.objects),
+            centre,
+            session.device,
+            volume_bytes=voxels_kji.nbytes,
+            crops_slab=False,
+        )
+        slab = estimate.plan.slab
+        if slab is None or not estimate.plan.fits:  # nothing to cut; a run that cannot fit is caught
+            return slice_range
+        self.memory_note = memory_note(estimate)
+        if slice_range is None:
+            return slab
+        low, high = max(slab[0], slice_range[0]), min(slab[1], slice_range[1])
+        return (low, high) if low <= high else slice_range  # a range away from the prompt: the user's
 
     def finish_action(self, action: AIAction, cancelled: bool = False) -> UndoStep | None:
         """Close an action: snapshot for redo, store provenance, push one undo step (main thread).

@@ -83,6 +83,21 @@ def test_plan_caches_fewer_frames_then_crops_to_a_slab_as_memory_shrinks():
     assert f"only slices {low}-{high}" in slab.message
 
 
+def test_a_slab_that_is_not_cropped_still_counts_the_whole_volumes_copy_and_masks():
+    """The Slicer panel's session holds the whole volume, so a slab there saves only SAM 2's memory bank:
+    for a 2D model (no memory bank) no slab can fit where the whole axis does not."""
+    args = ("litemedsam", (512, 512), 1000, 2)
+    model_only = estimate_memory(*args[:2], 3, 2, batch_size=1, cached_frames=2)
+    room = int((model_only.total_bytes + 40 * 512 * 512 * 3) / 0.9)
+    cropped = plan_memory(*args, available_bytes=room)
+    assert cropped.plan.fits and cropped.plan.slab is not None
+    assert cropped.parts["frames"] == cropped.num_frames * 512 * 512  # the slab's slices only
+    whole = plan_memory(*args, available_bytes=room, crops_slab=False)
+    assert not whole.plan.fits and whole.parts["frames"] == 1000 * 512 * 512
+    held = estimate_memory(*args[:2], 50, 2, held_frames=1000)
+    assert held.parts["masks"] == 2 * 1000 * 512 * 512 and held.num_frames == 50
+
+
 def test_plan_says_when_nothing_fits():
     estimate = plan_memory("sam2.1_hiera_l", (512, 512), 300, device="cpu", available_bytes=GIB)
     assert not estimate.plan.fits

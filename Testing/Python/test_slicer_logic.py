@@ -412,13 +412,49 @@ def test_the_panel_is_told_when_the_memory_plan_gave_way():
     fewer = plan_memory(*args, available_bytes=int(full.total_bytes * 0.8 / 0.9))
     assert fewer.plan.cached_frames < 300
     assert memory_note(fewer) == f"Memory: {fewer.message}"
-    model_only = estimate_memory("sam2.1_hiera_t512", (512, 512), 3, 1, batch_size=1, cached_frames=2)
-    slab = plan_memory(*args, available_bytes=int((model_only.total_bytes + 40 * 512 * 512 * 2) / 0.9))
+    # room for about 100 slices of SAM 2's memory bank, the whole volume held (the panel does not crop)
+    hundred = estimate_memory(*args[:2], 100, 1, batch_size=1, cached_frames=2, held_frames=300)
+    slab = plan_memory(*args, available_bytes=int(hundred.total_bytes / 0.9) + 1, crops_slab=False)
     low, high = slab.plan.slab
+    assert 95 <= high - low + 1 <= 105 and slab.parts["frames"] == 300 * 512 * 512
     note = memory_note(slab)
-    # the panel does not crop to the slab itself (the prompt's axis is unknown when the session starts)
-    assert f"Only about {high - low + 1} slices fit" in note and "slice range" in note
-    assert "only slices" not in note
+    assert f"Only slices {low}-{high} fit around the prompt: a propagation covers those" in note
+    # counted as if cropped, the same room would hold far more slices: the panel's plan is not that one
+    cropped = plan_memory(*args, available_bytes=int(hundred.total_bytes / 0.9) + 1)
+    assert cropped.plan.slab is None or cropped.plan.slab[1] - cropped.plan.slab[0] > 150
+
+
+def test_when_only_a_slab_fits_the_panel_propagates_over_it(scene, volume_node, prompt_nodes, monkeypatch):
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    planned = []
+
+    def slab_plan(*args, **kwargs):  # as a GPU with room for SAM 2's memory of 3 slices would plan
+        estimate = real_plan(*args, **kwargs)
+        planned.append(kwargs["crops_slab"])
+        centre = args[4]
+        plan = dataclasses.replace(estimate.plan, slab=(centre - 1, centre + 1))
+        return dataclasses.replace(estimate, plan=plan)
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", slab_plan)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+
+    logic.segment(*prompt_nodes)  # the prompt is on K = 6
+
+    prompts = [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])]
+    expected = library_mask(volume_node, prompts, slice_range=(5, 7))
+    assert expected.any(axis=(1, 2)).sum() == 3
+    assert library_mask(volume_node, prompts).any(axis=(1, 2)).sum() > 3  # the slab cut a longer run
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+    assert "Only slices 5-7 fit around the prompt" in logic.memory_note
+    assert planned and not any(planned)  # the panel's session holds the whole volume: never cropped
+    # a range the user asked for is cut to the slab as well
+    assert logic.range_that_fits(logic.session, logic._object_id(False), None, (0, 6)) == (5, 6)
 
 
 def test_the_panel_may_load_ahead_only_what_asks_the_user_nothing(tmp_path, monkeypatch):

@@ -1,0 +1,193 @@
+"""``medsegany segment`` on a slab (``medsegany.slab``, ``cli_estimate.plan_run``): ``--slice-range`` and a
+memory plan's slab hand the session only those slices, and the result lands on the whole volume's grid,
+equal to the same range propagated inside the whole volume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+
+from fake_models import ThresholdModel  # noqa: E402
+from test_cli import run_cli, write_phantom  # noqa: E402
+
+BOX = "14,20,2,46,44,2"  # on K = 2
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """``test_cli``'s ellipsoid, with a brighter corner (400) on K = 0 and 4: an automatic window from
+    slices 1..3 alone would differ from the whole volume's."""
+    path = write_phantom(tmp_path_factory.mktemp("slab") / "phantom.nii.gz")
+    voxels_kji = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    voxels_kji[[0, 4], :16, :16] = 400
+    image = sitk.GetImageFromArray(voxels_kji)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture()
+def sessions(monkeypatch):
+    """The volumes and options the CLI's sessions were made with (the model: the threshold stand-in)."""
+    import medsegany.cli as cli
+    import medsegany.session as session_module
+
+    real = session_module.SegmentationSession
+    made = []
+
+    def recording(volume, *args, **kwargs):
+        made.append((volume, kwargs))
+        return real(volume, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "SegmentationSession", recording)
+    monkeypatch.setattr(cli, "load_cli_model", lambda args: ThresholdModel())
+    return made
+
+
+def whole_volume_oracle(phantom, box_ijk, slice_range, intensity="auto", model=None) -> np.ndarray:
+    """The library's result: the same range propagated inside the whole volume (no crop)."""
+    from medsegany.prompts import make_slice_prompts
+    from medsegany.session import SegmentationSession
+    from medsegany.volume import read_volume
+
+    session = SegmentationSession(read_volume(phantom), model or ThresholdModel(), intensity=intensity)
+    object_id = session.add_object("oracle")
+    session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
+    for _ in session.propagate(slice_range=slice_range):
+        pass
+    return session.labelmap_kji()
+
+
+def read_labels(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_a_slice_range_hands_the_session_only_its_slices(phantom, tmp_path, capsys, sessions):
+    from medsegany.intensity import resolve_intensity
+    from medsegany.volume import read_volume
+
+    out = tmp_path / "range.nii.gz"
+    code, stdout, err = run_cli(
+        capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "1,3", "-o", out
+    )
+    assert code == 0, err
+    ((volume, kwargs),) = sessions
+    assert volume.voxels_kji.shape == (3, 64, 64)
+    # the window is the whole volume's (an automatic one from the slab's voxels alone would differ)
+    whole = read_volume(phantom)
+    assert kwargs["intensity"] == resolve_intensity(whole)
+    assert resolve_intensity(whole) != resolve_intensity(volume)
+    labels = read_labels(out)
+    assert labels.shape == (5, 64, 64) and not labels[[0, 4]].any() and labels[1:4].any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(labels, whole_volume_oracle(phantom, (14, 20, 2, 46, 44, 2), (1, 3)))
+    assert "K 1..3" in stdout  # the summary counts slices in the volume's indices
+
+
+def test_a_plan_that_fits_only_a_slab_crops_the_volume_to_it(
+    phantom, tmp_path, capsys, sessions, monkeypatch
+):
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+
+    def slab_plan(*args, **kwargs):  # as a machine with room for three slices would plan
+        estimate = real_plan(*args, **kwargs)
+        assert kwargs["crops_slab"] is True  # the CLI crops: the windowed copy and masks shrink with it
+        shape_kji, axis, centre = args[1], args[2], args[4]
+        slab = (max(centre - 1, 0), min(centre + 1, shape_kji[2 - axis] - 1))
+        plan = dataclasses.replace(estimate.plan, slab=slab)
+        return dataclasses.replace(estimate, plan=plan)
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", slab_plan)
+    out = tmp_path / "slab.nii.gz"
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", BOX, "--window", "0,255", "-o", out)
+    assert code == 0, err
+    assert "note:" in err and "only slices 1-3 (a slab around the prompt)" in err
+    ((volume, _),) = sessions
+    assert volume.voxels_kji.shape == (3, 64, 64)
+    expected = whole_volume_oracle(phantom, (14, 20, 2, 46, 44, 2), (1, 3), intensity=(0.0, 255.0))
+    labels = read_labels(out)
+    assert labels[1:4].any(axis=(1, 2)).all() and not labels[[0, 4]].any()
+    np.testing.assert_array_equal(labels, expected)
+
+    # within a --slice-range, the plan's slab is placed in the volume's indices
+    code, _, err = run_cli(
+        capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "2,4", "-o", out, "--overwrite"
+    )
+    assert code == 0, err
+    assert "only slices 2-3 (a slab around the prompt)" in err
+    assert sessions[-1][0].voxels_kji.shape == (2, 64, 64)
+    labels = read_labels(out)
+    assert labels[2:4].any(axis=(1, 2)).all() and not labels[[0, 1, 4]].any()
+
+
+def test_prompts_outside_the_range_are_told_and_every_object_keeps_its_label(
+    phantom, tmp_path, capsys, sessions
+):
+    prompts = tmp_path / "two.json"
+    prompts.write_text(
+        json.dumps(
+            {
+                "objects": [
+                    {"name": "low", "boxes_ijk": [[14, 20, 0, 46, 44, 0]]},
+                    {"name": "middle", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]},
+                ]
+            }
+        )
+    )
+    out = tmp_path / "two.nii.gz"
+    code, stdout, err = run_cli(
+        capsys, "segment", phantom, "--prompts", prompts, "--slice-range", "1,4", "-o", out
+    )
+    assert code == 0, err
+    assert "1 prompted slice(s) outside slices K 1..4 are not used" in err
+    labels = read_labels(out)
+    assert set(np.unique(labels)) == {0, 2} and not labels[0].any()  # "middle" is label 2, as without a range
+    assert "low: 0 slices (none)" in stdout and "middle: " in stdout
+
+    code, _, err = run_cli(
+        capsys, "segment", phantom, "--prompts", prompts, "--slice-range", "3,4", "-o", out, "--overwrite"
+    )
+    assert code == 1 and "hold no prompt" in err
+
+
+def test_an_estimate_with_a_slice_range_sizes_the_slab(phantom, capsys):
+    code, out, err = run_cli(
+        capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "1,3", "--device", "cpu", "--estimate"
+    )
+    assert code == 0, err
+    assert "on 3 slices of 64x64" in out
+
+
+def test_a_sam2_slab_gives_the_masks_of_the_same_range_in_the_whole_volume(tmp_path, capsys):
+    """SAM 2 tracks by distances between slices, so a slab gives the masks the range gives inside the whole
+    volume (MedSAM2's configuration, random weights)."""
+    pytest.importorskip("sam2")
+    from medsegany.models.registry import load_model
+    from sam2_testing import CONFIG_512, random_checkpoint
+
+    shape_kji = (7, 40, 48)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape_kji), indexing="ij")
+    voxels_kji = np.where((j - 20) ** 2 / 9**2 + (i - 24) ** 2 / 11**2 + (k - 3) ** 2 / 3.5**2 <= 1, 150, -80)
+    image = sitk.GetImageFromArray(voxels_kji.astype(np.int16))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    path = tmp_path / "sam2_phantom.nii.gz"
+    sitk.WriteImage(image, str(path))
+    checkpoint = random_checkpoint(tmp_path)
+    out = tmp_path / "sam2.nii.gz"
+    code, _, err = run_cli(
+        capsys, "segment", path, "--box-ijk", "11,9,3,37,31,3", "--slice-range", "2,5",
+        "--checkpoint", checkpoint, "--config", CONFIG_512, "--device", "cpu", "--precision", "float32",
+        "-o", out, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    model = load_model(None, checkpoint=checkpoint, config=CONFIG_512, device="cpu", precision="float32")
+    expected = whole_volume_oracle(path, (11, 9, 3, 37, 31, 3), (2, 5), model=model)
+    labels = read_labels(out)
+    assert labels[3].any() and not labels[[0, 1, 6]].any()  # a real comparison, not two blanks
+    np.testing.assert_array_equal(labels, expected)

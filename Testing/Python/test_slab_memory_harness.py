@@ -13,7 +13,15 @@ from benchmark_testing import run_benchmark
 
 def test_a_tiny_volume_both_ways(tmp_path):
     report = run_benchmark(
-        "slab_memory.py", tmp_path / "slab.json", "--slices", "12", "--size", "48", "--range", "3", timeout=600
+        "slab_memory.py",
+        tmp_path / "slab.json",
+        "--slices",
+        "12",
+        "--size",
+        "48",
+        "--range",
+        "3",
+        timeout=600,
     )
     assert report["same_labels"] is True and report["slice_range"] == [5, 7]
     assert 1 <= report["labelled_slices"] <= 3  # nothing outside the range, on either way

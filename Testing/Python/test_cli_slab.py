@@ -71,11 +71,12 @@ def test_a_slice_range_hands_the_session_only_its_slices(phantom, tmp_path, caps
     from medsegany.intensity import resolve_intensity
     from medsegany.volume import read_volume
 
-    out = tmp_path / "range.nii.gz"
+    out, preview = tmp_path / "range.nii.gz", tmp_path / "range.png"
     code, stdout, err = run_cli(
-        capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "1,3", "-o", out
+        capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "1,3", "-o", out, "--preview", preview
     )
     assert code == 0, err
+    assert preview.is_file()  # drawn from the slab's copy of the prompted slice
     ((volume, kwargs),) = sessions
     assert volume.voxels_kji.shape == (3, 64, 64)
     # the window is the whole volume's (an automatic one from the slab's voxels alone would differ)
@@ -86,6 +87,10 @@ def test_a_slice_range_hands_the_session_only_its_slices(phantom, tmp_path, caps
     assert labels.shape == (5, 64, 64) and not labels[[0, 4]].any() and labels[1:4].any(axis=(1, 2)).all()
     np.testing.assert_array_equal(labels, whole_volume_oracle(phantom, (14, 20, 2, 46, 44, 2), (1, 3)))
     assert "K 1..3" in stdout  # the summary counts slices in the volume's indices
+    code, _, err = run_cli(
+        capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "7,9", "-o", out, "--overwrite"
+    )
+    assert code == 1 and "slice range (7, 9) is empty" in err and "within 0..4" in err
 
 
 def test_a_plan_that_fits_only_a_slab_crops_the_volume_to_it(

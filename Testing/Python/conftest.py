@@ -7,6 +7,7 @@ the I, J, K axes. The volumes are small (a few thousand voxels) so that every te
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,17 @@ import pytest
 # that path run the model eagerly (subprocesses of the CLI tests inherit this); test_compute.py and
 # test_litemedsam.py ask for compile="on" explicitly.
 os.environ.setdefault("MEDSEGANY_COMPILE", "off")
+
+
+@pytest.fixture(autouse=True)
+def _ieee_denormals_after_each_test():
+    """A model load flushes denormals to zero in its thread (``medsegany.cpu_tuning``: faster on a CPU),
+    and hypothesis then refuses to draw subnormal floats. Every test starts from IEEE arithmetic, so a
+    test's outcome does not depend on which tests ran before it in the process."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)
 
 
 def _shared_data_candidates() -> list[Path]:

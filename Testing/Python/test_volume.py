@@ -228,3 +228,22 @@ def test_4d_nifti_with_a_frame_outside_the_range(nifti_4d):
 def test_frame_given_for_a_3d_volume(tmp_path):
     path = write_image(tmp_path / "ct.nrrd", np.zeros((3, 4, 5), dtype=np.int16))
     assert_volume_error(path, "--frame 2", "drop --frame", frame=2)
+
+
+def test_the_voxels_stay_in_the_images_memory_and_outlive_the_reader(tmp_path):
+    """No copy of the voxels is made, and the image they live in is kept alive by the array."""
+    import gc
+
+    import SimpleITK as sitk
+
+    voxels_kji = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) * 7
+    path = tmp_path / "ramp.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(voxels_kji), str(path))
+    volume = read_volume(path)
+    gc.collect()  # the reader's locals are gone; only the array holds the image
+    garbage = [np.full((64, 64, 64), -1, np.int16) for _ in range(8)]  # reuse any memory freed too early
+    np.testing.assert_array_equal(volume.voxels_kji, voxels_kji)
+    assert not volume.voxels_kji.flags.writeable  # read-only: a Volume's arrays are never written
+    assert volume.voxels_kji.flags.c_contiguous and len(garbage) == 8
+    with pytest.raises(ValueError):
+        volume.voxels_kji[0, 0, 0] = 1

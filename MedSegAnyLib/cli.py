@@ -269,7 +269,7 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
     from .prompt_file import load_prompt_file
     from .propagation import PropagationSettings
     from .terminology import resolve_structure
-    from .volume import read_volume
+    from .volume import read_volume, read_volume_header
 
     outputs, previews = output_paths(args)
     if not args.estimate:  # an estimate writes nothing
@@ -278,7 +278,8 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
 
             raise OutputError("no output file was given", "add -o OUT.nii.gz (or .seg.nrrd, .nrrd, .mha)")
         _check_outputs(outputs + previews, args.overwrite)
-    volume = read_volume(args.image, frame=args.frame)
+    # an estimate needs sizes, not voxels: the header alone (a 512 x 512 x 1000 CT: 2 s less a volume)
+    volume = (read_volume_header if args.estimate else read_volume)(args.image, frame=args.frame)
     if volume.metadata.get("dicom_series_count", 1) > 1:
         print(
             f"medsegany: note: {args.image} holds {volume.metadata['dicom_series_count']} DICOM series; "

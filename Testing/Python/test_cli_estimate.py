@@ -59,3 +59,26 @@ def test_estimate_that_cannot_fit_prints_it_then_exits_1(phantom, capsys, monkey
     code, out, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--estimate")
     assert "it does not fit even on a few slices" in out
     assert_one_line_error(code, err, "does not fit")
+
+
+def test_an_estimate_reads_the_header_alone_and_says_what_a_full_read_says(phantom, capsys, monkeypatch):
+    import medsegany.volume as volume_module
+
+    argv = ["segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--device", "cpu", "--estimate"]
+
+    def needs(out: str) -> list[str]:  # each line without what is available (free memory moves a little)
+        return [line.split("; ")[0] for line in out.splitlines()]
+
+    real_read = volume_module.read_volume
+
+    def never(*args, **kwargs):
+        raise AssertionError("an estimate read the voxels")
+
+    monkeypatch.setattr(volume_module, "read_volume", never)
+    code, from_header, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    # the same estimate as from the voxels read (the header's stand-in counts the same bytes)
+    monkeypatch.setattr(volume_module, "read_volume_header", real_read)
+    code, from_voxels, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert needs(from_voxels) == needs(from_header) and "needs about" in from_header

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from medsegany.errors import VolumeError
 from medsegany.geometry import LPS_TO_RAS
-from medsegany.volume import Volume, read_volume, volume_to_sitk
+from medsegany.volume import Volume, read_volume, read_volume_header, volume_to_sitk
 
 LPS_TO_RAS_DIAG = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -37,6 +37,9 @@ def assert_volume_error(path, *fragments: str, frame: int | None = None) -> Volu
     assert caught.value.problem and caught.value.fix, "an error must name the problem and the fix"
     for fragment in fragments:
         assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
+    with pytest.raises(VolumeError) as from_header:  # --estimate's header-only read refuses it alike
+        read_volume_header(path, frame=frame)
+    assert str(from_header.value) == message
     return caught.value
 
 
@@ -247,3 +250,30 @@ def test_the_voxels_stay_in_the_images_memory_and_outlive_the_reader(tmp_path):
     assert volume.voxels_kji.flags.c_contiguous and len(garbage) == 8
     with pytest.raises(ValueError):
         volume.voxels_kji[0, 0, 0] = 1
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dtype"), [(".nrrd", np.int16), (".nii.gz", np.uint8), (".mha", np.float32)]
+)
+def test_a_header_gives_the_volume_a_read_gives_without_its_voxels(
+    tmp_path, oblique_flipped_geometry, suffix, dtype
+):
+    image = sitk().GetImageFromArray(np.arange(5 * 6 * 7).reshape(5, 6, 7).astype(dtype))
+    oblique_flipped_geometry.apply_to(image)
+    path = tmp_path / f"scan{suffix}"
+    sitk().WriteImage(image, str(path))
+    read, header = read_volume(path), read_volume_header(path)
+    np.testing.assert_array_equal(header.ijk_to_ras, read.ijk_to_ras)
+    assert (
+        header.voxels_kji.shape == read.voxels_kji.shape and header.voxels_kji.dtype == read.voxels_kji.dtype
+    )
+    assert header.voxels_kji.nbytes == read.voxels_kji.nbytes and header.name == read.name == "scan"
+    assert not header.voxels_kji.any() and header.voxels_kji.strides == (0, 0, 0)  # no memory behind it
+    assert header.metadata["header_only"] is True
+
+
+def test_a_4d_header_gives_the_frames_geometry(nifti_4d):
+    read, header = read_volume(nifti_4d, frame=1), read_volume_header(nifti_4d, frame=1)
+    np.testing.assert_array_equal(header.ijk_to_ras, read.ijk_to_ras)
+    assert header.voxels_kji.shape == read.voxels_kji.shape == (4, 5, 6)
+    assert header.metadata["frame"] == read.metadata["frame"] == 1

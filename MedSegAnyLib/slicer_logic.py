@@ -670,10 +670,12 @@ class SlicerSegmentationLogic:
             volume_bytes=voxels_kji.nbytes,
             crops_slab=False,
         )
-        slab = estimate.plan.slab
-        if slab is None or not estimate.plan.fits:  # nothing to cut; a run that cannot fit is caught
+        if not estimate.plan.fits:  # nothing to cut to; a run that runs out of memory is caught
             return slice_range
-        self.memory_note = memory_note(estimate)
+        self.memory_note = memory_note(estimate)  # this action's plan, not the one its session began with
+        slab = estimate.plan.slab
+        if slab is None:
+            return slice_range
         if slice_range is None:
             return slab
         low, high = max(slab[0], slice_range[0]), min(slab[1], slice_range[1])

@@ -455,6 +455,11 @@ def test_when_only_a_slab_fits_the_panel_propagates_over_it(scene, volume_node, 
     assert planned and not any(planned)  # the panel's session holds the whole volume: never cropped
     # a range the user asked for is cut to the slab as well
     assert logic.range_that_fits(logic.session, logic._object_id(False), None, (0, 6)) == (5, 6)
+    monkeypatch.undo()  # memory is back: the next propagation covers the whole axis and the note goes
+    logic.propagate()
+    whole = library_mask(volume_node, prompts)
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), whole)
+    assert logic.memory_note == ""
 
 
 def test_the_panel_may_load_ahead_only_what_asks_the_user_nothing(tmp_path, monkeypatch):

@@ -331,18 +331,14 @@ def load_cli_model(args: argparse.Namespace) -> Any:
 def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> None:
     """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
     from .exporters import write_labelmap
-    from .intensity import resolve_intensity
+    from .intensity import window_for
     from .session import SegmentationSession
     from .terminology import terminology_entry_string
 
     args, volume, structure = job.args, job.volume, job.structure
     # the whole volume's window, also for a slab: an automatic window from the slab's voxels alone would
     # differ, and so would the masks
-    intensity = (
-        resolve_intensity(volume, window=job.intensity)
-        if isinstance(job.intensity, tuple)
-        else resolve_intensity(volume, preset=job.intensity)
-    )
+    intensity = window_for(volume, job.intensity)
     run = _run_plan(model, job, stderr, args.quiet)
     plan = run.estimate.plan
     encoder = getattr(model, "encoder", None)

@@ -204,6 +204,16 @@ def resolve_intensity(
     )
 
 
+def window_for(volume, intensity: IntensityWindow | str | tuple[float, float] | None) -> IntensityWindow:
+    """The window a choice of intensity gives ``volume``: a window as it is, a (LO, HI) pair as an explicit
+    window, a preset name (None: "auto") through :func:`resolve_intensity`."""
+    if isinstance(intensity, IntensityWindow):
+        return intensity
+    if isinstance(intensity, tuple):
+        return resolve_intensity(volume, window=intensity)
+    return resolve_intensity(volume, preset=intensity)
+
+
 #: Voxels converted per block in :func:`apply_window` (8 slices of 512 x 512), bounding each float32
 #: temporary to ~8 MB instead of 4 bytes per voxel of the whole volume, and giving the threads of a large
 #: volume enough blocks to share (38 for 512 x 512 x 300).

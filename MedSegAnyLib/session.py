@@ -48,7 +48,7 @@ from .embedding_cache import FrameEmbeddingCache
 from .encode_ahead import EncodeAheadProgress, outward_order
 from .errors import PromptError
 from .exporters import SegmentInfo, default_segment_color
-from .intensity import IntensityWindow, apply_window, resolve_intensity
+from .intensity import IntensityWindow, apply_window, window_for
 from .models.base import FramePrediction
 from .models.compute import device_type
 from .out_of_memory import out_of_memory_as_model_error
@@ -140,12 +140,7 @@ class SegmentationSession:
             model = load_model(model, device=device)
         self.model = model
         self.is_sam2 = is_sam2_model(model)
-        if isinstance(intensity, IntensityWindow):
-            self.intensity = intensity
-        elif isinstance(intensity, tuple):
-            self.intensity = resolve_intensity(volume, window=intensity)
-        else:
-            self.intensity = resolve_intensity(volume, preset=intensity)
+        self.intensity = window_for(volume, intensity)
         # The windowed copy the model sees; the user's voxels are never modified.
         self.windowed_kji = apply_window(volume.voxels_kji, self.intensity)
         self.settings = settings or PropagationSettings()

@@ -386,12 +386,9 @@ class SlicerSegmentationLogic:
 
     def intensity_window(self):
         """The :class:`~medsegany.intensity.IntensityWindow` the model will see (for display)."""
-        from .intensity import resolve_intensity
+        from .intensity import window_for
 
-        volume = self.volume()
-        if isinstance(self.intensity, tuple):
-            return resolve_intensity(volume, window=self.intensity)
-        return resolve_intensity(volume, preset=self.intensity)
+        return window_for(self.volume(), self.intensity)
 
     def masking(self) -> EditMasking:
         if self.segment_editor_node is None:

@@ -23,6 +23,7 @@ from medsegany.intensity import (
     parse_window,
     percentile_window,
     resolve_intensity,
+    window_for,
 )
 from medsegany.volume import Volume
 
@@ -378,3 +379,12 @@ def test_windowing_on_threads_gives_the_same_bytes_as_in_order(dtype, monkeypatc
     np.testing.assert_array_equal(threaded, in_order)
     np.testing.assert_array_equal(voxels, voxels_before)
     assert len(np.unique(in_order)) > 100  # a real spread of values, not a constant
+
+
+def test_window_for_takes_a_window_a_pair_or_a_preset():
+    voxels = np.arange(1000, dtype=np.int16).reshape(10, 10, 10)
+    window = IntensityWindow(1.0, 2.0, "given")
+    assert window_for(voxels, window) is window
+    assert window_for(voxels, (-160.0, 240.0)) == resolve_intensity(voxels, window=(-160.0, 240.0))
+    assert window_for(voxels, "ct-lung") == CT_WINDOWS["ct-lung"]
+    assert window_for(voxels, None) == resolve_intensity(voxels) == percentile_window(voxels)

@@ -340,7 +340,6 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     # differ, and so would the masks
     intensity = window_for(volume, job.intensity)
     run = _run_plan(model, job, stderr, args.quiet)
-    plan = run.estimate.plan
     encoder = getattr(model, "encoder", None)
     compiles_now = getattr(encoder, "active", False) and not getattr(encoder.report, "compiled", False)
     if compiles_now and not args.quiet:  # (in a batch, only the first volume's run compiles)
@@ -355,8 +354,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         intensity=intensity,
         settings=job.settings,
         overlap=args.overlap,
-        max_cached_frames=max(plan.cached_frames, 2),
-        offload_features=plan.offload_features,
+        **run.estimate.plan.session_options,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
     prompted = []

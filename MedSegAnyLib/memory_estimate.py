@@ -300,6 +300,12 @@ class MemoryPlan:
     slab: tuple[int, int] | None = None
     fits: bool = True
 
+    @property
+    def session_options(self) -> dict[str, Any]:
+        """The :class:`~medsegany.session.SegmentationSession` keywords that carry the plan out: the slices
+        of features it caches (at least the 2 a tracking step launched ahead needs) and where they live."""
+        return {"max_cached_frames": max(2, self.cached_frames), "offload_features": self.offload_features}
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:

@@ -482,9 +482,7 @@ class SlicerSegmentationLogic:
                 raise OutputError("no volume was prepared", "call set_target() and begin an action first")
             kwargs = {} if self.settings is None else {"settings": self.settings}
             model = self.load_model()
-            plan = self._memory_plan(model)
-            kwargs["max_cached_frames"] = max(2, plan.cached_frames)
-            kwargs["offload_features"] = plan.offload_features
+            kwargs.update(self._memory_plan(model).session_options)
             self.session = SegmentationSession(self._volume, model=model, intensity=self.intensity, **kwargs)
         return self.session
 

@@ -83,8 +83,7 @@ def run_case(
         volume,
         model,
         intensity=(0.0, 255.0),
-        max_cached_frames=max(2, estimate.plan.cached_frames),
-        offload_features=estimate.plan.offload_features,
+        **estimate.plan.session_options,
     )
     stage("session")
     for prompt in prompts:

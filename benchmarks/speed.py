@@ -253,8 +253,7 @@ def run_medsegany_sam2(
             volume,
             sam2_model,
             intensity=(0, 255),
-            max_cached_frames=plan.cached_frames,
-            offload_features=plan.offload_features,
+            **plan.session_options,
             sam2_stop=never_stop,
         )
         object_ids = [session.add_object() for _ in prompts]
@@ -333,8 +332,7 @@ def run_litemedsam_session(
             volume,
             model,
             intensity=(0, 255),
-            max_cached_frames=plan.cached_frames,
-            offload_features=plan.offload_features,
+            **plan.session_options,
         )
         object_ids = [session.add_object() for _ in prompts]
     with timer("prompt"):

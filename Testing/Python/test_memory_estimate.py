@@ -283,3 +283,10 @@ def test_a_cpu_run_that_keeps_freed_memory_counts_the_encoders_and_the_steps_act
     default = estimate_memory("sam2.1_hiera_t512", (512, 512), 60, precision="bfloat16").parts["activations"]
     step = step_activation_bytes(PROFILES["sam2.1_hiera_t512"], "cpu", True)  # 48 MiB + 28 MiB of scores
     assert kept - default == step == pytest.approx(76 * MIB, abs=MIB)
+
+
+def test_a_plan_gives_the_session_at_least_the_two_slices_a_step_launched_ahead_needs():
+    from medsegany.memory_estimate import MemoryPlan
+
+    assert MemoryPlan(1, 40, True).session_options == {"max_cached_frames": 40, "offload_features": True}
+    assert MemoryPlan(1, 1).session_options == {"max_cached_frames": 2, "offload_features": False}

@@ -256,21 +256,27 @@ class _SessionKey:
     intensity: Any
 
 
-def _longest_axis_plan(model: Any, shape_kji: tuple[int, ...], device: str, volume_bytes: int) -> Any:
-    """The memory plan of one object propagated from the middle of the volume's longest axis: the panel
-    plans before it knows the prompt's axis (``memory_estimate.plan_for_volume``)."""
+def _panel_plan(
+    model: Any,
+    shape_kji: tuple[int, ...],
+    device: str,
+    volume_bytes: int,
+    axis: int | None = None,
+    centre: int | None = None,
+    objects: int = 1,
+) -> Any:
+    """The memory plan of the panel's session (``memory_estimate.plan_for_volume``): propagating along IJK
+    ``axis`` from slice ``centre``; before a prompt says them, one object from the middle of the volume's
+    longest axis. The session holds the whole volume, so a slab only limits the propagation
+    (``crops_slab=False``)."""
     from .memory_estimate import plan_for_volume
 
-    axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
+    if axis is None:
+        axis = 2 - int(np.argmax(shape_kji))  # KJI index -> IJK axis
+    if centre is None:
+        centre = shape_kji[2 - axis] // 2
     return plan_for_volume(
-        model,
-        tuple(shape_kji),
-        axis,
-        1,
-        shape_kji[2 - axis] // 2,
-        device,
-        volume_bytes=volume_bytes,
-        crops_slab=False,  # the panel's session holds the whole volume; a slab only limits propagation
+        model, tuple(shape_kji), axis, objects, centre, device, volume_bytes=volume_bytes, crops_slab=False
     )
 
 
@@ -446,7 +452,7 @@ class SlicerSegmentationLogic:
             voxel_bytes = image.GetScalarSize() * image.GetNumberOfScalarComponents()
             volume_bytes = int(np.prod(shape_kji)) * voxel_bytes
             device = str(getattr(model, "device", device))  # a loaded model's own
-            estimate = _longest_axis_plan(model, shape_kji, device, volume_bytes)
+            estimate = _panel_plan(model, shape_kji, device, volume_bytes)
         except MedSegAnyError:
             return ""
         return f"Memory: {describe_fit(estimate)}"
@@ -494,7 +500,7 @@ class SlicerSegmentationLogic:
 
         voxels_kji = self._volume.voxels_kji
         device = str(getattr(model, "device", "cpu"))
-        estimate = _longest_axis_plan(model, voxels_kji.shape, device, voxels_kji.nbytes)
+        estimate = _panel_plan(model, voxels_kji.shape, device, voxels_kji.nbytes)
         require_fit(estimate)
         self.memory_message = estimate.message
         self.memory_note = memory_note(estimate)
@@ -650,20 +656,17 @@ class SlicerSegmentationLogic:
         plan allows when the propagation along the prompt's axis does not fit whole (SAM 2's memory of
         every tracked slice grows with the range). The session holds the whole volume, so the plan
         counts its windowed copy and masks whole (``crops_slab=False``). Sets :attr:`memory_note`."""
-        from .memory_estimate import plan_for_volume
-
         obj = session.objects[object_id]
         centre = prompts.slice_index if prompts is not None else obj.prompted_slices()[0]
         voxels_kji = session.volume.voxels_kji
-        estimate = plan_for_volume(
+        estimate = _panel_plan(
             session.model,
             voxels_kji.shape,
-            obj.axis,
-            len(session.objects),
-            centre,
             session.device,
-            volume_bytes=voxels_kji.nbytes,
-            crops_slab=False,
+            voxels_kji.nbytes,
+            obj.axis,
+            centre,
+            len(session.objects),
         )
         if not estimate.plan.fits:  # nothing to cut to; a run that runs out of memory is caught
             return slice_range

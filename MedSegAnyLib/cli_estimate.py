@@ -103,24 +103,21 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
 
             raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
         slab, slice_range = Slab(axis, low, high), None
-    run_volume, run_objects = volume, objects
-    if slab is not None:
-        run_objects, _ = objects_in_slab(objects, slab)
-        run_volume = slab.crop(volume)
+
+    def cut(slab: Any) -> tuple[Any, list[Any], int]:  # (the slab's volume, its objects, prompts left out)
+        return (volume, objects, 0) if slab is None else (slab.crop(volume), *objects_in_slab(objects, slab))
+
+    run_volume, run_objects, left_out = cut(slab)
     estimate = job_estimate(model, run_volume, run_objects, volume.voxels_kji.nbytes, axis is not None)
     inner = estimate.plan.slab
-    if inner is not None and axis is not None:
+    if inner is not None and axis is not None:  # the plan's slab, inside the range, in the volume's indices
         offset = 0 if slab is None else slab.first
         slab = Slab(axis, offset + inner[0], offset + inner[1])
-        run_volume = slab.crop(volume)
-        plan = replace(estimate.plan, slab=(slab.first, slab.last))
-        estimate = replace(estimate, plan=plan)
+        run_volume, run_objects, left_out = cut(slab)
+        estimate = replace(estimate, plan=replace(estimate.plan, slab=(slab.first, slab.last)))
         estimate = replace(estimate, message=describe(estimate))
     elif inner is not None and slice_range is None:
         slice_range = inner
-    left_out = 0
-    if slab is not None:
-        run_objects, left_out = objects_in_slab(objects, slab)
     return RunPlan(run_volume, run_objects, slab, slice_range, estimate, left_out)
 
 

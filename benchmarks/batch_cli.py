@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from child_process import child_env
 from speed import _write_json, machine_info, object_prompts, phantom_kji
 
 
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
     medsegany = [sys.executable, "-m", "medsegany.cli"]
-    env = dict(os.environ)
-    env.pop("MEDSEGANY_COMPILE", None)  # the CLI's default: compile LiteMedSAM's encoder on a CPU
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env = child_env(MEDSEGANY_COMPILE=None)  # the CLI's default: compile LiteMedSAM's encoder on a CPU
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

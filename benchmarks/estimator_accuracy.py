@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from child_process import child_env, child_json
 from speed import _status_bytes, _write_json, machine_info, object_prompts, phantom_kji
 
 # (model, slices, objects): the cases of speed.py that run in minutes on a 2-core CPU
@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(result))  # for the parent
             return 0
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
-        )
-        env.pop("MEDSEGANY_COMPILE", None)  # the CLI's default: LiteMedSAM's encoder compiled on a CPU
+        env = child_env(MEDSEGANY_COMPILE=None)  # the CLI's default: LiteMedSAM's encoder compiled on a CPU
         if args.no_kept_memory:
             env["MEDSEGANY_KEEP_FREED_MEMORY"] = "0"
         results = []
@@ -154,12 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--compile",
                 args.compile,
             ]
-            done = subprocess.run(
-                [*command, "--device", args.device], env=env, capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"{case} failed ({done.returncode}): {done.stderr[-2000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result = child_json([*command, "--device", args.device], env, case)
             results.append(result)
             print(
                 f"{case}: estimate {result['estimate_mib']:.0f} MiB, peak {result['peak_rss_mib']:.0f} MiB, "

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from child_process import child_env, child_json
 from speed import _status_bytes, _write_json, machine_info, object_prompts, phantom_kji
 
 WINDOW = (0.0, 255.0)
@@ -111,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     middle = args.slices // 2
     low, high = max(0, middle - args.range // 2), min(args.slices - 1, middle + (args.range - 1) // 2)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env = child_env()
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -130,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for way in ("whole", "slab"):
             out = folder / f"{way}.nii.gz"
             command = [sys.executable, __file__, "--child", way, str(volume), box, f"{low},{high}", str(out)]
-            done = subprocess.run(
-                [*command, "--device", args.device], env=env, capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"{way} failed ({done.returncode}): {done.stderr[-2000:]}")
-            ways[way] = json.loads(done.stdout.strip().splitlines()[-1])
+            ways[way] = child_json([*command, "--device", args.device], env, way)
             print(f"{way}: {ways[way]}", file=sys.stderr, flush=True)
         labels = {way: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{way}.nii.gz"))) for way in ways}
     report["ways"] = ways

@@ -5,60 +5,81 @@
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
 #   (stages: speed graphs strict large objects memory host stream window cudatests eager compile)
+# REHEARSAL=1 runs the same commands on the CPU on tiny inputs (PYTHON: the interpreter, default python3),
+# so a script error shows here and not in a lent GPU's 15 minutes (Testing/Python/test_run_gpu.py).
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
+PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" /tmp/medsegany_pkg
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
+if [ "${REHEARSAL:-0}" = 1 ]; then
+    DEVICE=cpu
+    # appended to each command: argparse keeps an option's last value, so these replace the GPU sizes
+    SPEED_TINY="--sam2-image-size 128 --size 48 --slices 3 --repeats 1 --warmup-slices 1"
+    PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"
+    HOST_TINY="--slices 4 --size 96 --repeats 4"
+    WINDOW_TINY="--slices 8 --size 64 --repeats 1"
+else
+    DEVICE=cuda
+    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY=""
+    if [ -d .whl ]; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+        export PYTHONPATH=/tmp/site
+    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 ln -sfn "$PWD/MedSegAnyLib" /tmp/medsegany_pkg/medsegany
 export PYTHONPATH=/tmp/medsegany_pkg:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, sam2, medsegany; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+"$PYTHON" -c "import torch, sam2, medsegany; print('torch', torch.__version__, \
+    torch.cuda.get_device_name() if '$DEVICE' == 'cuda' else 'cpu')" || exit 1
 
 run() {  # run LIMIT_S script args...: a python benchmark under a time limit
     local limit=$1
     shift
     echo "== $(date +%T) $*"
-    timeout "$limit" python3 "$@" || echo "!! exit $?: $*"
+    timeout "$limit" "$PYTHON" "$@" || { echo "!! exit $?: $*"; failed=$((failed + 1)); }
 }
+failed=0
 stages=${*:-speed graphs large objects memory}
 for stage in $stages; do
     case $stage in
     # 40 warm-up slices: each direction takes 20 steps, enough to record every step graph (16 lengths)
-    speed) run 150 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+    speed) run 150 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
-        --output "$OUT/speed_gpu_t512_300.json" ;;
-    graphs) run 90 benchmarks/tracker_profile.py --variant graphs --slices 300 --output "$OUT/profile_graphs.json" ;;
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_300.json" ;;
+    graphs) run 90 benchmarks/tracker_profile.py --variant graphs --slices 300 \
+        --device $DEVICE $PROFILE_TINY --output "$OUT/profile_graphs.json" ;;
     strict) run 90 benchmarks/tracker_profile.py --variant graphs-strict --slices 300 \
-        --output "$OUT/profile_graphs_strict.json" ;;
-    eager) run 60 benchmarks/tracker_profile.py --variant eager --slices 100 --output "$OUT/profile_eager.json" ;;
-    large) run 120 benchmarks/speed.py --device cuda --models sam2.1_hiera_l --slices 100 --objects 1 \
+        --device $DEVICE $PROFILE_TINY --output "$OUT/profile_graphs_strict.json" ;;
+    eager) run 60 benchmarks/tracker_profile.py --variant eager --slices 100 \
+        --device $DEVICE $PROFILE_TINY --output "$OUT/profile_eager.json" ;;
+    large) run 120 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_l --slices 100 --objects 1 \
         --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 16 \
-        --output "$OUT/speed_gpu_l1024_100.json" ;;
-    objects) run 100 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 100 --objects 3 \
+        $SPEED_TINY --output "$OUT/speed_gpu_l1024_100.json" ;;
+    objects) run 100 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 100 --objects 3 \
         --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
-        --output "$OUT/speed_gpu_t512_100_3objects.json" ;;
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_100_3objects.json" ;;
     # MedSegAny's path alone (its own peak), encoder batches of 16: the 3 GB target for 300 slices
-    memory) run 90 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+    memory) run 90 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 1 --warmup-slices 40 --correction-slices 0 --batch-size 16 --paths medsegany \
-        --output "$OUT/speed_gpu_t512_300_memory.json" ;;
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_300_memory.json" ;;
     # what the host does per step outside the graph, before and after (bitwise checked)
-    host) run 60 benchmarks/step_host_work.py --device cuda --output "$OUT/step_host_work_gpu.json" ;;
+    host) run 60 benchmarks/step_host_work.py --device $DEVICE $HOST_TINY \
+        --output "$OUT/step_host_work_gpu.json" ;;
     # the image encoder on its own CUDA stream against the default path, masks compared
-    stream) run 150 benchmarks/speed.py --device cuda --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+    stream) run 150 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
-        --paths medsegany medsegany_encode_stream --output "$OUT/speed_gpu_t512_300_encode_stream.json" ;;
+        --paths medsegany medsegany_encode_stream \
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_300_encode_stream.json" ;;
     # the volume's intensity window on the GPU machine's cores, one thread against several (host only)
-    window) run 30 benchmarks/windowing.py --output "$OUT/windowing_gpu_host.json" ;;
+    window) run 30 benchmarks/windowing.py $WINDOW_TINY --output "$OUT/windowing_gpu_host.json" ;;
     # the unit tests that run only where CUDA is (pytest comes as a wheel in .whl/ too): features in
     # page-locked host memory, the encoder on its own stream, each against the default path's masks
     cudatests) run 120 -m pytest -q -rs -p no:cacheprovider Testing/Python/test_feature_offload.py \
         Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py ;;
     compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \
-        --output "$OUT/profile_compile_reduce_overhead.json" ;;
-    *) echo "unknown stage $stage" ;;
+        --device $DEVICE $PROFILE_TINY --output "$OUT/profile_compile_reduce_overhead.json" ;;
+    *) echo "!! unknown stage $stage"; failed=$((failed + 1)) ;;
     esac
 done
-echo "== $(date +%T) done"
+echo "== $(date +%T) done, $failed failed"
+[ "$failed" = 0 ]

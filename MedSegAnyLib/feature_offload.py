@@ -35,7 +35,9 @@ def _tensor_to_host(tensor: Any) -> Any:
     import torch
 
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    host.copy_(tensor)  # waits for the stream that made ``tensor``: the encoder's output is complete
+    # a blocking copy on the current stream: the host waits for that stream's work, so features made on
+    # another stream (the encoder's own) must be waited for there first (Sam2Tracker.offload_features)
+    host.copy_(tensor)
     return host
 
 

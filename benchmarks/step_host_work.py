@@ -18,7 +18,8 @@ For each: the ATen operations that do work (views and metadata excluded: on a GP
 launch or a copy issued from Python) and the wall time per call (median of ``--repeats``; on CUDA the
 device is synchronised after each call). The memories are compared bitwise, and so are the frame's
 logits on a CPU; on a GPU the resize moved from the host to the device, so the largest difference of
-the logits and whether the masks are the same are reported.
+the logits and the fraction of mask pixels that agree are reported. The exit code is 1 when the
+memories differ, or the masks do (on a GPU: in more than 0.1 % of the pixels).
 
 The step: SAM 2.1 tiny at 512 px with random weights, a box on frame 0 of a ``--slices`` phantom of
 ``--size`` pixels, tracked forward; the last frame's step is measured (from 18 slices on, a full memory:
@@ -48,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import machine_info, object_prompts, phantom_kji
 
+# on a GPU, the fraction of the frame's mask pixels both ways of finishing must agree on
+MIN_GPU_MASK_AGREEMENT = 0.999
 # dispatched but no work: tensor creation from a Python list is a host copy, not a launch
 METADATA_OPS = {"aten.detach_.default", "aten.detach.default", "aten.lift_fresh.default"}
 
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         before, now = host_finish(), device_finish_host_share()
         # on a GPU the resize now runs there, not on the host: its rounding may differ in the last bits
         finish_difference = float(np.abs(before - now).max())
-        same_masks = bool(((before > 0) == (now > 0)).all())
+        mask_agreement = float(((before > 0) == (now > 0)).mean())
+        same_masks = mask_agreement == 1.0
     same_memory = got[2] == expected[2] and all(
         a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got[:2], expected[:2])
     )
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "bitwise_equal": {"memory": bool(same_memory), "frame_logits": finish_difference == 0.0},
         "frame_logits_max_abs_difference": finish_difference,
         "frame_masks_equal": same_masks,
+        "frame_mask_agreement": mask_agreement,
         "ratios": {
             "memory_operations_meta_over_gather": memory["meta_assembly"]["operations"]
             / max(memory["medsegany_gather"]["operations"], 1),
@@ -241,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
-    return 0 if same_memory and same_masks else 1
+    # on a CPU both ways finish the mask alike, bit for bit; on a GPU a pixel whose logit is about 0 may
+    # flip with the resize's rounding (one pixel of a 512 x 512 frame: 0.999996), which is no failure
+    masks_close = same_masks if device.type == "cpu" else mask_agreement >= MIN_GPU_MASK_AGREEMENT
+    return 0 if same_memory and masks_close else 1
 
 
 if __name__ == "__main__":

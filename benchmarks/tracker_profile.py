@@ -80,6 +80,17 @@ def build(config: str, device: str, overrides: tuple[str, ...], compile_mode: st
     return build_sam2_model(config, None, device=device, overrides=(*overrides, *extra))
 
 
+def recompile_copy(model: Any, source: Any) -> None:
+    """Under bf16 the tracker runs a copy of the model with bf16 weights (sam2_speedups.shared_bf16_copy).
+    The copy keeps the source's compiled instance forwards, which run the source's float32 modules: drop
+    them and compile the copy's own."""
+    if model is source:
+        return
+    for name in ("memory_encoder", "memory_attention", "sam_prompt_encoder", "sam_mask_decoder"):
+        getattr(model, name).__dict__.pop("forward", None)
+    model._compile_all_components()
+
+
 def time_features(tracker: Any, frames: np.ndarray, batch_size: int, device: str) -> float:
     tracker.set_frames(frames)
     _sync(device)
@@ -254,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         compiled_model = build(config, args.device, overrides, mode)
         compiled_model.load_state_dict(eager_model.state_dict())
         compiled = Sam2Tracker(compiled_model, feature_cache_mb=8192, step_graphs=False, lookahead=False)
+        recompile_copy(compiled.model, compiled_model)
         for tracker in (eager, compiled):
             tracker.set_frames(volume)
             tracker.precompute_features(range(args.slices), batch_size=16)

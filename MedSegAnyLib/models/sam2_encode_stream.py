@@ -25,14 +25,28 @@ from typing import Any
 # "1" turns the side stream on for SAM 2 trackers on CUDA
 ENCODE_STREAM_VARIABLE = "MEDSEGANY_ENCODE_STREAM"
 
+# device index -> the side stream all trackers there share: cuBLAS keeps a workspace for every stream
+# it has seen, for good (a stream per recorded step graph left about 1 GB of them on an H200)
+_STREAMS: dict[int, Any] = {}
+
+
+def side_stream(device: Any) -> Any:
+    """The one encoder stream of a CUDA device."""
+    import torch
+
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _STREAMS:
+        _STREAMS[index] = torch.cuda.Stream(device=index)
+    return _STREAMS[index]
+
 
 class EncoderStream:
-    """The side stream of one tracker and the events of the frames it encoded."""
+    """The side stream of one tracker (shared with the device's other trackers) and the events of the
+    frames it encoded."""
 
     def __init__(self, device: Any) -> None:
-        import torch
-
-        self.stream = torch.cuda.Stream(device=device)
+        self.stream = side_stream(device)
         self._pending: dict[int, Any] = {}  # frame -> event recorded after its batch
         self.batches = 0
 
@@ -44,13 +58,16 @@ class EncoderStream:
 
         main = torch.cuda.current_stream(self.stream.device)
         self.stream.wait_stream(main)  # the frames, weights and earlier work the batch may read
-        with torch.cuda.stream(self.stream):
-            yield
-        event = torch.cuda.Event()
-        event.record(self.stream)
-        for frame_index in frame_indices:
-            self._pending[int(frame_index)] = event
-        self.batches += 1
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            # also after a failed batch: frames it cached before failing must still be waited for
+            event = torch.cuda.Event()
+            event.record(self.stream)
+            for frame_index in frame_indices:
+                self._pending[int(frame_index)] = event
+            self.batches += 1
 
     def ready(self, frame_index: int, tensors: Iterable[Any]) -> None:
         """Before the main stream first reads a frame's features: wait there (not on the host) for its

@@ -97,5 +97,7 @@ def copy_to_host(mask_logits: Any, object_score_logits: Any) -> tuple[Any, Any, 
     host_logits.copy_(mask_logits, non_blocking=True)
     host_score.copy_(object_score_logits, non_blocking=True)
     ready = torch.cuda.Event()
-    ready.record()
+    # the copies queue on the logits' device's stream; a bare record() would mark the current device's
+    # (another one for cuda:1), and the host could read the buffers before they arrive
+    ready.record(torch.cuda.current_stream(mask_logits.device))
     return host_logits, host_score, ready

@@ -123,7 +123,9 @@ def gather_memory(
     spatial = [output["maskmem_features"].flatten(2).permute(2, 0, 1) for _, output in selection.spatial]
     pointers = [output["obj_ptr"] for _, output in selection.pointers]
     values = [index for index, _ in selection.spatial] + [distance for distance, _ in selection.pointers]
-    indices = torch.tensor(values, dtype=torch.int64)
+    # page-locked on CUDA: a copy from pageable memory may make the host wait for the stream, which
+    # would undo the step launched ahead (sam2_lookahead); PyTorch's pinned blocks are cached and reused
+    indices = torch.tensor(values, dtype=torch.int64, pin_memory=torch.device(device).type == "cuda")
     if out is not None:
         if (out.num_spatial, out.num_pointers, out.max_pointers) != (
             len(selection.spatial),

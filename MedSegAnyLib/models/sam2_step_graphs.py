@@ -36,6 +36,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from ..out_of_memory import is_out_of_memory
 from .sam2_holes import fill_holes_in_mask_logits, fill_holes_without_host
 from .sam2_memory_gather import (
     GatheredMemory,
@@ -164,7 +165,9 @@ class StepGraphs:
     """
 
     def __init__(self, model: Any, capture: bool, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:
-        self.model = model
+        # weakly: _SHARED maps the model to these graphs with a weak key, which a strong reference from
+        # its own value would keep alive for the whole process (with its bf16 copy and graph memory)
+        self._model = weakref.ref(model)
         self.capture = bool(capture)
         self.max_graphs = int(max_graphs)
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
@@ -174,6 +177,13 @@ class StepGraphs:
         self.record_seconds = 0.0
         self.replays = 0
         self.fallback_reason: str | None = None
+
+    @property
+    def model(self) -> Any:
+        model = self._model()
+        if model is None:  # a tracker holds its model, so a caller cannot get here through one
+            raise RuntimeError("the model of these step graphs was freed")
+        return model
 
     def clear(self) -> None:
         """Drop every graph and the memory pool they share (after a failed recording)."""
@@ -269,9 +279,14 @@ class StepGraphs:
             )
 
         try:
-            graph, outputs = self._capture(body, feats[0].device.type)
+            graph, outputs = self._capture(body, feats[0].device)
             self._pool = graph.pool()
-        except Exception as error:  # no graph support here: say so once, then run eagerly
+        except Exception as error:
+            if is_out_of_memory(error):
+                # not a lack of graph support: the run's out-of-memory handling reports it, and the
+                # next run records again
+                raise
+            # no graph support here: say so once, then run eagerly
             self.capture = False
             self.clear()
             self.fallback_reason = f"{type(error).__name__}: {str(error).strip()[:200]}"
@@ -288,12 +303,28 @@ class StepGraphs:
         self.record_seconds += time.perf_counter() - start
         return recorded
 
-    def _capture(self, body: Any, device_type: str) -> tuple[Any, tuple[Any, ...]]:
-        """Record ``body`` as a CUDA graph: (the graph, the output tensors its replays overwrite).
+    def _capture(self, body: Any, device: Any) -> tuple[Any, tuple[Any, ...]]:
+        """Record ``body`` as a CUDA graph on ``device``: (the graph, the output tensors its replays
+        overwrite).
 
         Everything the graph path does around it (buffers, gathering, copies only of what changed,
         clones) is exercised on the CPU by tests that stand in for this method.
         """
+        import torch
+
+        # streams and graphs belong to the current device: make it the features' one (cuda:1 too)
+        with torch.cuda.device(device):
+            previous = torch.cuda.current_stream()
+            try:
+                return self._capture_on_current_device(body, device.type)
+            except BaseException:
+                # torch.cuda.graph leaves its capture stream current when the body fails (its exit
+                # ends the capture, which raises, before it restores the stream): every later kernel
+                # would queue there
+                torch.cuda.set_stream(previous)
+                raise
+
+    def _capture_on_current_device(self, body: Any, device_type: str) -> tuple[Any, tuple[Any, ...]]:
         import torch
 
         # PyTorch's advice for graphs under autocast: no cast cache (a cached cast made while recording
@@ -317,7 +348,8 @@ class StepGraphs:
                     body()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: a CUDA call from another thread (Slicer's) does not void this capture
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 outputs = body()
         return graph, outputs
 

@@ -207,6 +207,12 @@ class Sam2Tracker:
     @offload_features.setter
     def offload_features(self, value: bool) -> None:
         if value:
+            if self._encoder_stream is not None:
+                # the copies below run on the current stream: batches still running on the encoder's
+                # own stream must end first, or half-written features would be copied
+                import torch
+
+                torch.cuda.current_stream(self.device).wait_stream(self._encoder_stream.stream)
             self._cache.move_to_host()
         else:
             self._cache.offload = False

@@ -108,3 +108,35 @@ def test_same_masks_with_the_encoder_on_its_own_stream(model):
     assert tracker.encoder_stream_batches == 6
     for frame_index, logits in expected.items():
         np.testing.assert_array_equal(got[frame_index], logits)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA stream needs a CUDA GPU")
+def test_a_failed_batch_still_marks_its_frames_and_trackers_share_the_stream():
+    """Frames a batch cached before it failed are still waited for; one stream per device (cuBLAS keeps
+    a workspace per stream for good)."""
+    from medsegany.models.sam2_encode_stream import EncoderStream
+
+    first, second = EncoderStream("cuda"), EncoderStream("cuda")
+    assert first.stream is second.stream
+    with pytest.raises(RuntimeError, match="batch failed"), first.encoding([3, 4]):
+        raise RuntimeError("batch failed")
+    assert set(first._pending) == {3, 4}
+    assert torch.cuda.current_stream() != first.stream  # the side stream is left
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA stream needs a CUDA GPU")
+def test_features_moved_to_host_memory_while_batches_run_give_the_same_masks(model):
+    """Moving the features to host memory (the plan's offload, or after running out of memory) waits for
+    batches still running on the encoder's stream, so no half-written features are copied."""
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    frames = blob_frames(num_frames=12)
+    expected = track(Sam2Tracker(model, encode_stream=False), frames, key=5)
+    tracker = Sam2Tracker(model, encode_stream=True)
+    tracker.set_frames(frames)
+    tracker.precompute_features(batch_size=2)  # queued on the side stream; the host does not wait
+    tracker.offload_features = True
+    got = track(tracker, frames, key=5)
+    assert tracker.offload_features
+    for frame_index, logits in expected.items():
+        np.testing.assert_array_equal(got[frame_index], logits)

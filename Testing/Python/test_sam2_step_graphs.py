@@ -207,3 +207,58 @@ def test_graphs_are_shared_per_model():
     other = torch.nn.Linear(2, 2)  # any model object: graphs are keyed by it
     assert step_graphs_for(other, False) is step_graphs_for(other, False)
     assert step_graphs_for(other, True).capture
+
+
+def test_graphs_go_with_their_model():
+    """The shared graphs hold their model weakly: a model dropped by every tracker is freed, with them."""
+    import gc
+    import weakref
+
+    from medsegany.models import sam2_step_graphs
+
+    other = torch.nn.Linear(2, 2)
+    graphs = sam2_step_graphs.step_graphs_for(other, False)
+    assert graphs.model is other
+    model_ref, graphs_ref = weakref.ref(other), weakref.ref(graphs)
+    del other, graphs
+    gc.collect()
+    assert model_ref() is None and graphs_ref() is None
+
+
+def test_running_out_of_memory_while_recording_is_raised_not_a_fallback(model, monkeypatch):
+    """A full GPU is not a lack of graph support: the error reaches the run (which reports it and keeps
+    what was segmented), and the graphs are recorded again next time instead of running eagerly for good."""
+    from medsegany.models.sam2_step_graphs import StepGraphs
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    def capture_out_of_memory(self, body, device):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(StepGraphs, "_capture", capture_out_of_memory)
+    tracker = Sam2Tracker(model, precision="float32", step_graphs=True, lookahead=False)
+    tracker._steps = StepGraphs(tracker.model, capture=True)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        track(tracker, blob_frames(num_frames=3))
+    assert tracker._steps.capture and tracker._steps.fallback_reason is None
+    monkeypatch.setattr(StepGraphs, "_capture", capture_eagerly)
+    track(tracker, blob_frames(num_frames=3))  # the next run records
+    assert tracker._steps.recorded == 1 and tracker._steps.fallback_reason is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="recording a graph needs a CUDA GPU")
+def test_a_failed_capture_leaves_the_current_stream_as_it_was():
+    """torch.cuda.graph leaves its capture stream current when the body fails; every later kernel would
+    queue there. The recording restores the stream the caller had."""
+    from medsegany.models.sam2_step_graphs import StepGraphs
+
+    values = torch.ones(4, device="cuda")
+    graphs = StepGraphs(torch.nn.Linear(2, 2).cuda(), capture=True)
+    before = torch.cuda.current_stream()
+
+    def body():
+        return (values * 2).sum().item()  # a host synchronisation: refused while capturing
+
+    with pytest.raises(RuntimeError):
+        graphs._capture(body, values.device)
+    assert torch.cuda.current_stream() == before
+    assert float((values + 1).sum()) == 8.0  # and work on it still runs

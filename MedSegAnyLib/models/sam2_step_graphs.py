@@ -135,6 +135,10 @@ class _Input:
         self._source: Any = None
         self._signature: tuple | None = None
 
+    def forget(self) -> None:
+        """Let the last source go (its memory is freed with its owner); the next load copies."""
+        self._source, self._signature = None, None
+
     def load(self, tensor: Any) -> None:
         version = None if tensor.is_inference() else tensor._version
         signature = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, version)
@@ -184,6 +188,13 @@ class StepGraphs:
         if model is None:  # a tracker holds its model, so a caller cannot get here through one
             raise RuntimeError("the model of these step graphs was freed")
         return model
+
+    def forget_sources(self) -> None:
+        """Let every graph input's last source go: the model outlives its sessions, and each graph would
+        otherwise keep the features of the last frame it stepped (up to one frame per memory length)."""
+        for graph in self._graphs.values():
+            for graph_input in graph.inputs:
+                graph_input.forget()
 
     def clear(self) -> None:
         """Drop every graph and the memory pool they share (after a failed recording)."""

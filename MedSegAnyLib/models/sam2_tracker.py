@@ -145,6 +145,8 @@ class Sam2Tracker:
         self._cache.clear()
         if self._encoder_stream is not None:
             self._encoder_stream.forget()
+        if self._steps is not None:
+            self._steps.forget_sources()  # the old frames' features, held by the graphs' inputs
         self._objects.clear()
 
     @property

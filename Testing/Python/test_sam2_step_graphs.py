@@ -262,3 +262,23 @@ def test_a_failed_capture_leaves_the_current_stream_as_it_was():
         graphs._capture(body, values.device)
     assert torch.cuda.current_stream() == before
     assert float((values + 1).sum()) == 8.0  # and work on it still runs
+
+
+def test_new_frames_let_the_graphs_inputs_forget_the_old_features(model, monkeypatch):
+    """The model and its graphs outlive a session: new frames make every graph input let its last source
+    go (else each graph keeps one old frame's features), and the next run copies afresh, same masks."""
+    from medsegany.models.sam2_step_graphs import StepGraphs
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    monkeypatch.setattr(StepGraphs, "_capture", capture_eagerly)
+    tracker = Sam2Tracker(model, precision="float32", step_graphs=True, lookahead=False)
+    tracker._steps = StepGraphs(tracker.model, capture=True)
+    frames = blob_frames(num_frames=4)
+    first = track(tracker, frames)
+    inputs = [i for graph in tracker._steps._graphs.values() for i in graph.inputs]
+    assert inputs and all(i._source is not None for i in inputs)
+    tracker.set_frames(frames)
+    assert all(i._source is None and i._signature is None for i in inputs)
+    second = track(tracker, frames)
+    for frame_index, logits in first.items():
+        np.testing.assert_array_equal(second[frame_index], logits)

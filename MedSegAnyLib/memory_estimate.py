@@ -51,7 +51,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -443,9 +442,12 @@ def estimate_memory(
 
 def available_memory_bytes(device: str = "cpu") -> int | None:
     """Memory a run may use: on CUDA the device's free memory plus the blocks PyTorch's caching allocator
-    holds unused (this process's to reuse); else the host's MemAvailable plus this process's own RSS (what
-    the process already holds is counted again by the estimate's runtime part), or less where a
-    container's memory limit leaves less (:mod:`medsegany.cgroup_memory`). None if unknown."""
+    holds unused (this process's to reuse); on Apple's MPS the room Metal recommends for its working set
+    (unified memory: :func:`plan_memory` also fits the whole run into host memory), host memory where
+    PyTorch does not say; else the host's available memory plus this process's own resident memory (what
+    the process already holds is counted again by the estimate's runtime part; Linux, Windows and macOS,
+    :mod:`medsegany.host_memory`), or less where a container's memory limit leaves less
+    (:mod:`medsegany.cgroup_memory`). None if unknown."""
     kind = _device_kind(device)
     if kind == "cuda":
         import torch
@@ -457,6 +459,10 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
         free, _ = torch.cuda.mem_get_info(index)
         cached_unused = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
         return int(free) + max(0, int(cached_unused))
+    if kind == "mps":
+        metal = metal_room_bytes()
+        if metal is not None:
+            return metal
     host = _host_available_bytes()
     from .cgroup_memory import cgroup_memory_room
 
@@ -467,21 +473,25 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
     return host
 
 
-def _host_available_bytes() -> int | None:
-    """The machine's MemAvailable plus this process's own RSS, or the free pages where there is no
-    /proc/meminfo; None if unknown."""
+def metal_room_bytes() -> int | None:
+    """Metal's recommended working set for this Mac's GPU less what PyTorch's MPS backend holds (torch 2.3
+    and later), or None where PyTorch does not say (no MPS, an older torch)."""
+    torch = sys.modules.get("torch")  # never import torch only for this
+    mps = getattr(torch, "mps", None)
     try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    return available + _current_rss_bytes()
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
+        if mps is None or not torch.backends.mps.is_available():
+            return None
+        return max(0, int(mps.recommended_max_memory()) - int(mps.driver_allocated_memory()))
+    except (AttributeError, RuntimeError, TypeError):
         return None
+
+
+def _host_available_bytes() -> int | None:
+    """The machine's available memory plus this process's own resident memory; None if unknown."""
+    from . import host_memory
+
+    available = host_memory.available_bytes()
+    return None if available is None else available + _current_rss_bytes()
 
 
 def model_resident_bytes(model: Any, device: str) -> int:
@@ -517,11 +527,9 @@ def model_resident_bytes(model: Any, device: str) -> int:
 
 
 def _current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+    from . import host_memory
+
+    return host_memory.resident_bytes()
 
 
 def plan_memory(
@@ -549,10 +557,13 @@ def plan_memory(
     slab only limits the propagation, and saves only the memory bank.
     """
     frames = max(1, int(num_frames))
-    on_cuda = _device_kind(device) == "cuda"
+    on_cuda, on_mps = _device_kind(device) == "cuda", _device_kind(device) == "mps"
     if available_bytes is None:
         available_bytes = available_memory_bytes(device)
-        if on_cuda and available_bytes is not None:  # the loaded weights are the estimate's to count
+        # the loaded weights are the estimate's to count, but the device's room no longer holds them
+        # (host memory's room does: it adds the process's own resident memory)
+        device_room = on_cuda or (on_mps and metal_room_bytes() is not None)
+        if device_room and available_bytes is not None:
             counted = weights_bytes(profile_of(model), runs_bf16(model, device, precision))
             available_bytes += min(model_resident_bytes(model, device), counted)
 
@@ -581,10 +592,15 @@ def plan_memory(
         return finish(run(batch_size, None), True)
     budget = headroom * available_bytes
 
+    host_budget = float("inf")  # host memory, where it is not the device's own (CUDA; MPS: all of it)
+    if on_cuda or on_mps:
+        host_budget = headroom * (available_memory_bytes("cpu") or 0) or float("inf")
+
     def fits(estimate: MemoryEstimate) -> bool:
         if on_cuda:
-            host_budget = headroom * (available_memory_bytes("cpu") or 0) or float("inf")
             return estimate.device_bytes <= budget and estimate.host_bytes <= host_budget
+        if on_mps:  # one memory for both: the whole run must fit the host's, its device parts Metal's room
+            return estimate.device_bytes <= budget and estimate.total_bytes <= host_budget
         return estimate.device_bytes <= budget
 
     # on CUDA, every slice's features in host memory comes before a smaller encoder batch (a copy of
@@ -600,6 +616,8 @@ def plan_memory(
     smallest = run(1, 2)
     if fits(smallest):
         spare = budget - smallest.device_bytes
+        if on_mps:  # the features take the host's memory too
+            spare = min(spare, host_budget - smallest.total_bytes)
         per_frame = profile_of(model).feature_bytes_per_frame(runs_bf16(model, device, precision))
         cached = min(frames, 2 + int(spare // max(per_frame, 1)))
         return finish(run(1, cached), True)

@@ -290,3 +290,58 @@ def test_a_plan_gives_the_session_at_least_the_two_slices_a_step_launched_ahead_
 
     assert MemoryPlan(1, 40, True).session_options == {"max_cached_frames": 40, "offload_features": True}
     assert MemoryPlan(1, 1).session_options == {"max_cached_frames": 2, "offload_features": False}
+
+
+def test_on_a_mac_or_windows_the_plan_knows_the_hosts_memory(monkeypatch):
+    """The budget came from Linux's /proc only: elsewhere the plan was the fastest run, unchecked. Now the
+    host's available memory comes from each platform (medsegany.host_memory), plus what the process holds."""
+    import medsegany.cgroup_memory as cgroup_memory
+    import medsegany.host_memory as host_memory
+    import medsegany.memory_estimate as memory_estimate
+
+    monkeypatch.setattr(cgroup_memory, "cgroup_memory_room", lambda: None)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 3 * GIB)
+    monkeypatch.setattr(host_memory, "resident_bytes", lambda: GIB // 2)
+    assert memory_estimate.available_memory_bytes("cpu") == 3 * GIB + GIB // 2
+    plan = plan_memory("litemedsam", (512, 512), 2000, device="cpu")
+    fastest = estimate_memory("litemedsam", (512, 512), 2000, device="cpu")
+    assert plan.available_bytes == 3 * GIB + GIB // 2
+    assert plan.total_bytes <= 0.9 * plan.available_bytes < fastest.total_bytes  # it gave way
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: None)  # a platform that does not say
+    assert memory_estimate.available_memory_bytes("cpu") is None
+
+
+def test_on_apple_mps_the_device_parts_fit_metals_room_and_the_whole_run_the_hosts(monkeypatch):
+    """Unified memory: a run's device parts must fit the working set Metal recommends, and all its parts
+    the host's memory, which the GPU shares."""
+    import medsegany.memory_estimate as memory_estimate
+
+    args = ("sam2.1_hiera_t512", (512, 512), 300, 1)
+    whole = estimate_memory(*args, device="mps", batch_size=4)
+    monkeypatch.setattr(memory_estimate, "model_resident_bytes", lambda model, device: 0)
+    host = {"room": 64 * GIB}
+    monkeypatch.setattr(memory_estimate, "_host_available_bytes", lambda: host["room"])
+    monkeypatch.setattr(memory_estimate, "metal_room_bytes", lambda: 48 * GIB)
+    assert memory_estimate.available_memory_bytes("mps") == 48 * GIB
+    roomy = plan_memory(*args, device="mps", batch_size=4)
+    assert roomy.plan.fits and roomy.plan.cached_frames == 300 and roomy.available_bytes == 48 * GIB
+    # the device parts still fit Metal's room, but not the host parts with them: the plan gives way
+    host["room"] = int((whole.total_bytes - 0.5 * whole.host_bytes) / 0.9)
+    assert whole.device_bytes < 0.9 * host["room"]
+    tight = plan_memory(*args, device="mps", batch_size=4)
+    assert tight.total_bytes <= 0.9 * host["room"] < whole.total_bytes
+    # PyTorch without Metal's figures (before 2.3): the host's room is the device's too
+    monkeypatch.setattr(memory_estimate, "metal_room_bytes", lambda: None)
+    assert memory_estimate.available_memory_bytes("mps") == host["room"]
+
+
+def test_metals_room_is_unknown_without_mps(monkeypatch):
+    import torch
+    from medsegany.memory_estimate import metal_room_bytes
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert metal_room_bytes() is None
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 12 * GIB, raising=False)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * GIB, raising=False)
+    assert metal_room_bytes() == 10 * GIB

@@ -7,7 +7,8 @@ Measured on the 2-core development machine: a large matrix product runs at 134 G
 - flush denormals to zero (``torch.set_flush_denormal``): tiny weights and activations otherwise take
   the slow microcode path of x86 floating point units;
 - one thread per physical core (hyper-threads share one core's vector units and only add contention),
-  never more than the cores this process may run on;
+  never more than the cores this process may run on; where /proc/cpuinfo does not say (Windows, macOS),
+  PyTorch's own default, which counts physical cores, and only the performance cores of Apple silicon;
 - probe bfloat16 with a tiny matrix product: supported when it runs and agrees with float32, fast when
   it is also quicker (CPUs with AVX512-BF16 or AMX), so callers may choose bf16 autocast;
 - report whether jemalloc is preloaded; an allocator cannot be switched once Python runs, so the advice
@@ -28,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,26 +121,49 @@ def parse_physical_cores(cpuinfo_text: str) -> int | None:
 
 
 def physical_core_count() -> int:
-    """Physical cores available to this process: /proc/cpuinfo's cores, at most the usable CPUs."""
+    """Physical cores available to this process: /proc/cpuinfo's cores (Linux x86), else PyTorch's own
+    default thread count, at most the usable CPUs."""
     usable = usable_cpus()
-    try:
-        physical = parse_physical_cores(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        physical = None
+    text = _cpuinfo_text()
+    physical = None if text is None else parse_physical_cores(text)
+    if physical is None:
+        # no /proc/cpuinfo (Windows, macOS) or no core ids in it (ARM): os.cpu_count() counts SMT
+        # threads, and Apple silicon's efficiency cores, which slow every parallel region to their pace;
+        # PyTorch's default counts physical cores (cpuinfo), only the performance ones on Apple silicon
+        physical = torch_default_threads()
     if physical is None:
         return usable
     # cpuinfo lists the whole machine; a container may be limited to fewer CPUs than its physical cores
     return max(1, min(physical, usable))
 
 
+def torch_default_threads() -> int | None:
+    """PyTorch's intra-op thread count as this process found it, read once, before :func:`tune_cpu` sets
+    its own (None before torch is imported)."""
+    global _TORCH_DEFAULT_THREADS
+    if _TORCH_DEFAULT_THREADS is None:
+        torch = sys.modules.get("torch")  # never import torch only for this
+        if torch is None:
+            return None
+        _TORCH_DEFAULT_THREADS = int(torch.get_num_threads())
+    return _TORCH_DEFAULT_THREADS
+
+
+_TORCH_DEFAULT_THREADS: int | None = None
+
+
+def _cpuinfo_text() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags of the first processor in /proc/cpuinfo (empty outside Linux x86)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.partition(":")[2].split())
-    except OSError:
-        pass
+    for line in (_cpuinfo_text() or "").splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
     return set()
 
 
@@ -201,7 +226,7 @@ def tune_cpu(threads: int | None = None, probe: bool = True, flush_denormal: boo
     """
     import torch
 
-    physical = physical_core_count()
+    physical = physical_core_count()  # reads PyTorch's default before it is changed below
     wanted = physical if threads is None else max(1, int(threads))
     torch.set_num_threads(wanted)
     flushed = bool(torch.set_flush_denormal(True)) if flush_denormal else False

@@ -107,3 +107,40 @@ def test_loading_a_model_on_a_cpu_tunes_the_process(monkeypatch):
     monkeypatch.setattr(litemedsam, "LiteMedSamModel", lambda **kwargs: kwargs)
     assert registry.load_model("litemedsam", device="cpu")["device"] == "cpu"
     assert calls == ["tuned"]
+
+
+def test_without_cpuinfo_the_cores_are_pytorchs_default_at_most_the_usable_cpus(monkeypatch):
+    """Windows and macOS have no /proc/cpuinfo: os.cpu_count() would count SMT threads (and Apple
+    silicon's efficiency cores); PyTorch's own default counts physical (performance) cores."""
+    monkeypatch.setattr(cpu_tuning, "_cpuinfo_text", lambda: None)
+    monkeypatch.setattr(cpu_tuning, "usable_cpus", lambda: 12)
+    monkeypatch.setattr(cpu_tuning, "torch_default_threads", lambda: 6)
+    assert cpu_tuning.physical_core_count() == 6
+    monkeypatch.setattr(cpu_tuning, "usable_cpus", lambda: 4)  # a process limited to 4 CPUs
+    assert cpu_tuning.physical_core_count() == 4
+    monkeypatch.setattr(cpu_tuning, "torch_default_threads", lambda: None)  # torch not imported
+    assert cpu_tuning.physical_core_count() == 4
+    assert cpu_tuning.cpu_flags() == set()
+
+
+DEFAULT_CODE = """
+import torch
+from medsegany import cpu_tuning
+
+cpu_tuning._cpuinfo_text = lambda: None  # as on Windows and macOS
+default = torch.get_num_threads()
+first = cpu_tuning.tune_cpu(probe=False)
+torch.set_num_threads(1)
+second = cpu_tuning.tune_cpu(probe=False)  # PyTorch's default was read once, before it was changed
+print(default, first.threads, second.threads, cpu_tuning.usable_cpus())
+"""
+
+
+def test_pytorchs_default_is_read_before_the_tuning_changes_it():
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", DEFAULT_CODE], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    default, first, second, usable = (int(n) for n in out.stdout.split())
+    assert first == second == min(default, usable)

@@ -91,17 +91,12 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
     """
     from .memory_estimate import describe
     from .slab import Slab, objects_in_slab, one_axis
-    from .slices import frame_count
+    from .slices import clip_slice_range, frame_count
 
     axis = one_axis(objects)
     slab = None
     if slice_range is not None and axis is not None:
-        count = frame_count(volume.voxels_kji.shape, axis)
-        low, high = max(0, slice_range[0]), min(count - 1, slice_range[1])
-        if low > high:
-            from .errors import PromptError
-
-            raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
+        low, high = clip_slice_range(slice_range, frame_count(volume.voxels_kji.shape, axis))
         slab, slice_range = Slab(axis, low, high), None
 
     def cut(slab: Any) -> tuple[Any, list[Any], int]:  # (the slab's volume, its objects, prompts left out)

@@ -58,7 +58,7 @@ from .session_history import History, ObjectRecord, SliceState, Transaction, cap
 from .session_overlap import resolve_exclusive, stored_logits
 from .session_runs import Run, clip_runs, plan_runs
 from .session_sam2 import Sam2StopRule, StopTracker
-from .slices import AXIS_NAMES, frame_count, frame_of, frame_shape, set_frame
+from .slices import AXIS_NAMES, clip_slice_range, frame_count, frame_of, frame_shape, set_frame
 from .volume import Volume
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -556,13 +556,7 @@ class SegmentationSession:
         axis = obj.axis
         assert axis is not None
         count = frame_count(self.windowed_kji.shape, axis)
-        low, high = (
-            (0, count - 1)
-            if slice_range is None
-            else (max(0, slice_range[0]), min(count - 1, slice_range[1]))
-        )
-        if low > high:
-            raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
+        low, high = clip_slice_range(slice_range, count)
         keys = obj.prompted_slices()
         if not any(low <= key <= high for key in keys):
             raise PromptError(

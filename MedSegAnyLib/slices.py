@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import PromptError
 from .geometry import kji_axis
 
 AXIS_NAMES = ("I", "J", "K")
@@ -42,3 +43,14 @@ def frame_count(shape_kji: tuple[int, int, int], axis: int) -> int:
 def frame_shape(shape_kji: tuple[int, int, int], axis: int) -> tuple[int, int]:
     remaining = [size for position, size in enumerate(shape_kji) if position != kji_axis(axis)]
     return remaining[0], remaining[1]
+
+
+def clip_slice_range(slice_range: tuple[int, int] | None, count: int) -> tuple[int, int]:
+    """``slice_range`` (inclusive; None: every slice) within ``0..count - 1``; PromptError when nothing
+    of it is left."""
+    if slice_range is None:
+        return 0, count - 1
+    low, high = max(0, slice_range[0]), min(count - 1, slice_range[1])
+    if low > high:
+        raise PromptError(f"slice range {slice_range} is empty", f"give a range within 0..{count - 1}")
+    return low, high

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from medsegany.slices import frame_count, frame_of, frame_shape, set_frame
+from medsegany.errors import PromptError
+from medsegany.slices import clip_slice_range, frame_count, frame_of, frame_shape, set_frame
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -22,3 +23,11 @@ def test_frames_are_views_in_the_frame_convention(axis):
 def test_a_wrong_axis_is_refused():
     with pytest.raises(ValueError):
         frame_of(np.zeros((2, 2, 2)), 3, 0)
+
+
+def test_a_slice_range_is_clipped_to_the_axis_or_refused_when_nothing_is_left():
+    assert clip_slice_range(None, 10) == (0, 9)
+    assert clip_slice_range((-3, 4), 10) == (0, 4)
+    assert clip_slice_range((7, 40), 10) == (7, 9)
+    with pytest.raises(PromptError, match=r"slice range \(12, 15\) is empty"):
+        clip_slice_range((12, 15), 10)

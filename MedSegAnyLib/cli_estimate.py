@@ -89,7 +89,6 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
     session holds only those slices; else the range only limits the propagation, and a plan's slab
     becomes that range when the user gave none.
     """
-    from .memory_estimate import describe
     from .slab import Slab, objects_in_slab, one_axis
     from .slices import clip_slice_range, frame_count
 
@@ -110,7 +109,6 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
         slab = Slab(axis, offset + inner[0], offset + inner[1])
         run_volume, run_objects, left_out = cut(slab)
         estimate = replace(estimate, plan=replace(estimate.plan, slab=(slab.first, slab.last)))
-        estimate = replace(estimate, message=describe(estimate))
     elif inner is not None and slice_range is None:
         slice_range = inner
     return RunPlan(run_volume, run_objects, slab, slice_range, estimate, left_out)

@@ -319,8 +319,12 @@ class MemoryEstimate:
     device_parts: tuple[str, ...]
     plan: MemoryPlan
     available_bytes: int | None = None
-    message: str = ""
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        """The estimate for a person (:func:`describe`), always from its current parts and plan."""
+        return describe(self)
 
     @property
     def total_bytes(self) -> int:
@@ -427,7 +431,7 @@ def estimate_memory(
         device_parts = ("weights", "memory_bank", "activations", "cuda_overhead")
         device_parts += () if offload_features else ("features",)
     plan = MemoryPlan(batch_size=batch, cached_frames=cached, offload_features=offload_features)
-    estimate = MemoryEstimate(
+    return MemoryEstimate(
         model=profile.name,
         device=str(device),
         frame_shape=(height, width),
@@ -437,7 +441,6 @@ def estimate_memory(
         device_parts=device_parts,
         plan=plan,
     )
-    return replace(estimate, message=describe(estimate))
 
 
 def available_memory_bytes(device: str = "cpu") -> int | None:
@@ -585,8 +588,7 @@ def plan_memory(
 
     def finish(estimate: MemoryEstimate, fits: bool, slab: tuple[int, int] | None = None) -> MemoryEstimate:
         plan = replace(estimate.plan, fits=fits, slab=slab)
-        final = replace(estimate, plan=plan, available_bytes=available_bytes)
-        return replace(final, message=describe(final))
+        return replace(estimate, plan=plan, available_bytes=available_bytes)
 
     if available_bytes is None:  # unknown budget: plan the fastest run and say so
         return finish(run(batch_size, None), True)

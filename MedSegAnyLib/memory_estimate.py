@@ -466,13 +466,15 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
         metal = metal_room_bytes()
         if metal is not None:
             return metal
-    host = _host_available_bytes()
+    from . import host_memory
     from .cgroup_memory import cgroup_memory_room
 
+    resident = host_memory.resident_bytes()  # counted again by the estimate's runtime part, as above
+    available = host_memory.available_bytes()
+    host = None if available is None else available + resident
     room = cgroup_memory_room()  # a container's limit, when tighter than the machine's free memory
     if room is not None:
-        room += _current_rss_bytes()  # counted again by the estimate's runtime part, as above
-        host = room if host is None else min(host, room)
+        host = room + resident if host is None else min(host, room + resident)
     return host
 
 
@@ -487,14 +489,6 @@ def metal_room_bytes() -> int | None:
         return max(0, int(mps.recommended_max_memory()) - int(mps.driver_allocated_memory()))
     except (AttributeError, RuntimeError, TypeError):
         return None
-
-
-def _host_available_bytes() -> int | None:
-    """The machine's available memory plus this process's own resident memory; None if unknown."""
-    from . import host_memory
-
-    available = host_memory.available_bytes()
-    return None if available is None else available + _current_rss_bytes()
 
 
 def model_resident_bytes(model: Any, device: str) -> int:
@@ -527,12 +521,6 @@ def model_resident_bytes(model: Any, device: str) -> int:
                 seen.add(storage.data_ptr())
                 total += storage.nbytes()
     return total
-
-
-def _current_rss_bytes() -> int:
-    from . import host_memory
-
-    return host_memory.resident_bytes()
 
 
 def plan_memory(

@@ -60,10 +60,12 @@ def test_no_cgroup_files_mean_no_limit(tmp_path):
 
 def test_the_estimator_plans_within_a_containers_limit(monkeypatch):
     import medsegany.cgroup_memory as cgroup_memory
+    import medsegany.host_memory as host_memory
     import medsegany.memory_estimate as memory_estimate
 
-    monkeypatch.setattr(memory_estimate, "_host_available_bytes", lambda: 64 * GIB)
-    monkeypatch.setattr(memory_estimate, "_current_rss_bytes", lambda: GIB // 2)
+    # the machine's 63.5 GiB available plus the process's own 0.5 GiB
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 64 * GIB - GIB // 2)
+    monkeypatch.setattr(host_memory, "resident_bytes", lambda: GIB // 2)
     monkeypatch.setattr(cgroup_memory, "cgroup_memory_room", lambda: 2 * GIB)
     assert memory_estimate.available_memory_bytes("cpu") == 2 * GIB + GIB // 2
     monkeypatch.setattr(cgroup_memory, "cgroup_memory_room", lambda: 128 * GIB)  # looser than the host

@@ -314,13 +314,17 @@ def test_on_a_mac_or_windows_the_plan_knows_the_hosts_memory(monkeypatch):
 def test_on_apple_mps_the_device_parts_fit_metals_room_and_the_whole_run_the_hosts(monkeypatch):
     """Unified memory: a run's device parts must fit the working set Metal recommends, and all its parts
     the host's memory, which the GPU shares."""
+    import medsegany.cgroup_memory as cgroup_memory
+    import medsegany.host_memory as host_memory
     import medsegany.memory_estimate as memory_estimate
 
     args = ("sam2.1_hiera_t512", (512, 512), 300, 1)
     whole = estimate_memory(*args, device="mps", batch_size=4)
     monkeypatch.setattr(memory_estimate, "model_resident_bytes", lambda model, device: 0)
     host = {"room": 64 * GIB}
-    monkeypatch.setattr(memory_estimate, "_host_available_bytes", lambda: host["room"])
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: host["room"])
+    monkeypatch.setattr(host_memory, "resident_bytes", lambda: 0)
+    monkeypatch.setattr(cgroup_memory, "cgroup_memory_room", lambda: None)
     monkeypatch.setattr(memory_estimate, "metal_room_bytes", lambda: 48 * GIB)
     assert memory_estimate.available_memory_bytes("mps") == 48 * GIB
     roomy = plan_memory(*args, device="mps", batch_size=4)

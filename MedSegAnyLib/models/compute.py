@@ -91,6 +91,24 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
     return torch.autocast(device_type(device), dtype=torch.bfloat16)
 
 
+# CUDA device index -> its one side stream (see cuda_side_stream)
+_SIDE_STREAMS: dict[int, Any] = {}
+
+
+def cuda_side_stream(device: Any) -> Any:
+    """The one CUDA stream beside the default one on ``device`` (None: the current device), shared by all
+    work that needs one (SAM 2's encoder batches, the warm-up of step graph recordings): cuBLAS keeps a
+    workspace for every stream it has seen, for good; a stream per recorded graph left about 1 GB of
+    them on an H200 (19 graphs; benchmarks/README.md)."""
+    import torch
+
+    index = None if device is None else torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
+
 def cpp_compiler_available() -> bool:
     """Inductor's CPU backend builds C++ kernels: it needs g++/clang (Linux, macOS) or cl.exe (Windows)."""
     names = ("cl",) if sys.platform == "win32" else ("g++", "c++", "clang++")

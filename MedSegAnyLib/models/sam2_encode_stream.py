@@ -22,23 +22,10 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .compute import cuda_side_stream
+
 # "1" turns the side stream on for SAM 2 trackers on CUDA
 ENCODE_STREAM_VARIABLE = "MEDSEGANY_ENCODE_STREAM"
-
-# device index -> the side stream all trackers there share: cuBLAS keeps a workspace for every stream
-# it has seen, for good (a stream per recorded step graph left about 1 GB of them on an H200)
-_STREAMS: dict[int, Any] = {}
-
-
-def side_stream(device: Any) -> Any:
-    """The one encoder stream of a CUDA device."""
-    import torch
-
-    index = torch.device(device).index
-    index = torch.cuda.current_device() if index is None else index
-    if index not in _STREAMS:
-        _STREAMS[index] = torch.cuda.Stream(device=index)
-    return _STREAMS[index]
 
 
 class EncoderStream:
@@ -46,7 +33,7 @@ class EncoderStream:
     frames it encoded."""
 
     def __init__(self, device: Any) -> None:
-        self.stream = side_stream(device)
+        self.stream = cuda_side_stream(device)  # shared by the device's trackers
         self._pending: dict[int, Any] = {}  # frame -> event recorded after its batch
         self.batches = 0
 

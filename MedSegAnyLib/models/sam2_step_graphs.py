@@ -37,6 +37,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..out_of_memory import is_out_of_memory
+from .compute import cuda_side_stream
 from .sam2_holes import fill_holes_in_mask_logits, fill_holes_without_host
 from .sam2_memory_gather import (
     GatheredMemory,
@@ -176,7 +177,6 @@ class StepGraphs:
         self.max_graphs = int(max_graphs)
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool: Any = None
-        self._side_stream: Any = None
         self.recorded = 0
         self.record_seconds = 0.0
         self.replays = 0
@@ -347,12 +347,9 @@ class StepGraphs:
             cache_enabled=False,
         )
         with no_cast_cache:
-            # warm up on a side stream (cuBLAS/cuDNN pick kernels and workspaces outside the graph);
-            # one stream for all recordings: cuBLAS keeps a workspace per stream for good, and a new
-            # stream per graph left about 1 GB of them behind on an H200 (19 graphs; see the README)
-            if self._side_stream is None:
-                self._side_stream = torch.cuda.Stream()
-            side = self._side_stream
+            # warm up on a side stream (cuBLAS/cuDNN pick kernels and workspaces outside the graph):
+            # the device's one, as every recording and the encoder's batches use (cuda_side_stream)
+            side = cuda_side_stream(None)  # inside _capture's torch.cuda.device: the features' device
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):

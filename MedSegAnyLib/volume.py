@@ -235,7 +235,8 @@ class _ImageVoxels:
 
 def _voxels_of(image) -> np.ndarray:
     """The image's voxels (K, J, I), read-only, in the image's own memory. ``GetArrayFromImage`` copies
-    them, so a read held the volume twice at its peak: 1 GB more for a 512 x 512 x 1000 int16 CT."""
+    them: a 512 x 512 x 1000 int16 CT read in 1.93 s instead of 2.28 (.nii.gz; benchmarks/read_volume.py).
+    The peak while reading is the same either way: SimpleITK's reader holds a copy of its own then."""
     return np.asarray(_ImageVoxels(image))
 
 

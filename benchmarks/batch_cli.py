@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child_process import child_env
+from child_process import child_env, run_child
 from speed import _write_json, machine_info, object_prompts, phantom_kji
 
 
@@ -50,11 +49,8 @@ def write_volumes(folder: Path, count: int, slices: int, size: int) -> list[tupl
 
 def run(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return seconds
+    run_child(command, env, " ".join(command))
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:

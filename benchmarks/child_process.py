@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
-
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def child_env(**variables: str | None) -> dict[str, str]:
-    """This process's environment with MedSegAnyLib importable as ``medsegany`` from the checkout, and
-    ``variables`` set (None: removed, e.g. ``MEDSEGANY_COMPILE=None`` for the CLI's default)."""
+    """This process's environment with ``variables`` set (None: removed, e.g. ``MEDSEGANY_COMPILE=None``
+    for the CLI's default). The child imports ``medsegany`` as this process does (the installed package,
+    editable in the checkout's venv), and each script puts its own folder on ``sys.path``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")])
     for name, value in variables.items():
         if value is None:
             env.pop(name, None)
@@ -28,10 +25,15 @@ def child_env(**variables: str | None) -> dict[str, str]:
     return env
 
 
-def child_json(command: list[str], env: dict[str, str], what: str) -> dict[str, Any]:
-    """Run ``command`` and return the JSON object on the last line it printed; RuntimeError naming
-    ``what`` with the end of its stderr when it fails."""
+def run_child(command: list[str], env: dict[str, str], what: str) -> subprocess.CompletedProcess:
+    """Run ``command`` to its end; RuntimeError naming ``what`` with the end of its stderr when it fails."""
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done
+
+
+def child_json(command: list[str], env: dict[str, str], what: str) -> dict[str, Any]:
+    """Run ``command`` (:func:`run_child`) and return the JSON object on the last line it printed."""
+    done = run_child(command, env, what)
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -38,7 +38,8 @@ from speed import _status_bytes, _write_json, machine_info, object_prompts, phan
 
 # (model, slices, objects): the cases of speed.py that run in minutes on a 2-core CPU
 DEFAULT_CASES = ("litemedsam:50:1", "sam2.1_hiera_t512:60:1", "sam2.1_hiera_t512:30:3", "sam2.1_hiera_t:10:1")
-SAM2_CONFIGS = {"sam2.1_hiera_t512": "sam2.1_hiera_t512", "sam2.1_hiera_t": "sam2.1_hiera_t"}
+# SAM 2 models of the cases: each is its own config name (random weights, saved as Meta publishes them)
+SAM2_CONFIGS = ("sam2.1_hiera_t512", "sam2.1_hiera_t")
 
 
 def _mib(field: str) -> float:
@@ -67,9 +68,10 @@ def run_case(
     else:
         from medsegany.models.sam2_build import save_random_checkpoint
 
-        config = SAM2_CONFIGS[model_name]
-        checkpoint = save_random_checkpoint(config, workdir / f"{config}.pt", seed=0)
-        model = load_model(None, checkpoint=checkpoint, config=config, device=device)
+        if model_name not in SAM2_CONFIGS:
+            raise SystemExit(f"unknown model {model_name}: litemedsam or one of {SAM2_CONFIGS}")
+        checkpoint = save_random_checkpoint(model_name, workdir / f"{model_name}.pt", seed=0)
+        model = load_model(None, checkpoint=checkpoint, config=model_name, device=device)
     stage("model")
     voxels_kji = phantom_kji(slices, size).astype(np.int16)
     volume = Volume(voxels_kji, np.eye(4), "phantom")
@@ -127,37 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/estimator_accuracy.json"))
     parser.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="medsegany_estimator_") as workdir:
-        if args.child:
-            model_name, slices, objects = args.child.split(":")
+    if args.child:
+        model_name, slices, objects = args.child.split(":")
+        with tempfile.TemporaryDirectory(prefix="medsegany_estimator_") as workdir:
             result = run_case(
                 model_name, int(slices), int(objects), args.size, args.device, args.compile, Path(workdir)
             )
-            print(json.dumps(result))  # for the parent
-            return 0
-        env = child_env(MEDSEGANY_COMPILE=None)  # the CLI's default: LiteMedSAM's encoder compiled on a CPU
-        if args.no_kept_memory:
-            env["MEDSEGANY_KEEP_FREED_MEMORY"] = "0"
-        results = []
-        for case in args.cases:
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                case,
-                "--size",
-                str(args.size),
-                "--compile",
-                args.compile,
-            ]
-            result = child_json([*command, "--device", args.device], env, case)
-            results.append(result)
-            print(
-                f"{case}: estimate {result['estimate_mib']:.0f} MiB, peak {result['peak_rss_mib']:.0f} MiB, "
-                f"{result['estimate_over_peak']:.2f}",
-                file=sys.stderr,
-                flush=True,
-            )
+        print(json.dumps(result))  # for the parent
+        return 0
+    env = child_env(MEDSEGANY_COMPILE=None)  # the CLI's default: LiteMedSAM's encoder compiled on a CPU
+    if args.no_kept_memory:
+        env["MEDSEGANY_KEEP_FREED_MEMORY"] = "0"
+    results = []
+    for case in args.cases:
+        command = [sys.executable, __file__, "--child", case, "--size", str(args.size)]
+        command += ["--compile", args.compile, "--device", args.device]
+        result = child_json(command, env, case)
+        results.append(result)
+        print(
+            f"{case}: estimate {result['estimate_mib']:.0f} MiB, peak {result['peak_rss_mib']:.0f} MiB, "
+            f"{result['estimate_over_peak']:.2f}",
+            file=sys.stderr,
+            flush=True,
+        )
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -18,9 +18,10 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"
     HOST_TINY="--slices 4 --size 96 --repeats 4"
     WINDOW_TINY="--slices 8 --size 64 --repeats 1"
+    PYTEST_TINY="--collect-only"  # without CUDA those tests are skipped or already run by make test
 else
     DEVICE=cuda
-    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY=""
+    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY="" PYTEST_TINY=""
     if [ -d .whl ]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
         export PYTHONPATH=/tmp/site
@@ -74,7 +75,8 @@ for stage in $stages; do
     window) run 30 benchmarks/windowing.py $WINDOW_TINY --output "$OUT/windowing_gpu_host.json" ;;
     # the unit tests that run only where CUDA is (pytest comes as a wheel in .whl/ too): features in
     # page-locked host memory, the encoder on its own stream, each against the default path's masks
-    cudatests) run 120 -m pytest -q -rs -p no:cacheprovider Testing/Python/test_feature_offload.py \
+    cudatests) run 120 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
+        Testing/Python/test_feature_offload.py \
         Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py \
         Testing/Python/test_sam2_step_graphs.py::test_a_failed_capture_leaves_the_current_stream_as_it_was ;;
     compile) run 150 benchmarks/tracker_profile.py --variant compile-reduce-overhead --slices 300 \

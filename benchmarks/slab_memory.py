@@ -52,7 +52,7 @@ def write_volume(path: Path, slices: int, size: int) -> str:
     return f"{x0},{y0},{k},{x1},{y1},{k}"
 
 
-def run_whole(volume_path: Path, box: str, low: int, high: int, out: Path, options: list[str]) -> None:
+def run_whole(volume_path: Path, box: str, low: int, high: int, out: Path, device: str) -> None:
     """The slice range inside the whole volume's session, written as the CLI writes its labelmap."""
     from medsegany.exporters import write_labelmap
     from medsegany.models.registry import load_model
@@ -60,7 +60,6 @@ def run_whole(volume_path: Path, box: str, low: int, high: int, out: Path, optio
     from medsegany.session import SegmentationSession
     from medsegany.volume import read_volume
 
-    device = options[options.index("--device") + 1]
     volume = read_volume(volume_path)
     session = SegmentationSession(volume, load_model("litemedsam", device=device, compile="off"), WINDOW)
     object_id = session.add_object("tube")
@@ -71,20 +70,20 @@ def run_whole(volume_path: Path, box: str, low: int, high: int, out: Path, optio
     write_labelmap(session.labelmap_kji(), volume, out, segments=session.segments())
 
 
-def run_slab(volume_path: Path, box: str, low: int, high: int, out: Path, options: list[str]) -> None:
+def run_slab(volume_path: Path, box: str, low: int, high: int, out: Path, device: str) -> None:
     from medsegany.cli import main
 
     argv = [str(volume_path), "--box-ijk", box, "--slice-range", f"{low},{high}", "-o", str(out), "-q"]
     window = f"--window={WINDOW[0]:g},{WINDOW[1]:g}"
-    code = main(["segment", *argv, window, "--compile", "off", *options])
+    code = main(["segment", *argv, window, "--compile", "off", "--device", device])
     if code != 0:
         raise RuntimeError(f"medsegany segment exited {code}")
 
 
-def child(way: str, volume_path: Path, box: str, low: int, high: int, out: Path, options: list[str]) -> None:
+def child(way: str, volume_path: Path, box: str, low: int, high: int, out: Path, device: str) -> None:
     """One way in this process; prints its peak RSS and seconds as JSON."""
     start = time.perf_counter()
-    (run_whole if way == "whole" else run_slab)(volume_path, box, low, high, out, options)
+    (run_whole if way == "whole" else run_slab)(volume_path, box, low, high, out, device)
     seconds = time.perf_counter() - start
     print(json.dumps({"peak_rss_bytes": _status_bytes("VmHWM"), "seconds": seconds}))  # for the parent
 
@@ -100,11 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         "--child", nargs=5, metavar=("WAY", "VOLUME", "BOX", "LO,HI", "OUT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
-    options = ["--device", args.device]
     if args.child:
         way, volume, box, span, out = args.child
         low, high = (int(v) for v in span.split(","))
-        child(way, Path(volume), box, low, high, Path(out), options)
+        child(way, Path(volume), box, low, high, Path(out), args.device)
         return 0
     import SimpleITK as sitk
 

@@ -44,6 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import SAM2_MODELS, object_prompts, phantom_kji
 
 VOS_CLASS = "sam2.sam2_video_predictor.SAM2VideoPredictorVOS"
+# the modules Meta's VOS predictor compiles, and whether with dynamic shapes (the number of memories varies)
+COMPILED_MODULES = {
+    "memory_encoder": False,
+    "memory_attention": True,
+    "sam_prompt_encoder": False,
+    "sam_mask_decoder": False,
+}
 
 
 def _sync(device: str) -> None:
@@ -64,12 +71,8 @@ def build(config: str, device: str, overrides: tuple[str, ...], compile_mode: st
 
         def compile_all(self: Any) -> None:
             # Meta's _compile_all_components with the mode chosen here (Meta: "max-autotune")
-            for module, dynamic in (
-                (self.memory_encoder, False),
-                (self.memory_attention, True),  # the number of memories varies
-                (self.sam_prompt_encoder, False),
-                (self.sam_mask_decoder, False),
-            ):
+            for name, dynamic in COMPILED_MODULES.items():
+                module = getattr(self, name)
                 module.forward = torch.compile(
                     module.forward, mode=compile_mode, fullgraph=True, dynamic=dynamic
                 )
@@ -86,7 +89,7 @@ def recompile_copy(model: Any, source: Any) -> None:
     them and compile the copy's own."""
     if model is source:
         return
-    for name in ("memory_encoder", "memory_attention", "sam_prompt_encoder", "sam_mask_decoder"):
+    for name in COMPILED_MODULES:
         getattr(model, name).__dict__.pop("forward", None)
     model._compile_all_components()
 

@@ -23,6 +23,11 @@ def write_phantom(path, shape_kji=(5, 64, 64)):
     return path
 
 
+def read_labels(path) -> np.ndarray:
+    """The label values (K, J, I) of a labelmap the command wrote."""
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     return write_phantom(tmp_path_factory.mktemp("cli") / "phantom.nii.gz")
@@ -68,7 +73,7 @@ def test_segment_with_bundled_litemedsam_writes_nifti_seg_nrrd_and_preview(phant
     )
     assert code == 0, err
     assert nifti.is_file() and seg.is_file() and preview.is_file()
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(nifti)))
+    labels = read_labels(nifti)
     assert set(np.unique(labels)) == {0, 1}
     assert labels[2].sum() > 200 and "blob:" in out
     # an existing output without --overwrite is refused and left as it was

@@ -9,7 +9,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 
 from medsegany.models import registry  # noqa: E402
-from test_cli import assert_one_line_error, run_cli, write_phantom  # noqa: E402
+from test_cli import assert_one_line_error, read_labels, run_cli, write_phantom  # noqa: E402
 
 BOX = "14,20,2,46,44,2"
 
@@ -26,10 +26,6 @@ def loads(monkeypatch):
 
     monkeypatch.setattr(registry, "load_model", counting)
     return calls
-
-
-def _labels(path):
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def test_a_batch_loads_the_model_once_and_writes_what_segment_writes(tmp_path, capsys, loads):
@@ -62,8 +58,10 @@ def test_a_batch_loads_the_model_once_and_writes_what_segment_writes(tmp_path, c
         "-q",
     )
     assert code == 0, err
-    np.testing.assert_array_equal(_labels(tmp_path / "out_1.nii.gz"), _labels(tmp_path / "alone.nii.gz"))
-    assert _labels(tmp_path / "out_1.nii.gz")[2].sum() > 200
+    np.testing.assert_array_equal(
+        read_labels(tmp_path / "out_1.nii.gz"), read_labels(tmp_path / "alone.nii.gz")
+    )
+    assert read_labels(tmp_path / "out_1.nii.gz")[2].sum() > 200
 
 
 def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path, capsys, loads):

@@ -13,7 +13,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 
 from fake_models import ThresholdModel  # noqa: E402
-from test_cli import run_cli, write_phantom  # noqa: E402
+from test_cli import read_labels, run_cli, write_phantom  # noqa: E402
 
 BOX = "14,20,2,46,44,2"  # on K = 2
 
@@ -61,10 +61,6 @@ def whole_volume_oracle(phantom, box_ijk, slice_range, intensity="auto", model=N
     for _ in session.propagate(slice_range=slice_range):
         pass
     return session.labelmap_kji()
-
-
-def read_labels(path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def test_a_slice_range_hands_the_session_only_its_slices(phantom, tmp_path, capsys, sessions):

@@ -123,24 +123,11 @@ def test_without_cpuinfo_the_cores_are_pytorchs_default_at_most_the_usable_cpus(
     assert cpu_tuning.cpu_flags() == set()
 
 
-DEFAULT_CODE = """
-import torch
-from medsegany import cpu_tuning
-
-cpu_tuning._cpuinfo_text = lambda: None  # as on Windows and macOS
-default = torch.get_num_threads()
-first = cpu_tuning.tune_cpu(probe=False)
-torch.set_num_threads(1)
-second = cpu_tuning.tune_cpu(probe=False)  # PyTorch's default was read once, before it was changed
-print(default, first.threads, second.threads, cpu_tuning.usable_cpus())
-"""
-
-
-def test_pytorchs_default_is_read_before_the_tuning_changes_it():
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": ""}
-    out = subprocess.run(
-        [sys.executable, "-c", DEFAULT_CODE], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    default, first, second, usable = (int(n) for n in out.stdout.split())
-    assert first == second == min(default, usable)
+def test_pytorchs_default_is_read_before_the_tuning_changes_it(monkeypatch, restore_torch_settings):
+    monkeypatch.setattr(cpu_tuning, "_cpuinfo_text", lambda: None)  # as on Windows and macOS
+    monkeypatch.setattr(cpu_tuning, "_TORCH_DEFAULT_THREADS", None)  # as in a fresh process
+    default = torch.get_num_threads()
+    first = cpu_tuning.tune_cpu(probe=False)
+    torch.set_num_threads(1)
+    second = cpu_tuning.tune_cpu(probe=False)  # PyTorch's default was read once, before it was changed
+    assert first.threads == second.threads == min(default, cpu_tuning.usable_cpus())

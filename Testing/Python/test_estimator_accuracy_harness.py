@@ -24,4 +24,6 @@ def test_two_tiny_cases(tmp_path):
     for case in report["cases"]:
         assert case["estimate_over_peak"] == pytest.approx(case["estimate_mib"] / case["peak_rss_mib"])
         assert case["rss_after_mib"]["runtime"] <= case["peak_rss_mib"]
+        stages = ["runtime", "model", "volume", "session", "prompted", "propagated"]
+        assert list(case["rss_after_mib"]) == stages  # read after each stage, in order
     assert report["worst_estimate_over_peak"] == min(c["estimate_over_peak"] for c in report["cases"])

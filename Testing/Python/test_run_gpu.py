@@ -1,6 +1,7 @@
 """benchmarks/run_gpu.sh rehearsed on the CPU (REHEARSAL=1): every stage of the planned GPU calls runs its
 exact command on tiny inputs and writes its JSON, so a script error costs a test here, not a lent GPU's
-15 minutes. What only CUDA does (graph recording, streams, page-locked copies) is not rehearsed."""
+15 minutes. What only CUDA does (graph recording, streams, page-locked copies) is not rehearsed; the
+CUDA tests are only collected. The host stage's run is also benchmarks/step_host_work.py's harness test."""
 
 from __future__ import annotations
 
@@ -44,10 +45,12 @@ def rehearse(out: Path, *stages: str) -> subprocess.CompletedProcess:
 
 
 def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
-    completed = rehearse(tmp_path, *PLANNED_STAGES)
+    """Also: an unknown stage fails the call, after the others ran."""
+    completed = rehearse(tmp_path, *PLANNED_STAGES, "spede")
     log = completed.stdout + completed.stderr
-    assert completed.returncode == 0, log[-4000:]
-    assert "!!" not in completed.stdout and "done, 0 failed" in completed.stdout
+    assert completed.returncode != 0
+    assert "!! unknown stage spede" in completed.stdout and "done, 1 failed" in completed.stdout, log[-4000:]
+    assert completed.stdout.count("!!") == 1
     reports = {s: json.loads((tmp_path / f).read_text()) for s, f in PLANNED_STAGES.items() if f}
     # the GPU sizes were replaced by the tiny ones, and every speed stage ran its case
     for stage in ("speed", "memory", "stream", "objects"):
@@ -62,12 +65,21 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
         assert reports[stage]["graphs_vs_eager"]["identical"] is True, stage
     assert reports["graphs"]["step_graphs"]["lookahead"] is True
     assert reports["strict"]["step_graphs"]["lookahead"] is False
-    assert reports["host"]["bitwise_equal"] == {"memory": True, "frame_logits": True}
+    check_step_host_work(reports["host"])
     assert reports["window"]["shape_kji"] == [8, 64, 64]
 
 
-def test_an_unknown_stage_fails_the_call(tmp_path):
-    completed = rehearse(tmp_path, "window", "spede")
-    assert completed.returncode != 0
-    assert "!! unknown stage spede" in completed.stdout and "done, 1 failed" in completed.stdout
-    assert (tmp_path / "windowing_gpu_host.json").is_file()  # the other stages still ran
+def check_step_host_work(report: dict) -> None:
+    """benchmarks/step_host_work.py on its tiny input (4 slices of 96 px): both ways of preparing the
+    memory and of finishing the mask agree bitwise on a CPU, and MedSegAny's ways issue fewer operations."""
+    assert report["bitwise_equal"] == {"memory": True, "frame_logits": True}  # on a CPU: both bitwise
+    assert report["frame_logits_max_abs_difference"] == 0.0 and report["frame_masks_equal"] is True
+    assert report["memory_frames"] == 3 and report["object_pointers"] == 3  # prompt + 2 tracked frames
+    assert report["frame_shape"] == [96, 96] and report["low_res_shape"] == [1, 1, 128, 128]
+    memory, finishing = report["memory"], report["finishing"]
+    assert memory["medsegany_gather"]["operations"] == 3  # one concatenation, one stack, one transfer
+    assert memory["meta_assembly"]["operations"] > 10
+    assert finishing["device_finish_host_share"]["operations"] == 1  # the resize; then a numpy copy
+    assert finishing["host_finish"]["operations"] > 0
+    parts = [*memory.values(), *finishing.values()]
+    assert all(part["us_per_call"] > 0 for part in parts)

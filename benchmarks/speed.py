@@ -459,7 +459,9 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         from medsegany.models.litemedsam import LiteMedSamModel
 
         model = LiteMedSamModel(device=args.device, precision=args.precision, compile=args.compile)
-        plain_model = LiteMedSamModel(device=args.device, precision="float32", compile="off")
+        plain_model = LiteMedSamModel(
+            device=args.device, precision="float32", compile="off", eager_speedups=False
+        )
         image_size = model.image_size
     else:
         from medsegany.models.registry import Sam2VideoModel

@@ -7,7 +7,9 @@ at the bottom/right. Masks are the 256 px logits cropped to the unpadded part an
 the frame's own pixels.
 
 Speed (see :mod:`medsegany.models.compute`): on a CPU with native bf16 the encoder runs compiled under bf16
-autocast, about 5x the eager float32 encoder; ``precision="float32", compile="off"`` is the plain model.
+autocast, about 5x the eager float32 encoder. Not compiled, it runs a copy prepared for inference
+(:mod:`medsegany.models.eager_inference`: norms folded, channels-last); ``precision="float32",
+compile="off", eager_speedups=False`` is the plain model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .compute import (
     resolve_compile,
     resolve_precision,
 )
+from .eager_inference import EagerInferenceEncoder
 
 IMAGE_SIZE = 256
 BUNDLED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -140,7 +143,10 @@ class LiteMedSamModel:
         verify: bool = True,
         precision: str = "auto",
         compile: str | bool = "auto",
+        eager_speedups: bool = True,
     ):
+        """``eager_speedups=False``: an encoder that is not compiled runs on a CPU exactly as trained (the
+        benchmarks' plain model), not as an :class:`~.eager_inference.EagerInferenceEncoder`."""
         import warnings
 
         import torch
@@ -172,7 +178,12 @@ class LiteMedSamModel:
         self.checkpoint = path
         self._torch = torch
         self.precision = resolve_precision(self.device, precision)
-        self.encoder = CompiledModule(self.net.image_encoder, enabled=resolve_compile(self.device, compile))
+        compiled = resolve_compile(self.device, compile)
+        eager = None  # compiled, inductor folds the norms itself: no copy of the encoder is kept for it
+        # measured on a CPU only; channels-last kernels on CUDA and MPS are not (MPS has had layout bugs)
+        if eager_speedups and not compiled and device_type(self.device) == "cpu":
+            eager = EagerInferenceEncoder(self.net.image_encoder, bfloat16=self.precision == "bfloat16")
+        self.encoder = CompiledModule(self.net.image_encoder, enabled=compiled, eager=eager)
         # the prompt encoder and mask decoder run eagerly once per slice: under bf16 their weights are cast
         # once here instead of at every call (bitwise the same masks; 13 % of the decoder's time on a CPU)
         self.prompt_encoder, self.mask_decoder = self.net.prompt_encoder, self.net.mask_decoder

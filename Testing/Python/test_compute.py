@@ -140,3 +140,22 @@ def test_bf16_weights_copy_casts_linear_and_conv_layers_only():
 def test_device_type_of_text_and_torch_devices():
     kinds = [compute.device_type(device) for device in ("cuda:1", "cpu", "mps", torch.device("cuda", 0))]
     assert kinds == ["cuda", "cpu", "mps", "cuda"]
+
+
+def test_the_eager_stand_in_runs_while_compiling_is_off_or_has_failed(monkeypatch):
+    net = small_net()
+    x = torch.randn(1, 3, 8, 8)
+    calls = []
+
+    def eager(*args):
+        calls.append(args)
+        return net(*args) * 2
+
+    with torch.inference_mode():
+        disabled = CompiledModule(net, enabled=False, eager=eager)
+        torch.testing.assert_close(disabled(x), net(x) * 2)
+        monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: 1 / 0)
+        failed = CompiledModule(net, eager=eager)
+        torch.testing.assert_close(failed(x), net(x) * 2)
+        failed(x)
+    assert len(calls) == 3 and not failed.active

@@ -118,7 +118,7 @@ def test_the_fast_path_gives_the_plain_models_masks():
     from medsegany.models.compute import cpp_compiler_available
 
     frame, box = disc_frame()
-    plain = LiteMedSamModel(device="cpu", precision="float32", compile="off")
+    plain = LiteMedSamModel(device="cpu", precision="float32", compile="off", eager_speedups=False)
     fast = LiteMedSamModel(device="cpu", precision="auto", compile="on")
     assert plain.preferred_batch_size == fast.preferred_batch_size == 1
     expected = plain.predict(plain.embed_frames([frame])[0], box).mask_frame

@@ -349,3 +349,15 @@ def test_metals_room_is_unknown_without_mps(monkeypatch):
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 12 * GIB, raising=False)
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * GIB, raising=False)
     assert metal_room_bytes() == 10 * GIB
+
+
+def test_the_encoder_copy_of_an_uncompiled_model_is_counted_with_the_weights():
+    from types import SimpleNamespace
+
+    def lite(eager: object) -> SimpleNamespace:
+        encoder = SimpleNamespace(active=False, eager=eager)
+        return SimpleNamespace(model_id="litemedsam", encoder=encoder, precision="float32")
+
+    plain = estimate_memory(lite(lambda images: images), (512, 512), 50, device="cpu", batch_size=1)
+    prepared = estimate_memory(lite(SimpleNamespace(nbytes=22 * 2**20)), (512, 512), 50, device="cpu")
+    assert prepared.parts["weights"] - plain.parts["weights"] == 22 * 2**20

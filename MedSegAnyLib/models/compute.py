@@ -149,19 +149,23 @@ def bf16_weights_copy(module: Any) -> Any:
     """
     import copy
 
+    return cast_weights_to_bf16(copy.deepcopy(module))
+
+
+def cast_weights_to_bf16(module: Any) -> Any:
+    """:func:`bf16_weights_copy` in place, for a module that is a copy already; returns ``module``."""
     import torch
 
     # the layers whose weights autocast casts (norms and embeddings it leaves in float32)
     casts = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    clone = copy.deepcopy(module)
     with torch.no_grad():
-        for child in clone.modules():
+        for child in module.modules():
             if isinstance(child, casts):
                 for name in ("weight", "bias"):
                     parameter = getattr(child, name, None)
                     if parameter is not None:
                         parameter.data = parameter.data.to(torch.bfloat16)
-    return clone
+    return module
 
 
 @dataclass

@@ -8,7 +8,7 @@ here computes the same function with less work:
   LiteMedSAM) becomes one convolution with the norm folded into its weights (``fuse_conv_bn_eval``), as
   inductor's freezing does;
 - the convolutions' weights and the input are channels-last, the layout oneDNN's CPU kernels prefer;
-- under bf16 the linear and convolution weights are bf16 (``compute.bf16_weights_copy``).
+- under bf16 the linear and convolution weights are bf16 (``compute.cast_weights_to_bf16``).
 
 Used on a CPU only (``LiteMedSamModel``): CUDA's and MPS's channels-last kernels are not measured here.
 LiteMedSAM's encoder, a slice on the 2-core development CPU, freed memory kept
@@ -61,12 +61,12 @@ class EagerInferenceEncoder:
     def __init__(self, module: Any, bfloat16: bool) -> None:
         import torch
 
-        from .compute import bf16_weights_copy
+        from .compute import cast_weights_to_bf16
 
         prepared = copy.deepcopy(module).eval()
         self.folded = fold_batch_norms(prepared)
         prepared = prepared.to(memory_format=torch.channels_last)
-        self.module = bf16_weights_copy(prepared) if bfloat16 else prepared
+        self.module = cast_weights_to_bf16(prepared) if bfloat16 else prepared
         self._channels_last = torch.channels_last
 
     @property

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from medsegany.models.eager_inference import EagerInferenceEncoder, fold_batch_norms  # noqa: E402
+from test_litemedsam import disc_frame  # noqa: E402
 
 
 class ConvBN(torch.nn.Sequential):
@@ -110,12 +111,7 @@ def test_litemedsams_trained_encoder_gives_the_same_features_and_masks():
     """The bundled weights: the prepared float32 encoder against the plain one, and what the model uses."""
     from medsegany.models.litemedsam import LiteMedSamModel
 
-    size = 96
-    rows, cols = np.mgrid[:size, :size]
-    disc = (rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 4) ** 2
-    noise = np.random.default_rng(0).normal(0, 8, (size, size))
-    frame = np.clip(40 + 150 * disc + noise, 0, 255).astype(np.uint8)
-    box = np.array([size / 4 - 3, size / 4 - 3, 3 * size / 4 + 3, 3 * size / 4 + 3])
+    frame, box = disc_frame()
     plain = LiteMedSamModel(device="cpu", precision="float32", compile="off", eager_speedups=False)
     fast = LiteMedSamModel(device="cpu", precision="float32", compile="off")
     assert isinstance(fast.encoder.eager, EagerInferenceEncoder)

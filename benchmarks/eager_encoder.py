@@ -6,7 +6,9 @@ with ``--compile off`` runs the encoder eagerly. MedSegAny then runs a copy prep
 bf16 weights under bf16). For each precision (float32, and bfloat16 where this CPU has a native bf16
 unit) both encoders embed the same ``--frames`` slices of ``speed.py``'s phantom, alternating, with freed
 memory kept as a session runs them; medians of the per-slice seconds in the JSON, with the largest
-difference between their features.
+difference between their features. ``--compiled`` adds the compiled encoder (MedSegAny's default on a CPU
+with a C++ compiler) to the alternation, with its one-time compile and the number of slices after which
+that compile has paid for itself against the prepared encoder.
 
 Example::
 
@@ -42,7 +44,15 @@ def time_embeddings(model: Any, frames: np.ndarray) -> tuple[list[float], Any]:
     return seconds, features
 
 
-def run(frames: int, size: int, repeats: int, precisions: list[str]) -> dict[str, Any]:
+def break_even_slices(compile_s: float, prepared_s: float, compiled_s: float) -> float | None:
+    """Slices after which compiling (``compile_s`` once) has paid for itself: None when it never does."""
+    saved = prepared_s - compiled_s
+    return compile_s / saved if saved > 0 else None
+
+
+def run(
+    frames: int, size: int, repeats: int, precisions: list[str], compiled: bool = False
+) -> dict[str, Any]:
     from medsegany.allocator import retained_freed_memory
     from medsegany.cpu_tuning import tune_cpu_once
     from medsegany.models.litemedsam import LiteMedSamModel
@@ -55,6 +65,10 @@ def run(frames: int, size: int, repeats: int, precisions: list[str]) -> dict[str
             name: LiteMedSamModel(device="cpu", precision=precision, compile="off", eager_speedups=speedups)
             for name, speedups in (("as_trained", False), ("prepared", True))
         }
+        compile_s = None
+        if compiled:
+            models["compiled"] = LiteMedSamModel(device="cpu", precision=precision, compile="on")
+            compile_s = models["compiled"].warm_up()  # None: the compile failed and it runs eagerly
         times: dict[str, list[float]] = {name: [] for name in models}
         features = {}
         with retained_freed_memory():
@@ -75,6 +89,19 @@ def run(frames: int, size: int, repeats: int, precisions: list[str]) -> dict[str
             "max_abs_feature": float(features["as_trained"].float().abs().max()),
             "folded_batch_norms": models["prepared"].encoder.eager.folded,
         }
+        if compiled:
+            compiled_s = statistics.median(times["compiled"])
+            cases[precision].update(
+                compiled_s_per_slice=compiled_s,
+                compile_s=compile_s,
+                compiled_over_prepared=prepared / compiled_s,
+                compile_break_even_slices=None
+                if compile_s is None
+                else break_even_slices(compile_s, prepared, compiled_s),
+                compiled_max_abs_feature_diff=float(
+                    (features["compiled"].float() - features["as_trained"].float()).abs().max()
+                ),
+            )
     return {
         "benchmark": "eager_encoder",
         "machine": machine_info("cpu"),
@@ -96,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions", nargs="+", choices=["float32", "bfloat16"], help="default: bfloat16 where native too"
     )
+    parser.add_argument("--compiled", action="store_true", help="add the compiled encoder")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     precisions = args.precisions or ["float32", *(["bfloat16"] if cpu_has_native_bf16() else [])]
-    report = run(args.frames, args.size, args.repeats, precisions)
+    report = run(args.frames, args.size, args.repeats, precisions, args.compiled)
     _write_json(args.output, report)
     for precision, case in report["cases"].items():
         print(
@@ -107,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{case['prepared_s_per_slice']:.3f} s ({case['speedup']:.2f}x), features differ by "
             f"{case['max_abs_feature_diff']:.2g} (of {case['max_abs_feature']:.2g})"
         )
+        if "compiled_s_per_slice" in case:
+            compile_s = case["compile_s"]
+            took = "failed" if compile_s is None else f"took {compile_s:.1f} s"
+            print(
+                f"  compiled {case['compiled_s_per_slice']:.3f} s a slice "
+                f"({case['compiled_over_prepared']:.2f}x the prepared); its compile {took}, paid for after "
+                f"{case['compile_break_even_slices'] or 'no number of'} slices"
+            )
     return 0
 
 

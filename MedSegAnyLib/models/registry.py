@@ -168,8 +168,8 @@ def load_model(
             "no model was named", "give a catalog id (--model) or --checkpoint FILE --config NAME"
         )
     resolved_device = resolve_device(device)
-    resolve_precision(resolved_device, precision)  # a bad choice fails before the weights are read
-    resolve_compile(resolved_device, compile)
+    # a bad choice fails before the weights are read
+    resolve_compile(resolved_device, compile, precision=resolve_precision(resolved_device, precision))
     if device_type(resolved_device) == "cpu":
         from ..cpu_tuning import tune_cpu_once
 

@@ -34,7 +34,7 @@ def test_auto_precision_follows_the_device_and_the_cpu():
     [
         (lambda: resolve_precision("cpu", "half"), "precision 'half'"),
         (lambda: resolve_precision("mps", "bfloat16"), "MPS"),
-        (lambda: resolve_compile("cpu", "yes"), "compile 'yes'"),
+        (lambda: resolve_compile("cpu", "yes", precision="bfloat16"), "compile 'yes'"),
     ],
 )
 def test_bad_choices_are_model_errors(call, message):
@@ -43,17 +43,21 @@ def test_bad_choices_are_model_errors(call, message):
 
 
 def test_compile_choice_and_its_environment_override(monkeypatch):
+    bf16, f32 = {"precision": "bfloat16"}, {"precision": "float32"}
     monkeypatch.delenv(compute.COMPILE_ENV, raising=False)
     monkeypatch.setattr(compute, "cpp_compiler_available", lambda: True)
-    assert resolve_compile("cpu", "auto") and not resolve_compile("cuda", "auto")
-    assert resolve_compile("cuda", "on") and not resolve_compile("cpu", "off")
+    assert resolve_compile("cpu", "auto", **bf16) and not resolve_compile("cuda", "auto", **bf16)
+    # float32: the prepared eager encoder is within 3 % of the compiled one, not worth 30-60 s
+    assert not resolve_compile("cpu", "auto", **f32)
+    assert resolve_compile("cpu", "on", **f32)  # asked for: honoured
+    assert resolve_compile("cuda", "on", **bf16) and not resolve_compile("cpu", "off", **bf16)
     monkeypatch.setattr(compute, "cpp_compiler_available", lambda: False)
-    assert not resolve_compile("cpu", "auto")  # no toolchain: eager
+    assert not resolve_compile("cpu", "auto", **bf16)  # no toolchain: eager
     monkeypatch.setenv(compute.COMPILE_ENV, "on")
-    assert resolve_compile("cpu", "auto") and not resolve_compile("cpu", "off")  # explicit beats env
+    assert resolve_compile("cpu", "auto", **f32) and not resolve_compile("cpu", "off", **bf16)  # asked: wins
     monkeypatch.setenv(compute.COMPILE_ENV, "maybe")
     with pytest.raises(ModelError, match="MEDSEGANY_COMPILE"):
-        resolve_compile("cpu", "auto")
+        resolve_compile("cpu", "auto", **bf16)
 
 
 def test_autocast_context_runs_bf16_only_when_asked():

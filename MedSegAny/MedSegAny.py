@@ -257,8 +257,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _loadModelAhead(self):
         """Load the model on the worker now when that asks the user nothing (bundled or downloaded
-        weights, packages installed): on a bf16 CPU the encoder compiles (~30 s) while the user finds the
-        slice."""
+        weights, packages installed): a CPU compiles the encoder (~30 s) while the user finds the slice."""
         try:
             if self.logic is None or self.logic.model_loaded or not self.logic.can_load_unasked():
                 return
@@ -502,8 +501,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.worker is None:
             self.worker = ModelWorker()
         with slicer.util.tryWithErrorDisplay("Loading the model failed.", waitCursor=True):
-            # a compiled encoder (LiteMedSAM under bf16, with a C++ compiler) compiles here, once a session
-            self.ui.statusLabel.text = f"Loading {card.name} (the first time on a CPU: up to about 30 s)..."
+            # a compiled encoder (LiteMedSAM on a CPU with a C++ compiler) compiles here, once per session
+            self.ui.statusLabel.text = f"Loading {card.name} (the first time on a CPU: about 30 s)..."
             slicer.app.processEvents()
             if self.loadingAhead is not None:  # loading since the panel opened: the rest of it
                 handle, self.loadingAhead = self.loadingAhead, None

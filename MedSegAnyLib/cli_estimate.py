@@ -22,10 +22,11 @@ class CatalogModel:
     precision: str
 
 
-def estimate_model(args: argparse.Namespace) -> Any:
+def estimate_model(args: argparse.Namespace, single_run: bool = False) -> Any:
     """What ``--estimate`` sizes: the loaded model (its weights counted exactly), or, for a catalog model
     not downloaded yet, its card's profile on the device it would use (so a user can ask before a
-    download whether a model fits)."""
+    download whether a model fits). ``single_run``: as for :func:`medsegany.cli.load_cli_model` (a
+    compiled encoder's memory differs from the eager one's)."""
     if args.model is not None and args.checkpoint is None and args.config is None:
         from .models.catalog import get_card
         from .models.compute import resolve_precision
@@ -41,7 +42,7 @@ def estimate_model(args: argparse.Namespace) -> Any:
             return CatalogModel(profile_of_card(card), device, args.precision)
     from .cli import load_cli_model
 
-    return load_cli_model(args)
+    return load_cli_model(args, single_run)
 
 
 def job_estimate(

@@ -6,9 +6,9 @@ with ``--compile off`` runs the encoder eagerly. MedSegAny then runs a copy prep
 bf16 weights under bf16). For each precision (float32, and bfloat16 where this CPU has a native bf16
 unit) both encoders embed the same ``--frames`` slices of ``speed.py``'s phantom, alternating, with freed
 memory kept as a session runs them; medians of the per-slice seconds in the JSON, with the largest
-difference between their features. ``--compiled`` adds the compiled encoder (MedSegAny's default on a CPU
-with a C++ compiler) to the alternation, with its one-time compile and the number of slices after which
-that compile has paid for itself against the prepared encoder.
+difference between their features. ``--compiled`` adds the compiled encoder (MedSegAny's default under
+bf16 on a CPU with a C++ compiler) to the alternation, with its one-time compile and the number of slices
+after which that compile has paid for itself against the prepared encoder.
 
 Example::
 
@@ -136,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{case['max_abs_feature_diff']:.2g} (of {case['max_abs_feature']:.2g})"
         )
         if "compiled_s_per_slice" in case:
-            compile_s = case["compile_s"]
+            compile_s, slices = case["compile_s"], case["compile_break_even_slices"]
             took = "failed" if compile_s is None else f"took {compile_s:.1f} s"
             print(
                 f"  compiled {case['compiled_s_per_slice']:.3f} s a slice "
                 f"({case['compiled_over_prepared']:.2f}x the prepared); its compile {took}, paid for after "
-                f"{case['compile_break_even_slices'] or 'no number of'} slices"
+                f"{'no number of' if slices is None else f'{slices:.0f}'} slices"
             )
     return 0
 

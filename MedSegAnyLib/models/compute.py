@@ -9,8 +9,8 @@ Measured on the 2-core development CPU (AMD EPYC with AVX512-BF16, jemalloc, tor
   first stage). One slice at a time beats batches of 4 (0.41 vs 0.46 s a slice): the activations of one
   slice already exceed the caches. Not compiled, it runs a copy prepared for eager inference on a CPU
   (``eager_inference``; 2026-11-28, freed memory kept: 1.04 -> 0.90 s float32, 0.64 -> 0.52 s bf16).
-  Against that copy, compiling (30-60 s once per process) gains 3 % in float32 and 1.35x in bf16
-  (``benchmarks/eager_encoder.py --compiled``), so "auto" compiles only under bf16 (:func:`resolve_compile`).
+  Against that copy, compiling (26-58 s once per process) gains 1.03-1.19x in float32 and 1.35x in bf16
+  (``benchmarks/eager_encoder.py --compiled``): a single float32 run stays eager (:func:`resolve_compile`).
 - SAM 2.1 tiny at 512: the image encoder takes 0.50 s float32 and 0.31 s bf16 eager; compiled it takes
   0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly. Its tracking
   step (memory attention over 7 memories of 1024 tokens) takes 0.59 s float32 and 0.36-0.42 s bf16
@@ -117,16 +117,27 @@ def cpp_compiler_available() -> bool:
     return any(shutil.which(name) for name in names)
 
 
-def resolve_compile(device: str, compile_choice: str | bool = "auto", *, precision: str) -> bool:
-    """Whether to compile a 2D model's image encoder: "auto" = on a CPU with a C++ compiler, under bf16.
+def resolve_compile(
+    device: str, compile_choice: str | bool = "auto", *, precision: str, single_run: bool = False
+) -> bool:
+    """Whether to compile a 2D model's image encoder. "auto": on a CPU with a C++ compiler, except for a
+    ``single_run`` (one ``medsegany segment`` command) in float32.
 
-    ``precision``: the resolved one (:func:`resolve_precision`). In float32 the compiled encoder is no
-    faster than the copy prepared for eager inference (``eager_inference``; LiteMedSAM, 2026-11-28, the
-    same process: 0.903 against 0.933 s a slice, for 58 s of compiling, which pays after about 1900
-    slices), so "auto" compiles only under bf16 (0.370 against 0.501 s; 31 s of compiling, paid after
-    about 240 slices). ``MEDSEGANY_COMPILE=on|off`` in the environment decides "auto" (e.g. inside
-    Slicer, or for tests that do not measure speed). CUDA stays eager until it is measured on a GPU (bf16
-    autocast already uses its tensor cores).
+    ``precision``: the resolved one (:func:`resolve_precision`). Against the copy prepared for eager
+    inference (``eager_inference``; LiteMedSAM on the 2-core development CPU, 2026-11-28,
+    ``benchmarks/eager_encoder.py --compiled``):
+
+    - float32: the compiled encoder is 1.03-1.19x faster (three runs, jemalloc and glibc), for 26-58 s of
+      compiling, which pays after 200-1900 slices; its masks are the prepared encoder's (both within
+      5e-6 of the trained encoder's features; ``make demo``'s labels equal voxel for voxel). A single
+      run rarely tracks that many slices, so it stays eager; a batch and a Slicer session compile.
+    - bf16: 1.35x, for 31 s (pays after about 240 slices), but eager and compiled bf16 round differently
+      and their masks differ a little, so every run compiles: ``segment``, ``batch`` and Slicer then
+      give the same masks.
+
+    ``MEDSEGANY_COMPILE=on|off`` in the environment decides "auto" (e.g. inside Slicer, or for tests that
+    do not measure speed). CUDA stays eager until it is measured on a GPU (bf16 autocast already uses its
+    tensor cores).
     """
     if isinstance(compile_choice, bool):
         return compile_choice
@@ -140,7 +151,8 @@ def resolve_compile(device: str, compile_choice: str | bool = "auto", *, precisi
             )
     if compile_choice != "auto":
         return compile_choice == "on"
-    return device_type(device) == "cpu" and precision == "bfloat16" and cpp_compiler_available()
+    pays = precision == "bfloat16" or not single_run
+    return device_type(device) == "cpu" and pays and cpp_compiler_available()
 
 
 def bf16_weights_copy(module: Any) -> Any:

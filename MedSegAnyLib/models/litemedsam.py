@@ -6,11 +6,12 @@ side resized to 256 with area averaging, min-max scaled to [0, 1] per image, zer
 at the bottom/right. Masks are the 256 px logits cropped to the unpadded part and resized bilinearly to
 the frame's own pixels.
 
-Speed (see :mod:`medsegany.models.compute`): on a CPU with native bf16 the encoder runs compiled under bf16
-autocast (0.37 s a slice on the 2-core development CPU, against 1.08 s for the float32 encoder as trained).
-Not compiled (float32, where compiling gains 3 %; no C++ compiler; ``compile="off"``), it runs a copy
-prepared for inference (:mod:`medsegany.models.eager_inference`: norms folded, channels-last; 0.93 s in
-float32, 0.50 s in bf16); ``precision="float32", compile="off", eager_speedups=False`` is the plain model.
+Speed (see :mod:`medsegany.models.compute`): on a CPU with a C++ compiler the encoder runs compiled (bf16
+autocast on a CPU with native bf16: 0.37 s a slice on the 2-core development CPU, against 1.08 s for the
+float32 encoder as trained). Not compiled (a single float32 run, where compiling does not pay; no C++
+compiler; ``compile="off"``), it runs a copy prepared for inference
+(:mod:`medsegany.models.eager_inference`: norms folded, channels-last; 0.80-0.93 s in float32, 0.50 s
+in bf16); ``precision="float32", compile="off", eager_speedups=False`` is the plain model.
 """
 
 from __future__ import annotations
@@ -145,9 +146,12 @@ class LiteMedSamModel:
         precision: str = "auto",
         compile: str | bool = "auto",
         eager_speedups: bool = True,
+        single_run: bool = False,
     ):
         """``eager_speedups=False``: an encoder that is not compiled runs on a CPU exactly as trained (the
-        benchmarks' plain model), not as an :class:`~.eager_inference.EagerInferenceEncoder`."""
+        benchmarks' plain model), not as an :class:`~.eager_inference.EagerInferenceEncoder`.
+        ``single_run``: the model serves one run (``medsegany segment``), where compiling in float32 does
+        not pay (:func:`~.compute.resolve_compile`)."""
         import warnings
 
         import torch
@@ -179,7 +183,7 @@ class LiteMedSamModel:
         self.checkpoint = path
         self._torch = torch
         self.precision = resolve_precision(self.device, precision)
-        compiled = resolve_compile(self.device, compile, precision=self.precision)
+        compiled = resolve_compile(self.device, compile, precision=self.precision, single_run=single_run)
         eager = None  # compiled, inductor folds the norms itself: no copy of the encoder is kept for it
         # measured on a CPU only; channels-last kernels on CUDA and MPS are not (MPS has had layout bugs)
         if eager_speedups and not compiled and device_type(self.device) == "cpu":

@@ -136,13 +136,16 @@ def load_model(
     store: Any | None = None,
     precision: str = "auto",
     compile: str | bool = "auto",
+    single_run: bool = False,
 ) -> SliceModel | Sam2VideoModel:
     """The model ``model_id`` (a catalog id) ready on ``device`` ("auto", "cpu", "cuda", "mps").
 
     ``checkpoint``: a user's weights file instead of the stored one (with ``config`` when the catalog id
     does not say the architecture, or to override it). ``store``: the WeightStore to look in (default:
     ``$MEDSEGANY_HOME/weights`` or the platform cache). ``precision`` ("auto", "float32", "bfloat16") and
-    ``compile`` ("auto", "on", "off"; LiteMedSAM's encoder) are explained in :mod:`medsegany.models.compute`.
+    ``compile`` ("auto", "on", "off"; LiteMedSAM's encoder) are explained in :mod:`medsegany.models.compute`;
+    ``single_run``: the model serves one run (``medsegany segment``), which "auto" does not compile for in
+    float32 (:func:`~.compute.resolve_compile`).
     """
     from .catalog import get_card
     from .compute import device_type, resolve_compile, resolve_precision
@@ -169,7 +172,8 @@ def load_model(
         )
     resolved_device = resolve_device(device)
     # a bad choice fails before the weights are read
-    resolve_compile(resolved_device, compile, precision=resolve_precision(resolved_device, precision))
+    resolved_precision = resolve_precision(resolved_device, precision)
+    resolve_compile(resolved_device, compile, precision=resolved_precision, single_run=single_run)
     if device_type(resolved_device) == "cpu":
         from ..cpu_tuning import tune_cpu_once
 
@@ -179,7 +183,11 @@ def load_model(
         from .litemedsam import LiteMedSamModel
 
         return LiteMedSamModel(
-            checkpoint=checkpoint, device=resolved_device, precision=precision, compile=compile
+            checkpoint=checkpoint,
+            device=resolved_device,
+            precision=precision,
+            compile=compile,
+            single_run=single_run,
         )
 
     path = Path(checkpoint).expanduser() if checkpoint is not None else _stored_checkpoint(card, store)

@@ -16,12 +16,13 @@ BOX = "14,20,2,46,44,2"
 
 @pytest.fixture()
 def loads(monkeypatch):
-    """Counts the model loads of the command (the real loader runs)."""
+    """The model loads of the command, each as (model id, whether it serves a single run); the real
+    loader runs."""
     calls = []
     real = registry.load_model
 
     def counting(*args, **kwargs):
-        calls.append(args[0] if args else kwargs.get("model_id"))
+        calls.append((args[0] if args else kwargs.get("model_id"), kwargs.get("single_run", False)))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(registry, "load_model", counting)
@@ -58,6 +59,8 @@ def test_a_batch_loads_the_model_once_and_writes_what_segment_writes(tmp_path, c
         "-q",
     )
     assert code == 0, err
+    # a batch serves many runs (a float32 encoder compiles by "auto"), a segment command one
+    assert loads == [("litemedsam", False), ("litemedsam", True)]
     np.testing.assert_array_equal(
         read_labels(tmp_path / "out_1.nii.gz"), read_labels(tmp_path / "alone.nii.gz")
     )

@@ -15,7 +15,13 @@ def phantom(tmp_path_factory):
     return write_phantom(tmp_path_factory.mktemp("estimate") / "phantom.nii.gz")
 
 
-def test_estimate_prints_the_memory_by_part_and_the_plan_and_writes_nothing(phantom, tmp_path, capsys):
+def test_estimate_prints_the_memory_by_part_and_the_plan_and_writes_nothing(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    from medsegany.models import registry
+
+    loaded, real = [], registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: loaded.append(k) or real(*a, **k))
     existing = tmp_path / "kept.nii.gz"
     existing.write_bytes(b"the user's file")
     code, out, err = run_cli(
@@ -27,6 +33,8 @@ def test_estimate_prints_the_memory_by_part_and_the_plan_and_writes_nothing(phan
     assert "plan: encoder batch 1, 5 slices of features cached" in first
     assert parts.startswith("  memory ") and "weights " in parts and "features " in parts
     assert "cuda_overhead" not in parts  # parts of nothing are left out
+    # sized as the run loads it: one segment run (a float32 encoder would not be compiled for it)
+    assert [call["single_run"] for call in loaded] == [True]
     # an output named with --estimate is neither refused for existing nor touched
     code, _, err = run_cli(
         capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--estimate", "-o", existing

@@ -45,7 +45,7 @@ def sessions(monkeypatch):
         return real(volume, *args, **kwargs)
 
     monkeypatch.setattr(session_module, "SegmentationSession", recording)
-    monkeypatch.setattr(cli, "load_cli_model", lambda args: ThresholdModel())
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
     return made
 
 

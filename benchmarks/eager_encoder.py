@@ -44,10 +44,11 @@ def time_embeddings(model: Any, frames: np.ndarray) -> tuple[list[float], Any]:
     return seconds, features
 
 
-def break_even_slices(compile_s: float, prepared_s: float, compiled_s: float) -> float | None:
-    """Slices after which compiling (``compile_s`` once) has paid for itself: None when it never does."""
+def break_even_slices(compile_s: float | None, prepared_s: float, compiled_s: float) -> float | None:
+    """Slices after which compiling (``compile_s`` once) has paid for itself: None when it never does (or
+    the compile failed: ``compile_s`` None)."""
     saved = prepared_s - compiled_s
-    return compile_s / saved if saved > 0 else None
+    return compile_s / saved if compile_s is not None and saved > 0 else None
 
 
 def run(
@@ -95,9 +96,7 @@ def run(
                 compiled_s_per_slice=compiled_s,
                 compile_s=compile_s,
                 compiled_over_prepared=prepared / compiled_s,
-                compile_break_even_slices=None
-                if compile_s is None
-                else break_even_slices(compile_s, prepared, compiled_s),
+                compile_break_even_slices=break_even_slices(compile_s, prepared, compiled_s),
                 compiled_max_abs_feature_diff=float(
                     (features["compiled"].float() - features["as_trained"].float()).abs().max()
                 ),

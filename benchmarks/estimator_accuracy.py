@@ -64,7 +64,7 @@ def run_case(
 
     stage("runtime")
     if model_name == "litemedsam":
-        model = load_model("litemedsam", device=device, compile=compile)
+        model = load_model("litemedsam", device=device, compile=compile, single_run=True)  # as segment
     else:
         from medsegany.models.sam2_build import save_random_checkpoint
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(json.dumps(result))  # for the parent
         return 0
-    env = child_env(MEDSEGANY_COMPILE=None)  # the CLI's default: LiteMedSAM's encoder compiled on a CPU
+    env = child_env(MEDSEGANY_COMPILE=None)  # segment's default (compute.resolve_compile, single run)
     if args.no_kept_memory:
         env["MEDSEGANY_KEEP_FREED_MEMORY"] = "0"
     results = []

@@ -173,7 +173,7 @@ def load_model(
     resolved_device = resolve_device(device)
     # a bad choice fails before the weights are read
     resolved_precision = resolve_precision(resolved_device, precision)
-    resolve_compile(resolved_device, compile, precision=resolved_precision, single_run=single_run)
+    resolve_compile(resolved_device, compile, precision=resolved_precision)
     if device_type(resolved_device) == "cpu":
         from ..cpu_tuning import tune_cpu_once
 

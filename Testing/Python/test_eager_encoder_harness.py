@@ -56,3 +56,4 @@ def test_break_even_is_the_compile_over_the_time_saved_per_slice():
     assert eager_encoder.break_even_slices(30.0, 0.52, 0.40) == pytest.approx(250.0)
     assert eager_encoder.break_even_slices(30.0, 0.40, 0.40) is None  # saves nothing: never pays
     assert eager_encoder.break_even_slices(30.0, 0.40, 0.45) is None
+    assert eager_encoder.break_even_slices(None, 0.52, 0.40) is None  # the compile failed

@@ -257,7 +257,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _loadModelAhead(self):
         """Load the model on the worker now when that asks the user nothing (bundled or downloaded
-        weights, packages installed): a CPU compiles the encoder (~30 s) while the user finds the slice."""
+        weights, packages installed): a CPU compiles the encoder (~5 s from inductor's cache, 20-40 s the
+        first time) while the user finds the slice."""
         try:
             if self.logic is None or self.logic.model_loaded or not self.logic.can_load_unasked():
                 return

@@ -99,8 +99,9 @@ def add_model_options(parser: Any) -> None:
         "--compile",
         choices=["auto", "on", "off"],
         default="auto",
-        help="compile LiteMedSAM's encoder (auto: on a CPU with a C++ compiler, ~30-60 s once, then 1.35x "
-        "in bf16, 1.1-1.2x in float32; a float32 `segment` skips it)",
+        help="compile LiteMedSAM's encoder (auto: on a CPU with a C++ compiler; 20-40 s the first time, "
+        "then ~5 s a run from inductor's cache; 1.3x in bf16, 1.05-1.25x in float32; a float32 `segment` "
+        "skips it)",
     )
 
 
@@ -254,7 +255,7 @@ class SegmentJob:
 def run_segment(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     stderr = stderr or sys.stderr
     started = time.monotonic()
-    job = prepare_job(args, stderr)  # the inputs fail before the model loads (a compile takes 20-50 s)
+    job = prepare_job(args, stderr)  # the inputs fail before the model loads (a compile takes 5-40 s)
     if args.estimate:
         from .cli_estimate import estimate_job, estimate_model
 
@@ -347,7 +348,8 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     compiles_now = getattr(encoder, "active", False) and not getattr(encoder.report, "compiled", False)
     if compiles_now and not args.quiet:  # (in a batch, only the first volume's run compiles)
         print(
-            "compiling the image encoder for this CPU (once per run, about 20-50 s; --compile off skips it)",
+            "compiling the image encoder for this CPU (about 5 s from inductor's cache, 20-40 s the first "
+            "time; --compile off skips it)",
             file=stderr,
             flush=True,
         )

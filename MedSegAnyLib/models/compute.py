@@ -4,12 +4,15 @@ Measured on the 2-core development CPU (AMD EPYC with AVX512-BF16, jemalloc, tor
 ``benchmarks/README.md``):
 
 - LiteMedSAM's image encoder, one 256 x 256 slice: 2.1 s eager float32, 1.2 s eager bf16 autocast, 0.89 s
-  compiled float32 and 0.41 s compiled bf16 (``torch.compile`` with inductor's weight freezing, which
-  folds the batch norms into the convolutions and fuses the GELUs on the 256 x 256 x 256 activations of its
-  first stage). One slice at a time beats batches of 4 (0.41 vs 0.46 s a slice): the activations of one
-  slice already exceed the caches. Not compiled, it runs a copy prepared for eager inference on a CPU
-  (``eager_inference``; 2026-11-28, freed memory kept: 1.04 -> 0.90 s float32, 0.64 -> 0.52 s bf16).
-  Against that copy, compiling (26-58 s once per process) gains 1.03-1.19x in float32 and 1.35x in bf16
+  compiled float32 and 0.41 s compiled bf16 (2026-11-24, ``torch.compile`` with inductor's weight
+  freezing, which folds the batch norms into the convolutions and fuses the GELUs on the 256 x 256 x 256
+  activations of its first stage). One slice at a time beats batches of 4 (0.41 vs 0.46 s a slice): the
+  activations of one slice already exceed the caches. Not compiled, it runs a copy prepared for eager
+  inference on a CPU (``eager_inference``; 2026-11-28, freed memory kept: 1.04 -> 0.90 s float32, 0.64 ->
+  0.52 s bf16). Since 2026-11-28 that copy is what is compiled, without frozen weights
+  (``compile_ready``), so inductor's cache keeps it: 20-40 s the first time on a machine, 5 s in every
+  later process, against 21-33 s in every process with frozen weights, for a slice 4-7 % slower than
+  theirs. Against the prepared copy it gains 1.06-1.25x in float32 and 1.29x in bf16
   (``benchmarks/eager_encoder.py --compiled``): a single float32 run stays eager (:func:`resolve_compile`).
 - SAM 2.1 tiny at 512: the image encoder takes 0.50 s float32 and 0.31 s bf16 eager; compiled it takes
   0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly. Its tracking
@@ -125,15 +128,16 @@ def resolve_compile(
 
     ``precision``: the resolved one (:func:`resolve_precision`). Against the copy prepared for eager
     inference (``eager_inference``; LiteMedSAM on the 2-core development CPU, 2026-11-28,
-    ``benchmarks/eager_encoder.py --compiled``):
+    ``benchmarks/eager_encoder.py --compiled``; the compile takes 20-40 s the first time on a machine,
+    about 5 s from inductor's cache after that):
 
-    - float32: the compiled encoder is 1.03-1.19x faster (three runs, jemalloc and glibc), for 26-58 s of
-      compiling, which pays after 200-1900 slices; its masks are the prepared encoder's (both within
-      5e-6 of the trained encoder's features; ``make demo``'s labels equal voxel for voxel). A single
-      run rarely tracks that many slices, so it stays eager; a batch and a Slicer session compile.
-    - bf16: 1.35x, for 31 s (pays after about 240 slices), but eager and compiled bf16 round differently
-      and their masks differ a little, so every run compiles: ``segment``, ``batch`` and Slicer then
-      give the same masks.
+    - float32: the compiled encoder is 1.06-1.25x faster, which pays for the compile after some 120
+      slices from the cache and 1000 the first time; its masks are the prepared encoder's (both within
+      5e-6 of the trained encoder's features). A single run rarely tracks that many slices, so it
+      stays eager; a batch and a Slicer session compile.
+    - bf16: 1.29x (pays after about 50 slices from the cache, 280 the first time), but eager and
+      compiled bf16 round differently and their masks differ a little, so every run compiles:
+      ``segment``, ``batch`` and Slicer then give the same masks.
 
     ``MEDSEGANY_COMPILE=on|off`` in the environment decides "auto" (e.g. inside Slicer, or for tests that
     do not measure speed). CUDA stays eager until it is measured on a GPU (bf16 autocast already uses its
@@ -194,7 +198,11 @@ class CompileReport:
 
 
 class CompiledModule:
-    """Calls a module through ``torch.compile`` (inductor, frozen weights), eagerly when that fails.
+    """Calls a module through ``torch.compile`` (inductor), eagerly when that fails.
+
+    The weights are not frozen into the graph (see :mod:`~medsegany.models.compile_ready`): inductor's
+    cache then keeps the compiled graph for the next process, which compiles in 5-7 s instead of 22-33 s
+    (LiteMedSAM's encoder on the 2-core development CPU).
 
     Compiling happens on the first call (its time is in :attr:`report`); any failure there (no C++
     compiler, an unsupported platform) logs one warning and every later call runs the module eagerly, so a
@@ -225,21 +233,15 @@ class CompiledModule:
             return self._eager(*args)
         if self._compiled is None:
             return self._first_call(*args)
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch(freezing=True):  # a guard-triggered recompile keeps the same settings
-            return self._compiled(*args)
+        return self._compiled(*args)
 
     def _first_call(self, *args: Any) -> Any:
         import torch
-        import torch._inductor.config as inductor_config
 
         start = time.perf_counter()
         try:
             compiled = torch.compile(self.module, dynamic=False)
-            # freezing turns the weights into constants: batch norms fold into convolutions (inference only)
-            with inductor_config.patch(freezing=True):
-                out = compiled(*args)
+            out = compiled(*args)
         except Exception as error:  # any compiler failure (toolchain, platform) means: run eagerly
             self._enabled = False
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"

@@ -6,10 +6,11 @@ side resized to 256 with area averaging, min-max scaled to [0, 1] per image, zer
 at the bottom/right. Masks are the 256 px logits cropped to the unpadded part and resized bilinearly to
 the frame's own pixels.
 
-Speed (see :mod:`medsegany.models.compute`): on a CPU with a C++ compiler the encoder runs compiled (bf16
-autocast on a CPU with native bf16: 0.37 s a slice on the 2-core development CPU, against 1.08 s for the
-float32 encoder as trained). Not compiled (a single float32 run, where compiling does not pay; no C++
-compiler; ``compile="off"``), it runs a copy prepared for inference
+Speed (see :mod:`medsegany.models.compute`): on a CPU with a C++ compiler the encoder runs compiled: the
+copy prepared for inference, rerouted for inductor (:mod:`medsegany.models.compile_ready`; bf16 autocast
+on a CPU with native bf16: 0.37 s a slice on the 2-core development CPU, against 1.08 s for the float32
+encoder as trained). Not compiled (a single float32 run, where compiling does not pay; no C++
+compiler; ``compile="off"``), it runs that copy prepared for inference
 (:mod:`medsegany.models.eager_inference`: norms folded, channels-last; 0.80-0.93 s in float32, 0.50 s
 in bf16); ``precision="float32", compile="off", eager_speedups=False`` is the plain model.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .base import FramePrediction
+from .compile_ready import compile_ready_copy
 from .compute import (
     CompiledModule,
     autocast_context,
@@ -184,11 +186,13 @@ class LiteMedSamModel:
         self._torch = torch
         self.precision = resolve_precision(self.device, precision)
         compiled = resolve_compile(self.device, compile, precision=self.precision, single_run=single_run)
-        eager = None  # compiled, inductor folds the norms itself: no copy of the encoder is kept for it
+        eager, to_compile = None, self.net.image_encoder
         # measured on a CPU only; channels-last kernels on CUDA and MPS are not (MPS has had layout bugs)
-        if eager_speedups and not compiled and device_type(self.device) == "cpu":
+        if eager_speedups and device_type(self.device) == "cpu":
             eager = EagerInferenceEncoder(self.net.image_encoder, bfloat16=self.precision == "bfloat16")
-        self.encoder = CompiledModule(self.net.image_encoder, enabled=compiled, eager=eager)
+            if compiled:  # a rerouted copy of the prepared encoder; the prepared one runs if compiling fails
+                to_compile = compile_ready_copy(eager)
+        self.encoder = CompiledModule(to_compile, enabled=compiled, eager=eager)
         # the prompt encoder and mask decoder run eagerly once per slice: under bf16 their weights are cast
         # once here instead of at every call (bitwise the same masks; 13 % of the decoder's time on a CPU)
         self.prompt_encoder, self.mask_decoder = self.net.prompt_encoder, self.net.mask_decoder

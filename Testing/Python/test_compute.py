@@ -72,7 +72,7 @@ def test_autocast_context_runs_bf16_only_when_asked():
 
 
 def small_net() -> torch.nn.Module:
-    """Convolution, batch norm and GELU: what freezing folds and fuses in LiteMedSAM's first stage."""
+    """Convolution, batch norm and GELU, as in LiteMedSAM's first stage."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),

@@ -1,10 +1,10 @@
 """A prepared encoder made ready for ``torch.compile`` without frozen weights, so its compile is cached.
 
 Why: with frozen weights (inductor's ``freezing``) the compiled graph holds oneDNN-packed weights that its
-FX graph cache cannot store, so every process compiled LiteMedSAM's encoder again: 22-33 s on the 2-core
+FX graph cache cannot store, so every process compiled LiteMedSAM's encoder again: 21-33 s on the 2-core
 development CPU, in every ``medsegany segment`` run and every Slicer start. Compiled without freezing,
 the graph takes the weights as inputs and the cache serves every later process (and every checkpoint of
-the same architecture): 5-7 s after the first compile, which takes 20-32 s.
+the same architecture): 5-7 s after the first compile, which takes 20-40 s.
 
 Without freezing, inductor neither folds batch norms (the prepared copy of
 :mod:`~medsegany.models.eager_inference` has done that) nor turns convolutions into oneDNN's fused ones,

@@ -201,7 +201,7 @@ class CompiledModule:
     """Calls a module through ``torch.compile`` (inductor), eagerly when that fails.
 
     The weights are not frozen into the graph (see :mod:`~medsegany.models.compile_ready`): inductor's
-    cache then keeps the compiled graph for the next process, which compiles in 5-7 s instead of 22-33 s
+    cache then keeps the compiled graph for the next process, which compiles in 5-7 s instead of 21-33 s
     (LiteMedSAM's encoder on the 2-core development CPU).
 
     Compiling happens on the first call (its time is in :attr:`report`); any failure there (no C++

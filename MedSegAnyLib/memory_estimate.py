@@ -72,7 +72,7 @@ LITEMEDSAM_LIBRARY_BYTES = 249 * MIB
 # A compiled encoder (torch.compile, inductor): its modules and generated kernels, 143 MiB RSS measured for
 # LiteMedSAM on the CPU with frozen weights. Compiled without them since 2026-11-28 (models.compile_ready),
 # the model also keeps its prepared copy (counted in "weights"): the 50-slice case of
-# benchmarks/estimator_accuracy.py then peaked at 1350 MiB (1381 before) against 1265 estimated (0.94).
+# benchmarks/estimator_accuracy.py then peaked at 1342 MiB (1381 before) against 1265 estimated (0.94).
 COMPILED_ENCODER_BYTES = 143 * MIB
 # Hiera first-stage width by size letter, and the parameter counts of SAM 2.1 (Meta's model card; tiny
 # counted here: 38 962 498).
@@ -238,8 +238,9 @@ def _compiles(model: Any) -> bool:
 
 
 def _eager_copy_bytes(model: Any) -> int:
-    """Bytes of the encoder copy a loaded model runs when it does not compile it
-    (medsegany.models.eager_inference; LiteMedSAM's: 17 MiB under bf16, 28 MiB in float32)."""
+    """Bytes of the encoder copy a loaded model prepared for eager inference (medsegany.models.
+    eager_inference; LiteMedSAM's: 17 MiB under bf16, 28 MiB in float32). A compiled encoder keeps it
+    too, for the fallback, and its own rerouted copy shares its weights (models.compile_ready)."""
     eager = getattr(getattr(model, "encoder", None), "eager", None)
     return int(getattr(eager, "nbytes", 0))
 

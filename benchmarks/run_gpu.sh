@@ -4,7 +4,8 @@
 # (see benchmarks/README.md); MedSegAnyLib is imported in place as the package `medsegany`.
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
-#   (stages: speed graphs strict large objects memory host stream window cudatests eager compile)
+#   (stages: speed graphs strict large objects memory host stream window cudatests eager compile shapes
+#   interleaved)
 # REHEARSAL=1 runs the same commands on the CPU on tiny inputs (PYTHON: the interpreter, default python3),
 # so a script error shows here and not in a lent GPU's 15 minutes (Testing/Python/test_run_gpu.py).
 set -u
@@ -18,10 +19,11 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"
     HOST_TINY="--slices 4 --size 96 --repeats 4"
     WINDOW_TINY="--slices 8 --size 64 --repeats 1"
+    SHAPES_TINY="--image-size 128 --size 48 --slices 4 --sizes 2 3 --sizes-without-cudnn-attention 1 --sizes-padded 3 --padded-batch 4"
     PYTEST_TINY="--collect-only"  # without CUDA those tests are skipped or already run by make test
 else
     DEVICE=cuda
-    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY="" PYTEST_TINY=""
+    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY="" PYTEST_TINY="" SHAPES_TINY=""
     if [ -d .whl ]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
         export PYTHONPATH=/tmp/site
@@ -43,8 +45,9 @@ failed=0
 stages=${*:-speed graphs large objects memory}
 for stage in $stages; do
     case $stage in
-    # 40 warm-up slices: each direction takes 20 steps, enough to record every step graph (16 lengths)
-    speed) run 150 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
+    # 40 warm-up slices: each direction takes 20 steps, enough to record every step graph (16 lengths);
+    # 200 s: on the H200 on 2026-11-27 this stage took about 150 s, most of it the references' 4 runs each
+    speed) run 200 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
         $SPEED_TINY --output "$OUT/speed_gpu_t512_300.json" ;;
     graphs) run 90 benchmarks/tracker_profile.py --variant graphs --slices 300 \
@@ -71,11 +74,22 @@ for stage in $stages; do
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
         --paths medsegany medsegany_encode_stream \
         $SPEED_TINY --output "$OUT/speed_gpu_t512_300_encode_stream.json" ;;
+    # what an encoder batch of a size not seen before costs, and whether it is its size or new memory
+    shapes) run 60 benchmarks/encoder_batch_shapes.py --device $DEVICE $SHAPES_TINY \
+        --output "$OUT/encoder_batch_shapes.json" ;;
+    # MedSegAny's path as after a prompt on a volume nothing was encoded for: no features phase, the
+    # encoder's batches on their own stream a batch ahead of the steps, against the default path
+    interleaved) run 150 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 \
+        --objects 1 --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
+        --paths reference_b medsegany medsegany_interleaved \
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_300_interleaved.json" ;;
     # the volume's intensity window on the GPU machine's cores, one thread against several (host only)
     window) run 30 benchmarks/windowing.py $WINDOW_TINY --output "$OUT/windowing_gpu_host.json" ;;
-    # the unit tests that run only where CUDA is (pytest comes as a wheel in .whl/ too): features in
-    # page-locked host memory, the encoder on its own stream, each against the default path's masks
-    cudatests) run 120 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
+    # the unit tests that run only where CUDA is: features in page-locked host memory, the encoder on its
+    # own stream, each against the default path's masks. The GPU machine's own pytest runs them (its
+    # image has one); plugins are not loaded: on 2026-11-28 its pytest-timeout failed to register under
+    # the pytest 8.3.4 that .whl/ carried then, and these tests need none
+    cudatests) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 run 120 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
         Testing/Python/test_feature_offload.py \
         Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py \
         Testing/Python/test_sam2_step_graphs.py::test_a_failed_capture_leaves_the_current_stream_as_it_was ;;

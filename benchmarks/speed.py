@@ -74,7 +74,10 @@ KEPT_PATHS = tuple(f"{path}{KEPT_SUFFIX}" for path in ("reference_a", "reference
 FUSED_ATTENTION_PATH = "medsegany_fused_attention"
 # MedSegAny's SAM 2 path with the image encoder on a CUDA stream of its own (sam2_encode_stream)
 ENCODE_STREAM_PATH = "medsegany_encode_stream"
-MEDSEGANY_VARIANTS = (FUSED_ATTENTION_PATH, ENCODE_STREAM_PATH)
+# the same, without the features phase: the session encodes each run's frames a batch ahead of its steps
+# (as after a prompt on a volume nothing was encoded for), so the encoder's batches overlap the steps
+INTERLEAVED_PATH = "medsegany_interleaved"
+MEDSEGANY_VARIANTS = (FUSED_ATTENTION_PATH, ENCODE_STREAM_PATH, INTERLEAVED_PATH)
 # Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
 TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
 
@@ -237,9 +240,11 @@ def run_medsegany_sam2(
     plan: Any,
     correction: Correction | None,
     keep_masks: bool = False,
+    encode_first: bool = True,
 ) -> dict[str, Any]:
     """The session path: features of all slices in batches first (when the plan caches them all).
-    ``keep_masks``: return the objects' masks (to compare variants; their copy counts in the peak RSS)."""
+    ``keep_masks``: return the objects' masks (to compare variants; their copy counts in the peak RSS).
+    ``encode_first`` False: no features phase; the session encodes a batch ahead as its runs go."""
     from medsegany.encode_ahead import outward_order
     from medsegany.prompts import make_slice_prompts
     from medsegany.session import SegmentationSession
@@ -259,7 +264,7 @@ def run_medsegany_sam2(
         object_ids = [session.add_object() for _ in prompts]
         tracker = session.tracker(2)
     with timer("features"):
-        if plan.cached_frames >= num:
+        if encode_first and plan.cached_frames >= num:
             # outward from the prompts' slice, the order the propagation needs them (with the encoder on
             # its own stream the first steps wait for the first batch only)
             order = outward_order(prompts[0].frame_index, num)
@@ -510,8 +515,11 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
             return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr, compared)
         if path in MEDSEGANY_VARIANTS:
             variant = _with_fused_attention if path == FUSED_ATTENTION_PATH else _with_encode_stream
+            first = path != INTERLEAVED_PATH
             return lambda timer: variant(
-                lambda: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr, keep_masks=True)
+                lambda: run_medsegany_sam2(
+                    model, vox, prm, timer, plan.plan, corr, keep_masks=True, encode_first=first
+                )
             )
         source = "jpeg" if path == "reference_a" else "memory"
         return lambda timer: run_meta_reference(model.model, vox, prm, timer, source, corr, args.workdir)

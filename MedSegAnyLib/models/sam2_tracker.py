@@ -62,6 +62,18 @@ MATMUL_ATTENTION_VARIABLE = "MEDSEGANY_MATMUL_ATTENTION"
 PREV_LOGITS_CLAMP = 32.0
 
 
+def padded_batch_size(count: int, limit: int) -> int:
+    """The encoder batch that ``count`` frames run in: the next power of two, at most ``limit`` (the
+    batch asked for, which the memory plan counted), never fewer than ``count``.
+
+    Why, on CUDA: on an H200 the first encoder batch of a size the process had not run took 0.3-0.5 s
+    more than later ones (benchmarks/encoder_batch_shapes.py); a run's last batch has whatever size is
+    left, so every volume brought new sizes. Rounded up, a process meets at most 1, 2, 4, ..., the
+    batch: the dropped copies cost at most as much as the frames kept (under 8 ms at 512 px there).
+    """
+    return max(count, min(1 << max(0, count - 1).bit_length(), limit))
+
+
 def preferred_encoder_batch(device_type: str) -> int:
     """Frames per SAM 2 encoder call: 1 on a CPU (SAM 2.1 tiny at 512: 0.63 s an image alone vs 0.82 s
     in batches of 4 in float32, 0.41 vs 0.43 s in bf16, on the 2-core CPU), 16 on a GPU (an H200 encoded
@@ -85,7 +97,9 @@ class Sam2Tracker:
     ``MEDSEGANY_MATMUL_ATTENTION=0``; it rounds the attention scores to bf16 (on random weights the masks
     stay as close to float32 as the fused kernel's). ``encode_stream`` (the image encoder on a CUDA stream of
     its own, :mod:`~medsegany.models.sam2_encode_stream`) is off unless asked for or
-    ``MEDSEGANY_ENCODE_STREAM=1``, and CUDA only. Not thread-safe: drive one tracker from one thread.
+    ``MEDSEGANY_ENCODE_STREAM=1``, and CUDA only. ``pad_batches`` (a short encoder batch padded to a power
+    of two, :func:`padded_batch_size`) defaults to on for CUDA. Not thread-safe: drive one tracker from
+    one thread.
     """
 
     def __init__(
@@ -97,6 +111,7 @@ class Sam2Tracker:
         lookahead: bool | None = None,
         matmul_attention: bool | None = None,
         encode_stream: bool | None = None,
+        pad_batches: bool | None = None,
     ) -> None:
         import torch
 
@@ -131,6 +146,8 @@ class Sam2Tracker:
             encode_stream = os.environ.get(ENCODE_STREAM_VARIABLE, "0").strip() == "1"
         use_stream = bool(encode_stream) and self.device.type == "cuda"
         self._encoder_stream = EncoderStream(self.device) if use_stream else None
+        # a short encoder batch padded to a power of two (see padded_batch_size); None = on CUDA only
+        self.pad_batches = self.device.type == "cuda" if pad_batches is None else bool(pad_batches)
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
@@ -256,18 +273,25 @@ class Sam2Tracker:
         tracking step 0.35 -> 0.30 s, a frame's features 0.38 -> 0.31 s on the 2-core development CPU)."""
         return retained_freed_memory(self.device.type == "cpu")
 
-    def _encode_images(self, frame_indices: Sequence[int]) -> None:
+    def _encode_images(self, frame_indices: Sequence[int], batch_limit: int = 1) -> None:
         """Run the image encoder on a batch of frames and cache each frame's features separately (on
-        the encoder's own stream when there is one: the host does not wait for it)."""
+        the encoder's own stream when there is one: the host does not wait for it). ``batch_limit``: the
+        batch asked for, up to which a shorter batch may be padded (see :func:`padded_batch_size`)."""
         if self._encoder_stream is None:
-            self._encode_batch(frame_indices)
+            self._encode_batch(frame_indices, batch_limit)
             return
         with self._encoder_stream.encoding(frame_indices):
-            self._encode_batch(frame_indices)
+            self._encode_batch(frame_indices, batch_limit)
 
-    def _encode_batch(self, frame_indices: Sequence[int]) -> None:
+    def _encode_batch(self, frame_indices: Sequence[int], batch_limit: int) -> None:
         frames = self._require_frames()
         images = preprocess_frames(frames[list(frame_indices)], self.image_size, self.device)
+        count = len(frame_indices)
+        size = padded_batch_size(count, batch_limit) if self.pad_batches else count
+        if size > count:  # copies of the last frame: encoded, then dropped
+            import torch
+
+            images = torch.cat([images, images[-1:].expand(size - count, -1, -1, -1)])
         backbone_out = self.model.forward_image(images)
         pos_enc = self._cache.pos_enc
         if pos_enc is None:  # the same for every frame: one copy (16 MiB at 512 px; 3-6 ms a clone)
@@ -288,9 +312,10 @@ class Sam2Tracker:
         todo = [self._check_frame_index(i) for i in dict.fromkeys(indices) if i not in self._cache]
         # one autocast region for all batches: it casts the float32 weights to bf16 once, not per batch
         # (27 M parameters, about 20 ms an image on the 2-core CPU)
+        batch = max(1, int(batch_size))
         with self._retained_memory(), self._compute():
-            for start in range(0, len(todo), max(1, int(batch_size))):
-                self._encode_images(todo[start : start + max(1, int(batch_size))])
+            for start in range(0, len(todo), batch):
+                self._encode_images(todo[start : start + batch], batch_limit=batch)
         return len(todo)
 
     def _frame_features(self, frame_index: int) -> tuple[list[Any], list[Any], list[tuple[int, int]]]:

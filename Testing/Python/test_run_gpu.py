@@ -29,6 +29,8 @@ PLANNED_STAGES = {
     "cudatests": None,
     "large": "speed_gpu_l1024_100.json",
     "objects": "speed_gpu_t512_100_3objects.json",
+    "shapes": "encoder_batch_shapes.json",
+    "interleaved": "speed_gpu_t512_300_interleaved.json",
 }
 
 
@@ -53,12 +55,19 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert completed.stdout.count("!!") == 1
     reports = {s: json.loads((tmp_path / f).read_text()) for s, f in PLANNED_STAGES.items() if f}
     # the GPU sizes were replaced by the tiny ones, and every speed stage ran its case
-    for stage in ("speed", "memory", "stream", "objects"):
+    for stage in ("speed", "memory", "stream", "objects", "interleaved"):
         (case,) = reports[stage]["cases"]
         assert case["slices"] == 3 and reports[stage]["device"] == "cpu", stage
     assert reports["objects"]["cases"][0]["objects"] == 3
     assert set(reports["memory"]["cases"][0]["paths"]) == {"medsegany"}
     assert set(reports["stream"]["cases"][0]["paths"]) == {"medsegany", "medsegany_encode_stream"}
+    interleaved = reports["interleaved"]["cases"][0]
+    assert set(interleaved["paths"]) == {"reference_b", "medsegany", "medsegany_interleaved"}
+    assert interleaved["variant_mask_agreement"]["medsegany_interleaved"]["identical"] is True
+    assert interleaved["paths"]["medsegany_interleaved"]["repeats"][0]["phases_s"]["features"] < 0.01
+    shapes = reports["shapes"]
+    assert [c["size"] for c in shapes["calls"]] == [2, 3]
+    assert [c["encoded_size"] for c in shapes["calls_padded"]] == [4]  # 3 frames, padded
     assert reports["large"]["skipped"][0]["model"] == "sam2.1_hiera_l"  # GPU only
     # the graph variants check themselves against eager steps (on a CPU no graph is recorded)
     for stage in ("graphs", "strict"):

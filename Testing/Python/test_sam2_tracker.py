@@ -63,6 +63,50 @@ def test_batched_features_equal_single_frame_features(model, frames, encoded_tra
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("count", "limit", "expected"),
+    [
+        (1, 16, 1),
+        (2, 16, 2),
+        (3, 16, 4),
+        (5, 16, 8),
+        (13, 16, 16),
+        (16, 16, 16),
+        (12, 32, 16),
+        (20, 32, 32),
+        (17, 17, 17),
+        (3, 3, 3),
+        (5, 1, 5),
+    ],
+)
+def test_a_short_batch_is_padded_to_a_power_of_two_within_the_batch_asked_for(count, limit, expected):
+    from medsegany.models.sam2_tracker import padded_batch_size
+
+    assert padded_batch_size(count, limit) == expected
+
+
+def test_a_padded_batch_gives_the_features_of_the_frames_asked_for(model, frames, encoded_tracker):
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    padded = Sam2Tracker(model, precision="float32", pad_batches=True)
+    padded.set_frames(frames)
+    encoded_batches = []
+    forward_image = padded.model.forward_image
+    padded.model.forward_image = lambda images: (encoded_batches.append(len(images)), forward_image(images))[
+        1
+    ]
+    try:
+        with torch.inference_mode():
+            assert padded.precompute_features([0, 1, 2], batch_size=4) == 3
+            ours, theirs = padded._frame_features(2), encoded_tracker._frame_features(2)
+    finally:
+        del padded.model.forward_image
+    assert encoded_batches == [4] and padded.frames_encoded == 3 and len(padded._cache) == 3
+    for mine, reference in zip(ours[0] + ours[1], theirs[0] + theirs[1], strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-4)
+    assert Sam2Tracker(model, precision="float32").pad_batches is False  # on by default on CUDA only
+
+
 def test_propagates_each_direction_in_order_and_reuses_features(tracker, frames):
     box = disc_box_xyxy(frames, 1)
     prompt_logits = tracker.add_prompts(4, 1, box_frame_xyxy=box)
@@ -96,7 +140,9 @@ def test_encoding_and_tracking_on_a_cpu_keep_freed_memory_until_they_end(model, 
     depths = []
     encode = lazy._encode_images
     monkeypatch.setattr(
-        lazy, "_encode_images", lambda indices: (depths.append(allocator.retention_depth()), encode(indices))
+        lazy,
+        "_encode_images",
+        lambda indices, **kw: (depths.append(allocator.retention_depth()), encode(indices, **kw)),
     )
     lazy.precompute_features([0, 1], batch_size=1)
     assert depths == [1, 1] and allocator.retention_depth() == 0

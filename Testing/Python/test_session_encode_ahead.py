@@ -1,13 +1,13 @@
 """Image features encoded ahead of the prompt (medsegany.encode_ahead, SegmentationSession.encode_ahead):
 the order, the memory budget, stopping between calls, and a propagation afterwards that encodes nothing
-again and gives the same masks."""
+again and gives the same masks; and within a SAM 2 run, a batch ahead of its steps (EncodeAheadInRun)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from fake_models import ThresholdModel
-from medsegany.encode_ahead import outward_order
+from medsegany.encode_ahead import EncodeAheadInRun, outward_order
 from medsegany.errors import PromptError
 from medsegany.session import SegmentationSession
 from test_session import box_on_k, phantom
@@ -96,3 +96,48 @@ def test_a_wrong_axis_or_slice_is_a_clear_error(axis, index, message):
     session = SegmentationSession(phantom(), ThresholdModel(), intensity=(0.0, 255.0))
     with pytest.raises(PromptError, match=message):
         list(session.encode_ahead(axis, index))
+
+
+class RecordingTracker:
+    """What EncodeAheadInRun asks of a tracker: its batch, and the frames of each encoder call."""
+
+    def __init__(self, batch: int) -> None:
+        self.preferred_batch_size = batch
+        self.calls: list[list[int]] = []
+
+    def precompute_features(self, frames, batch_size: int) -> int:
+        assert batch_size == self.preferred_batch_size or batch_size < self.preferred_batch_size
+        self.calls.append(list(frames))
+        return len(frames)
+
+
+@pytest.mark.parametrize("step", [1, -1])
+def test_a_run_asks_for_a_batch_ahead_so_the_step_launched_ahead_never_encodes_alone(step):
+    # 60 slices from slice 30, batches of 16 (a GPU): forward 30..59 or backward 30..0
+    tracker = RecordingTracker(16)
+    in_run = range(30, 60) if step > 0 else range(30, -1, -1)
+    ahead = EncodeAheadInRun(tracker, in_run, max_cached_frames=256)
+    for position in range(len(in_run)):
+        ahead.reached(position)
+        # the run has yielded this position; the step launched ahead reads the next one
+        asked = [frame for call in tracker.calls for frame in call]
+        assert in_run[min(position + 1, len(in_run) - 1)] in asked
+    assert [len(call) for call in tracker.calls] == ([17, 13] if step > 0 else [17, 14])
+    assert [frame for call in tracker.calls for frame in call] == list(in_run)  # each once, in order
+
+
+def test_a_run_asks_for_no_more_ahead_than_the_feature_cache_keeps():
+    tracker = RecordingTracker(16)
+    ahead = EncodeAheadInRun(tracker, range(0, 40), max_cached_frames=12)  # room for 2 x 5 + 2 frames
+    for position in range(40):
+        ahead.reached(position)
+        assert ahead.asked - position <= 2 * 5 + 1
+    assert {len(call) for call in tracker.calls[1:-1]} == {5}
+
+
+def test_on_a_cpu_a_run_asks_one_frame_ahead():
+    tracker = RecordingTracker(1)
+    ahead = EncodeAheadInRun(tracker, range(5, 9), max_cached_frames=256)
+    for position in range(4):
+        ahead.reached(position)
+    assert tracker.calls == [[5, 6], [7], [8]]

@@ -32,13 +32,26 @@ def _tensor_to_host(tensor: Any) -> Any:
         return tensor
     if tensor.device.type != "cuda":
         return tensor.to("cpu")
-    import torch
-
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host = host_buffer_like(tensor, pin_memory=True)
     # a blocking copy on the current stream: the host waits for that stream's work, so features made on
     # another stream (the encoder's own) must be waited for there first (Sam2Tracker.offload_features)
     host.copy_(tensor)
     return host
+
+
+def host_buffer_like(tensor: Any, pin_memory: bool) -> Any:
+    """An empty host tensor with the shape, dtype and memory layout (strides) of ``tensor``.
+
+    Why the layout: SAM 2's FPN features are channels-last (its neck's convolutions get the trunk's
+    permuted output). A contiguous host copy came back to the GPU in the other layout, where the mask
+    decoder's and memory encoder's convolutions pick other kernels: on an H200 (2026-11-28) the masks of
+    offloaded features then differed from those of features kept on the GPU in most logits (by up to
+    0.07), where the same layout gives the same bits.
+    """
+    import torch
+
+    # preserve_format: the strides of a dense tensor, a contiguous buffer for any other
+    return torch.empty_like(tensor, device="cpu", pin_memory=pin_memory)
 
 
 def _map_tensors(value: Any, convert: Any) -> Any:

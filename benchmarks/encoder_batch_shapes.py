@@ -4,17 +4,21 @@ On an H200 (2026-11-28, ``run_gpu.sh speed``) the first timed run of MedSegAny's
 in 0.74-0.77 s, later runs in 0.23 s; the warm-up before it had encoded 40 slices (batches of 32 and 8),
 the timed run ended on a batch of 12. Two causes fit: a batch size seen for the first time (kernel or
 attention-plan selection per shape), or the caching allocator asking CUDA for memory for the first time
-(the timed run caches 260 slices more than the warm-up). This script tells them apart.
+(the timed run caches 260 slices more than the warm-up). This script told them apart: the size, through
+PyTorch's cuDNN attention (0.39-0.61 s a new size with it, 0.05-0.06 s without, no new memory either way).
+Since, the tracker's encoder runs without cuDNN attention (``compute.without_cudnn_attention``) and pads
+a short batch (``sam2_tracker.padded_batch_size``).
 
 One fresh process, SAM 2.1 tiny at 512 px with random weights (the tracker MedSegAny runs: bf16 on CUDA),
 a phantom of ``--slices`` slices. Each call of ``--sizes`` encodes that many frames not cached (the cache
 is emptied before each call, so every call allocates the same), synchronised, timed; for each call: the
 seconds, whether its size is new to the process, and how many memory segments the allocator took from
 CUDA during it (``segment.all.allocated`` in ``torch.cuda.memory_stats``). Then the same for the sizes of
-``--sizes-without-cudnn-attention`` with PyTorch's cuDNN attention backend off (flash and memory-efficient
-attention only), to see whether a new size's cost is that backend's plan; then ``--sizes-padded`` asked
-for in batches of ``--padded-batch`` with the tracker padding a short batch to a power of two
-(``medsegany.models.sam2_tracker.padded_batch_size``): sizes it has run before cost nothing extra.
+``--sizes-with-cudnn-attention`` with PyTorch's cuDNN attention backend allowed again (as PyTorch's
+default and Meta's predictor run the encoder), to see what a new size costs with it; then
+``--sizes-padded`` asked for in batches of ``--padded-batch`` with the tracker padding a short batch to
+a power of two (``medsegany.models.sam2_tracker.padded_batch_size``): sizes it has run before cost
+nothing extra.
 
 Example (a GPU)::
 
@@ -30,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import machine_info, phantom_kji
 
 DEFAULT_SIZES = (16, 16, 16, 13, 13, 14, 14, 5, 5, 1, 1, 32, 32, 16)
-DEFAULT_SIZES_WITHOUT_CUDNN = (7, 7, 9, 9, 16)
+DEFAULT_SIZES_WITH_CUDNN = (7, 7, 9, 9, 16)
 DEFAULT_SIZES_PADDED = (11, 10, 12, 3)  # in batches of 16, padded: 16, 16, 16, 4
 
 
@@ -88,17 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=32, help="phantom slices (at least the largest size)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument(
-        "--sizes-without-cudnn-attention", type=int, nargs="*", default=list(DEFAULT_SIZES_WITHOUT_CUDNN)
+        "--sizes-with-cudnn-attention", type=int, nargs="*", default=list(DEFAULT_SIZES_WITH_CUDNN)
     )
     parser.add_argument("--sizes-padded", type=int, nargs="*", default=list(DEFAULT_SIZES_PADDED))
     parser.add_argument("--padded-batch", type=int, default=16, help="the batch asked for when padded")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/encoder_batch_shapes.json"))
     args = parser.parse_args(argv)
-    largest = max([*args.sizes, *args.sizes_without_cudnn_attention])
+    largest = max([*args.sizes, *args.sizes_with_cudnn_attention, *args.sizes_padded])
     if args.slices < largest:
         parser.error(f"--slices {args.slices} is fewer than the largest size {largest}")
 
     import torch
+    from medsegany.models import sam2_tracker
     from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
     from medsegany.models.sam2_tracker import Sam2Tracker
 
@@ -127,14 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             "math": torch.backends.cuda.math_sdp_enabled(),
         }
     result["calls"] = time_calls(tracker, frames_nhw, tuple(args.sizes), seen, cuda)
-    without: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if cuda and args.sizes_without_cudnn_attention:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        without = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-    with without:
-        sizes = tuple(args.sizes_without_cudnn_attention)
-        result["calls_without_cudnn_attention"] = time_calls(tracker, frames_nhw, sizes, seen, cuda)
+    # the tracker's own context made a no-op: PyTorch's default backends, cuDNN's included
+    with mock.patch.object(sam2_tracker, "without_cudnn_attention", lambda device: contextlib.nullcontext()):
+        sizes = tuple(args.sizes_with_cudnn_attention)
+        result["calls_with_cudnn_attention"] = time_calls(tracker, frames_nhw, sizes, seen, cuda)
     tracker.pad_batches = True
     padded = tuple(args.sizes_padded)
     result["calls_padded"] = time_calls(tracker, frames_nhw, padded, seen, cuda, args.padded_batch)

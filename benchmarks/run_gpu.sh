@@ -19,7 +19,7 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"
     HOST_TINY="--slices 4 --size 96 --repeats 4"
     WINDOW_TINY="--slices 8 --size 64 --repeats 1"
-    SHAPES_TINY="--image-size 128 --size 48 --slices 4 --sizes 2 3 --sizes-without-cudnn-attention 1 --sizes-padded 3 --padded-batch 4"
+    SHAPES_TINY="--image-size 128 --size 48 --slices 4 --sizes 2 3 --sizes-with-cudnn-attention 1 --sizes-padded 3 --padded-batch 4"
     PYTEST_TINY="--collect-only"  # without CUDA those tests are skipped or already run by make test
 else
     DEVICE=cuda

@@ -96,6 +96,26 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
     return torch.autocast(device_type(device), dtype=torch.bfloat16)
 
 
+def without_cudnn_attention(device: Any) -> contextlib.AbstractContextManager:
+    """On CUDA: PyTorch's attention without its cuDNN backend (flash, memory-efficient or plain math
+    instead); elsewhere, and on a PyTorch without ``torch.nn.attention.sdpa_kernel`` (before 2.3, which
+    has no cuDNN attention either), nothing.
+
+    Why, for SAM 2's image encoder on an H200 (torch 2.11, 2026-11-28,
+    ``benchmarks/encoder_batch_shapes.py``): the first batch of a size the process had not run took
+    0.39-0.61 s longer than later ones with the cuDNN backend (its plan for each new shape, no new memory
+    taken from CUDA), 0.05-0.06 s without; a batch of 16 at 512 px took 13.4 ms without it, 13.7 ms with.
+    """
+    if device_type(device) != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return contextlib.nullcontext()
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(backends)
+
+
 # CUDA device index -> its one side stream (see cuda_side_stream)
 _SIDE_STREAMS: dict[int, Any] = {}
 

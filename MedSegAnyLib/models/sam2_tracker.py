@@ -43,6 +43,7 @@ import numpy as np
 
 from ..allocator import retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
+from .compute import without_cudnn_attention
 from .sam2_cpu_attention import install as install_cpu_attention
 from .sam2_cpu_attention import matmul_attention
 from .sam2_encode_stream import ENCODE_STREAM_VARIABLE, EncoderStream
@@ -66,10 +67,13 @@ def padded_batch_size(count: int, limit: int) -> int:
     """The encoder batch that ``count`` frames run in: the next power of two, at most ``limit`` (the
     batch asked for, which the memory plan counted), never fewer than ``count``.
 
-    Why, on CUDA: on an H200 the first encoder batch of a size the process had not run took 0.3-0.5 s
-    more than later ones (benchmarks/encoder_batch_shapes.py); a run's last batch has whatever size is
-    left, so every volume brought new sizes. Rounded up, a process meets at most 1, 2, 4, ..., the
-    batch: the dropped copies cost at most as much as the frames kept (under 8 ms at 512 px there).
+    Why, on CUDA: a run's last batch has whatever size is left, so every volume brought sizes the process
+    had not run, and on an H200 (2026-11-28, ``benchmarks/encoder_batch_shapes.py``) the first batch of a
+    new size took 0.05-0.06 s longer than later ones, 0.39-0.61 s with PyTorch's cuDNN attention (see
+    :func:`~medsegany.models.compute.without_cudnn_attention`). Rounded up, a process meets at most 1, 2,
+    4, ... up to the batch: 10, 11 and 12 frames asked for in batches of 16 ran as 16 in 12.9-13.1 ms,
+    as fast as a batch of 16 already run (13.4-13.9 ms). The copies dropped cost at most as much as the
+    frames kept.
     """
     return max(count, min(1 << max(0, count - 1).bit_length(), limit))
 
@@ -292,7 +296,8 @@ class Sam2Tracker:
             import torch
 
             images = torch.cat([images, images[-1:].expand(size - count, -1, -1, -1)])
-        backbone_out = self.model.forward_image(images)
+        with without_cudnn_attention(self.device):  # a new batch size costs 0.05 s, not 0.5 s (H200)
+            backbone_out = self.model.forward_image(images)
         pos_enc = self._cache.pos_enc
         if pos_enc is None:  # the same for every frame: one copy (16 MiB at 512 px; 3-6 ms a clone)
             pos_enc = [p[0:1].clone() for p in backbone_out["vision_pos_enc"]]

@@ -166,3 +166,15 @@ def test_the_eager_stand_in_runs_while_compiling_is_off_or_has_failed(monkeypatc
         torch.testing.assert_close(failed(x), net(x) * 2)
         failed(x)
     assert len(calls) == 3 and not failed.active
+
+
+def test_the_encoder_runs_without_cudnn_attention_on_cuda_only():
+    from medsegany.models.compute import without_cudnn_attention
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # PyTorch's default
+    with without_cudnn_attention("cuda:0"):  # the flags only: this runs without a GPU too
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with without_cudnn_attention("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from medsegany.feature_offload import to_device, to_host  # noqa: E402
+from medsegany.feature_offload import host_buffer_like, to_device, to_host  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,14 +31,30 @@ def test_every_tensor_of_lists_tuples_and_dataclasses_moves_and_nothing_else():
     assert to_host(host)[0] is host[0]  # already in host memory: not copied
 
 
+def test_the_host_buffer_keeps_the_layout_of_channels_last_features():
+    # SAM 2's FPN features are channels-last; in another layout the GPU's convolutions round differently
+    features = torch.randn(1, 32, 16, 16).bfloat16().to(memory_format=torch.channels_last)
+    buffer = host_buffer_like(features, pin_memory=False)
+    assert buffer.stride() == features.stride() and buffer.dtype == torch.bfloat16
+    assert buffer.is_contiguous(memory_format=torch.channels_last)
+    gappy = torch.randn(4, 6)[:, ::2]  # not dense: a plain contiguous buffer
+    assert host_buffer_like(gappy, pin_memory=False).is_contiguous()
+
+
 @needs_cuda
 def test_cuda_features_go_to_page_locked_host_memory_and_come_back_equal():
-    features = [torch.randn(1, 32, 128, 128, device="cuda").bfloat16(), torch.randn(1, 256, 32, 32).cuda()]
+    channels_last = torch.randn(1, 64, 64, 64, device="cuda").to(memory_format=torch.channels_last)
+    features = [
+        torch.randn(1, 32, 128, 128, device="cuda").bfloat16(),
+        torch.randn(1, 256, 32, 32).cuda(),
+        channels_last,
+    ]
     host = to_host(features)
     assert all(t.device.type == "cpu" and t.is_pinned() for t in host)
     back = to_device(host, features[0].device)
     for before, after in zip(features, back):
         assert after.device == before.device and torch.equal(after, before)
+        assert after.stride() == before.stride()
 
 
 @needs_cuda

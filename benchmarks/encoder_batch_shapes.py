@@ -5,9 +5,9 @@ in 0.74-0.77 s, later runs in 0.23 s; the warm-up before it had encoded 40 slice
 the timed run ended on a batch of 12. Two causes fit: a batch size seen for the first time (kernel or
 attention-plan selection per shape), or the caching allocator asking CUDA for memory for the first time
 (the timed run caches 260 slices more than the warm-up). This script told them apart: the size, through
-PyTorch's cuDNN attention (0.39-0.61 s a new size with it, 0.05-0.06 s without, no new memory either way).
-Since, the tracker's encoder runs without cuDNN attention (``compute.without_cudnn_attention``) and pads
-a short batch (``sam2_tracker.padded_batch_size``).
+PyTorch's cuDNN attention (0.49-0.60 s a new size with it, 0.05-0.06 s without, no new memory taken from
+CUDA; benchmarks/README.md). Since, the tracker's encoder runs without cuDNN attention
+(``compute.without_cudnn_attention``) and pads a short batch (``sam2_tracker.padded_batch_size``).
 
 One fresh process, SAM 2.1 tiny at 512 px with random weights (the tracker MedSegAny runs: bf16 on CUDA),
 a phantom of ``--slices`` slices. Each call of ``--sizes`` encodes that many frames not cached (the cache

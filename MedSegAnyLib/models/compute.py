@@ -103,7 +103,7 @@ def without_cudnn_attention(device: Any) -> contextlib.AbstractContextManager:
 
     Why, for SAM 2's image encoder on an H200 (torch 2.11, 2026-11-28,
     ``benchmarks/encoder_batch_shapes.py``): the first batch of a size the process had not run took
-    0.39-0.61 s longer than later ones with the cuDNN backend (its plan for each new shape, no new memory
+    0.49-0.60 s longer than later ones with the cuDNN backend (its plan for each new shape, no new memory
     taken from CUDA), 0.05-0.06 s without; a batch of 16 at 512 px took 13.4 ms without it, 13.7 ms with.
     """
     if device_type(device) != "cuda":

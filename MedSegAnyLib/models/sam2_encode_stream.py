@@ -1,4 +1,4 @@
-"""SAM 2 image encoding on a CUDA stream of its own, beside the tracking steps (opt-in, unmeasured).
+"""SAM 2 image encoding on a CUDA stream of its own, beside the tracking steps (opt-in; no gain measured).
 
 Why: on an H200 a tracking step of SAM 2.1 tiny at 512 px keeps the GPU busy 2.2 ms with about 600
 small kernels, most of which occupy a fraction of its multiprocessors, while encoding 300 frames in
@@ -12,8 +12,12 @@ that event, without the host waiting, before a frame's features are first read t
 features as used by the main stream (``record_stream``: the allocator then never hands their memory to
 the side stream's next batch while main-stream work may still read them).
 
-Off unless asked for (``Sam2Tracker(encode_stream=True)`` or ``MEDSEGANY_ENCODE_STREAM=1``) until a
-GPU run shows what it buys; CUDA only (a CPU or MPS runs the encoder where it is asked, as before).
+Off unless asked for (``Sam2Tracker(encode_stream=True)`` or ``MEDSEGANY_ENCODE_STREAM=1``); CUDA only
+(a CPU or MPS runs the encoder where it is asked, as before). Measured on an H200 (2026-11-28,
+benchmarks/README.md), 300 slices at 512 px, all features first: 1.114 s against 1.107 s without it,
+the same masks. With the session encoding each run's frames a batch ahead of its steps on it: 1.119 s,
+against 1.104 s for all features first without it. The steps now keep the GPU busy (2.3 of their
+2.7 ms), so the encoder's batches only move into their time.
 """
 
 from __future__ import annotations

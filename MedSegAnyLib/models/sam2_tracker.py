@@ -69,9 +69,9 @@ def padded_batch_size(count: int, limit: int) -> int:
 
     Why, on CUDA: a run's last batch has whatever size is left, so every volume brought sizes the process
     had not run, and on an H200 (2026-11-28, ``benchmarks/encoder_batch_shapes.py``) the first batch of a
-    new size took 0.05-0.06 s longer than later ones, 0.39-0.61 s with PyTorch's cuDNN attention (see
+    new size took 0.02-0.06 s longer than later ones, 0.49-0.60 s with PyTorch's cuDNN attention (see
     :func:`~medsegany.models.compute.without_cudnn_attention`). Rounded up, a process meets at most 1, 2,
-    4, ... up to the batch: 10, 11 and 12 frames asked for in batches of 16 ran as 16 in 12.9-13.1 ms,
+    4, ... up to the batch: 10, 11 and 12 frames asked for in batches of 16 ran as 16 in 12.9-13.3 ms,
     as fast as a batch of 16 already run (13.4-13.9 ms). The copies dropped cost at most as much as the
     frames kept.
     """

@@ -75,7 +75,8 @@ class EncodeAheadInRun:
 
     ``batch``: the tracker's encoder batch (16 on a GPU, 1 on a CPU), at most half of what the feature
     cache keeps less the 2 frames a step reads, so that what is asked for ahead never evicts a frame the
-    run is about to read.
+    run is about to read. A run that stops (the object ended) leaves at most two batches encoded beyond
+    its last slice: on an H200 32 slices at 512 px, about 25 ms.
     """
 
     def __init__(self, tracker: Any, in_run: range, max_cached_frames: int) -> None:

@@ -82,7 +82,7 @@ def preferred_encoder_batch(device_type: str) -> int:
     """Frames per SAM 2 encoder call: 1 on a CPU (SAM 2.1 tiny at 512: 0.63 s an image alone vs 0.82 s
     in batches of 4 in float32, 0.41 vs 0.43 s in bf16, on the 2-core CPU), 16 on a GPU (an H200 encoded
     300 frames in batches of 32 in 0.23 s, where batches of 4 leave it mostly idle; 16 bound the frames
-    encoded beyond where an object ends)."""
+    encoded beyond where an object ends to two batches, see medsegany.encode_ahead.EncodeAheadInRun)."""
     return 1 if device_type == "cpu" else 16
 
 

@@ -283,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         _, eager_logits = track_both_ways(eager, volume, box, key)
         compiled_logits = runs[-1][1]
         report.update(_compare(eager_logits, compiled_logits))
+        write()
+        # the compiled modules' kernels and GPU time a step: what fusing the step would leave a graph
+        profiled = profile_steps(compiled, box, key, args.profile_frames, args.device)
+        report["profile"] = {k: v for k, v in profiled.items() if k != "table"}
+        args.output.with_suffix(".txt").write_text(profiled["table"] + "\n")
     else:
         parser.error(f"unknown variant {args.variant}")
     if args.device.startswith("cuda"):

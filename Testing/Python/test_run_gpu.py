@@ -17,7 +17,7 @@ pytest.importorskip("sam2")
 pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[2]
-# the stages of benchmarks/README.md's "The next GPU run", both calls, and the JSON each writes
+# the stages of benchmarks/run_gpu.sh and the JSON each writes
 PLANNED_STAGES = {
     "speed": "speed_gpu_t512_300.json",
     "host": "step_host_work_gpu.json",
@@ -31,6 +31,7 @@ PLANNED_STAGES = {
     "objects": "speed_gpu_t512_100_3objects.json",
     "shapes": "encoder_batch_shapes.json",
     "interleaved": "speed_gpu_t512_300_interleaved.json",
+    "compile": "profile_compile_default.json",
 }
 
 
@@ -65,6 +66,9 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert set(interleaved["paths"]) == {"reference_b", "medsegany", "medsegany_interleaved"}
     assert interleaved["variant_mask_agreement"]["medsegany_interleaved"]["identical"] is True
     assert interleaved["paths"]["medsegany_interleaved"]["repeats"][0]["phases_s"]["features"] < 0.01
+    compiled = reports["compile"]  # Meta's modules compiled (about 80 s on 2 cores), profiled per step
+    assert compiled["variant"] == "compile-default" and compiled["same_frames"] is True
+    assert compiled["profile"]["steps"] == 2 and compiled["compile_s"] > 0
     shapes = reports["shapes"]
     assert [c["size"] for c in shapes["calls"]] == [2, 3]
     assert [c["encoded_size"] for c in shapes["calls_padded"]] == [4]  # 3 frames, padded

@@ -5,7 +5,7 @@
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
 #   (stages: speed graphs strict large objects memory host stream window cudatests eager compile shapes
-#   interleaved)
+#   interleaved encoder_compile)
 # REHEARSAL=1 runs the same commands on the CPU on tiny inputs (PYTHON: the interpreter, default python3),
 # so a script error shows here and not in a lent GPU's 15 minutes (Testing/Python/test_run_gpu.py).
 set -u
@@ -19,11 +19,12 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"
     HOST_TINY="--slices 4 --size 96 --repeats 4"
     WINDOW_TINY="--slices 8 --size 64 --repeats 1"
+    ENCODER_TINY="--models sam2.1_hiera_t512 --image-size 128 --size 48 --batch 2 --repeats 1"
     SHAPES_TINY="--image-size 128 --size 48 --slices 4 --sizes 2 3 --sizes-with-cudnn-attention 1 --sizes-padded 3 --padded-batch 4"
     PYTEST_TINY="--collect-only"  # without CUDA those tests are skipped or already run by make test
 else
     DEVICE=cuda
-    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY="" PYTEST_TINY="" SHAPES_TINY=""
+    SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY="" PYTEST_TINY="" SHAPES_TINY="" ENCODER_TINY=""
     if [ -d .whl ]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
         export PYTHONPATH=/tmp/site
@@ -77,6 +78,9 @@ for stage in $stages; do
     # what an encoder batch of a size not seen before costs, and whether it is its size or new memory
     shapes) run 60 benchmarks/encoder_batch_shapes.py --device $DEVICE $SHAPES_TINY \
         --output "$OUT/encoder_batch_shapes.json" ;;
+    # SAM 2's image encoder through torch.compile against the tracker's eager one (tiny 512, large 1024)
+    encoder_compile) run 240 benchmarks/sam2_encoder_compile.py --device $DEVICE $ENCODER_TINY \
+        --output "$OUT/sam2_encoder_compile.json" ;;
     # MedSegAny's path as after a prompt on a volume nothing was encoded for: no features phase, the
     # encoder's batches on their own stream a batch ahead of the steps, against the default path
     interleaved) run 150 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 \

@@ -32,6 +32,7 @@ PLANNED_STAGES = {
     "shapes": "encoder_batch_shapes.json",
     "interleaved": "speed_gpu_t512_300_interleaved.json",
     "compile": "profile_compile_default.json",
+    "encoder_compile": "sam2_encoder_compile.json",
 }
 
 
@@ -69,6 +70,9 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     compiled = reports["compile"]  # Meta's modules compiled (about 80 s on 2 cores), profiled per step
     assert compiled["variant"] == "compile-default" and compiled["same_frames"] is True
     assert compiled["profile"]["steps"] == 2 and compiled["compile_s"] > 0
+    (encoder,) = reports["encoder_compile"]["cases"]  # tiny only: the large model is the GPU's
+    assert encoder["model"] == "sam2.1_hiera_t512" and encoder["batch"] == 2
+    assert encoder["compiled_ms_per_batch"] > 0 and encoder["max_relative_feature_difference"] < 0.05
     shapes = reports["shapes"]
     assert [c["size"] for c in shapes["calls"]] == [2, 3]
     assert [c["encoded_size"] for c in shapes["calls_padded"]] == [4]  # 3 frames, padded

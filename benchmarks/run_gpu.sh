@@ -47,7 +47,7 @@ stages=${*:-speed graphs large objects memory}
 for stage in $stages; do
     case $stage in
     # 40 warm-up slices: each direction takes 20 steps, enough to record every step graph (16 lengths);
-    # 200 s: on the H200 on 2026-11-27 this stage took about 150 s, most of it the references' 4 runs each
+    # 200 s: the references' 4 runs each are most of it (80 s in all on the H200 on 2026-11-28)
     speed) run 200 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
         $SPEED_TINY --output "$OUT/speed_gpu_t512_300.json" ;;

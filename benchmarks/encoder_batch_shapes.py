@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import machine_info, phantom_kji
+from tracker_profile import time_features
 
 DEFAULT_SIZES = (16, 16, 16, 13, 13, 14, 14, 5, 5, 1, 1, 32, 32, 16)
 DEFAULT_SIZES_WITH_CUDNN = (7, 7, 9, 9, 16)
@@ -51,24 +52,19 @@ def _segments(torch: Any, cuda: bool) -> int | None:
 
 
 def time_calls(
-    tracker: Any, frames_nhw: Any, sizes: tuple[int, ...], seen: set[int], cuda: bool, batch: int = 0
+    tracker: Any, frames_nhw: Any, sizes: tuple[int, ...], seen: set[int], device: str, batch: int = 0
 ) -> list:
     """Encode ``size`` uncached frames per call, asked for as one batch (``batch`` 0) or as batches of
     ``batch`` (a shorter one padded when the tracker pads); one record per call."""
     import torch
     from medsegany.models.sam2_tracker import padded_batch_size
 
+    cuda = device.startswith("cuda")
     records = []
     for size in sizes:
-        tracker.set_frames(frames_nhw)  # empties the feature cache: every call encodes the same way
         before = _segments(torch, cuda)
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        tracker.precompute_features(range(size), batch_size=batch or size)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        # new frames empty the feature cache: every call encodes the same way
+        seconds = time_features(tracker, frames_nhw[:size], batch or size, device)
         after = _segments(torch, cuda)
         encoded = padded_batch_size(size, batch) if batch and tracker.pad_batches else size
         records.append(
@@ -132,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
             "math": torch.backends.cuda.math_sdp_enabled(),
         }
-    result["calls"] = time_calls(tracker, frames_nhw, tuple(args.sizes), seen, cuda)
+    result["calls"] = time_calls(tracker, frames_nhw, tuple(args.sizes), seen, args.device)
     # the tracker's own context made a no-op: PyTorch's default backends, cuDNN's included
     with mock.patch.object(sam2_tracker, "without_cudnn_attention", lambda device: contextlib.nullcontext()):
         sizes = tuple(args.sizes_with_cudnn_attention)
-        result["calls_with_cudnn_attention"] = time_calls(tracker, frames_nhw, sizes, seen, cuda)
+        result["calls_with_cudnn_attention"] = time_calls(tracker, frames_nhw, sizes, seen, args.device)
     tracker.pad_batches = True
     padded = tuple(args.sizes_padded)
-    result["calls_padded"] = time_calls(tracker, frames_nhw, padded, seen, cuda, args.padded_batch)
+    result["calls_padded"] = time_calls(tracker, frames_nhw, padded, seen, args.device, args.padded_batch)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")

@@ -32,20 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import SAM2_MODELS, machine_info, phantom_kji
-
-
-def encode_seconds(tracker: Any, frames_nhw: Any, batch: int, cuda: bool) -> float:
-    """One synchronised encoder call of ``batch`` uncached frames, as the tracker runs it."""
-    import torch
-
-    tracker.set_frames(frames_nhw)  # empties the cache
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    tracker.precompute_features(range(batch), batch_size=batch)
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+from tracker_profile import time_features
 
 
 def cached_features(tracker: Any, frame_index: int) -> list[Any]:
@@ -58,7 +45,6 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
     from medsegany.models.sam2_tracker import Sam2Tracker
 
-    cuda = args.device.startswith("cuda")
     config, image_size = SAM2_MODELS[model_name]
     overrides: tuple[str, ...] = ()
     if args.image_size:
@@ -66,14 +52,18 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     tracker = Sam2Tracker(build_sam2_model(config, None, device=args.device, overrides=overrides))
     frames_nhw = phantom_kji(args.batch, args.size)
-    eager_s = [encode_seconds(tracker, frames_nhw, args.batch, cuda) for _ in range(args.repeats + 1)][1:]
+
+    def encode() -> float:  # one batch of uncached frames (new frames empty the cache), synchronised
+        return time_features(tracker, frames_nhw, args.batch, args.device)
+
+    eager_s = [encode() for _ in range(args.repeats + 1)][1:]  # the first call warms up
     eager_features = cached_features(tracker, args.batch - 1)
 
     encoder = tracker.model.image_encoder  # the tracker's own (bf16 weights under bf16)
     encoder.forward = torch.compile(encoder.forward, mode=args.mode, dynamic=False)
     try:
-        compile_s = encode_seconds(tracker, frames_nhw, args.batch, cuda)
-        compiled_s = [encode_seconds(tracker, frames_nhw, args.batch, cuda) for _ in range(args.repeats)]
+        compile_s = encode()
+        compiled_s = [encode() for _ in range(args.repeats)]
         compiled_features = cached_features(tracker, args.batch - 1)
     finally:
         del encoder.forward  # the model's class forward again

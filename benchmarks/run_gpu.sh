@@ -5,7 +5,7 @@
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
 #   (stages: speed graphs strict large objects memory host stream window cudatests eager compile shapes
-#   interleaved encoder_compile)
+#   interleaved encoder_compile fused fusedspeed)
 # REHEARSAL=1 runs the same commands on the CPU on tiny inputs (PYTHON: the interpreter, default python3),
 # so a script error shows here and not in a lent GPU's 15 minutes (Testing/Python/test_run_gpu.py).
 set -u
@@ -101,6 +101,15 @@ for stage in $stages; do
     # on 2026-11-27 and 11-28: its graph trees reuse an output still read): kernels and GPU time a step
     compile) run 150 benchmarks/tracker_profile.py --variant compile-default --slices 300 \
         --device $DEVICE $PROFILE_TINY --output "$OUT/profile_compile_default.json" ;;
+    # the step graphs recorded from the step compiled by torch.compile (sam2_step_compile): kernels and
+    # GPU time a step against stage graphs' (672 kernels, 2.33 ms on 2026-11-28), logits against eager
+    fused) run 240 benchmarks/tracker_profile.py --variant graphs-compiled --slices 300 \
+        --device $DEVICE $PROFILE_TINY --output "$OUT/profile_graphs_compiled.json" ;;
+    # the same end to end, 300 slices, beside the default path and reference B (masks compared)
+    fusedspeed) run 300 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 \
+        --objects 1 --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
+        --paths reference_b medsegany medsegany_compiled_step \
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_300_compiled_step.json" ;;
     *) echo "!! unknown stage $stage"; failed=$((failed + 1)) ;;
     esac
 done

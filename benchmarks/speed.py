@@ -77,7 +77,9 @@ ENCODE_STREAM_PATH = "medsegany_encode_stream"
 # the same, without the features phase: the session encodes each run's frames a batch ahead of its steps
 # (as after a prompt on a volume nothing was encoded for), so the encoder's batches overlap the steps
 INTERLEAVED_PATH = "medsegany_interleaved"
-MEDSEGANY_VARIANTS = (FUSED_ATTENTION_PATH, ENCODE_STREAM_PATH, INTERLEAVED_PATH)
+# MedSegAny's SAM 2 path with its tracking step through torch.compile (sam2_step_compile)
+COMPILED_STEP_PATH = "medsegany_compiled_step"
+MEDSEGANY_VARIANTS = (FUSED_ATTENTION_PATH, ENCODE_STREAM_PATH, INTERLEAVED_PATH, COMPILED_STEP_PATH)
 # Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
 TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
 
@@ -300,25 +302,27 @@ def run_medsegany_sam2(
     }
 
 
-def _with_fused_attention(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``run`` with trackers made without the CPU attention by matrix products (their default is read
-    from MEDSEGANY_MATMUL_ATTENTION when a session makes them)."""
-    from unittest import mock
-
+def _variant_environment(path: str) -> dict[str, str]:
+    """The environment a variant's sessions make their trackers in (the trackers read these defaults):
+    PyTorch's fused attention instead of the CPU's attention by matrix products, the encoder on a CUDA
+    stream of its own (nothing changes on a CPU), or the tracking step compiled."""
+    from medsegany.models.sam2_encode_stream import ENCODE_STREAM_VARIABLE
+    from medsegany.models.sam2_step_compile import COMPILE_STEP_VARIABLE
     from medsegany.models.sam2_tracker import MATMUL_ATTENTION_VARIABLE
 
-    with mock.patch.dict(os.environ, {MATMUL_ATTENTION_VARIABLE: "0"}):
-        return run()
+    return {
+        FUSED_ATTENTION_PATH: {MATMUL_ATTENTION_VARIABLE: "0"},
+        ENCODE_STREAM_PATH: {ENCODE_STREAM_VARIABLE: "1"},
+        INTERLEAVED_PATH: {ENCODE_STREAM_VARIABLE: "1"},
+        COMPILED_STEP_PATH: {COMPILE_STEP_VARIABLE: "1"},
+    }[path]
 
 
-def _with_encode_stream(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``run`` with trackers that encode on a CUDA stream of their own (read from
-    MEDSEGANY_ENCODE_STREAM when a session makes them; nothing changes on a CPU)."""
+def _as_variant(path: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` inside the variant's environment (:func:`_variant_environment`)."""
     from unittest import mock
 
-    from medsegany.models.sam2_encode_stream import ENCODE_STREAM_VARIABLE
-
-    with mock.patch.dict(os.environ, {ENCODE_STREAM_VARIABLE: "1"}):
+    with mock.patch.dict(os.environ, _variant_environment(path)):
         return run()
 
 
@@ -514,9 +518,9 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
         if path == "medsegany":
             return lambda timer: run_medsegany_sam2(model, vox, prm, timer, plan.plan, corr, compared)
         if path in MEDSEGANY_VARIANTS:
-            variant = _with_fused_attention if path == FUSED_ATTENTION_PATH else _with_encode_stream
             first = path != INTERLEAVED_PATH
-            return lambda timer: variant(
+            return lambda timer: _as_variant(
+                path,
                 lambda: run_medsegany_sam2(
                     model, vox, prm, timer, plan.plan, corr, keep_masks=True, encode_first=first
                 )
@@ -653,7 +657,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=[*SAM2_PATHS, "plain", *KEPT_PATHS, *MEDSEGANY_VARIANTS],
         help="paths to run (the _kept ones: that reference with MedSegAny's allocator setting; "
         f"{FUSED_ATTENTION_PATH}: MedSegAny's SAM 2 path with PyTorch's fused attention on a CPU; "
-        f"{ENCODE_STREAM_PATH}: with the image encoder on a CUDA stream of its own)",
+        f"{ENCODE_STREAM_PATH}: with the image encoder on a CUDA stream of its own; "
+        f"{COMPILED_STEP_PATH}: with the tracking step through torch.compile)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-slices", type=int, default=3)

@@ -5,9 +5,11 @@ One variant per run (a fresh process each, so a compile's caches and memory are 
 - ``eager`` and ``graphs``: :class:`medsegany.models.sam2_tracker.Sam2Tracker` without and with its
   tracking steps replayed from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`) and launched one
   ahead (:mod:`medsegany.models.sam2_lookahead`); ``graphs-strict``: the graphs in strict order (what the
-  step launched ahead buys): the image features
-  of all frames first (timed per encoder batch size in ``--feature-batches``), then the tracking loop
-  forward and backward from the middle frame, each frame's mask brought to the host as the session does;
+  step launched ahead buys); ``graphs-compiled``: the graphs recorded from the step compiled by
+  ``torch.compile`` (:mod:`medsegany.models.sam2_step_compile`: what fusing its kernels buys). Each: the
+  image features of all frames first (timed per encoder batch size in ``--feature-batches``), then the
+  tracking loop forward and backward from the middle frame, each frame's mask brought to the host as the
+  session does;
   then the same through :class:`medsegany.session.SegmentationSession` (its bookkeeping on top); then
   ``torch.profiler`` over ``--profile-frames`` tracking steps: kernels launched and GPU kernel time per
   frame against the wall time per frame (a step whose kernels take far less than its wall time is bound
@@ -45,6 +47,8 @@ from speed import SAM2_MODELS, object_prompts, phantom_kji
 
 VOS_CLASS = "sam2.sam2_video_predictor.SAM2VideoPredictorVOS"
 # the modules Meta's VOS predictor compiles, and whether with dynamic shapes (the number of memories varies)
+# MedSegAny's own step graphs: launched ahead, in strict order, and recorded from the compiled step
+GRAPH_VARIANTS = ("graphs", "graphs-strict", "graphs-compiled")
 COMPILED_MODULES = {
     "memory_encoder": False,
     "memory_attention": True,
@@ -196,7 +200,9 @@ def _compare(expected: dict[int, np.ndarray], got: dict[int, np.ndarray]) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--variant", default="eager", help="eager, graphs, graphs-strict or compile-<torch.compile mode>"
+        "--variant",
+        default="eager",
+        help="eager, graphs, graphs-strict, graphs-compiled or compile-<torch.compile mode>",
     )
     parser.add_argument("--model", default="sam2.1_hiera_t512", choices=list(SAM2_MODELS))
     parser.add_argument("--image-size", type=int, default=0, help="override the input size (smoke tests)")
@@ -236,10 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     eager_model = build(config, args.device, overrides, None)
     report["build_s"] = time.perf_counter() - start
-    graphs = args.variant in ("graphs", "graphs-strict")
-    ahead = args.variant == "graphs"  # graphs-strict: the graphs without a step launched ahead
-    eager = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=graphs, lookahead=ahead)
-    if args.variant in ("eager", "graphs", "graphs-strict"):
+    graphs = args.variant in GRAPH_VARIANTS
+    ahead = args.variant != "graphs-strict"  # graphs-strict: the graphs without a step launched ahead
+    eager = Sam2Tracker(
+        eager_model,
+        feature_cache_mb=8192,
+        step_graphs=graphs,
+        lookahead=graphs and ahead,
+        compile_step=args.variant == "graphs-compiled",
+    )
+    if args.variant == "eager" or graphs:
         report["features_s"] = {
             str(b): time_features(eager, volume, b, args.device) for b in args.feature_batches
         }
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         report["tracking_ms_per_frame"] = [1000 * statistics.median(r) for r in runs]
         report["tracking_s_total"] = [sum(r) for r in runs]
         report["step_graphs"] = eager.step_graph_stats
-        if graphs:  # the graphs must give the eager steps' numbers
+        if graphs:  # the graphs must give the eager steps' numbers (compiled: close to them)
             _, graph_logits = track_both_ways(eager, volume, box, key)
             # eager steps, launched ahead alike (masks resized where they are), so only the graphs differ
             reference = Sam2Tracker(eager_model, feature_cache_mb=8192, step_graphs=False, lookahead=ahead)

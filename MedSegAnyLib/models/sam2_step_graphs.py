@@ -46,13 +46,15 @@ from .sam2_memory_gather import (
     select_memory,
     token_major,
 )
+from .sam2_step_compile import CompiledStep
 
 log = logging.getLogger(__name__)
 
 # 16 lengths per direction while the memory fills (7 memory frames, 16 object pointers at most), a few
 # more for corrections (a second conditioning frame); each graph holds only its input/output buffers.
 DEFAULT_MAX_GRAPHS = 48
-# model -> its StepGraphs (weak keys: graphs go with the model)
+# model -> {compile_step: its StepGraphs} (weak keys: graphs go with the model); a compiled and an eager
+# step each keep their graphs, so trackers that differ only in that do not record again each time
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -164,12 +166,16 @@ class _Graph:
 class StepGraphs:
     """Tracking steps of one SAM 2 model, replayed from CUDA graphs (one per memory length).
 
-    ``capture=False`` runs the same split eagerly (CPU, MPS, or to compare). Use from one thread, inside
-    the caller's inference-mode and autocast context (they are recorded into the graph: a graph recorded
-    under bf16 autocast replays bf16 kernels).
+    ``capture=False`` runs the same split eagerly (CPU, MPS, or to compare). ``compile_step``: the step
+    from the gathered memory through ``torch.compile`` (:class:`~medsegany.models.sam2_step_compile.
+    CompiledStep`), with or without graphs. Use from one thread, inside the caller's inference-mode and
+    autocast context (they are recorded into the graph: a graph recorded under bf16 autocast replays bf16
+    kernels).
     """
 
-    def __init__(self, model: Any, capture: bool, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:
+    def __init__(
+        self, model: Any, capture: bool, max_graphs: int = DEFAULT_MAX_GRAPHS, compile_step: bool = False
+    ) -> None:
         # weakly: _SHARED maps the model to these graphs with a weak key, which a strong reference from
         # its own value would keep alive for the whole process (with its bf16 copy and graph memory)
         self._model = weakref.ref(model)
@@ -181,6 +187,8 @@ class StepGraphs:
         self.record_seconds = 0.0
         self.replays = 0
         self.fallback_reason: str | None = None
+        self.compiled_step = CompiledStep(step_from_gathered) if compile_step else None
+        self._step = step_from_gathered if self.compiled_step is None else self.compiled_step
 
     @property
     def model(self) -> Any:
@@ -221,7 +229,7 @@ class StepGraphs:
         device = vision_feats[-1].device
         if not self.capture:
             gathered = gather_memory(selection, device)
-            masks, ptr, score, features, pos_enc = step_from_gathered(
+            masks, ptr, score, features, pos_enc = self._step(
                 self.model, vision_feats, vision_pos_embeds, feat_sizes, gathered, maskmem_pos_enc
             )
             # eagerly the shared filler picks the fastest way here (SciPy on a CPU); the same masks
@@ -285,9 +293,7 @@ class StepGraphs:
         memory = gathered  # made for this step alone (gather_memory): it becomes the graph's input buffers
 
         def body() -> tuple[Any, ...]:
-            return step_from_gathered(
-                self.model, feats, pos, feat_sizes, memory, maskmem_pos_enc, fill_hole_area
-            )
+            return self._step(self.model, feats, pos, feat_sizes, memory, maskmem_pos_enc, fill_hole_area)
 
         try:
             graph, outputs = self._capture(body, feats[0].device)
@@ -362,14 +368,16 @@ class StepGraphs:
         return graph, outputs
 
 
-def step_graphs_for(model: Any, capture: bool) -> StepGraphs:
-    """The model's one :class:`StepGraphs`, shared by all its trackers (a session makes one per axis and
-    per run; recording a graph costs about three steps, so they are recorded once per model)."""
-    graphs = _SHARED.get(model)
+def step_graphs_for(model: Any, capture: bool, compile_step: bool = False) -> StepGraphs:
+    """The model's one :class:`StepGraphs` for a compiled or an eager step, shared by all its trackers (a
+    session makes one per axis and per run; recording a graph costs about three steps, so they are
+    recorded once per model)."""
+    by_step = _SHARED.setdefault(model, {})
+    graphs = by_step.get(bool(compile_step))
     # graphs that failed to record stay eager: asking again would only fail (and warn) again
     if graphs is None or (graphs.capture != bool(capture) and graphs.fallback_reason is None):
-        graphs = StepGraphs(model, capture)
-        _SHARED[model] = graphs
+        graphs = StepGraphs(model, capture, compile_step=bool(compile_step))
+        by_step[bool(compile_step)] = graphs
     return graphs
 
 

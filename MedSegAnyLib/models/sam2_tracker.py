@@ -55,6 +55,7 @@ from .sam2_memory_gather import supports as memory_gather_supports
 from .sam2_memory_gather import token_major
 from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
+from .sam2_step_compile import compile_step_requested
 from .sam2_step_graphs import default_capture, step_graphs_for
 
 # "0" turns the CPU's bf16 attention by matrix products off (see sam2_cpu_attention)
@@ -102,8 +103,10 @@ class Sam2Tracker:
     stay as close to float32 as the fused kernel's). ``encode_stream`` (the image encoder on a CUDA stream of
     its own, :mod:`~medsegany.models.sam2_encode_stream`) is off unless asked for or
     ``MEDSEGANY_ENCODE_STREAM=1``, and CUDA only. ``pad_batches`` (a short encoder batch padded to a power
-    of two, :func:`padded_batch_size`) defaults to on for CUDA. Not thread-safe: drive one tracker from
-    one thread.
+    of two, :func:`padded_batch_size`) defaults to on for CUDA. ``compile_step`` (the split step through
+    ``torch.compile``, :mod:`~medsegany.models.sam2_step_compile`; masks close to the eager step's, not
+    bitwise) is off unless asked for or ``MEDSEGANY_COMPILE_STEP=1``, and needs the split
+    (``step_graphs``). Not thread-safe: drive one tracker from one thread.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class Sam2Tracker:
         matmul_attention: bool | None = None,
         encode_stream: bool | None = None,
         pad_batches: bool | None = None,
+        compile_step: bool | None = None,
     ) -> None:
         import torch
 
@@ -136,7 +140,10 @@ class Sam2Tracker:
         # sam2_step_graphs); None = on CUDA only, True on another device = the same split, eagerly
         use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)
         use_graphs = use_graphs and memory_gather_supports(model)  # models with a memory (all video ones)
-        self._steps = step_graphs_for(self.model, default_capture(self.device)) if use_graphs else None
+        # the split step through torch.compile (sam2_step_compile); off unless asked for
+        self.compile_step = compile_step_requested(compile_step) and use_graphs
+        capture = default_capture(self.device)
+        self._steps = step_graphs_for(self.model, capture, self.compile_step) if use_graphs else None
         # one step launched ahead of the one being yielded (see sam2_lookahead); None = on CUDA only (on
         # a CPU it would only compute one step too many where the caller stops)
         self._lookahead = self.device.type == "cuda" if lookahead is None else bool(lookahead)
@@ -183,6 +190,7 @@ class Sam2Tracker:
         steps = self._steps
         if steps is None:
             return None
+        compiled = steps.compiled_step
         return {
             "lookahead": self._lookahead,
             "capture": steps.capture,
@@ -190,6 +198,11 @@ class Sam2Tracker:
             "record_s": steps.record_seconds,
             "replays": steps.replays,
             "fallback_reason": steps.fallback_reason,
+            "compile_step": compiled is not None,
+            "step_compiled": None if compiled is None else compiled.report.compiled,
+            "step_compiles": None if compiled is None else compiled.compiles,
+            "step_compile_s": None if compiled is None else compiled.report.seconds,
+            "step_compile_fallback": None if compiled is None else compiled.report.fallback_reason,
         }
 
     @property

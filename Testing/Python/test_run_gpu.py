@@ -33,6 +33,8 @@ PLANNED_STAGES = {
     "interleaved": "speed_gpu_t512_300_interleaved.json",
     "compile": "profile_compile_default.json",
     "encoder_compile": "sam2_encoder_compile.json",
+    "fused": "profile_graphs_compiled.json",
+    "fusedspeed": "speed_gpu_t512_300_compiled_step.json",
 }
 
 
@@ -57,7 +59,7 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert completed.stdout.count("!!") == 1
     reports = {s: json.loads((tmp_path / f).read_text()) for s, f in PLANNED_STAGES.items() if f}
     # the GPU sizes were replaced by the tiny ones, and every speed stage ran its case
-    for stage in ("speed", "memory", "stream", "objects", "interleaved"):
+    for stage in ("speed", "memory", "stream", "objects", "interleaved", "fusedspeed"):
         (case,) = reports[stage]["cases"]
         assert case["slices"] == 3 and reports[stage]["device"] == "cpu", stage
     assert reports["objects"]["cases"][0]["objects"] == 3
@@ -82,6 +84,13 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
         assert reports[stage]["graphs_vs_eager"]["identical"] is True, stage
     assert reports["graphs"]["step_graphs"]["lookahead"] is True
     assert reports["strict"]["step_graphs"]["lookahead"] is False
+    fused = reports["fused"]  # the step compiled (about 50 s on 2 cores), close to the eager steps
+    assert fused["step_graphs"]["step_compiled"] is True and fused["step_graphs"]["step_compiles"] >= 1
+    assert fused["step_graphs"]["lookahead"] is True and fused["profile"]["steps"] == 2
+    assert fused["graphs_vs_eager"]["same_frames"] and fused["graphs_vs_eager"]["min_mask_agreement"] > 0.99
+    fused_speed = reports["fusedspeed"]["cases"][0]
+    assert set(fused_speed["paths"]) == {"reference_b", "medsegany", "medsegany_compiled_step"}
+    assert "medsegany_compiled_step" in fused_speed["variant_mask_agreement"]
     check_step_host_work(reports["host"])
     assert reports["window"]["shape_kji"] == [8, 64, 64]
 

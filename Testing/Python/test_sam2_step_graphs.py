@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("sam2")
 torch = pytest.importorskip("torch")
 
-from sam2_testing import CONFIG_512, blob_frames, disc_box_xyxy  # noqa: E402
+from sam2_testing import CONFIG_512, blob_frames, capture_eagerly, disc_box_xyxy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,30 +94,6 @@ def test_failed_recording_falls_back_to_eager_steps(model, caplog):
     assert sorted(got) == sorted(expected) == [1, 2]
     for frame_index, logits in expected.items():
         np.testing.assert_array_equal(got[frame_index], logits)
-
-
-class ReplayedEagerly:
-    """Stands in for a CUDA graph: a replay runs the recorded step again and writes into its outputs."""
-
-    def __init__(self, body, outputs):
-        self.body = body
-        self.outputs = outputs
-
-    def pool(self):
-        return None
-
-    def replay(self):
-        fresh = self.body()
-        for target, value in zip(self.outputs[:4], fresh[:4]):
-            target.copy_(value)
-        for target, value in zip(self.outputs[4], fresh[4]):
-            target.copy_(value)
-
-
-def capture_eagerly(self, body, device_type):
-    """Stands in for ``StepGraphs._capture``: the step runs once, then each replay runs it again."""
-    outputs = body()
-    return ReplayedEagerly(body, outputs), outputs
 
 
 def test_the_graph_path_gives_the_eager_masks(model, monkeypatch):

@@ -5,7 +5,7 @@
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
 #   (stages: speed graphs strict large objects memory host stream window cudatests eager compile shapes
-#   interleaved encoder_compile fused fusedspeed)
+#   interleaved encoder_compile fused fusedspeed fusedlarge)
 # REHEARSAL=1 runs the same commands on the CPU on tiny inputs (PYTHON: the interpreter, default python3),
 # so a script error shows here and not in a lent GPU's 15 minutes (Testing/Python/test_run_gpu.py).
 set -u
@@ -105,11 +105,18 @@ for stage in $stages; do
     # GPU time a step against stage graphs' (672 kernels, 2.33 ms on 2026-11-28), logits against eager
     fused) run 240 benchmarks/tracker_profile.py --variant graphs-compiled --slices 300 \
         --device $DEVICE $PROFILE_TINY --output "$OUT/profile_graphs_compiled.json" ;;
-    # the same end to end, 300 slices, beside the default path and reference B (masks compared)
+    # end to end, 300 slices: the step compiled, and the step and the image encoder compiled, beside the
+    # default path and reference B (masks compared with the default path's)
     fusedspeed) run 300 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 \
         --objects 1 --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
-        --paths reference_b medsegany medsegany_compiled_step \
-        $SPEED_TINY --output "$OUT/speed_gpu_t512_300_compiled_step.json" ;;
+        --paths reference_b medsegany medsegany_compiled_step medsegany_compiled \
+        $SPEED_TINY --output "$OUT/speed_gpu_t512_300_compiled.json" ;;
+    # SAM 2.1 large at 1024 px, 100 slices, with the step and the image encoder compiled (the encoder is
+    # 1.03 of its 1.81 s): the target is 2x reference B
+    fusedlarge) run 300 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_l --slices 100 --objects 1 \
+        --repeats 2 --warmup-slices 40 --correction-slices 50 --batch-size 16 \
+        --paths reference_b medsegany medsegany_compiled \
+        $SPEED_TINY --output "$OUT/speed_gpu_l1024_100_compiled.json" ;;
     *) echo "!! unknown stage $stage"; failed=$((failed + 1)) ;;
     esac
 done

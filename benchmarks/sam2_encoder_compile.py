@@ -4,14 +4,15 @@ Why: on an H200 (2026-11-28) the encoder is 1.03 of the 1.81 s that SAM 2.1 larg
 100 slices (1.99x reference B, the target is 2x), and 0.23 of the 1.10-1.13 s that tiny at 512 px takes
 for 300 slices (the target is 1.0 s). At about 10 ms an image for large and 0.8 ms for tiny the encoder
 is far from the GPU's arithmetic rate; inductor fuses the norms, activations and casts between its
-matrix products. Nothing in MedSegAny compiles SAM 2 yet: this measures whether it would pay.
+matrix products. MedSegAny compiles it only on request: this measures whether it should by default.
 
 For each model (random weights; a :class:`medsegany.models.sam2_tracker.Sam2Tracker` on the device, bf16
 autocast on CUDA, its encoder batch): the tracker encodes ``--batch`` slices of a phantom as it does in a
-run (eager, median of ``--repeats``); then the same tracker with its model's image encoder through
-``torch.compile`` (``--mode``; static shapes, the batch padded as the tracker pads): the first call's
-seconds (the compile), the median of later calls, and the largest difference of the cached features from
-the eager ones, relative to their largest magnitude.
+run (eager, median of ``--repeats``); then a tracker of the same model with its image encoder through
+``torch.compile`` as MedSegAny compiles it on request (``Sam2Tracker(compile_encoder=True)``,
+:mod:`medsegany.models.sam2_compiled_encoder`): the first call's seconds (the compile), the median of
+later calls, and the largest difference of the cached features from the eager ones, relative to their
+largest magnitude.
 
 Example (a GPU)::
 
@@ -50,23 +51,19 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.image_size:
         image_size, overrides = args.image_size, image_size_overrides(args.image_size)
     torch.manual_seed(0)
-    tracker = Sam2Tracker(build_sam2_model(config, None, device=args.device, overrides=overrides))
+    model = build_sam2_model(config, None, device=args.device, overrides=overrides)
+    eager = Sam2Tracker(model)
+    compiled = Sam2Tracker(model, compile_encoder=True)  # the same model and weights
     frames_nhw = phantom_kji(args.batch, args.size)
 
-    def encode() -> float:  # one batch of uncached frames (new frames empty the cache), synchronised
+    def encode(tracker: Any) -> float:  # one batch of uncached frames (new frames empty the cache)
         return time_features(tracker, frames_nhw, args.batch, args.device)
 
-    eager_s = [encode() for _ in range(args.repeats + 1)][1:]  # the first call warms up
-    eager_features = cached_features(tracker, args.batch - 1)
-
-    encoder = tracker.model.image_encoder  # the tracker's own (bf16 weights under bf16)
-    encoder.forward = torch.compile(encoder.forward, mode=args.mode, dynamic=False)
-    try:
-        compile_s = encode()
-        compiled_s = [encode() for _ in range(args.repeats)]
-        compiled_features = cached_features(tracker, args.batch - 1)
-    finally:
-        del encoder.forward  # the model's class forward again
+    eager_s = [encode(eager) for _ in range(args.repeats + 1)][1:]  # the first call warms up
+    eager_features = cached_features(eager, args.batch - 1)
+    first_s = encode(compiled)  # compiles
+    compiled_s = [encode(compiled) for _ in range(args.repeats)]
+    compiled_features = cached_features(compiled, args.batch - 1)
     differences = [
         float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
         for a, b in zip(compiled_features, eager_features, strict=True)
@@ -76,11 +73,12 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
         "model": model_name,
         "image_size": image_size,
         "batch": args.batch,
-        "precision": tracker.precision,
+        "precision": eager.precision,
         "eager_ms_per_batch": 1000 * eager_median,
         "compiled_ms_per_batch": 1000 * compiled_median,
         "speedup": eager_median / compiled_median,
-        "compile_s": compile_s - compiled_median,
+        "compile_s": first_s - compiled_median,
+        "encoder_compile": compiled.encoder_compile_stats,
         "max_relative_feature_difference": max(differences),
     }
 
@@ -93,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=512, help="slice size in pixels")
     parser.add_argument("--image-size", type=int, default=0, help="override the input size (smoke tests)")
-    parser.add_argument("--mode", default="default", help="torch.compile mode")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/sam2_encoder_compile.json"))
     args = parser.parse_args(argv)
     for name in args.models:
@@ -107,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine_info(args.device),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "mode": args.mode,
         "cases": [],
     }
     for name in args.models:

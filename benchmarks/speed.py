@@ -79,7 +79,15 @@ ENCODE_STREAM_PATH = "medsegany_encode_stream"
 INTERLEAVED_PATH = "medsegany_interleaved"
 # MedSegAny's SAM 2 path with its tracking step through torch.compile (sam2_step_compile)
 COMPILED_STEP_PATH = "medsegany_compiled_step"
-MEDSEGANY_VARIANTS = (FUSED_ATTENTION_PATH, ENCODE_STREAM_PATH, INTERLEAVED_PATH, COMPILED_STEP_PATH)
+# ... with the image encoder through torch.compile as well (sam2_compiled_encoder)
+COMPILED_PATH = "medsegany_compiled"
+MEDSEGANY_VARIANTS = (
+    FUSED_ATTENTION_PATH,
+    ENCODE_STREAM_PATH,
+    INTERLEAVED_PATH,
+    COMPILED_STEP_PATH,
+    COMPILED_PATH,
+)
 # Tube centres (x, y) and radii in a 512 x 512 slice, scaled to the slice size.
 TUBES = ((0.5, 0.5, 0.09), (0.27, 0.3, 0.06), (0.72, 0.66, 0.07))
 
@@ -299,13 +307,15 @@ def run_medsegany_sam2(
         "step_graphs": tracker.step_graph_stats,
         "matmul_attention": tracker.matmul_attention,
         "encoder_stream_batches": tracker.encoder_stream_batches,
+        "encoder_compile": tracker.encoder_compile_stats,
     }
 
 
 def _variant_environment(path: str) -> dict[str, str]:
     """The environment a variant's sessions make their trackers in (the trackers read these defaults):
     PyTorch's fused attention instead of the CPU's attention by matrix products, the encoder on a CUDA
-    stream of its own (nothing changes on a CPU), or the tracking step compiled."""
+    stream of its own (nothing changes on a CPU), the tracking step compiled, or it and the encoder."""
+    from medsegany.models.sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE
     from medsegany.models.sam2_encode_stream import ENCODE_STREAM_VARIABLE
     from medsegany.models.sam2_step_compile import COMPILE_STEP_VARIABLE
     from medsegany.models.sam2_tracker import MATMUL_ATTENTION_VARIABLE
@@ -315,6 +325,7 @@ def _variant_environment(path: str) -> dict[str, str]:
         ENCODE_STREAM_PATH: {ENCODE_STREAM_VARIABLE: "1"},
         INTERLEAVED_PATH: {ENCODE_STREAM_VARIABLE: "1"},
         COMPILED_STEP_PATH: {COMPILE_STEP_VARIABLE: "1"},
+        COMPILED_PATH: {COMPILE_STEP_VARIABLE: "1", COMPILE_ENCODER_VARIABLE: "1"},
     }[path]
 
 
@@ -416,7 +427,8 @@ def _summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "until_mask_s": phases["correction_mask"],
             "until_repropagated_s": phases["correction_mask"] + phases.get("correction_propagation", 0.0),
         }
-    for key in ("frames_encoded", "step_graphs", "matmul_attention", "encoder_stream_batches"):
+    kept = ("frames_encoded", "step_graphs", "matmul_attention", "encoder_stream_batches", "encoder_compile")
+    for key in kept:
         if key in runs[-1]:
             summary[key] = runs[-1][key]
     return summary
@@ -658,7 +670,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="paths to run (the _kept ones: that reference with MedSegAny's allocator setting; "
         f"{FUSED_ATTENTION_PATH}: MedSegAny's SAM 2 path with PyTorch's fused attention on a CPU; "
         f"{ENCODE_STREAM_PATH}: with the image encoder on a CUDA stream of its own; "
-        f"{COMPILED_STEP_PATH}: with the tracking step through torch.compile)",
+        f"{COMPILED_STEP_PATH}: with the tracking step through torch.compile; "
+        f"{COMPILED_PATH}: with the step and the image encoder through torch.compile)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-slices", type=int, default=3)

@@ -39,7 +39,9 @@ def memoise_position_embedding(model: Any) -> bool:
     setattr(trunk, MEMO_ATTRIBUTE, memo)
 
     def get_pos_embed(hw: tuple[int, int]) -> Any:
-        if not torch.is_inference_mode_enabled():
+        # under torch.compile (sam2_compiled_encoder) Meta's own computation goes into the graph: the
+        # memo's Python checks would break the graph in two
+        if _compiling() or not torch.is_inference_mode_enabled():
             return original(hw)
         key = (tuple(int(n) for n in hw), torch.is_autocast_enabled(trunk.pos_embed.device.type))
         if key not in memo:
@@ -48,6 +50,14 @@ def memoise_position_embedding(model: Any) -> bool:
 
     trunk._get_pos_embed = get_pos_embed
     return True
+
+
+def _compiling() -> bool:
+    """True while dynamo traces the caller (``torch.compiler.is_compiling``, PyTorch 2.3 on)."""
+    import torch
+
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 def bf16_copy_if_made(model: Any) -> Any | None:

@@ -46,7 +46,7 @@ from .sam2_memory_gather import (
     select_memory,
     token_major,
 )
-from .sam2_step_compile import CompiledStep
+from .sam2_step_compile import compiled_step
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ class StepGraphs:
     """Tracking steps of one SAM 2 model, replayed from CUDA graphs (one per memory length).
 
     ``capture=False`` runs the same split eagerly (CPU, MPS, or to compare). ``compile_step``: the step
-    from the gathered memory through ``torch.compile`` (:class:`~medsegany.models.sam2_step_compile.
-    CompiledStep`), with or without graphs. Use from one thread, inside the caller's inference-mode and
+    from the gathered memory through ``torch.compile`` (:class:`~medsegany.models.compiled_call.
+    CompiledCall`), with or without graphs. Use from one thread, inside the caller's inference-mode and
     autocast context (they are recorded into the graph: a graph recorded under bf16 autocast replays bf16
     kernels).
     """
@@ -187,7 +187,7 @@ class StepGraphs:
         self.record_seconds = 0.0
         self.replays = 0
         self.fallback_reason: str | None = None
-        self.compiled_step = CompiledStep(step_from_gathered) if compile_step else None
+        self.compiled_step = compiled_step(step_from_gathered) if compile_step else None
         self._step = step_from_gathered if self.compiled_step is None else self.compiled_step
 
     @property

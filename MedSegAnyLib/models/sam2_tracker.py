@@ -44,6 +44,7 @@ import numpy as np
 from ..allocator import retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
 from .compute import without_cudnn_attention
+from .sam2_compiled_encoder import compile_encoder_requested, compiled_forward_image
 from .sam2_cpu_attention import install as install_cpu_attention
 from .sam2_cpu_attention import matmul_attention
 from .sam2_encode_stream import ENCODE_STREAM_VARIABLE, EncoderStream
@@ -106,7 +107,9 @@ class Sam2Tracker:
     of two, :func:`padded_batch_size`) defaults to on for CUDA. ``compile_step`` (the split step through
     ``torch.compile``, :mod:`~medsegany.models.sam2_step_compile`; masks close to the eager step's, not
     bitwise) is off unless asked for or ``MEDSEGANY_COMPILE_STEP=1``, and needs the split
-    (``step_graphs``). Not thread-safe: drive one tracker from one thread.
+    (``step_graphs``); ``compile_encoder`` (the image encoder through ``torch.compile``,
+    :mod:`~medsegany.models.sam2_compiled_encoder`) likewise, or ``MEDSEGANY_COMPILE_ENCODER=1``. Not
+    thread-safe: drive one tracker from one thread.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Sam2Tracker:
         encode_stream: bool | None = None,
         pad_batches: bool | None = None,
         compile_step: bool | None = None,
+        compile_encoder: bool | None = None,
     ) -> None:
         import torch
 
@@ -159,6 +163,10 @@ class Sam2Tracker:
         self._encoder_stream = EncoderStream(self.device) if use_stream else None
         # a short encoder batch padded to a power of two (see padded_batch_size); None = on CUDA only
         self.pad_batches = self.device.type == "cuda" if pad_batches is None else bool(pad_batches)
+        # the image encoder through torch.compile (sam2_compiled_encoder); off unless asked for
+        self._compiled_encoder = (
+            compiled_forward_image(self.model) if compile_encoder_requested(compile_encoder) else None
+        )
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
@@ -201,8 +209,24 @@ class Sam2Tracker:
             "compile_step": compiled is not None,
             "step_compiled": None if compiled is None else compiled.report.compiled,
             "step_compiles": None if compiled is None else compiled.compiles,
+            "step_compiled_graphs": None if compiled is None else compiled.graphs,
             "step_compile_s": None if compiled is None else compiled.report.seconds,
             "step_compile_fallback": None if compiled is None else compiled.report.fallback_reason,
+        }
+
+    @property
+    def encoder_compile_stats(self) -> dict[str, Any] | None:
+        """The image encoder through torch.compile: compiled or not, the calls that compiled and the graphs
+        they made, their seconds, why it fell back to eager; None when not asked for."""
+        call = self._compiled_encoder
+        if call is None:
+            return None
+        return {
+            "compiled": call.report.compiled,
+            "compiles": call.compiles,
+            "graphs": call.graphs,
+            "compile_s": call.report.seconds,
+            "fallback_reason": call.report.fallback_reason,
         }
 
     @property
@@ -310,7 +334,10 @@ class Sam2Tracker:
 
             images = torch.cat([images, images[-1:].expand(size - count, -1, -1, -1)])
         with without_cudnn_attention(self.device):  # a new batch size costs 0.05 s, not 0.5 s (H200)
-            backbone_out = self.model.forward_image(images)
+            if self._compiled_encoder is None:
+                backbone_out = self.model.forward_image(images)
+            else:
+                backbone_out = self._compiled_encoder(self.model, images)
         pos_enc = self._cache.pos_enc
         if pos_enc is None:  # the same for every frame: one copy (16 MiB at 512 px; 3-6 ms a clone)
             pos_enc = [p[0:1].clone() for p in backbone_out["vision_pos_enc"]]

@@ -34,7 +34,8 @@ PLANNED_STAGES = {
     "compile": "profile_compile_default.json",
     "encoder_compile": "sam2_encoder_compile.json",
     "fused": "profile_graphs_compiled.json",
-    "fusedspeed": "speed_gpu_t512_300_compiled_step.json",
+    "fusedspeed": "speed_gpu_t512_300_compiled.json",
+    "fusedlarge": "speed_gpu_l1024_100_compiled.json",
 }
 
 
@@ -74,6 +75,7 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert compiled["profile"]["steps"] == 2 and compiled["compile_s"] > 0
     (encoder,) = reports["encoder_compile"]["cases"]  # tiny only: the large model is the GPU's
     assert encoder["model"] == "sam2.1_hiera_t512" and encoder["batch"] == 2
+    assert encoder["encoder_compile"]["compiled"] is True
     assert encoder["compiled_ms_per_batch"] > 0 and encoder["max_relative_feature_difference"] < 0.05
     shapes = reports["shapes"]
     assert [c["size"] for c in shapes["calls"]] == [2, 3]
@@ -89,8 +91,14 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert fused["step_graphs"]["lookahead"] is True and fused["profile"]["steps"] == 2
     assert fused["graphs_vs_eager"]["same_frames"] and fused["graphs_vs_eager"]["min_mask_agreement"] > 0.99
     fused_speed = reports["fusedspeed"]["cases"][0]
-    assert set(fused_speed["paths"]) == {"reference_b", "medsegany", "medsegany_compiled_step"}
-    assert "medsegany_compiled_step" in fused_speed["variant_mask_agreement"]
+    variants = {"medsegany_compiled_step", "medsegany_compiled"}
+    assert set(fused_speed["paths"]) == {"reference_b", "medsegany", *variants}
+    assert set(fused_speed["variant_mask_agreement"]) == variants
+    # on a CPU the step is not split (no graphs), so only the encoder compiles there
+    compiled_encoder = fused_speed["paths"]["medsegany_compiled"]["encoder_compile"]
+    assert compiled_encoder["compiled"] is True and compiled_encoder["compiles"] >= 1
+    assert fused_speed["paths"]["medsegany"]["encoder_compile"] is None
+    assert reports["fusedlarge"]["skipped"][0]["model"] == "sam2.1_hiera_l"  # GPU only
     check_step_host_work(reports["host"])
     assert reports["window"]["shape_kji"] == [8, 64, 64]
 

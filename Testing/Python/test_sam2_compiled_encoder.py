@@ -1,0 +1,62 @@
+"""SAM 2's image encoder through torch.compile (medsegany.models.sam2_compiled_encoder), on the CPU.
+
+Whether it pays is for a GPU (``benchmarks/run_gpu.sh encoder_compile fusedspeed fusedlarge``); here: a
+tracker that asks for it encodes through one compiled call per model, in one graph (the memoised position
+embedding steps aside while dynamo traces), with the eager encoder's features in float32.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sam2")
+torch = pytest.importorskip("torch")
+
+from sam2_testing import CONFIG_512, blob_frames  # noqa: E402
+
+
+def test_compiling_the_encoder_is_asked_for_or_read_from_the_environment(monkeypatch):
+    from medsegany.models.sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE, compile_encoder_requested
+
+    monkeypatch.delenv(COMPILE_ENCODER_VARIABLE, raising=False)
+    assert not compile_encoder_requested(None)  # off by default
+    monkeypatch.setenv(COMPILE_ENCODER_VARIABLE, "1")
+    assert compile_encoder_requested(None)
+    assert not compile_encoder_requested(False)
+
+
+def test_the_compiled_encoder_gives_the_eager_features_in_one_graph():
+    from medsegany.models.compute import cpp_compiler_available
+    from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
+    from medsegany.models.sam2_compiled_encoder import compiled_forward_image
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    if not cpp_compiler_available():
+        pytest.skip("inductor needs a C++ compiler on a CPU")
+    torch.manual_seed(0)
+    model = build_sam2_model(CONFIG_512, None, device="cpu", overrides=image_size_overrides(128))
+    frames = blob_frames(num_frames=2)
+    eager = Sam2Tracker(model, precision="float32")
+    compiled = Sam2Tracker(model, precision="float32", compile_encoder=True)
+    assert eager.encoder_compile_stats is None
+    for tracker in (eager, compiled):
+        tracker.set_frames(frames)
+        tracker.precompute_features(range(2), batch_size=1)
+    stats = compiled.encoder_compile_stats
+    assert stats["compiled"] and stats["fallback_reason"] is None and stats["compile_s"] > 0
+    # one batch size, one compile, one graph: the position embedding's memo would break it in two
+    assert stats["compiles"] == 1 and stats["graphs"] == 1, stats
+    for frame_index in range(2):
+        levels = zip(compiled._cache.get(frame_index), eager._cache.get(frame_index), strict=True)
+        for got, expected in levels:
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4 * float(expected.abs().max()))
+    # one compiled call per model, shared by its trackers, and it does not keep the model alive
+    assert compiled_forward_image(model) is compiled._compiled_encoder
+    alive = weakref.ref(model)
+    del model, eager, compiled, tracker
+    gc.collect()
+    assert alive() is None

@@ -19,16 +19,6 @@ torch = pytest.importorskip("torch")
 from sam2_testing import CONFIG_512, blob_frames  # noqa: E402
 
 
-def test_compiling_the_encoder_is_asked_for_or_read_from_the_environment(monkeypatch):
-    from medsegany.models.sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE, compile_encoder_requested
-
-    monkeypatch.delenv(COMPILE_ENCODER_VARIABLE, raising=False)
-    assert not compile_encoder_requested(None)  # off by default
-    monkeypatch.setenv(COMPILE_ENCODER_VARIABLE, "1")
-    assert compile_encoder_requested(None)
-    assert not compile_encoder_requested(False)
-
-
 def test_the_compiled_encoder_gives_the_eager_features_in_one_graph():
     from medsegany.models.compute import cpp_compiler_available
     from medsegany.models.sam2_build import build_sam2_model, image_size_overrides

@@ -19,16 +19,6 @@ torch = pytest.importorskip("torch")
 from sam2_testing import CONFIG_512, blob_frames, capture_eagerly, disc_box_xyxy  # noqa: E402
 
 
-def test_compiling_the_step_is_asked_for_or_read_from_the_environment(monkeypatch):
-    from medsegany.models.sam2_step_compile import COMPILE_STEP_VARIABLE, compile_step_requested
-
-    monkeypatch.delenv(COMPILE_STEP_VARIABLE, raising=False)
-    assert not compile_step_requested(None)  # off by default
-    monkeypatch.setenv(COMPILE_STEP_VARIABLE, "1")
-    assert compile_step_requested(None)
-    assert not compile_step_requested(False)  # the caller's choice wins
-
-
 def test_the_compiled_step_tracks_as_the_eager_one_through_the_graph_path(monkeypatch):
     """Forward while the memory fills (7 memory frames, 4 pointers: full from the 7th step), then
     backward, through the graph path's buffers; float32, where inductor's fused kernels differ from the

@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -155,8 +156,11 @@ def profile_steps(tracker: Any, box: np.ndarray, key: int, frames: int, device: 
     }
 
 
-def run_session(model: Any, volume_kji: np.ndarray, prompts: list[Any], device: str, cached: int) -> float:
-    """Seconds per propagated slice through a fresh session (its features encoded first, not timed)."""
+def run_session(
+    model: Any, volume_kji: np.ndarray, prompts: list[Any], device: str, cached: int
+) -> tuple[float, dict[str, Any] | None]:
+    """Seconds per propagated slice through a fresh session (its features encoded first, not timed), and
+    its tracker's step graph stats."""
     from medsegany.models.registry import Sam2VideoModel
     from medsegany.prompts import make_slice_prompts
     from medsegany.session import SegmentationSession
@@ -180,7 +184,7 @@ def run_session(model: Any, volume_kji: np.ndarray, prompts: list[Any], device: 
     for result in session.propagate():
         count += result.source == "propagated"
     _sync(device)
-    return (time.perf_counter() - start) / max(count, 1)
+    return (time.perf_counter() - start) / max(count, 1), session.tracker(2).step_graph_stats
 
 
 def _compare(expected: dict[int, np.ndarray], got: dict[int, np.ndarray]) -> dict[str, Any]:
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
     from medsegany.models.sam2_build import image_size_overrides
+    from medsegany.models.sam2_step_compile import COMPILE_STEP_VARIABLE
     from medsegany.models.sam2_tracker import Sam2Tracker
 
     config, native = SAM2_MODELS[args.model]
@@ -269,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
             report["graphs_vs_eager"] = _compare(eager_logits, graph_logits)
             del reference
         write()
-        report["session_ms_per_slice"] = 1000 * run_session(eager_model, volume, prompts, args.device, 10**6)
+        # the session makes its trackers with the defaults: the compiled step's variant sets the variable
+        compiled_step = {COMPILE_STEP_VARIABLE: "1" if args.variant == "graphs-compiled" else "0"}
+        with mock.patch.dict(os.environ, compiled_step):
+            session_s, report["session_step_graphs"] = run_session(
+                eager_model, volume, prompts, args.device, 10**6
+            )
+        report["session_ms_per_slice"] = 1000 * session_s
         write()
         profiled = profile_steps(eager, box, key, args.profile_frames, args.device)
         report["profile"] = {k: v for k, v in profiled.items() if k != "table"}

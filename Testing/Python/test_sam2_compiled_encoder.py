@@ -50,3 +50,23 @@ def test_the_compiled_encoder_gives_the_eager_features_in_one_graph():
     del model, eager, compiled, tracker
     gc.collect()
     assert alive() is None
+
+
+def test_trackers_made_with_the_defaults_read_the_environment(monkeypatch):
+    """As a session makes them: the variable compiles the encoder on any device (no compile happens
+    before the first batch)."""
+    from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
+    from medsegany.models.sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    model = build_sam2_model(CONFIG_512, None, device="cpu", overrides=image_size_overrides(128))
+    monkeypatch.setenv(COMPILE_ENCODER_VARIABLE, "1")
+    assert Sam2Tracker(model, precision="float32").encoder_compile_stats == {
+        "compiled": False,
+        "compiles": 0,
+        "graphs": 0,
+        "compile_s": None,
+        "fallback_reason": None,
+    }
+    monkeypatch.setenv(COMPILE_ENCODER_VARIABLE, "0")
+    assert Sam2Tracker(model, precision="float32").encoder_compile_stats is None

@@ -79,3 +79,20 @@ def test_trackers_with_and_without_a_compiled_step_keep_their_own_graphs():
     assert compiled is not eager and compiled.compiled_step is not None and eager.compiled_step is None
     assert step_graphs_for(other, True) is eager  # switching back does not record again
     assert step_graphs_for(other, True, compile_step=True) is compiled
+
+
+def test_trackers_made_with_the_defaults_read_the_environment(monkeypatch):
+    """As a session makes them: the variable compiles the step where the step is split (CUDA by default;
+    here asked for), and nothing where it is not."""
+    pytest.importorskip("sam2")
+    from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
+    from medsegany.models.sam2_step_compile import COMPILE_STEP_VARIABLE
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    model = build_sam2_model(CONFIG_512, None, device="cpu", overrides=image_size_overrides(128))
+    monkeypatch.setenv(COMPILE_STEP_VARIABLE, "1")
+    split = Sam2Tracker(model, precision="float32", step_graphs=True)
+    assert split.compile_step and split.step_graph_stats["compile_step"]
+    assert not Sam2Tracker(model, precision="float32", step_graphs=False).compile_step
+    monkeypatch.setenv(COMPILE_STEP_VARIABLE, "0")
+    assert not Sam2Tracker(model, precision="float32", step_graphs=True).step_graph_stats["compile_step"]

@@ -76,6 +76,9 @@ class CompiledCall:
         import torch
 
         if self._compiled is None:
+            # said before the wait: a first compile on a machine takes tens of seconds (38-51 s for the
+            # step on the 2-core development CPU), later processes a few from inductor's cache
+            log.info("compiling %s (the first time on a machine: up to a minute)", self.what)
             self._compiled = torch.compile(self.function, mode="default", fullgraph=False)
         before = _graphs_compiled()
         start = time.perf_counter()

@@ -14,6 +14,10 @@ random weights for SAM 2 models, which cost the same time as trained ones):
   encoder, bf16 where the CPU has it, embeddings cached and encoded ahead); same prompts and stop rule,
   so the masks should agree (``mask_agreement`` reports how closely). The compile time is reported apart
   (``compile_s``): it is paid once per process, in the warm-up.
+- variants of MedSegAny's SAM 2 path (see ``--paths``: PyTorch's fused attention, the encoder on its own
+  CUDA stream, no features phase, the tracking step compiled, the step and the encoder compiled): the
+  same session made in the variant's environment; their masks against ``medsegany``'s are in
+  ``variant_mask_agreement``, their compile seconds in ``step_graphs`` and ``encoder_compile``.
 
 ``--precision`` and ``--compile`` set MedSegAny's path (default auto, as the CLI); the references always
 run as Meta ships them (float32 on CPU, bf16 autocast on CUDA). On a CPU MedSegAny's path keeps the memory

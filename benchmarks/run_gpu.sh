@@ -90,13 +90,16 @@ for stage in $stages; do
     # the volume's intensity window on the GPU machine's cores, one thread against several (host only)
     window) run 30 benchmarks/windowing.py $WINDOW_TINY --output "$OUT/windowing_gpu_host.json" ;;
     # the unit tests that run only where CUDA is: features in page-locked host memory, the encoder on its
-    # own stream, each against the default path's masks. The GPU machine's own pytest runs them (its
+    # own stream, each against the default path's masks; the compiled step recorded into CUDA graphs and
+    # the compiled encoder, against the eager ones. The GPU machine's own pytest runs them (its
     # image has one); plugins are not loaded: on 2026-11-28 its pytest-timeout failed to register under
     # the pytest 8.3.4 that .whl/ carried then, and these tests need none
-    cudatests) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 run 120 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
+    cudatests) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 run 240 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
         Testing/Python/test_feature_offload.py \
         Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py \
-        Testing/Python/test_sam2_step_graphs.py::test_a_failed_capture_leaves_the_current_stream_as_it_was ;;
+        Testing/Python/test_sam2_step_graphs.py::test_a_failed_capture_leaves_the_current_stream_as_it_was \
+        "Testing/Python/test_sam2_step_compile.py::test_the_compiled_step_tracks_as_the_eager_one_through_the_graph_path[cuda]" \
+        "Testing/Python/test_sam2_compiled_encoder.py::test_the_compiled_encoder_gives_the_eager_features_in_one_graph[cuda]" ;;
     # Meta's modules through torch.compile without CUDA graphs ("reduce-overhead" failed under our tracker
     # on 2026-11-27 and 11-28: its graph trees reuse an output still read): kernels and GPU time a step
     compile) run 150 benchmarks/tracker_profile.py --variant compile-default --slices 300 \

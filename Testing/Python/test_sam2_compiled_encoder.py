@@ -1,8 +1,9 @@
-"""SAM 2's image encoder through torch.compile (medsegany.models.sam2_compiled_encoder), on the CPU.
+"""SAM 2's image encoder through torch.compile (medsegany.models.sam2_compiled_encoder), on the CPU and CUDA.
 
 Whether it pays is for a GPU (``benchmarks/run_gpu.sh encoder_compile fusedspeed fusedlarge``); here: a
 tracker that asks for it encodes through one compiled call per model, in one graph (the memoised position
-embedding steps aside while dynamo traces), with the eager encoder's features in float32.
+embedding steps aside while dynamo traces), with the eager encoder's features in float32 (the ``[cuda]``
+case in ``run_gpu.sh cudatests``).
 """
 
 from __future__ import annotations

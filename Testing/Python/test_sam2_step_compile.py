@@ -1,9 +1,10 @@
-"""The tracking step through torch.compile (medsegany.models.sam2_step_compile), on the CPU.
+"""The tracking step through torch.compile (medsegany.models.sam2_step_compile), on the CPU and on CUDA.
 
-What a GPU adds (Triton kernels recorded into the step graphs, and whether it pays) is measured by
-``benchmarks/run_gpu.sh fused``; here: the compiled step tracks as the eager one does through the graph
-path's buffers (a stand-in replays the recorded step eagerly), compiles a bounded number of times while
-the memory fills, in one graph each time. What happens when compiling fails: test_compiled_call.py.
+Whether it pays is measured by ``benchmarks/run_gpu.sh fused``; here: the compiled step tracks as the
+eager one does through the graph path's buffers (on the CPU a stand-in replays the recorded step eagerly;
+the ``[cuda]`` case records inductor's kernels, in ``run_gpu.sh cudatests``), compiles a bounded number
+of times while the memory fills, in one graph each time. What happens when compiling fails:
+test_compiled_call.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ compiles about twice.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +21,6 @@ from ..out_of_memory import is_out_of_memory
 from .compute import CompileReport
 
 log = logging.getLogger(__name__)
-
-
-def compile_requested(choice: bool | None, variable: str) -> bool:
-    """``choice``, or when None the environment's ``variable`` ("1": on; default off)."""
-    if choice is not None:
-        return bool(choice)
-    return os.environ.get(variable, "0").strip() == "1"
 
 
 def _graphs_compiled() -> int | None:

@@ -134,6 +134,15 @@ def cuda_side_stream(device: Any) -> Any:
     return _SIDE_STREAMS[index]
 
 
+def switch_from_environment(choice: bool | None, variable: str, default: bool) -> bool:
+    """``choice``, or when None the environment's ``variable``: a switch that is on by ``default`` is off
+    only for "0", one that is off by default is on only for "1" (the SAM 2 tracker's options)."""
+    if choice is not None:
+        return bool(choice)
+    value = os.environ.get(variable, "").strip()
+    return value != "0" if default else value == "1"
+
+
 def cpp_compiler_available() -> bool:
     """Inductor's CPU backend builds C++ kernels: it needs g++/clang (Linux, macOS) or cl.exe (Windows)."""
     names = ("cl",) if sys.platform == "win32" else ("g++", "c++", "clang++")

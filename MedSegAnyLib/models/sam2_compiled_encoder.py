@@ -29,17 +29,12 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from .compiled_call import CompiledCall, compile_requested
+from .compiled_call import CompiledCall
 
 # "1" compiles the image encoder of SAM 2 trackers
 COMPILE_ENCODER_VARIABLE = "MEDSEGANY_COMPILE_ENCODER"
 # model -> its compiled forward_image (weak keys: it goes with the model)
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def compile_encoder_requested(choice: bool | None) -> bool:
-    """``choice``, or when None the environment's ``MEDSEGANY_COMPILE_ENCODER`` ("1": on; default off)."""
-    return compile_requested(choice, COMPILE_ENCODER_VARIABLE)
 
 
 def compiled_forward_image(model: Any) -> CompiledCall:

@@ -33,15 +33,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .compiled_call import CompiledCall, compile_requested
+from .compiled_call import CompiledCall
 
 # "1" compiles the tracking step of SAM 2 trackers that split it (CUDA by default; see Sam2Tracker)
 COMPILE_STEP_VARIABLE = "MEDSEGANY_COMPILE_STEP"
-
-
-def compile_step_requested(choice: bool | None) -> bool:
-    """``choice``, or when None the environment's ``MEDSEGANY_COMPILE_STEP`` ("1": on; default off)."""
-    return compile_requested(choice, COMPILE_STEP_VARIABLE)
 
 
 def compiled_step(step: Callable[..., Any]) -> CompiledCall:

@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -43,8 +42,8 @@ import numpy as np
 
 from ..allocator import retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
-from .compute import without_cudnn_attention
-from .sam2_compiled_encoder import compile_encoder_requested, compiled_forward_image
+from .compute import switch_from_environment, without_cudnn_attention
+from .sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE, compiled_forward_image
 from .sam2_cpu_attention import install as install_cpu_attention
 from .sam2_cpu_attention import matmul_attention
 from .sam2_encode_stream import ENCODE_STREAM_VARIABLE, EncoderStream
@@ -56,7 +55,7 @@ from .sam2_memory_gather import supports as memory_gather_supports
 from .sam2_memory_gather import token_major
 from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
 from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
-from .sam2_step_compile import compile_step_requested
+from .sam2_step_compile import COMPILE_STEP_VARIABLE
 from .sam2_step_graphs import default_capture, step_graphs_for
 
 # "0" turns the CPU's bf16 attention by matrix products off (see sam2_cpu_attention)
@@ -145,28 +144,26 @@ class Sam2Tracker:
         use_graphs = self.device.type == "cuda" if step_graphs is None else bool(step_graphs)
         use_graphs = use_graphs and memory_gather_supports(model)  # models with a memory (all video ones)
         # the split step through torch.compile (sam2_step_compile); off unless asked for
-        self.compile_step = compile_step_requested(compile_step) and use_graphs
+        compile_step = switch_from_environment(compile_step, COMPILE_STEP_VARIABLE, default=False)
+        self.compile_step = compile_step and use_graphs
         capture = default_capture(self.device)
         self._steps = step_graphs_for(self.model, capture, self.compile_step) if use_graphs else None
         # one step launched ahead of the one being yielded (see sam2_lookahead); None = on CUDA only (on
         # a CPU it would only compute one step too many where the caller stops)
         self._lookahead = self.device.type == "cuda" if lookahead is None else bool(lookahead)
-        if matmul_attention is None:
-            matmul_attention = os.environ.get(MATMUL_ATTENTION_VARIABLE, "1").strip() != "0"
+        matmul_attention = switch_from_environment(matmul_attention, MATMUL_ATTENTION_VARIABLE, default=True)
         bf16_cpu = self.device.type == "cpu" and self._autocast_dtype is not None
         # only bf16 calls on a CPU run by matrix products; the stand-in goes in once per process
         self.matmul_attention = bool(matmul_attention) and bf16_cpu and install_cpu_attention()
         # the image encoder on a CUDA stream of its own (sam2_encode_stream); off unless asked for
-        if encode_stream is None:
-            encode_stream = os.environ.get(ENCODE_STREAM_VARIABLE, "0").strip() == "1"
-        use_stream = bool(encode_stream) and self.device.type == "cuda"
+        encode_stream = switch_from_environment(encode_stream, ENCODE_STREAM_VARIABLE, default=False)
+        use_stream = encode_stream and self.device.type == "cuda"
         self._encoder_stream = EncoderStream(self.device) if use_stream else None
         # a short encoder batch padded to a power of two (see padded_batch_size); None = on CUDA only
         self.pad_batches = self.device.type == "cuda" if pad_batches is None else bool(pad_batches)
         # the image encoder through torch.compile (sam2_compiled_encoder); off unless asked for
-        self._compiled_encoder = (
-            compiled_forward_image(self.model) if compile_encoder_requested(compile_encoder) else None
-        )
+        compile_encoder = switch_from_environment(compile_encoder, COMPILE_ENCODER_VARIABLE, default=False)
+        self._compiled_encoder = compiled_forward_image(self.model) if compile_encoder else None
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None

@@ -22,37 +22,6 @@ def test_a_function_that_compiles_is_counted_and_timed():
     assert call.compiles == 1
 
 
-def test_compiling_is_asked_for_or_read_from_the_environment(monkeypatch):
-    from medsegany.models.compiled_call import compile_requested
-
-    variable = "MEDSEGANY_TEST_COMPILE"
-    monkeypatch.delenv(variable, raising=False)
-    assert not compile_requested(None, variable)  # off by default
-    assert compile_requested(True, variable)
-    monkeypatch.setenv(variable, "1")
-    assert compile_requested(None, variable)
-    assert not compile_requested(False, variable)  # the caller's choice wins
-    monkeypatch.setenv(variable, "0")
-    assert not compile_requested(None, variable)
-
-
-def test_the_step_and_the_encoder_each_read_their_own_variable(monkeypatch):
-    from medsegany.models.sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE, compile_encoder_requested
-    from medsegany.models.sam2_step_compile import COMPILE_STEP_VARIABLE, compile_step_requested
-
-    assert (COMPILE_STEP_VARIABLE, COMPILE_ENCODER_VARIABLE) == (
-        "MEDSEGANY_COMPILE_STEP",
-        "MEDSEGANY_COMPILE_ENCODER",
-    )  # as README.md names them
-    monkeypatch.delenv(COMPILE_ENCODER_VARIABLE, raising=False)
-    monkeypatch.setenv(COMPILE_STEP_VARIABLE, "1")
-    assert compile_step_requested(None) and not compile_encoder_requested(None)
-    monkeypatch.setenv(COMPILE_STEP_VARIABLE, "0")
-    monkeypatch.setenv(COMPILE_ENCODER_VARIABLE, "1")
-    assert compile_encoder_requested(None) and not compile_step_requested(None)
-    assert not compile_encoder_requested(False)  # the caller's choice wins
-
-
 def test_a_compiler_failure_runs_the_function_eagerly_with_the_reason(monkeypatch, caplog):
     from medsegany.models.compiled_call import CompiledCall
 

@@ -63,6 +63,22 @@ def test_compile_choice_and_its_environment_override(monkeypatch):
         resolve_compile("cpu", "auto", **bf16)
 
 
+def test_switches_read_from_the_environment(monkeypatch):
+    """The tracker's switches: one on by default is off only for "0", one off by default on only for "1";
+    the caller's choice wins over the environment."""
+    variable = "MEDSEGANY_TEST_SWITCH"
+    monkeypatch.delenv(variable, raising=False)
+    assert compute.switch_from_environment(None, variable, default=True)
+    assert not compute.switch_from_environment(None, variable, default=False)
+    cases = (("0", False, False), ("1", True, True), ("yes", True, False))
+    for value, on_by_default, off_by_default in cases:
+        monkeypatch.setenv(variable, value)
+        assert compute.switch_from_environment(None, variable, default=True) is on_by_default, value
+        assert compute.switch_from_environment(None, variable, default=False) is off_by_default, value
+    assert not compute.switch_from_environment(False, variable, default=True)
+    assert compute.switch_from_environment(True, variable, default=False)
+
+
 def test_autocast_context_runs_bf16_only_when_asked():
     a = torch.randn(8, 8)
     with autocast_context("cpu", "float32"):

@@ -70,6 +70,8 @@ def test_trackers_made_with_the_defaults_read_the_environment(monkeypatch):
 
     model = build_sam2_model(CONFIG_512, None, device="cpu", overrides=image_size_overrides(128))
     monkeypatch.setenv(COMPILE_ENCODER_VARIABLE, "1")
+    # the step has a variable of its own
+    assert not Sam2Tracker(model, precision="float32", step_graphs=True).step_graph_stats["compile_step"]
     assert Sam2Tracker(model, precision="float32").encoder_compile_stats == {
         "compiled": False,
         "compiles": 0,

@@ -104,6 +104,7 @@ def test_trackers_made_with_the_defaults_read_the_environment(monkeypatch):
     monkeypatch.setenv(COMPILE_STEP_VARIABLE, "1")
     split = Sam2Tracker(model, precision="float32", step_graphs=True)
     assert split.compile_step and split.step_graph_stats["compile_step"]
+    assert split.encoder_compile_stats is None  # the encoder has a variable of its own
     assert not Sam2Tracker(model, precision="float32", step_graphs=False).compile_step
     monkeypatch.setenv(COMPILE_STEP_VARIABLE, "0")
     assert not Sam2Tracker(model, precision="float32", step_graphs=True).step_graph_stats["compile_step"]

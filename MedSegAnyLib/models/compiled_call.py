@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..out_of_memory import is_out_of_memory
-from .compute import CompileReport
+from .compute import CompileReport, compile_failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ class CompiledCall:
 
     def _fall_back(self, error: BaseException) -> None:
         self._failed = True
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        reason = f"{type(error).__name__}: {first_line}"[:300]
+        reason = compile_failure_reason(error)
         self.report = CompileReport(False, self.report.seconds, reason)
         log.warning("compiling %s failed (%s); running it eagerly", self.what, reason)

@@ -217,6 +217,12 @@ def cast_weights_to_bf16(module: Any) -> Any:
     return module
 
 
+def compile_failure_reason(error: BaseException) -> str:
+    """Why compiling failed, in one line for a log and a report: the error's type and first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 @dataclass
 class CompileReport:
     """What happened to a compiled module: compile seconds, or why it fell back to eager."""
@@ -273,9 +279,9 @@ class CompiledModule:
             out = compiled(*args)
         except Exception as error:  # any compiler failure (toolchain, platform) means: run eagerly
             self._enabled = False
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
-            self.report = CompileReport(False, None, reason[:300])
-            log.warning("compiling the image encoder failed (%s); running it eagerly", reason[:300])
+            reason = compile_failure_reason(error)
+            self.report = CompileReport(False, None, reason)
+            log.warning("compiling the image encoder failed (%s); running it eagerly", reason)
             return self._eager(*args)
         self._compiled = compiled
         self.report = CompileReport(True, time.perf_counter() - start)

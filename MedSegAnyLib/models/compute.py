@@ -15,7 +15,8 @@ Measured on the 2-core development CPU (AMD EPYC with AVX512-BF16, jemalloc, tor
   theirs. Against the prepared copy it gains 1.06-1.25x in float32 and 1.29x in bf16
   (``benchmarks/eager_encoder.py --compiled``): a single float32 run stays eager (:func:`resolve_compile`).
 - SAM 2.1 tiny at 512: the image encoder takes 0.50 s float32 and 0.31 s bf16 eager; compiled it takes
-  0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly. Its tracking
+  0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly unless asked
+  (``sam2_compiled_encoder``, ``sam2_step_compile``; on 2026-11-28 slower compiled here). Its tracking
   step (memory attention over 7 memories of 1024 tokens) takes 0.59 s float32 and 0.36-0.42 s bf16
   (0.18 s with freed memory kept and the attention by bf16 matrix products, sam2_cpu_attention).
 

@@ -188,7 +188,11 @@ class StepGraphs:
         self.replays = 0
         self.fallback_reason: str | None = None
         self.compiled_step = compiled_step(step_from_gathered) if compile_step else None
-        self._step = step_from_gathered if self.compiled_step is None else self.compiled_step
+
+    @property
+    def _step(self) -> Any:
+        """What runs the step from the gathered memory: compiled, or :func:`step_from_gathered` itself."""
+        return step_from_gathered if self.compiled_step is None else self.compiled_step
 
     @property
     def model(self) -> Any:

@@ -37,6 +37,19 @@ def random_checkpoint(directory: Path, config: str = CONFIG_512, seed: int = 0) 
     return save_random_checkpoint(config, Path(directory) / f"random_{config}_{seed}.pt", seed=seed)
 
 
+def skip_unless_compilable(device: str) -> None:
+    """Skip a torch.compile test where it cannot run: CUDA cases without a CUDA GPU (Triton's kernels),
+    CPU cases without a C++ compiler (inductor's)."""
+    import pytest
+    import torch
+    from medsegany.models.compute import cpp_compiler_available
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("compiling for CUDA needs a CUDA GPU")
+    if device == "cpu" and not cpp_compiler_available():
+        pytest.skip("inductor needs a C++ compiler on a CPU")
+
+
 class ReplayedEagerly:
     """Stands in for a CUDA graph: a replay runs the recorded step again and writes into its outputs."""
 

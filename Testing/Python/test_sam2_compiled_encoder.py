@@ -17,21 +17,17 @@ import pytest
 pytest.importorskip("sam2")
 torch = pytest.importorskip("torch")
 
-from sam2_testing import CONFIG_512, blob_frames  # noqa: E402
+from sam2_testing import CONFIG_512, blob_frames, skip_unless_compilable  # noqa: E402
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_compiled_encoder_gives_the_eager_features_in_one_graph(device):
     """Float32; on CUDA (``benchmarks/run_gpu.sh cudatests``) with inductor's Triton kernels."""
-    from medsegany.models.compute import cpp_compiler_available
     from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
     from medsegany.models.sam2_compiled_encoder import compiled_forward_image
     from medsegany.models.sam2_tracker import Sam2Tracker
 
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("Triton's kernels need a CUDA GPU")
-    if device == "cpu" and not cpp_compiler_available():
-        pytest.skip("inductor needs a C++ compiler on a CPU")
+    skip_unless_compilable(device)
     torch.manual_seed(0)
     model = build_sam2_model(CONFIG_512, None, device=device, overrides=image_size_overrides(128))
     frames = blob_frames(num_frames=2)

@@ -17,7 +17,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sam2_testing import CONFIG_512, blob_frames, capture_eagerly, disc_box_xyxy  # noqa: E402
+from sam2_testing import (  # noqa: E402
+    CONFIG_512,
+    blob_frames,
+    capture_eagerly,
+    disc_box_xyxy,
+    skip_unless_compilable,
+)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -28,15 +34,11 @@ def test_the_compiled_step_tracks_as_the_eager_one_through_the_graph_path(monkey
     (``benchmarks/run_gpu.sh cudatests``) the graphs are recorded from inductor's kernels. The compiled
     step does not keep its model alive."""
     pytest.importorskip("sam2")
-    from medsegany.models.compute import cpp_compiler_available
     from medsegany.models.sam2_build import build_sam2_model, image_size_overrides
     from medsegany.models.sam2_step_graphs import StepGraphs
     from medsegany.models.sam2_tracker import Sam2Tracker
 
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("recording the compiled step's kernels needs a CUDA GPU")
-    if device == "cpu" and not cpp_compiler_available():
-        pytest.skip("inductor needs a C++ compiler on a CPU")
+    skip_unless_compilable(device)
     torch.manual_seed(0)
     # 128 px: the compile costs the same at any size, the steps far less
     model = build_sam2_model(CONFIG_512, None, device=device, overrides=image_size_overrides(128))

@@ -5,7 +5,7 @@
 # Each run has its own time limit, so one that hangs or fails leaves the others' JSON intact.
 # Usage: OUT=folder bash benchmarks/run_gpu.sh [stage ...]
 #   (stages: speed graphs strict large objects memory host stream window cudatests eager compile shapes
-#   interleaved encoder_compile fused fusedspeed fusedlarge)
+#   interleaved encoder_compile fused fusedspeed fusedlarge operations)
 # REHEARSAL=1 runs the same commands on the CPU on tiny inputs (PYTHON: the interpreter, default python3),
 # so a script error shows here and not in a lent GPU's 15 minutes (Testing/Python/test_run_gpu.py).
 set -u
@@ -18,6 +18,7 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     SPEED_TINY="--sam2-image-size 128 --size 48 --slices 3 --repeats 1 --warmup-slices 1"
     PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"
     HOST_TINY="--slices 4 --size 96 --repeats 4"
+    OPERATIONS_TINY="--slices 4 --size 96"
     WINDOW_TINY="--slices 8 --size 64 --repeats 1"
     ENCODER_TINY="--models sam2.1_hiera_t512 --image-size 128 --size 48 --batch 2 --repeats 1"
     SHAPES_TINY="--image-size 128 --size 48 --slices 4 --sizes 2 3 --sizes-with-cudnn-attention 1 --sizes-padded 3 --padded-batch 4"
@@ -25,6 +26,7 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
 else
     DEVICE=cuda
     SPEED_TINY="" PROFILE_TINY="" HOST_TINY="" WINDOW_TINY="" PYTEST_TINY="" SHAPES_TINY="" ENCODER_TINY=""
+    OPERATIONS_TINY=""
     if [ -d .whl ]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
         export PYTHONPATH=/tmp/site
@@ -70,6 +72,9 @@ for stage in $stages; do
     # what the host does per step outside the graph, before and after (bitwise checked)
     host) run 60 benchmarks/step_host_work.py --device $DEVICE $HOST_TINY \
         --output "$OUT/step_host_work_gpu.json" ;;
+    # the operations a step's graph replays, by part, under CUDA's autocast; the heads against Meta's
+    operations) run 60 benchmarks/step_operations.py --device $DEVICE $OPERATIONS_TINY \
+        --output "$OUT/step_operations_gpu.json" ;;
     # the image encoder on its own CUDA stream against the default path, masks compared
     stream) run 150 benchmarks/speed.py --device $DEVICE --models sam2.1_hiera_t512 --slices 300 --objects 1 \
         --repeats 3 --warmup-slices 40 --correction-slices 50 --batch-size 32 \
@@ -91,12 +96,13 @@ for stage in $stages; do
     window) run 30 benchmarks/windowing.py $WINDOW_TINY --output "$OUT/windowing_gpu_host.json" ;;
     # the unit tests that run only where CUDA is: features in page-locked host memory, the encoder on its
     # own stream, each against the default path's masks; the compiled step recorded into CUDA graphs and
-    # the compiled encoder, against the eager ones. The GPU machine's own pytest runs them (its
+    # the compiled encoder, against the eager ones; the tracked frame's mask heads against Meta's. The GPU machine's own pytest runs them (its
     # image has one); plugins are not loaded: on 2026-11-28 its pytest-timeout failed to register under
     # the pytest 8.3.4 that .whl/ carried then, and these tests need none
     cudatests) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 run 240 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
         Testing/Python/test_feature_offload.py \
         Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py \
+        Testing/Python/test_sam2_unprompted_heads.py \
         Testing/Python/test_sam2_step_graphs.py::test_a_failed_capture_leaves_the_current_stream_as_it_was \
         "Testing/Python/test_sam2_step_compile.py::test_the_compiled_step_tracks_as_the_eager_one_through_the_graph_path[cuda]" \
         "Testing/Python/test_sam2_compiled_encoder.py::test_the_compiled_encoder_gives_the_eager_features_in_one_graph[cuda]" ;;

@@ -26,6 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# (width, device) -> the sine encoding's frequencies (sine_encoding); a few hundred bytes each
+_SINE_FREQUENCIES: dict[tuple[int, str], Any] = {}
+
 
 @dataclass(frozen=True)
 class MemorySelection:
@@ -157,7 +160,6 @@ def memory_from_gathered(model: Any, gathered: GatheredMemory, maskmem_pos_enc: 
     pointers and ``max_pointers``.
     """
     import torch
-    from sam2.modeling.sam2_utils import get_1d_sine_pe
 
     spatial, pointers, indices = gathered.spatial, gathered.pointers, gathered.indices
     num_spatial, max_pointers = gathered.num_spatial, gathered.max_pointers
@@ -175,7 +177,7 @@ def memory_from_gathered(model: Any, gathered: GatheredMemory, maskmem_pos_enc: 
         distances = indices[num_spatial:]
         if model.add_tpos_enc_to_obj_ptrs:
             tpos_dim = channels if model.proj_tpos_enc_in_obj_ptrs else mem_dim
-            obj_pos = get_1d_sine_pe(distances / (max_pointers - 1), dim=tpos_dim)
+            obj_pos = sine_encoding(distances / (max_pointers - 1), tpos_dim)
             obj_pos = model.obj_ptr_tpos_proj(obj_pos)
             obj_pos = obj_pos.unsqueeze(1).expand(-1, batch, mem_dim)
         else:
@@ -192,6 +194,28 @@ def memory_from_gathered(model: Any, gathered: GatheredMemory, maskmem_pos_enc: 
         positions.append(obj_pos)
         num_ptr_tokens = int(pointers.shape[0])
     return torch.cat(memories, dim=0), torch.cat(positions, dim=0), num_ptr_tokens
+
+
+def sine_encoding(positions: Any, dim: int) -> Any:
+    """Meta's ``get_1d_sine_pe(positions, dim)``, its frequencies (5 operations from ``arange``, the same
+    for every step) computed once per width and device where ``sam2_speedups.constants_may_be_kept``
+    allows: the same numbers."""
+    import torch
+
+    from .sam2_speedups import constants_may_be_kept
+
+    key = (int(dim), str(positions.device))
+    keep = constants_may_be_kept(positions.device)
+    frequencies = _SINE_FREQUENCIES.get(key) if keep else None
+    if frequencies is None:
+        # Meta's expression, operation for operation (temperature 10000)
+        half = dim // 2
+        steps = torch.arange(half, dtype=torch.float32, device=positions.device)
+        frequencies = 10000 ** (2 * (steps // 2) / half)
+        if keep:
+            _SINE_FREQUENCIES[key] = frequencies
+    angles = positions.unsqueeze(-1) / frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def token_major(features_bchw: Any) -> Any:

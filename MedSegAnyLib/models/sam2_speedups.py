@@ -41,7 +41,7 @@ def memoise_position_embedding(model: Any) -> bool:
     def get_pos_embed(hw: tuple[int, int]) -> Any:
         # under torch.compile (sam2_compiled_encoder) Meta's own computation goes into the graph: the
         # memo's Python checks would break the graph in two
-        if _compiling() or not torch.is_inference_mode_enabled():
+        if dynamo_tracing() or not torch.is_inference_mode_enabled():
             return original(hw)
         key = (tuple(int(n) for n in hw), torch.is_autocast_enabled(trunk.pos_embed.device.type))
         if key not in memo:
@@ -52,12 +52,24 @@ def memoise_position_embedding(model: Any) -> bool:
     return True
 
 
-def _compiling() -> bool:
+def dynamo_tracing() -> bool:
     """True while dynamo traces the caller (``torch.compiler.is_compiling``, PyTorch 2.3 on)."""
     import torch
 
     is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
     return bool(is_compiling()) if is_compiling is not None else False
+
+
+def constants_may_be_kept(device: Any) -> bool:
+    """Whether a value computed from frozen weights or shapes alone may be kept for later calls: in
+    inference mode (training must see the live parameters), and neither while dynamo traces (a compiled
+    function folds constants itself; the memo's Python would break its graph) nor while a CUDA graph
+    records (its value would live in the graph's memory pool; the warm-up before a recording keeps it)."""
+    import torch
+
+    if dynamo_tracing() or not torch.is_inference_mode_enabled():
+        return False
+    return not (torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def bf16_copy_if_made(model: Any) -> Any | None:

@@ -47,6 +47,7 @@ from .sam2_memory_gather import (
     token_major,
 )
 from .sam2_step_compile import compiled_step
+from .sam2_unprompted_heads import forward_heads_unprompted
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def step_after_memory(
     num_obj_ptr_tokens: int,
 ) -> tuple[Any, Any, Any, Any, list[Any]]:
     """Meta's tracking step from its memory attention on, for a frame with no prompt (as ``track_step``
-    with ``point_inputs=None``, ``mask_inputs=None``, ``run_mem_encoder=True``).
+    with ``point_inputs=None``, ``mask_inputs=None``, ``run_mem_encoder=True``; the mask heads without
+    recomputing their constant inputs, :mod:`~medsegany.models.sam2_unprompted_heads`).
 
     Returns (low-res mask logits, object pointer, object score logits, memory features, memory pos enc).
     """
@@ -86,12 +88,8 @@ def step_after_memory(
         x.permute(1, 2, 0).view(x.size(1), x.size(2), *size)
         for x, size in zip(vision_feats[:-1], feat_sizes[:-1])
     ]
-    _, _, _, low_res_masks, high_res_masks, obj_ptr, object_score_logits = model._forward_sam_heads(
-        backbone_features=pix_feat,
-        point_inputs=None,
-        mask_inputs=None,
-        high_res_features=high_res_features or None,
-        multimask_output=model._use_multimask(False, None),
+    low_res_masks, high_res_masks, obj_ptr, object_score_logits = forward_heads_unprompted(
+        model, pix_feat, high_res_features or None
     )
     maskmem_features, maskmem_pos_enc = model._encode_new_memory(
         current_vision_feats=vision_feats,

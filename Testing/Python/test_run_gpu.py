@@ -1,7 +1,8 @@
 """benchmarks/run_gpu.sh rehearsed on the CPU (REHEARSAL=1): every stage of the planned GPU calls runs its
 exact command on tiny inputs and writes its JSON, so a script error costs a test here, not a lent GPU's
 15 minutes. What only CUDA does (graph recording, streams, page-locked copies) is not rehearsed; the
-CUDA tests are only collected. The host stage's run is also benchmarks/step_host_work.py's harness test."""
+CUDA tests are only collected. The host and operations stages' runs are also the harness tests of
+benchmarks/step_host_work.py and benchmarks/step_operations.py."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ PLANNED_STAGES = {
     "fused": "profile_graphs_compiled.json",
     "fusedspeed": "speed_gpu_t512_300_compiled.json",
     "fusedlarge": "speed_gpu_l1024_100_compiled.json",
+    "operations": "step_operations_gpu.json",
 }
 
 
@@ -102,6 +104,7 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert fused_speed["paths"]["medsegany"]["encoder_compile"] is None
     assert reports["fusedlarge"]["skipped"][0]["model"] == "sam2.1_hiera_l"  # GPU only
     check_step_host_work(reports["host"])
+    check_step_operations(reports["operations"])
     assert reports["window"]["shape_kji"] == [8, 64, 64]
 
 
@@ -119,3 +122,19 @@ def check_step_host_work(report: dict) -> None:
     assert finishing["host_finish"]["operations"] > 0
     parts = [*memory.values(), *finishing.values()]
     assert all(part["us_per_call"] > 0 for part in parts)
+
+
+def check_step_operations(report: dict) -> None:
+    """benchmarks/step_operations.py on its tiny input (4 slices): the step's operations add up by part,
+    the prompt encoder is not among them, and the mask heads give Meta's outputs with fewer operations."""
+    assert report["device"] == "cpu" and report["memory_frames"] == 3 and report["fill_hole_area"] == 8
+    assert report["step_operations"] == sum(report["by_part"].values()) == sum(report["by_module"].values())
+    assert sum(report["by_operation"].values()) == report["step_operations"]
+    assert {"memory_attention", "sam_mask_decoder", "memory_encoder", "step"} <= set(report["by_part"])
+    assert "sam_prompt_encoder" not in report["by_part"]  # its outputs for no prompt are kept
+    heads = report["heads"]
+    assert report["heads_bitwise_equal"] is True
+    assert heads["meta_forward_sam_heads"]["by_part"]["sam_prompt_encoder"] > 40
+    assert "sam_prompt_encoder" not in heads["forward_heads_unprompted"]["by_part"]
+    ours, meta = heads["forward_heads_unprompted"], heads["meta_forward_sam_heads"]
+    assert ours["operations"] < meta["operations"] - 40

@@ -51,3 +51,24 @@ def test_shared_bf16_copy_casts_linear_and_conv_weights_once():
         expected = model.memory_attention.layers[0].linear1(x)
         got = copy.memory_attention.layers[0].linear1(x)
     assert torch.equal(expected, got)
+
+
+def test_constants_are_kept_in_inference_mode_only_and_not_while_dynamo_traces():
+    from medsegany.models.sam2_speedups import constants_may_be_kept
+
+    assert not constants_may_be_kept("cpu")
+    with torch.no_grad():
+        assert not constants_may_be_kept("cpu")
+    with torch.inference_mode():
+        assert constants_may_be_kept("cpu")
+        assert constants_may_be_kept(torch.device("cpu"))
+
+    seen = []
+
+    def traced(x):
+        seen.append(constants_may_be_kept(x.device))
+        return x + 1
+
+    with torch.inference_mode():
+        torch.compile(traced, backend="eager")(torch.ones(2))
+    assert seen == [False]  # during the trace; the compiled call does not run the Python again

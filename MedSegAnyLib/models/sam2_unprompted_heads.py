@@ -9,10 +9,8 @@ on a GPU, where a step replayed from a CUDA graph is bound by its number of smal
 
 :func:`unprompted_embeddings` computes them with Meta's own modules, once per model, batch, device and
 autocast setting, and keeps them; :func:`forward_heads_unprompted` is ``_forward_sam_heads`` with
-``point_inputs=None, mask_inputs=None`` on those, and it upsamples to the image size only the mask it keeps
-(Meta upsamples all three candidates, then picks one: bilinear upsampling is per channel, so the chosen
-one is the same, bit for bit). ``Testing/Python/test_sam2_unprompted_heads.py`` compares every output
-with Meta's, bitwise.
+``point_inputs=None, mask_inputs=None`` on those, operation for operation.
+``Testing/Python/test_sam2_unprompted_heads.py`` compares every output with Meta's, bitwise.
 
 Kept only where ``sam2_speedups.constants_may_be_kept`` allows (inference mode, outside a CUDA graph
 recording and a ``torch.compile`` trace; elsewhere they are computed as Meta does). Loading other weights
@@ -95,18 +93,20 @@ def forward_heads_unprompted(
         # the memory's mask is a hard choice between object and none, as the mask itself
         low_res_multimasks = torch.where(is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE)
     low_res_multimasks = low_res_multimasks.float()
+    # all candidates, then the kept one, as Meta: upsampling the kept one alone differs in the last bit
+    # on a CPU with one thread (its kernel rounds by the number of channels)
+    size = (model.image_size, model.image_size)
+    high_res_multimasks = interpolate(low_res_multimasks, size=size, mode="bilinear", align_corners=False)
     output_token = output_tokens[:, 0]
     if multimask:
         best = torch.argmax(ious, dim=-1)
         rows = torch.arange(batch, device=device)
         low_res_masks = low_res_multimasks[rows, best].unsqueeze(1)
+        high_res_masks = high_res_multimasks[rows, best].unsqueeze(1)
         if output_tokens.size(1) > 1:
             output_token = output_tokens[rows, best]
     else:
-        low_res_masks = low_res_multimasks
-    # only the kept candidate: Meta upsamples all three and picks one, the same values per channel
-    size = (model.image_size, model.image_size)
-    high_res_masks = interpolate(low_res_masks, size=size, mode="bilinear", align_corners=False)
+        low_res_masks, high_res_masks = low_res_multimasks, high_res_multimasks
 
     obj_ptr = model.obj_ptr_proj(output_token)
     if model.pred_obj_scores:

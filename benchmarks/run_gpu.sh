@@ -96,13 +96,14 @@ for stage in $stages; do
     window) run 30 benchmarks/windowing.py $WINDOW_TINY --output "$OUT/windowing_gpu_host.json" ;;
     # the unit tests that run only where CUDA is: features in page-locked host memory, the encoder on its
     # own stream, each against the default path's masks; the compiled step recorded into CUDA graphs and
-    # the compiled encoder, against the eager ones; the tracked frame's mask heads against Meta's. The GPU machine's own pytest runs them (its
+    # the compiled encoder, against the eager ones; the tracked frame's mask heads and the memory
+    # attention against Meta's. The GPU machine's own pytest runs them (its
     # image has one); plugins are not loaded: on 2026-11-28 its pytest-timeout failed to register under
     # the pytest 8.3.4 that .whl/ carried then, and these tests need none
     cudatests) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 run 240 -m pytest -q -rs -p no:cacheprovider $PYTEST_TINY \
         Testing/Python/test_feature_offload.py \
         Testing/Python/test_sam2_encode_stream.py Testing/Python/test_sam2_holes.py \
-        Testing/Python/test_sam2_unprompted_heads.py \
+        Testing/Python/test_sam2_unprompted_heads.py Testing/Python/test_sam2_memory_attention.py \
         Testing/Python/test_sam2_step_graphs.py::test_a_failed_capture_leaves_the_current_stream_as_it_was \
         "Testing/Python/test_sam2_step_compile.py::test_the_compiled_step_tracks_as_the_eager_one_through_the_graph_path[cuda]" \
         "Testing/Python/test_sam2_compiled_encoder.py::test_the_compiled_encoder_gives_the_eager_features_in_one_graph[cuda]" ;;

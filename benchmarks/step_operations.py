@@ -5,7 +5,9 @@ kernels (672 kernels, 2.33 ms of GPU work, ``run_gpu.sh graphs``, 2026-11-28), s
 of the step is GPU time saved at every slice. This counts, on any device, the operations that do work
 (views and metadata excluded, as ``step_host_work.py`` counts them) in ``step_from_gathered`` with the
 holes filled inside the step, as the graph path records it, grouped by the model's modules (two levels
-deep; ``step`` is the code between them: the memory's encodings, the heads' glue, the hole filling).
+deep; ``step`` is the code between them: the memory's encodings, the heads' glue, the hole filling). The
+casts autocast adds are not among them (it works above where they are counted): PyTorch's profiler counts
+the step's ``aten::_to_copy`` calls apart.
 
 It also counts Meta's mask heads for a frame with no prompt (``_forward_sam_heads``) against
 ``sam2_unprompted_heads.forward_heads_unprompted``, on random features in place of the memory attention's,
@@ -37,9 +39,13 @@ from speed import machine_info, object_prompts, phantom_kji
 from step_host_work import METADATA_OPS
 
 
-def count_by_module(model: Any, call: Any) -> dict[str, collections.Counter]:
-    """The operations ``call()`` dispatches that do work, by the innermost of the model's modules (up to
-    two levels below it) running them; ``step`` for those outside every module."""
+def count_by_module(
+    model: Any, call: Any, functions: dict[str, tuple[Any, str]] | None = None
+) -> dict[str, collections.Counter]:
+    """The operations ``call()`` dispatches that do work, by the innermost of the model's modules running
+    them (named to two levels below the model: ``memory_attention.layers.0``); ``step`` for those outside
+    every module. ``functions``: part name -> (namespace, attribute) of a function that runs a module's
+    work in place of its forward (``attend_to_memory``), counted as that part while it runs."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     running = ["step"]
@@ -51,11 +57,29 @@ def count_by_module(model: Any, call: Any) -> dict[str, collections.Counter]:
     def leave(module: Any, args: Any, output: Any) -> None:  # None: the output stays the module's
         running.pop()
 
+    def counted_as(name: str, function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            running.append(name)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                running.pop()
+
+        return run
+
     hooks = []
     for name, module in model.named_modules():
-        if name and name.count(".") <= 2 and not name.startswith("image_encoder"):
-            hooks.append(module.register_forward_pre_hook(enter(name)))
+        if name and not name.startswith("image_encoder"):
+            hooks.append(module.register_forward_pre_hook(enter(".".join(name.split(".")[:3]))))
             hooks.append(module.register_forward_hook(leave))
+    # a library from before attend_to_memory (the "before" run in benchmarks/README.md) has none
+    originals = {
+        part: (space, attribute, getattr(space, attribute))
+        for part, (space, attribute) in (functions or {}).items()
+        if hasattr(space, attribute)
+    }
+    for part, (space, attribute, function) in originals.items():
+        setattr(space, attribute, counted_as(part, function))
 
     class Counting(TorchDispatchMode):
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -70,7 +94,20 @@ def count_by_module(model: Any, call: Any) -> dict[str, collections.Counter]:
     finally:
         for hook in hooks:
             hook.remove()
+        for space, attribute, function in originals.values():
+            setattr(space, attribute, function)
     return counted
+
+
+def profiled_casts(call: Any) -> int:
+    """The ``aten::_to_copy`` calls PyTorch's profiler records in ``call()``: the dtype casts, those that
+    autocast makes included (the dispatch mode of :func:`count_by_module` sees the operations above
+    autocast, so not those; on a CPU some come from inside its kernels)."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        call()
+    return sum(1 for event in profile.events() if event.name == "aten::_to_copy")
 
 
 def part_of(module_name: str) -> str:
@@ -88,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from medsegany.models import sam2_step_graphs
     from medsegany.models.sam2_build import build_sam2_model
     from medsegany.models.sam2_memory_gather import gather_memory, select_memory
     from medsegany.models.sam2_step_graphs import step_from_gathered
@@ -124,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             return step_from_gathered(model, vision_feats, positions, feat_sizes, gathered, pos_enc, area)
 
         step()  # the first call keeps the step's constants
-        by_module = count_by_module(model, step)
+        # the step runs the memory attention's layers through attend_to_memory, not through its forward
+        by_module = count_by_module(model, step, {"memory_attention": (sam2_step_graphs, "attend_to_memory")})
+        casts = profiled_casts(step)
 
         # the heads alone: random features in place of the memory attention's, this frame's high-res ones
         grid = feat_sizes[-1]
@@ -173,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "object_pointers": len(selection.pointers),
         "fill_hole_area": area,
         "step_operations": total,
+        "step_casts_profiled": casts,
         "by_part": dict(by_part.most_common()),
         "by_module": {name: sum(c.values()) for name, c in sorted(by_module.items())},
         "by_operation": dict(by_operation.most_common()),
@@ -185,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "step_operations": total,
+                "step_casts_profiled": casts,
                 "by_part": report["by_part"],
                 "heads": {name: part["operations"] for name, part in heads.items()},
                 "heads_bitwise_equal": report["heads_bitwise_equal"],

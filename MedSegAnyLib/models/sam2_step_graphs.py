@@ -39,6 +39,7 @@ from typing import Any
 from ..out_of_memory import is_out_of_memory
 from .compute import cuda_side_stream
 from .sam2_holes import fill_holes_in_mask_logits, fill_holes_without_host
+from .sam2_memory_attention import attend_to_memory
 from .sam2_memory_gather import (
     GatheredMemory,
     gather_memory,
@@ -76,12 +77,13 @@ def step_after_memory(
     """
     batch, channels = vision_feats[-1].size(1), model.hidden_dim
     height, width = feat_sizes[-1]
-    pix_feat = model.memory_attention(
-        curr=vision_feats[-1:],
-        curr_pos=vision_pos_embeds[-1:],
-        memory=memory,
-        memory_pos=memory_pos,
-        num_obj_ptr_tokens=num_obj_ptr_tokens,
+    pix_feat = attend_to_memory(
+        model.memory_attention,
+        vision_feats[-1],
+        vision_pos_embeds[-1],
+        memory,
+        memory_pos,
+        num_obj_ptr_tokens,
     )
     pix_feat = pix_feat.permute(1, 2, 0).view(batch, channels, height, width)
     high_res_features = [

@@ -32,13 +32,19 @@ def _inputs(shapes, dtype, seed=0):
     return [torch.randn(shape, generator=generator).to(dtype) for shape in shapes]
 
 
+# Two float32 algorithms (matrix products and a softmax against PyTorch's fused kernel, which sums in
+# blocks): 1.49e-5 at most measured, on an Intel Xeon without AVX512-BF16 (1e-5 held on an AMD EPYC)
+FLOAT32_TOLERANCE = 5e-5
+
+
 @pytest.mark.parametrize("shapes", SHAPES)
 def test_float32_equals_pytorch_attention(shapes):
     query, key, value = _inputs(shapes, torch.float32)
     expected = torch.nn.functional.scaled_dot_product_attention(query, key, value)
-    torch.testing.assert_close(attention_by_matmul(query, key, value), expected, rtol=1e-5, atol=1e-5)
+    close = {"rtol": FLOAT32_TOLERANCE, "atol": FLOAT32_TOLERANCE}
+    torch.testing.assert_close(attention_by_matmul(query, key, value), expected, **close)
     scaled = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=0.3)
-    torch.testing.assert_close(attention_by_matmul(query, key, value, 0.3), scaled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention_by_matmul(query, key, value, 0.3), scaled, **close)
 
 
 def test_blocks_of_queries_give_the_unblocked_result(monkeypatch):

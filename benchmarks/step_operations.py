@@ -19,7 +19,7 @@ recent frames, 16 object pointers).
 
 Example::
 
-    .venv/bin/python benchmarks/step_operations.py \
+    .venv/bin/python benchmarks/step_operations.py --precision bfloat16 \
         --output benchmarks/results/step_operations_cpu_2026-11-28.json
 """
 

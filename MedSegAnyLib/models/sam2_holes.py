@@ -87,7 +87,7 @@ def fill_holes_without_host(mask_logits_n1hw: Any, max_area: int) -> Any:
     otherwise (the component is connected), so it is not taken for a hole.
 
     The labels are kept negated, so that the smallest label around a pixel is one max pooling (exact:
-    the labels are integers below 2**24 in float32): 2 operations a step instead of 4, about 20 in all
+    the labels are integers below 2**24 in float32): 2 operations a step instead of 4, about 26 in all
     at ``max_area`` 8 (128 x 128 masks: a tracking step's hole filling at 512 px). On a CPU
     :func:`fill_holes_in_mask_logits` (SciPy) is faster.
     """

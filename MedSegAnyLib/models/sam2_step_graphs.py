@@ -70,8 +70,9 @@ def step_after_memory(
     num_obj_ptr_tokens: int,
 ) -> tuple[Any, Any, Any, Any, list[Any]]:
     """Meta's tracking step from its memory attention on, for a frame with no prompt (as ``track_step``
-    with ``point_inputs=None``, ``mask_inputs=None``, ``run_mem_encoder=True``; the mask heads without
-    recomputing their constant inputs, :mod:`~medsegany.models.sam2_unprompted_heads`).
+    with ``point_inputs=None``, ``mask_inputs=None``, ``run_mem_encoder=True``), the same numbers: the
+    memory attention's keys prepared once (:mod:`~medsegany.models.sam2_memory_attention`), the mask heads
+    without recomputing their constant inputs (:mod:`~medsegany.models.sam2_unprompted_heads`).
 
     Returns (low-res mask logits, object pointer, object score logits, memory features, memory pos enc).
     """

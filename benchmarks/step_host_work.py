@@ -100,6 +100,28 @@ def measure(calls: dict[str, Any], repeats: int, device: Any) -> dict[str, Any]:
     return parts
 
 
+def tracked_to_the_last_frame(
+    slices: int, size: int, device: str, precision: str, **tracker_options: Any
+) -> tuple[Any, int]:
+    """A SAM 2.1 tiny (512 px, seed-0 random weights) tracker with its step split for graphs, a box on
+    frame 0 of a ``slices`` x ``size`` x ``size`` phantom, tracked forward up to the frame before the last:
+    (the tracker, the last frame's index), the step of that frame being the one to measure."""
+    import torch
+    from medsegany.models.sam2_build import build_sam2_model
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    torch.manual_seed(0)
+    model = build_sam2_model("sam2.1_hiera_t512", None, device=device)
+    tracker = Sam2Tracker(model, precision=precision, step_graphs=True, lookahead=False, **tracker_options)
+    volume_kji = phantom_kji(slices, size=size)
+    tracker.set_frames(volume_kji)
+    tracker.add_prompts(1, 0, box_frame_xyxy=object_prompts(volume_kji, 1)[0].box_frame_xyxy)
+    frame = slices - 1
+    for _ in tracker.propagate(0, +1, end_frame=frame - 1):
+        pass
+    return tracker, frame
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=20, help="frames tracked (18 or more: a full memory)")
@@ -111,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from medsegany.models.sam2_build import build_sam2_model
     from medsegany.models.sam2_holes import fill_holes_in_mask_logits, fill_holes_without_host
     from medsegany.models.sam2_lookahead import copy_to_host
     from medsegany.models.sam2_memory_gather import (
@@ -120,23 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         meta_assembled_memory,
         select_memory,
     )
-    from medsegany.models.sam2_tracker import Sam2Tracker
     from torch.nn.functional import interpolate
 
-    torch.manual_seed(0)
-    tracker = Sam2Tracker(
-        build_sam2_model("sam2.1_hiera_t512", None, device=args.device),
-        precision=args.precision,
-        step_graphs=True,
-        lookahead=False,
-    )
-    volume_kji = phantom_kji(args.slices, size=args.size)
-    prompt = object_prompts(volume_kji, 1)[0]
-    tracker.set_frames(volume_kji)
-    tracker.add_prompts(1, 0, box_frame_xyxy=prompt.box_frame_xyxy)
-    frame = args.slices - 1
-    for _ in tracker.propagate(0, +1, end_frame=frame - 1):
-        pass
+    tracker, frame = tracked_to_the_last_frame(args.slices, args.size, args.device, args.precision)
     model, device, num_frames = tracker.model, tracker.device, args.slices
     bank = tracker._objects[1].memory_bank()  # the object's memory after frame - 1
     area, frame_shape = int(model.fill_hole_area), tracker.frame_shape

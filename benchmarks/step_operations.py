@@ -35,8 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import machine_info, object_prompts, phantom_kji
-from step_host_work import METADATA_OPS
+from speed import machine_info
+from step_host_work import METADATA_OPS, tracked_to_the_last_frame
 
 
 def count_by_module(
@@ -126,27 +126,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from medsegany.models import sam2_step_graphs
-    from medsegany.models.sam2_build import build_sam2_model
     from medsegany.models.sam2_memory_gather import gather_memory, select_memory
     from medsegany.models.sam2_step_graphs import step_from_gathered
-    from medsegany.models.sam2_tracker import Sam2Tracker
     from medsegany.models.sam2_unprompted_heads import forward_heads_unprompted
 
-    torch.manual_seed(0)
     # the attention as PyTorch's fused kernel, as on a GPU (a CPU under bf16 would run it by matrix products)
-    tracker = Sam2Tracker(
-        build_sam2_model("sam2.1_hiera_t512", None, device=args.device),
-        precision=args.precision,
-        step_graphs=True,
-        lookahead=False,
-        matmul_attention=False,
+    tracker, frame = tracked_to_the_last_frame(
+        args.slices, args.size, args.device, args.precision, matmul_attention=False
     )
-    volume_kji = phantom_kji(args.slices, size=args.size)
-    tracker.set_frames(volume_kji)
-    tracker.add_prompts(1, 0, box_frame_xyxy=object_prompts(volume_kji, 1)[0].box_frame_xyxy)
-    frame = args.slices - 1
-    for _ in tracker.propagate(0, +1, end_frame=frame - 1):
-        pass
     model, device = tracker.model, tracker.device
     with tracker._compute():
         _, vision_feats, vision_pos, feat_sizes, bank, num_frames, reverse = tracker._step_inputs(

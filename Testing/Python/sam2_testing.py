@@ -37,6 +37,20 @@ def random_checkpoint(directory: Path, config: str = CONFIG_512, seed: int = 0) 
     return save_random_checkpoint(config, Path(directory) / f"random_{config}_{seed}.pt", seed=seed)
 
 
+def on_one_thread_and_all():
+    """Yield 1 and PyTorch's thread count, its threads set to each in turn and restored after: a CPU
+    kernel may round otherwise on one thread (upsampling by the number of channels did, 2026-11-28)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for count in sorted({1, threads}):
+            torch.set_num_threads(count)
+            yield count
+    finally:
+        torch.set_num_threads(threads)
+
+
 def skip_unless_compilable(device: str) -> None:
     """Skip a torch.compile test where it cannot run: CUDA cases without a CUDA GPU (Triton's kernels),
     CPU cases without a C++ compiler (inductor's)."""

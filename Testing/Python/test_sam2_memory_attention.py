@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("sam2")
 torch = pytest.importorskip("torch")
 
-from sam2_testing import CONFIG_512  # noqa: E402
+from sam2_testing import CONFIG_512, on_one_thread_and_all  # noqa: E402
 
 
 def attention_and_inputs(device: str, pointer_tokens: int):
@@ -45,15 +45,10 @@ def test_gives_metas_output_bitwise(device, precision, pointer_tokens):
         pytest.skip("needs a CUDA GPU")
     attention, (curr, curr_pos, memory, memory_pos) = attention_and_inputs(device, pointer_tokens)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    threads = torch.get_num_threads()
-    for thread_count in sorted({1, threads}):
-        torch.set_num_threads(thread_count)
-        try:
-            with torch.inference_mode(), autocast:
-                meta = attention(curr, memory, curr_pos, memory_pos, pointer_tokens)
-                ours = attend_to_memory(attention, [curr], [curr_pos], memory, memory_pos, pointer_tokens)
-        finally:
-            torch.set_num_threads(threads)
+    for thread_count in on_one_thread_and_all():
+        with torch.inference_mode(), autocast:
+            meta = attention(curr, memory, curr_pos, memory_pos, pointer_tokens)
+            ours = attend_to_memory(attention, [curr], [curr_pos], memory, memory_pos, pointer_tokens)
         assert ours.dtype == meta.dtype and ours.shape == meta.shape == curr.shape
         assert torch.equal(ours, meta), thread_count
 

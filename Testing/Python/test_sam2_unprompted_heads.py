@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("sam2")
 torch = pytest.importorskip("torch")
 
-from sam2_testing import CONFIG_512  # noqa: E402
+from sam2_testing import CONFIG_512, on_one_thread_and_all  # noqa: E402
 
 
 def small_model(device: str):
@@ -57,27 +57,22 @@ def test_heads_give_metas_outputs_bitwise(monkeypatch, device, precision, appear
     monkeypatch.setattr(model.sam_mask_decoder, "forward", scores_of_one_sign)
     pix_feat, high_res = head_inputs(model, 2, device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    threads = torch.get_num_threads()
     # one thread too: there a CPU's upsampling rounds by the number of channels it is given
-    for thread_count in sorted({1, threads}):
-        torch.set_num_threads(thread_count)
-        try:
-            with torch.inference_mode(), autocast:
-                meta = model._forward_sam_heads(
-                    backbone_features=pix_feat,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    high_res_features=high_res,
-                    multimask_output=True,
-                )
-                for _ in range(2):  # the first call computes the embeddings, the second reads the kept ones
-                    ours = forward_heads_unprompted(model, pix_feat, high_res)
-                    _, _, _, low_res, high_res_masks, obj_ptr, scores = meta
-                    for got, expected in zip(ours, (low_res, high_res_masks, obj_ptr, scores)):
-                        assert got.dtype == expected.dtype and got.shape == expected.shape
-                        assert torch.equal(got, expected), thread_count
-        finally:
-            torch.set_num_threads(threads)
+    for thread_count in on_one_thread_and_all():
+        with torch.inference_mode(), autocast:
+            meta = model._forward_sam_heads(
+                backbone_features=pix_feat,
+                point_inputs=None,
+                mask_inputs=None,
+                high_res_features=high_res,
+                multimask_output=True,
+            )
+            for _ in range(2):  # the first call computes the embeddings, the second reads the kept ones
+                ours = forward_heads_unprompted(model, pix_feat, high_res)
+                _, _, _, low_res, high_res_masks, obj_ptr, scores = meta
+                for got, expected in zip(ours, (low_res, high_res_masks, obj_ptr, scores)):
+                    assert got.dtype == expected.dtype and got.shape == expected.shape
+                    assert torch.equal(got, expected), thread_count
     assert bool((scores > 0).all()) == appearing
     if not appearing:
         assert bool((low_res == -1024.0).all())  # Meta's NO_OBJ_SCORE

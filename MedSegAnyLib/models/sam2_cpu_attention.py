@@ -87,9 +87,9 @@ def matmul_attention_active() -> bool:
 
 def _rewritten_here() -> bool:
     """Inside :func:`matmul_attention` on this thread, and not while ``torch.compile`` traces the code."""
-    import torch
+    from .sam2_speedups import dynamo_tracing
 
-    return matmul_attention_active() and not torch.compiler.is_compiling()
+    return matmul_attention_active() and not dynamo_tracing()
 
 
 def _runs_by_matmul(query: Any, attn_mask: Any, dropout_p: float, is_causal: bool, extra: dict) -> bool:

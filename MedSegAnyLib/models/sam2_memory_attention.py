@@ -38,14 +38,12 @@ def _as_projected(tensor: Any) -> Any:
 def attend_to_memory(
     attention: Any, curr: Any, curr_pos: Any, memory: Any, memory_pos: Any, num_obj_ptr_tokens: int = 0
 ) -> Any:
-    """Meta's ``MemoryAttention.forward(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)`` (one
-    level: ``curr`` and ``curr_pos`` as tensors or one-element lists), the cross-attention's keys and
-    values prepared once (see the module's docstring). Other layer classes, and an instance with a forward
-    of its own (compiled), run that forward."""
+    """Meta's ``MemoryAttention.forward(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)`` for one
+    level (``curr`` and ``curr_pos`` tensors), the cross-attention's keys and values prepared once (see
+    the module's docstring). Other layer classes, and an instance with a forward of its own (compiled),
+    run that forward."""
     from sam2.modeling.sam.transformer import RoPEAttention
 
-    if isinstance(curr, list):
-        (curr,), (curr_pos,) = curr, curr_pos
     # a forward set on the instance (Meta's VOS predictor compiles it so) is the one to run
     if "forward" in attention.__dict__ or not _meta_layers(attention):
         return attention(

@@ -41,7 +41,7 @@ def memoise_position_embedding(model: Any) -> bool:
     def get_pos_embed(hw: tuple[int, int]) -> Any:
         # under torch.compile (sam2_compiled_encoder) Meta's own computation goes into the graph: the
         # memo's Python checks would break the graph in two
-        if dynamo_tracing() or not torch.is_inference_mode_enabled():
+        if not constants_may_be_kept(trunk.pos_embed.device):
             return original(hw)
         key = (tuple(int(n) for n in hw), torch.is_autocast_enabled(trunk.pos_embed.device.type))
         if key not in memo:

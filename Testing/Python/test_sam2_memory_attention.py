@@ -48,7 +48,7 @@ def test_gives_metas_output_bitwise(device, precision, pointer_tokens):
     for thread_count in on_one_thread_and_all():
         with torch.inference_mode(), autocast:
             meta = attention(curr, memory, curr_pos, memory_pos, pointer_tokens)
-            ours = attend_to_memory(attention, [curr], [curr_pos], memory, memory_pos, pointer_tokens)
+            ours = attend_to_memory(attention, curr, curr_pos, memory, memory_pos, pointer_tokens)
         assert ours.dtype == meta.dtype and ours.shape == meta.shape == curr.shape
         assert torch.equal(ours, meta), thread_count
 

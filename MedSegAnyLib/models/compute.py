@@ -18,7 +18,9 @@ Measured on the 2-core development CPU (AMD EPYC with AVX512-BF16, jemalloc, tor
   0.67 s (float32) and 0.29 s (bf16), not worth 25-40 s of compiling, so SAM 2 runs eagerly unless asked
   (``sam2_compiled_encoder``, ``sam2_step_compile``; on 2026-11-28 slower compiled here). Its tracking
   step (memory attention over 7 memories of 1024 tokens) takes 0.59 s float32 and 0.36-0.42 s bf16
-  (0.18 s with freed memory kept and the attention by bf16 matrix products, sam2_cpu_attention).
+  (0.18 s with freed memory kept and the attention by bf16 matrix products, sam2_cpu_attention; on an
+  Intel Xeon without native bf16, float32 with freed memory kept: 0.465 s, 0.39-0.41 s with the memory
+  cross-attention's values projected last).
 
 ``precision="auto"`` picks bfloat16 on CUDA (Meta's own setting) and on CPUs with a native bf16 unit
 (AVX512-BF16 or AMX), float32 elsewhere (MPS; CPUs without it, where bf16 is emulated and slower).

@@ -1,4 +1,7 @@
-"""SAM 2's attention on a CPU under bf16: two bf16 matrix products and a softmax, not PyTorch's fused kernel.
+"""SAM 2's attention on a CPU: matrix products and a softmax, not PyTorch's fused kernel, where that pays.
+
+Under bf16 every attention of Meta's modules runs so; in float32 only the memory attention's
+cross-attention, with its values projected last (below).
 
 Why: PyTorch's fused CPU attention (``_scaled_dot_product_flash_attention_for_cpu``) gains almost nothing
 from bf16 on the 2-core development CPU (AMD EPYC, AVX512-BF16), while its matrix products do (2048³:
@@ -17,11 +20,20 @@ attention weights sums to one, ``P @ v_proj(M) = v_proj(P @ M)``. The product ov
 then has 64 columns instead of 256 (:func:`rope_attention_values_last`, one head only, as SAM 2 has):
 a step with a full memory 0.20 -> 0.18 s.
 
+In float32 (CPUs without native bf16, where precision "auto" picks float32, or ``--precision float32``)
+that cross-attention runs so as well, its scores and softmax in float32: 4 x 256 columns of the product
+with the values become 64, the rest is the same arithmetic as the fused kernel's in another order.
+Measured on an Intel Xeon @ 2.50 GHz without AVX512-BF16 (2 cores, sgemm at 170 GFLOP/s, glibc, freed
+memory kept): one layer 54-56 ms fused, 31-37 ms here; a tracking step with a full memory 0.465 ->
+0.386-0.411 s; the tracked logits within 7e-7 of the fused kernel's (relative to the largest), every
+sign equal. The other float32 attentions (Hiera's, the memory attention's self-attention) keep the fused
+kernel, which is faster there in float32 (a Hiera-sized call 3.9 ms against 5.5 ms).
+
 What it costs in precision: the fused kernel keeps the attention scores in float32; here they are rounded
 to bf16 (relative 2^-9) before the softmax, as in any attention written as ``softmax(q @ k.T) @ v`` under
 bf16 autocast. That is how LiteMedSAM's TinyViT and SAM's mask decoder already run in our bf16 path (their
 attention is written out that way), where the masks match float32 at Dice 0.9995 on real data
-(``benchmarks/README.md``). Float32 runs, CUDA, and anything else keep PyTorch's kernel.
+(``benchmarks/README.md``). CUDA, MPS and anything else keep PyTorch's kernel.
 
 How it is wired: Meta's attention modules call ``F.scaled_dot_product_attention`` through the name ``F``
 in their own modules (``sam2.modeling.sam.transformer`` and ``sam2.modeling.backbones.hieradet``).
@@ -142,10 +154,13 @@ def _projects_values_last(module: Any, query: Any, value: Any) -> bool:
 
     if module.training or not _rewritten_here():
         return False
-    bf16_autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if torch.is_autocast_enabled("cpu"):
+        arithmetic = torch.get_autocast_dtype("cpu") == torch.bfloat16
+    else:  # float32 keeps its scores in float32: the fused kernel's precision, 1.5x faster (see above)
+        arithmetic = query.dtype == value.dtype == torch.float32
     narrow_values = value.shape[-1] == module.v_proj.in_features < module.v_proj.out_features
     return (
-        bf16_autocast
+        arithmetic
         and narrow_values
         and query.device.type == "cpu"
         and module.num_heads == 1
@@ -229,8 +244,9 @@ def install() -> bool:
 
 @contextlib.contextmanager
 def matmul_attention(enabled: bool = True) -> Iterator[None]:
-    """On this thread, Meta's bf16 CPU attention runs by :func:`attention_by_matmul` inside the block
-    (after :func:`install`); blocks nest."""
+    """On this thread, inside the block (after :func:`install`), Meta's bf16 CPU attention runs by
+    :func:`attention_by_matmul`, and its memory cross-attention, bf16 or float32, projects its values
+    last (:func:`rope_attention_values_last`); blocks nest."""
     if not enabled:
         yield
         return

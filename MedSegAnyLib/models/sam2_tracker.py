@@ -11,7 +11,8 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
 - small holes are filled without Meta's optional CUDA extension (:mod:`medsegany.models.sam2_holes`);
 - on a CPU under bf16 the attention runs as two bf16 matrix products and a softmax, not PyTorch's fused
   kernel, and the memory attention projects its values after it (:mod:`medsegany.models.sam2_cpu_attention`:
-  a tracking step 0.30 -> 0.18 s);
+  a tracking step 0.30 -> 0.18 s); in float32 the memory attention does the same with float32 scores
+  (0.465 -> 0.39-0.41 s on a CPU without native bf16);
 - on CUDA the tracking steps replay from CUDA graphs (:mod:`medsegany.models.sam2_step_graphs`: the
   memory gathered in 3 copies by :mod:`medsegany.models.sam2_memory_gather`, the holes filled inside the
   graph), one launched ahead of the one being finished (:mod:`medsegany.models.sam2_lookahead`), and
@@ -58,7 +59,7 @@ from .sam2_state import FrameOutput, FramePrompts, ObjectTrack, TrackResult
 from .sam2_step_compile import COMPILE_STEP_VARIABLE
 from .sam2_step_graphs import default_capture, step_graphs_for
 
-# "0" turns the CPU's bf16 attention by matrix products off (see sam2_cpu_attention)
+# "0" turns the CPU's attention by matrix products off, in bf16 and float32 (see sam2_cpu_attention)
 MATMUL_ATTENTION_VARIABLE = "MEDSEGANY_MATMUL_ATTENTION"
 # Meta clamps earlier logits fed back with new clicks to [-32, 32] "to avoid rare numerical issues".
 PREV_LOGITS_CLAMP = 32.0
@@ -93,16 +94,19 @@ class Sam2Tracker:
     ``model`` is a built ``SAM2VideoPredictor`` (see :func:`medsegany.models.sam2_build.build_sam2_model`).
     ``precision`` ("auto", "float32", "bfloat16", see :mod:`medsegany.models.compute`): "auto" runs bf16
     autocast on CUDA (as Meta's demos) and on CPUs with native bf16 (1.6x float32 there), float32 elsewhere;
-    "float32" gives Meta's float32 numbers. ``feature_cache_mb`` bounds the cached image features (about
+    "float32" gives Meta's float32 numbers (on a CPU within float32 rounding, see ``matmul_attention``).
+    ``feature_cache_mb`` bounds the cached image features (about
     4 MB a frame at 512 px, 17 MB at 1024 px in float32, half in bf16). ``step_graphs`` (tracking steps
     replayed from CUDA graphs, :mod:`~medsegany.models.sam2_step_graphs`) and ``lookahead`` (one step
     launched ahead, :mod:`~medsegany.models.sam2_lookahead`) default to on for CUDA, off elsewhere; both
-    give the same masks. ``matmul_attention`` (bf16 attention as matrix products on a CPU,
-    :mod:`~medsegany.models.sam2_cpu_attention`) defaults to on where the tracker runs bf16 on a CPU, unless
-    ``MEDSEGANY_MATMUL_ATTENTION=0``; it rounds the attention scores to bf16 (on random weights the masks
-    stay as close to float32 as the fused kernel's). ``encode_stream`` (the image encoder on a CUDA stream of
-    its own, :mod:`~medsegany.models.sam2_encode_stream`) is off unless asked for or
-    ``MEDSEGANY_ENCODE_STREAM=1``, and CUDA only. ``pad_batches`` (a short encoder batch padded to a power
+    give the same masks. ``matmul_attention`` (attention as matrix products on a CPU,
+    :mod:`~medsegany.models.sam2_cpu_attention`) defaults to on where the tracker runs on a CPU, unless
+    ``MEDSEGANY_MATMUL_ATTENTION=0``: under bf16 it rounds the attention scores to bf16 (on random weights
+    the masks stay as close to float32 as the fused kernel's); in float32 only the memory's
+    cross-attention changes, to within float32 rounding of Meta's numbers (7e-7 of the largest logit).
+    ``encode_stream`` (the image encoder on a CUDA stream of its own,
+    :mod:`~medsegany.models.sam2_encode_stream`) is off unless asked for or ``MEDSEGANY_ENCODE_STREAM=1``,
+    and CUDA only. ``pad_batches`` (a short encoder batch padded to a power
     of two, :func:`padded_batch_size`) defaults to on for CUDA. ``compile_step`` (the split step through
     ``torch.compile``, :mod:`~medsegany.models.sam2_step_compile`; masks close to the eager step's, not
     bitwise) is off unless asked for or ``MEDSEGANY_COMPILE_STEP=1``, and needs the split
@@ -152,9 +156,10 @@ class Sam2Tracker:
         # a CPU it would only compute one step too many where the caller stops)
         self._lookahead = self.device.type == "cuda" if lookahead is None else bool(lookahead)
         matmul_attention = switch_from_environment(matmul_attention, MATMUL_ATTENTION_VARIABLE, default=True)
-        bf16_cpu = self.device.type == "cpu" and self._autocast_dtype is not None
-        # only bf16 calls on a CPU run by matrix products; the stand-in goes in once per process
-        self.matmul_attention = bool(matmul_attention) and bf16_cpu and install_cpu_attention()
+        # on a CPU: bf16 attention by matrix products, and the memory's cross-attention (bf16 or float32)
+        # with its values projected last; the stand-in goes in once per process
+        cpu = self.device.type == "cpu"
+        self.matmul_attention = bool(matmul_attention) and cpu and install_cpu_attention()
         # the image encoder on a CUDA stream of its own (sam2_encode_stream); off unless asked for
         encode_stream = switch_from_environment(encode_stream, ENCODE_STREAM_VARIABLE, default=False)
         use_stream = encode_stream and self.device.type == "cuda"

@@ -141,18 +141,20 @@ def test_bf16_precision_halves_features_and_encoder_activations_on_any_device():
     assert sam2_bf16.parts["weights"] == sam2_fp32.parts["weights"] * 6 // 4  # + the tracker's bf16 copy
 
 
-def test_the_cpus_bf16_attention_scores_are_counted_in_sam2_steps():
+def test_the_cpus_attention_scores_are_counted_in_sam2_steps():
     from medsegany.memory_estimate import matmul_attention_bytes, step_activation_bytes
 
     # 1024 queries x (7 x 1024 + 64) keys, scores and softmax in bf16: 28.25 MiB at 512 px; at 1024 px the
-    # queries go in blocks of at most 8 Mi scores
+    # queries go in blocks of at most 8 Mi scores; float32 scores take twice the bytes
     assert matmul_attention_bytes(512) == 2 * 1024 * 7232 * 2
     assert matmul_attention_bytes(1024) == 2 * 8 * 2**20 * 2
+    assert matmul_attention_bytes(512, bf16=False) == 2 * 1024 * 7232 * 4
     t512 = PROFILES["sam2.1_hiera_t512"]
     step = t512.step_activation_bytes
     assert step_activation_bytes(t512, "cpu", True) == step + matmul_attention_bytes(512)
-    # float32 and CUDA: PyTorch's fused kernel, no scores kept; 2D models have no memory attention
-    assert step_activation_bytes(t512, "cpu", False) == step == step_activation_bytes(t512, "cuda", True)
+    assert step_activation_bytes(t512, "cpu", False) == step + matmul_attention_bytes(512, bf16=False)
+    # CUDA: PyTorch's fused kernel, no scores kept; 2D models have no memory attention
+    assert step_activation_bytes(t512, "cuda", True) == step == step_activation_bytes(t512, "cuda", False)
     lite = PROFILES["litemedsam"]
     assert step_activation_bytes(lite, "cpu", True) == lite.step_activation_bytes
 

@@ -1,5 +1,6 @@
-"""SAM 2's bf16 CPU attention by matrix products (medsegany.models.sam2_cpu_attention): the same function
-as PyTorch's attention, used only where it should be, and what it changes in a tracked mask."""
+"""SAM 2's CPU attention by matrix products (medsegany.models.sam2_cpu_attention): the same function as
+PyTorch's attention, used only where it should be (bf16 attention, and the memory cross-attention with its
+values projected last in bf16 and float32), and what it changes in a tracked mask."""
 
 from __future__ import annotations
 
@@ -161,14 +162,35 @@ def _track(tracker, frames):
     return np.stack([logits[i] for i in range(len(frames))])
 
 
-def test_tracker_uses_it_for_bf16_on_a_cpu_only(model, monkeypatch):
+def test_tracker_uses_it_on_a_cpu_unless_turned_off(model, monkeypatch):
     from medsegany.models.sam2_tracker import MATMUL_ATTENTION_VARIABLE, Sam2Tracker
 
     assert Sam2Tracker(model, precision="bfloat16").matmul_attention
-    assert not Sam2Tracker(model, precision="float32").matmul_attention
+    assert Sam2Tracker(model, precision="float32").matmul_attention
     assert not Sam2Tracker(model, precision="bfloat16", matmul_attention=False).matmul_attention
     monkeypatch.setenv(MATMUL_ATTENTION_VARIABLE, "0")
     assert not Sam2Tracker(model, precision="bfloat16").matmul_attention
+    assert not Sam2Tracker(model, precision="float32").matmul_attention
+
+
+def test_float32_tracking_stays_within_float32_rounding_of_the_fused_kernels(model, monkeypatch):
+    """In float32 only the memory's cross-attention changes (values projected last, scores kept in
+    float32): the logits must stay as close to the fused kernel's as float32 arithmetic allows."""
+    from medsegany.models.sam2_tracker import Sam2Tracker
+    from sam2_testing import blob_frames
+
+    frames = blob_frames(num_frames=4)
+    fused = _track(Sam2Tracker(model, precision="float32", matmul_attention=False), frames)
+    calls = _record_calls(monkeypatch, sam2_cpu_attention, "rope_attention_values_last")
+    ours = _track(Sam2Tracker(model, precision="float32"), frames)
+    # the memory attention's 4 layers at each of the 3 tracked frames, and nothing else by matmul
+    assert len(calls) == 4 * (len(frames) - 1)
+    assert not matmul_attention_active()
+    # measured 6.9e-7 of the largest logit (0.22), every sign equal; a wrong function, such as the
+    # values' bias counted twice, is off by far more than float32's rounding
+    scale = np.abs(fused).max()
+    assert np.abs(ours - fused).max() / scale <= 1e-5
+    assert ((ours > 0) == (fused > 0)).mean() >= 0.9999
 
 
 def test_tracked_masks_are_as_close_to_float32_as_the_fused_kernels(model, monkeypatch):
@@ -225,7 +247,7 @@ def test_values_projected_last_equal_metas_forward_in_float32():
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_values_go_last_only_for_narrow_values_under_bf16_autocast(monkeypatch):
+def test_values_go_last_only_for_narrow_values_in_bf16_or_float32(monkeypatch):
     module, query, memory = _cross_attention(seed=1)
     assert sam2_cpu_attention.install()
     calls = _record_calls(monkeypatch, sam2_cpu_attention, "rope_attention_values_last")
@@ -241,11 +263,19 @@ def test_values_go_last_only_for_narrow_values_under_bf16_autocast(monkeypatch):
             self_attention = RoPEAttention(256, 1, rope_k_repeat=True, feat_sizes=(8, 8)).eval()
             self_attention(query, query, query)
             assert len(calls) == 1
-    with matmul_attention(), torch.inference_mode():
-        module(query, memory.clone(), memory, num_k_exclude_rope=4)  # float32: Meta's forward
-    assert len(calls) == 1
     with torch.inference_mode():
-        exact = module(query, memory.clone(), memory, num_k_exclude_rope=4)  # float32
+        exact = module(query, memory.clone(), memory, num_k_exclude_rope=4)  # float32, Meta's forward
+        assert len(calls) == 1
+        with matmul_attention():
+            float32 = module(query, memory.clone(), memory, num_k_exclude_rope=4)
+            assert len(calls) == 2 and calls[1][3] is memory  # float32 too: its scores stay float32
+            # other arithmetic keeps Meta's forward: float64, and float16 autocast
+            module.double()(query.double(), memory.double(), memory.double(), num_k_exclude_rope=4)
+            module.float()
+            with torch.autocast("cpu", dtype=torch.float16):
+                module(query, memory.clone(), memory, num_k_exclude_rope=4)
+            assert len(calls) == 2
+    torch.testing.assert_close(float32, exact, rtol=1e-5, atol=1e-5)
     fused_error = (fused.float() - exact).abs().max().item()
     ours_error = (ours.float() - exact).abs().max().item()
     # measured: 0.00094 (fused kernel) and 0.00102 (ours) for outputs up to 0.22; bf16's rounding,

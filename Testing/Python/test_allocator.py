@@ -78,7 +78,7 @@ def _run_child(code: str, preload: str = "", **variables: str) -> str:
     return out.stdout.strip()
 
 
-# RSS of the child after freeing 8 blocks of 16 MiB, inside the block and after it, in MiB.
+# RSS of the child after freeing 128 MiB in blocks of BLOCK_MIB, inside the block and after it, in MiB.
 FREED_RSS_CODE = """
     import numpy as np
     from medsegany.allocator import retained_freed_memory
@@ -90,7 +90,7 @@ FREED_RSS_CODE = """
 
     before = rss_mib()
     with retained_freed_memory() as name:
-        blocks = [np.ones(2 << 20) for _ in range(8)]  # 8 x 16 MiB, every page touched
+        blocks = [np.ones(BLOCK_MIB << 17) for _ in range(128 // BLOCK_MIB)]  # every page touched
         del blocks
         inside = rss_mib() - before
     after = rss_mib() - before
@@ -99,14 +99,43 @@ FREED_RSS_CODE = """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
-def test_glibc_keeps_freed_blocks_during_a_run_and_returns_them_after():
-    name, inside, after = _run_child(FREED_RSS_CODE).split()
+@pytest.mark.parametrize("block_mib", [16, 64])
+def test_glibc_keeps_freed_blocks_during_a_run_and_returns_them_after(block_mib):
+    """16 MiB: below the 32 MiB mmap threshold; 64 MiB (LiteMedSAM's float32 activations, 256 channels of
+    256 x 256): above it, mapped and unmapped at every slice unless glibc maps nothing."""
+    code = FREED_RSS_CODE.replace("BLOCK_MIB", str(block_mib))
+    name, inside, after = _run_child(code).split()
     if name == "None":
         pytest.skip("this Python does not run on glibc")
     # 128 MiB were freed inside the block: glibc's default (mmap above 128 KiB) would return all of it
     assert name == "glibc" and int(inside) >= 100 and int(after) <= 30, (inside, after)
-    name, inside, after = _run_child(FREED_RSS_CODE, MEDSEGANY_KEEP_FREED_MEMORY="0").split()
+    name, inside, after = _run_child(code, MEDSEGANY_KEEP_FREED_MEMORY="0").split()
     assert name == "None" and int(inside) <= 30, "the opt-out leaves glibc's defaults"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
+def test_glibc_maps_large_blocks_again_after_a_run():
+    """After the run glibc's default comes back: a 64 MiB block is mapped, and returned when freed."""
+    code = """
+        import numpy as np
+        from medsegany.allocator import retained_freed_memory
+
+        def rss_mib():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+
+        with retained_freed_memory() as name:
+            pass
+        before = rss_mib()
+        block = np.ones(64 << 17)
+        del block
+        print(name, round(rss_mib() - before))
+    """
+    name, kept = _run_child(code).split()
+    if name == "None":
+        pytest.skip("this Python does not run on glibc")
+    assert int(kept) <= 10, kept
 
 
 def test_jemalloc_decay_is_off_during_a_run_and_restored_after():

@@ -78,8 +78,8 @@ def _run_child(code: str, preload: str = "", **variables: str) -> str:
     return out.stdout.strip()
 
 
-# RSS of the child after freeing 128 MiB in blocks of BLOCK_MIB, inside the block and after it, in MiB.
-FREED_RSS_CODE = """
+# the child's resident memory in MiB
+RSS_CODE = """
     import numpy as np
     from medsegany.allocator import retained_freed_memory
 
@@ -87,7 +87,9 @@ FREED_RSS_CODE = """
         for line in open("/proc/self/status"):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-
+"""
+# RSS of the child after freeing 128 MiB in blocks of BLOCK_MIB, inside the block and after it, in MiB.
+FREED_RSS_CODE = RSS_CODE + """
     before = rss_mib()
     with retained_freed_memory() as name:
         blocks = [np.ones(BLOCK_MIB << 17) for _ in range(128 // BLOCK_MIB)]  # every page touched
@@ -116,22 +118,14 @@ def test_glibc_keeps_freed_blocks_during_a_run_and_returns_them_after(block_mib)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
 def test_glibc_maps_large_blocks_again_after_a_run():
     """After the run glibc's default comes back: a 64 MiB block is mapped, and returned when freed."""
-    code = """
-        import numpy as np
-        from medsegany.allocator import retained_freed_memory
-
-        def rss_mib():
-            for line in open("/proc/self/status"):
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-
-        with retained_freed_memory() as name:
-            pass
-        before = rss_mib()
-        block = np.ones(64 << 17)
-        del block
-        print(name, round(rss_mib() - before))
-    """
+    code = RSS_CODE + """
+    with retained_freed_memory() as name:
+        pass
+    before = rss_mib()
+    block = np.ones(64 << 17)
+    del block
+    print(name, round(rss_mib() - before))
+"""
     name, kept = _run_child(code).split()
     if name == "None":
         pytest.skip("this Python does not run on glibc")

@@ -27,6 +27,20 @@ While a :func:`retained_freed_memory` block runs, freed pages stay in the proces
   map larger blocks whatever the setting (measured: the compiled encoder in a thread, 0.98-0.99 s either
   way).
 
+Kept memory must not pile up. glibc places a slice's long-lived allocations (its cached features, the
+tensors' own records) in the holes the previous slice's activations left; the next slice's activations
+no longer fit there and the heap grows. Measured on 2026-11-28 (an Intel Xeon, SAM 2.1 tiny at 512 px,
+float32, ``benchmarks/speed.py``'s 300 slices encoded in one run): the resident set peaked 1209 MiB above
+where the encoding ended (3380 against 2171 MiB), and the run at 3838 MiB against 2394 MiB estimated.
+Without freed memory kept, glibc's adaptive mmap threshold does the same: its free chunks went from 436
+to 1276 while the bytes in use stayed at 280 MiB (``mallinfo2``), and 1059 MiB of holes were left after
+300 slices. So between two slices (before each encoder batch and each tracking step)
+:func:`release_fragments` reads glibc's free bytes (``mallinfo2``: 0.1 ms) and, once they grew by more
+than 256 MiB since the last release, returns the pages inside its free chunks to the kernel
+(``malloc_trim`` with a pad that keeps the heap's top). The next slice faults its own working set in
+again once, not at every slice. On the same path a script counted 5 releases in 300 slices, and
+``speed.py``'s run peaked at 2577 MiB.
+
 When the outermost block ends the previous settings come back and the retained pages are returned to the
 kernel (jemalloc: a purge of every arena; glibc: ``malloc_trim``), so an idle Slicer does not keep a
 run's peak. Blocks nest and may be entered from several threads: only the outermost one acts. Elsewhere
@@ -60,6 +74,10 @@ GLIBC_RETAINED_TRIM_BYTES = 1 << 30
 # there too, with a trim threshold of twice that, which is what is left set after a run.
 GLIBC_MMAP_THRESHOLD_BYTES = 32 << 20
 GLIBC_IDLE_TRIM_BYTES = 2 * GLIBC_MMAP_THRESHOLD_BYTES
+# growth of glibc's free bytes since the last release that triggers the next (release_fragments): above
+# the free memory one slice of SAM 2.1 tiny at 512 px leaves between slices (130-230 MiB measured), so
+# that a steady run releases nothing
+GLIBC_FRAGMENT_BYTES = 256 << 20
 
 Restore = Callable[[], None]
 
@@ -117,6 +135,17 @@ class _Jemalloc:
         return restore
 
 
+# glibc's struct mallinfo2, in order
+MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
+MALLINFO2_FIELDS += ("fordblks", "keepcost")
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc 2.33 and later), summed over every arena."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in MALLINFO2_FIELDS]
+
+
 class _Glibc:
     """glibc's ``mallopt``/``malloc_trim`` (Linux)."""
 
@@ -124,6 +153,29 @@ class _Glibc:
 
     def __init__(self, libc: ctypes.CDLL) -> None:
         self.libc = libc
+        self._mallinfo2 = getattr(libc, "mallinfo2", None)  # None before glibc 2.33: no release then
+        if self._mallinfo2 is not None:
+            self._mallinfo2.restype = _MallInfo2
+        self.free_after_release = 0  # the fewest free bytes seen since the run began or last released
+
+    def free_bytes(self) -> int | None:
+        """Bytes in glibc's free chunks over every arena, resident or not (None: glibc cannot tell)."""
+        return None if self._mallinfo2 is None else int(self._mallinfo2().fordblks)
+
+    def release_fragments(self) -> bool:
+        """``malloc_trim`` once the free bytes grew by more than GLIBC_FRAGMENT_BYTES (module docstring)."""
+        free = self.free_bytes()
+        if free is None:
+            return False
+        self.free_after_release = min(self.free_after_release, free)
+        if free - self.free_after_release <= GLIBC_FRAGMENT_BYTES:
+            return False
+        # the pad keeps the heap's top, where the next slice's working set is: trimming it would shrink
+        # the heap, the next slice would grow it again by its working set (420 MiB an image for SAM 2
+        # at 1024 px), and that growth would trigger the next release, at every slice
+        self.libc.malloc_trim(GLIBC_RETAINED_TRIM_BYTES)
+        self.free_after_release = self.free_bytes() or 0
+        return True
 
     @classmethod
     def find(cls) -> _Glibc | None:
@@ -144,6 +196,7 @@ class _Glibc:
         self.libc.mallopt(M_TRIM_THRESHOLD, GLIBC_RETAINED_TRIM_BYTES)
         # blocks above 32 MiB would still be mapped and unmapped every slice: none are mapped any more
         self.libc.mallopt(M_MMAP_MAX, 0)
+        self.free_after_release = self.free_bytes() or 0
 
         def restore() -> None:
             self.libc.mallopt(M_MMAP_MAX, GLIBC_DEFAULT_MMAP_MAX)
@@ -176,6 +229,7 @@ class _Retention:
         self.depth = 0
         self.restore: Restore | None = None
         self.allocator: str | None = None
+        self.tuned: _Jemalloc | _Glibc | None = None
 
     def enter(self) -> str | None:
         with self.lock:
@@ -183,8 +237,14 @@ class _Retention:
                 allocator = process_allocator()
                 self.restore = allocator.retain() if allocator is not None else None
                 self.allocator = None if allocator is None else allocator.name
+                self.tuned = allocator
             self.depth += 1
             return self.allocator
+
+    def release_fragments(self) -> bool:
+        with self.lock:
+            release = getattr(self.tuned, "release_fragments", None) if self.depth > 0 else None
+            return bool(release is not None and release())
 
     def leave(self) -> None:
         with self.lock:
@@ -192,6 +252,8 @@ class _Retention:
             if self.depth == 0 and self.restore is not None:
                 self.restore()
                 self.restore = None
+            if self.depth == 0:
+                self.tuned = None
 
 
 _RETENTION = _Retention()
@@ -209,6 +271,13 @@ def retained_freed_memory(enabled: bool = True) -> Iterator[str | None]:
         yield allocator
     finally:
         _RETENTION.leave()
+
+
+def release_fragments() -> bool:
+    """Between two slices of a run that keeps freed memory: under glibc, return the pages of its free
+    chunks to the kernel once they grew by more than 256 MiB since the last time (see the module
+    docstring). Returns whether it did; elsewhere (no run, jemalloc, another allocator) it does nothing."""
+    return _RETENTION.release_fragments()
 
 
 def retention_depth() -> int:

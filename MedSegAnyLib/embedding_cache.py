@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import release_fragments
 from .models.base import SliceModel
 
 
@@ -85,6 +86,7 @@ class FrameEmbeddingCache:
         for i in batch:
             if not 0 <= i < self.frame_count:
                 raise IndexError(f"frame {i} is outside 0..{self.frame_count - 1}")
+        release_fragments()  # between two slices: the heap's holes go back once they pile up (allocator)
         embeddings = self.model.embed_frames([self.frame_at(i) for i in batch])
         self.encoded_frames += len(batch)
         if self.offload:

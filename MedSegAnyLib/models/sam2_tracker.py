@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..allocator import retained_freed_memory
+from ..allocator import release_fragments, retained_freed_memory
 from ..errors import ModelError, PromptError, VolumeError
 from .compute import switch_from_environment, without_cudnn_attention
 from .sam2_compiled_encoder import COMPILE_ENCODER_VARIABLE, compiled_forward_image
@@ -327,6 +327,7 @@ class Sam2Tracker:
             self._encode_batch(frame_indices, batch_limit)
 
     def _encode_batch(self, frame_indices: Sequence[int], batch_limit: int) -> None:
+        release_fragments()  # between two slices: the heap's holes go back once they pile up (allocator)
         frames = self._require_frames()
         images = preprocess_frames(frames[list(frame_indices)], self.image_size, self.device)
         count = len(frame_indices)
@@ -367,6 +368,7 @@ class Sam2Tracker:
 
     def _frame_features(self, frame_index: int) -> tuple[list[Any], list[Any], list[tuple[int, int]]]:
         """(vision_feats, vision_pos_embeds, feat_sizes) as Meta's ``_get_image_feature`` (batch 1)."""
+        release_fragments()  # the start of every tracking step, between two slices (see _encode_batch)
         fpn = self._cache.get(frame_index)
         if fpn is None:
             self._encode_images([frame_index])

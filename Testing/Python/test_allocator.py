@@ -69,6 +69,18 @@ def test_blocks_of_several_threads_share_one_retention(fake):
     assert (fake.retained, fake.restored, allocator.retention_depth()) == (1, 1, 0)
 
 
+def test_fragments_are_released_only_inside_a_run_and_by_an_allocator_that_can(fake, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fake, "release_fragments", lambda: calls.append(1) or True, raising=False)
+    assert allocator.release_fragments() is False and calls == []  # no run: nothing to release
+    with allocator.retained_freed_memory():
+        assert allocator.release_fragments() is True and calls == [1]
+    assert allocator.release_fragments() is False and calls == [1]
+    monkeypatch.delattr(fake, "release_fragments")  # jemalloc's: nothing piles up there
+    with allocator.retained_freed_memory():
+        assert allocator.release_fragments() is False
+
+
 def _run_child(code: str, preload: str = "", **variables: str) -> str:
     env = {"LD_PRELOAD": preload, "PATH": "/usr/bin:/bin", **variables}
     out = subprocess.run(
@@ -130,6 +142,46 @@ def test_glibc_maps_large_blocks_again_after_a_run():
     if name == "None":
         pytest.skip("this Python does not run on glibc")
     assert int(kept) <= 10, kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
+def test_glibc_returns_the_free_pages_once_they_grew_by_more_than_the_limit_during_a_run():
+    """Holes between blocks that stay (as a slice's cached features leave them): 32 MiB of them stay for
+    the next slice; 128 MiB more (free bytes grown past the limit, 64 MiB here) go back at the next
+    release. 128 MiB freed at the heap's top stay (the next slice's working set; trimming it would release
+    again at every slice), and the next call finds nothing new. Outside a run nothing happens."""
+    code = RSS_CODE + """
+    from medsegany import allocator
+
+    allocator.GLIBC_FRAGMENT_BYTES = 64 << 20
+    live = []
+
+    def holes(mib):  # blocks of 4 MiB, every page touched; every other one freed, the rest kept
+        blocks = [np.ones(4 << 17) for _ in range(mib // 2)]
+        live.extend(blocks[1::2])
+        del blocks
+
+    outside = allocator.release_fragments()
+    with retained_freed_memory() as name:
+        before = rss_mib()
+        holes(32)
+        small = allocator.release_fragments()
+        kept = rss_mib() - before - 32
+        holes(128)  # its first 32 MiB fill the holes left before
+        large = allocator.release_fragments()
+        released = rss_mib() - before - 160
+        top = np.ones(128 << 17)  # beyond every hole
+        del top
+        at_top = allocator.release_fragments()
+        top_kept = rss_mib() - before - 160
+        again = allocator.release_fragments()
+    print(name, outside, small, round(kept), large, round(released), at_top, round(top_kept), again)
+"""
+    name, outside, small, kept, large, released, at_top, top_kept, again = _run_child(code).split()
+    if name == "None":
+        pytest.skip("this Python does not run on glibc")
+    assert (outside, small, large, at_top, again) == ("False", "False", "True", "True", "False")
+    assert int(kept) >= 25 and int(released) <= 12 and int(top_kept) >= 115, (kept, released, top_kept)
 
 
 def test_jemalloc_decay_is_off_during_a_run_and_restored_after():

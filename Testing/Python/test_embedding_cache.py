@@ -33,6 +33,20 @@ def test_encode_caches_exactly_the_frames_asked_for_in_one_call():
     assert model.encoded == 3 and len(cache) == 3  # refused calls encode nothing
 
 
+def test_the_heaps_free_pages_are_checked_before_every_encoder_batch(monkeypatch):
+    """Between two slices (medsegany.allocator.release_fragments), where a run's memory is checked."""
+    from medsegany import embedding_cache
+
+    calls = []
+    monkeypatch.setattr(embedding_cache, "release_fragments", lambda: calls.append(1))
+    frames = np.zeros((6, 4, 4), np.float32)
+    cache = FrameEmbeddingCache(ThresholdModel(), lambda i: frames[i], 6, max_frames=6, batch_size=2)
+    cache.get(0, ahead=[1])
+    cache.get(1)  # cached: no encoder batch
+    cache.encode([2, 3])
+    assert len(calls) == 2
+
+
 def test_offloaded_embeddings_are_kept_in_host_memory_and_used_on_the_models_device(monkeypatch):
     """As in test_sam2_features: negating stand-ins show that every read goes through the copy back."""
     import medsegany.feature_offload as feature_offload

@@ -154,6 +154,23 @@ def test_encoding_and_tracking_on_a_cpu_keep_freed_memory_until_they_end(model, 
     assert allocator.retention_depth() == 0
 
 
+def test_free_heap_pages_are_checked_before_each_encoder_batch_and_step(model, frames, tracker, monkeypatch):
+    """Between two slices (medsegany.allocator.release_fragments): where a run's memory is checked."""
+    from medsegany.models import sam2_tracker
+
+    calls = []
+    monkeypatch.setattr(sam2_tracker, "release_fragments", lambda: calls.append(1))
+    lazy = sam2_tracker.Sam2Tracker(model, precision="float32")
+    lazy.set_frames(frames)
+    lazy.precompute_features([0, 1, 2], batch_size=2)
+    assert len(calls) == 2  # two encoder batches
+    tracker.add_prompts(4, 1, box_frame_xyxy=disc_box_xyxy(frames, 1))
+    assert len(calls) == 3  # the prompted frame's step
+    assert len(list(tracker.propagate(1, +1))) == NUM_FRAMES - 1
+    # the prompted frame's memory, encoded as the prompts are committed, then one per tracked frame
+    assert len(calls) == 3 + 1 + NUM_FRAMES - 2
+
+
 def test_mask_prompt_becomes_the_output(tracker, frames):
     # with use_mask_input_as_output_without_sam (SAM 2.1 configs) a mask prompt is taken as the mask
     # itself, whatever the weights: the output must be the disc

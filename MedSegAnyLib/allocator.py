@@ -228,18 +228,15 @@ class _Retention:
         self.lock = threading.Lock()
         self.depth = 0
         self.restore: Restore | None = None
-        self.allocator: str | None = None
-        self.tuned: _Jemalloc | _Glibc | None = None
+        self.tuned: _Jemalloc | _Glibc | None = None  # the allocator the outermost block tuned
 
     def enter(self) -> str | None:
         with self.lock:
             if self.depth == 0:
-                allocator = process_allocator()
-                self.restore = allocator.retain() if allocator is not None else None
-                self.allocator = None if allocator is None else allocator.name
-                self.tuned = allocator
+                self.tuned = process_allocator()
+                self.restore = self.tuned.retain() if self.tuned is not None else None
             self.depth += 1
-            return self.allocator
+            return None if self.tuned is None else self.tuned.name
 
     def release_fragments(self) -> bool:
         with self.lock:
@@ -249,11 +246,10 @@ class _Retention:
     def leave(self) -> None:
         with self.lock:
             self.depth -= 1
-            if self.depth == 0 and self.restore is not None:
-                self.restore()
-                self.restore = None
             if self.depth == 0:
-                self.tuned = None
+                if self.restore is not None:
+                    self.restore()
+                self.restore, self.tuned = None, None
 
 
 _RETENTION = _Retention()

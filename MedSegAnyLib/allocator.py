@@ -26,6 +26,14 @@ While a :func:`retained_freed_memory` block runs, freed pages stay in the proces
   main one gains nothing above 64 MiB: glibc's arenas for other threads hold at most 64 MiB a heap and
   map larger blocks whatever the setting (measured: the compiled encoder in a thread, 0.98-0.99 s either
   way).
+- glibc, a thread other than the main one (Slicer's model thread): a heap of its arena that is all free
+  is unmapped at once, whatever the trim threshold, so a top pad of one whole heap (64 MiB) is set too.
+  Measured on that Xeon (``speed.py --worker-thread``, SAM 2.1 tiny at 512 px, float32, 40 slices, 4
+  runs each way): the image encoder faulted 1960-2210 pages in a slice with it, 6100-9600 without, and
+  2150-2470 on the main thread. Without it 3 of 10 runs on that thread faulted 18900-36400 pages (74-142
+  MiB) a tracking step on average; none of 6 with it more than 1400. The times did not differ beyond this
+  machine's noise (10-30 %). On the main thread the pad only reserves address space the heap does not
+  touch.
 
 Kept memory must not pile up. glibc places a slice's long-lived allocations (its cached features, the
 tensors' own records) in the holes the previous slice's activations left; the next slice's activations
@@ -65,6 +73,7 @@ OPT_OUT_VARIABLE = "MEDSEGANY_KEEP_FREED_MEMORY"
 JEMALLOC_ALL_ARENAS = 4096
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 # glibc's default M_MMAP_MAX (DEFAULT_MMAP_MAX); mallopt cannot read the value it replaces
@@ -74,6 +83,10 @@ GLIBC_RETAINED_TRIM_BYTES = 1 << 30
 # there too, with a trim threshold of twice that, which is what is left set after a run.
 GLIBC_MMAP_THRESHOLD_BYTES = 32 << 20
 GLIBC_IDLE_TRIM_BYTES = 2 * GLIBC_MMAP_THRESHOLD_BYTES
+# glibc's HEAP_MAX_SIZE on 64-bit: a thread's arena grows in heaps of at most this. As the top pad it keeps
+# every such heap while a run lasts (see _Glibc.retain); glibc's default pad is 0 (DEFAULT_TOP_PAD)
+GLIBC_THREAD_HEAP_BYTES = 64 << 20
+GLIBC_DEFAULT_TOP_PAD = 0
 # growth of glibc's free bytes since the last release that triggers the next (release_fragments): above
 # the free memory one slice of SAM 2.1 tiny at 512 px leaves between slices (130-230 MiB measured), so
 # that a steady run releases nothing
@@ -196,9 +209,14 @@ class _Glibc:
         self.libc.mallopt(M_TRIM_THRESHOLD, GLIBC_RETAINED_TRIM_BYTES)
         # blocks above 32 MiB would still be mapped and unmapped every slice: none are mapped any more
         self.libc.mallopt(M_MMAP_MAX, 0)
+        # A thread other than the main one (Slicer's model thread) allocates from heaps of 64 MiB, and
+        # glibc unmaps such a heap as soon as it is all free, whatever the trim threshold (heap_trim in
+        # its arena.c), so the next slice faults it in again. A pad of a whole heap keeps them.
+        self.libc.mallopt(M_TOP_PAD, GLIBC_THREAD_HEAP_BYTES)
         self.free_after_release = self.free_bytes() or 0
 
         def restore() -> None:
+            self.libc.mallopt(M_TOP_PAD, GLIBC_DEFAULT_TOP_PAD)
             self.libc.mallopt(M_MMAP_MAX, GLIBC_DEFAULT_MMAP_MAX)
             self.libc.mallopt(M_TRIM_THRESHOLD, GLIBC_IDLE_TRIM_BYTES)
             self.libc.malloc_trim(0)

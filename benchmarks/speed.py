@@ -47,6 +47,7 @@ import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,11 +170,14 @@ class PeakMemory:
 
 
 class PhaseTimer:
-    """``with timer("name"):`` adds the wall time of the block to ``seconds[name]`` (CUDA synchronised)."""
+    """``with timer("name"):`` adds the wall time of the block to ``seconds[name]`` (CUDA synchronised),
+    and the process's minor page faults in it to ``minor_faults[name]`` (memory the allocator gave back to
+    the kernel and asked for again: each fault maps in one page, which the kernel zeroes first)."""
 
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
         self.seconds: dict[str, float] = {}
+        self.minor_faults: dict[str, int] = {}
 
     def _sync(self) -> None:
         if self.cuda:
@@ -184,12 +188,14 @@ class PhaseTimer:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self._sync()
-        start = time.perf_counter()
+        start, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         try:
             yield
         finally:
             self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            self.minor_faults[name] = self.minor_faults.get(name, 0) + faults
 
 
 # ---------------------------------------------------------------------- inputs
@@ -342,6 +348,21 @@ def _as_variant(path: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return run()
 
 
+def on_worker_thread(worker: Any, run: Callable[[PhaseTimer], dict[str, Any]]) -> Callable[[PhaseTimer], Any]:
+    """``run`` as the Slicer module runs its sessions: a job on its one persistent model thread
+    (:class:`medsegany.slicer_worker.ModelWorker`), whose allocations land in a glibc arena of that
+    thread's own, not in the main heap."""
+
+    def threaded(timer: PhaseTimer) -> dict[str, Any]:
+        def job(context: Any) -> list[dict[str, Any]]:
+            return [run(timer) | {"thread": threading.current_thread().name}]
+
+        (result,) = worker.run_sync(job, label="benchmark")
+        return result
+
+    return threaded
+
+
 def _first(prompts: list[ObjectPrompt], correction: Correction) -> ObjectPrompt:
     return next(p for p in prompts if p.object_id == correction.object_id)
 
@@ -417,6 +438,7 @@ def _summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     slices = runs[-1]["slices"]
     summary = {
         "phases_s": phases,
+        "phases_minor_faults": _median_phases([run["phases_minor_faults"] for run in runs]),
         "end_to_end_s": end_to_end,
         "slices_propagated_per_object": slices,
         "per_slice_s": end_to_end / max(slices, 1),
@@ -446,6 +468,7 @@ def _measure(run: Callable[[PhaseTimer], dict[str, Any]], cuda: bool) -> dict[st
     result = {key: value for key, value in result.items() if key != "masks"} | {"_masks": result.get("masks")}
     result.update(
         phases_s=timer.seconds,
+        phases_minor_faults=timer.minor_faults,
         peak_rss_bytes=memory.peak_rss,
         peak_rss_isolated=memory.isolated,
         start_rss_bytes=memory.start_rss,
@@ -517,10 +540,16 @@ def run_case(args: argparse.Namespace, model_name: str, slices: int, objects: in
     )
 
     def path_runner(path: str, vox: np.ndarray, prm: list[ObjectPrompt], corr: Correction | None):
+        run = path_run(path, vox, prm, corr)
+        if args.worker is not None and (path == "medsegany" or path in MEDSEGANY_VARIANTS):
+            return on_worker_thread(args.worker, run)
+        return run
+
+    def path_run(path: str, vox: np.ndarray, prm: list[ObjectPrompt], corr: Correction | None):
         if path.endswith(KEPT_SUFFIX):
             from medsegany.allocator import retained_freed_memory
 
-            run = path_runner(path.removesuffix(KEPT_SUFFIX), vox, prm, corr)
+            run = path_run(path.removesuffix(KEPT_SUFFIX), vox, prm, corr)
 
             def run_kept(timer: PhaseTimer) -> dict[str, Any]:
                 with retained_freed_memory():
@@ -704,6 +733,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="MedSegAny's path returns freed memory at once (MEDSEGANY_KEEP_FREED_MEMORY=0)",
     )
+    parser.add_argument(
+        "--worker-thread",
+        action="store_true",
+        help="MedSegAny's paths run on the Slicer module's model thread, not on the main thread",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where reference A writes its JPEGs")
     parser.add_argument(
         "--estimate-only", action="store_true", help="write the memory estimates of the cases, run nothing"
@@ -740,6 +774,11 @@ def main(argv: list[str] | None = None) -> int:
     if str(args.device).startswith("cuda") and not cuda and not args.estimate_only:
         log(f"--device {args.device} was asked for but no CUDA GPU is available; use --device cpu")
         return 2
+    args.worker = None
+    if args.worker_thread:
+        from medsegany.slicer_worker import ModelWorker
+
+        args.worker = ModelWorker()  # one thread for every run, as in Slicer
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -750,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_tuning": None if tuning is None else tuning.as_dict(),
         "kept_memory": _kept_memory_info(),
         "baseline_rss_bytes": args.baseline_rss,
+        "medsegany_thread": "worker" if args.worker_thread else "main",
         "cases": [],
         "skipped": [],
     }
@@ -767,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{model_name}: {slices} slices, {objects} object(s)")
                 report["cases"].append(run_case(args, model_name, slices, objects, log))
                 _write_json(args.output, report)
+    if args.worker is not None:
+        args.worker.shutdown()
     report["peak_rss_process_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     _write_json(args.output, report)
     log(f"wrote {args.output}")

@@ -184,6 +184,68 @@ def test_glibc_returns_the_free_pages_once_they_grew_by_more_than_the_limit_duri
     assert int(kept) >= 25 and int(released) <= 12 and int(top_kept) >= 115, (kept, released, top_kept)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
+def test_glibc_returns_the_free_pages_of_a_worker_threads_arena():
+    """Slicer runs its sessions on one model thread (slicer_worker), whose blocks glibc takes from an arena
+    of that thread's own, in heaps of 64 MiB, not from the main heap. Its holes are counted and go back
+    too: 96 MiB of them, made and released on the worker thread, against a 64 MiB limit."""
+    code = RSS_CODE + """
+    from medsegany import allocator
+    from medsegany.slicer_worker import ModelWorker
+
+    allocator.GLIBC_FRAGMENT_BYTES = 64 << 20
+    live = []
+
+    def job(context):
+        with retained_freed_memory() as name:
+            before = rss_mib()
+            blocks = [np.ones(4 << 17) for _ in range(48)]  # 4 MiB each, every page touched
+            live.extend(blocks[1::2])
+            del blocks
+            holes = rss_mib() - before - 96
+            released = allocator.release_fragments()
+            left = rss_mib() - before - 96
+        return [(name, round(holes), released, round(left))]
+
+    worker = ModelWorker()
+    ((name, holes, released, left),) = worker.run_sync(job)
+    worker.shutdown()
+    print(name, holes, released, left)
+"""
+    name, holes, released, left = _run_child(code).split()
+    if name == "None":
+        pytest.skip("this Python does not run on glibc")
+    assert int(holes) >= 80 and released == "True" and int(left) <= 12, (holes, released, left)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
+def test_glibc_keeps_a_worker_threads_heaps_during_a_run_and_gives_them_back_after():
+    """glibc unmaps a thread arena's heap once it is all free, whatever the trim threshold: a slice's
+    working set on Slicer's model thread would be faulted in again at every slice. Inside a run 192 MiB
+    freed on that thread stay; after the run the thread's next free gives them back."""
+    code = RSS_CODE + """
+    from medsegany.slicer_worker import ModelWorker
+
+    def job(context):
+        with retained_freed_memory() as name:
+            before = rss_mib()
+            blocks = [np.ones(4 << 17) for _ in range(48)]  # 4 MiB each, every page touched: 4 heaps
+            del blocks
+            inside = rss_mib() - before
+        np.ones(1 << 17)  # a free of 1 MiB: glibc tries to trim the thread's heap after it
+        return [(name, round(inside), round(rss_mib() - before))]
+
+    worker = ModelWorker()
+    ((name, inside, after),) = worker.run_sync(job)
+    worker.shutdown()
+    print(name, inside, after)
+"""
+    name, inside, after = _run_child(code).split()
+    if name == "None":
+        pytest.skip("this Python does not run on glibc")
+    assert int(inside) >= 150 and int(after) <= 70, (inside, after)
+
+
 def test_jemalloc_decay_is_off_during_a_run_and_restored_after():
     path = cpu_tuning.find_jemalloc()
     if path is None:

@@ -70,3 +70,25 @@ def test_sam2_case_runs_references_and_ours_with_correction_and_estimate(tmp_pat
     assert memory["predicted_peak_bytes"] == sum(memory["parts_bytes"].values())
     assert memory["measured_peak_bytes"] == paths["medsegany"]["peak_rss_bytes"]
     assert memory["plan"]["cached_frames"] == 3 and memory["plan"]["fits"]
+
+
+def test_worker_thread_runs_our_path_on_the_slicer_model_thread_and_counts_page_faults(tmp_path):
+    # the same tiny SAM 2 case: MedSegAny's path as a job on slicer_worker's model thread, Meta's on the main
+    report = run_harness(
+        tmp_path,
+        "--models", "sam2.1_hiera_t512", "--sam2-image-size", "128",
+        "--size", "48", "--slices", "3", "--objects", "1",
+        "--repeats", "1", "--warmup-slices", "1", "--correction-slices", "1",
+        "--paths", "reference_b", "medsegany", "--worker-thread", "--no-cpu-tuning",
+    )  # fmt: skip
+    assert report["medsegany_thread"] == "worker"
+    (case,) = report["cases"]
+    ours, meta = case["paths"]["medsegany"], case["paths"]["reference_b"]
+    assert ours["repeats"][0]["thread"] == "MedSegAny model worker"
+    assert "thread" not in meta["repeats"][0]
+    assert ours["slices_propagated_per_object"] == 3 and ours["correction"]["until_repropagated_s"] > 0
+    for summary in (ours, meta):
+        faults = summary["repeats"][0]["phases_minor_faults"]
+        assert set(faults) == set(summary["repeats"][0]["phases_s"])
+        assert all(isinstance(n, int) and n >= 0 for n in faults.values())
+        assert summary["phases_minor_faults"]["propagation"] == faults["propagation"]

@@ -84,7 +84,8 @@ GLIBC_RETAINED_TRIM_BYTES = 1 << 30
 GLIBC_MMAP_THRESHOLD_BYTES = 32 << 20
 GLIBC_IDLE_TRIM_BYTES = 2 * GLIBC_MMAP_THRESHOLD_BYTES
 # glibc's HEAP_MAX_SIZE on 64-bit: a thread's arena grows in heaps of at most this. As the top pad it keeps
-# every such heap while a run lasts (see _Glibc.retain); glibc's default pad is 0 (DEFAULT_TOP_PAD)
+# every such heap while a run lasts (see _Glibc.retain). Restored after it: glibc's default pad, 0
+# (DEFAULT_TOP_PAD); like the thresholds, a pad set in the environment (MALLOC_TOP_PAD_) is not restored
 GLIBC_THREAD_HEAP_BYTES = 64 << 20
 GLIBC_DEFAULT_TOP_PAD = 0
 # growth of glibc's free bytes since the last release that triggers the next (release_fragments): above

@@ -348,7 +348,9 @@ def _as_variant(path: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return run()
 
 
-def on_worker_thread(worker: Any, run: Callable[[PhaseTimer], dict[str, Any]]) -> Callable[[PhaseTimer], Any]:
+def on_worker_thread(
+    worker: Any, run: Callable[[PhaseTimer], dict[str, Any]]
+) -> Callable[[PhaseTimer], dict[str, Any]]:
     """``run`` as the Slicer module runs its sessions: a job on its one persistent model thread
     (:class:`medsegany.slicer_worker.ModelWorker`), whose allocations land in a glibc arena of that
     thread's own, not in the main heap."""

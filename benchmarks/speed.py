@@ -746,6 +746,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
+    args.worker = None  # the model thread of --worker-thread: made by main() before any run
     if args.device == "auto":
         import torch
 
@@ -776,7 +777,6 @@ def main(argv: list[str] | None = None) -> int:
     if str(args.device).startswith("cuda") and not cuda and not args.estimate_only:
         log(f"--device {args.device} was asked for but no CUDA GPU is available; use --device cpu")
         return 2
-    args.worker = None
     if args.worker_thread:
         from medsegany.slicer_worker import ModelWorker
 

@@ -8,7 +8,9 @@ here computes the same function with less work:
   LiteMedSAM) becomes one convolution with the norm folded into its weights (``fuse_conv_bn_eval``), as
   inductor's freezing does;
 - the convolutions' weights and the input are channels-last, the layout oneDNN's CPU kernels prefer;
-- under bf16 the linear and convolution weights are bf16 (``compute.cast_weights_to_bf16``).
+- under bf16 the linear and convolution weights are bf16 (``compute.cast_weights_to_bf16``);
+- TinyViT's wide first-stage blocks run in strips of rows (:mod:`~medsegany.models.row_strips`), so that
+  no activation is too large for a thread's heap (Slicer's model thread) and the peak memory falls.
 
 Used on a CPU only (``LiteMedSamModel``): CUDA's and MPS's channels-last kernels are not measured here.
 LiteMedSAM's encoder, a slice on the 2-core development CPU, freed memory kept
@@ -23,6 +25,8 @@ from __future__ import annotations
 import copy
 import itertools
 from typing import Any
+
+from .row_strips import split_into_row_strips
 
 
 def fold_batch_norms(module: Any) -> int:
@@ -65,6 +69,7 @@ class EagerInferenceEncoder:
 
         prepared = copy.deepcopy(module).eval()
         self.folded = fold_batch_norms(prepared)
+        self.strip_blocks = split_into_row_strips(prepared)
         prepared = prepared.to(memory_format=torch.channels_last)
         self.module = cast_weights_to_bf16(prepared) if bfloat16 else prepared
         self._channels_last = torch.channels_last

@@ -117,6 +117,8 @@ def test_litemedsam_compiles_a_rerouted_copy_and_falls_back_to_the_prepared_one(
     ready = model.encoder.module
     assert ready is not model.encoder.eager and ready.module is not model.encoder.eager.module
     assert ready.rerouted["linears"] > 30  # TinyViT's attention and MLP linears
+    strips = [m for m in ready.module.modules() if type(m).__name__ == "RowStripMBConv"]
+    assert len(strips) == 2 and strips[0].block is not model.encoder.eager.module.layers[0].blocks[0].block
     if onednn_convolution_available():
         assert ready.rerouted["convolutions"] > 25  # its Conv2d_BN layers, the norms folded, and the neck
     off = LiteMedSamModel(device="cpu", precision="float32", compile="off")

@@ -115,6 +115,7 @@ def test_litemedsams_trained_encoder_gives_the_same_features_and_masks():
     plain = LiteMedSamModel(device="cpu", precision="float32", compile="off", eager_speedups=False)
     fast = LiteMedSamModel(device="cpu", precision="float32", compile="off")
     assert isinstance(fast.encoder.eager, EagerInferenceEncoder)
+    assert fast.encoder.eager.strip_blocks == 2  # the first stage's two wide blocks (models.row_strips)
     assert fast.encoder.eager.folded == sum(
         isinstance(m, torch.nn.BatchNorm2d) for m in plain.net.image_encoder.modules()
     )

@@ -1,0 +1,153 @@
+"""LiteMedSAM's CPU encoder with and without row strips, on the main thread and on Slicer's model thread.
+
+The Slicer module runs every session on one model thread of its own (``medsegany.slicer_worker``), where
+glibc cannot keep a block above 64 MiB from slice to slice; ``medsegany.models.row_strips`` keeps the
+encoder's activations under that. Two LiteMedSAM models (the same ``--precision`` and ``--compile``), one
+with its strips and one whose strips are turned off before its first call, embed ``--frames`` slices of
+``speed.py``'s phantom on the main thread and as jobs on one ``ModelWorker`` thread. The four variants
+alternate in one process, their order reversed every repeat, with freed memory kept as a session keeps
+it. The JSON has the median seconds a slice, the process's minor page faults a slice (``ru_minflt``:
+the other variants run in between, never at the same time) and the largest difference between the two
+models' features.
+
+Example::
+
+    .venv/bin/python benchmarks/thread_encoder.py --compile on \\
+        --output benchmarks/results/thread_encoder_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eager_encoder import time_embeddings
+from speed import _write_json, machine_info, phantom_kji
+
+VARIANTS = ("strips_main", "strips_worker", "whole_main", "whole_worker")
+
+
+def turn_strips_off(model: Any) -> int:
+    """Make every row-strip block of ``model``'s encoders (the eager one and the copy it compiles) run
+    whole, as before the strips; returns how many. Before the first call: a compiled graph keeps its
+    strips."""
+    encoders = {id(encoder): encoder for encoder in (model.encoder.eager, model.encoder.module)}
+    blocks = [
+        block
+        for encoder in encoders.values()
+        for block in getattr(encoder, "module", encoder).modules()
+        if type(block).__name__ == "RowStripMBConv"
+    ]
+    for block in blocks:
+        block.strip_bytes = sys.maxsize
+    return len(blocks)
+
+
+def timed_with_faults(model: Any, frames: np.ndarray) -> tuple[list[float], int, Any]:
+    """:func:`eager_encoder.time_embeddings`, and the process's minor page faults meanwhile."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds, features = time_embeddings(model, frames)
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, features
+
+
+def run(frames: int, size: int, repeats: int, precision: str, compile_mode: str) -> dict[str, Any]:
+    from medsegany.allocator import retained_freed_memory
+    from medsegany.cpu_tuning import tune_cpu_once
+    from medsegany.models.litemedsam import LiteMedSamModel
+    from medsegany.slicer_worker import ModelWorker
+
+    tuning = tune_cpu_once()
+    volume = phantom_kji(frames, size)
+    models = {
+        name: LiteMedSamModel(device="cpu", precision=precision, compile=compile_mode)
+        for name in ("strips", "whole")
+    }
+    strip_blocks = models["strips"].encoder.eager.strip_blocks
+    turned_off = turn_strips_off(models["whole"])
+    compile_s = {name: model.warm_up() for name, model in models.items()}
+    worker = ModelWorker()
+    seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    faults: dict[str, int] = dict.fromkeys(VARIANTS, 0)
+    features: dict[str, Any] = {}
+
+    def measure(variant: str, warm_up: bool) -> None:
+        model = models[variant.split("_")[0]]
+        with retained_freed_memory():
+            taken, faulted, features[variant] = timed_with_faults(model, volume[:1] if warm_up else volume)
+        if not warm_up:
+            seconds[variant].extend(taken)
+            faults[variant] += faulted
+
+    def on_thread(variant: str, warm_up: bool) -> None:
+        if variant.endswith("_worker"):
+            worker.run_sync(lambda context: measure(variant, warm_up) or [], label=variant)
+        else:
+            measure(variant, warm_up)
+
+    try:
+        for variant in VARIANTS:  # oneDNN picks its kernels, and each thread's arena grows, at a first call
+            on_thread(variant, warm_up=True)
+        for repeat in range(repeats):
+            for variant in VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]:
+                on_thread(variant, warm_up=False)
+    finally:
+        worker.shutdown()
+    slices = frames * repeats
+    medians = {variant: statistics.median(seconds[variant]) for variant in VARIANTS}
+    difference = (features["strips_main"].float() - features["whole_main"].float()).abs().max()
+    return {
+        "benchmark": "thread_encoder",
+        "machine": machine_info("cpu"),
+        "cpu_tuning": tuning.as_dict(),
+        "precision": models["strips"].precision,
+        "compiled": {name: model.encoder.report.compiled for name, model in models.items()},
+        "compile_s": compile_s,
+        "frames": frames,
+        "frame_size": size,
+        "repeats": repeats,
+        "strip_blocks": strip_blocks,
+        "strips_turned_off": turned_off,
+        "s_per_slice": medians,
+        "minor_faults_per_slice": {variant: faults[variant] / slices for variant in VARIANTS},
+        "worker_speedup_from_strips": medians["whole_worker"] / medians["strips_worker"],
+        "main_speedup_from_strips": medians["whole_main"] / medians["strips_main"],
+        "max_abs_feature_diff": float(difference),
+        "max_abs_feature": float(features["whole_main"].float().abs().max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"])
+    parser.add_argument("--compile", default="on", choices=["on", "off"])
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    report = run(args.frames, args.size, args.repeats, args.precision, args.compile)
+    _write_json(args.output, report)
+    for variant in VARIANTS:
+        print(
+            f"{variant}: {report['s_per_slice'][variant]:.3f} s a slice, "
+            f"{report['minor_faults_per_slice'][variant]:.0f} page faults a slice"
+        )
+    print(
+        f"strips: {report['worker_speedup_from_strips']:.2f}x on the model thread, "
+        f"{report['main_speedup_from_strips']:.2f}x on the main thread; features differ by "
+        f"{report['max_abs_feature_diff']:.2g} (of {report['max_abs_feature']:.2g})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

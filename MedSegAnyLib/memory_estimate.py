@@ -69,8 +69,9 @@ SAM2_STEP_ACTIVATION_BYTES_512 = 48 * MIB
 SAM2_TINY_ACTIVATION_PER_PIXEL = 100 * MIB / 512**2
 SAM2_ENCODER_FIXED_BYTES = 28 * MIB
 # LiteMedSAM's was measured before its CPU encoder ran its widest blocks in strips of rows
-# (models.row_strips), which lowered a 40-slice run's peak by 50-155 MiB: the estimate is now 1.05-1.10
-# of that peak (speed.py, 2026-11-28). Kept: a GPU's encoder has no strips, and SAM's ViT scales from it.
+# (models.row_strips), which lowered a 40-slice run's peak by 103-156 MiB on Slicer's model thread and
+# 53-105 MiB on the main thread: the estimate is now 1.05-1.08 and 1.07-1.10 of those peaks (speed.py,
+# 2026-11-28). Kept: a GPU's encoder has no strips, and SAM's ViT scales its estimate from this one.
 LITEMEDSAM_ACTIVATION_PER_IMAGE = 224 * MIB
 LITEMEDSAM_STEP_ACTIVATION_BYTES = 16 * MIB
 LITEMEDSAM_LIBRARY_BYTES = 249 * MIB

@@ -36,20 +36,33 @@ from speed import _write_json, machine_info, phantom_kji
 VARIANTS = ("strips_main", "strips_worker", "whole_main", "whole_worker")
 
 
-def turn_strips_off(model: Any) -> int:
-    """Make every row-strip block of ``model``'s encoders (the eager one and the copy it compiles) run
-    whole, as before the strips; returns how many. Before the first call: a compiled graph keeps its
-    strips."""
+def strip_blocks_of(model: Any) -> list[Any]:
+    """The row-strip blocks of ``model``'s encoders: the eager one and the copy it compiles."""
     encoders = {id(encoder): encoder for encoder in (model.encoder.eager, model.encoder.module)}
-    blocks = [
+    return [
         block
         for encoder in encoders.values()
         for block in getattr(encoder, "module", encoder).modules()
         if type(block).__name__ == "RowStripMBConv"
     ]
+
+
+def turn_strips_off(model: Any) -> int:
+    """Make every row-strip block of ``model``'s encoders run whole, as before the strips; returns how
+    many. Before the first call: a compiled graph keeps its strips."""
+    blocks = strip_blocks_of(model)
     for block in blocks:
         block.strip_bytes = sys.maxsize
     return len(blocks)
+
+
+def strips_a_slice(model: Any) -> list[int]:
+    """The strip counts of ``model``'s row-strip blocks for a 256 x 256 input in its precision."""
+    import torch
+
+    dtype = torch.bfloat16 if model.precision == "bfloat16" else torch.float32
+    image = torch.empty((1, 1, 256, 256), dtype=dtype)
+    return sorted({block.strips(image) for block in strip_blocks_of(model)})
 
 
 def timed_with_faults(model: Any, frames: np.ndarray) -> tuple[list[float], int, Any]:
@@ -73,6 +86,7 @@ def run(frames: int, size: int, repeats: int, precision: str, compile_mode: str)
     }
     strip_blocks = models["strips"].encoder.eager.strip_blocks
     turned_off = turn_strips_off(models["whole"])
+    strips = {name: strips_a_slice(model) for name, model in models.items()}
     compile_s = {name: model.warm_up() for name, model in models.items()}
     worker = ModelWorker()
     seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -116,6 +130,7 @@ def run(frames: int, size: int, repeats: int, precision: str, compile_mode: str)
         "repeats": repeats,
         "strip_blocks": strip_blocks,
         "strips_turned_off": turned_off,
+        "strips_a_slice": strips,
         "s_per_slice": medians,
         "minor_faults_per_slice": {variant: faults[variant] / slices for variant in VARIANTS},
         "worker_speedup_from_strips": medians["whole_worker"] / medians["strips_worker"],

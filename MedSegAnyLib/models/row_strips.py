@@ -1,4 +1,4 @@
-"""TinyViT's wide convolution blocks computed in strips of rows, so that no activation exceeds 16 MiB.
+"""TinyViT's wide convolution blocks in strips of rows: activations small enough for a thread's heap.
 
 Why: LiteMedSAM's first stage is two MBConv blocks at 256 x 256 pixels that expand 64 channels to 256 (a
 1 x 1 convolution, a 3 x 3 depthwise one, a 1 x 1 back to 64). In float32 each of them makes two
@@ -7,18 +7,22 @@ activations of 64 MiB a slice. glibc serves every thread but the main one from h
 kept from slice to slice, whatever :mod:`medsegany.allocator` asks of glibc: it is mapped, faulted in
 page by page and unmapped at every slice.
 
-In strips of at most 16 MiB of expanded activation (4 strips of 64 rows in float32, 2 under bf16), with
-one extra row above and below each for the 3 x 3 convolution, every block fits in a thread's heap. Each
-output pixel is computed from the same inputs by the same operations: the features were bitwise the same,
-compiled and eager. On the 2-core development CPU, float32, 2026-11-28 (``benchmarks/thread_encoder.py``,
-one process, the variants alternating; ``benchmarks/README.md``):
+In strips of about 16 MiB of expanded activation (4 strips of 64 rows in float32, 2 of 128 under bf16),
+each with one extra row above and below for the 3 x 3 convolution (64 + 2 rows: 16.5 MiB), every block
+fits in a thread's heap. Each output pixel is computed from the same inputs by the same operations; the
+convolutions may still pick other kernels for other shapes (1e-7 apart in a small channels-last block),
+but LiteMedSAM's features were bitwise the same on that CPU, compiled and eager. On the 2-core
+development CPU, float32, 2026-11-28 (``benchmarks/thread_encoder.py``, one process, the variants
+alternating; ``benchmarks/README.md``):
 
 - compiled, on the model thread: 69200 page faults a slice (270 MiB) became 3600, and a slice took
-  0.631 s instead of 0.702 (1.11x); on the main thread 0.608 s against 0.613;
+  0.631 s instead of 0.702 (1.11x) and 0.636 instead of 0.745 (1.17x); on the main thread 0.97-1.03x in
+  three runs;
 - eager, on the model thread: 1.16x and 1.25x (139800 faults a slice before); on the main thread
   0.91-0.97x in three runs, where glibc already kept the whole blocks;
 - a LiteMedSAM propagation of 40 slices on the model thread (``speed.py --worker-thread``, 4 pairs of
-  processes): 0.69-0.75 s a slice against 0.74-0.99, and a peak 105-155 MiB lower.
+  processes): 0.69-0.75 s a slice against 0.74-0.99, and a peak 103-156 MiB lower (53-105 MiB on the
+  main thread, 2 pairs).
 
 Used by :class:`~medsegany.models.eager_inference.EagerInferenceEncoder`, so both the eager and the
 compiled CPU encoder run the strips.
@@ -72,22 +76,28 @@ def mbconv_shape(block: Any) -> tuple[int, int] | None:
 
 @functools.cache
 def _row_strip_class() -> type:
-    """The wrapper class (made on first use: torch is imported lazily)."""
+    """The wrapper class (made on first use: torch is imported lazily). Local to this function, so a
+    module holding it cannot be pickled whole (nothing saves the prepared encoder; its weights are the
+    source's)."""
     import torch
 
     class RowStripMBConv(torch.nn.Module):
         """An ``MBConv`` computed in strips of rows when its expanded activation exceeds ``strip_bytes``."""
 
-        def __init__(self, block: torch.nn.Module, expanded_channels: int, halo: int, strip_bytes: int):
+        def __init__(
+            self, block: torch.nn.Module, expanded_channels: int, halo: int, strip_bytes: int
+        ) -> None:
             super().__init__()
             self.block = block
             self.expanded_channels, self.halo, self.strip_bytes = expanded_channels, halo, strip_bytes
 
         def strips(self, x: torch.Tensor) -> int:
-            """How many strips for input ``x`` (N, C, H, W): 1 when its expanded activation is small."""
+            """How many strips for input ``x`` (N, C, H, W): 1 when its expanded activation is small.
+            Sized by ``x``'s element size: a float32 input under bf16 autocast (not LiteMedSAM's, whose
+            first convolutions already give bf16) gets twice the strips it needs, never too few."""
             batch, _, height, width = x.shape
-            expanded = batch * self.expanded_channels * height * width * x.element_size()
-            return min(-(-expanded // self.strip_bytes), height)  # a strip has at least one row
+            expanded_bytes = batch * self.expanded_channels * height * width * x.element_size()
+            return min(-(-expanded_bytes // self.strip_bytes), height)  # a strip has at least one row
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             strips = self.strips(x)
@@ -96,15 +106,18 @@ def _row_strip_class() -> type:
             block, height = self.block, x.shape[2]
             rows = -(-height // strips)
             pieces = []
+            # Rows of x: the strip's own [top, bottom) and, with its halo, [halo_top, halo_bottom).
             for top in range(0, height, rows):
                 bottom = min(top + rows, height)
-                start, stop = max(top - self.halo, 0), min(bottom + self.halo, height)
-                expanded = block.act1(block.conv1(x[:, :, start:stop]))
+                halo_top, halo_bottom = max(top - self.halo, 0), min(bottom + self.halo, height)
+                expanded = block.act1(block.conv1(x[:, :, halo_top:halo_bottom]))
                 # rows within the halo of a strip's edge saw zeros instead of their neighbours: dropped,
                 # after the GELU, which inductor fuses into the convolution only when it follows it
                 # directly (dropped before it, the compiled encoder took 5 % longer a slice)
-                mixed = block.act2(block.conv2(expanded))[:, :, top - start : bottom - start]
-                pieces.append(block.act3(block.drop_path(block.conv3(mixed)) + x[:, :, top:bottom]))
+                mixed = block.act2(block.conv2(expanded))[:, :, top - halo_top : bottom - halo_top]
+                out = block.drop_path(block.conv3(mixed))
+                out += x[:, :, top:bottom]  # in place, as MBConv adds it: the convolution's dtype stays
+                pieces.append(block.act3(out))
             return torch.cat(pieces, dim=2)
 
     return RowStripMBConv

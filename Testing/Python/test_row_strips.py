@@ -61,6 +61,26 @@ def test_strips_compute_the_blocks_function(channels_last, strip_bytes, strips):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_batch_and_bf16_autocast_keep_the_blocks_results_and_dtype():
+    """Two images in a batch; under bf16 autocast a float32 input (counted at 4 bytes: twice the strips)
+    whose shortcut is added in place, as MBConv adds it, so the block's output stays bf16."""
+    holder = Holder(mbconv())
+    x = torch.randn(2, 8, 10, 12)
+    with torch.inference_mode():
+        expected = holder(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected_bf16 = holder(x)
+        split_into_row_strips(holder, strip_bytes=2 * 15360 // 3)  # 3 strips of a float32 batch of two
+        assert holder.blocks[0].strips(x) == 3
+        got = holder(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got_bf16 = holder(x)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert got_bf16.dtype == expected_bf16.dtype == torch.bfloat16
+    # the same bf16 operations on the same rows; 1 bf16 step (2^-8 relative) allowed for kernel choice
+    torch.testing.assert_close(got_bf16.float(), expected_bf16.float(), rtol=0.01, atol=0.01)
+
+
 def test_the_strip_count_follows_the_expanded_activation():
     holder = Holder(mbconv())
     split_into_row_strips(holder, strip_bytes=32 * 10 * 12 * 4)  # exactly one float32 activation
@@ -126,7 +146,8 @@ def test_litemedsams_prepared_encoder_makes_no_64_mib_activation():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's allocator")
 def test_on_a_worker_thread_a_slice_maps_no_memory_again():
     """glibc cannot keep a block of 64 MiB in a thread's heap: without strips, every slice of LiteMedSAM's
-    eager float32 encoder faulted 131600 pages in on Slicer's model thread (on this 2-core CPU)."""
+    eager float32 encoder faulted 131600-134400 pages in on Slicer's model thread, with them 2700 (on the
+    2-core development CPU)."""
     code = """
     import resource
     import torch

@@ -20,6 +20,7 @@ def test_short_run_times_each_variant_on_its_thread(tmp_path):
     assert report["frames"] == 1 and report["repeats"] == 2 and report["precision"] == "float32"
     assert report["compiled"] == {"strips": False, "whole": False}
     assert report["strip_blocks"] == 2 and report["strips_turned_off"] == 2  # eager: one encoder each
+    assert report["strips_a_slice"] == {"strips": [4], "whole": [1]}  # 64 MiB in float32, 16 MiB strips
     variants = ["strips_main", "strips_worker", "whole_main", "whole_worker"]
     assert sorted(report["s_per_slice"]) == sorted(report["minor_faults_per_slice"]) == variants
     assert all(seconds > 0 for seconds in report["s_per_slice"].values())

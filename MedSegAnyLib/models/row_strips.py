@@ -11,7 +11,7 @@ In strips of about 16 MiB of expanded activation (4 strips of 64 rows in float32
 each with one extra row above and below for the 3 x 3 convolution (64 + 2 rows: 16.5 MiB), every block
 fits in a thread's heap. Each output pixel is computed from the same inputs by the same operations; the
 convolutions may still pick other kernels for other shapes (1e-7 apart in a small channels-last block),
-but LiteMedSAM's features were bitwise the same on that CPU, compiled and eager. On the 2-core
+but LiteMedSAM's features were bitwise the same in every run below, compiled and eager. On the 2-core
 development CPU, float32, 2026-11-28 (``benchmarks/thread_encoder.py``, one process, the variants
 alternating; ``benchmarks/README.md``):
 

@@ -19,19 +19,17 @@ Example::
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eager_encoder import time_embeddings
-from speed import _write_json, machine_info, phantom_kji
+from speed import PhaseTimer, _write_json, machine_info, on_worker_thread, phantom_kji
 
 VARIANTS = ("strips_main", "strips_worker", "whole_main", "whole_worker")
 
@@ -65,13 +63,6 @@ def strips_a_slice(model: Any) -> list[int]:
     return sorted({block.strips(image) for block in strip_blocks_of(model)})
 
 
-def timed_with_faults(model: Any, frames: np.ndarray) -> tuple[list[float], int, Any]:
-    """:func:`eager_encoder.time_embeddings`, and the process's minor page faults meanwhile."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    seconds, features = time_embeddings(model, frames)
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, features
-
-
 def run(frames: int, size: int, repeats: int, precision: str, compile_mode: str) -> dict[str, Any]:
     from medsegany.allocator import retained_freed_memory
     from medsegany.cpu_tuning import tune_cpu_once
@@ -90,22 +81,28 @@ def run(frames: int, size: int, repeats: int, precision: str, compile_mode: str)
     compile_s = {name: model.warm_up() for name, model in models.items()}
     worker = ModelWorker()
     seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    faults: dict[str, int] = dict.fromkeys(VARIANTS, 0)
+    timers = {variant: PhaseTimer(cuda=False) for variant in VARIANTS}  # their page faults
     features: dict[str, Any] = {}
 
-    def measure(variant: str, warm_up: bool) -> None:
-        model = models[variant.split("_")[0]]
-        with retained_freed_memory():
-            taken, faulted, features[variant] = timed_with_faults(model, volume[:1] if warm_up else volume)
-        if not warm_up:
-            seconds[variant].extend(taken)
-            faults[variant] += faulted
+    def embedding(variant: str, warm_up: bool) -> Callable[[PhaseTimer], dict[str, Any]]:
+        """One pass of ``variant``'s model over the slices (the first one only to warm up)."""
+
+        def embed(timer: PhaseTimer) -> dict[str, Any]:
+            with retained_freed_memory(), timer("embed"):
+                taken, features[variant] = time_embeddings(
+                    models[variant.split("_")[0]], volume[:1] if warm_up else volume
+                )
+            if not warm_up:
+                seconds[variant].extend(taken)
+            return {}
+
+        return embed
 
     def on_thread(variant: str, warm_up: bool) -> None:
+        run = embedding(variant, warm_up)
         if variant.endswith("_worker"):
-            worker.run_sync(lambda context: measure(variant, warm_up) or [], label=variant)
-        else:
-            measure(variant, warm_up)
+            run = on_worker_thread(worker, run)
+        run(PhaseTimer(cuda=False) if warm_up else timers[variant])
 
     try:
         for variant in VARIANTS:  # oneDNN picks its kernels, and each thread's arena grows, at a first call
@@ -132,7 +129,9 @@ def run(frames: int, size: int, repeats: int, precision: str, compile_mode: str)
         "strips_turned_off": turned_off,
         "strips_a_slice": strips,
         "s_per_slice": medians,
-        "minor_faults_per_slice": {variant: faults[variant] / slices for variant in VARIANTS},
+        "minor_faults_per_slice": {
+            variant: timers[variant].minor_faults["embed"] / slices for variant in VARIANTS
+        },
         "worker_speedup_from_strips": medians["whole_worker"] / medians["strips_worker"],
         "main_speedup_from_strips": medians["whole_main"] / medians["strips_main"],
         "max_abs_feature_diff": float(difference),

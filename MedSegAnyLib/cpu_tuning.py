@@ -17,8 +17,9 @@ Measured on the 2-core development machine: a large matrix product runs at 134 G
   compiled bf16 LiteMedSAM ran as fast on glibc (0.377 against 0.395 s a slice, 2026-11-27).
 
 Loading a model on a CPU (``medsegany.models.registry.load_model``: the CLI, Slicer) applies these
-settings once per process (:func:`tune_cpu_once`). While a model runs, the allocator keeps the memory
-it frees (:mod:`medsegany.allocator`).
+settings once per process (:func:`tune_cpu_once`), except the denormal flag, which is per thread: each
+thread that loads or runs a model sets it again (:func:`flush_denormals_if_tuned`). While a model runs,
+the allocator keeps the memory it frees (:mod:`medsegany.allocator`).
 
 Example::
 
@@ -229,7 +230,7 @@ def tune_cpu(threads: int | None = None, probe: bool = True, flush_denormal: boo
     physical = physical_core_count()  # reads PyTorch's default before it is changed below
     wanted = physical if threads is None else max(1, int(threads))
     torch.set_num_threads(wanted)
-    flushed = bool(torch.set_flush_denormal(True)) if flush_denormal else False
+    flushed = flush_denormals_on_this_thread() if flush_denormal else False
     supported, speedup = probe_bf16() if probe else (False, None)
     flags = cpu_flags()
     # a native bf16 unit makes bf16 pay; without it torch emulates bf16 through float32 (slower)
@@ -280,4 +281,29 @@ def tune_cpu_once() -> CpuTuning:
 
         chosen = any(os.environ.get(name, "").strip() for name in THREAD_VARIABLES)
         _PROCESS_TUNING = tune_cpu(threads=torch.get_num_threads() if chosen else None, probe=False)
+    else:  # the flush is per thread: a model loaded on another thread than the first one needs it too
+        flush_denormals_if_tuned()
     return _PROCESS_TUNING
+
+
+def flush_denormals_on_this_thread() -> bool:
+    """Flush denormals to zero in the calling thread. Returns whether the CPU supports it.
+
+    The flag lives in a per-thread register (x86's MXCSR, ARM's FPCR), so ``torch.set_flush_denormal``
+    reaches only the thread that calls it, and the OpenMP workers that thread creates afterwards: they
+    copy the register when its first parallel operation creates them. Workers that exist already keep
+    IEEE arithmetic, so a thread should call this before its first parallel operation. Measured on the
+    2-core development CPU: a second Slicer model thread (after a module reload) ran both its OpenMP
+    threads unflushed, while the tuning said "denormals flushed: yes"."""
+    import torch
+
+    return bool(torch.set_flush_denormal(True))
+
+
+def flush_denormals_if_tuned() -> bool:
+    """In a thread about to run a model: flush denormals as :func:`tune_cpu_once` did for this process.
+    Does nothing (False) before a model was loaded on a CPU, so torch is not imported for it."""
+    tuning = _PROCESS_TUNING
+    if tuning is None or not tuning.flush_denormal:
+        return False
+    return flush_denormals_on_this_thread()

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from .allocator import retained_freed_memory
+from .cpu_tuning import flush_denormals_if_tuned
 from .embedding_cache import FrameEmbeddingCache
 from .encode_ahead import EncodeAheadInRun, EncodeAheadProgress, outward_order
 from .errors import PromptError
@@ -235,6 +236,8 @@ class SegmentationSession:
         freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM
         0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc)."""
         on_cpu = device_type(self.device) == "cpu"
+        if on_cpu:  # the flag is per thread: this one may not be the thread that loaded the model
+            flush_denormals_if_tuned()
         make_room = None if on_cpu else self._features_to_host_memory
         with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):
             yield

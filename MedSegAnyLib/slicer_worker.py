@@ -19,6 +19,7 @@ contexts and torch thread pools are not re-created per run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .cpu_tuning import flush_denormals_if_tuned
 from .errors import MedSegAnyError
 
 #: Event kinds: "item" (one yielded value), then exactly one of "done", "cancelled" or "error".
@@ -158,6 +160,11 @@ class ModelWorker:
         self._thread = None
 
     def _loop(self) -> None:
+        # before this thread's first parallel operation, whose OpenMP workers copy its flag: a thread made
+        # after a model was loaded on another one (a module reload) would run unflushed. A speed setting
+        # only: the jobs run without it if it fails.
+        with contextlib.suppress(Exception):
+            flush_denormals_if_tuned()
         while True:
             entry = self._jobs.get()
             if entry is None:

@@ -32,6 +32,19 @@ def _ieee_denormals_after_each_test():
         torch.set_flush_denormal(False)
 
 
+@pytest.fixture
+def tuned_process(monkeypatch):
+    """This process as after a model was loaded on a CPU, on another thread than the one tested (the
+    tested thread is made while this one keeps IEEE arithmetic: a thread copies its maker's flag)."""
+    import torch
+    from medsegany import cpu_tuning
+
+    tuning = cpu_tuning.tune_cpu(threads=torch.get_num_threads(), probe=False)
+    torch.set_flush_denormal(False)
+    monkeypatch.setattr(cpu_tuning, "_PROCESS_TUNING", tuning)
+    return tuning
+
+
 def _shared_data_candidates() -> list[Path]:
     # $MEDSEGANY_SHARED_DATA, when set, is the only place looked at (pointing it elsewhere disables the data).
     if os.environ.get("MEDSEGANY_SHARED_DATA"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
 from medsegany import cpu_tuning
@@ -131,3 +132,42 @@ def test_pytorchs_default_is_read_before_the_tuning_changes_it(monkeypatch, rest
     torch.set_num_threads(1)
     second = cpu_tuning.tune_cpu(probe=False)  # PyTorch's default was read once, before it was changed
     assert first.threads == second.threads == min(default, cpu_tuning.usable_cpus())
+
+
+def flushed_by_openmp_thread() -> list[bool]:
+    """Whether each of the calling thread's OpenMP threads flushes denormals: a product over one equal
+    chunk per thread (2 Mi elements a thread, far above ATen's grain of 32768) of a float32 denormal."""
+    threads = torch.get_num_threads()
+    products = torch.full((threads << 20,), 1e-39, dtype=torch.float32) * 1.0
+    return [bool((chunk == 0).all()) for chunk in products.chunk(threads)]
+
+
+def on_new_thread(function):
+    """``function()`` on a thread of its own, made while the calling thread keeps IEEE arithmetic (a
+    thread copies its maker's flag); its flag and OpenMP threads end with it."""
+    torch.set_flush_denormal(False)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(function()))
+    thread.start()
+    thread.join(120)
+    return results[0]
+
+
+def test_a_thread_loading_a_model_after_another_flushes_denormals_in_all_its_openmp_threads(tuned_process):
+    if not tuned_process.flush_denormal:
+        pytest.skip("this CPU cannot flush denormals")
+
+    def load_then_compute():
+        assert cpu_tuning.tune_cpu_once() is tuned_process  # what loading a model calls, once per process
+        return flushed_by_openmp_thread()
+
+    assert on_new_thread(flushed_by_openmp_thread) == [False] * torch.get_num_threads()  # the check sees
+    assert on_new_thread(load_then_compute) == [True] * torch.get_num_threads()
+
+
+def test_nothing_is_flushed_before_a_model_was_loaded(monkeypatch):
+    monkeypatch.setattr(cpu_tuning, "_PROCESS_TUNING", None)
+    assert on_new_thread(lambda: (cpu_tuning.flush_denormals_if_tuned(), flushed_by_openmp_thread())) == (
+        False,
+        [False] * torch.get_num_threads(),
+    )

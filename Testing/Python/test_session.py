@@ -11,6 +11,7 @@ from medsegany.prompts import make_slice_prompts
 from medsegany.propagation import PropagationSettings
 from medsegany.session import SegmentationSession
 from medsegany.volume import Volume
+from test_cpu_tuning import on_new_thread
 
 
 def phantom(shape_kji=(30, 40, 48)) -> Volume:
@@ -275,3 +276,35 @@ def test_model_calls_on_a_cpu_keep_freed_memory_until_they_end(device, expected)
     assert allocator.retention_depth() == 0
     run(session)
     assert set(model.depths) == {expected} and allocator.retention_depth() == 0
+
+
+class FlagRecordingModel(ThresholdModel):
+    """Records, at every decode, whether its thread flushes denormals (medsegany.cpu_tuning)."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[bool] = []
+
+    def predict(self, *args, **kwargs):
+        import torch
+
+        self.flushed.append(float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0)
+        return super().predict(*args, **kwargs)
+
+
+def test_model_calls_on_a_cpu_flush_denormals_in_the_thread_that_runs_them(tuned_process):
+    """A library caller may load the model on one thread and run sessions on another."""
+    if not tuned_process.flush_denormal:
+        pytest.skip("this CPU cannot flush denormals")
+    volume = phantom()
+    model = FlagRecordingModel()
+
+    def segment():
+        session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+        session.add_prompts(session.add_object(), box_on_k(volume, 14))
+        return len(run(session))
+
+    assert on_new_thread(segment) > 1
+    assert len(model.flushed) > 2 and all(model.flushed)

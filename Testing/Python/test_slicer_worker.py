@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from medsegany.errors import MedSegAnyError
 from medsegany.slicer_worker import ModelWorker, wait_until
+from test_cpu_tuning import flushed_by_openmp_thread
 
 
 @pytest.fixture()
@@ -188,3 +189,17 @@ def test_a_model_error_in_the_worker_rolls_back_the_action(scene, worker):
         running.wait(timeout_s=30)
     assert not segment_mask_kji(segmentation, target, volume_node).any()
     assert not logic.can_undo and logic.running is None
+
+
+def test_a_worker_made_after_a_model_was_loaded_flushes_denormals_in_its_openmp_threads(tuned_process):
+    """A module reload makes a new worker thread: the process's tuning is done, and the new thread would
+    run the model with IEEE denormals (slow on x86) while the tuning says they are flushed."""
+    torch = pytest.importorskip("torch")
+    if not tuned_process.flush_denormal:
+        pytest.skip("this CPU cannot flush denormals")
+    model_worker = ModelWorker()
+    try:
+        [flushed] = model_worker.run_sync(lambda context: [flushed_by_openmp_thread()], timeout_s=120)
+    finally:
+        model_worker.shutdown()
+    assert flushed == [True] * torch.get_num_threads()

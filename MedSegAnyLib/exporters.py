@@ -40,6 +40,12 @@ _PALETTE = (
 )
 
 
+#: gzip level of a .seg.nrrd's voxels (pynrrd's default: 9). A labelmap is mostly runs of one value: for one
+#: object in a 512 x 512 x 300 CT, level 1 took 0.22 s against 1.10 s for level 9 on the 2-core development
+#: CPU, for 0.42 MB against 0.10 MB (beside the CT's 77 MB). Any level reads back the same voxels.
+SEG_NRRD_GZIP_LEVEL = 1
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
     """A segment of a labelmap: its label value (>= 1), name, colour (RGB, each 0..1) and, optionally, its
@@ -144,6 +150,15 @@ def _checked_labels(labelmap_kji: np.ndarray, reference: Volume) -> np.ndarray:
     return labelmap_kji.astype(np.uint8 if high < 256 else np.uint16, copy=False)
 
 
+def label_values_present(labels_kji: np.ndarray) -> list[int]:
+    """The non-zero values of a labelmap of non-negative integers, ascending.
+
+    Counted over the non-zero voxels alone: ``np.unique`` hashes or sorts every voxel. For a 512 x 512 x
+    300 labelmap on the 2-core development CPU: 1.2-1.7 s, here 0.07 s with one object in 1 % of it."""
+    nonzero = labels_kji[labels_kji != 0]
+    return [int(value) for value in np.flatnonzero(np.bincount(nonzero))] if nonzero.size else []
+
+
 def _checked_segments(labels_kji: np.ndarray, segments: Sequence[SegmentInfo] | None) -> list[SegmentInfo]:
     """The given segments, plus a default one for each label value present but not described."""
     segments = list(segments or [])
@@ -157,7 +172,7 @@ def _checked_segments(labels_kji: np.ndarray, segments: Sequence[SegmentInfo] | 
             raise OutputError(f"segment {info.name!r} has colour {info.color_rgb}", "give RGB values in 0..1")
         seen.add(int(info.label_value))
     # A label value without a segment would be silently dropped by Slicer: describe it instead.
-    for value in (int(v) for v in np.unique(labels_kji) if v != 0):
+    for value in label_values_present(labels_kji):
         if value not in seen:
             segments.append(SegmentInfo(value, f"Segment_{value}", default_segment_color(value - 1)))
     return sorted(segments, key=lambda info: info.label_value)
@@ -223,4 +238,4 @@ def _write_seg_nrrd(
             for info in infos
         ],
     }
-    slicerio.write_segmentation(str(target), segmentation)
+    slicerio.write_segmentation(str(target), segmentation, compression_level=SEG_NRRD_GZIP_LEVEL)

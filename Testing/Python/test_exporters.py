@@ -11,8 +11,10 @@ import pytest
 from medsegany.errors import OutputError
 from medsegany.exporters import (
     LABELMAP_SUFFIXES,
+    SEG_NRRD_GZIP_LEVEL,
     SegmentInfo,
     default_segment_color,
+    label_values_present,
     output_suffix,
     write_labelmap,
 )
@@ -133,6 +135,26 @@ def test_seg_nrrd_names_labels_that_have_no_segment_info(tmp_path, oblique_flipp
     assert segments[2]["name"] == "two lines"  # a newline would break the NRRD header
     assert segments[1]["name"] == "Segment_1"
     np.testing.assert_allclose(segments[1]["color"], default_segment_color(0))
+
+
+@pytest.mark.parametrize("dtype, high", [(np.uint8, 255), (np.uint16, 65535)])
+def test_label_values_present_are_numpys_unique_nonzero_values(dtype, high):
+    rng = np.random.default_rng(3)
+    labels_kji = np.zeros((6, 7, 8), dtype=dtype)
+    assert label_values_present(labels_kji) == []
+    labels_kji.flat[rng.choice(labels_kji.size, 40, replace=False)] = rng.choice([1, 2, 9, high], 40)
+    assert label_values_present(labels_kji) == [int(v) for v in np.unique(labels_kji) if v]
+
+
+def test_seg_nrrd_voxels_are_gzipped_at_the_fast_level(tmp_path, small_volume):
+    """gzip's header tells the level apart (RFC 1952's XFL byte: 4 fastest, 2 slowest), so a write that
+    fell back to pynrrd's level 9 (5x slower for a 512 x 512 x 300 labelmap) fails here."""
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    labels_kji[1] = 2
+    written = write_labelmap(labels_kji, small_volume, tmp_path / "fast.seg.nrrd", SEGMENTS)
+    data = written.read_bytes().split(b"\n\n", 1)[1]
+    assert SEG_NRRD_GZIP_LEVEL == 1 and data[:2] == b"\x1f\x8b" and data[8] == 4
+    assert_seg_nrrd(written, labels_kji, small_volume.ijk_to_ras, SEGMENTS)
 
 
 # -- (b) a NIfTI with a permuted, flipped direction (DeepLesion) -----------------------------------------

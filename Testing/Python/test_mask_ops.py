@@ -26,6 +26,37 @@ def test_components_touching_keeps_the_connected_part_or_the_largest():
     assert components_touching(mask, far).sum() == 49  # none touches: the largest is kept
 
 
+def components_touching_whole_frame(mask_frame, reference_frame):
+    """The rule on the whole frame with np.isin, as it was first written: the reference of the cropped one."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask_frame, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return mask_frame.copy()
+    touching = np.unique(labels[reference_frame & mask_frame])
+    touching = touching[touching > 0]
+    if touching.size == 0:
+        touching = np.array([int(np.argmax(np.bincount(labels.ravel())[1:])) + 1])
+    return np.isin(labels, touching)
+
+
+def test_components_touching_on_the_masks_box_equals_the_rule_on_the_whole_frame():
+    """Speckled masks of many components (ties of size included), near the frame's edges, with and without
+    a component under the reference: the same pixels as the whole-frame labelling."""
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        mask = rng.random((48, 64)) < rng.choice([0.02, 0.1, 0.3, 0.55])
+        if trial % 3 == 0:  # a mask in one corner only: its box is small
+            mask[:, 20:] = False
+            mask[30:] = False
+        reference = rng.random(mask.shape) < rng.choice([0.0, 0.001, 0.02, 0.2])
+        kept = components_touching(mask, reference)
+        assert kept.dtype == bool
+        np.testing.assert_array_equal(kept, components_touching_whole_frame(mask, reference))
+    empty = np.zeros((5, 6), bool)
+    np.testing.assert_array_equal(components_touching(empty, ~empty), empty)
+
+
 def test_interior_point_and_dice():
     mask = np.zeros((11, 11), bool)
     mask[1:10, 1:10] = True

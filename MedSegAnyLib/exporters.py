@@ -40,9 +40,11 @@ _PALETTE = (
 )
 
 
-#: gzip level of a .seg.nrrd's voxels (pynrrd's default: 9). A labelmap is mostly runs of one value: for one
-#: object in a 512 x 512 x 300 CT, level 1 took 0.22 s against 1.10 s for level 9 on the 2-core development
-#: CPU, for 0.42 MB against 0.10 MB (beside the CT's 77 MB). Any level reads back the same voxels.
+#: gzip level of a .seg.nrrd's voxels (pynrrd's default: 9). A labelmap is mostly runs of one value, which
+#: level 1 packs nearly as well: three labels in 5.3 % of 512 x 512 x 300 (benchmarks/job_outputs.py, the
+#: 2-core development CPU) took 0.53 s to write against 3.55 s before, of which counting the labels was
+#: 0.11 against 1.65 s, for 0.94 MB against 0.33 MB (beside a CT of about 77 MB). Any level reads back the
+#: same voxels.
 SEG_NRRD_GZIP_LEVEL = 1
 
 
@@ -153,8 +155,9 @@ def _checked_labels(labelmap_kji: np.ndarray, reference: Volume) -> np.ndarray:
 def label_values_present(labels_kji: np.ndarray) -> list[int]:
     """The non-zero values of a labelmap of non-negative integers, ascending.
 
-    Counted over the non-zero voxels alone: ``np.unique`` hashes or sorts every voxel. For a 512 x 512 x
-    300 labelmap on the 2-core development CPU: 1.2-1.7 s, here 0.07 s with one object in 1 % of it."""
+    Counted over the non-zero voxels alone: ``np.unique`` hashes or sorts every voxel. Three labels in
+    5.3 % of 512 x 512 x 300 on the 2-core development CPU: 0.11 s against 1.65 s
+    (benchmarks/job_outputs.py)."""
     nonzero = labels_kji[labels_kji != 0]
     return [int(value) for value in np.flatnonzero(np.bincount(nonzero))] if nonzero.size else []
 

@@ -28,12 +28,17 @@ def grow_box(box_xyxy: np.ndarray, margin_px: float, frame_shape: tuple[int, int
 def components_touching(mask_frame: np.ndarray, reference_frame: np.ndarray) -> np.ndarray:
     """Keep the connected components (8-connected) of ``mask_frame`` that overlap ``reference_frame``.
 
-    When none overlaps, keep the largest one: an object can shift by more than its size between thick
-    slices, and dropping everything there would end propagation early.
+    When none overlaps, keep the largest one (of equal ones, the first in row-major order): an object can
+    shift by more than its size between thick slices, and dropping everything there would end propagation
+    early. Both frames are read as booleans; the result is boolean.
     """
     from scipy import ndimage
 
-    kept_frame = np.zeros_like(mask_frame, dtype=bool)
+    mask_frame = np.asarray(mask_frame, dtype=bool)
+    reference_frame = np.asarray(reference_frame, dtype=bool)
+    if mask_frame.shape != reference_frame.shape:
+        raise ValueError(f"mask {mask_frame.shape} and reference {reference_frame.shape} differ in shape")
+    kept_frame = np.zeros_like(mask_frame)
     box = bbox_xyxy(mask_frame)
     if box is None:
         return kept_frame

@@ -234,9 +234,11 @@ class SegmentationSession:
     def _computing(self) -> Iterator[None]:
         """Around every model call: an out-of-memory error becomes a ModelError, and on a CPU the memory
         freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM
-        0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc)."""
+        0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc). On a CPU the calling thread
+        also flushes denormals, as the thread that loaded the model does (the flag is per thread, and stays
+        set after the call: medsegany.cpu_tuning)."""
         on_cpu = device_type(self.device) == "cpu"
-        if on_cpu:  # the flag is per thread: this one may not be the thread that loaded the model
+        if on_cpu:
             flush_denormals_if_tuned()
         make_room = None if on_cpu else self._features_to_host_memory
         with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):

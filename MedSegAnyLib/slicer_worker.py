@@ -19,8 +19,8 @@ contexts and torch thread pools are not re-created per run.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -30,6 +30,8 @@ from typing import Any
 
 from .cpu_tuning import flush_denormals_if_tuned
 from .errors import MedSegAnyError
+
+log = logging.getLogger(__name__)
 
 #: Event kinds: "item" (one yielded value), then exactly one of "done", "cancelled" or "error".
 EVENT_KINDS = ("item", "done", "cancelled", "error")
@@ -163,8 +165,10 @@ class ModelWorker:
         # before this thread's first parallel operation, whose OpenMP workers copy its flag: a thread made
         # after a model was loaded on another one (a module reload) would run unflushed. A speed setting
         # only: the jobs run without it if it fails.
-        with contextlib.suppress(Exception):
+        try:
             flush_denormals_if_tuned()
+        except Exception as error:
+            log.warning("denormals are not flushed on the model thread: %s", error)
         while True:
             entry = self._jobs.get()
             if entry is None:

@@ -8,7 +8,7 @@ script times, in one process, alternating, the medians of ``--repeats``:
   the way MedSegAny writes it now (:data:`medsegany.exporters.SEG_NRRD_GZIP_LEVEL`, label values counted
   over the non-zero voxels) against the way it wrote it before (``before``: pynrrd's gzip level 9 and
   ``np.unique`` over every voxel), and as ``.nii.gz`` (SimpleITK) for comparison; each file is read back
-  and must hold the same voxels;
+  and must hold the same voxels; the label values alone are timed too (both ways must find the same);
 - keeping the components of a slice's mask that touch the previous slice's
   (:func:`medsegany.mask_ops.components_touching`, labelled on the mask's bounding box with a lookup
   table) against the whole frame labelled and kept with ``np.isin`` (``before``), on the tubes' masks with
@@ -127,6 +127,26 @@ def time_writes(labels_kji: np.ndarray, folder: Path, repeats: int) -> dict[str,
     }
 
 
+def time_label_values(labels_kji: np.ndarray, repeats: int) -> dict[str, Any]:
+    """The label values a .seg.nrrd describes: counted over the non-zero voxels against ``np.unique``."""
+    from medsegany.exporters import label_values_present
+
+    seconds, results = alternate(
+        {
+            "nonzero_count": lambda: label_values_present(labels_kji),
+            "unique": lambda: [int(v) for v in np.unique(labels_kji) if v != 0],
+        },
+        repeats,
+    )
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "seconds": seconds,
+        "median_s": medians,
+        "unique_over_nonzero_count": medians["unique"] / medians["nonzero_count"],
+        "values_equal": all(r["nonzero_count"] == r["unique"] for r in results),
+    }
+
+
 def speckled_masks(labels_kji: np.ndarray, seed: int = 0) -> np.ndarray:
     """The first tube's masks with 0.2 % stray pixels in a band around the tubes (many components)."""
     rng = np.random.default_rng(seed)
@@ -175,16 +195,22 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info("cpu"),
         "labelmap_shape_kji": list(labels_kji.shape),
         "labelled_fraction": float(np.count_nonzero(labels_kji) / labels_kji.size),
-        "label_values": [int(v) for v in np.flatnonzero(np.bincount(labels_kji.ravel()))],
+        "labels": [int(v) for v in np.flatnonzero(np.bincount(labels_kji.ravel()))],
         "repeats": args.repeats,
     }
     with tempfile.TemporaryDirectory(prefix="medsegany_outputs_") as workdir:
         report["writes"] = time_writes(labels_kji, Path(workdir), args.repeats)
     print("writes", report["writes"]["median_s"], file=sys.stderr, flush=True)
+    report["label_values"] = time_label_values(labels_kji, args.repeats)
+    print("label values", report["label_values"]["median_s"], file=sys.stderr, flush=True)
     report["components"] = time_components(speckled_masks(labels_kji), args.repeats)
     print("components", report["components"]["median_s_per_slice"], file=sys.stderr, flush=True)
     _write_json(args.output, report)
-    equal = all(report["writes"]["voxels_equal"].values()) and report["components"]["kept_equal"]
+    equal = (
+        all(report["writes"]["voxels_equal"].values())
+        and report["label_values"]["values_equal"]
+        and report["components"]["kept_equal"]
+    )
     return 0 if equal else 1
 
 

@@ -30,6 +30,11 @@ def _ieee_denormals_after_each_test():
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_flush_denormal(False)
+    # and as if no model had been loaded: a session's model calls flush their thread once a model was
+    # loaded in the process (the flag is per thread), which would otherwise depend on earlier tests
+    cpu_tuning = sys.modules.get("medsegany.cpu_tuning")
+    if cpu_tuning is not None:
+        cpu_tuning._PROCESS_TUNING = None
 
 
 @pytest.fixture

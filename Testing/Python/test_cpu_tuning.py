@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 
 import pytest
+from denormal_testing import flushed_by_openmp_thread, on_new_thread
 from medsegany import cpu_tuning
 
 torch = pytest.importorskip("torch")
@@ -134,25 +134,6 @@ def test_pytorchs_default_is_read_before_the_tuning_changes_it(monkeypatch, rest
     assert first.threads == second.threads == min(default, cpu_tuning.usable_cpus())
 
 
-def flushed_by_openmp_thread() -> list[bool]:
-    """Whether each of the calling thread's OpenMP threads flushes denormals: a product over one equal
-    chunk per thread (2 Mi elements a thread, far above ATen's grain of 32768) of a float32 denormal."""
-    threads = torch.get_num_threads()
-    products = torch.full((threads << 20,), 1e-39, dtype=torch.float32) * 1.0
-    return [bool((chunk == 0).all()) for chunk in products.chunk(threads)]
-
-
-def on_new_thread(function):
-    """``function()`` on a thread of its own, made while the calling thread keeps IEEE arithmetic (a
-    thread copies its maker's flag); its flag and OpenMP threads end with it."""
-    torch.set_flush_denormal(False)
-    results = []
-    thread = threading.Thread(target=lambda: results.append(function()))
-    thread.start()
-    thread.join(120)
-    return results[0]
-
-
 def test_a_thread_loading_a_model_after_another_flushes_denormals_in_all_its_openmp_threads(tuned_process):
     if not tuned_process.flush_denormal:
         pytest.skip("this CPU cannot flush denormals")
@@ -163,6 +144,22 @@ def test_a_thread_loading_a_model_after_another_flushes_denormals_in_all_its_ope
 
     assert on_new_thread(flushed_by_openmp_thread) == [False] * torch.get_num_threads()  # the check sees
     assert on_new_thread(load_then_compute) == [True] * torch.get_num_threads()
+
+
+def test_openmp_threads_made_before_the_flag_keep_ieee_arithmetic(tuned_process):
+    """The check tells a thread's OpenMP workers from the thread itself: a thread whose first parallel
+    operation ran before it set the flag has workers that still make denormals (why ModelWorker sets it
+    first)."""
+    if not tuned_process.flush_denormal or torch.get_num_threads() < 2:
+        pytest.skip("needs a CPU that flushes denormals and two OpenMP threads")
+
+    def parallel_first_then_flag():
+        flushed_by_openmp_thread()  # creates this thread's OpenMP workers, unflushed
+        cpu_tuning.flush_denormals_on_this_thread()
+        return flushed_by_openmp_thread()
+
+    flushed = on_new_thread(parallel_first_then_flag)
+    assert flushed[0] and not all(flushed[1:])
 
 
 def test_nothing_is_flushed_before_a_model_was_loaded(monkeypatch):

@@ -20,7 +20,8 @@ def test_a_tiny_volume_every_way(tmp_path):
         "job_outputs.py", tmp_path / "outputs.json", "--slices", "6", "--size", "64", "--repeats", "2"
     )
     writes, components = report["writes"], report["components"]
-    assert report["label_values"] == [0, 1, 2, 3] and 0 < report["labelled_fraction"] < 0.5
+    assert report["labels"] == [0, 1, 2, 3] and 0 < report["labelled_fraction"] < 0.5
+    assert report["label_values"]["values_equal"] is True
     assert writes["voxels_equal"] == {"seg_nrrd": True, "seg_nrrd_before": True, "nii_gz": True}
     assert len(writes["seconds"]["seg_nrrd_before"]) == 2
     assert writes["seg_nrrd_before_over_now"] == pytest.approx(

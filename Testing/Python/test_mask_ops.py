@@ -26,23 +26,22 @@ def test_components_touching_keeps_the_connected_part_or_the_largest():
     assert components_touching(mask, far).sum() == 49  # none touches: the largest is kept
 
 
-def components_touching_whole_frame(mask_frame, reference_frame):
-    """The rule on the whole frame with np.isin, as it was first written: the reference of the cropped one."""
+def components_kept_one_by_one(mask_frame, reference_frame):
+    """The rule spelt out component by component on the whole frame: those under the reference, else the
+    largest (the first of equal ones in row-major order)."""
     from scipy import ndimage
 
     labels, count = ndimage.label(mask_frame, structure=np.ones((3, 3), dtype=bool))
-    if count <= 1:
-        return mask_frame.copy()
-    touching = np.unique(labels[reference_frame & mask_frame])
-    touching = touching[touching > 0]
-    if touching.size == 0:
-        touching = np.array([int(np.argmax(np.bincount(labels.ravel())[1:])) + 1])
-    return np.isin(labels, touching)
+    components = [labels == label for label in range(1, count + 1)]
+    touching = [component for component in components if (component & reference_frame).any()]
+    if not touching and components:
+        touching = [max(components, key=lambda component: component.sum())]  # max keeps the first of ties
+    return np.logical_or.reduce(touching, axis=0) if touching else np.zeros_like(mask_frame)
 
 
 def test_components_touching_on_the_masks_box_equals_the_rule_on_the_whole_frame():
     """Speckled masks of many components (ties of size included), near the frame's edges, with and without
-    a component under the reference: the same pixels as the whole-frame labelling."""
+    a component under the reference: the same pixels as the rule applied to each component of the frame."""
     rng = np.random.default_rng(5)
     for trial in range(60):
         mask = rng.random((48, 64)) < rng.choice([0.02, 0.1, 0.3, 0.55])
@@ -52,9 +51,14 @@ def test_components_touching_on_the_masks_box_equals_the_rule_on_the_whole_frame
         reference = rng.random(mask.shape) < rng.choice([0.0, 0.001, 0.02, 0.2])
         kept = components_touching(mask, reference)
         assert kept.dtype == bool
-        np.testing.assert_array_equal(kept, components_touching_whole_frame(mask, reference))
+        np.testing.assert_array_equal(kept, components_kept_one_by_one(mask, reference))
     empty = np.zeros((5, 6), bool)
     np.testing.assert_array_equal(components_touching(empty, ~empty), empty)
+    speckled = (rng.random((48, 64)) < 0.1).astype(np.uint8) * 255  # any dtype reads as a mask
+    near = (rng.random((48, 64)) < 0.02).astype(np.uint8)
+    np.testing.assert_array_equal(
+        components_touching(speckled, near), components_kept_one_by_one(speckled > 0, near > 0)
+    )
 
 
 def test_interior_point_and_dice():

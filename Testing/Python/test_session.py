@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from denormal_testing import on_new_thread
 from fake_models import ThresholdModel
 from medsegany import allocator
 from medsegany.errors import PromptError
@@ -11,7 +12,6 @@ from medsegany.prompts import make_slice_prompts
 from medsegany.propagation import PropagationSettings
 from medsegany.session import SegmentationSession
 from medsegany.volume import Volume
-from test_cpu_tuning import on_new_thread
 
 
 def phantom(shape_kji=(30, 40, 48)) -> Volume:

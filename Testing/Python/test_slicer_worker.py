@@ -10,9 +10,9 @@ import threading
 
 import numpy as np
 import pytest
+from denormal_testing import flushed_by_openmp_thread
 from medsegany.errors import MedSegAnyError
 from medsegany.slicer_worker import ModelWorker, wait_until
-from test_cpu_tuning import flushed_by_openmp_thread
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The work of a ``segment`` job around the model: writing its labelmap, and cleaning each slice's mask.
+"""The work of a ``segment`` job around the model: writing its outputs, and cleaning each slice's mask.
 
 On a GPU the model is not what a job waits for: SAM 2.1 tiny propagated 512 x 512 x 300 in 1.1 s on an
 H200, while the ``.seg.nrrd`` of that volume took 2.9 s to write on the 2-core development CPU. This
@@ -9,6 +9,8 @@ script times, in one process, alternating, the medians of ``--repeats``:
   over the non-zero voxels) against the way it wrote it before (``before``: pynrrd's gzip level 9 and
   ``np.unique`` over every voxel), and as ``.nii.gz`` (SimpleITK) for comparison; each file is read back
   and must hold the same voxels; the label values alone are timed too (both ways must find the same);
+- writing the ``--preview`` PNG at :data:`medsegany.preview.PNG_COMPRESS_LEVEL` against Pillow's default
+  level (``before``); both must hold the same pixels;
 - keeping the components of a slice's mask that touch the previous slice's
   (:func:`medsegany.mask_ops.components_touching`, labelled on the mask's bounding box with a lookup
   table) against the whole frame labelled and kept with ``np.isin`` (``before``), on the tubes' masks with
@@ -147,6 +149,47 @@ def time_label_values(labels_kji: np.ndarray, repeats: int) -> dict[str, Any]:
     }
 
 
+# the level Pillow writes a PNG with when not told otherwise
+PILLOW_DEFAULT_PNG_LEVEL = 6
+
+
+def time_preview(
+    voxels_kji: np.ndarray, labels_kji: np.ndarray, folder: Path, repeats: int
+) -> dict[str, Any]:
+    """The ``--preview`` PNG (the middle slice and four segmented ones) at the level MedSegAny writes it
+    now against Pillow's default, which it used before; both must hold the same pixels."""
+    from medsegany import preview
+    from PIL import Image
+
+    def write(name: str, level: int) -> Path:
+        saved = preview.PNG_COMPRESS_LEVEL
+        preview.PNG_COMPRESS_LEVEL = level
+        try:
+            return preview.write_preview_png(voxels_kji, labels_kji, 2, len(labels_kji) // 2, folder / name)
+        finally:
+            preview.PNG_COMPRESS_LEVEL = saved
+
+    seconds, results = alternate(
+        {
+            "png": lambda: write("now.png", preview.PNG_COMPRESS_LEVEL),
+            "png_before": lambda: write("before.png", PILLOW_DEFAULT_PNG_LEVEL),
+        },
+        repeats,
+    )
+    paths = results[-1]
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "seconds": seconds,
+        "median_s": medians,
+        "before_over_now": medians["png_before"] / medians["png"],
+        "file_bytes": {name: path.stat().st_size for name, path in paths.items()},
+        "image_size": list(Image.open(paths["png"]).size),
+        "pixels_equal": bool(
+            np.array_equal(np.asarray(Image.open(paths["png"])), np.asarray(Image.open(paths["png_before"])))
+        ),
+    }
+
+
 def speckled_masks(labels_kji: np.ndarray, seed: int = 0) -> np.ndarray:
     """The first tube's masks with 0.2 % stray pixels in a band around the tubes (many components)."""
     rng = np.random.default_rng(seed)
@@ -200,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="medsegany_outputs_") as workdir:
         report["writes"] = time_writes(labels_kji, Path(workdir), args.repeats)
-    print("writes", report["writes"]["median_s"], file=sys.stderr, flush=True)
+        print("writes", report["writes"]["median_s"], file=sys.stderr, flush=True)
+        report["preview"] = time_preview(voxels, labels_kji, Path(workdir), args.repeats)
+        print("preview", report["preview"]["median_s"], file=sys.stderr, flush=True)
     report["label_values"] = time_label_values(labels_kji, args.repeats)
     print("label values", report["label_values"]["median_s"], file=sys.stderr, flush=True)
     report["components"] = time_components(speckled_masks(labels_kji), args.repeats)
@@ -209,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     equal = (
         all(report["writes"]["voxels_equal"].values())
         and report["label_values"]["values_equal"]
+        and report["preview"]["pixels_equal"]
         and report["components"]["kept_equal"]
     )
     return 0 if equal else 1

@@ -22,6 +22,7 @@ def test_a_tiny_volume_every_way(tmp_path):
     writes, components = report["writes"], report["components"]
     assert report["labels"] == [0, 1, 2, 3] and 0 < report["labelled_fraction"] < 0.5
     assert report["label_values"]["values_equal"] is True
+    assert report["preview"]["pixels_equal"] is True and report["preview"]["image_size"][1] > 0
     assert writes["voxels_equal"] == {"seg_nrrd": True, "seg_nrrd_before": True, "nii_gz": True}
     assert len(writes["seconds"]["seg_nrrd_before"]) == 2
     assert writes["seg_nrrd_before_over_now"] == pytest.approx(

@@ -191,7 +191,7 @@ def time_preview(
 
 
 def speckled_masks(labels_kji: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The first tube's masks with 0.2 % stray pixels in a band around the tubes (many components)."""
+    """Label 1's tube, with 0.2 % stray pixels in a band of rows around it (many components)."""
     rng = np.random.default_rng(seed)
     masks = labels_kji == 1
     rows = np.flatnonzero(masks.any(axis=(0, 2)))

@@ -40,22 +40,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import _write_json, machine_info, phantom_kji
 
-# the level pynrrd (and slicerio) write with when not told otherwise
+# the levels pynrrd (and slicerio) and Pillow write with when not told otherwise
 PYNRRD_DEFAULT_GZIP_LEVEL = 9
+PILLOW_DEFAULT_PNG_LEVEL = 6
 
 
 @contextlib.contextmanager
-def seg_nrrd_as_before() -> Iterator[None]:
-    """``write_labelmap`` as it wrote a ``.seg.nrrd`` before: gzip level 9, ``np.unique`` over every voxel."""
-    from medsegany import exporters
-
-    saved = exporters.SEG_NRRD_GZIP_LEVEL, exporters.label_values_present
-    exporters.SEG_NRRD_GZIP_LEVEL = PYNRRD_DEFAULT_GZIP_LEVEL
-    exporters.label_values_present = lambda labels: [int(v) for v in np.unique(labels) if v != 0]
+def module_attributes(module: Any, **values: Any) -> Iterator[None]:
+    """Inside: ``module``'s attributes set to ``values`` (how a writer ran before); restored after."""
+    saved = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
     try:
         yield
     finally:
-        exporters.SEG_NRRD_GZIP_LEVEL, exporters.label_values_present = saved
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def seg_nrrd_as_before() -> contextlib.AbstractContextManager:
+    """``write_labelmap`` as it wrote a ``.seg.nrrd`` before: gzip level 9, ``np.unique`` over every voxel."""
+    from medsegany import exporters
+
+    return module_attributes(
+        exporters,
+        SEG_NRRD_GZIP_LEVEL=PYNRRD_DEFAULT_GZIP_LEVEL,
+        label_values_present=lambda labels: [int(v) for v in np.unique(labels) if v != 0],
+    )
 
 
 def components_touching_before(mask_frame: np.ndarray, reference_frame: np.ndarray) -> np.ndarray:
@@ -72,9 +83,12 @@ def components_touching_before(mask_frame: np.ndarray, reference_frame: np.ndarr
     return np.isin(labels, touching)
 
 
-def alternate(ways: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], list[dict]]:
-    """Each way once a repeat, the order reversed every other repeat; (seconds, each repeat's results).
-    Each way runs once before, untimed: the first call imports its modules (SciPy's ndimage: 0.8 s)."""
+def alternate(
+    ways: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, float], list[dict]]:
+    """Each way once a repeat, the order reversed every other repeat; (seconds, their medians, each
+    repeat's results). Each way runs once before, untimed: the first call imports its modules (SciPy's
+    ndimage: 0.8 s)."""
     for way in ways.values():
         way()
     seconds: dict[str, list[float]] = {name: [] for name in ways}
@@ -87,7 +101,7 @@ def alternate(ways: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[st
             outcome[name] = ways[name]()
             seconds[name].append(time.perf_counter() - start)
         results.append(outcome)
-    return seconds, results
+    return seconds, {name: statistics.median(values) for name, values in seconds.items()}, results
 
 
 def time_writes(labels_kji: np.ndarray, folder: Path, repeats: int) -> dict[str, Any]:
@@ -106,7 +120,7 @@ def time_writes(labels_kji: np.ndarray, folder: Path, repeats: int) -> dict[str,
         "seg_nrrd_before": before,
         "nii_gz": lambda: write_labelmap(labels_kji, reference, folder / "now.nii.gz"),
     }
-    seconds, results = alternate(ways, repeats)
+    seconds, medians, results = alternate(ways, repeats)
     paths = results[-1]
     voxels_equal = {
         name: bool(
@@ -119,7 +133,6 @@ def time_writes(labels_kji: np.ndarray, folder: Path, repeats: int) -> dict[str,
         )
         for name, path in paths.items()
     }
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "seconds": seconds,
         "median_s": medians,
@@ -133,24 +146,19 @@ def time_label_values(labels_kji: np.ndarray, repeats: int) -> dict[str, Any]:
     """The label values a .seg.nrrd describes: counted over the non-zero voxels against ``np.unique``."""
     from medsegany.exporters import label_values_present
 
-    seconds, results = alternate(
+    seconds, medians, results = alternate(
         {
             "nonzero_count": lambda: label_values_present(labels_kji),
             "unique": lambda: [int(v) for v in np.unique(labels_kji) if v != 0],
         },
         repeats,
     )
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "seconds": seconds,
         "median_s": medians,
         "unique_over_nonzero_count": medians["unique"] / medians["nonzero_count"],
         "values_equal": all(r["nonzero_count"] == r["unique"] for r in results),
     }
-
-
-# the level Pillow writes a PNG with when not told otherwise
-PILLOW_DEFAULT_PNG_LEVEL = 6
 
 
 def time_preview(
@@ -161,23 +169,15 @@ def time_preview(
     from medsegany import preview
     from PIL import Image
 
-    def write(name: str, level: int) -> Path:
-        saved = preview.PNG_COMPRESS_LEVEL
-        preview.PNG_COMPRESS_LEVEL = level
-        try:
-            return preview.write_preview_png(voxels_kji, labels_kji, 2, len(labels_kji) // 2, folder / name)
-        finally:
-            preview.PNG_COMPRESS_LEVEL = saved
+    def write(name: str) -> Path:
+        return preview.write_preview_png(voxels_kji, labels_kji, 2, len(labels_kji) // 2, folder / name)
 
-    seconds, results = alternate(
-        {
-            "png": lambda: write("now.png", preview.PNG_COMPRESS_LEVEL),
-            "png_before": lambda: write("before.png", PILLOW_DEFAULT_PNG_LEVEL),
-        },
-        repeats,
-    )
+    def before() -> Path:
+        with module_attributes(preview, PNG_COMPRESS_LEVEL=PILLOW_DEFAULT_PNG_LEVEL):
+            return write("before.png")
+
+    seconds, medians, results = alternate({"png": lambda: write("now.png"), "png_before": before}, repeats)
     paths = results[-1]
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "seconds": seconds,
         "median_s": medians,
@@ -207,11 +207,11 @@ def time_components(masks_kji: np.ndarray, repeats: int) -> dict[str, Any]:
         # each slice against the one before it, as the slice-wise propagation calls it
         return lambda: np.stack([rule(masks_kji[k], masks_kji[k - 1]) for k in range(1, len(masks_kji))])
 
-    seconds, results = alternate(
+    seconds, medians, results = alternate(
         {"mask_box": per_slice(components_touching), "before": per_slice(components_touching_before)}, repeats
     )
     calls = len(masks_kji) - 1
-    medians = {name: statistics.median(values) / calls for name, values in seconds.items()}
+    medians = {name: median / calls for name, median in medians.items()}
     return {
         "calls": calls,
         "seconds": seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from denormal_testing import on_new_thread
+from denormal_testing import flushed_by_openmp_thread, on_new_thread
 from fake_models import ThresholdModel
 from medsegany import allocator
 from medsegany.errors import PromptError
@@ -248,50 +248,34 @@ def test_with_several_objects_a_range_goes_to_those_prompted_in_it():
     assert set(np.flatnonzero(session.mask_kji(far).any(axis=(1, 2)))) == {19}  # its prompt only
 
 
-class DepthRecordingModel(ThresholdModel):
-    """Records, at every decode, how many retained-memory blocks are open (medsegany.allocator)."""
+class ProbingModel(ThresholdModel):
+    """Records ``probe()`` at every decode: what the session set up around its model calls."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, probe) -> None:
         super().__init__()
-        self.device = device
-        self.depths: list[int] = []
+        self.device, self.probe = device, probe
+        self.probed: list = []
 
     def predict(self, *args, **kwargs):
-        self.depths.append(allocator.retention_depth())
+        self.probed.append(self.probe())
         return super().predict(*args, **kwargs)
 
 
 @pytest.mark.parametrize("device, expected", [("cpu", 1), ("cuda", 0)])
 def test_model_calls_on_a_cpu_keep_freed_memory_until_they_end(device, expected):
     volume = phantom()
-    model = DepthRecordingModel(device)
+    model = ProbingModel(device, allocator.retention_depth)  # retained-memory blocks open
     session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
     object_id = session.add_object()
     session.add_prompts(object_id, box_on_k(volume, 14))
-    assert model.depths == [expected] and allocator.retention_depth() == 0
+    assert model.probed == [expected] and allocator.retention_depth() == 0
     stream = session.propagate()
     next(stream)
     assert allocator.retention_depth() == expected, "held between slices of one propagation"
     stream.close()  # a cancelled propagation gives the memory back too
     assert allocator.retention_depth() == 0
     run(session)
-    assert set(model.depths) == {expected} and allocator.retention_depth() == 0
-
-
-class FlagRecordingModel(ThresholdModel):
-    """Records, at every decode, whether its thread flushes denormals (medsegany.cpu_tuning)."""
-
-    device = "cpu"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flushed: list[bool] = []
-
-    def predict(self, *args, **kwargs):
-        import torch
-
-        self.flushed.append(float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0)
-        return super().predict(*args, **kwargs)
+    assert set(model.probed) == {expected} and allocator.retention_depth() == 0
 
 
 def test_model_calls_on_a_cpu_flush_denormals_in_the_thread_that_runs_them(tuned_process):
@@ -299,7 +283,7 @@ def test_model_calls_on_a_cpu_flush_denormals_in_the_thread_that_runs_them(tuned
     if not tuned_process.flush_denormal:
         pytest.skip("this CPU cannot flush denormals")
     volume = phantom()
-    model = FlagRecordingModel()
+    model = ProbingModel("cpu", flushed_by_openmp_thread)  # the thread and its OpenMP threads flush
 
     def segment():
         session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
@@ -307,4 +291,4 @@ def test_model_calls_on_a_cpu_flush_denormals_in_the_thread_that_runs_them(tuned
         return len(run(session))
 
     assert on_new_thread(segment) > 1
-    assert len(model.flushed) > 2 and all(model.flushed)
+    assert len(model.probed) > 2 and all(all(flushed) for flushed in model.probed)

@@ -302,9 +302,10 @@ class SegmentationSession:
             obj.axis = axis
             score = None
             if self.is_sam2:
-                tracker = self._tracker(axis)
-                self._sync_tracker(obj, tracker)
+                # the tracker's state is rebuilt by model calls too (after an undo): under the same guard
                 with self._computing():
+                    tracker = self._tracker(axis)
+                    self._sync_tracker(obj, tracker)
                     logits = tracker.add_prompts(object_id, slice_index, mask_frame=mask_frame)
                 score = tracker.result(object_id, slice_index).object_score_logit
                 mask = logits > 0

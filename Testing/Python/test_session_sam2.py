@@ -230,3 +230,35 @@ def test_features_kept_in_host_memory_give_the_same_masks(medsam2, gpu_path, mon
     tracker = offloaded.tracker(2)
     assert tracker.offload_features and tracker.frames_encoded == 4
     assert all(tracker._cache.stored(k) is not None for k in range(4))
+
+
+def test_running_out_of_memory_while_a_drawn_mask_rebuilds_the_tracker_is_the_one_line_error(medsam2):
+    """After an undo, ``add_mask`` first rebuilds the object's tracker state with model calls; memory that
+    runs out there is the one-line ModelError as in every other model call, and the session goes on."""
+    from medsegany.errors import ModelError
+
+    volume = disc_volume()
+    session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    object_id = session.add_object("disc")
+    session.add_prompts(object_id, box_prompt(volume, 1))
+    session.add_prompts(object_id, box_prompt(volume, 2))
+    session.undo()  # the tracker no longer matches: the next call on the object rebuilds it
+    kept = session.mask_kji(object_id).copy()
+    tracker = session.tracker(2)
+    real_add_prompts = tracker.add_prompts
+    calls = []
+
+    def out_of_memory_at_the_rebuild(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_add_prompts(*args, **kwargs)
+
+    tracker.add_prompts = out_of_memory_at_the_rebuild
+    drawn = session.mask_kji(object_id)[1] | (volume.voxels_kji[3] > 127)
+    with pytest.raises(ModelError, match="out of memory"):
+        session.add_mask(object_id, 2, 3, drawn)
+    assert "mask_frame" in calls[0]  # it failed in the rebuild, before the drawn mask's own call
+    np.testing.assert_array_equal(session.mask_kji(object_id), kept)
+    result = session.add_mask(object_id, 2, 3, drawn)  # the next try works
+    assert result.source == "prompt" and session.objects[object_id].prompted_slices() == [1, 3]

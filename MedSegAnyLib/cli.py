@@ -336,6 +336,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
     from .exporters import write_labelmap
     from .intensity import window_for
+    from .out_of_memory import RanOutOfMemoryError
     from .session import SegmentationSession
     from .terminology import terminology_entry_string
 
@@ -362,19 +363,21 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         **run.estimate.plan.session_options,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
-    prompted = []
-    for entry in run.objects:
-        if structure is not None and args.name is None:
-            entry = replace(entry, name=structure.name)
-        object_id = session.add_object(entry.name, structure.color_rgb_float if structure else None)
-        for prompts in entry.prompts:
-            session.add_prompts(object_id, prompts)
-        if entry.prompts:  # an object whose prompts all lie outside the slab keeps its label, empty
-            prompted.append(object_id)
     try:
+        prompted = []
+        for entry in run.objects:
+            if structure is not None and args.name is None:
+                entry = replace(entry, name=structure.name)
+            object_id = session.add_object(entry.name, structure.color_rgb_float if structure else None)
+            for prompts in entry.prompts:
+                session.add_prompts(object_id, prompts)
+            if entry.prompts:  # an object whose prompts all lie outside the slab keeps its label, empty
+                prompted.append(object_id)
         for result in session.propagate(prompted, direction=args.direction, slice_range=run.slice_range):
             name = session.objects[result.object_id].name
             progress.update(name, f"{'IJK'[result.axis]}={_volume_index(run, result.slice_index)}")
+    except RanOutOfMemoryError as error:  # the session kept its slices, but this job writes none of them
+        raise error.with_outcome("nothing was written") from None
     finally:
         progress.close()
 

@@ -631,7 +631,7 @@ def plan_memory(
         return finish(run(1, cached), True)
     # a slab around the prompt: the most slices whose fixed costs fit
     centre = frames // 2 if prompt_slice is None else min(max(int(prompt_slice), 0), frames - 1)
-    low_count, high_count = MIN_SLAB_SLICES, frames
+    low_count, high_count = min(MIN_SLAB_SLICES, frames), frames
     if not fits(run(1, 2, on_cuda, low_count)):
         return finish(run(1, 2, on_cuda, low_count), False)
     while low_count < high_count:  # largest slice count that fits (costs grow with slices)
@@ -724,7 +724,9 @@ def describe(estimate: MemoryEstimate) -> str:
     if estimate.available_bytes is not None:
         text += f"; {_gib(estimate.available_bytes)} available"
     if not plan.fits:
-        return text + "; it does not fit even on a few slices: use a smaller model, or the CPU."
+        on_cpu = _device_kind(estimate.device) == "cpu"
+        ways_out = "free memory or use a smaller model" if on_cpu else "use a smaller model, or the CPU"
+        return text + f"; it does not fit even on a few slices: {ways_out}."
     steps = [f"encoder batch {plan.batch_size}", f"{plan.cached_frames} slices of features cached"]
     if plan.offload_features:
         steps.append("features kept in host memory")

@@ -43,11 +43,27 @@ def release_cached_memory() -> None:
         mps.empty_cache()
 
 
+class RanOutOfMemoryError(ModelError):
+    """The model ran out of ``where`` ("memory", "cuda:0 memory"); ``outcome`` says what became of the
+    work before (a session keeps it as one undo step; the CLI writes nothing: :meth:`with_outcome`)."""
+
+    def __init__(
+        self, where: str, fix: str, outcome: str = "what was segmented before is kept; undo removes it"
+    ) -> None:
+        self.where, self.outcome = where, outcome
+        super().__init__(f"the model ran out of {where} ({outcome})", fix)
+
+    def with_outcome(self, outcome: str) -> RanOutOfMemoryError:
+        """The same error, telling another ``outcome``."""
+        return RanOutOfMemoryError(self.where, self.fix, outcome)
+
+
 @contextlib.contextmanager
 def out_of_memory_as_model_error(
     device: str, make_room: Callable[[], str | None] | None = None
 ) -> Iterator[None]:
-    """Turn an out-of-memory error raised inside into a ModelError naming the device and the ways out.
+    """Turn an out-of-memory error raised inside into a ModelError (:class:`RanOutOfMemoryError`) naming the
+    device and the ways out.
 
     ``make_room``: called once the cached blocks are released; it may free more for the next try (the
     session moves its image features to host memory) and returns what it did, for the message, or None.
@@ -72,7 +88,6 @@ def out_of_memory_as_model_error(
         ways_out = (
             f"segment a slice range instead of the whole volume, close other programs using the {others}"
         )
-        raise ModelError(
-            f"the model ran out of {where} (what was segmented before is kept; undo removes it)",
-            f"run it again: {done}; if it runs out again, {ways_out}" if done else ways_out,
+        raise RanOutOfMemoryError(
+            where, f"run it again: {done}; if it runs out again, {ways_out}" if done else ways_out
         ) from None

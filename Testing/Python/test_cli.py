@@ -131,6 +131,27 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(phantom, tm
     assert not out.exists()
 
 
+def test_memory_running_out_during_a_run_says_nothing_was_written(phantom, tmp_path, capsys, monkeypatch):
+    """The session keeps what it segmented before running out (its undo step), but a CLI job writes
+    nothing, and the error says so instead of the session's "undo removes it"."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    class RunsOutAtTheThirdSlice(ThresholdModel):
+        def embed_frames(self, frames):
+            if self.encoded >= 2:  # the prompted slice and one more, then memory is full
+                raise MemoryError()
+            return super().embed_frames(frames)
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: RunsOutAtTheThirdSlice())
+    out = tmp_path / "never.nii.gz"
+    code, _, err = run_cli(
+        capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", out, "--window", "0,255", "-q"
+    )
+    assert_one_line_error(code, err, r"the model ran out of memory \(nothing was written\)\. segment a slice")
+    assert "undo" not in err and not out.exists()
+
+
 def test_structure_names_the_segment_and_writes_its_terminology(phantom, tmp_path, capsys):
     slicerio = pytest.importorskip("slicerio")
     seg = tmp_path / "kidney.seg.nrrd"

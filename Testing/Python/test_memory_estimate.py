@@ -104,6 +104,20 @@ def test_plan_says_when_nothing_fits():
     assert "does not fit" in estimate.message
 
 
+def test_a_volume_of_fewer_slices_than_the_smallest_slab_is_planned_on_its_own_slices():
+    for frames in (1, 2):
+        estimate = plan_memory("sam2.1_hiera_t512", (512, 512), frames, available_bytes=100 * MIB)
+        assert not estimate.plan.fits and estimate.num_frames == frames
+        assert f"on {frames} slices of 512x512" in estimate.message
+
+
+def test_what_does_not_fit_names_the_ways_out_of_its_device():
+    on_cpu = plan_memory("sam2.1_hiera_l", (512, 512), 300, device="cpu", available_bytes=GIB).message
+    assert on_cpu.endswith("free memory or use a smaller model.") and "the CPU" not in on_cpu
+    on_gpu = plan_memory("sam2.1_hiera_l", (512, 512), 300, device="cuda:0", available_bytes=GIB).message
+    assert on_gpu.endswith("use a smaller model, or the CPU.")
+
+
 def test_unknown_model_name_is_a_model_error():
     from medsegany.errors import ModelError
 

@@ -47,7 +47,9 @@ class EncodeAhead:
         when a job runs or waits for that. A job started from another slice is stopped first."""
         target = (int(axis), int(slice_index))
         if self.running:
-            if self.target != target:
+            # back at the running job's slice while another waits: that job was cancelled already, so
+            # it starts again once it ends (the waiting one is no longer wanted)
+            if self.target != target or self.pending is not None:
                 self.handle.cancel()
                 self.pending = target
             return True

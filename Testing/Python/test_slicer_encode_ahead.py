@@ -136,6 +136,16 @@ def test_a_request_from_another_slice_restarts_from_there(scene, worker):
     assert ahead.target == (2, 9)
 
 
+def test_back_at_the_running_jobs_slice_while_another_waits_starts_from_the_slice_asked_last(scene, worker):
+    model, _, ahead = _held_in_first_call(scene, worker, 2, 0)
+    assert ahead.request(2, 9)  # the user scrolls away: the job from 0 is cancelled, 9 waits
+    assert ahead.request(2, 0)  # and back to 0, where the prompt will be
+    assert ahead.pending == (2, 0)
+    model.hold.set()
+    _finish(ahead)
+    assert ahead.target == (2, 0) and sum(model.encoded) == SLICES
+
+
 def test_nothing_starts_before_the_model_is_loaded_or_while_the_worker_is_busy(scene, worker):
     logic, *_ = _panel(scene, "litemedsam")  # a model id, not loaded yet
     ahead = EncodeAhead(logic, worker)

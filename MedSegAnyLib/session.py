@@ -190,6 +190,12 @@ class SegmentationSession:
             self._commit(tx)
         return results
 
+    def forget_object(self, object_id: int) -> None:
+        """Drop an object without an undo step (the Slicer panel, which keeps its own undo, when a segment
+        is accepted or its creation undone): its mask, prompts and SAM 2 memory are freed."""
+        self.objects.pop(object_id, None)
+        self._forget_tracker_object(object_id)
+
     def _slices_with_content(self, obj: SegmentObject) -> list[int]:
         assert obj.axis is not None
         other = tuple(a for a in range(3) if a != 2 - obj.axis)

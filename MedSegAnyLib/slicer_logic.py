@@ -863,7 +863,7 @@ class SlicerSegmentationLogic:
         object_id = self._objects.get(key)
         if object_state is None:
             if object_id is not None:
-                self.session.objects.pop(object_id, None)
+                self.session.forget_object(object_id)
                 self._objects.pop(key, None)
             return
         if object_id is None or object_state.shape_kji != self.session.volume.voxels_kji.shape:
@@ -879,7 +879,7 @@ class SlicerSegmentationLogic:
         if self.segmentation_node is not None and self.segment_id is not None:
             object_id = self._objects.pop((self.segmentation_node.GetID(), self.segment_id), None)
             if object_id is not None and self.session is not None:
-                self.session.objects.pop(object_id, None)
+                self.session.forget_object(object_id)
 
     # -- internals -----------------------------------------------------------------------------------
     def _provenance(self, segment, action: AIAction, object_id: int | None, cancelled: bool) -> str:

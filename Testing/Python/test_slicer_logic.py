@@ -378,6 +378,15 @@ def test_a_sam2_model_writes_the_librarys_result_through_the_logic(scene, tmp_pa
     np.testing.assert_array_equal(_mask(segmentation, other, node), i < 4)
     assert read_provenance(segmentation, target)["model_id"] == model.model_id
 
+    # accepting the segment frees its object in the panel's session, its SAM 2 memory included
+    (panel_object,) = logic.session.objects
+    tracker = logic.session.tracker(2)
+    assert tracker.object_ids == [panel_object]
+    logic.accept()
+    assert not logic.session.objects and tracker.object_ids == []
+    assert panel_object not in logic.session._synced  # nor is its SegmentObject (a whole-volume mask) held
+    np.testing.assert_array_equal(_mask(segmentation, target, node), expected)  # the segment stays
+
 
 def test_a_volume_that_cannot_fit_is_refused_and_the_segment_is_untouched(
     scene, volume_node, prompt_nodes, monkeypatch

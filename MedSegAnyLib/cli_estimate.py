@@ -87,8 +87,8 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
     """The memory plan of one job and what it segments (see :mod:`medsegany.slab`).
 
     When every prompt lies on one axis, ``--slice-range`` and a plan's slab crop the volume, so the
-    session holds only those slices; else the range only limits the propagation, and a plan's slab
-    becomes that range when the user gave none.
+    session holds only those slices; else the range only limits the propagation, and a plan that needs a
+    slab is a ModelError (a slab along one axis would leave the objects prompted on another unsegmented).
     """
     from .slab import Slab, objects_in_slab, one_axis
     from .slices import clip_slice_range, frame_count
@@ -110,8 +110,14 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
         slab = Slab(axis, offset + inner[0], offset + inner[1])
         run_volume, run_objects, left_out = cut(slab)
         estimate = replace(estimate, plan=replace(estimate.plan, slab=(slab.first, slab.last)))
-    elif inner is not None and slice_range is None:
-        slice_range = inner
+    elif inner is not None:  # a slab along one prompt's axis would cut the other views' objects short
+        from .errors import ModelError
+
+        raise ModelError(
+            f"{estimate.message.split('; plan:')[0]}: only a slab of slices fits, and the prompts lie in "
+            "several views (a slab along one view's axis cuts the others' objects)",
+            "segment each view in its own run (one prompt file per view), or free memory",
+        )
     return RunPlan(run_volume, run_objects, slab, slice_range, estimate, left_out)
 
 

@@ -13,7 +13,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 
 from fake_models import ThresholdModel  # noqa: E402
-from test_cli import read_labels, run_cli, write_phantom  # noqa: E402
+from test_cli import assert_one_line_error, read_labels, run_cli, write_phantom  # noqa: E402
 
 BOX = "14,20,2,46,44,2"  # on K = 2
 
@@ -125,6 +125,36 @@ def test_a_plan_that_fits_only_a_slab_crops_the_volume_to_it(
     assert sessions[-1][0].voxels_kji.shape == (2, 64, 64)
     labels = read_labels(out)
     assert labels[2:4].any(axis=(1, 2)).all() and not labels[[0, 1, 4]].any()
+
+
+def test_prompts_in_two_views_where_only_a_slab_fits_are_refused_before_the_run(
+    phantom, tmp_path, capsys, sessions, monkeypatch
+):
+    """A slab along the first prompt's axis would leave the object prompted in another view on its prompt
+    slice alone; the job says so, and writes nothing."""
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+
+    def slab_plan(*args, **kwargs):  # as a machine with room for three slices would plan
+        estimate = real_plan(*args, **kwargs)
+        return dataclasses.replace(estimate, plan=dataclasses.replace(estimate.plan, slab=(1, 3)))
+
+    prompts = tmp_path / "views.json"
+    axial, sagittal = [14, 20, 2, 46, 44, 2], [30, 20, 0, 30, 44, 4]  # on K = 2, and on I = 30
+    objects = [{"name": "axial", "boxes_ijk": [axial]}, {"name": "sagittal", "boxes_ijk": [sagittal]}]
+    prompts.write_text(json.dumps({"objects": objects}))
+    out = tmp_path / "never.nii.gz"
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", slab_plan)
+    code, _, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--window", "0,255", "-o", out)
+    assert_one_line_error(code, err, "only a slab of slices fits, and the prompts lie in several views")
+    assert "segment each view in its own run" in err and not out.exists() and not sessions
+
+    monkeypatch.undo()  # with room for the whole volume, both objects are segmented
+    code, _, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--window", "0,255", "-o", out)
+    assert code == 0, err
+    labels = read_labels(out)
+    assert labels[:, :, 30].any() and set(np.unique(labels)) == {0, 1, 2}
 
 
 def test_prompts_outside_the_range_are_told_and_every_object_keeps_its_label(

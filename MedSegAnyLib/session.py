@@ -808,6 +808,7 @@ class SegmentationSession:
             obj.slice_sources.get(index),
             obj.origins.get(index),
             obj.logits_frames.get(index),
+            obj.confidences.get(index),
         )
 
     def _capture_object(self, object_id: int) -> ObjectRecord | None:
@@ -899,6 +900,7 @@ class SegmentationSession:
                 (obj.slice_sources, state.source),
                 (obj.origins, state.origin),
                 (obj.logits_frames, state.logits),
+                (obj.confidences, state.confidence),
             ):
                 if value is None:
                     store.pop(index, None)

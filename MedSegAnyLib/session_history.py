@@ -20,13 +20,15 @@ MAX_HISTORY = 50
 
 @dataclass(frozen=True)
 class SliceState:
-    """One object's slice: packed mask bits, where it came from, and its raw logits (exclusive mode only)."""
+    """One object's slice: packed mask bits, where it came from, its raw logits (exclusive mode only) and
+    its mean logit inside the mask (a 2D model's stop rule scales by the prompted slice's)."""
 
     mask_packed: np.ndarray
     shape: tuple[int, int]
     source: str | None
     origin: tuple[int, int] | None
     logits: np.ndarray | None
+    confidence: float | None = None
 
     def mask(self) -> np.ndarray:
         count = self.shape[0] * self.shape[1]
@@ -39,6 +41,7 @@ class SliceState:
         return (
             self.source == other.source
             and self.origin == other.origin
+            and self.confidence == other.confidence
             and np.array_equal(self.mask_packed, other.mask_packed)
             and logits_equal
         )
@@ -125,11 +128,14 @@ def pack_mask(mask_frame: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(mask_frame, dtype=bool))
 
 
-def capture_slice_state(mask_frame: np.ndarray, source: str | None, origin: Any, logits: Any) -> SliceState:
+def capture_slice_state(
+    mask_frame: np.ndarray, source: str | None, origin: Any, logits: Any, confidence: float | None = None
+) -> SliceState:
     return SliceState(
         pack_mask(mask_frame),
         tuple(mask_frame.shape),
         source,
         origin,
         None if logits is None else np.array(logits, copy=True),
+        confidence,
     )

@@ -22,7 +22,13 @@ def new_session(**kwargs) -> tuple[SegmentationSession, int]:
 
 def snapshot(session: SegmentationSession) -> dict:
     return {
-        oid: (obj.mask_kji.copy(), dict(obj.prompts), dict(obj.slice_sources), dict(obj.stop_reasons))
+        oid: (
+            obj.mask_kji.copy(),
+            dict(obj.prompts),
+            dict(obj.slice_sources),
+            dict(obj.stop_reasons),
+            dict(obj.confidences),
+        )
         for oid, obj in session.objects.items()
     }
 
@@ -31,10 +37,11 @@ def assert_same(session: SegmentationSession, expected: dict) -> None:
     assert set(expected) <= set(session.objects)
     for oid in set(session.objects) - set(expected):  # add_object is not an undo step: it stays, empty
         assert not session.objects[oid].mask_kji.any() and not session.objects[oid].prompts
-    for oid, (mask, prompts, sources, reasons) in expected.items():
+    for oid, (mask, prompts, sources, reasons, confidences) in expected.items():
         obj = session.objects[oid]
         np.testing.assert_array_equal(obj.mask_kji, mask)
         assert obj.prompts == prompts and obj.slice_sources == sources and obj.stop_reasons == reasons
+        assert obj.confidences == confidences
 
 
 def edge_negative_point(session: SegmentationSession, object_id: int, k: int) -> SlicePrompts:
@@ -153,6 +160,32 @@ def test_a_cancelled_run_is_one_undo_step():
     assert_same(session, before)
     # the interrupted prompt is still to be propagated: the next run does all of it
     assert {r.slice_index for r in session.propagate()} >= {r.slice_index for r in taken}
+
+
+class UnsureModel(ThresholdModel):
+    """A decoder unsure of the object everywhere: mean logit 1.6 inside its masks (the 2D stop rule then
+    scales its limit by the prompted slice's confidence)."""
+
+    def predict(self, *args, **kwargs):
+        prediction = super().predict(*args, **kwargs)
+        prediction.logits_frame[prediction.logits_frame > 0] = 1.6
+        return prediction
+
+
+def test_undo_gives_back_the_prompted_slices_confidence_that_the_stop_rule_scales_by():
+    def propagated(draw_then_undo: bool) -> list[int]:
+        volume = phantom()
+        session = SegmentationSession(volume, UnsureModel(), intensity=(0.0, 255.0))
+        object_id = session.add_object("unsure")
+        session.add_prompts(object_id, box_on_k(volume, 14))
+        if draw_then_undo:  # a drawn mask has no logits, hence no confidence, until it is undone
+            session.add_mask(object_id, 2, 14, session.mask_kji(object_id)[14].copy())
+            session.undo()
+        return sorted(r.slice_index for r in session.propagate() if r.mask_frame.any())
+
+    expected = propagated(False)
+    assert len(expected) > 4  # the object is followed, although the model is unsure everywhere
+    assert propagated(True) == expected
 
 
 def test_add_mask_is_a_prompt_that_propagates():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,32 +171,34 @@ def prompts_to_json(prompts: SlicePrompts) -> dict[str, Any]:
 
 @dataclass
 class ObjectState:
-    """A session object's state (prompts and mask) so that undo also rewinds what the model remembers."""
+    """A session object's state, so that undo also rewinds what the model remembers and what the next
+    propagation re-runs: its mask, and copies of everything the session keeps about its prompts and runs
+    (prompts and drawn masks, their roles, what changed since the last run, where each slice came from,
+    the confidence the stop rule scales by, the last complete run). Restored prompts are new objects, so
+    a SAM 2 tracker rebuilds the object's memory from them when next used."""
 
-    axis: int | None
-    prompts: dict[int, SlicePrompts]
-    slice_sources: dict[int, str]
-    stop_reasons: dict[int, str]
+    bookkeeping: dict[str, Any]  # SegmentObject field -> a deep copy of its value
     mask_packed: np.ndarray  # np.packbits of the bool KJI mask (1 bit per voxel)
     shape_kji: tuple[int, int, int]
 
+    # what identifies the object, and its mask (packed apart): not bookkeeping
+    NOT_BOOKKEEPING = ("object_id", "name", "color_rgb", "mask_kji")
+
     @classmethod
     def of(cls, segment_object) -> ObjectState:
+        import dataclasses
+
+        names = [f.name for f in dataclasses.fields(segment_object) if f.name not in cls.NOT_BOOKKEEPING]
         return cls(
-            segment_object.axis,
-            dict(segment_object.prompts),
-            dict(segment_object.slice_sources),
-            dict(segment_object.stop_reasons),
+            {name: copy.deepcopy(getattr(segment_object, name)) for name in names},
             np.packbits(segment_object.mask_kji),
             tuple(segment_object.mask_kji.shape),
         )
 
     def restore_into(self, segment_object) -> None:
-        segment_object.axis = self.axis
-        segment_object.prompts = dict(self.prompts)
-        segment_object.slice_sources = dict(self.slice_sources)
-        segment_object.stop_reasons = dict(self.stop_reasons)
-        count = int(np.prod(self.shape_kji))
+        for name, value in self.bookkeeping.items():
+            setattr(segment_object, name, copy.deepcopy(value))  # the state may be restored again (redo)
+        count = math.prod(self.shape_kji)
         segment_object.mask_kji[...] = np.unpackbits(self.mask_packed, count=count).reshape(self.shape_kji)
 
 

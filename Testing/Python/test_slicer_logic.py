@@ -184,6 +184,28 @@ def test_undo_restores_the_previous_segment_exactly_and_redo_reapplies(scene, vo
     assert logic.undo() is not None and logic.undo() is None  # one step only
 
 
+def test_a_propagation_undone_propagates_again(scene, volume_node, prompt_nodes):
+    """Undo rewinds what the session remembers of the object's runs too: Propagate after an undone
+    propagation runs it again (it did nothing: the session still took its last run as done)."""
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(prompt_nodes[0], propagate=False)
+    prompted = _mask(segmentation, target, volume_node)
+    assert logic.propagate() is not None
+    propagated = _mask(segmentation, target, volume_node)
+    assert propagated.any(axis=(1, 2)).sum() > prompted.any(axis=(1, 2)).sum()
+
+    logic.undo()
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), prompted)
+    assert logic.propagate() is not None
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), propagated)
+    logic.undo()
+    logic.redo()  # a state restored twice is still whole
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), propagated)
+    assert logic.propagate() is None  # nothing changed since: nothing to run
+
+
 def test_cancel_mid_run_keeps_a_consistent_segment_as_one_undo_step(scene, volume_node, prompt_nodes):
     segmentation, (target, _) = add_segmentation(scene, volume_node)
     logic = SlicerSegmentationLogic(model=ThresholdModel())

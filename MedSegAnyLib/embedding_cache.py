@@ -40,6 +40,21 @@ class FrameEmbeddingCache:
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self.encoded_frames = 0  # how many frames went through the encoder (for tests and benchmarks)
 
+    def limit(self, max_frames: int, batch_size: int) -> None:
+        """Hold at most ``max_frames`` frames, encoded ``batch_size`` at a time from now on (evicting the
+        least recently used beyond)."""
+        self.max_frames = max(1, max_frames)
+        self.batch_size = max(1, min(batch_size, self.max_frames))
+        self.evict_oldest(len(self._cache) - self.max_frames)
+
+    def evict_oldest(self, count: int) -> int:
+        """Evict up to ``count`` least recently used frames; returns how many went."""
+        evicted = 0
+        while evicted < count and self._cache:
+            self._cache.popitem(last=False)
+            evicted += 1
+        return evicted
+
     def __contains__(self, index: int) -> bool:
         return index in self._cache
 

@@ -73,16 +73,20 @@ class EncodeAheadInRun:
     ahead when the next is asked for: 1, 16, 13, 16 and 14. With the encoder on its own CUDA stream
     (:mod:`medsegany.models.sam2_encode_stream`) each batch then runs beside the steps of the one before.
 
-    ``batch``: the tracker's encoder batch (16 on a GPU, 1 on a CPU), at most half of what the feature
-    cache keeps less the 2 frames a step reads, so that what is asked for ahead never evicts a frame the
-    run is about to read. A run that stops (the object ended) leaves at most two batches encoded beyond
-    its last slice: on an H200 32 slices at 512 px, about 25 ms.
+    ``batch``: the tracker's encoder batch (16 on a GPU, 1 on a CPU; ``batch_limit``, the session's
+    memory plan, may lower it), at most half of what the feature cache keeps less the 2 frames a step
+    reads, so that what is asked for ahead never evicts a frame the run is about to read. A run that
+    stops (the object ended) leaves at most two batches encoded beyond its last slice: on an H200 32
+    slices at 512 px, about 25 ms.
     """
 
-    def __init__(self, tracker: Any, in_run: range, max_cached_frames: int) -> None:
+    def __init__(
+        self, tracker: Any, in_run: range, max_cached_frames: int, batch_limit: int | None = None
+    ) -> None:
         self.tracker = tracker
         self.in_run = in_run
-        self.batch = max(1, min(int(tracker.preferred_batch_size), (int(max_cached_frames) - 2) // 2))
+        batch = int(tracker.preferred_batch_size if batch_limit is None else batch_limit)
+        self.batch = max(1, min(batch, (int(max_cached_frames) - 2) // 2))
         self.asked = 0  # positions in the run whose frames were asked for
         self._ask(self.batch + 1)  # the key frame (cached once prompted) and a batch after it
 

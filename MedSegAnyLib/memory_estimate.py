@@ -320,8 +320,13 @@ class MemoryPlan:
     @property
     def session_options(self) -> dict[str, Any]:
         """The :class:`~medsegany.session.SegmentationSession` keywords that carry the plan out: the slices
-        of features it caches (at least the 2 a tracking step launched ahead needs) and where they live."""
-        return {"max_cached_frames": max(2, self.cached_frames), "offload_features": self.offload_features}
+        of features it caches (at least the 2 a tracking step launched ahead needs), where they live, and
+        the encoder's batch (the activations counted)."""
+        return {
+            "max_cached_frames": max(2, self.cached_frames),
+            "offload_features": self.offload_features,
+            "encoder_batch": self.batch_size,
+        }
 
 
 @dataclass(frozen=True)

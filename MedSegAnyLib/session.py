@@ -113,9 +113,12 @@ class SegmentationSession:
 
     ``overlap``: "independent" (objects may overlap) or "exclusive" (a voxel belongs to the object with
     the highest logit; every object must then be prompted in the same view). ``sam2_stop``: the stop rule
-    of SAM 2 directions. ``max_cached_frames``: image features kept per axis (both families).
+    of SAM 2 directions. ``max_cached_frames``: slices of image features kept over all axes (both
+    families; when another axis needs room, the least recently used of the other axes' go first).
     ``offload_features``: keep them in host memory, copied to the GPU when used (the memory plan's
-    choice when the GPU cannot hold them all; see :mod:`medsegany.feature_offload`).
+    choice when the GPU cannot hold them all; see :mod:`medsegany.feature_offload`). ``encoder_batch``:
+    at most this many slices per encoder call (None: the model's own choice). The memory plan's
+    ``session_options`` give these three (:mod:`medsegany.memory_estimate`).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class SegmentationSession:
         overlap: str = "independent",
         sam2_stop: Sam2StopRule | None = None,
         offload_features: bool = False,
+        encoder_batch: int | None = None,
     ) -> None:
         from .models.registry import is_sam2_model
 
@@ -148,6 +152,7 @@ class SegmentationSession:
         self.sam2_stop = sam2_stop or Sam2StopRule()
         self.max_cached_frames = max_cached_frames
         self.offload_features = bool(offload_features)
+        self.encoder_batch = None if encoder_batch is None else max(1, int(encoder_batch))
         self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
         self._caches: dict[int, FrameEmbeddingCache] = {}
@@ -268,6 +273,50 @@ class SegmentationSession:
         for cache in list(self._caches.values()):
             cache.move_to_host()
 
+    def limit_memory(
+        self,
+        max_cached_frames: int | None = None,
+        offload_features: bool = False,
+        encoder_batch: int | None = None,
+    ) -> None:
+        """Tighten the memory settings of a running session (never loosen them): fewer slices of features
+        (evicted now), features in host memory, a smaller encoder batch; None / False leave a setting as
+        it is. The Slicer panel's plan for an action that needs less than the session began with."""
+        if offload_features and not self.offload_features:
+            self.keep_features_in_host_memory()
+        if encoder_batch is not None:
+            self.encoder_batch = min(self.encoder_batch or encoder_batch, max(1, int(encoder_batch)))
+        if max_cached_frames is not None:
+            self.max_cached_frames = min(self.max_cached_frames, max(1, int(max_cached_frames)))
+        preferred = getattr(self.model, "preferred_batch_size", 4)
+        for cache in list(self._caches.values()):
+            cache.limit(self.max_cached_frames, self._encoder_batch(preferred))
+        for tracker in list(self._trackers.values()):
+            tracker.feature_cache_bytes = self.max_cached_frames * tracker.feature_bytes_per_frame()
+        self._fit_feature_budget(None)
+
+    def _encoder_batch(self, preferred: int) -> int:
+        """Slices per encoder call: the model's ``preferred`` batch, at most the session's limit."""
+        limit = int(preferred) if self.encoder_batch is None else self.encoder_batch
+        return max(1, min(int(preferred), limit))
+
+    def _fit_feature_budget(self, axis: int | None) -> None:
+        """Keep the image features of all axes within ``max_cached_frames`` (the memory plan counts that
+        many): beyond it, the other axes' least recently used slices go first (an axis in use keeps its
+        own within the budget: its cache evicts by itself), those of the lowest axis index first."""
+        over = self.cached_frames() - self.max_cached_frames
+        if over <= 0:
+            return
+        stores = [
+            (other, store.evict_features if self.is_sam2 else store.evict_oldest)
+            for other, store in sorted((self._trackers if self.is_sam2 else self._caches).items())
+            if other != axis
+        ]
+        for _, evict in stores:
+            over -= evict(over)
+            if over <= 0:
+                return
+
     # -- prompts -------------------------------------------------------------------------------------
     def add_prompts(self, object_id: int, prompts: SlicePrompts) -> SliceResult:
         """Set the prompts of one slice of an object and segment that slice at once (interactive feedback).
@@ -355,7 +404,8 @@ class SegmentationSession:
                 lambda index: frame_of(windowed, axis, index),
                 frame_count(windowed.shape, axis),
                 max_frames=self.max_cached_frames,
-                batch_size=getattr(self.model, "preferred_batch_size", 4),  # 1 on a CPU: no batch gain
+                # 1 on a CPU: no batch gain
+                batch_size=self._encoder_batch(getattr(self.model, "preferred_batch_size", 4)),
                 offload=self.offload_features,
             )
         return self._caches[axis]
@@ -406,7 +456,7 @@ class SegmentationSession:
     def _encode_ahead(self, axis: int, slice_index: int, count: int) -> Iterator[EncodeAheadProgress]:
         if self.is_sam2:
             tracker = self._tracker(axis)
-            is_cached, batch_size = tracker.has_features, tracker.preferred_batch_size
+            is_cached, batch_size = tracker.has_features, self._encoder_batch(tracker.preferred_batch_size)
 
             def encode(batch: list[int]) -> None:
                 tracker.precompute_features(batch, batch_size=len(batch))
@@ -427,6 +477,7 @@ class SegmentationSession:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 encode(batch)
+                self._fit_feature_budget(axis)
                 done = min(start + batch_size, len(todo))
                 yield EncodeAheadProgress(axis, tuple(batch), done, len(todo), cached_on_axis(), count)
 
@@ -689,7 +740,8 @@ class SegmentationSession:
         stopper = StopTracker(self.sam2_stop, int(self._raw_mask(obj, key).sum())) if run.outer else None
         stop_at, reason, next_index = None, None, key + step
         in_run = range(key, last + step, step)
-        ahead = EncodeAheadInRun(tracker, in_run, self.max_cached_frames)
+        batch = self._encoder_batch(tracker.preferred_batch_size)
+        ahead = EncodeAheadInRun(tracker, in_run, self.max_cached_frames, batch)
         generator = tracker.propagate(key, step, end_frame=last, object_ids=[oid])
         try:
             for position, result in enumerate(generator):
@@ -747,6 +799,7 @@ class SegmentationSession:
         """Write one slice of an object (``mask`` None: clear it); returns the results to stream."""
         axis = obj.axis
         tx.touch_slice(obj.object_id, axis, index)
+        self._fit_feature_budget(axis)  # a slice written: its features may have taken room
         shape = frame_shape(self.volume.voxels_kji.shape, axis)
         mask = np.zeros(shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if source == "cleared":

@@ -674,7 +674,13 @@ class SlicerSegmentationLogic:
         if not estimate.plan.fits:  # nothing to cut to; a run that runs out of memory is caught
             return slice_range
         self.memory_note = memory_note(estimate)  # this action's plan, not the one its session began with
-        slab = estimate.plan.slab
+        plan = estimate.plan
+        # where this action needs less than the session began with (more objects, another axis), the
+        # session tightens to it; a plan that caches every slice of its axis sets no cache limit
+        gave_way = plan.cached_frames < estimate.num_frames
+        cached = plan.session_options["max_cached_frames"] if gave_way else None
+        session.limit_memory(cached, plan.offload_features, plan.batch_size)
+        slab = plan.slab
         if slab is None:
             return slice_range
         if slice_range is None:

@@ -92,10 +92,26 @@ class FeatureCache:
             fpn = self._to_host(frame_index, fpn)
         self._entries[frame_index] = fpn
         self._bytes += tensor_bytes(fpn)
+        self.fit_budget()
+
+    def fit_budget(self) -> None:
+        """Evict the least recently used frames beyond ``max_bytes``, keeping at least the newest."""
         while self._bytes > self.max_bytes and len(self._entries) > 1:
-            evicted_index, evicted = self._entries.popitem(last=False)
-            self._devices.pop(evicted_index, None)
-            self._bytes -= tensor_bytes(evicted)
+            self._evict_oldest()
+
+    def evict_oldest(self, count: int) -> int:
+        """Evict up to ``count`` least recently used frames (the features of another axis need the
+        room: medsegany.session); returns how many went."""
+        evicted = 0
+        while evicted < count and self._entries:
+            self._evict_oldest()
+            evicted += 1
+        return evicted
+
+    def _evict_oldest(self) -> None:
+        evicted_index, evicted = self._entries.popitem(last=False)
+        self._devices.pop(evicted_index, None)
+        self._bytes -= tensor_bytes(evicted)
 
     def clear(self) -> None:
         self._entries.clear()

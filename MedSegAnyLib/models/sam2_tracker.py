@@ -258,6 +258,11 @@ class Sam2Tracker:
     @feature_cache_bytes.setter
     def feature_cache_bytes(self, value: int) -> None:
         self._cache.max_bytes = int(value)
+        self._cache.fit_budget()  # a smaller budget evicts now
+
+    def evict_features(self, count: int) -> int:
+        """Evict up to ``count`` least recently used frames' features; returns how many went."""
+        return self._cache.evict_oldest(count)
 
     @property
     def offload_features(self) -> bool:

@@ -304,8 +304,10 @@ def test_a_cpu_run_that_keeps_freed_memory_counts_the_encoders_and_the_steps_act
 def test_a_plan_gives_the_session_at_least_the_two_slices_a_step_launched_ahead_needs():
     from medsegany.memory_estimate import MemoryPlan
 
-    assert MemoryPlan(1, 40, True).session_options == {"max_cached_frames": 40, "offload_features": True}
-    assert MemoryPlan(1, 1).session_options == {"max_cached_frames": 2, "offload_features": False}
+    options = MemoryPlan(1, 40, True).session_options
+    assert options == {"max_cached_frames": 40, "offload_features": True, "encoder_batch": 1}
+    options = MemoryPlan(16, 1).session_options
+    assert options == {"max_cached_frames": 2, "offload_features": False, "encoder_batch": 16}
 
 
 def test_on_a_mac_or_windows_the_plan_knows_the_hosts_memory(monkeypatch):

@@ -28,6 +28,19 @@ def test_evicts_least_recently_used_beyond_budget():
     assert cache.nbytes == 3 * 256 and cache.get(2)[1][0, 0, 0, 0] == 20
 
 
+def test_evicts_the_oldest_frames_on_request_and_when_the_budget_shrinks():
+    pos_enc = [torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 2, 2)]
+    cache = FeatureCache(max_bytes=5 * 256)
+    for frame in range(5):
+        cache.put(frame, features(frame), pos_enc)
+    cache.get(0)  # frame 1 is now the oldest
+    assert cache.evict_oldest(2) == 2 and sorted(cache._entries) == [0, 3, 4] and cache.nbytes == 3 * 256
+    cache.max_bytes = 2 * 256
+    cache.fit_budget()
+    assert sorted(cache._entries) == [0, 4] and cache.nbytes == 2 * 256
+    assert cache.evict_oldest(5) == 2 and len(cache) == 0 and cache.nbytes == 0
+
+
 def test_keeps_the_latest_frame_even_over_budget_and_checks_pos_enc_shapes():
     cache = FeatureCache(max_bytes=10)
     cache.put(5, features(5), [torch.zeros(1, 8, 4, 4)])

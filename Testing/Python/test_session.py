@@ -197,6 +197,56 @@ def test_embeddings_are_computed_once_per_frame():
     assert model.encoded == first
 
 
+class BatchRecordingModel(ThresholdModel):
+    preferred_batch_size = 4  # the model's own choice (LiteMedSAM's on a GPU)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def embed_frames(self, frames):
+        self.batches.append(len(frames))
+        return super().embed_frames(frames)
+
+
+def test_image_features_of_all_axes_stay_within_the_budget_the_other_axes_giving_way_first():
+    """The memory plan counts ``max_cached_frames`` slices of features: objects prompted in two views
+    share them (before, each axis cached that many), and the plan's encoder batch is the one used."""
+    volume = phantom()
+    model = BatchRecordingModel()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0), max_cached_frames=8, encoder_batch=2)
+    axial, sagittal = session.add_object("axial"), session.add_object("sagittal")
+    session.add_prompts(axial, box_on_k(volume, 14))
+    run(session, object_ids=[axial])
+    assert len(session.embeddings(2)) == 8
+    session.add_prompts(sagittal, make_slice_prompts(volume, box_ijk=(24, 12, 9, 24, 28, 19)))
+    for _ in session.propagate([sagittal]):
+        assert session.cached_frames() <= 8 + 1  # at most the slice just encoded beyond, until written
+    assert session.cached_frames() <= 8 and len(session.embeddings(0)) == 8  # the axis in use kept its own
+    assert set(model.batches) <= {1, 2}
+
+    reference = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    reference_id = reference.add_object("sagittal")
+    reference.add_prompts(reference_id, make_slice_prompts(volume, box_ijk=(24, 12, 9, 24, 28, 19)))
+    run(reference)
+    assert session.mask_kji(sagittal).any()
+    np.testing.assert_array_equal(session.mask_kji(sagittal), reference.mask_kji(reference_id))
+
+
+def test_a_running_session_tightens_its_memory_and_never_loosens_it():
+    volume = phantom()
+    session = SegmentationSession(volume, BatchRecordingModel(), intensity=(0.0, 255.0), max_cached_frames=20)
+    object_id = session.add_object()
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    run(session)
+    assert len(session.embeddings(2)) > 6 and session.embeddings(2).batch_size == 4
+    session.limit_memory(max_cached_frames=6, offload_features=True, encoder_batch=1)
+    assert session.cached_frames() == 6 and session.offload_features
+    assert session.embeddings(2).batch_size == 1 and session.embeddings(2).offload
+    session.limit_memory(max_cached_frames=50, encoder_batch=4)  # looser: nothing changes
+    assert (session.max_cached_frames, session.encoder_batch, session.offload_features) == (6, 1, True)
+
+
 def test_prompts_on_another_axis_for_the_same_object_are_refused():
     volume = phantom()
     session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))

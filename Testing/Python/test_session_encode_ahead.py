@@ -141,3 +141,11 @@ def test_on_a_cpu_a_run_asks_one_frame_ahead():
     for position in range(4):
         ahead.reached(position)
     assert tracker.calls == [[5, 6], [7], [8]]
+
+
+def test_a_run_asks_for_batches_no_larger_than_the_memory_plans():
+    tracker = RecordingTracker(16)  # a GPU's batch, where the plan counted the activations of one slice
+    ahead = EncodeAheadInRun(tracker, range(0, 6), max_cached_frames=256, batch_limit=1)
+    for position in range(6):
+        ahead.reached(position)
+    assert tracker.calls == [[0, 1], [2], [3], [4], [5]]

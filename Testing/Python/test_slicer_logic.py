@@ -493,6 +493,42 @@ def test_when_only_a_slab_fits_the_panel_propagates_over_it(scene, volume_node, 
     assert logic.memory_note == ""
 
 
+def test_an_actions_plan_that_needs_less_memory_than_the_sessions_is_carried_out(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """The session begins with the plan of one object; an action's own plan (more objects, its axis) may
+    need fewer slices of features, in host memory, encoded one at a time: the session tightens to it,
+    instead of only telling it in the note."""
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    plans = []
+
+    def tighter_for_actions(*args, **kwargs):  # the session's own plan first, then the actions'
+        estimate = real_plan(*args, **kwargs)
+        if plans:
+            tight = dataclasses.replace(estimate.plan, cached_frames=3, offload_features=True, batch_size=1)
+            estimate = dataclasses.replace(estimate, plan=tight)
+        plans.append(estimate.plan)
+        return estimate
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", tighter_for_actions)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes)
+
+    session = logic.session
+    assert plans[0].cached_frames > 3 and len(plans) == 2
+    assert session.max_cached_frames == 3 and session.offload_features and session.encoder_batch == 1
+    assert session.cached_frames() <= 3 and "features kept in host memory" in logic.memory_note
+    prompts = [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])]
+    expected = library_mask(volume_node, prompts)
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+
+
 def test_the_panel_may_load_ahead_only_what_asks_the_user_nothing(tmp_path, monkeypatch):
     from medsegany import slicer_install
     from medsegany.models.catalog import get_card

@@ -608,6 +608,25 @@ class SegmentationSession:
         finally:
             self._commit(tx)
 
+    def _plan(self, obj: SegmentObject, direction: str = "both", new_key: int | None = None) -> list[Run]:
+        """The whole volume's run plan of an object's prompted slices (and ``new_key``, with the role a
+        prompt there would take), for this session's model family."""
+        roles = {key: obj.roles.get(key, 0) for key in obj.prompted_slices()}
+        if new_key is not None:
+            roles[new_key] = self._role_for(obj, new_key)
+        count = frame_count(self.windowed_kji.shape, obj.axis)
+        return plan_runs(roles, 0, count - 1, direction, "sam2" if self.is_sam2 else "slice")
+
+    def runs_of_prompt(self, object_id: int, slice_index: int) -> list[Run]:
+        """The runs (direction "both") that a prompt on ``slice_index`` of the object's axis owns, whether
+        the slice is prompted already or would be by a new prompt (a correction, with the role it would
+        take): the slices a prompt there changes at the next ``propagate()``. Empty when the object has
+        no axis yet."""
+        obj = self._object(object_id)
+        if obj.axis is None:
+            return []
+        return [run for run in self._plan(obj, "both", slice_index) if run.key == slice_index]
+
     def _propagate_object(
         self,
         tx: Transaction,
@@ -631,9 +650,8 @@ class SegmentationSession:
         for key in sorted(obj.prompts):
             if low <= key <= high and obj.slice_sources.get(key) != "prompt":
                 yield from self._prompt_slice(tx, obj, obj.prompts[key])
-        roles = {key: obj.roles.get(key, 0) for key in keys}
         # the whole volume's plan, cut to the range: nothing outside low..high is written or cleared
-        planned = plan_runs(roles, 0, count - 1, direction, "sam2" if self.is_sam2 else "slice")
+        planned = self._plan(obj, direction)
         runs, cut_keys = clip_runs(planned, low, high)
         selected = only_keys if only_keys is not None else (obj.dirty & set(keys)) or None
         if selected is not None:

@@ -575,23 +575,20 @@ class SlicerSegmentationLogic:
     def correction_range(self, prompts: SlicePrompts) -> tuple[int, int] | None:
         """Slices a new prompt on ``prompts.slice_index`` can change (None: everything).
 
-        The session shares the slices between two prompted slices at their midpoint, so a prompt at s
-        between prompted slices p < s < n only changes slices (p+s)//2+1 .. (s+n)//2.
+        Those are the slices of the runs the session's own plan gives that slice
+        (:meth:`~medsegany.session.SegmentationSession.runs_of_prompt`): e.g. a fresh prompt between two
+        prompts of a 2D model reaches the midpoints, a correction on a propagated slice (or any prompt of a
+        SAM 2 model) reaches the next prompt, the volume's end beyond the outermost prompt.
         """
         object_id = self._object_id(create=False) if self.session is not None else None
         if object_id is None:
             return None
         obj = self.session.objects[object_id]
-        keys = [k for k in obj.prompts if k != prompts.slice_index]
-        if not keys or obj.axis != prompts.axis:
-            return None
         s = prompts.slice_index
-        below = [k for k in keys if k < s]
-        above = [k for k in keys if k > s]
-        count = self.volume().voxels_kji.shape[2 - prompts.axis]
-        low = (max(below) + s) // 2 + 1 if below else 0
-        high = (s + min(above)) // 2 if above else count - 1
-        return low, high
+        if obj.axis != prompts.axis or not any(k != s for k in obj.prompted_slices()):
+            return None
+        ends = [s] + [run.last for run in self.session.runs_of_prompt(object_id, s)]
+        return min(ends), max(ends)
 
     # -- actions -------------------------------------------------------------------------------------
     def begin_action(self, label: str, details: dict[str, Any] | None = None) -> AIAction:

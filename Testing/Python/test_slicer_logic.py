@@ -27,6 +27,8 @@ from medsegany.slicer_logic import (  # noqa: E402
     view_slice_axis,
 )
 from slicer_scene_testing import (  # noqa: E402
+    BACKGROUND,
+    OBJECT,
     SHAPE_KJI,
     WORLD_IJK_TO_RAS,
     ThresholdModel,
@@ -254,6 +256,63 @@ def test_a_correction_re_propagates_only_the_slices_it_can_change(scene, volume_
     np.testing.assert_array_equal(
         _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])
     )
+
+
+def _two_bars_node(scene):
+    """Two bright bars through every K slice, rows J 3-5 (A) and J 15-17 (B): a box on one never reaches
+    the other, so a run that follows B cannot be mistaken for one that follows A."""
+    _, j, i = np.indices((16, 22, 26))
+    bars = ((j >= 3) & (j <= 5) | (j >= 15) & (j <= 17)) & (i >= 4) & (i <= 21)
+    noise = np.random.default_rng(4).normal(0, 4, bars.shape)
+    return add_volume_node(scene, np.where(bars, OBJECT, BACKGROUND) + noise)
+
+
+def _bar_box(bar: str, k: int) -> tuple[float, ...]:
+    j0, j1 = (2.0, 6.0) if bar == "A" else (14.0, 18.0)
+    return (3.0, j0, float(k), 22.0, j1, float(k))
+
+
+def test_a_correction_on_a_propagated_slice_re_propagates_as_far_as_the_sessions_plan(scene):
+    """A correction on a slice that a forward run had reached owns every slice up to the next prompt
+    (session_runs.plan_runs), not just those up to the midpoint: the panel re-propagates all of them."""
+    node = _two_bars_node(scene)
+    segmentation, (target, _) = add_segmentation(scene, node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(node, segmentation, target)
+    reference = SegmentationSession(volume_from_node(node), model=ThresholdModel(), intensity="auto")
+    object_id = reference.add_object("reference")
+    # bar A prompted on K=1 (propagated everywhere), then on K=14; then "it is bar B" on K=4
+    for index, (bar, k) in enumerate([("A", 1), ("A", 14), ("B", 4)]):
+        box = _bar_box(bar, k)
+        logic.segment(add_roi_on_slice(scene, box[:3], box[3:], np.eye(4), name=f"box {index}"))
+        reference.add_prompts(object_id, make_slice_prompts(reference.volume, box_ijk=box))
+        for _ in reference.propagate():
+            pass
+
+    result = _mask(segmentation, target, node)
+    np.testing.assert_array_equal(result, reference.mask_kji(object_id))
+    on_b = result[:, 14:19, :].any(axis=(1, 2))
+    assert on_b[4:14].all() and not on_b[:4].any() and not on_b[14:].any()  # beyond midpoint 9 too
+    assert logic.session.objects[logic._object_id(False)].dirty == set()  # nothing left to finish
+    assert [(run.step, run.last) for run in reference.runs_of_prompt(object_id, 4)] == [(1, 13)]
+
+
+def test_a_prompt_between_fresh_prompts_reaches_what_the_models_plan_gives_it(scene, monkeypatch):
+    """Between two fresh prompts a 2D model's plan splits at the midpoints; a SAM 2 model's gives the new
+    prompt every slice up to the next one (as propagate_in_video does): the panel's range follows it."""
+    node = _two_bars_node(scene)
+    segmentation, (target, _) = add_segmentation(scene, node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(node, segmentation, target)
+    for k in (2, 12):
+        box = _bar_box("A", k)
+        logic.segment(add_roi_on_slice(scene, box[:3], box[3:], np.eye(4), name=f"box {k}"), propagate=False)
+    box = _bar_box("A", 5)
+    prompts = logic.prompts_from_nodes(add_roi_on_slice(scene, box[:3], box[3:], np.eye(4), name="box 5"))
+
+    assert logic.correction_range(prompts) == (4, 8)  # (2+5)//2+1 .. (5+12)//2
+    monkeypatch.setattr(logic.session, "is_sam2", True)  # the plan only: no model is called
+    assert logic.correction_range(prompts) == (5, 11)
 
 
 def test_points_alone_use_the_view_axis_and_accept_clears_prompts(scene, volume_node):

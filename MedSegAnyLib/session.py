@@ -22,9 +22,10 @@ Corrections: ``add_prompts`` (points, box) or ``add_mask`` on any slice after a 
 a run had propagated to becomes a prompt that *corrects that run*: the next ``propagate()`` re-runs only
 the runs that start at changed prompts (see :mod:`medsegany.session_runs`), i.e. from the corrected slice
 away from the prompt it was propagated from, up to the next prompt or the stop; every other slice keeps
-its mask. ``repropagate_from(object_id, slice_index)`` forces the runs of one prompted slice. For an
-object with nothing changed, ``propagate()`` re-runs everything when asked for another direction or slice
-range than its last complete run, and nothing otherwise.
+its mask. A fresh prompt placed past where a SAM 2 run stopped also re-runs that run, which now carries
+on to the new prompt. ``repropagate_from(object_id, slice_index)`` forces the runs of one prompted slice.
+For an object with nothing changed, ``propagate()`` re-runs everything when asked for another direction or
+slice range than its last complete run, and nothing otherwise.
 
 For a 2D model a correction without a box keeps the slice's current mask box (its bounding box plus the
 propagation margin), so a negative click removes a part instead of starting from nothing.
@@ -554,10 +555,11 @@ class SegmentationSession:
         limits what changes: runs start only at prompted slices inside it and end at its edges, and no
         slice outside it is written or cleared (a range holding no prompt of an object is a PromptError);
         a later propagation without a range finishes the runs the range cut. Only the runs of prompts
-        changed since the last propagation are re-run; an object with no change is re-run whole when the
-        direction or range differ from its last complete run, and skipped otherwise (a re-run would give
-        the same masks). Slices that a previous run filled beyond where this run stops are cleared
-        (yielded with source "cleared"). The whole call is one undo step.
+        changed since the last propagation are re-run (and SAM 2 runs whose gap grew: :meth:`_stale_runs`);
+        an object with no change is re-run whole when the direction or range differ from its last complete
+        run, and skipped otherwise (a re-run would give the same masks). Slices that a previous run filled
+        beyond where this run stops are cleared (yielded with source "cleared"). The whole call is one undo
+        step.
         """
         if direction not in DIRECTIONS:
             raise PromptError(
@@ -654,10 +656,14 @@ class SegmentationSession:
         planned = self._plan(obj, direction)
         runs, cut_keys = clip_runs(planned, low, high)
         selected = only_keys if only_keys is not None else (obj.dirty & set(keys)) or None
+        # runs of unchanged prompts whose extent grew since they ran (SAM 2) are re-run with the changed ones
+        stale = self._stale_runs(obj, runs) if only_keys is None else set()
+        if selected is None and obj.last_run == (direction, (low, high)):
+            if not stale:
+                return  # nothing changed since the same propagation ran to its end: it would give the same
+            selected = set()
         if selected is not None:
-            runs = [run for run in runs if run.key in selected]
-        elif obj.last_run == (direction, (low, high)):
-            return  # nothing changed since the same propagation ran to its end: it would give the same
+            runs = [run for run in runs if run.key in selected or (run.key, run.step) in stale]
         if self.is_sam2:
             yield from self._sam2_runs(tx, obj, runs, count)
         else:
@@ -676,6 +682,29 @@ class SegmentationSession:
         done = (set(keys) if selected is None else selected) - cut_keys
         obj.dirty -= {key for key in done if low <= key <= high}
         obj.last_run = (direction, (low, high)) if only_keys is None else None
+
+    def _stale_runs(self, obj: SegmentObject, runs: list[Run]) -> set[tuple[int, int]]:
+        """(key, step) of each SAM 2 run between two prompts that did not write every slice of its extent.
+
+        Such a run carries on to the next prompt with no stop rule, so once it has run, every slice up to
+        its ``last`` came from it. One that did not reach its ``last`` ran as an outer run and stopped (or
+        never ran that way, or was interrupted), and a fresh prompt has since been placed past the stop:
+        the run now goes on to that prompt (the plan gives it the gap), so it must re-run although its
+        own prompt did not change. A 2D run applies its stop rule up to the next prompt as well and
+        remembers nothing, and a new prompt only shortens it: what it wrote is still what it would write,
+        so it never needs this.
+        """
+        if not self.is_sam2:
+            return set()
+        return {
+            (run.key, run.step)
+            for run in runs
+            if not run.outer
+            and any(
+                obj.origins.get(index) != (run.key, run.step)
+                for index in range(run.key + run.step, run.last + run.step, run.step)
+            )
+        }
 
     def _clear_beyond(
         self, tx: Transaction, obj: SegmentObject, start: int, run: Run

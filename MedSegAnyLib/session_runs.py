@@ -13,7 +13,9 @@ slice that a run in that direction had propagated to. Between two adjacent keys 
 Outside the outermost keys, the lowest key runs backward and the highest forward, to the ends of the
 volume. A slice range (:func:`clip_runs`) keeps the runs whose key lies inside it, cut at its edges: the
 plan is the whole volume's, so a range never changes which prompt owns a slice, only how far runs go.
-A later ``propagate()`` re-runs only the runs that start at a changed key.
+A later ``propagate()`` re-runs only the runs that start at a changed key, and (SAM 2) a run between two
+keys that has not yet written its whole gap: a fresh key placed past where an outer run had stopped gives
+that run the gap up to it, though the run's own key did not change.
 """
 
 from __future__ import annotations

@@ -262,3 +262,39 @@ def test_running_out_of_memory_while_a_drawn_mask_rebuilds_the_tracker_is_the_on
     np.testing.assert_array_equal(session.mask_kji(object_id), kept)
     result = session.add_mask(object_id, 2, 3, drawn)  # the next try works
     assert result.source == "prompt" and session.objects[object_id].prompted_slices() == [1, 3]
+
+
+def test_a_fresh_prompt_past_a_stop_fills_the_gap_as_both_prompts_at_once_do(medsam2):
+    # SAM 2 gives the gap between two fresh prompts to the lower one's forward run. Prompted on slice 1,
+    # that run stops at 3 (slice 2 kept); a fresh prompt on 5 makes it run on to 4, though 1 is unchanged.
+    volume = disc_volume(num_frames=8)
+    stop_after_1 = Sam2StopRule(absent_slices=10**6, area_collapse_fraction=0.0, max_slices=1)
+
+    def session_with(*keys):
+        session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=stop_after_1)
+        disc = session.add_object("disc")
+        for key in keys:
+            session.add_prompts(disc, box_prompt(volume, key))
+        return session, session.objects[disc]
+
+    at_once, expected = session_with(1, 5)
+    list(at_once.propagate())
+
+    incremental, obj = session_with(1)
+    list(incremental.propagate())
+    assert obj.stop_reasons == {1: "slice 3: 1 slices reached"}
+    assert sorted(obj.slice_sources) == [0, 1, 2]
+    incremental.add_prompts(obj.object_id, box_prompt(volume, 5))
+    results = list(incremental.propagate())
+    # 1's forward run (now through to 5) and 5's, which stops at 7; 1's backward run is unchanged
+    assert [r.slice_index for r in results] == [2, 3, 4, 6]
+    assert obj.slice_sources == expected.slice_sources
+    assert obj.origins == expected.origins == {0: (1, -1), 2: (1, 1), 3: (1, 1), 4: (1, 1), 6: (5, 1)}
+    assert obj.stop_reasons == expected.stop_reasons == {1: "slice 7: 1 slices reached"}
+    masks, masks_at_once = obj.mask_kji, expected.mask_kji
+    assert [k for k in range(8) if masks[k].any()] == [k for k in range(8) if masks_at_once[k].any()]
+    # the same masks up to the memory of the tracking done before: slices 0-2 were tracked without 5
+    for k in range(8):
+        union = (masks[k] | masks_at_once[k]).sum()
+        assert union == 0 or (masks[k] & masks_at_once[k]).sum() > 0.9 * union, k
+    assert list(incremental.propagate()) == []  # nothing changed since

@@ -412,6 +412,8 @@ def _run_plan(model: Any, job: SegmentJob, stderr: TextIO, quiet: bool) -> Any:
 
     run = plan_run(model, job.volume, job.objects, job.slice_range)
     require_fit(run.estimate)
+    if run.refusal is not None:
+        raise run.refusal
     if not quiet and run.estimate.gave_way:
         print(f"medsegany: note: {run.estimate.message}", file=stderr)
     if not quiet and run.prompts_left_out:

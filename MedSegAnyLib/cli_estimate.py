@@ -73,7 +73,8 @@ class RunPlan:
     """What one ``segment`` run propagates: ``volume`` (the user's, or a :class:`~medsegany.slab.Slab`
     of it) and ``objects`` with their prompts in its indices; ``slice_range`` for the session when a range
     cannot crop (prompts on several axes); the memory ``estimate`` (its slab, if any, in the user's
-    volume's indices); ``prompts_left_out``: prompts outside the slab."""
+    volume's indices); ``prompts_left_out``: prompts outside the slab; ``refusal``: why the job cannot
+    run as planned (raised after ``--estimate`` has printed the estimate, before a run)."""
 
     volume: Any
     objects: list[Any]
@@ -81,6 +82,7 @@ class RunPlan:
     slice_range: tuple[int, int] | None
     estimate: Any
     prompts_left_out: int = 0
+    refusal: Exception | None = None
 
 
 def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int, int] | None) -> RunPlan:
@@ -88,7 +90,8 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
 
     When every prompt lies on one axis, ``--slice-range`` and a plan's slab crop the volume, so the
     session holds only those slices; else the range only limits the propagation, and a plan that needs a
-    slab is a ModelError (a slab along one axis would leave the objects prompted on another unsegmented).
+    slab is refused (``refusal``: a slab along one axis would leave the objects prompted on another
+    unsegmented).
     """
     from .slab import Slab, objects_in_slab, one_axis
     from .slices import clip_slice_range, frame_count
@@ -110,15 +113,16 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
         slab = Slab(axis, offset + inner[0], offset + inner[1])
         run_volume, run_objects, left_out = cut(slab)
         estimate = replace(estimate, plan=replace(estimate.plan, slab=(slab.first, slab.last)))
-    elif inner is not None:  # a slab along one prompt's axis would cut the other views' objects short
+    refusal = None
+    if inner is not None and axis is None:  # a slab along one prompt's axis cuts the other views' objects
         from .errors import ModelError
 
-        raise ModelError(
+        refusal = ModelError(
             f"{estimate.message.split('; plan:')[0]}: only a slab of slices fits, and the prompts lie in "
             "several views (a slab along one view's axis cuts the others' objects)",
             "segment each view in its own run (one prompt file per view), or free memory",
         )
-    return RunPlan(run_volume, run_objects, slab, slice_range, estimate, left_out)
+    return RunPlan(run_volume, run_objects, slab, slice_range, estimate, left_out, refusal)
 
 
 def estimate_job(job: Any, model: Any, stdout: TextIO) -> None:
@@ -139,3 +143,5 @@ def estimate_job(job: Any, model: Any, stdout: TextIO) -> None:
         )
     stdout.flush()
     require_fit(estimate)
+    if run.refusal is not None:
+        raise run.refusal

@@ -501,6 +501,28 @@ def available_memory_bytes(device: str = "cpu") -> int | None:
     return host
 
 
+def room_of_a_running_session(device: str) -> int | None:
+    """The room an action of a session already running on ``device`` may plan with: on CUDA, what
+    :func:`available_memory_bytes` says plus every block this process has allocated, since the estimate
+    counts the weights, the features and the memory banks that session holds there (they are not free, so
+    counted twice they made each action's plan tighter than the session's). None elsewhere: host memory's
+    room already adds back the process's own resident memory (Metal's recommended room is not
+    corrected)."""
+    if _device_kind(device) != "cuda":
+        return None
+    available = available_memory_bytes(device)
+    if available is None:
+        return None
+    return available + cuda_allocated_bytes(device)
+
+
+def cuda_allocated_bytes(device: str) -> int:
+    """Bytes this process's PyTorch has allocated on a CUDA device."""
+    import torch
+
+    return int(torch.cuda.memory_allocated(torch.device(device)))
+
+
 def metal_room_bytes() -> int | None:
     """Metal's recommended working set for this Mac's GPU less what PyTorch's MPS backend holds (torch 2.3
     and later), or None where PyTorch does not say (no MPS, an older torch)."""

@@ -44,18 +44,26 @@ def release_cached_memory() -> None:
 
 
 class RanOutOfMemoryError(ModelError):
-    """The model ran out of ``where`` ("memory", "cuda:0 memory"); ``outcome`` says what became of the
-    work before (a session keeps it as one undo step; the CLI writes nothing: :meth:`with_outcome`)."""
+    """The model ran out of ``where`` ("memory", "cuda:0 memory"). ``ways_out``: what the user can do;
+    ``done``: what the session did to make room for a next try (None: nothing); ``outcome``: what became
+    of the work before (a session keeps it as one undo step; the CLI writes nothing: :meth:`with_outcome`).
+    """
 
     def __init__(
-        self, where: str, fix: str, outcome: str = "what was segmented before is kept; undo removes it"
+        self,
+        where: str,
+        ways_out: str,
+        done: str | None = None,
+        outcome: str = "what was segmented before is kept; undo removes it",
     ) -> None:
-        self.where, self.outcome = where, outcome
+        self.where, self.ways_out, self.done, self.outcome = where, ways_out, done, outcome
+        fix = f"run it again: {done}; if it runs out again, {ways_out}" if done else ways_out
         super().__init__(f"the model ran out of {where} ({outcome})", fix)
 
     def with_outcome(self, outcome: str) -> RanOutOfMemoryError:
-        """The same error, telling another ``outcome``."""
-        return RanOutOfMemoryError(self.where, self.fix, outcome)
+        """The same error for a caller whose session ends with it (the CLI's job): ``outcome``, and only
+        the ways out (what the session did to make room went with it)."""
+        return RanOutOfMemoryError(self.where, self.ways_out, None, outcome)
 
 
 @contextlib.contextmanager
@@ -88,6 +96,4 @@ def out_of_memory_as_model_error(
         ways_out = (
             f"segment a slice range instead of the whole volume, close other programs using the {others}"
         )
-        raise RanOutOfMemoryError(
-            where, f"run it again: {done}; if it runs out again, {ways_out}" if done else ways_out
-        ) from None
+        raise RanOutOfMemoryError(where, ways_out, done or None) from None

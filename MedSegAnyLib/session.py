@@ -115,7 +115,7 @@ class SegmentationSession:
     ``overlap``: "independent" (objects may overlap) or "exclusive" (a voxel belongs to the object with
     the highest logit; every object must then be prompted in the same view). ``sam2_stop``: the stop rule
     of SAM 2 directions. ``max_cached_frames``: slices of image features kept over all axes (both
-    families; when another axis needs room, the least recently used of the other axes' go first).
+    families; when the axis in use needs room, the other axes' slices go first).
     ``offload_features``: keep them in host memory, copied to the GPU when used (the memory plan's
     choice when the GPU cannot hold them all; see :mod:`medsegany.feature_offload`). ``encoder_batch``:
     at most this many slices per encoder call (None: the model's own choice). The memory plan's
@@ -279,10 +279,12 @@ class SegmentationSession:
         max_cached_frames: int | None = None,
         offload_features: bool = False,
         encoder_batch: int | None = None,
+        axis: int | None = None,
     ) -> None:
         """Tighten the memory settings of a running session (never loosen them): fewer slices of features
-        (evicted now), features in host memory, a smaller encoder batch; None / False leave a setting as
-        it is. The Slicer panel's plan for an action that needs less than the session began with."""
+        (evicted now, those of ``axis``, the one about to be used, last), features in host memory, a
+        smaller encoder batch; None / False leave a setting as it is. The Slicer panel's plan for an
+        action that needs less than the session began with."""
         if offload_features and not self.offload_features:
             self.keep_features_in_host_memory()
         if encoder_batch is not None:
@@ -294,7 +296,7 @@ class SegmentationSession:
             cache.limit(self.max_cached_frames, self._encoder_batch(preferred))
         for tracker in list(self._trackers.values()):
             tracker.feature_cache_bytes = self.max_cached_frames * tracker.feature_bytes_per_frame()
-        self._fit_feature_budget(None)
+        self._fit_feature_budget(axis)
 
     def _encoder_batch(self, preferred: int) -> int:
         """Slices per encoder call: the model's ``preferred`` batch, at most the session's limit."""
@@ -303,8 +305,10 @@ class SegmentationSession:
 
     def _fit_feature_budget(self, axis: int | None) -> None:
         """Keep the image features of all axes within ``max_cached_frames`` (the memory plan counts that
-        many): beyond it, the other axes' least recently used slices go first (an axis in use keeps its
-        own within the budget: its cache evicts by itself), those of the lowest axis index first."""
+        many): beyond it, the slices of the axes other than ``axis`` go, axis by axis from the lowest
+        index, each axis's least recently used first (``axis``, the one in use, keeps its own within the
+        budget: its cache evicts by itself). Called as slices are written and encoded ahead, so the total
+        may pass the budget for a moment, by the frames one encoder call adds."""
         over = self.cached_frames() - self.max_cached_frames
         if over <= 0:
             return
@@ -620,14 +624,17 @@ class SegmentationSession:
         return plan_runs(roles, 0, count - 1, direction, "sam2" if self.is_sam2 else "slice")
 
     def runs_of_prompt(self, object_id: int, slice_index: int) -> list[Run]:
-        """The runs (direction "both") that a prompt on ``slice_index`` of the object's axis owns, whether
-        the slice is prompted already or would be by a new prompt (a correction, with the role it would
-        take): the slices a prompt there changes at the next ``propagate()``. Empty when the object has
-        no axis yet."""
+        """The runs (direction "both") that the next ``propagate()`` runs for a prompt on ``slice_index``
+        of the object's axis, whether the slice is prompted already or would be by a new prompt (with the
+        role it would take: a correction, or fresh): the runs it owns, and for a SAM 2 model a run that
+        stopped short of it and now carries on up to it (:meth:`_stale_runs`; not one whose own prompt
+        changed since it ran: that prompt's propagation runs it). Empty when the object has no axis yet."""
         obj = self._object(object_id)
         if obj.axis is None:
             return []
-        return [run for run in self._plan(obj, "both", slice_index) if run.key == slice_index]
+        planned = self._plan(obj, "both", slice_index)
+        stale = {key_step for key_step in self._stale_runs(obj, planned) if key_step[0] not in obj.dirty}
+        return [run for run in planned if run.key == slice_index or (run.key, run.step) in stale]
 
     def _propagate_object(
         self,

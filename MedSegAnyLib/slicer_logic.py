@@ -267,11 +267,12 @@ def _panel_plan(
     axis: int | None = None,
     centre: int | None = None,
     objects: int = 1,
+    available_bytes: int | None = None,
 ) -> Any:
     """The memory plan of the panel's session (``memory_estimate.plan_for_volume``): propagating along IJK
     ``axis`` from slice ``centre``; before a prompt says them, one object from the middle of the volume's
     longest axis. The session holds the whole volume, so a slab only limits the propagation
-    (``crops_slab=False``)."""
+    (``crops_slab=False``). ``available_bytes``: None measures the device's room now."""
     from .memory_estimate import plan_for_volume
 
     if axis is None:
@@ -279,7 +280,15 @@ def _panel_plan(
     if centre is None:
         centre = shape_kji[2 - axis] // 2
     return plan_for_volume(
-        model, tuple(shape_kji), axis, objects, centre, device, volume_bytes=volume_bytes, crops_slab=False
+        model,
+        tuple(shape_kji),
+        axis,
+        objects,
+        centre,
+        device,
+        volume_bytes=volume_bytes,
+        available_bytes=available_bytes,
+        crops_slab=False,
     )
 
 
@@ -578,7 +587,8 @@ class SlicerSegmentationLogic:
         Those are the slices of the runs the session's own plan gives that slice
         (:meth:`~medsegany.session.SegmentationSession.runs_of_prompt`): e.g. a fresh prompt between two
         prompts of a 2D model reaches the midpoints, a correction on a propagated slice (or any prompt of a
-        SAM 2 model) reaches the next prompt, the volume's end beyond the outermost prompt.
+        SAM 2 model) reaches the next prompt, the volume's end beyond the outermost prompt; a SAM 2 run
+        that had stopped short of a fresh prompt carries on to it, from its own prompted slice.
         """
         object_id = self._object_id(create=False) if self.session is not None else None
         if object_id is None:
@@ -587,7 +597,8 @@ class SlicerSegmentationLogic:
         s = prompts.slice_index
         if obj.axis != prompts.axis or not any(k != s for k in obj.prompted_slices()):
             return None
-        ends = [s] + [run.last for run in self.session.runs_of_prompt(object_id, s)]
+        # a run that carries on to the new prompt starts at its own (prompted) slice: the range holds it
+        ends = [s] + [end for run in self.session.runs_of_prompt(object_id, s) for end in (run.key, run.last)]
         return min(ends), max(ends)
 
     # -- actions -------------------------------------------------------------------------------------
@@ -656,6 +667,8 @@ class SlicerSegmentationLogic:
         plan allows when the propagation along the prompt's axis does not fit whole (SAM 2's memory of
         every tracked slice grows with the range). The session holds the whole volume, so the plan
         counts its windowed copy and masks whole (``crops_slab=False``). Sets :attr:`memory_note`."""
+        from .memory_estimate import room_of_a_running_session
+
         obj = session.objects[object_id]
         centre = prompts.slice_index if prompts is not None else obj.prompted_slices()[0]
         voxels_kji = session.volume.voxels_kji
@@ -667,6 +680,7 @@ class SlicerSegmentationLogic:
             obj.axis,
             centre,
             len(session.objects),
+            room_of_a_running_session(session.device),
         )
         if not estimate.plan.fits:  # nothing to cut to; a run that runs out of memory is caught
             return slice_range
@@ -676,7 +690,7 @@ class SlicerSegmentationLogic:
         # session tightens to it; a plan that caches every slice of its axis sets no cache limit
         gave_way = plan.cached_frames < estimate.num_frames
         cached = plan.session_options["max_cached_frames"] if gave_way else None
-        session.limit_memory(cached, plan.offload_features, plan.batch_size)
+        session.limit_memory(cached, plan.offload_features, plan.batch_size, axis=obj.axis)
         slab = plan.slab
         if slab is None:
             return slice_range

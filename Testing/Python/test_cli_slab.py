@@ -149,6 +149,8 @@ def test_prompts_in_two_views_where_only_a_slab_fits_are_refused_before_the_run(
     code, _, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--window", "0,255", "-o", out)
     assert_one_line_error(code, err, "only a slab of slices fits, and the prompts lie in several views")
     assert "segment each view in its own run" in err and not out.exists() and not sessions
+    code, stdout, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--estimate")
+    assert "needs about" in stdout and "several views" in err and code == 1  # told, then refused
 
     monkeypatch.undo()  # with room for the whole volume, both objects are segmented
     code, _, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--window", "0,255", "-o", out)

@@ -118,6 +118,17 @@ def test_what_does_not_fit_names_the_ways_out_of_its_device():
     assert on_gpu.endswith("use a smaller model, or the CPU.")
 
 
+def test_a_running_sessions_room_on_cuda_counts_what_the_process_holds_there(monkeypatch):
+    """The estimate counts the weights, features and memory banks a running session holds on the GPU;
+    they are not free, so the room of its next action adds them back (else counted twice)."""
+    import medsegany.memory_estimate as memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "available_memory_bytes", lambda device="cpu": GIB)
+    monkeypatch.setattr(memory_estimate, "cuda_allocated_bytes", lambda device: 2 * GIB)
+    assert memory_estimate.room_of_a_running_session("cuda:0") == 3 * GIB
+    assert memory_estimate.room_of_a_running_session("cpu") is None  # host memory's room adds it already
+
+
 def test_unknown_model_name_is_a_model_error():
     from medsegany.errors import ModelError
 

@@ -131,3 +131,12 @@ def test_making_room_that_runs_out_too_still_ends_in_the_one_line_error():
     with pytest.raises(ModelError, match="ran out of cuda memory") as failure, failing:
         raise torch.OutOfMemoryError("CUDA out of memory")
     assert "run it again" not in str(failure.value) and "slice range" in str(failure.value)
+
+
+def test_a_caller_whose_session_ends_gets_only_the_ways_out():
+    from medsegany.out_of_memory import RanOutOfMemoryError
+
+    error = RanOutOfMemoryError("cuda:0 memory", "segment a slice range", "the session now keeps features")
+    assert "kept; undo removes it" in str(error) and "run it again: the session now keeps" in str(error)
+    ended = error.with_outcome("nothing was written")
+    assert str(ended) == "the model ran out of cuda:0 memory (nothing was written). segment a slice range."

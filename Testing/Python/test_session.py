@@ -233,6 +233,23 @@ def test_image_features_of_all_axes_stay_within_the_budget_the_other_axes_giving
     np.testing.assert_array_equal(session.mask_kji(sagittal), reference.mask_kji(reference_id))
 
 
+def test_the_runs_of_a_new_prompt_include_a_stopped_sam2_run_that_now_carries_on_to_it():
+    """What the Slicer panel re-propagates for a new prompt (``runs_of_prompt``) is what ``propagate()``
+    will run: for a SAM 2 model also the run that stopped short of it, which now goes on up to it."""
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object()
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    run(session)
+    origins = session.objects[object_id].origins
+    assert max(k for k, origin in origins.items() if origin == (14, 1)) < 24  # it stopped before 25
+
+    assert {(r.key, r.step) for r in session.runs_of_prompt(object_id, 25)} == {(25, 1), (25, -1)}
+    session.is_sam2 = True  # the run plan and bookkeeping of a SAM 2 model (no model call follows)
+    runs = session.runs_of_prompt(object_id, 25)
+    assert {(r.key, r.step, r.last) for r in runs} == {(14, 1, 24), (25, 1, 29)}
+
+
 def test_a_running_session_tightens_its_memory_and_never_loosens_it():
     volume = phantom()
     session = SegmentationSession(volume, BatchRecordingModel(), intensity=(0.0, 255.0), max_cached_frames=20)
@@ -240,8 +257,9 @@ def test_a_running_session_tightens_its_memory_and_never_loosens_it():
     session.add_prompts(object_id, box_on_k(volume, 14))
     run(session)
     assert len(session.embeddings(2)) > 6 and session.embeddings(2).batch_size == 4
-    session.limit_memory(max_cached_frames=6, offload_features=True, encoder_batch=1)
-    assert session.cached_frames() == 6 and session.offload_features
+    session.embeddings(0).get(20)  # a sagittal slice, the one the next action starts from
+    session.limit_memory(max_cached_frames=6, offload_features=True, encoder_batch=1, axis=0)
+    assert session.cached_frames() == 6 and session.offload_features and 20 in session.embeddings(0)
     assert session.embeddings(2).batch_size == 1 and session.embeddings(2).offload
     session.limit_memory(max_cached_frames=50, encoder_batch=4)  # looser: nothing changes
     assert (session.max_cached_frames, session.encoder_batch, session.offload_features) == (6, 1, True)

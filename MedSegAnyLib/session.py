@@ -104,6 +104,9 @@ class SegmentObject:
     # mean decoder logit inside each decoded slice's mask: the 2D stop rule scales by the prompted slice's
     confidences: dict[int, float] = field(default_factory=dict)
     last_run: tuple[str, tuple[int, int]] | None = None  # (direction, range) of the last complete propagation
+    # (key, step) of the runs that ran to their end since their prompt last changed: a run not among them
+    # (its direction never asked for, or cut by a range) runs with the next propagation that plans it
+    ran: set[tuple[int, int]] = field(default_factory=set)
 
     def prompted_slices(self) -> list[int]:
         return sorted(set(self.prompts) | set(self.mask_prompts))
@@ -375,6 +378,7 @@ class SegmentationSession:
             obj.mask_prompts[slice_index] = mask_frame.copy()
             obj.roles[slice_index] = role
             obj.dirty.add(slice_index)
+            obj.ran -= {(slice_index, 1), (slice_index, -1)}
             self._mark_synced(obj)
             results = self._set_slice(tx, obj, slice_index, mask, logits, "prompt", None, score)
         finally:
@@ -396,6 +400,7 @@ class SegmentationSession:
         obj.mask_prompts.pop(index, None)
         obj.roles[index] = role
         obj.dirty.add(index)
+        obj.ran -= {(index, 1), (index, -1)}
         self._mark_synced(obj)
         return self._set_slice(tx, obj, index, logits > 0, logits, "prompt", None, score)
 
@@ -663,14 +668,18 @@ class SegmentationSession:
         planned = self._plan(obj, direction)
         runs, cut_keys = clip_runs(planned, low, high)
         selected = only_keys if only_keys is not None else (obj.dirty & set(keys)) or None
-        # runs of unchanged prompts whose extent grew since they ran (SAM 2) are re-run with the changed ones
+        # runs of unchanged prompts whose extent grew since they ran (SAM 2), and those that never ran to
+        # their end (a direction not asked for before, a range that cut them), run with the changed ones
         stale = self._stale_runs(obj, runs) if only_keys is None else set()
+        if only_keys is None:
+            stale |= {(run.key, run.step) for run in runs if (run.key, run.step) not in obj.ran}
         if selected is None and obj.last_run == (direction, (low, high)):
             if not stale:
                 return  # nothing changed since the same propagation ran to its end: it would give the same
             selected = set()
         if selected is not None:
             runs = [run for run in runs if run.key in selected or (run.key, run.step) in stale]
+        whole_runs = {(run.key, run.step, run.last) for run in planned}
         if self.is_sam2:
             yield from self._sam2_runs(tx, obj, runs, count)
         else:
@@ -685,6 +694,7 @@ class SegmentationSession:
                         generators.remove(generator)
                     else:
                         yield result
+        obj.ran |= {(run.key, run.step) for run in runs if (run.key, run.step, run.last) in whole_runs}
         # keys whose runs the range cut, or that lie outside it, still have work: they stay "changed"
         done = (set(keys) if selected is None else selected) - cut_keys
         obj.dirty -= {key for key in done if low <= key <= high}
@@ -931,6 +941,7 @@ class SegmentationSession:
             dict(obj.roles),
             frozenset(obj.dirty),
             dict(obj.stop_reasons),
+            frozenset(obj.ran),
         )
 
     @property
@@ -989,10 +1000,11 @@ class SegmentationSession:
                 .astype(bool)
                 for k, (shape, bits) in record.mask_prompts.items()
             }
-            obj.roles, obj.dirty, obj.stop_reasons = (
+            obj.roles, obj.dirty, obj.stop_reasons, obj.ran = (
                 dict(record.roles),
                 set(record.dirty),
                 dict(record.stop_reasons),
+                set(record.ran),
             )
         results = []
         for (object_id, axis, index), states in entry.slices.items():

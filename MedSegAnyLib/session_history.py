@@ -59,6 +59,7 @@ class ObjectRecord:
     roles: dict
     dirty: frozenset
     stop_reasons: dict
+    ran: frozenset = frozenset()  # (key, step) of the runs that ran to their end
 
 
 @dataclass

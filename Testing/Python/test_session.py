@@ -250,6 +250,28 @@ def test_the_runs_of_a_new_prompt_include_a_stopped_sam2_run_that_now_carries_on
     assert {(r.key, r.step, r.last) for r in runs} == {(14, 1, 24), (25, 1, 29)}
 
 
+def test_a_direction_never_asked_for_runs_with_the_next_propagation_that_plans_it():
+    """Propagated up only, then corrected, then propagated both ways: the first prompt's run down, which
+    never ran, runs too (only the correction's run did, and the slices below the prompt stayed empty)."""
+
+    def segment(first_direction: str):
+        volume = phantom()
+        session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+        object_id = session.add_object()
+        session.add_prompts(object_id, box_on_k(volume, 14))
+        run(session, direction=first_direction)
+        session.add_prompts(object_id, box_on_k(volume, 17))  # a correction on a propagated slice
+        run(session)
+        assert run(session) == []  # and then nothing is left to do
+        session.undo()  # the last propagation: its runs are to do again, and give the same masks
+        assert 18 in {r.slice_index for r in session.propagate()}
+        return session.mask_kji(object_id).copy()
+
+    both = segment("both")
+    assert both[8:14].any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(segment("forward"), both)
+
+
 def test_a_running_session_tightens_its_memory_and_never_loosens_it():
     volume = phantom()
     session = SegmentationSession(volume, BatchRecordingModel(), intensity=(0.0, 255.0), max_cached_frames=20)

@@ -7,6 +7,7 @@ Ctrl-C exits 130 without writing anything (existing outputs are left as they wer
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -221,14 +222,25 @@ def _single_object_prompts(args: argparse.Namespace, volume):
 
 
 def output_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
-    """(outputs, previews) a ``segment`` command writes."""
-    return [Path(path) for path in args.output or []], [Path(args.preview)] if args.preview else []
+    """(outputs, previews) a ``segment`` command writes (``~`` expanded, as the writers do)."""
+    outputs = [Path(path).expanduser() for path in args.output or []]
+    return outputs, [Path(args.preview).expanduser()] if args.preview else []
 
 
-def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+def _check_outputs(outputs: list[Path], previews: list[Path], overwrite: bool) -> None:
+    """Every name refused before any work that the writers would refuse after it (then the outputs
+    written before the bad one stayed, and a rerun with the name mended met "already exists")."""
     from .errors import OutputError
+    from .exporters import output_suffix
 
-    for path in paths:
+    for path in outputs:
+        output_suffix(path)
+    for path in previews:
+        if path.suffix.lower() != ".png":
+            raise OutputError(f"preview {path.name!r} is not a .png file", "name the preview something.png")
+    for path in outputs + previews:
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder", "give a file name inside it")
         if path.exists() and not overwrite:
             raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
         if not path.parent.exists():
@@ -279,7 +291,7 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
             from .errors import OutputError
 
             raise OutputError("no output file was given", "add -o OUT.nii.gz (or .seg.nrrd, .nrrd, .mha)")
-        _check_outputs(outputs + previews, args.overwrite)
+        _check_outputs(outputs, previews, args.overwrite)
     # an estimate needs sizes, not voxels: the header alone (a 512 x 512 x 1000 CT: 2 s less a volume)
     volume = (read_volume_header if args.estimate else read_volume)(args.image, frame=args.frame)
     if volume.metadata.get("dicom_series_count", 1) > 1:
@@ -471,9 +483,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# a value that starts with a minus sign: "-160,240", "-12.5,30,4e1" (argparse would take it for an option)
+NEGATIVE_VALUE = re.compile(r"-\d[\d.,eE+-]*|-\.\d[\d.,eE+-]*")
+
+
+def joined_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--window -160,240`` as ``--window=-160,240``: argparse reads a word that starts with "-" as an
+    option unless it is one plain negative number, so a window or an RAS coordinate list that starts
+    below zero was refused ("expected one argument")."""
+    words: list[str] = []
+    for word in argv:
+        previous = words[-1] if words else ""
+        if NEGATIVE_VALUE.fullmatch(word) and previous.startswith("--") and "=" not in previous:
+            words[-1] = f"{previous}={word}"
+        else:
+            words.append(word)
+    return words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except MedSegAnyError as error:

@@ -85,7 +85,7 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLine]:
     """Every job of the file, parsed with the ``segment`` options and the batch's model options."""
-    from .cli import MODEL_OPTIONS, add_segment_parser
+    from .cli import MODEL_OPTIONS, add_segment_parser, joined_negative_values
 
     jobs_path = Path(path)
     if not jobs_path.is_file():
@@ -108,7 +108,7 @@ def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLin
         if not words:
             continue
         try:
-            args = segment_parser.parse_args(words)
+            args = segment_parser.parse_args(joined_negative_values(words))
         except PromptError as error:
             raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
         for option in MODEL_OPTIONS:
@@ -169,6 +169,9 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             except MedSegAnyError as error:
                 _job_failed(job, error, failed, stderr)
                 continue
+            except MemoryError:  # a volume too large to read: the next may fit
+                _job_failed(job, OUT_OF_MEMORY_MESSAGE, failed, stderr)
+                continue
             if model is None:
                 # once, after the first job's inputs were read; a model that cannot load fails the whole
                 # batch here (every job needs it), with the error of `segment`
@@ -184,6 +187,9 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
                 _job_failed(job, error, failed, stderr)
             except MemoryError:
                 _job_failed(job, OUT_OF_MEMORY_MESSAGE, failed, stderr)
+            except Exception as error:  # a MedSegAny bug: this job fails, the others still run
+                problem = f"unexpected {type(error).__name__} ({error}): a MedSegAny bug"
+                _job_failed(job, f"{problem}. Please report it with this line", failed, stderr)
         except KeyboardInterrupt:
             print(
                 f"medsegany: cancelled at line {job.number}: the {done} job(s) done before it keep their "

@@ -105,12 +105,11 @@ def _draw_prompts(draw, scale_xy, box_frame_xyxy, points_frame_xy, point_labels)
     scale_x, scale_y = scale_xy
     if box_frame_xyxy is not None:
         x0, y0, x1, y1 = (float(v) for v in np.asarray(box_frame_xyxy).ravel())
-        # Box corners are inclusive pixel indices: the outline encloses whole pixels x0..x1, y0..y1.
-        draw.rectangle(
-            [x0 * scale_x, y0 * scale_y, (x1 + 1) * scale_x - 1, (y1 + 1) * scale_y - 1],
-            outline=BOX_RGB,
-            width=2,
-        )
+        # Box corners are inclusive pixel indices: the outline encloses whole pixels x0..x1, y0..y1 (at
+        # least one tile pixel wide: shrunk, a box one voxel wide would end left of where it starts)
+        left, top = x0 * scale_x, y0 * scale_y
+        right, bottom = max(left, (x1 + 1) * scale_x - 1), max(top, (y1 + 1) * scale_y - 1)
+        draw.rectangle([left, top, right, bottom], outline=BOX_RGB, width=2)
     if points_frame_xy is not None:
         points = np.asarray(points_frame_xy, dtype=float).reshape(-1, 2)
         labels = np.ones(len(points), dtype=int) if point_labels is None else np.asarray(point_labels).ravel()

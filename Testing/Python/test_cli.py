@@ -207,3 +207,36 @@ def test_the_plans_choice_of_host_memory_for_features_reaches_the_session(
     notes = [line for line in err.splitlines() if "note:" in line]
     assert made[0]["offload_features"] is True and "features kept in host memory" in notes[0]
     assert out.is_file()
+
+
+def test_values_that_start_with_a_minus_sign_follow_their_option(phantom, tmp_path, capsys):
+    """``--window -160,240`` (the example the window's own error gives) was refused by argparse as an
+    unknown option; a negative RAS coordinate first in a list too."""
+    from medsegany.cli import joined_negative_values
+
+    assert joined_negative_values(["--window", "-160,240", "--box-ras", "-1.5,-2,3,4,5,6", "-q"]) == [
+        "--window=-160,240",
+        "--box-ras=-1.5,-2,3,4,5,6",
+        "-q",
+    ]
+    out = tmp_path / "window.nii.gz"
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window", "-100,255",
+                           "-o", out, "-q")  # fmt: skip
+    assert code == 0, err
+    assert read_labels(out).any()
+
+
+def test_output_names_the_writers_refuse_are_refused_before_any_work(phantom, tmp_path, capsys):
+    """Before, ``-o a.nii.gz -o b.txt`` wrote a.nii.gz, then failed on b.txt; a rerun with the name
+    mended then met "a.nii.gz already exists"."""
+    first, bad = tmp_path / "a.nii.gz", tmp_path / "b.txt"
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", first, "-o", bad)
+    assert_one_line_error(code, err, "cannot tell the format of output 'b.txt'")
+    assert not first.exists()
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", first,
+                           "--preview", tmp_path / "p.jpg")  # fmt: skip
+    assert_one_line_error(code, err, "preview 'p.jpg' is not a .png file")
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", tmp_path,
+                           "--overwrite")  # fmt: skip
+    assert_one_line_error(code, err, "cannot tell the format|is a folder")
+    assert not first.exists()

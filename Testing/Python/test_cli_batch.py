@@ -183,3 +183,27 @@ def test_a_batch_estimate_sizes_a_model_not_downloaded_from_its_card(tmp_path, c
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "sam2.1_hiera_tiny on 5 slices" in out and "not downloaded" in out and loads == []
+
+
+def test_an_unexpected_error_in_one_job_fails_that_job_only(tmp_path, capsys, monkeypatch):
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    real_segment_job = cli.segment_job
+
+    def fails_on_b(job, *args, **kwargs):
+        if job.outputs[0].name == "b.nii.gz":
+            raise ValueError("x1 must be greater than or equal to x0")  # as Pillow raised in a preview
+        return real_segment_job(job, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "segment_job", fails_on_b)
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    good = write_phantom(tmp_path / "good.nii.gz")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(f"{good} --box-ijk {BOX} --window -50,255 -o {tmp_path / name} -q\n"
+                            for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz")))  # fmt: skip
+    code, _, err = run_cli(capsys, "batch", jobs)
+    assert code == 1 and "Traceback" not in err
+    assert "line 2: unexpected ValueError (x1 must be greater than or equal to x0): a MedSegAny bug" in err
+    assert "batch: 2 done, 1 failed, 0 skipped" in err
+    assert (tmp_path / "a.nii.gz").is_file() and (tmp_path / "c.nii.gz").is_file()

@@ -227,3 +227,22 @@ def test_the_png_is_compressed_at_the_fast_level(tmp_path, scene):
     data = path.read_bytes()
     idat = data.index(b"IDAT") + 4
     assert PNG_COMPRESS_LEVEL == 1 and data[idat] == 0x78 and data[idat + 1] >> 6 == 0
+
+
+def test_a_box_one_voxel_wide_on_a_shrunk_tile_is_drawn(tmp_path):
+    """A 1024-column slice shrinks to a 320-pixel tile: the outline of a box one voxel wide ended left of
+    where it began, and Pillow raised (after the labelmap was written)."""
+    image_kji = np.full((3, 1024, 1024), GREY, dtype=np.uint8)
+    labelmap_kji = np.zeros(image_kji.shape, dtype=np.uint8)
+    labelmap_kji[1, 500:520, 600] = 1
+    path = write_preview_png(
+        image_kji,
+        labelmap_kji,
+        axis=2,
+        prompt_slice=1,
+        path=tmp_path / "p.png",
+        box_frame_xyxy=[600, 500, 600, 519],
+    )
+    png = np.asarray(Image.open(path).convert("RGB"))
+    column = int(600 * TILE_LONG_SIDE_PX / 1024)
+    assert (png[:, column - 1 : column + 3] == BOX_RGB).all(axis=-1).any()  # the outline is there

@@ -137,9 +137,19 @@ def flatten_roi_to_slice(roi_node, volume_node, axis: int) -> int:
 
 
 def read_provenance(segmentation_node, segment_id: str) -> dict[str, Any] | None:
-    """The provenance JSON a MedSegAny action stored on a segment, or None."""
+    """The provenance JSON a MedSegAny action stored on a segment, or None (also for a tag that is no
+    longer JSON: a file saved by an older version cut it at a "|")."""
     text = _get_tag(segment_or_error(segmentation_node, segment_id), PROVENANCE_TAG)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def provenance_json(record: dict[str, Any]) -> str:
+    """``record`` as JSON with no "|": Slicer separates a segment's tags with "|" in a saved .seg.nrrd and
+    does not escape it, so a volume named "CT|1" cut the tag there (JSON reads ``\\u007c`` back as "|")."""
+    return json.dumps(record).replace("|", "\\u007c")
 
 
 def _get_tag(segment, name: str) -> str | None:
@@ -254,6 +264,8 @@ class AIAction:
 class _SessionKey:
     volume_node_id: str
     volume_mtime: int
+    # where the voxels are in the world: editing a parent transform's matrix changes no MTime it observes
+    ijk_to_world_ras: tuple[float, ...]
     model_id: str
     device: str | None
     intensity: Any
@@ -940,7 +952,7 @@ class SlicerSegmentationLogic:
             }
         )
         record["actions"] = actions[-50:]  # keep the tag small in long sessions
-        return json.dumps(record)
+        return provenance_json(record)
 
     def _current_key(self) -> _SessionKey:
         image = self.volume_node.GetImageData()
@@ -951,7 +963,8 @@ class SlicerSegmentationLogic:
             transform.GetMTime() if transform is not None else 0,
         )
         intensity = copy.copy(self.intensity)
-        return _SessionKey(self.volume_node.GetID(), mtime, self.model_id, self.device, intensity)
+        placed = tuple(np.round(world_ijk_to_ras(self.volume_node), 9).ravel().tolist())
+        return _SessionKey(self.volume_node.GetID(), mtime, placed, self.model_id, self.device, intensity)
 
     def _require_target(self) -> None:
         if self.volume_node is None or self.segmentation_node is None or self.segment_id is None:

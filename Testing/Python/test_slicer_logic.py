@@ -588,6 +588,41 @@ def test_an_actions_plan_that_needs_less_memory_than_the_sessions_is_carried_out
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
 
 
+def test_a_box_after_the_volumes_transform_was_edited_lands_on_the_slice_drawn(scene):
+    """Editing a parent transform's matrix changes none of the modification times the panel watched:
+    it went on with the volume placed where it was, and the box drawn on K = 8 was written on K = 5."""
+    from medsegany.slicer_logic import set_roi_box_ijk
+
+    volume_node = add_volume_node(scene, phantom_kji())  # under a parent transform
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    parent = volume_node.GetParentTransformNode()
+    segmentation.SetAndObserveTransformNodeID(parent.GetID())
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    first = add_roi_on_slice(scene, [0, 0, 0], [1, 1, 0], np.eye(4), name="first")
+    set_roi_box_ijk(first, volume_node, (3, 3, 6, 20, 16, 6))
+    logic.segment(roi_node=first, propagate=False)
+    logic.accept([first])
+
+    moved = vtk_matrix(affine(rotation("z", 5), [4.0, 2.0, -6.0]))
+    parent.SetMatrixTransformToParent(moved)  # the user moves the study in the Transforms module
+    second = add_roi_on_slice(scene, [0, 0, 0], [1, 1, 0], np.eye(4), name="second")
+    set_roi_box_ijk(second, volume_node, (3, 3, 8, 20, 16, 8))  # on K = 8 as the volume is now placed
+    assert logic.prompts_from_nodes(roi_node=second).box_ijk[2::3] == (8, 8)
+    logic.segment(roi_node=second, propagate=False)
+    slices = np.flatnonzero(_mask(segmentation, target, volume_node).any(axis=(1, 2)))
+    assert slices.tolist() == [6, 8]
+
+
+def test_provenance_keeps_no_bar_that_a_saved_segmentation_would_cut_it_at():
+    import json
+
+    from medsegany.slicer_logic import provenance_json
+
+    text = provenance_json({"volume": "CT|1", "actions": [{"prompt": "a|b"}]})
+    assert "|" not in text and json.loads(text) == {"volume": "CT|1", "actions": [{"prompt": "a|b"}]}
+
+
 def test_the_panel_may_load_ahead_only_what_asks_the_user_nothing(tmp_path, monkeypatch):
     from medsegany import slicer_install
     from medsegany.models.catalog import get_card

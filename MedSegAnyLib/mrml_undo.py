@@ -89,8 +89,11 @@ def snapshot_segment(
     )
 
 
-def restore_segment(segmentation_node, snapshot: SegmentSnapshot) -> None:
-    """Give every segment in ``snapshot`` back exactly the voxels it had when the snapshot was taken."""
+def restore_segment(segmentation_node, snapshot: SegmentSnapshot, skip_deleted: bool = False) -> None:
+    """Give every segment in ``snapshot`` back exactly the voxels it had when the snapshot was taken.
+
+    A segment deleted since is an OutputError, or left out with ``skip_deleted`` (a failed action's own
+    writes taken back: the user deleted its target meanwhile)."""
     if (
         snapshot.segmentation_node_id is not None
         and segmentation_node.GetID() != snapshot.segmentation_node_id
@@ -102,6 +105,9 @@ def restore_segment(segmentation_node, snapshot: SegmentSnapshot) -> None:
         )
     existing = set(segment_ids(segmentation_node))
     missing = [sid for sid in snapshot.segment_ids if sid not in existing]
+    if missing and skip_deleted:
+        kept = tuple(saved for saved in snapshot.segments if saved.segment_id in existing)
+        snapshot, missing = SegmentSnapshot(snapshot.segmentation_node_id, kept), []
     if missing:
         raise OutputError(
             f"segment(s) {', '.join(missing)} were deleted after the action",

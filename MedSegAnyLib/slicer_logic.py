@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -742,7 +743,8 @@ class SlicerSegmentationLogic:
         if self.running is action:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
-            restore_segment(self.segmentation_node, action.step.before)  # surfaces rebuilt there
+            # (surfaces rebuilt there); a segment the user deleted meanwhile stays deleted
+            restore_segment(self.segmentation_node, action.step.before, skip_deleted=True)
             action.writer.surface.discard()
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)
@@ -1008,21 +1010,32 @@ class RunningAction:
             except BaseException as error:  # a write failed: stop the worker, undo this action
                 self.handle.cancel()
                 self.handle.wait(timeout_s=30)
-                self.logic.abort_action(self.action)
-                self.error, self.finished = error, True
-                return True
+                return self._end(functools.partial(self.logic.abort_action, self.action), error)
         for event in events:
             if event.kind == "error":
-                self.logic.abort_action(self.action)
-                self.error, self.finished = event.payload, True
-                return True
+                return self._end(functools.partial(self.logic.abort_action, self.action), event.payload)
             if event.kind in ("done", "cancelled"):
-                self.step = self.logic.finish_action(self.action, cancelled=event.kind == "cancelled")
-                self.finished = True
-                return True
+                finish = functools.partial(
+                    self.logic.finish_action, self.action, cancelled=event.kind == "cancelled"
+                )
+                return self._end(finish, None)
         if items:  # the 3D view: the surface rebuilt every few seconds, drawn before the next slices
             self.action.writer.refresh_surface()
         return False
+
+    def _end(self, close: Callable[[], Any], error: BaseException | None) -> bool:
+        """Close the action (``close``: finish or abort it) and mark it finished whatever happens: one that
+        raises (the target segment deleted meanwhile) leaves its error, and the panel is not left
+        "running" with a worker that has stopped."""
+        try:
+            step = close()
+        except BaseException as close_error:
+            if self.logic.running is self.action:
+                self.logic.running = None
+            step, error = None, error or close_error
+        self.step = step if error is None else None
+        self.error, self.finished = error, True
+        return True
 
     def wait(self, timeout_s: float = 60.0, poll_interval_s: float = 0.01) -> UndoStep | None:
         """Poll until finished (tests and the console); re-raises a worker error."""

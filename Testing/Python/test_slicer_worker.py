@@ -191,6 +191,35 @@ def test_a_model_error_in_the_worker_rolls_back_the_action(scene, worker):
     assert not logic.can_undo and logic.running is None
 
 
+@pytest.mark.parametrize("deleted", ["during the run", "after its last slice"])
+def test_a_target_deleted_by_the_user_ends_the_action_with_its_error(scene, worker, deleted):
+    """The target segment deleted meanwhile: the action ends (before, taking back its writes raised, the
+    action never finished, and the panel stayed "running"); the other segment keeps its voxels."""
+    from medsegany.mrml_adapter import segment_mask_kji
+    from slicer_scene_testing import fill_segment
+
+    logic, model, volume_node, segmentation, target, roi = _setup(scene)
+    other = segmentation.GetSegmentation().GetSegmentIdBySegmentName("other")
+    other_kji = np.zeros(segment_mask_kji(segmentation, target, volume_node).shape, dtype=bool)
+    other_kji[0:2, 0:3, 0:4] = True
+    fill_segment(segmentation, other, other_kji)
+    if deleted == "during the run":
+        model.gate, model.gate_after = threading.Event(), 2
+    running = logic.start(worker, logic.plan_prompt_action(roi))
+    if deleted == "during the run":
+        assert model.reached_gate.wait(30)
+        running.poll()
+        segmentation.GetSegmentation().RemoveSegment(target)
+        model.gate.set()
+    else:  # every slice and the end have arrived, none applied yet
+        assert running.handle._finished.wait(30)
+        segmentation.GetSegmentation().RemoveSegment(target)
+    with pytest.raises(MedSegAnyError, match=r"deleted|no segment|does not exist"):
+        running.wait(timeout_s=30)
+    assert running.finished and logic.running is None
+    np.testing.assert_array_equal(segment_mask_kji(segmentation, other, volume_node), other_kji)
+
+
 def test_a_worker_made_after_a_model_was_loaded_flushes_denormals_in_its_openmp_threads(tuned_process):
     """A module reload makes a new worker thread: the process's tuning is done, and the new thread would
     run the model with IEEE denormals (slow on x86) while the tuning says they are flushed."""

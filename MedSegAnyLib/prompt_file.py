@@ -55,7 +55,12 @@ class ObjectPrompts:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def _entries(obj: dict, field: str, where: str) -> list:
@@ -188,7 +193,9 @@ def load_prompt_file(path: str | Path, volume: Volume) -> list[ObjectPrompts]:
         raise PromptError(f"prompt file {path} cannot be read ({error})", "give a UTF-8 JSON file") from None
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # JSONDecodeError, or an integer of over 4300 digits
+        if not isinstance(error, json.JSONDecodeError):
+            raise PromptError(f"prompt file {path} is not valid JSON ({error})", "fix the number") from None
         raise PromptError(
             f"prompt file {path} is not valid JSON "
             f"({error.msg} at line {error.lineno}, column {error.colno})",

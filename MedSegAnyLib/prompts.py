@@ -254,7 +254,7 @@ def _point_axis(points: Sequence[Point3], axis: int | None) -> int:
     raise PromptError(
         "points alone do not say which slice axis they are on "
         f"(could be {'/'.join(AXIS_NAMES[a] for a in shared)})",
-        "give the slice axis (0=I, 1=J, 2=K), e.g. --axis 2, or add a box",
+        "give the slice axis (I, J or K; --axis K on the command line, axis=2 in Python), or add a box",
     )
 
 

@@ -123,6 +123,8 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
         image = sitk.Extract(image, extract, [0, 0, 0, frame])
         metadata["frame"] = frame
     voxels_kji = _voxels_of(image)
+    if np.iscomplexobj(voxels_kji):  # the header's check counts its 2 components: the same answer
+        _refuse_components(path, 2)
     ijk_to_ras = ijk_to_ras_matrix(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     return Volume(voxels_kji, ijk_to_ras, name=_volume_name(path), metadata=metadata)
 
@@ -184,10 +186,7 @@ def _checked_size(
     """The (I, J, K) size of the 3D volume to segment, or a VolumeError naming what the file is instead
     (colour, 2D, a single slice, 4D without a valid ``frame``)."""
     if components > 1:
-        raise VolumeError(
-            f"{path} has {components} components per voxel (colour/vector image)",
-            "give a scalar (grey-level) volume",
-        )
+        _refuse_components(path, components)
     if dimension == 4:
         frames = size[3]
         if frame is None:
@@ -231,6 +230,13 @@ class _ImageVoxels:
     def __init__(self, image) -> None:
         self.image = image
         self.__array_interface__ = dict(_sitk().GetArrayViewFromImage(image).__array_interface__)
+
+
+def _refuse_components(path: Path, components: int) -> None:
+    raise VolumeError(
+        f"{path} has {components} components per voxel (colour, vector or complex image)",
+        "give a scalar (grey-level) volume (of a complex image: its magnitude)",
+    )
 
 
 def _voxels_of(image) -> np.ndarray:

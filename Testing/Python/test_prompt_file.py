@@ -271,3 +271,11 @@ def test_describe_lists_each_objects_slices(tmp_path, volume):
     }
     text = describe(load_prompt_file(write(tmp_path, document), volume))
     assert text.splitlines() == ["liver: K=2 2 pts, K=5 box 1 pts", "spleen: K=4 1 pts"]
+
+
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_error_an_integer_of_hundreds_of_digits(tmp_path, volume, digits):
+    """Beyond a float (400 digits) or Python's own limit for reading one (4300): a traceback before."""
+    point = "[1, " + "9" * digits + ", 3, 1]"
+    error = load_error(tmp_path, volume, '{"objects": [{"name": "a", "points_ijk": [' + point + "]}]}")
+    assert "not valid JSON" in error.problem or "object 'a' points_ijk[0]" in error.problem

@@ -277,3 +277,10 @@ def test_a_4d_header_gives_the_frames_geometry(nifti_4d):
     np.testing.assert_array_equal(header.ijk_to_ras, read.ijk_to_ras)
     assert header.voxels_kji.shape == read.voxels_kji.shape == (4, 5, 6)
     assert header.metadata["frame"] == read.metadata["frame"] == 1
+
+
+def test_a_complex_image_is_refused_as_its_header_is(tmp_path):
+    """Before, the voxels' imaginary part was dropped with a ComplexWarning, where ``--estimate`` (the
+    header alone) refused the file."""
+    voxels = (np.arange(4 * 5 * 6).reshape(4, 5, 6) + 1j).astype(np.complex64)
+    assert_volume_error(write_image(tmp_path / "complex.nii.gz", voxels), "2 components", "magnitude")

@@ -457,11 +457,15 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPromptPlaced(self, caller=None, event=None):
         """A box or point was placed: segment that slice now (and propagate if the box is checked)."""
-        from MedSegAnyLib.slicer_logic import flatten_roi_to_slice
+        from MedSegAnyLib.slicer_logic import flatten_roi_to_slice, keep_prompts_on_the_new_points_slice
 
         if self.running is not None:
             return
         roi, positive, negative = self.logic.prompt_nodes(slicer.mrmlScene)
+        if caller is not None and caller in (positive, negative):  # a point on a new slice: a new prompt
+            keep_prompts_on_the_new_points_slice(
+                caller, (roi, positive, negative), self.logic.volume_node, self._viewAxis
+            )
         if roi.GetNumberOfControlPoints():
             try:
                 flatten_roi_to_slice(roi, self.logic.volume_node, self._viewAxis)

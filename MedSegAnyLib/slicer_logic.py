@@ -96,6 +96,36 @@ def view_slice_index(slice_node, volume_node, axis: int) -> int:
     return int(np.clip(snap_index(centre_ijk[axis]), 0, count - 1))
 
 
+def keep_prompts_on_the_new_points_slice(placed_node, prompt_nodes, volume_node, axis: int) -> int | None:
+    """A point placed on another slice than the prompt's other markups starts a prompt there, as a new
+    box does: the ROI and the points on other slices are removed (a correction on another slice was
+    refused, its point sent with the old box). ``placed_node``: the point list just clicked in;
+    ``prompt_nodes``: the panel's (ROI, positive, negative). Returns the new point's slice (None: no
+    point)."""
+    from .mrml_markups import points_ijk_from_fiducials, roi_corners_ras
+    from .prompts import snap_index
+
+    volume = volume_from_node(volume_node, copy=False)
+    placed = points_ijk_from_fiducials(volume, placed_node)
+    if not placed:
+        return None
+    slice_index = snap_index(placed[-1][axis])
+    roi, *point_nodes = prompt_nodes
+    if roi is not None and roi.GetNumberOfControlPoints():
+        roi_slice = snap_index(volume.ras_to_ijk_points(roi_corners_ras(roi))[:, axis].mean())
+        if roi_slice != slice_index:
+            roi.RemoveAllControlPoints()
+    for node in point_nodes:
+        if node is None:
+            continue
+        for n in reversed(range(node.GetNumberOfControlPoints())):
+            position_ras = np.zeros(3)
+            node.GetNthControlPointPositionWorld(n, position_ras)
+            if snap_index(volume.ras_to_ijk_points(position_ras[None])[0, axis]) != slice_index:
+                node.RemoveNthControlPoint(n)
+    return slice_index
+
+
 def set_roi_box_ijk(roi_node, volume_node, box_ijk) -> None:
     """Place an ROI exactly on the voxel box ``box_ijk`` (i0, j0, k0, i1, j1, k1) of ``volume_node``.
 

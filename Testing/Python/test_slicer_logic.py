@@ -336,6 +336,47 @@ def test_points_alone_use_the_view_axis_and_accept_clears_prompts(scene, volume_
     assert _mask(segmentation, target, volume_node).any()
 
 
+def test_a_point_on_another_slice_starts_a_prompt_there(scene, volume_node, prompt_nodes):
+    """The panel sends every markup it holds: a point clicked on another slice than the box (a correction
+    there) was refused with "point 0 is on slice K=9, not on the box's slice K=6"."""
+    from medsegany.slicer_logic import keep_prompts_on_the_new_points_slice
+
+    roi, positive, negative = prompt_nodes  # a box on K = 6 and one point of each kind near it
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(roi, positive, negative)
+    world_ras = WORLD_IJK_TO_RAS @ np.array([11.0, 10.0, 9.0, 1.0])  # a click on K = 9
+    to_node = np.linalg.inv(matrix_to_numpy_world(positive))
+    positive.AddControlPoint(*(to_node @ world_ras)[:3])
+    with pytest.raises(PromptError, match="not on the box's slice"):
+        logic.prompts_from_nodes(roi, positive, negative)
+
+    assert keep_prompts_on_the_new_points_slice(positive, prompt_nodes, volume_node, axis=2) == 9
+    assert roi.GetNumberOfControlPoints() == 0 and negative.GetNumberOfControlPoints() == 0
+    assert positive.GetNumberOfControlPoints() == 1
+    logic.segment(None, positive, negative, axis=2)  # the correction on K = 9
+
+    session = SegmentationSession(volume_from_node(volume_node), model=ThresholdModel(), intensity="auto")
+    reference = session.add_object("reference")
+    box_prompts = dict(box_ijk=BOX_IJK, points_ijk=POSITIVE_IJK + NEGATIVE_IJK, point_labels=[1, 0])
+    session.add_prompts(reference, make_slice_prompts(session.volume, **box_prompts))
+    list(session.propagate())
+    point = make_slice_prompts(session.volume, points_ijk=[(11.0, 10.0, 9.0)], point_labels=[1], axis=2)
+    session.add_prompts(reference, point)
+    list(session.propagate())
+    (panel_object,) = logic.session.objects.values()
+    assert panel_object.prompted_slices() == [6, 9]  # the point became a prompt of its own slice
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), session.mask_kji(reference))
+
+
+def matrix_to_numpy_world(node) -> np.ndarray:
+    """The node's parent transforms to world, as a 4 x 4 array."""
+    from medsegany.mrml_vtk import node_to_world
+
+    return node_to_world(node, PromptError, "node")
+
+
 def volume_node_point(_node, point_ijk):
     return tuple((WORLD_IJK_TO_RAS @ np.append(point_ijk, 1.0))[:3])
 

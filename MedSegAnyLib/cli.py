@@ -402,7 +402,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     for path in job.outputs:
         write_labelmap(labelmap_kji, volume, path, segments=segments)
     if job.previews:
-        _write_preview(session, [entry for entry in run.objects if entry.prompts], job.previews[0])
+        _write_preview(session, [entry for entry in run.objects if entry.prompts], job.previews[0], run.slab)
     seconds = time.monotonic() - started
     for obj in session.objects.values():
         voxels = int(obj.mask_kji.sum())
@@ -448,7 +448,9 @@ def _slice_has_voxels(obj, index: int) -> bool:
     return bool(frame_of(obj.mask_kji, obj.axis, index).any())
 
 
-def _write_preview(session, objects, path: Path) -> None:
+def _write_preview(session, objects, path: Path, slab: Any = None) -> None:
+    """The preview of the session's volume; tiles titled with the user's slice indices (``slab``: where
+    the session's volume was cut from)."""
     from .preview import write_preview_png
 
     first = objects[0].prompts[0]
@@ -465,6 +467,7 @@ def _write_preview(session, objects, path: Path) -> None:
         spacing_ijk=session.volume.spacing_ijk,
         ijk_to_ras=session.volume.ijk_to_ras,
         segments=session.segments(),
+        first_slice_index=slab.first if slab is not None and slab.axis == first.axis else 0,
     )
 
 

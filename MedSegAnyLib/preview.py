@@ -161,6 +161,7 @@ def write_preview_png(
     spacing_ijk: Sequence[float] | None = None,
     segments: Sequence[SegmentInfo] | None = None,
     ijk_to_ras: np.ndarray | None = None,
+    first_slice_index: int = 0,
 ) -> Path:
     """Write a PNG grid of tiles along IJK ``axis``: the prompted slice and segmented slices, masks overlaid.
 
@@ -170,7 +171,8 @@ def write_preview_png(
     ``K=7 (prompt)``. Masks use ``segments``' colours, else :func:`default_segment_color` (label - 1).
     With ``spacing_ijk`` (or, without it, ``ijk_to_ras``'s column lengths) tiles show the physical aspect
     ratio; with ``ijk_to_ras`` the right and bottom edges of each tile carry their anatomical letter
-    (R/L, A/P, S/I). Tiles are never flipped: they stay in the frame convention. Returns ``path``;
+    (R/L, A/P, S/I). Tiles are never flipped: they stay in the frame convention. ``first_slice_index``: the
+    user's index of slice 0 along ``axis`` (a slab cut from a volume), for the titles. Returns ``path``;
     raises OutputError for a name not ending in .png or a folder that is missing or not writable. The
     write is atomic.
     """
@@ -211,7 +213,8 @@ def write_preview_png(
             _draw_prompts(draw, scale_xy, box_frame_xyxy, points_frame_xy, point_labels)
         _draw_title(
             draw,
-            f"{AXIS_NAMES[axis]}={index}" + (" (prompt)" if index == prompt_slice else ""),
+            f"{AXIS_NAMES[axis]}={index + first_slice_index}"
+            + (" (prompt)" if index == prompt_slice else ""),
             highlight=index == prompt_slice,
         )
         if letters is not None:

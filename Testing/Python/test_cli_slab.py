@@ -63,16 +63,25 @@ def whole_volume_oracle(phantom, box_ijk, slice_range, intensity="auto", model=N
     return session.labelmap_kji()
 
 
-def test_a_slice_range_hands_the_session_only_its_slices(phantom, tmp_path, capsys, sessions):
+def test_a_slice_range_hands_the_session_only_its_slices(phantom, tmp_path, capsys, sessions, monkeypatch):
+    import medsegany.preview as preview_module
     from medsegany.intensity import resolve_intensity
     from medsegany.volume import read_volume
 
+    titles, real_title = [], preview_module._draw_title
+
+    def recording_title(draw, text, highlight):
+        titles.append(text)
+        real_title(draw, text, highlight)
+
+    monkeypatch.setattr(preview_module, "_draw_title", recording_title)
     out, preview = tmp_path / "range.nii.gz", tmp_path / "range.png"
     code, stdout, err = run_cli(
         capsys, "segment", phantom, "--box-ijk", BOX, "--slice-range", "1,3", "-o", out, "--preview", preview
     )
     assert code == 0, err
     assert preview.is_file()  # drawn from the slab's copy of the prompted slice
+    assert "K=2 (prompt)" in titles and set(titles) <= {"K=1", "K=2 (prompt)", "K=3"}  # the volume's indices
     ((volume, kwargs),) = sessions
     assert volume.voxels_kji.shape == (3, 64, 64)
     # the window is the whole volume's (an automatic one from the slab's voxels alone would differ)

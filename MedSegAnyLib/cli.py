@@ -399,10 +399,16 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     segments = session.segments()
     if structure is not None:
         segments = [replace(info, terminology=terminology_entry_string(structure)) for info in segments]
-    for path in job.outputs:
-        write_labelmap(labelmap_kji, volume, path, segments=segments)
-    if job.previews:
-        _write_preview(session, [entry for entry in run.objects if entry.prompts], job.previews[0], run.slab)
+    written: list[Path] = []
+    try:
+        for path in job.outputs:
+            write_labelmap(labelmap_kji, volume, path, segments=segments)
+            written.append(path)
+        if job.previews:
+            prompted_objects = [entry for entry in run.objects if entry.prompts]
+            _write_preview(session, prompted_objects, job.previews[0], run.slab)
+    except KeyboardInterrupt:
+        raise InterruptedWhileWriting(written) from None
     seconds = time.monotonic() - started
     for obj in session.objects.values():
         voxels = int(obj.mask_kji.sum())
@@ -486,6 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class InterruptedWhileWriting(KeyboardInterrupt):
+    """Ctrl-C between a job's outputs: ``written`` (complete files; each is written atomically) say which
+    are there."""
+
+    def __init__(self, written: list[Path]) -> None:
+        super().__init__()
+        self.written = list(written)
+
+
 # a value that starts with a minus sign: "-160,240", "-12.5,30,4e1" (argparse would take it for an option)
 NEGATIVE_VALUE = re.compile(r"-\d[\d.,eE+-]*|-\.\d[\d.,eE+-]*")
 
@@ -512,8 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedSegAnyError as error:
         print(f"medsegany: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("medsegany: cancelled; no output was written", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        written = getattr(interrupt, "written", [])
+        told = f"only {', '.join(map(str, written))} was written" if written else "no output was written"
+        print(f"medsegany: cancelled; {told}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
         print(f"medsegany: error: {OUT_OF_MEMORY_MESSAGE}", file=sys.stderr)

@@ -240,3 +240,25 @@ def test_output_names_the_writers_refuse_are_refused_before_any_work(phantom, tm
                            "--overwrite")  # fmt: skip
     assert_one_line_error(code, err, "cannot tell the format|is a folder")
     assert not first.exists()
+
+
+def test_ctrl_c_between_two_outputs_names_the_one_written(phantom, tmp_path, capsys, monkeypatch):
+    """Each output is written whole or not at all; Ctrl-C between them said "no output was written"."""
+    import medsegany.cli as cli
+    import medsegany.exporters as exporters
+    from fake_models import ThresholdModel
+
+    real_write = exporters.write_labelmap
+
+    def interrupted_at_the_second(labelmap_kji, volume, path, **kwargs):
+        if str(path).endswith(".seg.nrrd"):
+            raise KeyboardInterrupt
+        return real_write(labelmap_kji, volume, path, **kwargs)
+
+    monkeypatch.setattr(exporters, "write_labelmap", interrupted_at_the_second)
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    first, second = tmp_path / "a.nii.gz", tmp_path / "b.seg.nrrd"
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", first,
+                           "-o", second, "--window", "0,255", "-q")  # fmt: skip
+    assert code == 130 and f"cancelled; only {first} was written" in err
+    assert first.is_file() and not second.exists()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from . import __version__
 from .errors import MedSegAnyError, PromptError
 
@@ -410,8 +412,16 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     except KeyboardInterrupt:
         raise InterruptedWhileWriting(written) from None
     seconds = time.monotonic() - started
-    for obj in session.objects.values():
+    in_labelmap = np.bincount(labelmap_kji.ravel(), minlength=max(session.objects, default=0) + 1)
+    for object_id, obj in session.objects.items():
         voxels = int(obj.mask_kji.sum())
+        hidden = voxels - int(in_labelmap[object_id])
+        if hidden and not args.quiet:  # independent objects overlap: a labelmap holds one value a voxel
+            print(
+                f"medsegany: note: {hidden} of {obj.name}'s {voxels} voxels are under objects listed after "
+                "it in the labelmap (later objects win); list it last, or use --overlap exclusive",
+                file=stderr,
+            )
         present = sorted(index for index, source in obj.slice_sources.items() if source)
         filled = [_volume_index(run, index) for index in present if _slice_has_voxels(obj, index)]
         extent = f"{'IJK'[obj.axis]} {min(filled)}..{max(filled)}" if filled else "none"

@@ -262,3 +262,24 @@ def test_ctrl_c_between_two_outputs_names_the_one_written(phantom, tmp_path, cap
                            "-o", second, "--window", "0,255", "-q")  # fmt: skip
     assert code == 130 and f"cancelled; only {first} was written" in err
     assert first.is_file() and not second.exists()
+
+
+def test_an_object_hidden_by_a_later_one_in_the_labelmap_is_told(phantom, tmp_path, capsys, monkeypatch):
+    """Objects segmented independently may overlap, and a labelmap holds one value a voxel: an object
+    listed before the organ around it had 0 voxels in the file, while the summary gave its full count."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    prompts = tmp_path / "nested.json"
+    inner, outer = [24, 26, 2, 36, 38, 2], [14, 20, 2, 46, 44, 2]
+    objects = [{"name": "tumour", "boxes_ijk": [inner]}, {"name": "organ", "boxes_ijk": [outer]}]
+    prompts.write_text(json.dumps({"objects": objects}))
+    out = tmp_path / "nested.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--window=0,255", "-o", out)
+    assert code == 0, err
+    labels = read_labels(out)
+    tumour_voxels = int(stdout.split("tumour: ")[1].split(" voxels")[0].split(", ")[-1])
+    hidden = tumour_voxels - int((labels == 1).sum())
+    assert hidden > 0 and f"note: {hidden} of tumour's {tumour_voxels} voxels are under objects listed" in err
+    assert "organ's" not in err

@@ -13,7 +13,7 @@ overwritten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,10 +47,26 @@ class EditMasking:
     everywhere. ``overwrite_other_segments``: which other segments lose the voxels the written segment
     gains: "none" (segments overlap), "visible" or "all" (Slicer's default). MedSegAny's default is
     "none": an AI result never silently erases another segment unless the user chose so.
+    ``overwrite_segment_ids``: those segments fixed when an action begins (:meth:`fixed_for`), so that
+    its undo snapshot holds every segment its writes may erase (a segment shown mid-run was erased, and
+    undo could not give it back); None reads them at every write.
     """
 
     editable_area_labelmap_kji: np.ndarray | None = None
     overwrite_other_segments: str = "none"
+    overwrite_segment_ids: tuple[str, ...] | None = None
+
+    def fixed_for(self, segmentation_node, segment_id: str) -> EditMasking:
+        """This masking with the segments it may overwrite read now and kept."""
+        ids = segment_ids_to_overwrite(segmentation_node, segment_id, self.overwrite_other_segments)
+        return replace(self, overwrite_segment_ids=tuple(ids))
+
+    def segments_to_overwrite(self, segmentation_node, segment_id: str) -> list[str]:
+        """The other segments a write may erase: the fixed ones that still exist, else read now."""
+        if self.overwrite_segment_ids is None:
+            return segment_ids_to_overwrite(segmentation_node, segment_id, self.overwrite_other_segments)
+        existing = set(segment_ids(segmentation_node))
+        return [other for other in self.overwrite_segment_ids if other in existing and other != segment_id]
 
     def __post_init__(self) -> None:
         if self.overwrite_other_segments not in OVERWRITE_MODES:
@@ -350,9 +366,7 @@ class SegmentWriter:
         logic = slicer.vtkSlicerSegmentationsModuleLogic
         segment_id = self.segment_id
         all_others = [other for other in segment_ids(self.segmentation_node) if other != segment_id]
-        overwrite_ids = segment_ids_to_overwrite(
-            self.segmentation_node, segment_id, self.masking.overwrite_other_segments
-        )
+        overwrite_ids = self.masking.segments_to_overwrite(self.segmentation_node, segment_id)
         self.touched = True
         # nothing of the segment where the slices remove: skip that pass (fresh slices of a run; each
         # pass costs about 20 ms on a 512 x 512 x 100 segment, slicer-core on the 2-core CPU)

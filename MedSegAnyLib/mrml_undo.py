@@ -18,7 +18,6 @@ from .mrml_segment import (
     EditMasking,
     binary_labelmap_layer,
     segment_ids,
-    segment_ids_to_overwrite,
     segment_or_error,
     set_binary_labelmap,
 )
@@ -82,8 +81,8 @@ def snapshot_segment(
     Take it right before the action (the set of visible segments is read now).
     """
     segment_or_error(segmentation_node, segment_id)
-    mode = (masking or EditMasking()).overwrite_other_segments
-    segment_ids = [segment_id, *segment_ids_to_overwrite(segmentation_node, segment_id, mode)]
+    others = (masking or EditMasking()).segments_to_overwrite(segmentation_node, segment_id)
+    segment_ids = [segment_id, *others]
     return SegmentSnapshot(
         segmentation_node.GetID(), tuple(_save(segmentation_node, sid) for sid in segment_ids)
     )

@@ -649,7 +649,8 @@ class SlicerSegmentationLogic:
         """Snapshot the segments the action may change and open a writer (main thread)."""
         self._refuse_while_running("start another action")
         self.volume()  # refresh the private copy before the worker uses it
-        masking = self.masking()
+        # the segments it may overwrite, fixed now: its undo snapshot and its writes take the same ones
+        masking = self.masking().fixed_for(self.segmentation_node, self.segment_id)
         before = snapshot_segment(self.segmentation_node, self.segment_id, masking)
         segment = segment_or_error(self.segmentation_node, self.segment_id)
         object_id = self._object_id(create=False) if self.session is not None else None

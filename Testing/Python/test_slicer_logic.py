@@ -370,6 +370,32 @@ def test_a_point_on_another_slice_starts_a_prompt_there(scene, volume_node, prom
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), session.mask_kji(reference))
 
 
+def test_a_segment_shown_during_a_run_is_neither_erased_nor_lost_to_undo(scene, volume_node):
+    """"Overwrite visible segments": the segments an action may overwrite are fixed when it begins. A
+    segment the user showed mid-run was erased by the later slices, and undo (whose snapshot held the
+    segments visible at the start) could not give it back."""
+    from medsegany.slicer_logic import set_roi_box_ijk
+
+    segmentation, (target, other) = add_segmentation(scene, volume_node)
+    other_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    other_kji[:, 5:14, 6:16] = True  # across the bright object on every slice
+    fill_segment(segmentation, other, other_kji)
+    display = segmentation.GetDisplayNode()
+    display.SetSegmentVisibility(other, False)
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetOverwriteMode(editor.OverwriteVisibleSegments)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target, segment_editor_node=editor)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    set_roi_box_ijk(roi, volume_node, (2, 2, 6, 23, 18, 6))
+    action, results = logic.plan_prompt_action(roi, propagate=True)
+    logic.run_action(action, results, on_slice=lambda result: display.SetSegmentVisibility(other, True))
+
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji)  # hidden at the start
+    logic.undo()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji)
+
+
 def matrix_to_numpy_world(node) -> np.ndarray:
     """The node's parent transforms to world, as a 4 x 4 array."""
     from medsegany.mrml_vtk import node_to_world

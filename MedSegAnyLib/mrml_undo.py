@@ -88,11 +88,20 @@ def snapshot_segment(
     )
 
 
-def restore_segment(segmentation_node, snapshot: SegmentSnapshot, skip_deleted: bool = False) -> None:
-    """Give every segment in ``snapshot`` back exactly the voxels it had when the snapshot was taken.
+def restore_segment(
+    segmentation_node,
+    snapshot: SegmentSnapshot,
+    skip_deleted: bool = False,
+    only: tuple[str, ...] | None = None,
+) -> None:
+    """Give every segment in ``snapshot`` (or those of it named in ``only``) back exactly the voxels it had
+    when the snapshot was taken.
 
     A segment deleted since is an OutputError, or left out with ``skip_deleted`` (a failed action's own
     writes taken back: the user deleted its target meanwhile)."""
+    if only is not None:
+        kept = tuple(saved for saved in snapshot.segments if saved.segment_id in only)
+        snapshot = SegmentSnapshot(snapshot.segmentation_node_id, kept)
     if (
         snapshot.segmentation_node_id is not None
         and segmentation_node.GetID() != snapshot.segmentation_node_id
@@ -132,3 +141,71 @@ def restore_segment(segmentation_node, snapshot: SegmentSnapshot, skip_deleted: 
         )
     if shown_in_3d:
         segmentation.CreateRepresentation(surface)  # converts the restored segments only
+
+
+def undo_keeping_later_edits(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot) -> None:
+    """Undo one action: its target (``before``'s first segment) gets its old voxels back exactly; every
+    other segment gets back only the voxels the action took from it (in ``before``, not in ``after``)
+    and keeps what the user painted or erased since. Before, the other segments were reset whole, and
+    hand edits made after the action were lost."""
+    _apply_taken(segmentation_node, before, after, give_back=True)
+
+
+def redo_keeping_later_edits(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot) -> None:
+    """Redo one action: its target gets ``after``'s voxels; every other segment loses again only the
+    voxels the action took from it."""
+    _apply_taken(segmentation_node, before, after, give_back=False)
+
+
+def _apply_taken(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot, give_back: bool) -> None:
+    target = before.segments[0].segment_id
+    restore_segment(segmentation_node, before if give_back else after, skip_deleted=False, only=(target,))
+    existing = set(segment_ids(segmentation_node))
+    saved_after = {saved.segment_id: saved for saved in after.segments}
+    changed = []
+    for saved_before in before.segments[1:]:
+        other = saved_before.segment_id
+        if other not in existing or other not in saved_after:
+            continue  # deleted since, or not among what the action could change
+        now = _save(segmentation_node, other)
+        merged = _taken_applied(now, saved_before, saved_after[other], give_back)
+        if merged is None:  # the layers' lattices differ: the old way, the whole segment
+            merged = saved_before if give_back else saved_after[other]
+        if merged is not now:
+            changed.append(merged)
+    if changed:
+        restore_segment(segmentation_node, SegmentSnapshot(before.segmentation_node_id, tuple(changed)))
+
+
+def _taken_applied(
+    now: SavedSegment, before: SavedSegment, after: SavedSegment, give_back: bool
+) -> SavedSegment | None:
+    """``now`` with the voxels taken (``before`` and not ``after``) added back or removed again; ``now``
+    itself when nothing changes; None when the three do not share one lattice."""
+    parts = [saved for saved in (now, before, after) if saved.mask_kji is not None]
+    if not parts:
+        return now
+    matrix = parts[0].ijk_to_segmentation
+    if any(not np.allclose(saved.ijk_to_segmentation, matrix) for saved in parts[1:]):
+        return None
+    low = np.min([saved.extent_ijk[0::2] for saved in parts], axis=0)  # (i, j, k)
+    high = np.max([saved.extent_ijk[1::2] for saved in parts], axis=0)
+    shape_kji = tuple(int(n) for n in (high - low + 1)[::-1])
+
+    def on_union(saved: SavedSegment) -> np.ndarray:
+        mask = np.zeros(shape_kji, dtype=bool)
+        if saved.mask_kji is not None:
+            i0, j0, k0 = (np.array(saved.extent_ijk[0::2]) - low).tolist()
+            k, j, i = saved.mask_kji.shape
+            mask[k0 : k0 + k, j0 : j0 + j, i0 : i0 + i] = saved.mask_kji
+        return mask
+
+    taken = on_union(before) & ~on_union(after)
+    current = on_union(now)
+    result = current | taken if give_back else current & ~taken
+    if np.array_equal(result, current):
+        return now
+    if not result.any():
+        return SavedSegment(now.segment_id, None, None, None)
+    extent = (int(low[0]), int(high[0]), int(low[1]), int(high[1]), int(low[2]), int(high[2]))
+    return SavedSegment(now.segment_id, result, extent, matrix)

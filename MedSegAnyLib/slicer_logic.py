@@ -39,7 +39,13 @@ from .mrml_markups import prompts_from_markups
 from .mrml_masking import edit_masking_from_editor_node
 from .mrml_segment import EditMasking, SegmentWriter, segment_or_error
 from .mrml_terminology import create_segment as create_segment  # the panel's "New segment" (re-exported)
-from .mrml_undo import SegmentSnapshot, restore_segment, snapshot_segment
+from .mrml_undo import (
+    SegmentSnapshot,
+    redo_keeping_later_edits,
+    restore_segment,
+    snapshot_segment,
+    undo_keeping_later_edits,
+)
 from .mrml_volume import volume_from_node, world_ijk_to_ras
 from .mrml_vtk import matrix_to_numpy
 from .prompts import AXIS_NAMES, SlicePrompts
@@ -896,7 +902,7 @@ class SlicerSegmentationLogic:
         if not self._undo:
             return None
         step = self._undo[-1]
-        self._apply_state(step, step.before, step.provenance_before, step.object_before)
+        self._apply_state(step, undo_keeping_later_edits, step.provenance_before, step.object_before)
         self._redo.append(self._undo.pop())
         return step
 
@@ -906,16 +912,18 @@ class SlicerSegmentationLogic:
         if not self._redo:
             return None
         step = self._redo[-1]
-        self._apply_state(step, step.after, step.provenance_after, step.object_after)
+        self._apply_state(step, redo_keeping_later_edits, step.provenance_after, step.object_after)
         self._undo.append(self._redo.pop())
         return step
 
-    def _apply_state(self, step: UndoStep, snapshot, provenance: str | None, object_state) -> None:
+    def _apply_state(self, step: UndoStep, apply: Callable, provenance: str | None, object_state) -> None:
+        """``apply``: :func:`~.mrml_undo.undo_keeping_later_edits` or ``redo_...`` (the target as the step
+        left or found it; the other segments keep the user's later edits)."""
         scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
         node = scene.GetNodeByID(step.segmentation_node_id) if scene is not None else None
         if node is None:
             raise OutputError("the segmentation of that action was deleted", "undo is no longer possible")
-        restore_segment(node, snapshot)
+        apply(node, step.before, step.after)
         segment = node.GetSegmentation().GetSegment(step.segment_id)
         if segment is not None:
             _set_tag(segment, PROVENANCE_TAG, provenance)

@@ -396,6 +396,39 @@ def test_a_segment_shown_during_a_run_is_neither_erased_nor_lost_to_undo(scene, 
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji)
 
 
+def test_undo_and_redo_keep_what_the_user_painted_in_other_segments_since(scene, volume_node):
+    """Overwrite "all" (the Segment Editor's default): undo gives another segment back only the voxels the
+    action took, and keeps what the user painted there after the action (it was reset whole, and the
+    painting lost); redo takes those voxels again, and keeps the painting too."""
+    from medsegany.slicer_logic import set_roi_box_ijk
+
+    segmentation, (target, other) = add_segmentation(scene, volume_node)
+    other_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    other_kji[:, 5:14, 6:16] = True  # across the bright object on every slice
+    fill_segment(segmentation, other, other_kji)
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target, segment_editor_node=editor)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    set_roi_box_ijk(roi, volume_node, (2, 2, 6, 23, 18, 6))
+    logic.segment(roi)
+    target_after = _mask(segmentation, target, volume_node)
+    taken = other_kji & target_after
+    assert taken.any()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji & ~taken)
+
+    painted = np.zeros(SHAPE_KJI, dtype=bool)
+    painted[0:2, 18:21, 0:4] = True  # the user paints "other" far from the action's voxels
+    fill_segment(segmentation, other, (other_kji & ~taken) | painted)
+    logic.undo()
+    assert not _mask(segmentation, target, volume_node).any()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji | painted)
+    logic.redo()
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), target_after)
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), (other_kji & ~taken) | painted)
+
+
 def matrix_to_numpy_world(node) -> np.ndarray:
     """The node's parent transforms to world, as a 4 x 4 array."""
     from medsegany.mrml_vtk import node_to_world

@@ -463,9 +463,13 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         roi, positive, negative = self.logic.prompt_nodes(slicer.mrmlScene)
         if caller is not None and caller in (positive, negative):  # a point on a new slice: a new prompt
-            keep_prompts_on_the_new_points_slice(
-                caller, (roi, positive, negative), self.logic.volume_node, self._viewAxis
-            )
+            try:
+                keep_prompts_on_the_new_points_slice(
+                    caller, (roi, positive, negative), self.logic.volume_node, self._viewAxis
+                )
+            except Exception as error:  # e.g. a non-linear transform: told, as the action would
+                self._showError(error)
+                return
         if roi.GetNumberOfControlPoints():
             try:
                 flatten_roi_to_slice(roi, self.logic.volume_node, self._viewAxis)

@@ -1,7 +1,8 @@
 """The ``medsegany`` command line: ``segment`` one volume, ``batch`` many, and manage ``models``.
 
 Every error a user can cause ends with one line ``medsegany: error: <problem>. <fix>.`` and exit code 1;
-Ctrl-C exits 130 without writing anything (existing outputs are left as they were).
+Ctrl-C exits 130; an output is written whole or not at all (existing ones are left as they were until
+then), and the message names any written before the interruption.
 """
 
 from __future__ import annotations
@@ -396,6 +397,11 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         progress.close()
 
     labelmap_kji = session.labelmap_kji()
+    # independent objects may overlap, and a labelmap holds one value a voxel: what each one lost there
+    hidden = {
+        object_id: int(np.count_nonzero(labelmap_kji[obj.mask_kji] != object_id))
+        for object_id, obj in session.objects.items()
+    }
     if run.slab is not None:
         labelmap_kji = run.slab.paste(labelmap_kji, volume.voxels_kji.shape)
     segments = session.segments()
@@ -412,14 +418,13 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     except KeyboardInterrupt:
         raise InterruptedWhileWriting(written) from None
     seconds = time.monotonic() - started
-    in_labelmap = np.bincount(labelmap_kji.ravel(), minlength=max(session.objects, default=0) + 1)
     for object_id, obj in session.objects.items():
         voxels = int(obj.mask_kji.sum())
-        hidden = voxels - int(in_labelmap[object_id])
-        if hidden and not args.quiet:  # independent objects overlap: a labelmap holds one value a voxel
+        if hidden[object_id] and not args.quiet:
             print(
-                f"medsegany: note: {hidden} of {obj.name}'s {voxels} voxels are under objects listed after "
-                "it in the labelmap (later objects win); list it last, or use --overlap exclusive",
+                f"medsegany: note: {hidden[object_id]} of {obj.name}'s {voxels} voxels are under objects "
+                "listed after it in the labelmap (later objects win); list it last, or use --overlap "
+                "exclusive",
                 file=stderr,
             )
         present = sorted(index for index, source in obj.slice_sources.items() if source)
@@ -511,18 +516,25 @@ class InterruptedWhileWriting(KeyboardInterrupt):
         self.written = list(written)
 
 
-# a value that starts with a minus sign: "-160,240", "-12.5,30,4e1" (argparse would take it for an option)
-NEGATIVE_VALUE = re.compile(r"-\d[\d.,eE+-]*|-\.\d[\d.,eE+-]*")
+# a value that starts with a minus sign: "-160,240", "-12.5,30,4e1", a point's "-12,30,4:-" (argparse
+# takes such a word for an option)
+NEGATIVE_VALUE = re.compile(r"-\.?\d[\d.,eE+-]*(?::[+-])?")
+# the options whose value may start below zero (an abbreviation argparse accepts counts too)
+NEGATIVE_VALUE_OPTIONS = ("--window", "--box-ras", "--point-ras", "--box-ijk", "--point-ijk", "--slice-range")
 
 
 def joined_negative_values(argv: Sequence[str]) -> list[str]:
     """``--window -160,240`` as ``--window=-160,240``: argparse reads a word that starts with "-" as an
     option unless it is one plain negative number, so a window or an RAS coordinate list that starts
-    below zero was refused ("expected one argument")."""
+    below zero was refused ("expected one argument"). Only after the options above, and never after a
+    ``--`` (what follows it is positional)."""
     words: list[str] = []
-    for word in argv:
+    for position, word in enumerate(argv):
+        if word == "--":
+            return words + list(argv[position:])
         previous = words[-1] if words else ""
-        if NEGATIVE_VALUE.fullmatch(word) and previous.startswith("--") and "=" not in previous:
+        takes_it = len(previous) > 2 and any(option.startswith(previous) for option in NEGATIVE_VALUE_OPTIONS)
+        if takes_it and NEGATIVE_VALUE.fullmatch(word):
             words[-1] = f"{previous}={word}"
         else:
             words.append(word)

@@ -190,10 +190,17 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
             except Exception as error:  # a MedSegAny bug: this job fails, the others still run
                 problem = f"unexpected {type(error).__name__} ({error}): a MedSegAny bug"
                 _job_failed(job, f"{problem}. Please report it with this line", failed, stderr)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            written = getattr(interrupt, "written", [])  # this job's outputs written before Ctrl-C
+            partly = (
+                f"; of its outputs only {', '.join(map(str, written))} was written: delete it first (the "
+                "job would refuse to overwrite it)"
+                if written
+                else ""
+            )
             print(
                 f"medsegany: cancelled at line {job.number}: the {done} job(s) done before it keep their "
-                "outputs; run again with --skip-done to go on",
+                f"outputs; run again with --skip-done to go on{partly}",
                 file=stderr,
             )
             return EXIT_INTERRUPTED

@@ -106,8 +106,9 @@ def keep_prompts_on_the_new_points_slice(placed_node, prompt_nodes, volume_node,
     """A point placed on another slice than the prompt's other markups starts a prompt there, as a new
     box does: the ROI and the points on other slices are removed (a correction on another slice was
     refused, its point sent with the old box). ``placed_node``: the point list just clicked in;
-    ``prompt_nodes``: the panel's (ROI, positive, negative). Returns the new point's slice (None: no
-    point)."""
+    ``prompt_nodes``: the panel's (ROI, positive, negative). Negative points with no positive point on
+    their slice are no prompt of their own: then nothing is removed. Returns the new point's slice
+    (None: no point)."""
     from .mrml_markups import points_ijk_from_fiducials, roi_corners_ras
     from .prompts import snap_index
 
@@ -117,6 +118,18 @@ def keep_prompts_on_the_new_points_slice(placed_node, prompt_nodes, volume_node,
         return None
     slice_index = snap_index(placed[-1][axis])
     roi, *point_nodes = prompt_nodes
+
+    def slices_of(node) -> list[int]:
+        slices = []
+        for n in range(node.GetNumberOfControlPoints()):
+            position_ras = np.zeros(3)
+            node.GetNthControlPointPositionWorld(n, position_ras)
+            slices.append(snap_index(volume.ras_to_ijk_points(position_ras[None])[0, axis]))
+        return slices
+
+    positive = point_nodes[0] if point_nodes else None
+    if placed_node is not positive and (positive is None or slice_index not in slices_of(positive)):
+        return slice_index  # negative points alone are no prompt: the markups stay as they were
     if roi is not None and roi.GetNumberOfControlPoints():
         roi_slice = snap_index(volume.ras_to_ijk_points(roi_corners_ras(roi))[:, axis].mean())
         if roi_slice != slice_index:
@@ -124,10 +137,8 @@ def keep_prompts_on_the_new_points_slice(placed_node, prompt_nodes, volume_node,
     for node in point_nodes:
         if node is None:
             continue
-        for n in reversed(range(node.GetNumberOfControlPoints())):
-            position_ras = np.zeros(3)
-            node.GetNthControlPointPositionWorld(n, position_ras)
-            if snap_index(volume.ras_to_ijk_points(position_ras[None])[0, axis]) != slice_index:
+        for n, point_slice in reversed(list(enumerate(slices_of(node)))):
+            if point_slice != slice_index:
                 node.RemoveNthControlPoint(n)
     return slice_index
 
@@ -761,6 +772,14 @@ class SlicerSegmentationLogic:
         step.cancelled = cancelled
         if step.slices_written == 0:
             return None
+        if self.segmentation_node.GetSegmentation().GetSegment(step.segment_id) is None:
+            # the user deleted the target meanwhile: no undo step can hold it, so the other segments get
+            # back what the action took from them now (as when a run fails)
+            self.abort_action(action)
+            raise OutputError(
+                f"segment {step.segment_id} was deleted while '{action.label}' ran",
+                "the other segments got back what it took; choose a target segment and run it again",
+            )
         segment = segment_or_error(self.segmentation_node, step.segment_id)
         object_id = self._object_id(create=False) if self.session is not None else None
         provenance = self._provenance(segment, action, object_id, cancelled)

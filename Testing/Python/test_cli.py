@@ -219,6 +219,12 @@ def test_values_that_start_with_a_minus_sign_follow_their_option(phantom, tmp_pa
         "--box-ras=-1.5,-2,3,4,5,6",
         "-q",
     ]
+    assert joined_negative_values(["--point-ras", "-12,30,4:-", "--win", "-5,5"]) == [
+        "--point-ras=-12,30,4:-",
+        "--win=-5,5",  # an abbreviation argparse accepts
+    ]
+    for unchanged in (["--overwrite", "-5"], ["--", "--window", "-5,5"], ["-o", "-1,2"]):
+        assert joined_negative_values(unchanged) == unchanged  # a flag, after "--", a short option
     out = tmp_path / "window.nii.gz"
     code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window", "-100,255",
                            "-o", out, "-q")  # fmt: skip

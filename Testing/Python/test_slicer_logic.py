@@ -352,6 +352,12 @@ def test_a_point_on_another_slice_starts_a_prompt_there(scene, volume_node, prom
     with pytest.raises(PromptError, match="not on the box's slice"):
         logic.prompts_from_nodes(roi, positive, negative)
 
+    counts = [node.GetNumberOfControlPoints() for node in prompt_nodes]
+    negative_on_k10 = to_node_of(negative) @ (WORLD_IJK_TO_RAS @ np.array([3.0, 3.0, 10.0, 1.0]))
+    negative.AddControlPoint(*negative_on_k10[:3])
+    assert keep_prompts_on_the_new_points_slice(negative, prompt_nodes, volume_node, axis=2) == 10
+    assert [node.GetNumberOfControlPoints() for node in prompt_nodes[:2]] == counts[:2]  # no prompt alone
+    negative.RemoveNthControlPoint(negative.GetNumberOfControlPoints() - 1)
     assert keep_prompts_on_the_new_points_slice(positive, prompt_nodes, volume_node, axis=2) == 9
     assert roi.GetNumberOfControlPoints() == 0 and negative.GetNumberOfControlPoints() == 0
     assert positive.GetNumberOfControlPoints() == 1
@@ -427,6 +433,11 @@ def test_undo_and_redo_keep_what_the_user_painted_in_other_segments_since(scene,
     logic.redo()
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), target_after)
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), (other_kji & ~taken) | painted)
+
+
+def to_node_of(node) -> np.ndarray:
+    """World RAS -> the node's own coordinates."""
+    return np.linalg.inv(matrix_to_numpy_world(node))
 
 
 def matrix_to_numpy_world(node) -> np.ndarray:

@@ -194,14 +194,18 @@ def test_a_model_error_in_the_worker_rolls_back_the_action(scene, worker):
 @pytest.mark.parametrize("deleted", ["during the run", "after its last slice"])
 def test_a_target_deleted_by_the_user_ends_the_action_with_its_error(scene, worker, deleted):
     """The target segment deleted meanwhile: the action ends (before, taking back its writes raised, the
-    action never finished, and the panel stayed "running"); the other segment keeps its voxels."""
+    action never finished, and the panel stayed "running"); the other segment, which the action may
+    overwrite ("all"), gets back the voxels it took (deleted after the last slice, they were lost)."""
     from medsegany.mrml_adapter import segment_mask_kji
     from slicer_scene_testing import fill_segment
 
     logic, model, volume_node, segmentation, target, roi = _setup(scene)
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    logic.set_target(volume_node, segmentation, target, segment_editor_node=editor)
     other = segmentation.GetSegmentation().GetSegmentIdBySegmentName("other")
     other_kji = np.zeros(segment_mask_kji(segmentation, target, volume_node).shape, dtype=bool)
-    other_kji[0:2, 0:3, 0:4] = True
+    other_kji[:, 5:14, 6:16] = True  # across the bright object on every slice
     fill_segment(segmentation, other, other_kji)
     if deleted == "during the run":
         model.gate, model.gate_after = threading.Event(), 2
@@ -211,8 +215,14 @@ def test_a_target_deleted_by_the_user_ends_the_action_with_its_error(scene, work
         running.poll()
         segmentation.GetSegmentation().RemoveSegment(target)
         model.gate.set()
-    else:  # every slice and the end have arrived, none applied yet
+    else:  # every slice written, the end not yet handled
         assert running.handle._finished.wait(30)
+        events = running.handle.drain()
+        running.action.apply_all([event.payload for event in events if event.kind == "item"])
+        for event in events:
+            if event.kind != "item":
+                running.handle._put(event.kind, event.payload)  # still to be polled
+        assert not np.array_equal(segment_mask_kji(segmentation, other, volume_node), other_kji)
         segmentation.GetSegmentation().RemoveSegment(target)
     with pytest.raises(MedSegAnyError, match=r"deleted|no segment|does not exist"):
         running.wait(timeout_s=30)

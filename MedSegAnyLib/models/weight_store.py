@@ -507,11 +507,11 @@ def load_state_dict(path: Path | str, key: str | None = None) -> dict[str, Any]:
         found = re.search(r"Unsupported [^\n.]*", str(error))
         detail = found.group(0) if found else type(error).__name__
         raise ModelError(f"{path.name} is truncated or corrupt, or not a PyTorch checkpoint ({detail[:80]})",
-                         "delete it and download or import it again") from None
+                         "get a complete copy again (download, copy or import it anew)") from None
     except Exception as error:  # torch reports damage as RuntimeError, EOFError, KeyError, ValueError...
         reason = str(error).split(". ")[0] or type(error).__name__
         raise ModelError(f"{path.name} is truncated or corrupt ({reason})",
-                         "delete it and download or import it again") from None
+                         "get a complete copy again (download, copy or import it anew)") from None
     if key is not None:
         if not isinstance(loaded, Mapping) or key not in loaded:
             raise ModelError(f"{path.name} has no '{key}' entry (it holds: {_describe(loaded)})",

@@ -248,21 +248,26 @@ def test_output_names_the_writers_refuse_are_refused_before_any_work(phantom, tm
     assert not first.exists()
 
 
-def test_ctrl_c_between_two_outputs_names_the_one_written(phantom, tmp_path, capsys, monkeypatch):
-    """Each output is written whole or not at all; Ctrl-C between them said "no output was written"."""
+def ctrl_c_at_seg_nrrd_outputs(monkeypatch) -> None:
+    """The threshold model for the CLI's jobs, and Ctrl-C pressed as a job starts writing a .seg.nrrd."""
     import medsegany.cli as cli
     import medsegany.exporters as exporters
     from fake_models import ThresholdModel
 
     real_write = exporters.write_labelmap
 
-    def interrupted_at_the_second(labelmap_kji, volume, path, **kwargs):
+    def interrupted_at_the_seg_nrrd(labelmap_kji, volume, path, **kwargs):
         if str(path).endswith(".seg.nrrd"):
             raise KeyboardInterrupt
         return real_write(labelmap_kji, volume, path, **kwargs)
 
-    monkeypatch.setattr(exporters, "write_labelmap", interrupted_at_the_second)
+    monkeypatch.setattr(exporters, "write_labelmap", interrupted_at_the_seg_nrrd)
     monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+
+
+def test_ctrl_c_between_two_outputs_names_the_one_written(phantom, tmp_path, capsys, monkeypatch):
+    """Each output is written whole or not at all; Ctrl-C between them said "no output was written"."""
+    ctrl_c_at_seg_nrrd_outputs(monkeypatch)
     first, second = tmp_path / "a.nii.gz", tmp_path / "b.seg.nrrd"
     code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "-o", first,
                            "-o", second, "--window", "0,255", "-q")  # fmt: skip

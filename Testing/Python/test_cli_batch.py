@@ -210,19 +210,9 @@ def test_an_unexpected_error_in_one_job_fails_that_job_only(tmp_path, capsys, mo
 
 
 def test_ctrl_c_between_a_jobs_outputs_names_the_one_written(tmp_path, capsys, monkeypatch):
-    import medsegany.cli as cli
-    import medsegany.exporters as exporters
-    from fake_models import ThresholdModel
+    from test_cli import ctrl_c_at_seg_nrrd_outputs
 
-    real_write = exporters.write_labelmap
-
-    def interrupted_at_the_seg_nrrd(labelmap_kji, volume, path, **kwargs):
-        if str(path).endswith(".seg.nrrd"):
-            raise KeyboardInterrupt
-        return real_write(labelmap_kji, volume, path, **kwargs)
-
-    monkeypatch.setattr(exporters, "write_labelmap", interrupted_at_the_seg_nrrd)
-    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    ctrl_c_at_seg_nrrd_outputs(monkeypatch)
     good = write_phantom(tmp_path / "good.nii.gz")
     jobs = tmp_path / "jobs.txt"
     jobs.write_text(f"{good} --box-ijk {BOX} -o {tmp_path / 'a.nii.gz'} -o {tmp_path / 'a.seg.nrrd'} -q\n")

@@ -376,24 +376,32 @@ def test_a_point_on_another_slice_starts_a_prompt_there(scene, volume_node, prom
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), session.mask_kji(reference))
 
 
-def test_a_segment_shown_during_a_run_is_neither_erased_nor_lost_to_undo(scene, volume_node):
-    """"Overwrite visible segments": the segments an action may overwrite are fixed when it begins. A
-    segment the user showed mid-run was erased by the later slices, and undo (whose snapshot held the
-    segments visible at the start) could not give it back."""
+def _overwriting_panel(scene, volume_node):
+    """(editor, logic, segmentation, (target, other), other_kji, roi): "other" lies across the bright
+    object on every slice, the panel follows a Segment Editor node (its overwrite mode for the test to
+    set), and a box on K = 6 around the object."""
     from medsegany.slicer_logic import set_roi_box_ijk
 
     segmentation, (target, other) = add_segmentation(scene, volume_node)
     other_kji = np.zeros(SHAPE_KJI, dtype=bool)
-    other_kji[:, 5:14, 6:16] = True  # across the bright object on every slice
+    other_kji[:, 5:14, 6:16] = True
     fill_segment(segmentation, other, other_kji)
-    display = segmentation.GetDisplayNode()
-    display.SetSegmentVisibility(other, False)
     editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-    editor.SetOverwriteMode(editor.OverwriteVisibleSegments)
     logic = SlicerSegmentationLogic(model=ThresholdModel())
     logic.set_target(volume_node, segmentation, target, segment_editor_node=editor)
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     set_roi_box_ijk(roi, volume_node, (2, 2, 6, 23, 18, 6))
+    return editor, logic, segmentation, (target, other), other_kji, roi
+
+
+def test_a_segment_shown_during_a_run_is_neither_erased_nor_lost_to_undo(scene, volume_node):
+    """"Overwrite visible segments": the segments an action may overwrite are fixed when it begins. A
+    segment the user showed mid-run was erased by the later slices, and undo (whose snapshot held the
+    segments visible at the start) could not give it back."""
+    editor, logic, segmentation, (_, other), other_kji, roi = _overwriting_panel(scene, volume_node)
+    display = segmentation.GetDisplayNode()
+    display.SetSegmentVisibility(other, False)
+    editor.SetOverwriteMode(editor.OverwriteVisibleSegments)
     action, results = logic.plan_prompt_action(roi, propagate=True)
     logic.run_action(action, results, on_slice=lambda result: display.SetSegmentVisibility(other, True))
 
@@ -406,18 +414,8 @@ def test_undo_and_redo_keep_what_the_user_painted_in_other_segments_since(scene,
     """Overwrite "all" (the Segment Editor's default): undo gives another segment back only the voxels the
     action took, and keeps what the user painted there after the action (it was reset whole, and the
     painting lost); redo takes those voxels again, and keeps the painting too."""
-    from medsegany.slicer_logic import set_roi_box_ijk
-
-    segmentation, (target, other) = add_segmentation(scene, volume_node)
-    other_kji = np.zeros(SHAPE_KJI, dtype=bool)
-    other_kji[:, 5:14, 6:16] = True  # across the bright object on every slice
-    fill_segment(segmentation, other, other_kji)
-    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
     editor.SetOverwriteMode(editor.OverwriteAllSegments)
-    logic = SlicerSegmentationLogic(model=ThresholdModel())
-    logic.set_target(volume_node, segmentation, target, segment_editor_node=editor)
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-    set_roi_box_ijk(roi, volume_node, (2, 2, 6, 23, 18, 6))
     logic.segment(roi)
     target_after = _mask(segmentation, target, volume_node)
     taken = other_kji & target_after

@@ -564,11 +564,12 @@ class SegmentationSession:
         limits what changes: runs start only at prompted slices inside it and end at its edges, and no
         slice outside it is written or cleared (a range holding no prompt of an object is a PromptError);
         a later propagation without a range finishes the runs the range cut. Only the runs of prompts
-        changed since the last propagation are re-run (and SAM 2 runs whose gap grew: :meth:`_stale_runs`);
-        an object with no change is re-run whole when the direction or range differ from its last complete
-        run, and skipped otherwise (a re-run would give the same masks). Slices that a previous run filled
-        beyond where this run stops are cleared (yielded with source "cleared"). The whole call is one undo
-        step.
+        changed since the last propagation are re-run, with the runs that never ran to their end (a
+        direction not asked for before, a range that cut them) and SAM 2 runs whose gap grew
+        (:meth:`_stale_runs`); an object with no change is re-run whole when the direction or range differ
+        from its last complete run, and skipped otherwise (a re-run would give the same masks). Slices that
+        a previous run filled beyond where this run stops are cleared (yielded with source "cleared"). The
+        whole call is one undo step.
         """
         if direction not in DIRECTIONS:
             raise PromptError(

@@ -16,8 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from . import __version__
 from .errors import MedSegAnyError, PromptError
 
@@ -235,12 +233,12 @@ def _check_outputs(outputs: list[Path], previews: list[Path], overwrite: bool) -
     written before the bad one stayed, and a rerun with the name mended met "already exists")."""
     from .errors import OutputError
     from .exporters import output_suffix
+    from .preview import checked_preview_path
 
     for path in outputs:
         output_suffix(path)
     for path in previews:
-        if path.suffix.lower() != ".png":
-            raise OutputError(f"preview {path.name!r} is not a .png file", "name the preview something.png")
+        checked_preview_path(path)
     for path in outputs + previews:
         if path.is_dir():
             raise OutputError(f"{path} is a folder", "give a file name inside it")
@@ -349,6 +347,8 @@ def load_cli_model(args: argparse.Namespace, single_run: bool = False) -> Any:
 
 def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> None:
     """Propagate one prepared job with ``model``, write its outputs and print its summary line(s)."""
+    import numpy as np
+
     from .exporters import write_labelmap
     from .intensity import window_for
     from .out_of_memory import RanOutOfMemoryError

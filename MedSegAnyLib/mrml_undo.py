@@ -46,6 +46,11 @@ class SegmentSnapshot:
     def segment_ids(self) -> tuple[str, ...]:
         return tuple(saved.segment_id for saved in self.segments)
 
+    def restricted_to(self, segment_ids: set[str] | tuple[str, ...]) -> SegmentSnapshot:
+        """The snapshot of only these segments."""
+        kept = tuple(saved for saved in self.segments if saved.segment_id in segment_ids)
+        return SegmentSnapshot(self.segmentation_node_id, kept)
+
 
 def _save(segmentation_node, segment_id: str) -> SavedSegment:
     layer = binary_labelmap_layer(segmentation_node, segment_id)
@@ -100,8 +105,7 @@ def restore_segment(
     A segment deleted since is an OutputError, or left out with ``skip_deleted`` (a failed action's own
     writes taken back: the user deleted its target meanwhile)."""
     if only is not None:
-        kept = tuple(saved for saved in snapshot.segments if saved.segment_id in only)
-        snapshot = SegmentSnapshot(snapshot.segmentation_node_id, kept)
+        snapshot = snapshot.restricted_to(only)
     if (
         snapshot.segmentation_node_id is not None
         and segmentation_node.GetID() != snapshot.segmentation_node_id
@@ -114,8 +118,7 @@ def restore_segment(
     existing = set(segment_ids(segmentation_node))
     missing = [sid for sid in snapshot.segment_ids if sid not in existing]
     if missing and skip_deleted:
-        kept = tuple(saved for saved in snapshot.segments if saved.segment_id in existing)
-        snapshot, missing = SegmentSnapshot(snapshot.segmentation_node_id, kept), []
+        snapshot, missing = snapshot.restricted_to(existing), []
     if missing:
         raise OutputError(
             f"segment(s) {', '.join(missing)} were deleted after the action",

@@ -148,6 +148,14 @@ def _draw_title(draw, text: str, highlight: bool) -> None:
     _draw_label(draw, (3, 2), text, BOX_RGB if highlight else (255, 255, 255))
 
 
+def checked_preview_path(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded; OutputError unless it names a .png file."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".png":
+        raise OutputError(f"preview {path.name!r} is not a .png file", "name the preview something.png")
+    return path
+
+
 def write_preview_png(
     image_kji: np.ndarray,
     labelmap_kji: np.ndarray,
@@ -176,9 +184,7 @@ def write_preview_png(
     raises OutputError for a name not ending in .png or a folder that is missing or not writable. The
     write is atomic.
     """
-    path = Path(path).expanduser()
-    if path.suffix.lower() != ".png":
-        raise OutputError(f"preview {path.name!r} is not a .png file", "name the preview something.png")
+    path = checked_preview_path(path)
     image_kji, labelmap_kji = np.asarray(image_kji), np.asarray(labelmap_kji)
     if image_kji.ndim != 3 or image_kji.shape != labelmap_kji.shape:
         raise ValueError(f"image {image_kji.shape} and labelmap {labelmap_kji.shape} must be one 3D shape")

@@ -28,7 +28,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -244,9 +244,7 @@ class ObjectState:
 
     @classmethod
     def of(cls, segment_object) -> ObjectState:
-        import dataclasses
-
-        names = [f.name for f in dataclasses.fields(segment_object) if f.name not in cls.NOT_BOOKKEEPING]
+        names = [f.name for f in fields(segment_object) if f.name not in cls.NOT_BOOKKEEPING]
         return cls(
             {name: copy.deepcopy(getattr(segment_object, name)) for name in names},
             np.packbits(segment_object.mask_kji),

@@ -39,6 +39,7 @@ from medsegany.mrml_adapter import (  # noqa: E402
     snapshot_segment,
     volume_from_node,
 )
+from medsegany.mrml_masking import source_values_kji  # noqa: E402
 from medsegany.terminology import TerminologyError, lookup, terminology_entry_string  # noqa: E402
 from vtkmodules.util import numpy_support  # noqa: E402
 
@@ -378,6 +379,45 @@ def test_edit_masking_from_segment_editor_node(scene, volume_node, voxels_kji):
     assert masking.overwrite_other_segments == "visible"
     expected_kji = inside_kji & (voxels_kji >= 0) & (voxels_kji <= 250)
     np.testing.assert_array_equal(masking.editable_area_labelmap_kji, expected_kji)
+
+
+def test_editable_intensity_range_is_tested_on_the_segment_editors_source_volume(scene, volume_node):
+    # MedSegAny segments the CT while the Segment Editor's source volume is another volume on the same
+    # grid (a PET, say): Slicer tests the intensity range on the source volume, so does the masking.
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    pet_kji = np.random.default_rng(8).integers(0, 30, size=SHAPE_KJI).astype(np.int16)
+    pet = scene_kit.add_volume_node(scene, pet_kji, NODE_IJK_TO_RAS, None, name="PET")
+    pet.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetAndObserveSourceVolumeNode(pet)
+    editor.SetSourceVolumeIntensityMask(True)
+    editor.SetSourceVolumeIntensityMaskRange(10, 20)
+
+    masking = edit_masking_from_editor_node(editor, segmentation, target, volume_node)
+
+    np.testing.assert_array_equal(masking.editable_area_labelmap_kji, (pet_kji >= 10) & (pet_kji <= 20))
+
+
+def test_a_source_volume_on_another_grid_is_resampled_onto_the_segmented_volume(scene, volume_node):
+    # The source volume has twice the spacing (same origin and axes in world RAS, no parent transform)
+    # and values linear in its indices, so Slicer's linear interpolation gives them exactly on the CT's
+    # grid: 10 i + 100 j + 1000 k at source index (i, j, k) / 2.
+    k_src, j_src, i_src = np.meshgrid(*(np.arange(n) for n in (4, 5, 6)), indexing="ij")
+    source_kji = (10 * i_src + 100 * j_src + 1000 * k_src).astype(np.int16)
+    coarse_ijk_to_ras = WORLD_IJK_TO_RAS @ np.diag([2.0, 2.0, 2.0, 1.0])
+    source = scene_kit.add_volume_node(scene, source_kji, coarse_ijk_to_ras, None, name="coarse")
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetAndObserveSourceVolumeNode(source)
+
+    values_kji = source_values_kji(editor, volume_node)
+
+    k, j, i = np.meshgrid(*(np.arange(n) for n in SHAPE_KJI), indexing="ij")
+    inside = (i <= 10) & (j <= 8) & (k <= 6)  # within the source's last voxel centres
+    np.testing.assert_array_equal(values_kji[inside], (5 * i + 50 * j + 500 * k)[inside])
+    # no source volume set: the segmented volume's own voxels
+    editor.SetAndObserveSourceVolumeNode(None)
+    own_kji = volume_from_node(volume_node).voxels_kji
+    np.testing.assert_array_equal(source_values_kji(editor, volume_node), own_kji)
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -1,17 +1,29 @@
 """The Slicer module file itself (it needs Slicer to run): it compiles, its UI has every widget it
-uses, and the user guide lists every keyboard shortcut it installs."""
+uses, and the user guide lists every keyboard shortcut it installs.
+
+And the widget against the library it is a client of: every library name it imports exists, every
+attribute it reads of the logic, the model worker, encode-ahead and a running action exists, and every
+call it makes binds to the callee's signature. A renamed method or a dropped keyword in the library then
+fails here, not in a user's Slicer."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import py_compile
 import re
+import textwrap
 import xml.etree.ElementTree as ElementTree
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MedSegAny" / "MedSegAny.py"
 UI = ROOT / "MedSegAny" / "Resources" / "UI" / "MedSegAny.ui"
+TREE = ast.parse(MODULE.read_text(encoding="utf-8"))
 
 
 def test_module_compiles(tmp_path):
@@ -34,3 +46,149 @@ def test_user_guide_lists_every_shortcut():
     keys = [ast.literal_eval(entry)[0] for entry in shortcuts.elts]
     guide = (ROOT / "docs" / "SLICER_USER_GUIDE.md").read_text(encoding="utf-8")
     assert len(keys) >= 6 and all(key in guide for key in keys)
+
+
+def _library(module_path: str):
+    """MedSegAnyLib.x (the module folder's name in Slicer) is the package medsegany.x here."""
+    return importlib.import_module("medsegany" + module_path.removeprefix("MedSegAnyLib"))
+
+
+def _receiver_classes() -> dict[str, type]:
+    """What the widget's receivers are: ``self.logic`` and its ``logic`` aliases, and so on."""
+    from medsegany.slicer_encode_ahead import EncodeAhead
+    from medsegany.slicer_logic import AIAction, RunningAction, SlicerSegmentationLogic, UndoStep
+    from medsegany.slicer_worker import ModelWorker
+
+    return {
+        "self.logic": SlicerSegmentationLogic,
+        "logic": SlicerSegmentationLogic,
+        "self.worker": ModelWorker,
+        "self.encodeAhead": EncodeAhead,
+        "self.running": RunningAction,
+        "running": RunningAction,
+        "self.running.action": AIAction,
+        "self.running.action.step": UndoStep,
+    }
+
+
+def _instance_attributes(cls: type) -> set[str]:
+    """Names a class's instances carry: dataclass fields and ``self.NAME = ...`` in its (bases') code."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        if is_dataclass(klass):
+            names |= {field.name for field in fields(klass)}
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        for node in ast.walk(ast.parse(source)):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
+                    names.add(target.attr)
+    return names
+
+
+def _widget_uses(receivers: dict[str, type]) -> list[tuple[str, str, ast.AST]]:
+    """(receiver, attribute, the node using it) for each attribute the widget reads of a receiver."""
+    used = []
+    for node in ast.walk(TREE):
+        if isinstance(node, ast.Attribute):
+            receiver = ast.unparse(node.value)
+            if receiver in receivers:
+                used.append((receiver, node.attr, node))
+    return used
+
+
+def _calls_of(node: ast.AST) -> list[ast.Call]:
+    return [call for call in ast.walk(TREE) if isinstance(call, ast.Call) and call.func is node]
+
+
+def _binds(callee, call: ast.Call) -> str | None:
+    """None when the call's arguments fit ``callee``'s signature, else why not."""
+    if any(isinstance(arg, ast.Starred) for arg in call.args) or any(kw.arg is None for kw in call.keywords):
+        return None  # *args / **kwargs: not checkable statically
+    try:
+        signature = inspect.signature(callee)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*range(len(call.args)), **{kw.arg: None for kw in call.keywords})
+    except TypeError as error:
+        return f"{ast.unparse(call)}: {error}"
+    return None
+
+
+def test_the_widget_imports_only_names_the_library_has():
+    imports = [
+        node
+        for node in ast.walk(TREE)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("MedSegAnyLib")
+    ]
+    assert len(imports) >= 10
+    missing = [
+        f"{node.module}.{alias.name}"
+        for node in imports
+        for alias in node.names
+        if not hasattr(_library(node.module), alias.name)
+    ]
+    assert not missing
+
+
+def test_every_library_function_the_widget_calls_binds_to_its_signature():
+    imported = {}
+    for node in ast.walk(TREE):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("MedSegAnyLib"):
+            for alias in node.names:
+                imported[alias.asname or alias.name] = getattr(_library(node.module), alias.name)
+    calls = [
+        node
+        for node in ast.walk(TREE)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported
+    ]
+    assert len(calls) >= 10
+    problems = [problem for call in calls if (problem := _binds(imported[call.func.id], call))]
+    assert not problems
+
+
+def test_every_attribute_the_widget_uses_of_the_logic_worker_and_actions_exists():
+    pytest.importorskip("slicer")  # slicer_logic's classes import MRML helpers lazily; keep it headless
+    receivers = _receiver_classes()
+    uses = _widget_uses(receivers)
+    assert len({attribute for receiver, attribute, _ in uses if "logic" in receiver}) >= 15
+    known = {name: _instance_attributes(cls) for name, cls in receivers.items()}
+    missing = sorted(
+        {
+            f"{receiver}.{attribute} ({receivers[receiver].__name__})"
+            for receiver, attribute, _ in uses
+            if not hasattr(receivers[receiver], attribute) and attribute not in known[receiver]
+        }
+    )
+    assert not missing
+
+
+def test_every_method_the_widget_calls_on_them_binds_to_its_signature():
+    pytest.importorskip("slicer")
+    receivers = _receiver_classes()
+    problems = []
+    checked = 0
+    for receiver, attribute, node in _widget_uses(receivers):
+        method = inspect.getattr_static(receivers[receiver], attribute, None)
+        if not callable(method) or isinstance(method, (staticmethod, classmethod, type)):
+            continue
+        for call in _calls_of(node):
+            checked += 1
+            # a method looked up on the class: the widget passes everything after self
+            call_with_self = ast.Call(
+                func=call.func, args=[ast.Constant(0), *call.args], keywords=call.keywords
+            )
+            if problem := _binds(method, call_with_self):
+                problems.append(problem)
+    assert checked >= 15
+    assert not problems

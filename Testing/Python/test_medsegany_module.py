@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import py_compile
 import re
@@ -192,3 +193,48 @@ def test_every_method_the_widget_calls_on_them_binds_to_its_signature():
                 problems.append(problem)
     assert checked >= 15
     assert not problems
+
+
+def test_the_modules_slicer_self_test_passes_on_real_mrml(monkeypatch):
+    """MedSegAnyTest (what Slicer's "Reload and Test" runs) on slicer-core's MRML: the module file is
+    imported with stand-ins only for Qt, CTK and Slicer's scripted-module base classes."""
+    import sys
+    import types
+    import unittest
+
+    slicer = pytest.importorskip("slicer")
+    import medsegany
+    from slicer_scene_testing import mrml_scene
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None) -> None:
+            self.parent = parent
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None) -> None:
+            self.shown.append(message)
+
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    scripted.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
+    scripted.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
+    for name, stand_in in (("qt", types.ModuleType("qt")), ("ctk", types.ModuleType("ctk"))):
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    monkeypatch.setitem(sys.modules, "MedSegAnyLib", medsegany)  # the module folder's name in Slicer
+    before = set(sys.modules)
+    try:
+        with mrml_scene() as scene:
+            monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+            spec = importlib.util.spec_from_file_location("MedSegAny_under_test", MODULE)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            test = module.MedSegAnyTest("test_prompt_propagate_undo")
+            test.shown = []
+            test.test_prompt_propagate_undo()  # its own assertions: propagation, mask, undo, redo
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith("MedSegAnyLib"):
+                del sys.modules[name]
+    assert test.shown[-1] == "Test passed"

@@ -295,6 +295,11 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
         _check_outputs(outputs, previews, args.overwrite)
     # an estimate needs sizes, not voxels: the header alone (a 512 x 512 x 1000 CT: 2 s less a volume)
     volume = (read_volume_header if args.estimate else read_volume)(args.image, frame=args.frame)
+    if not args.estimate:
+        from .exporters import check_output_geometry
+
+        for path in outputs:  # a format that cannot hold the volume's geometry fails before the run
+            check_output_geometry(path, volume)
     if volume.metadata.get("dicom_series_count", 1) > 1:
         print(
             f"medsegany: note: {args.image} holds {volume.metadata['dicom_series_count']} DICOM series; "

@@ -181,6 +181,43 @@ def _checked_segments(labels_kji: np.ndarray, segments: Sequence[SegmentInfo] | 
     return sorted(segments, key=lambda info: info.label_value)
 
 
+#: NIfTI formats; they hold perpendicular voxel axes only (see :func:`check_output_geometry`).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: How far (in voxels of the smallest spacing) NIfTI's perpendicular axes may move a voxel of a sheared
+#: grid: below it the shift is rounding, above it the labelmap would not lie on the image's voxels.
+NIFTI_SHEAR_TOLERANCE_VOXELS = 0.01
+
+
+def nifti_shift_mm(reference: Volume) -> float:
+    """How far (mm) the farthest voxel of ``reference``'s grid moves when its voxel axes are made
+    perpendicular, as ITK's NIfTI writer does (the nearest rotation to the axes, origin kept); 0 for the
+    usual grids, whose axes are perpendicular (flipped, permuted or oblique alike)."""
+    columns = np.asarray(reference.ijk_to_ras, dtype=float)[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    left, _, right = np.linalg.svd(columns / spacing)
+    perpendicular = (left @ right) * spacing
+    corners_ijk = np.array(np.meshgrid(*[[0, n - 1] for n in reference.shape_ijk])).reshape(3, -1)
+    return float(np.linalg.norm((columns - perpendicular) @ corners_ijk, axis=0).max())
+
+
+def check_output_geometry(path: str | Path, reference: Volume) -> None:
+    """OutputError when ``path``'s format cannot hold ``reference``'s geometry.
+
+    NIfTI stores perpendicular voxel axes only; ITK's writer makes a sheared grid's axes (a gantry-tilted
+    CT's, an affinely transformed volume's, kept exactly in NRRD or MHA) perpendicular with a warning, and
+    the labelmap then lies off the image's voxels, by millimetres at its far end.
+    """
+    if output_suffix(path) not in NIFTI_SUFFIXES:
+        return
+    shift_mm = nifti_shift_mm(reference)
+    if shift_mm > NIFTI_SHEAR_TOLERANCE_VOXELS * min(reference.spacing_ijk):
+        raise OutputError(
+            f"{reference.name}'s voxel axes are not perpendicular (a sheared grid, e.g. a gantry-tilted CT) "
+            f"and NIfTI cannot store that: {Path(path).name} would lie up to {shift_mm:.2g} mm off the image",
+            "write .nrrd, .seg.nrrd or .mha instead (they keep the geometry exactly)",
+        )
+
+
 def write_labelmap(
     labelmap_kji: np.ndarray, reference: Volume, path: str | Path, segments: list[SegmentInfo] | None = None
 ) -> Path:
@@ -192,10 +229,12 @@ def write_labelmap(
     without a segment get a default one). The plain formats cannot store names or colours.
 
     Raises OutputError for an unknown extension, a missing or unwritable folder, a labelmap of another
-    shape than the reference, or labels that are not 0..65535; an existing file is then left untouched.
+    shape than the reference, labels that are not 0..65535, or a NIfTI name for a sheared grid
+    (:func:`check_output_geometry`); an existing file is then left untouched.
     """
     path = Path(path).expanduser()
     suffix = output_suffix(path)
+    check_output_geometry(path, reference)
     labels_kji = _checked_labels(labelmap_kji, reference)
     if suffix == ".seg.nrrd":
         infos = _checked_segments(labels_kji, segments)

@@ -294,3 +294,38 @@ def test_an_object_hidden_by_a_later_one_in_the_labelmap_is_told(phantom, tmp_pa
     hidden = tumour_voxels - int((labels == 1).sum())
     assert hidden > 0 and f"note: {hidden} of tumour's {tumour_voxels} voxels are under objects listed" in err
     assert "organ's" not in err
+
+
+def test_a_nifti_output_of_a_sheared_volume_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    """A gantry-tilted CT kept in NRRD (its K axis leans): ITK's NIfTI writer made the axes perpendicular,
+    and the labelmap written after the run lay 2 mm off the image at its far corner, exit 0."""
+    import medsegany.cli as cli
+    import nrrd
+    from fake_models import ThresholdModel
+    from medsegany.volume import read_volume
+
+    voxels_ijk = np.full((40, 30, 8), 10, dtype=np.int16)
+    voxels_ijk[10:30, 8:22, 2:6] = 200
+    directions = np.array([[0.8, 0.0, 0.0], [0.0, 0.8, 0.0], [0.0, 0.3, 2.0]])  # rows: I, J, K in LPS
+    source = tmp_path / "tilted.nrrd"
+    nrrd.write(str(source), voxels_ijk, {"space": "left-posterior-superior", "space directions": directions,
+                                         "space origin": np.array([10.0, 20.0, 30.0])})  # fmt: skip
+
+    def no_model(args, single_run=False):
+        raise AssertionError("the model was loaded for a run whose output would be refused")
+
+    monkeypatch.setattr(cli, "load_cli_model", no_model)
+    kept, nifti = tmp_path / "labels.nrrd", tmp_path / "labels.nii.gz"
+    code, _, err = run_cli(capsys, "segment", source, "--box-ijk", "8,6,4,32,24,4", "--window=0,255",
+                           "-o", kept, "-o", nifti)  # fmt: skip
+    refusal = r"tilted's voxel axes are not perpendicular .* labels\.nii\.gz would lie up to 2 mm off"
+    assert_one_line_error(code, err, refusal + r" the image\. write \.nrrd")
+    assert not kept.exists() and not nifti.exists()
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    code, _, err = run_cli(capsys, "segment", source, "--box-ijk", "8,6,4,32,24,4", "--window=0,255",
+                           "-o", kept, "-q")  # fmt: skip
+    assert code == 0, err
+    written = read_volume(kept)
+    np.testing.assert_allclose(written.ijk_to_ras, read_volume(source).ijk_to_ras, atol=1e-6)
+    assert written.voxels_kji[4, 15, 20] == 1 and written.voxels_kji[0, 0, 0] == 0

@@ -199,6 +199,44 @@ def test_labelmap_for_dicom_series_lands_on_the_input_voxels(tmp_path, dicom_ser
         assert_seg_nrrd(written, labels_kji, LPS_TO_RAS @ geometry.ijk_to_lps, SEGMENTS)
 
 
+# -- (d) a sheared grid (a gantry-tilted CT kept in NRRD): NIfTI cannot hold it ------------------------
+@pytest.fixture
+def sheared_nrrd(tmp_path) -> tuple[Path, np.ndarray]:
+    """An LPS NRRD whose K axis leans 0.3 mm towards P per slice (gantry tilt): (path, ijk_to_ras)."""
+    import nrrd
+
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.array([[0.8, 0.0, 0.0], [0.0, 0.8, 0.3], [0.0, 0.0, 2.0]])  # columns I, J, K
+    ijk_to_lps[:3, 3] = (10.0, 20.0, 30.0)
+    path = tmp_path / "sheared.nrrd"
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": ijk_to_lps[:3, :3].T,  # NRRD's rows are the axes
+        "space origin": ijk_to_lps[:3, 3],
+    }
+    nrrd.write(str(path), np.zeros((20, 30, 10), dtype=np.int16), header)
+    return path, LPS_TO_RAS @ ijk_to_lps
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_nifti_output_of_a_sheared_grid_is_refused_not_written_off_it(tmp_path, sheared_nrrd, suffix):
+    """ITK's NIfTI writer made the axes perpendicular (with a warning on stderr): the labelmap of this
+    20 x 30 x 10 volume lay 2.1 mm off the image at its far corner, and nothing told the user."""
+    path, ijk_to_ras = sheared_nrrd
+    volume = read_volume(path)
+    np.testing.assert_allclose(volume.ijk_to_ras, ijk_to_ras, atol=1e-6)
+    labels_kji = np.zeros(volume.voxels_kji.shape, dtype=np.uint8)
+    labels_kji[9, 29, 19] = 1
+    target = tmp_path / f"labels{suffix}"
+    refusal = r"not perpendicular .* 2\.1 mm off the image.*\.nrrd, \.seg\.nrrd or \.mha"
+    with pytest.raises(OutputError, match=refusal):
+        write_labelmap(labels_kji, volume, target)
+    assert not target.exists()
+    for kept in (".nrrd", ".seg.nrrd", ".mha"):  # the formats the message offers keep the grid exactly
+        written = write_labelmap(labels_kji, volume, tmp_path / f"labels{kept}")
+        np.testing.assert_allclose(read_volume(written).ijk_to_ras, ijk_to_ras, atol=1e-6)
+
+
 # -- formats -------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_volume() -> Volume:

@@ -353,13 +353,18 @@ def box_ijk_from_ras(volume: Volume, corner0_ras: Sequence[float], corner1_ras: 
     flat = _flat_axes(corner0, corner1)
     if len(flat) != 1:
         gaps = ", ".join(f"{AXIS_NAMES[a]} {abs(corner0[a] - corner1[a]):.2f}" for a in range(3))
-        problem = (
-            f"RAS box corners are not on one slice of the volume (voxel gaps: {gaps})"
-            if not flat
-            else f"RAS box has zero width or height in voxels (voxel gaps: {gaps})"
-        )
+        if flat:
+            raise PromptError(
+                f"RAS box has zero width or height in voxels (voxel gaps: {gaps})",
+                "give two opposite corners of a rectangle on one slice",
+            )
+        # an oblique (tilted) volume: corners at the same RAS height lie on different slices
+        nearest = min(range(3), key=lambda a: abs(corner0[a] - corner1[a]))
         raise PromptError(
-            problem, "draw the box in a slice view aligned with the volume (rotate to volume plane)"
+            f"RAS box corners are not on one slice of the volume (voxel gaps: {gaps})",
+            f"give both corners on one {AXIS_NAMES[nearest]} slice of the volume (an oblique volume's "
+            "slices are tilted in RAS), or the box in voxel indices "
+            "(--box-ijk, or boxes_ijk in a prompt file)",
         )
     axis = flat[0]
     low = [min(corner0[a], corner1[a]) for a in range(3)]

@@ -174,8 +174,9 @@ def test_ras_box_axis_on_a_flipped_permuted_volume(axis):
 
 def test_ras_box_not_on_one_slice_or_degenerate_is_refused():
     volume = make_volume()
-    with pytest.raises(PromptError, match="not on one slice"):
+    with pytest.raises(PromptError, match="not on one slice") as refused:
         box_ijk_from_ras(volume, (1, 1, 1), (5, 6, 7))
+    assert "--box-ijk" in str(refused.value)  # a way out the command line has (no slice view there)
     with pytest.raises(PromptError, match="zero width"):
         box_ijk_from_ras(volume, (1, 1, 1), (5, 1.2, 1))
 

@@ -144,7 +144,8 @@ def looks_like_hounsfield(volume) -> bool:
 def percentile_window(volume, percentiles: tuple[float, float] = PERCENTILES) -> IntensityWindow:
     """The window between two percentiles of the volume's nonzero finite voxels (all voxels if all are 0).
 
-    Computed once over the whole volume, so every slice gets the same contrast.
+    Computed once over the whole volume, so every slice gets the same contrast. When the nonzero voxels
+    are all one value, the percentiles of all voxels (then their minimum and maximum) are used instead.
     """
     sample = sample_voxels(_voxels_of(volume))
     nonzero = sample[sample != 0]
@@ -153,6 +154,13 @@ def percentile_window(volume, percentiles: tuple[float, float] = PERCENTILES) ->
     if values.size == 0:  # an empty or all-NaN volume: nothing to stretch
         return IntensityWindow(0.0, 0.0, name)
     low, high = np.percentile(values, percentiles)
+    if low >= high:
+        # The nonzero voxels are (almost) all one value: a phantom or label-like image of 0 and 100.
+        # Their window has no width and would turn every frame black; the zeros, then the extremes, give
+        # the object its contrast. Only a constant volume keeps a zero-width window.
+        low, high = np.percentile(sample, percentiles)
+        if low >= high:
+            low, high = sample.min(), sample.max()
     return IntensityWindow(float(low), float(high), name)
 
 

@@ -28,7 +28,8 @@ For an object with nothing changed, ``propagate()`` re-runs everything when aske
 slice range than its last complete run, and nothing otherwise.
 
 For a 2D model a correction without a box keeps the slice's current mask box (its bounding box plus the
-propagation margin), so a negative click removes a part instead of starting from nothing.
+propagation margin), so a negative click removes a part instead of starting from nothing; the box is grown
+over the positive clicks, so one on a part the mask missed adds it.
 
 Undo/redo (:meth:`SegmentationSession.undo`, :meth:`~SegmentationSession.redo`) restore masks and prompts
 exactly from per-slice differences (:mod:`medsegany.session_history`). After an undo the SAM 2 memory of
@@ -427,7 +428,13 @@ class SegmentationSession:
         points = prompts.points_frame_xy()
         box = prompts.box_frame_xyxy()
         if box is None and current_mask is not None:
-            box = next_box(current_mask, self.settings)  # a correction keeps the slice's mask box
+            # a correction keeps the slice's mask box, grown over its positive clicks: one placed on a part
+            # the mask missed is outside that box, and a box that leaves it out makes the model ignore it
+            covered = current_mask.copy()
+            height, width = covered.shape
+            for x, y in points[prompts.labels_array() == 1]:
+                covered[min(max(round(y), 0), height - 1), min(max(round(x), 0), width - 1)] = True
+            box = next_box(covered, self.settings)
         return self.model.predict(
             embedding,
             box_frame_xyxy=box,

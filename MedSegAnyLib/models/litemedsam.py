@@ -102,10 +102,11 @@ class LiteMedSamEmbedding:
 
 
 def resized_shape_for(frame_shape: tuple[int, int], target: int = IMAGE_SIZE) -> tuple[int, int]:
-    """Longest side to ``target``, rounding like the training code (int(x + 0.5))."""
+    """Longest side to ``target``, rounding like the training code (int(x + 0.5)); at least 1 pixel (a
+    frame of a 2-slice 1100 x 1100 volume seen from the side, 2 x 1100, rounds to 0 rows: no image)."""
     height, width = frame_shape
     scale = target / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def preprocess_frame(frame: np.ndarray, target: int = IMAGE_SIZE):

@@ -205,6 +205,20 @@ def test_percentiles_skip_nan_and_all_zero_volumes():
     assert (percentile_window(zeros).low, percentile_window(zeros).high) == (0.0, 0.0)
 
 
+def test_percentile_window_of_a_two_valued_volume_keeps_the_object_visible():
+    # A phantom or label-like image: background 0, object 100. The nonzero voxels are all 100, so their
+    # percentiles give a zero-width window that made every frame black.
+    voxels = np.zeros((4, 30, 40), dtype=np.float32)
+    voxels[:, 10:20, 10:25] = 100
+    small = np.zeros((4, 30, 40), dtype=np.uint8)
+    small[1, 5, 5] = 1  # under 0.5 % of the voxels: all-voxel percentiles are 0 and 0 too
+    for volume, top in ((voxels, 100.0), (small, 1.0)):
+        window = resolve_intensity(volume)
+        assert (window.low, window.high) == (0.0, top)
+        frames = apply_window(volume, window)
+        np.testing.assert_array_equal(frames, np.where(volume > 0, 255, 0))
+
+
 # ---- apply_window ---------------------------------------------------------------------------------
 
 

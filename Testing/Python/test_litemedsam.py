@@ -35,6 +35,20 @@ def test_resized_shape_keeps_the_aspect_ratio_with_the_training_rounding():
     assert resized_shape_for((41, 43)) == (244, 256)  # 244.09
 
 
+def test_a_frame_thinner_than_one_input_pixel_still_gives_an_image_and_a_mask(random_checkpoint):
+    # the side view of a 2-slice 1100 x 1100 volume: 2 * 256 / 1100 = 0.47 rounded to 0 rows, and the
+    # encoder's preprocessing failed with torch's "min(): Expected reduction dim" error
+    assert resized_shape_for((2, 1100)) == (1, 256)
+    assert resized_shape_for((1100, 2)) == (256, 1)
+    frame = np.zeros((2, 1100), dtype=np.uint8)
+    frame[:, 500:600] = 200
+    tensor = preprocess_frame(frame)
+    assert float(tensor[0, 0].max()) == pytest.approx(1.0) and float(tensor[:, 1:].abs().sum()) == 0.0
+    model = LiteMedSamModel(checkpoint=random_checkpoint, device="cpu", compile="off")
+    prediction = model.predict(model.embed_frames([frame])[0], box_frame_xyxy=np.array([480, 0, 620, 1]))
+    assert prediction.logits_frame.shape == (2, 1100)
+
+
 def test_preprocess_pads_bottom_right_and_scales_to_unit_range():
     frame = np.zeros((100, 200), dtype=np.uint8)
     frame[:, 100:] = 200

@@ -382,3 +382,24 @@ def test_model_calls_on_a_cpu_flush_denormals_in_the_thread_that_runs_them(tuned
 
     assert on_new_thread(segment) > 1
     assert len(model.probed) > 2 and all(all(flushed) for flushed in model.probed)
+
+
+def test_a_positive_click_outside_the_mask_box_of_a_correction_adds_the_missed_part():
+    """A correction without a box keeps the slice's mask box; a positive click on a part the mask missed
+    lies outside that box and was ignored (the model segments inside its box). The box now takes it in."""
+    voxels = np.zeros((6, 30, 60), dtype=np.float32)
+    voxels[:, 10:20, 5:55] = 200  # a long bar
+    volume = Volume(voxels, np.eye(4))
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object()
+    missed = np.zeros((30, 60), dtype=bool)
+    missed[10:20, 5:20] = True  # the left end only
+    session.add_mask(object_id, 2, 3, missed)
+    result = session.add_prompts(object_id, make_slice_prompts(volume, points_ijk=[(45, 15, 3)], axis=2))
+    assert result.mask_frame[10:20, 5:46].all()  # the left end through the click
+    # a negative click still only removes a part of the mask, inside its box
+    result = session.add_prompts(
+        object_id,
+        make_slice_prompts(volume, points_ijk=[(45, 15, 3), (30, 15, 3)], point_labels=[1, 0], axis=2),
+    )
+    assert result.mask_frame[15, 45] and not result.mask_frame[15, 30] and result.mask_frame[15, 10]

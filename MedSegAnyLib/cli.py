@@ -432,6 +432,8 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
                 "exclusive",
                 file=stderr,
             )
+        if not args.quiet:
+            _note_empty_prompted_slices(session, obj, run, stderr)
         present = sorted(index for index, source in obj.slice_sources.items() if source)
         filled = [_volume_index(run, index) for index in present if _slice_has_voxels(obj, index)]
         extent = f"{'IJK'[obj.axis]} {min(filled)}..{max(filled)}" if filled else "none"
@@ -466,6 +468,27 @@ def _run_plan(model: Any, job: SegmentJob, stderr: TextIO, quiet: bool) -> Any:
 def _volume_index(run: Any, slice_index: int) -> int:
     """A slice index of the run's volume as the user's volume's index (they differ on a slab)."""
     return slice_index if run.slab is None else run.slab.to_volume_index(slice_index)
+
+
+def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO) -> None:
+    """Say why an object got nothing where it was prompted (the run stops there, so its summary alone
+    reads "0 slices"), with the way out that fits its prompt."""
+    empty = [index for index in sorted(obj.prompts) if not _slice_has_voxels(obj, index)]
+    if not empty:
+        return
+    where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in empty)
+    if all(obj.prompts[index].box_ijk is not None for index in empty):
+        fix = (
+            "check that the box covers the object and that the intensity window shows it (--preset, --window)"
+        )
+    elif session.is_sam2:
+        fix = "add a box, or more positive points on the object"
+    else:  # LiteMedSAM and MedSAM were trained with boxes: points alone often give nothing
+        fix = f"add a box ({getattr(session.model, 'model_id', 'this model')} was trained with boxes)"
+    print(
+        f"medsegany: note: the model found nothing for {obj.name} on its prompted slice {where}; {fix}",
+        file=stderr,
+    )
 
 
 def _slice_has_voxels(obj, index: int) -> bool:

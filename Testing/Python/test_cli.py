@@ -296,6 +296,33 @@ def test_an_object_hidden_by_a_later_one_in_the_labelmap_is_told(phantom, tmp_pa
     assert "organ's" not in err
 
 
+def test_an_object_the_model_found_nothing_for_is_told_with_its_fix(phantom, tmp_path, capsys, monkeypatch):
+    """A run that finds nothing on its prompted slice stops there; the summary alone read "0 slices
+    (none), 0 voxels". The note names the slice and the way out that fits the prompt."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    class TrainedWithBoxes(ThresholdModel):  # like LiteMedSAM: a point alone gives nothing
+        def predict(self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None):
+            if box_frame_xyxy is None:
+                box_frame_xyxy = (0, 0, 0, 0)  # the dark corner
+            return super().predict(embedding, box_frame_xyxy, points_frame_xy, point_labels)
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: TrainedWithBoxes())
+    code, out, err = run_cli(capsys, "segment", phantom, "--point-ijk", "30,32,2", "--axis", "K",
+                             "--window=0,255", "-o", tmp_path / "point.nii.gz")  # fmt: skip
+    assert code == 0 and "0 slices (none), 0 voxels" in out
+    assert "note: the model found nothing for" in err and "on its prompted slice K=2; add a box" in err
+    # a box on the background: the box and the window are what to check
+    code, out, err = run_cli(capsys, "segment", phantom, "--box-ijk", "1,1,3,8,8,3", "--window", "0,255",
+                             "-o", tmp_path / "box.nii.gz")  # fmt: skip
+    assert code == 0 and "prompted slice K=3; check that the box covers the object" in err
+    # found: no note
+    code, out, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window", "0,255",
+                             "-o", tmp_path / "found.nii.gz")  # fmt: skip
+    assert code == 0 and "found nothing" not in err
+
+
 def test_a_nifti_output_of_a_sheared_volume_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
     """A gantry-tilted CT kept in NRRD (its K axis leans): ITK's NIfTI writer made the axes perpendicular,
     and the labelmap written after the run lay 2 mm off the image at its far corner, exit 0."""

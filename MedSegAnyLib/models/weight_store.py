@@ -261,11 +261,17 @@ class WeightStore:
         if expected is not None and actual != expected:
             temp_path.unlink(missing_ok=True)
             what = "published" if source == "published" else "recorded at first download"
+            fix = "check that you have the right file; nothing was installed"
+            if source == "recorded":
+                fix += (f" (if the first file installed was the wrong one, delete the entry {card.id} "
+                        f"in {self.recorded_hashes_path})")
             raise ModelError(
                 f"{origin} is not {card.filename} of {card.id}: "
                 f"SHA-256 {actual}, expected {expected} ({what})",
-                "check that you have the right file; nothing was installed",
+                fix,
             )
+        if expected is None:
+            self._refuse_unloadable(card, temp_path, origin)
         size = temp_path.stat().st_size
         os.replace(temp_path, self.root / card.filename)
         first_use = expected is None
@@ -273,6 +279,23 @@ class WeightStore:
             self._record_hash(card, actual, size)
         return StoredFile(card.id, self.root / card.filename, actual, "recorded" if first_use else source,
                           first_use=first_use)
+
+    def _refuse_unloadable(self, card: ModelCard, temp_path: Path, origin: str) -> None:
+        """Delete ``temp_path`` and raise unless it loads as a checkpoint in ``card``'s format.
+
+        Why: with no published hash, the hash of the first file is recorded and every later file must
+        match it, so an empty, truncated or foreign file (an HTML error page, another model's file) must
+        never be recorded: the right file would be refused ever after.
+        """
+        try:
+            load_state_dict(temp_path, key=card.state_dict_key)
+        except ModelError as error:
+            temp_path.unlink(missing_ok=True)
+            problem = error.problem.replace(temp_path.name, "the file")
+            raise ModelError(
+                f"{origin} cannot be used as {card.id}: {problem}",
+                "check that you have the right file; nothing was installed and no hash was recorded",
+            ) from None
 
     def _check_free_space(self, card: ModelCard, already_bytes: int) -> None:
         needed = (card.bytes or card.approx_bytes or 0) - already_bytes

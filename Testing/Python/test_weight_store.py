@@ -27,6 +27,20 @@ PAYLOAD = random.Random(0).randbytes(3 * (1 << 20) + 123)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
+def checkpoint_bytes(key: str | None = "model", seed: int = 0) -> bytes:
+    """A small real PyTorch checkpoint (Meta's layout: the state dict under ``key``), about 4 MB: what a
+    model without a published hash must look like to have its hash recorded."""
+    import io
+
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    weights = {"trunk.weight": torch.rand(1024, 1024, generator=generator), "trunk.bias": torch.zeros(3)}
+    buffer = io.BytesIO()
+    torch.save(weights if key is None else {key: weights}, buffer)
+    return buffer.getvalue()
+
+
 class _Files:
     """What the test server serves and what it saw."""
 
@@ -198,20 +212,23 @@ def test_complete_part_answered_416_is_verified(server, store):
 
 
 def test_trust_on_first_use_records_then_enforces(server, store):
-    server.files["/m.pt"] = PAYLOAD
-    card = fake_card([server.base_url + "/m.pt"], sha256=None)
+    checkpoint = checkpoint_bytes()
+    checkpoint_sha = hashlib.sha256(checkpoint).hexdigest()
+    server.files["/m.pt"] = checkpoint
+    card = fake_card([server.base_url + "/m.pt"], data=checkpoint, sha256=None)
     first = store.download(card, accept_license=True)
-    assert first.first_use and first.hash_source == "recorded" and first.sha256 == PAYLOAD_SHA
+    assert first.first_use and first.hash_source == "recorded" and first.sha256 == checkpoint_sha
     recorded = json.loads((store.root / "recorded_hashes.json").read_text(encoding="utf-8"))
-    assert recorded["fake_model"]["sha256"] == PAYLOAD_SHA
+    assert recorded["fake_model"]["sha256"] == checkpoint_sha
     assert store.verify(card).hash_source == "recorded"
     store.remove(card)
-    server.files["/m.pt"] = PAYLOAD[::-1]  # the publisher's file changed under the same name
+    server.files["/m.pt"] = checkpoint_bytes(seed=1)  # the publisher's file changed under the same name
     card_changed = dataclasses.replace(card, bytes=None)
-    with pytest.raises(ModelError, match="recorded at first download"):
+    with pytest.raises(ModelError, match="recorded at first download") as info:
         store.download(card_changed, accept_license=True)
+    assert "recorded_hashes.json" in str(info.value)  # the way out when the first file was the wrong one
     assert files_in(store.root) == ["recorded_hashes.json"]
-    server.files["/m.pt"] = PAYLOAD
+    server.files["/m.pt"] = checkpoint
     second = store.download(card_changed, accept_license=True)
     assert not second.first_use and second.hash_source == "recorded"
 
@@ -313,9 +330,43 @@ def test_import_checks_hash_and_leaves_nothing_on_mismatch(store, tmp_path):
 def test_import_without_published_hash_records_it(store, tmp_path):
     card = fake_card([], sha256=None)
     source = tmp_path / "src.pt"
-    source.write_bytes(PAYLOAD)
+    source.write_bytes(checkpoint_bytes())
     assert store.import_file(card, source).first_use
-    assert store.recorded_hash(card) == PAYLOAD_SHA
+    assert store.recorded_hash(card) == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "truncated or corrupt"),
+    ("html", "not a PyTorch checkpoint"),
+    ("cut", "truncated or corrupt"),
+    ("plain", "has no 'model' entry"),  # another model's layout: the state dict not under "model"
+])
+def test_first_use_never_records_the_hash_of_a_file_that_is_no_checkpoint(store, tmp_path, kind, message):
+    # With no published hash, a recorded hash of a bad file would make the right file fail ever after.
+    content = {"empty": lambda: b"", "html": lambda: b"<html><body>Too many requests</body></html>",
+               "cut": lambda: checkpoint_bytes()[:1_000_000],
+               "plain": lambda: checkpoint_bytes(key=None)}[kind]()
+    card = fake_card([], sha256=None)
+    source = tmp_path / "src.pt"
+    source.write_bytes(content)
+    with pytest.raises(ModelError, match=f"cannot be used as fake_model: the file .*{message}") as info:
+        store.import_file(card, source)
+    assert "no hash was recorded" in str(info.value) and "\n" not in str(info.value)
+    assert store.recorded_hash(card) is None and files_in(store.root) == []
+    assert source.read_bytes() == content  # the user's file is kept
+    source.write_bytes(checkpoint_bytes())
+    assert store.import_file(card, source).first_use
+
+
+def test_first_use_download_of_a_cut_file_records_nothing(server, store):
+    # A server that closes early without Content-Length gives no sign of the cut but the file itself.
+    checkpoint = checkpoint_bytes()
+    server.files["/m.pt"] = checkpoint[: len(checkpoint) // 2]
+    card = fake_card([server.base_url + "/m.pt"], data=checkpoint, sha256=None)
+    card = dataclasses.replace(card, bytes=None)
+    with pytest.raises(ModelError, match="cannot be used as fake_model: the file is truncated"):
+        store.download(card, accept_license=True)
+    assert files_in(store.root) == []
 
 
 def test_verify_detects_damage_and_absence(store, tmp_path):

@@ -199,7 +199,10 @@ class WeightStore:
             return False
         if not path.is_file():
             return False
-        return card.bytes is None or path.stat().st_size == card.bytes
+        # without a published size, the size recorded with the hash: a file cut or swapped since is not
+        # "present" (else `models download` would say "already present" and never replace it)
+        expected_bytes = card.bytes if card.bytes is not None else self.recorded_bytes(card)
+        return expected_bytes is None or path.stat().st_size == expected_bytes
 
     # ------------------------------------------------------------------ recorded hashes (trust on first use)
     @property
@@ -220,6 +223,15 @@ class WeightStore:
         """The hash recorded at the first download/import of a model without a published hash."""
         entry = self._read_recorded().get(card.id)
         return entry.get("sha256") if isinstance(entry, dict) else None
+
+    def recorded_bytes(self, card: ModelCard) -> int | None:
+        """The size recorded with the hash of a model without a published hash (None: none, or unreadable)."""
+        try:
+            entry = self._read_recorded().get(card.id)
+        except ModelError:
+            return None  # a damaged record is reported by the hash checks, not by a size test
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        return size if isinstance(size, int) else None
 
     def _record_hash(self, card: ModelCard, sha256: str, size: int) -> None:
         data = self._read_recorded()

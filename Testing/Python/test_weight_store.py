@@ -369,6 +369,25 @@ def test_first_use_download_of_a_cut_file_records_nothing(server, store):
     assert files_in(store.root) == []
 
 
+def test_a_cut_file_without_published_size_is_not_present_and_downloads_again(server, store, monkeypatch):
+    # medsam_vit_b and the MedSAM2 variants publish no size: the size recorded with the hash stands in
+    checkpoint = checkpoint_bytes()
+    server.files["/m.pt"] = checkpoint
+    card = fake_card([server.base_url + "/m.pt"], data=checkpoint, sha256=None)
+    card = dataclasses.replace(card, bytes=None)
+    monkeypatch.setattr(weight_store_module, "get_card", lambda model_id: card)
+    store.download(card, accept_license=True)
+    assert store.is_present(card) and resolve_checkpoint("fake_model", store) == store.path_for(card)
+    path = store.path_for(card)
+    with open(path, "r+b") as file:
+        file.truncate(1000)  # cut on disk after it was verified
+    assert not store.is_present(card) and store.entry(card).state == "missing"
+    with pytest.raises(ModelError, match="fake_model is incomplete"):
+        resolve_checkpoint("fake_model", store)
+    result = store.download(card, accept_license=True)
+    assert not result.already_present and path.read_bytes() == checkpoint
+
+
 def test_verify_detects_damage_and_absence(store, tmp_path):
     card = fake_card([])
     with pytest.raises(ModelError, match="not in"):

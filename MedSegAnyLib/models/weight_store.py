@@ -395,7 +395,11 @@ class WeightStore:
                              "give the path of the checkpoint file")
         self._make_root()
         self._check_free_space(card, 0)
-        handle, temp_name = tempfile.mkstemp(dir=self.root, prefix=f".{card.filename}.", suffix=".import")
+        try:
+            handle, temp_name = tempfile.mkstemp(dir=self.root, prefix=f".{card.filename}.", suffix=".import")
+        except OSError as error:  # a read-only or foreign weights folder
+            raise ModelError(f"cannot write into the weights folder {self.root} ({error.strerror})",
+                             "make it writable or set MEDSEGANY_HOME to a writable folder") from None
         temp_path = Path(temp_name)
         try:
             with os.fdopen(handle, "wb") as target, open(source, "rb") as origin:
@@ -445,7 +449,12 @@ class WeightStore:
         removed = []
         for path in (self.root / card.filename, self.part_path_for(card)):
             if path.is_file():
-                path.unlink()
+                try:
+                    path.unlink()
+                except OSError as error:  # a read-only weights folder, or another user's
+                    done = f" ({', '.join(map(str, removed))} was removed)" if removed else ""
+                    raise ModelError(f"cannot delete {path} ({error.strerror}){done}",
+                                     f"make {self.root} writable, or delete the file by hand") from None
                 removed.append(path)
         return removed
 

@@ -415,6 +415,27 @@ def test_remove_deletes_file_and_part(store, tmp_path):
         store.remove(get_card("litemedsam"))
 
 
+def test_read_only_weights_folder_gives_one_line_errors(store, tmp_path, monkeypatch):
+    # what a read-only mount (errno EROFS) or another user's folder does to the writes of import and remove
+    card = fake_card([])
+    source = tmp_path / "src.pt"
+    source.write_bytes(PAYLOAD)
+    store.import_file(card, source)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(weight_store_module.tempfile, "mkstemp", read_only)
+    with pytest.raises(ModelError, match=r"cannot write into the weights folder .*Read-only file system"):
+        store.import_file(card, source)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(ModelError, match=r"cannot delete .*fake_model.pt \(Read-only file system\)") as info:
+        store.remove(card)
+    assert "MEDSEGANY_HOME" in str(info.value) or "writable" in str(info.value)
+    monkeypatch.undo()
+    assert store.path_for(card).read_bytes() == PAYLOAD and source.read_bytes() == PAYLOAD
+
+
 def test_list_entries_reports_states(store):
     tiny = get_card("sam2.1_hiera_tiny")
     store.root.mkdir(parents=True)

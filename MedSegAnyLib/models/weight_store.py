@@ -415,7 +415,12 @@ class WeightStore:
         except BaseException:
             temp_path.unlink(missing_ok=True)
             raise
-        return self._install_checked(card, temp_path, str(source))
+        try:
+            return self._install_checked(card, temp_path, str(source))
+        except BaseException:
+            # Ctrl-C while a 2.5 GB copy is hashed: nothing would ever resume or delete the hidden copy
+            temp_path.unlink(missing_ok=True)
+            raise
 
     def verify(self, card: ModelCard) -> StoredFile:
         """Re-hash the checkpoint of ``card`` against its published or recorded hash.

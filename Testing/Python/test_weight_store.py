@@ -388,6 +388,20 @@ def test_a_cut_file_without_published_size_is_not_present_and_downloads_again(se
     assert not result.already_present and path.read_bytes() == checkpoint
 
 
+def test_import_interrupted_while_hashing_leaves_no_copy(store, tmp_path, monkeypatch):
+    card = fake_card([])
+    source = tmp_path / "src.pt"
+    source.write_bytes(PAYLOAD)
+
+    def interrupted(path):
+        raise KeyboardInterrupt  # Ctrl-C during the seconds a large checkpoint takes to hash
+
+    monkeypatch.setattr(weight_store_module, "sha256_of_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.import_file(card, source)
+    assert files_in(store.root) == [] and source.read_bytes() == PAYLOAD
+
+
 def test_verify_detects_damage_and_absence(store, tmp_path):
     card = fake_card([])
     with pytest.raises(ModelError, match="not in"):

@@ -170,6 +170,28 @@ def _is_disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def _try_lock(file: Any) -> bool:
+    """Take an exclusive lock on an open file without waiting: False when another holder has it.
+
+    The operating system drops the lock when its holder exits, so a killed download never blocks the
+    next one. On a file system without locks the download goes ahead unlocked (True).
+    """
+    try:
+        if sys.platform.startswith("win"):
+            import msvcrt
+
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        return not (sys.platform.startswith("win") and error.errno in (errno.EACCES, errno.EDEADLK))
+    return True
+
+
 class WeightStore:
     """Checkpoints on this machine: download, import, verify, remove, list.
 
@@ -321,6 +343,42 @@ class WeightStore:
                 "free some space or set MEDSEGANY_HOME to a folder on a larger disk",
             )
 
+    @contextlib.contextmanager
+    def _download_lock(self, card: ModelCard) -> Any:
+        """Hold ``.<filename>.lock`` while ``card`` downloads; a second download of it fails at once.
+
+        Why: two processes (two terminals, the CLI and Slicer) appending to the same ``.part`` wrote a
+        corrupt file, and the one still writing after the other had installed it kept appending to the
+        installed checkpoint. The lock file is deleted by its holder; a file deleted between another
+        process's open and lock is detected (not the file at the path any more) and opened again.
+        """
+        lock_path = self.root / f".{card.filename}.lock"
+        for _ in range(5):
+            try:
+                handle = open(lock_path, "a+b")  # noqa: SIM115 (closed below)
+            except OSError as error:
+                raise ModelError(f"cannot write into the weights folder {self.root} ({error.strerror})",
+                                 "make it writable or set MEDSEGANY_HOME to a writable folder") from None
+            if not _try_lock(handle):
+                handle.close()
+                raise ModelError(f"another process is downloading {card.id} into {self.root} right now",
+                                 "wait for it to finish, then run the command again")
+            try:
+                current = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+            except OSError:
+                current = False
+            if current:
+                break
+            handle.close()
+        else:
+            raise ModelError(f"cannot lock {lock_path}", "try again")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # Windows cannot delete an open file: it stays, harmless
+                lock_path.unlink()
+            handle.close()
+
     def _make_root(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -357,6 +415,15 @@ class WeightStore:
             expected, source = self.expected_hash(card)
             return StoredFile(card.id, self.path_for(card), expected, source, already_present=True)
         self._make_root()
+        with self._download_lock(card):
+            if self.is_present(card):  # another process finished it just before we took the lock
+                expected, source = self.expected_hash(card)
+                return StoredFile(card.id, self.path_for(card), expected, source, already_present=True)
+            return self._download_locked(card, progress, timeout_s)
+
+    def _download_locked(
+        self, card: ModelCard, progress: _download.ProgressCallback | None, timeout_s: float
+    ) -> StoredFile:
         part_path = self.part_path_for(card)
         self._check_free_space(card, part_path.stat().st_size if part_path.exists() else 0)
         failures: list[_download.NetworkError] = []

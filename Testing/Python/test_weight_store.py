@@ -233,6 +233,28 @@ def test_trust_on_first_use_records_then_enforces(server, store):
     assert not second.first_use and second.hash_source == "recorded"
 
 
+def test_a_second_download_of_the_same_model_is_refused_while_the_first_runs(server, store):
+    # Two processes (two terminals, the CLI and Slicer) appended to the same .part: a corrupt file, and
+    # the one still writing after the other had installed it wrote into the installed checkpoint.
+    server.files["/m.pt"] = PAYLOAD
+    card = fake_card([server.base_url + "/m.pt"])
+    other = WeightStore(store.root)  # another process's store: its own open of the lock file
+    refusals = []
+
+    def progress(done_bytes, total_bytes):
+        if 0 < done_bytes < len(PAYLOAD) and not refusals:
+            try:
+                other.download(card, accept_license=True)
+            except ModelError as error:
+                refusals.append(str(error))
+
+    result = store.download(card, progress=progress, accept_license=True)
+    assert len(refusals) == 1 and "another process is downloading fake_model" in refusals[0]
+    assert result.path.read_bytes() == PAYLOAD and files_in(store.root) == ["fake_model.pt"]
+    assert len(server.requests) == 1  # the refused one fetched nothing
+    assert other.download(card, accept_license=True).already_present
+
+
 def test_http_error_is_one_line_and_leaves_nothing(server, store):
     card = fake_card([server.base_url + "/missing.pt"])
     with pytest.raises(ModelError, match="HTTP 404") as info:

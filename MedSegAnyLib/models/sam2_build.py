@@ -194,6 +194,10 @@ def _read_state_dict(checkpoint: Path, state_key: str | None) -> dict:
         ) from None
     except Exception as error:  # truncated zip, not a torch file at all...
         raise ModelError(f"cannot read checkpoint {checkpoint}: {error}", "re-download the file") from None
+    if state_key is not None and isinstance(data, dict) and state_key not in data and data and all(
+        isinstance(value, torch.Tensor) for value in data.values()
+    ):
+        state_key = None  # a plain state dict (a user's model.state_dict()), not wrapped as Meta does
     if state_key is not None:
         if not isinstance(data, dict) or state_key not in data:
             keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__

@@ -591,13 +591,23 @@ def _unpickle_refusal_reason(message: str) -> str:
     return "it holds Python objects beyond tensors"
 
 
-def load_state_dict(path: Path | str, key: str | None = None) -> dict[str, Any]:
+def _is_tensor_mapping(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(item, torch.Tensor) for item in value.values())
+
+
+def load_state_dict(path: Path | str, key: str | None = None, either_layout: bool = False) -> dict[str, Any]:
     """Load a checkpoint's state dict safely: ``torch.load(..., map_location="cpu", weights_only=True)``.
 
     Args:
         path: the checkpoint file.
         key: entry holding the state dict (``"model"`` for sam2 and MedSAM2), None when the file is the
             state dict itself.
+        either_layout: also take the other common layout (a user's own file): the state dict itself
+            although ``key`` is given, or the state dict under ``"model"`` although ``key`` is None, as
+            fine-tuning scripts save it (MedSAM's: ``{"model": ..., "optimizer": ..., "epoch": ...}``).
 
     Raises ModelError when the file is missing, truncated or corrupt, would need arbitrary code to unpickle
     (e.g. SAM-Med2D's file holds optimizer state), lacks ``key``, or does not hold a mapping of tensors.
@@ -628,13 +638,17 @@ def load_state_dict(path: Path | str, key: str | None = None) -> dict[str, Any]:
         reason = str(error).split(". ")[0] or type(error).__name__
         raise ModelError(f"{path.name} is truncated or corrupt ({reason})",
                          "get a complete copy again (download, copy or import it anew)") from None
+    if either_layout and isinstance(loaded, Mapping):
+        if key is None and not _is_tensor_mapping(loaded) and _is_tensor_mapping(loaded.get("model")):
+            key = "model"
+        elif key is not None and key not in loaded and _is_tensor_mapping(loaded):
+            key = None
     if key is not None:
         if not isinstance(loaded, Mapping) or key not in loaded:
             raise ModelError(f"{path.name} has no '{key}' entry (it holds: {_describe(loaded)})",
                              "check that the file belongs to the chosen model")
         loaded = loaded[key]
-    if not isinstance(loaded, Mapping) or not loaded or not all(
-            isinstance(value, torch.Tensor) for value in loaded.values()):
+    if not _is_tensor_mapping(loaded):
         where = "" if key is None else f" under '{key}'"
         raise ModelError(
             f"{path.name} does not hold a state dict of tensors{where} (it holds: {_describe(loaded)})",

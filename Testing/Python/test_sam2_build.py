@@ -105,6 +105,14 @@ def test_user_yaml_file_builds_the_same_model(tmp_path, checkpoint_512, state_di
     assert torch.equal(model.state_dict()["no_mem_embed"], state_dict_512["no_mem_embed"])
 
 
+def test_plain_state_dict_without_the_model_wrapper_loads(tmp_path, state_dict_512):
+    # a user's own file saved as torch.save(model.state_dict(), path), not wrapped as Meta does
+    path = tmp_path / "plain.pt"
+    torch.save(state_dict_512, path)
+    model = build_sam2_model(CONFIG_512, path)
+    assert torch.equal(model.state_dict()["no_mem_embed"], state_dict_512["no_mem_embed"])
+
+
 def test_checkpoint_of_another_architecture_is_a_model_error(tmp_path, state_dict_512):
     changed = dict(state_dict_512)
     first_key = next(iter(changed))

@@ -530,6 +530,11 @@ def test_load_state_dict_accepts_tensors_and_refuses_the_rest(tmp_path):
     plain = tmp_path / "plain.pth"
     torch.save(weights, plain)
     assert set(load_state_dict(plain)) == set(weights)
+    # a user's own file in the other common layout, when the loader is told to take either
+    assert set(load_state_dict(wrapped, either_layout=True)) == set(weights)
+    assert set(load_state_dict(plain, key="model", either_layout=True)) == set(weights)
+    with pytest.raises(ModelError, match="no 'model' entry"):
+        load_state_dict(plain, key="model")  # a catalog file must have its publisher's layout
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])

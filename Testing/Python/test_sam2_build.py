@@ -142,6 +142,15 @@ def test_unreadable_or_unsafe_checkpoints_are_model_errors(tmp_path, checkpoint_
     garbage.write_bytes(b"not a torch file")
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         build_sam2_model(CONFIG_512, garbage)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")  # a copy that never got its bytes
+    with pytest.raises(ModelError, match=r"empty.pt: it is truncated or corrupt \(EOFError\)"):
+        build_sam2_model(CONFIG_512, empty)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(checkpoint_512.read_bytes()[:100_000])
+    with pytest.raises(ModelError, match=r"corrupt \(PytorchStreamReader[^.]*\)\. re-download") as info:
+        build_sam2_model(CONFIG_512, cut)
+    assert "internal miniz error" not in str(info.value)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"model": {}, "optimizer": shutil.copy}, unsafe)  # a function: needs full unpickling
     with pytest.raises(ModelError, match="more than weights"):

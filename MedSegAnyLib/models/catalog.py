@@ -155,6 +155,13 @@ def get_card(model_id: str) -> ModelCard:
     for known_id, card in catalog.items():
         if known_id.lower() == model_id.lower():
             return card
-    close = difflib.get_close_matches(model_id.lower(), list(catalog), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ModelError(f"unknown model '{model_id}'", f"{hint}list the models with `medsegany models list`")
+    # Suggest only models that can be used: "sam2" once suggested samed2 and sam_med2d, both unsupported.
+    usable = [known_id for known_id, card in catalog.items() if card.is_usable]
+    typed = model_id.lower()
+    close = [known_id for known_id in usable if typed and known_id.startswith(typed)] or (
+        difflib.get_close_matches(typed, usable, n=3, cutoff=0.5))
+    if close:
+        fix = f"did you mean {', '.join(close)}? `medsegany models list` shows them all"
+    else:
+        fix = f"use one of {', '.join(usable)} (`medsegany models list` describes them)"
+    raise ModelError(f"unknown model '{model_id}'", fix)

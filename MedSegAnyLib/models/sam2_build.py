@@ -193,7 +193,16 @@ def _read_state_dict(checkpoint: Path, state_key: str | None) -> dict:
             "use the publisher's weights-only file",
         ) from None
     except Exception as error:  # truncated zip, not a torch file at all...
-        raise ModelError(f"cannot read checkpoint {checkpoint}: {error}", "re-download the file") from None
+        # an empty file raises EOFError with no text; torch's zip errors go on for 5 sentences
+        reason = str(error).split(". ")[0].strip() or type(error).__name__
+        raise ModelError(
+            f"cannot read checkpoint {checkpoint}: it is truncated or corrupt ({reason})",
+            "re-download the file",
+        ) from None
+    if state_key is not None and isinstance(data, dict) and state_key not in data and data and all(
+        isinstance(value, torch.Tensor) for value in data.values()
+    ):
+        state_key = None  # a plain state dict (a user's model.state_dict()), not wrapped as Meta does
     if state_key is not None:
         if not isinstance(data, dict) or state_key not in data:
             keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__

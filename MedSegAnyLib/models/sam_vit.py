@@ -126,9 +126,8 @@ class SamVitModel:
         """Load the publisher's file (a plain state dict for SAM and MedSAM) with ``weights_only=True``."""
         from .weight_store import load_state_dict
 
-        state = load_state_dict(checkpoint, key=state_key)
-        if state_key is None and "model" in state and not hasattr(state["model"], "shape"):
-            state = state["model"]
+        # a user's fine-tuned file may wrap the weights: {"model": ..., "optimizer": ..., "epoch": ...}
+        state = load_state_dict(checkpoint, key=state_key, either_layout=True)
         net = build_sam_vit(registry_name)
         try:
             result = net.load_state_dict(state, strict=False)

@@ -170,6 +170,28 @@ def _is_disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def _try_lock(file: Any) -> bool:
+    """Take an exclusive lock on an open file without waiting: False when another holder has it.
+
+    The operating system drops the lock when its holder exits, so a killed download never blocks the
+    next one. On a file system without locks the download goes ahead unlocked (True).
+    """
+    try:
+        if sys.platform.startswith("win"):
+            import msvcrt
+
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        return not (sys.platform.startswith("win") and error.errno in (errno.EACCES, errno.EDEADLK))
+    return True
+
+
 class WeightStore:
     """Checkpoints on this machine: download, import, verify, remove, list.
 
@@ -199,7 +221,10 @@ class WeightStore:
             return False
         if not path.is_file():
             return False
-        return card.bytes is None or path.stat().st_size == card.bytes
+        # without a published size, the size recorded with the hash: a file cut or swapped since is not
+        # "present" (else `models download` would say "already present" and never replace it)
+        expected_bytes = card.bytes if card.bytes is not None else self.recorded_bytes(card)
+        return expected_bytes is None or path.stat().st_size == expected_bytes
 
     # ------------------------------------------------------------------ recorded hashes (trust on first use)
     @property
@@ -220,6 +245,15 @@ class WeightStore:
         """The hash recorded at the first download/import of a model without a published hash."""
         entry = self._read_recorded().get(card.id)
         return entry.get("sha256") if isinstance(entry, dict) else None
+
+    def recorded_bytes(self, card: ModelCard) -> int | None:
+        """The size recorded with the hash of a model without a published hash (None: none, or unreadable)."""
+        try:
+            entry = self._read_recorded().get(card.id)
+        except ModelError:
+            return None  # a damaged record is reported by the hash checks, not by a size test
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        return size if isinstance(size, int) else None
 
     def _record_hash(self, card: ModelCard, sha256: str, size: int) -> None:
         data = self._read_recorded()
@@ -261,11 +295,17 @@ class WeightStore:
         if expected is not None and actual != expected:
             temp_path.unlink(missing_ok=True)
             what = "published" if source == "published" else "recorded at first download"
+            fix = "check that you have the right file; nothing was installed"
+            if source == "recorded":
+                fix += (f" (if the first file installed was the wrong one, delete the entry {card.id} "
+                        f"in {self.recorded_hashes_path})")
             raise ModelError(
                 f"{origin} is not {card.filename} of {card.id}: "
                 f"SHA-256 {actual}, expected {expected} ({what})",
-                "check that you have the right file; nothing was installed",
+                fix,
             )
+        if expected is None:
+            self._refuse_unloadable(card, temp_path, origin)
         size = temp_path.stat().st_size
         os.replace(temp_path, self.root / card.filename)
         first_use = expected is None
@@ -273,6 +313,23 @@ class WeightStore:
             self._record_hash(card, actual, size)
         return StoredFile(card.id, self.root / card.filename, actual, "recorded" if first_use else source,
                           first_use=first_use)
+
+    def _refuse_unloadable(self, card: ModelCard, temp_path: Path, origin: str) -> None:
+        """Delete ``temp_path`` and raise unless it loads as a checkpoint in ``card``'s format.
+
+        Why: with no published hash, the hash of the first file is recorded and every later file must
+        match it, so an empty, truncated or foreign file (an HTML error page, another model's file) must
+        never be recorded: the right file would be refused ever after.
+        """
+        try:
+            load_state_dict(temp_path, key=card.state_dict_key)
+        except ModelError as error:
+            temp_path.unlink(missing_ok=True)
+            problem = error.problem.replace(temp_path.name, "the file")
+            raise ModelError(
+                f"{origin} cannot be used as {card.id}: {problem}",
+                "check that you have the right file; nothing was installed and no hash was recorded",
+            ) from None
 
     def _check_free_space(self, card: ModelCard, already_bytes: int) -> None:
         needed = (card.bytes or card.approx_bytes or 0) - already_bytes
@@ -285,6 +342,42 @@ class WeightStore:
                 f"{free / 1e6:.0f} MB free",
                 "free some space or set MEDSEGANY_HOME to a folder on a larger disk",
             )
+
+    @contextlib.contextmanager
+    def _download_lock(self, card: ModelCard) -> Any:
+        """Hold ``.<filename>.lock`` while ``card`` downloads; a second download of it fails at once.
+
+        Why: two processes (two terminals, the CLI and Slicer) appending to the same ``.part`` wrote a
+        corrupt file, and the one still writing after the other had installed it kept appending to the
+        installed checkpoint. The lock file is deleted by its holder; a file deleted between another
+        process's open and lock is detected (not the file at the path any more) and opened again.
+        """
+        lock_path = self.root / f".{card.filename}.lock"
+        for _ in range(5):
+            try:
+                handle = open(lock_path, "a+b")  # noqa: SIM115 (closed below)
+            except OSError as error:
+                raise ModelError(f"cannot write into the weights folder {self.root} ({error.strerror})",
+                                 "make it writable or set MEDSEGANY_HOME to a writable folder") from None
+            if not _try_lock(handle):
+                handle.close()
+                raise ModelError(f"another process is downloading {card.id} into {self.root} right now",
+                                 "wait for it to finish, then run the command again")
+            try:
+                current = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+            except OSError:
+                current = False
+            if current:
+                break
+            handle.close()
+        else:
+            raise ModelError(f"cannot lock {lock_path}", "try again")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # Windows cannot delete an open file: it stays, harmless
+                lock_path.unlink()
+            handle.close()
 
     def _make_root(self) -> None:
         try:
@@ -322,6 +415,15 @@ class WeightStore:
             expected, source = self.expected_hash(card)
             return StoredFile(card.id, self.path_for(card), expected, source, already_present=True)
         self._make_root()
+        with self._download_lock(card):
+            if self.is_present(card):  # another process finished it just before we took the lock
+                expected, source = self.expected_hash(card)
+                return StoredFile(card.id, self.path_for(card), expected, source, already_present=True)
+            return self._download_locked(card, progress, timeout_s)
+
+    def _download_locked(
+        self, card: ModelCard, progress: _download.ProgressCallback | None, timeout_s: float
+    ) -> StoredFile:
         part_path = self.part_path_for(card)
         self._check_free_space(card, part_path.stat().st_size if part_path.exists() else 0)
         failures: list[_download.NetworkError] = []
@@ -360,7 +462,11 @@ class WeightStore:
                              "give the path of the checkpoint file")
         self._make_root()
         self._check_free_space(card, 0)
-        handle, temp_name = tempfile.mkstemp(dir=self.root, prefix=f".{card.filename}.", suffix=".import")
+        try:
+            handle, temp_name = tempfile.mkstemp(dir=self.root, prefix=f".{card.filename}.", suffix=".import")
+        except OSError as error:  # a read-only or foreign weights folder
+            raise ModelError(f"cannot write into the weights folder {self.root} ({error.strerror})",
+                             "make it writable or set MEDSEGANY_HOME to a writable folder") from None
         temp_path = Path(temp_name)
         try:
             with os.fdopen(handle, "wb") as target, open(source, "rb") as origin:
@@ -376,7 +482,12 @@ class WeightStore:
         except BaseException:
             temp_path.unlink(missing_ok=True)
             raise
-        return self._install_checked(card, temp_path, str(source))
+        try:
+            return self._install_checked(card, temp_path, str(source))
+        except BaseException:
+            # Ctrl-C while a 2.5 GB copy is hashed: nothing would ever resume or delete the hidden copy
+            temp_path.unlink(missing_ok=True)
+            raise
 
     def verify(self, card: ModelCard) -> StoredFile:
         """Re-hash the checkpoint of ``card`` against its published or recorded hash.
@@ -410,7 +521,12 @@ class WeightStore:
         removed = []
         for path in (self.root / card.filename, self.part_path_for(card)):
             if path.is_file():
-                path.unlink()
+                try:
+                    path.unlink()
+                except OSError as error:  # a read-only weights folder, or another user's
+                    done = f" ({', '.join(map(str, removed))} was removed)" if removed else ""
+                    raise ModelError(f"cannot delete {path} ({error.strerror}){done}",
+                                     f"make {self.root} writable, or delete the file by hand") from None
                 removed.append(path)
         return removed
 
@@ -475,13 +591,23 @@ def _unpickle_refusal_reason(message: str) -> str:
     return "it holds Python objects beyond tensors"
 
 
-def load_state_dict(path: Path | str, key: str | None = None) -> dict[str, Any]:
+def _is_tensor_mapping(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(item, torch.Tensor) for item in value.values())
+
+
+def load_state_dict(path: Path | str, key: str | None = None, either_layout: bool = False) -> dict[str, Any]:
     """Load a checkpoint's state dict safely: ``torch.load(..., map_location="cpu", weights_only=True)``.
 
     Args:
         path: the checkpoint file.
         key: entry holding the state dict (``"model"`` for sam2 and MedSAM2), None when the file is the
             state dict itself.
+        either_layout: also take the other common layout (a user's own file): the state dict itself
+            although ``key`` is given, or the state dict under ``"model"`` although ``key`` is None, as
+            fine-tuning scripts save it (MedSAM's: ``{"model": ..., "optimizer": ..., "epoch": ...}``).
 
     Raises ModelError when the file is missing, truncated or corrupt, would need arbitrary code to unpickle
     (e.g. SAM-Med2D's file holds optimizer state), lacks ``key``, or does not hold a mapping of tensors.
@@ -512,13 +638,17 @@ def load_state_dict(path: Path | str, key: str | None = None) -> dict[str, Any]:
         reason = str(error).split(". ")[0] or type(error).__name__
         raise ModelError(f"{path.name} is truncated or corrupt ({reason})",
                          "get a complete copy again (download, copy or import it anew)") from None
+    if either_layout and isinstance(loaded, Mapping):
+        if key is None and not _is_tensor_mapping(loaded) and _is_tensor_mapping(loaded.get("model")):
+            key = "model"
+        elif key is not None and key not in loaded and _is_tensor_mapping(loaded):
+            key = None
     if key is not None:
         if not isinstance(loaded, Mapping) or key not in loaded:
             raise ModelError(f"{path.name} has no '{key}' entry (it holds: {_describe(loaded)})",
                              "check that the file belongs to the chosen model")
         loaded = loaded[key]
-    if not isinstance(loaded, Mapping) or not loaded or not all(
-            isinstance(value, torch.Tensor) for value in loaded.values()):
+    if not _is_tensor_mapping(loaded):
         where = "" if key is None else f" under '{key}'"
         raise ModelError(
             f"{path.name} does not hold a state dict of tensors{where} (it holds: {_describe(loaded)})",

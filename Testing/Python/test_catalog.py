@@ -160,9 +160,16 @@ def test_get_card_suggests_close_ids():
     with pytest.raises(ModelError) as info:
         get_card("sam2.1_hiera_tiyn")
     assert "sam2.1_hiera_tiny" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ModelError, match="unknown model 'zzzz'"):
+    with pytest.raises(ModelError, match="unknown model 'zzzz'") as info:
         get_card("zzzz")
+    # nothing close: the usable ids are listed, and no unsupported one
+    usable = [card.id for card in load_catalog().values() if card.is_usable]
+    assert all(model_id in str(info.value) for model_id in usable) and "edgetam" not in str(info.value)
     assert get_card("MedSAM2_Latest").id == "medsam2_latest"
+    with pytest.raises(ModelError) as info:
+        get_card("sam2")  # the SAM 2 models, not the unsupported samed2 / sam_med2d
+    assert "sam2.1_hiera_tiny" in info.value.fix and "sam2_hiera_large" in info.value.fix
+    assert "samed2" not in info.value.fix and "sam_med2d" not in info.value.fix
 
 
 def test_to_dict_is_json_ready():

@@ -136,10 +136,13 @@ def test_download_verify_remove_round_trip(monkeypatch, capsys, home, served):
     assert code == 1 and "models download fake_model" in error_lines(err)[0]
 
 
-def test_trust_on_first_use_is_announced(monkeypatch, capsys, home, served):
-    with_cards(monkeypatch, fake_card([served + "/fake.pt"], sha256=None))
+def test_trust_on_first_use_is_announced(monkeypatch, capsys, home, served, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"image_encoder.neck.0.weight": torch.ones(4, 4)}, tmp_path / "www" / "fake.pt")
+    digest = hashlib.sha256((tmp_path / "www" / "fake.pt").read_bytes()).hexdigest()
+    with_cards(monkeypatch, dataclasses.replace(fake_card([served + "/fake.pt"], sha256=None), bytes=None))
     code, out, _ = run(["download", "fake_model", "--accept-license"], capsys)
-    assert code == 0 and "no published SHA-256" in out and PAYLOAD_SHA in out
+    assert code == 0 and "no published SHA-256" in out and digest in out
 
 
 def test_import_wrong_file_fails_on_hash_and_leaves_nothing(capsys, home, tmp_path):

@@ -105,6 +105,14 @@ def test_user_yaml_file_builds_the_same_model(tmp_path, checkpoint_512, state_di
     assert torch.equal(model.state_dict()["no_mem_embed"], state_dict_512["no_mem_embed"])
 
 
+def test_plain_state_dict_without_the_model_wrapper_loads(tmp_path, state_dict_512):
+    # a user's own file saved as torch.save(model.state_dict(), path), not wrapped as Meta does
+    path = tmp_path / "plain.pt"
+    torch.save(state_dict_512, path)
+    model = build_sam2_model(CONFIG_512, path)
+    assert torch.equal(model.state_dict()["no_mem_embed"], state_dict_512["no_mem_embed"])
+
+
 def test_checkpoint_of_another_architecture_is_a_model_error(tmp_path, state_dict_512):
     changed = dict(state_dict_512)
     first_key = next(iter(changed))
@@ -134,6 +142,15 @@ def test_unreadable_or_unsafe_checkpoints_are_model_errors(tmp_path, checkpoint_
     garbage.write_bytes(b"not a torch file")
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         build_sam2_model(CONFIG_512, garbage)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")  # a copy that never got its bytes
+    with pytest.raises(ModelError, match=r"empty.pt: it is truncated or corrupt \(EOFError\)"):
+        build_sam2_model(CONFIG_512, empty)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(checkpoint_512.read_bytes()[:100_000])
+    with pytest.raises(ModelError, match=r"corrupt \(PytorchStreamReader[^.]*\)\. re-download") as info:
+        build_sam2_model(CONFIG_512, cut)
+    assert "internal miniz error" not in str(info.value)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"model": {}, "optimizer": shutil.copy}, unsafe)  # a function: needs full unpickling
     with pytest.raises(ModelError, match="more than weights"):

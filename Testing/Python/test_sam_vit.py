@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("segment_anything")
 torch = pytest.importorskip("torch")
 
+from medsegany.errors import ModelError  # noqa: E402
 from medsegany.models.sam_vit import (  # noqa: E402
     IMAGE_SIZE,
     SamVitEmbedding,
@@ -78,6 +79,19 @@ def test_prompt_decoding_matches_the_reference_inference(net, preprocessing):
                 low, size=frame_shape, mode="bilinear", align_corners=False
             )
         np.testing.assert_allclose(ours.logits_frame, reference[0, 0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fine_tuned_checkpoint_wrapped_under_model_loads(net, tmp_path):
+    # MedSAM's training script saves {"model": state_dict, "optimizer": ..., "epoch": ...}
+    path = tmp_path / "medsam_model_best.pth"
+    optimizer = {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}
+    torch.save({"model": net.state_dict(), "optimizer": optimizer, "epoch": 12}, path)
+    model = SamVitModel.from_checkpoint(path, "vit_b", "medsam", model_id="medsam_vit_b")
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    assert torch.equal(model.net.state_dict()[key], net.state_dict()[key])
+    torch.save({"model": {"other_model.weight": torch.zeros(1)}, "epoch": 1}, path)
+    with pytest.raises(ModelError, match="is not a SAM vit_b checkpoint"):
+        SamVitModel.from_checkpoint(path, "vit_b", "medsam")
 
 
 @pytest.mark.slow

@@ -27,6 +27,20 @@ PAYLOAD = random.Random(0).randbytes(3 * (1 << 20) + 123)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
+def checkpoint_bytes(key: str | None = "model", seed: int = 0) -> bytes:
+    """A small real PyTorch checkpoint (Meta's layout: the state dict under ``key``), about 4 MB: what a
+    model without a published hash must look like to have its hash recorded."""
+    import io
+
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    weights = {"trunk.weight": torch.rand(1024, 1024, generator=generator), "trunk.bias": torch.zeros(3)}
+    buffer = io.BytesIO()
+    torch.save(weights if key is None else {key: weights}, buffer)
+    return buffer.getvalue()
+
+
 class _Files:
     """What the test server serves and what it saw."""
 
@@ -198,22 +212,47 @@ def test_complete_part_answered_416_is_verified(server, store):
 
 
 def test_trust_on_first_use_records_then_enforces(server, store):
-    server.files["/m.pt"] = PAYLOAD
-    card = fake_card([server.base_url + "/m.pt"], sha256=None)
+    checkpoint = checkpoint_bytes()
+    checkpoint_sha = hashlib.sha256(checkpoint).hexdigest()
+    server.files["/m.pt"] = checkpoint
+    card = fake_card([server.base_url + "/m.pt"], data=checkpoint, sha256=None)
     first = store.download(card, accept_license=True)
-    assert first.first_use and first.hash_source == "recorded" and first.sha256 == PAYLOAD_SHA
+    assert first.first_use and first.hash_source == "recorded" and first.sha256 == checkpoint_sha
     recorded = json.loads((store.root / "recorded_hashes.json").read_text(encoding="utf-8"))
-    assert recorded["fake_model"]["sha256"] == PAYLOAD_SHA
+    assert recorded["fake_model"]["sha256"] == checkpoint_sha
     assert store.verify(card).hash_source == "recorded"
     store.remove(card)
-    server.files["/m.pt"] = PAYLOAD[::-1]  # the publisher's file changed under the same name
+    server.files["/m.pt"] = checkpoint_bytes(seed=1)  # the publisher's file changed under the same name
     card_changed = dataclasses.replace(card, bytes=None)
-    with pytest.raises(ModelError, match="recorded at first download"):
+    with pytest.raises(ModelError, match="recorded at first download") as info:
         store.download(card_changed, accept_license=True)
+    assert "recorded_hashes.json" in str(info.value)  # the way out when the first file was the wrong one
     assert files_in(store.root) == ["recorded_hashes.json"]
-    server.files["/m.pt"] = PAYLOAD
+    server.files["/m.pt"] = checkpoint
     second = store.download(card_changed, accept_license=True)
     assert not second.first_use and second.hash_source == "recorded"
+
+
+def test_a_second_download_of_the_same_model_is_refused_while_the_first_runs(server, store):
+    # Two processes (two terminals, the CLI and Slicer) appended to the same .part: a corrupt file, and
+    # the one still writing after the other had installed it wrote into the installed checkpoint.
+    server.files["/m.pt"] = PAYLOAD
+    card = fake_card([server.base_url + "/m.pt"])
+    other = WeightStore(store.root)  # another process's store: its own open of the lock file
+    refusals = []
+
+    def progress(done_bytes, total_bytes):
+        if 0 < done_bytes < len(PAYLOAD) and not refusals:
+            try:
+                other.download(card, accept_license=True)
+            except ModelError as error:
+                refusals.append(str(error))
+
+    result = store.download(card, progress=progress, accept_license=True)
+    assert len(refusals) == 1 and "another process is downloading fake_model" in refusals[0]
+    assert result.path.read_bytes() == PAYLOAD and files_in(store.root) == ["fake_model.pt"]
+    assert len(server.requests) == 1  # the refused one fetched nothing
+    assert other.download(card, accept_license=True).already_present
 
 
 def test_http_error_is_one_line_and_leaves_nothing(server, store):
@@ -313,9 +352,76 @@ def test_import_checks_hash_and_leaves_nothing_on_mismatch(store, tmp_path):
 def test_import_without_published_hash_records_it(store, tmp_path):
     card = fake_card([], sha256=None)
     source = tmp_path / "src.pt"
-    source.write_bytes(PAYLOAD)
+    source.write_bytes(checkpoint_bytes())
     assert store.import_file(card, source).first_use
-    assert store.recorded_hash(card) == PAYLOAD_SHA
+    assert store.recorded_hash(card) == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "truncated or corrupt"),
+    ("html", "not a PyTorch checkpoint"),
+    ("cut", "truncated or corrupt"),
+    ("plain", "has no 'model' entry"),  # another model's layout: the state dict not under "model"
+])
+def test_first_use_never_records_the_hash_of_a_file_that_is_no_checkpoint(store, tmp_path, kind, message):
+    # With no published hash, a recorded hash of a bad file would make the right file fail ever after.
+    content = {"empty": lambda: b"", "html": lambda: b"<html><body>Too many requests</body></html>",
+               "cut": lambda: checkpoint_bytes()[:1_000_000],
+               "plain": lambda: checkpoint_bytes(key=None)}[kind]()
+    card = fake_card([], sha256=None)
+    source = tmp_path / "src.pt"
+    source.write_bytes(content)
+    with pytest.raises(ModelError, match=f"cannot be used as fake_model: the file .*{message}") as info:
+        store.import_file(card, source)
+    assert "no hash was recorded" in str(info.value) and "\n" not in str(info.value)
+    assert store.recorded_hash(card) is None and files_in(store.root) == []
+    assert source.read_bytes() == content  # the user's file is kept
+    source.write_bytes(checkpoint_bytes())
+    assert store.import_file(card, source).first_use
+
+
+def test_first_use_download_of_a_cut_file_records_nothing(server, store):
+    # A server that closes early without Content-Length gives no sign of the cut but the file itself.
+    checkpoint = checkpoint_bytes()
+    server.files["/m.pt"] = checkpoint[: len(checkpoint) // 2]
+    card = fake_card([server.base_url + "/m.pt"], data=checkpoint, sha256=None)
+    card = dataclasses.replace(card, bytes=None)
+    with pytest.raises(ModelError, match="cannot be used as fake_model: the file is truncated"):
+        store.download(card, accept_license=True)
+    assert files_in(store.root) == []
+
+
+def test_a_cut_file_without_published_size_is_not_present_and_downloads_again(server, store, monkeypatch):
+    # medsam_vit_b and the MedSAM2 variants publish no size: the size recorded with the hash stands in
+    checkpoint = checkpoint_bytes()
+    server.files["/m.pt"] = checkpoint
+    card = fake_card([server.base_url + "/m.pt"], data=checkpoint, sha256=None)
+    card = dataclasses.replace(card, bytes=None)
+    monkeypatch.setattr(weight_store_module, "get_card", lambda model_id: card)
+    store.download(card, accept_license=True)
+    assert store.is_present(card) and resolve_checkpoint("fake_model", store) == store.path_for(card)
+    path = store.path_for(card)
+    with open(path, "r+b") as file:
+        file.truncate(1000)  # cut on disk after it was verified
+    assert not store.is_present(card) and store.entry(card).state == "missing"
+    with pytest.raises(ModelError, match="fake_model is incomplete"):
+        resolve_checkpoint("fake_model", store)
+    result = store.download(card, accept_license=True)
+    assert not result.already_present and path.read_bytes() == checkpoint
+
+
+def test_import_interrupted_while_hashing_leaves_no_copy(store, tmp_path, monkeypatch):
+    card = fake_card([])
+    source = tmp_path / "src.pt"
+    source.write_bytes(PAYLOAD)
+
+    def interrupted(path):
+        raise KeyboardInterrupt  # Ctrl-C during the seconds a large checkpoint takes to hash
+
+    monkeypatch.setattr(weight_store_module, "sha256_of_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.import_file(card, source)
+    assert files_in(store.root) == [] and source.read_bytes() == PAYLOAD
 
 
 def test_verify_detects_damage_and_absence(store, tmp_path):
@@ -343,6 +449,27 @@ def test_remove_deletes_file_and_part(store, tmp_path):
     assert store.remove(card) == [] and files_in(store.root) == []
     with pytest.raises(ModelError, match="cannot be removed"):
         store.remove(get_card("litemedsam"))
+
+
+def test_read_only_weights_folder_gives_one_line_errors(store, tmp_path, monkeypatch):
+    # what a read-only mount (errno EROFS) or another user's folder does to the writes of import and remove
+    card = fake_card([])
+    source = tmp_path / "src.pt"
+    source.write_bytes(PAYLOAD)
+    store.import_file(card, source)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(weight_store_module.tempfile, "mkstemp", read_only)
+    with pytest.raises(ModelError, match=r"cannot write into the weights folder .*Read-only file system"):
+        store.import_file(card, source)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(ModelError, match=r"cannot delete .*fake_model.pt \(Read-only file system\)") as info:
+        store.remove(card)
+    assert "MEDSEGANY_HOME" in str(info.value) or "writable" in str(info.value)
+    monkeypatch.undo()
+    assert store.path_for(card).read_bytes() == PAYLOAD and source.read_bytes() == PAYLOAD
 
 
 def test_list_entries_reports_states(store):
@@ -403,6 +530,11 @@ def test_load_state_dict_accepts_tensors_and_refuses_the_rest(tmp_path):
     plain = tmp_path / "plain.pth"
     torch.save(weights, plain)
     assert set(load_state_dict(plain)) == set(weights)
+    # a user's own file in the other common layout, when the loader is told to take either
+    assert set(load_state_dict(wrapped, either_layout=True)) == set(weights)
+    assert set(load_state_dict(plain, key="model", either_layout=True)) == set(weights)
+    with pytest.raises(ModelError, match="no 'model' entry"):
+        load_state_dict(plain, key="model")  # a catalog file must have its publisher's layout
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])

@@ -465,7 +465,11 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if caller is not None and caller in (positive, negative):  # a point on a new slice: a new prompt
             try:
                 keep_prompts_on_the_new_points_slice(
-                    caller, (roi, positive, negative), self.logic.volume_node, self._viewAxis
+                    caller,
+                    (roi, positive, negative),
+                    self.logic.volume_node,
+                    self._viewAxis,
+                    covers_slice=lambda index: self.logic.object_covers_slice(self._viewAxis, index),
                 )
             except Exception as error:  # e.g. a non-linear transform: told, as the action would
                 self._showError(error)

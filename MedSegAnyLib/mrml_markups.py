@@ -35,10 +35,13 @@ class MarkupsPrompts:
     point_labels: tuple[int, ...]
     axis: int | None
 
-    def to_slice_prompts(self, volume: Volume, axis: int | None = None) -> SlicePrompts:
+    def to_slice_prompts(
+        self, volume: Volume, axis: int | None = None, corrects_a_mask: bool = False
+    ) -> SlicePrompts:
         """Checked prompts for one slice (see :func:`~medsegany.prompts.make_slice_prompts`).
 
         ``axis`` is the slice axis of the view the points were placed in; needed only without a box.
+        ``corrects_a_mask``: negative points alone are a prompt (a correction of the slice's mask).
         """
         return make_slice_prompts(
             volume,
@@ -46,6 +49,7 @@ class MarkupsPrompts:
             points_ijk=self.points_ijk,
             point_labels=self.point_labels,
             axis=self.axis if self.axis is not None else axis,
+            corrects_a_mask=corrects_a_mask,
         )
 
 

@@ -264,6 +264,7 @@ def make_slice_prompts(
     points_ijk: Sequence[Sequence[float]] = (),
     point_labels: Sequence[int] = (),
     axis: int | None = None,
+    corrects_a_mask: bool = False,
 ) -> SlicePrompts:
     """Check prompts for one object on one slice of ``volume`` and put them in canonical form.
 
@@ -271,6 +272,8 @@ def make_slice_prompts(
     one on which they differ by < 0.5 voxel (or ``axis``). ``point_labels`` defaults to all positive.
     The slice coordinate is snapped to the nearest index; a box partly outside the volume is clipped
     in-plane to it; points are clipped in-plane to the voxel centres when they lie within half a voxel.
+    ``corrects_a_mask``: negative points alone are allowed, to remove a part of the slice's mask (the
+    session refuses them on a slice where the object has none: :meth:`SegmentationSession.add_prompts`).
     """
     shape_ijk = tuple(int(n) for n in volume.shape_ijk)
     points = [_numbers(p, 3, f"point {n}") for n, p in enumerate(points_ijk)]
@@ -304,7 +307,7 @@ def make_slice_prompts(
         slice_index = snap_index(points[0][axis])
         _check_slice_in_volume(axis, slice_index, shape_ijk, "point 0")
 
-    if box is None and 1 not in labels:
+    if box is None and 1 not in labels and not corrects_a_mask:
         raise PromptError(
             "only negative points and no box: nothing says where the object is",
             "add a box or a positive point",

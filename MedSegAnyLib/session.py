@@ -334,6 +334,15 @@ class SegmentationSession:
         """
         obj = self._object(object_id)
         self._check_axis(obj, prompts.axis)
+        if prompts.box_ijk is None and 1 not in prompts.point_labels:
+            # negative points alone remove a part of the slice's mask: without one they say nothing
+            index = prompts.slice_index
+            if obj.axis is None or not self._raw_mask(obj, index).any():
+                raise PromptError(
+                    f"only negative points on slice {AXIS_NAMES[prompts.axis]}={index}, where "
+                    f"'{obj.name}' has no mask: nothing says where the object is",
+                    "add a box or a positive point, or place negative points on a slice the object covers",
+                )
         tx = self._begin("add_prompts")
         try:
             with self._computing():

@@ -49,6 +49,7 @@ from .mrml_undo import (
 from .mrml_volume import volume_from_node, world_ijk_to_ras
 from .mrml_vtk import matrix_to_numpy
 from .prompts import AXIS_NAMES, SlicePrompts
+from .slices import frame_of
 from .volume import Volume
 
 #: Segment tag holding the JSON provenance of the AI actions that made the segment.
@@ -102,13 +103,16 @@ def view_slice_index(slice_node, volume_node, axis: int) -> int:
     return int(np.clip(snap_index(centre_ijk[axis]), 0, count - 1))
 
 
-def keep_prompts_on_the_new_points_slice(placed_node, prompt_nodes, volume_node, axis: int) -> int | None:
+def keep_prompts_on_the_new_points_slice(
+    placed_node, prompt_nodes, volume_node, axis: int, covers_slice: Callable[[int], bool] | None = None
+) -> int | None:
     """A point placed on another slice than the prompt's other markups starts a prompt there, as a new
     box does: the ROI and the points on other slices are removed (a correction on another slice was
     refused, its point sent with the old box). ``placed_node``: the point list just clicked in;
     ``prompt_nodes``: the panel's (ROI, positive, negative). Negative points with no positive point on
-    their slice are no prompt of their own: then nothing is removed. Returns the new point's slice
-    (None: no point)."""
+    their slice are a prompt of their own only where the object has a mask to correct (``covers_slice``
+    of that slice, e.g. :meth:`SlicerSegmentationLogic.object_covers_slice`); elsewhere nothing is
+    removed. Returns the new point's slice (None: no point)."""
     from .mrml_markups import points_ijk_from_fiducials, roi_corners_ras
     from .prompts import snap_index
 
@@ -128,8 +132,9 @@ def keep_prompts_on_the_new_points_slice(placed_node, prompt_nodes, volume_node,
         return slices
 
     positive = point_nodes[0] if point_nodes else None
-    if placed_node is not positive and (positive is None or slice_index not in slices_of(positive)):
-        return slice_index  # negative points alone are no prompt: the markups stay as they were
+    alone = placed_node is not positive and (positive is None or slice_index not in slices_of(positive))
+    if alone and (covers_slice is None or not covers_slice(slice_index)):
+        return slice_index  # negative points with no mask to correct: the markups stay as they were
     if roi is not None and roi.GetNumberOfControlPoints():
         roi_slice = snap_index(volume.ras_to_ijk_points(roi_corners_ras(roi))[:, axis].mean())
         if roi_slice != slice_index:
@@ -637,7 +642,19 @@ class SlicerSegmentationLogic:
         """
         volume = self.volume()
         markups = prompts_from_markups(volume, roi_node, positive_points_node, negative_points_node)
-        return markups.to_slice_prompts(volume, axis)
+        # negative points alone correct the slice's mask; the session refuses them where there is none
+        return markups.to_slice_prompts(volume, axis, corrects_a_mask=True)
+
+    def object_covers_slice(self, axis: int, slice_index: int) -> bool:
+        """Whether the target segment's MedSegAny object has a mask on this slice of ``axis`` (a negative
+        point placed there corrects it)."""
+        object_id = self._object_id(create=False) if self.session is not None else None
+        if object_id is None:
+            return False
+        obj = self.session.objects[object_id]
+        if obj.axis != axis or not 0 <= slice_index < obj.mask_kji.shape[2 - axis]:
+            return False
+        return bool(frame_of(obj.mask_kji, axis, slice_index).any())
 
     def correction_range(self, prompts: SlicePrompts) -> tuple[int, int] | None:
         """Slices a new prompt on ``prompts.slice_index`` can change (None: everything).

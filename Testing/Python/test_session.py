@@ -403,3 +403,27 @@ def test_a_positive_click_outside_the_mask_box_of_a_correction_adds_the_missed_p
         make_slice_prompts(volume, points_ijk=[(45, 15, 3), (30, 15, 3)], point_labels=[1, 0], axis=2),
     )
     assert result.mask_frame[15, 45] and not result.mask_frame[15, 30] and result.mask_frame[15, 10]
+
+
+def test_negative_clicks_alone_correct_a_slice_with_a_mask_and_are_refused_elsewhere():
+    volume = phantom()
+    with pytest.raises(PromptError, match="only negative points and no box"):  # not for the command line
+        make_slice_prompts(volume, points_ijk=[(24, 20, 17)], point_labels=[0], axis=2)
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    object_id = session.add_object("ellipsoid")
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    run(session)
+    before = session.mask_kji(object_id).copy()
+    def negative_click(k: int):
+        point = [(24, 20, k)]
+        return make_slice_prompts(volume, points_ijk=point, point_labels=[0], axis=2, corrects_a_mask=True)
+
+    click = negative_click(17)
+    result = session.add_prompts(object_id, click)  # K = 17 was propagated: the click removes a part
+    assert before[17, 20, 24] and not result.mask_frame[20, 24] and result.mask_frame.any()
+    with pytest.raises(PromptError, match=r"only negative points on slice K=2, where 'ellipsoid' has no"):
+        session.add_prompts(object_id, negative_click(2))
+    assert 2 not in session.objects[object_id].prompts and session.can_undo  # nothing changed by it
+    fresh = session.add_object("new")
+    with pytest.raises(PromptError, match="has no mask"):
+        session.add_prompts(fresh, click)

@@ -298,3 +298,21 @@ def test_a_fresh_prompt_past_a_stop_fills_the_gap_as_both_prompts_at_once_do(med
         union = (masks[k] | masks_at_once[k]).sum()
         assert union == 0 or (masks[k] & masks_at_once[k]).sum() > 0.9 * union, k
     assert list(incremental.propagate()) == []  # nothing changed since
+
+
+def test_a_negative_click_alone_corrects_a_propagated_slice(medsam2):
+    """SAM 2 takes a visited slice's prompt as a correction with its previous mask (Meta's predictor does
+    too): negative points alone are a prompt there, and only there."""
+    volume = disc_volume(num_frames=5)
+    session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    disc = session.add_object("disc")
+    session.add_prompts(disc, box_prompt(volume, 1))
+    list(session.propagate())
+    assert session.mask_kji(disc)[3].any(), "random weights still segment the propagated slice"
+    y, x = np.argwhere(session.mask_kji(disc)[3])[0]
+    click = make_slice_prompts(
+        volume, points_ijk=[(float(x), float(y), 3)], point_labels=[0], axis=2, corrects_a_mask=True
+    )
+    result = session.add_prompts(disc, click)
+    assert result.source == "prompt" and sorted(session.objects[disc].prompts) == [1, 3]
+    list(session.propagate())  # the correction's runs go on from it

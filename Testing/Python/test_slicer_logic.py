@@ -8,6 +8,8 @@ with the same prompts (given here in IJK, independently of the markups) and the 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -374,6 +376,66 @@ def test_a_point_on_another_slice_starts_a_prompt_there(scene, volume_node, prom
     (panel_object,) = logic.session.objects.values()
     assert panel_object.prompted_slices() == [6, 9]  # the point became a prompt of its own slice
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), session.mask_kji(reference))
+
+
+def test_a_negative_click_on_a_propagated_slice_corrects_that_slice(scene, volume_node, prompt_nodes):
+    """A lone negative point on a slice the propagation reached is a correction there (it removes a part
+    of that slice's mask); it was sent with the box of the prompted slice and refused ("not on the box's
+    slice"), and negative points alone were refused as a prompt anyway."""
+    from medsegany.slicer_logic import keep_prompts_on_the_new_points_slice
+
+    roi, positive, negative = prompt_nodes  # a box on K = 6 and one point of each kind near it
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(roi, positive, negative)  # and propagation
+    covers = functools.partial(logic.object_covers_slice, 2)
+    assert covers(9) and not covers(0) and not logic.object_covers_slice(1, 9)
+    click_ijk = (11.2, 10.2, 9.0)  # off whole indices: the fake model truncates, and RAS round trips wobble
+    negative.AddControlPoint(*(to_node_of(negative) @ (WORLD_IJK_TO_RAS @ np.array([*click_ijk, 1.0])))[:3])
+
+    assert keep_prompts_on_the_new_points_slice(negative, prompt_nodes, volume_node, 2, covers) == 9
+    assert [node.GetNumberOfControlPoints() for node in prompt_nodes] == [0, 0, 1]  # K = 6's markups went
+    step = logic.segment(None, positive, negative, axis=2)
+    assert step is not None and logic.can_undo
+
+    session = SegmentationSession(volume_from_node(volume_node), model=ThresholdModel(), intensity="auto")
+    reference = session.add_object("reference")
+    box_prompts = dict(box_ijk=BOX_IJK, points_ijk=POSITIVE_IJK + NEGATIVE_IJK, point_labels=[1, 0])
+    session.add_prompts(reference, make_slice_prompts(session.volume, **box_prompts))
+    list(session.propagate())
+    before_k9 = session.mask_kji(reference)[9].copy()
+    click = make_slice_prompts(
+        session.volume, points_ijk=[click_ijk], point_labels=[0], axis=2, corrects_a_mask=True
+    )
+    session.add_prompts(reference, click)
+    list(session.propagate())
+    result_kji = _mask(segmentation, target, volume_node)
+    np.testing.assert_array_equal(result_kji, session.mask_kji(reference))
+    assert before_k9[10, 11] and not result_kji[9, 10, 11]  # the clicked part is gone from K = 9
+    assert 0 < result_kji[9].sum() < before_k9.sum()  # a part, not the whole slice
+
+
+def test_a_negative_click_where_the_object_has_no_mask_leaves_the_prompt(scene, volume_node, prompt_nodes):
+    from medsegany.slicer_logic import keep_prompts_on_the_new_points_slice
+
+    roi, positive, negative = prompt_nodes
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(roi, positive, negative, propagate=False)  # K = 6 only
+    counts = [node.GetNumberOfControlPoints() for node in prompt_nodes]
+    click_ras = WORLD_IJK_TO_RAS @ np.array([11.0, 10.0, 9.0, 1.0])
+    negative.AddControlPoint(*(to_node_of(negative) @ click_ras)[:3])
+    covers = functools.partial(logic.object_covers_slice, 2)
+    assert keep_prompts_on_the_new_points_slice(negative, prompt_nodes, volume_node, 2, covers) == 9
+    assert [node.GetNumberOfControlPoints() for node in prompt_nodes] == [counts[0], counts[1], counts[2] + 1]
+    for node in (roi, positive):
+        node.RemoveAllControlPoints()
+    negative.RemoveNthControlPoint(0)  # the K = 6 one: the K = 9 click alone
+    with pytest.raises(PromptError, match=r"only negative points on slice K=9, where .* has no mask"):
+        logic.segment(None, positive, negative, axis=2)
+    assert _mask(segmentation, target, volume_node)[6].any()  # the segment is as it was
 
 
 def _overwriting_panel(scene, volume_node):

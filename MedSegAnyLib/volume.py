@@ -97,8 +97,60 @@ def _read_dicom_series(folder: Path):
         series_ids = sorted(series_ids, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
     files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[-1])
     reader.SetFileNames(files)
-    image = reader.Execute()
+    reader.MetaDataDictionaryArrayUpdateOn()  # every slice's tags: its position, checked below
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "Non uniform sampling" warning: told below
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(True)
+    positions_lps = _slice_positions_lps(reader, len(files))
+    if positions_lps is not None:
+        _check_even_slices(folder, positions_lps)
     return image, {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
+
+
+def _slice_positions_lps(reader, count: int) -> np.ndarray | None:
+    """Each slice's Image Position (Patient) in the reader's slice order, (N, 3) LPS mm; None when a
+    slice has none (a secondary capture: no geometry to check)."""
+    positions = []
+    for index in range(count):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return None
+        try:
+            positions.append([float(value) for value in reader.GetMetaData(index, "0020|0032").split("\\")])
+        except ValueError:
+            return None
+    return np.asarray(positions) if all(len(position) == 3 for position in positions) else None
+
+
+#: How far (in slice spacings) a DICOM slice may lie from its place on an evenly spaced grid: positions are
+#: written rounded (a few micrometres), a missing slice moves its neighbours by half a spacing or more.
+SLICE_POSITION_TOLERANCE = 0.1
+
+
+def _check_even_slices(folder: Path, positions_lps: np.ndarray) -> None:
+    """VolumeError unless the slices lie evenly spaced on one line. ITK's reader spreads them evenly
+    between the first and the last whatever their positions (a warning on stderr aside), so a missing
+    slice stretched the whole volume and moved every slice after the gap."""
+    count = len(positions_lps)
+    if count < 2:
+        return
+    step_lps = (positions_lps[-1] - positions_lps[0]) / (count - 1)
+    gaps_mm = np.linalg.norm(np.diff(positions_lps, axis=0), axis=1)
+    if np.linalg.norm(step_lps) < 1e-6 or gaps_mm.min() < 1e-6:
+        raise VolumeError(
+            f"the DICOM series in {folder} has several slices at one position (a time series, several "
+            "echoes or phases in one series?)",
+            "export one time point (echo, phase) as a series of its own, or as a NIfTI/NRRD file",
+        )
+    expected_lps = positions_lps[0] + np.arange(count)[:, None] * step_lps
+    off_mm = np.linalg.norm(positions_lps - expected_lps, axis=1)
+    if off_mm.max() > SLICE_POSITION_TOLERANCE * np.linalg.norm(step_lps):
+        raise VolumeError(
+            f"the DICOM series in {folder} has unevenly spaced slices (gaps from {gaps_mm.min():.3g} to "
+            f"{gaps_mm.max():.3g} mm: a missing slice?), which a volume's regular grid cannot hold",
+            "give the complete series, or resample it to even spacing (in 3D Slicer) and save it as NRRD",
+        )
 
 
 def read_volume(path: str | Path, frame: int | None = None) -> Volume:

@@ -136,6 +136,17 @@ def test_read_volume_of_a_shuffled_oblique_dicom_series(dicom_series):
     assert volume.name == "dicom"
 
 
+def test_a_dicom_series_with_a_missing_slice_is_refused(
+    tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
+):
+    """ITK spreads the slices evenly between the first and the last: with one missing, the volume was
+    read stretched (spacing 2.5 * 6/5 instead of 2.5) and every slice after the gap misplaced."""
+    image_kji, _ = make_labelled_phantom(shape_kji=(7, 6, 5))
+    folder = make_dicom_series(tmp_path / "gap", image_kji, oblique_right_handed_geometry, shuffle=False)
+    (folder / "IM0003.dcm").unlink()  # unshuffled: file k holds slice k
+    assert_volume_error(folder, "unevenly spaced slices", "missing slice", "complete series")
+
+
 def test_a_folder_without_dicom_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not DICOM")
     assert_volume_error(tmp_path, "without a dicom series", "dicom series folder")

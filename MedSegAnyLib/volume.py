@@ -106,6 +106,7 @@ def _read_dicom_series(folder: Path):
     positions_lps = _slice_positions_lps(reader, len(files))
     if positions_lps is not None:
         _check_even_slices(folder, positions_lps)
+        _shear_for_tilt(image, positions_lps)
     return image, {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
 
 
@@ -151,6 +152,27 @@ def _check_even_slices(folder: Path, positions_lps: np.ndarray) -> None:
             f"{gaps_mm.max():.3g} mm: a missing slice?), which a volume's regular grid cannot hold",
             "give the complete series, or resample it to even spacing (in 3D Slicer) and save it as NRRD",
         )
+
+
+def _shear_for_tilt(image, positions_lps: np.ndarray) -> None:
+    """Give ``image`` the slices' real step when it leaves the slice normal (a gantry-tilted CT). ITK
+    puts the slices on the normal through the first one, |step| apart: each slice of a 20-degree tilt
+    was then misplaced sideways and along the normal, by centimetres at the far end. The step as the
+    K axis makes a sheared grid, which NRRD and MHA outputs keep exactly (NIfTI ones are refused)."""
+    count = len(positions_lps)
+    if count < 2:
+        return
+    step_lps = (positions_lps[-1] - positions_lps[0]) / (count - 1)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    normal = direction[:, 2]
+    sideways_mm = np.linalg.norm(step_lps - (step_lps @ normal) * normal) * (count - 1)
+    if sideways_mm <= 0.1 * min(image.GetSpacing()[:2]):  # rounded positions: keep ITK's exact grid
+        return
+    spacing_k = float(np.linalg.norm(step_lps))
+    direction[:, 2] = step_lps / spacing_k
+    image.SetSpacing((*image.GetSpacing()[:2], spacing_k))
+    image.SetDirection(tuple(direction.ravel()))
+    image.SetOrigin(tuple(positions_lps[0]))
 
 
 def read_volume(path: str | Path, frame: int | None = None) -> Volume:

@@ -147,6 +147,23 @@ def test_a_dicom_series_with_a_missing_slice_is_refused(
     assert_volume_error(folder, "unevenly spaced slices", "missing slice", "complete series")
 
 
+def test_a_gantry_tilted_dicom_series_keeps_its_slices_positions(
+    tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
+):
+    """Each slice's position is shifted along its rows as the table moves (a 20-degree tilt): ITK put the
+    slices on the normal, |step| apart, 6.5 mm off at the last of 8 slices; the sheared grid is exact."""
+    from conftest import ItkGeometry
+
+    direction = oblique_right_handed_geometry.direction_lps.copy()
+    step = direction[:, 2] * 2.5 + direction[:, 1] * 2.5 * np.tan(np.deg2rad(20.0))
+    direction[:, 2] = step / np.linalg.norm(step)  # the K axis leans towards J: a sheared grid
+    tilted = ItkGeometry((0.9, 0.7, float(np.linalg.norm(step))), (120.0, -35.5, 48.0), direction)
+    image_kji, _ = make_labelled_phantom(shape_kji=(8, 6, 5))
+    volume = read_volume(make_dicom_series(tmp_path / "tilted", image_kji, tilted))
+    np.testing.assert_allclose(volume.ijk_to_ras, LPS_TO_RAS_DIAG @ tilted.ijk_to_lps, atol=1e-4)
+    np.testing.assert_array_equal(volume.voxels_kji, image_kji)
+
+
 def test_a_folder_without_dicom_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not DICOM")
     assert_volume_error(tmp_path, "without a dicom series", "dicom series folder")

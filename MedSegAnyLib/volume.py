@@ -101,6 +101,11 @@ def _read_dicom_series(folder: Path):
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "Non uniform sampling" warning: told below
     try:
         image = reader.Execute()
+        if len({_rescale_of(reader, index) for index in range(len(files))}) > 1:
+            # slices rescaled each their own way (PET): the voxel type ITK took from the first slice
+            # (int16 for a slope of 1) truncated or wrapped the others' values; float32 holds them all
+            reader.SetOutputPixelType(sitk.sitkFloat32)
+            image = reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(True)
     positions_lps = _slice_positions_lps(reader, len(files))
@@ -108,6 +113,22 @@ def _read_dicom_series(folder: Path):
         _check_even_slices(folder, positions_lps)
         _shear_for_tilt(image, positions_lps)
     return image, {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
+
+
+#: Rescale Slope and Intercept: a slice's value is slope * stored + intercept.
+RESCALE_TAGS = ("0028|1053", "0028|1052")
+
+
+def _rescale_of(reader, index: int) -> tuple[float | str | None, ...]:
+    """Slice ``index``'s (slope, intercept), as numbers where they are ("1" and "1.0 " are one)."""
+    values: list[float | str | None] = []
+    for tag in RESCALE_TAGS:
+        text = reader.GetMetaData(index, tag).strip() if reader.HasMetaDataKey(index, tag) else None
+        try:
+            values.append(None if text is None else float(text))
+        except ValueError:
+            values.append(text)
+    return tuple(values)
 
 
 def _slice_positions_lps(reader, count: int) -> np.ndarray | None:

@@ -164,6 +164,44 @@ def test_a_gantry_tilted_dicom_series_keeps_its_slices_positions(
     np.testing.assert_array_equal(volume.voxels_kji, image_kji)
 
 
+def test_a_dicom_series_rescaled_slice_by_slice_keeps_every_slices_values(tmp_path):
+    """A PET series has its own Rescale Slope/Intercept on each slice: ITK took the first slice's voxel
+    type (int16 for a slope of 1), truncating the others' fractions and wrapping what fell outside."""
+    import SimpleITK as sitk
+
+    slopes, intercepts = (1.0, 0.5, 2.5, 0.25), (0.0, 0.0, -50.5, -1000.0)
+    stored = np.arange(4 * 5 * 6).reshape(4, 5, 6) * 7 + 101
+    values_kji = (stored * np.array(slopes)[:, None, None] + np.array(intercepts)[:, None, None]).astype(
+        np.float32
+    )
+    folder = tmp_path / "pet"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()  # one series: ours, not a fresh UID per file
+    for k, (slope, intercept) in enumerate(zip(slopes, intercepts, strict=True)):
+        slice_image = sitk.GetImageFromArray(values_kji[k])
+        slice_image.SetSpacing((0.8, 0.8))  # the writer's Pixel Spacing
+        tags = {
+            "0008|0060": "PT",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.77.1",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": f"-20\\-30\\{40 + 3 * k}",
+            "0020|0013": str(k + 1),
+            "0008|0018": f"1.2.826.0.1.3680043.2.1125.77.1.{k + 1}",
+            # 16-bit signed storage: the writer stores (value - intercept) / slope
+            **{"0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1"},
+            **{"0028|1053": str(slope), "0028|1052": str(intercept)},
+        }
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k}.dcm"))
+        writer.Execute(slice_image)
+
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.voxels_kji, values_kji)
+    np.testing.assert_allclose(volume.spacing_ijk, (0.8, 0.8, 3.0), atol=1e-6)
+
+
 def test_a_folder_without_dicom_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not DICOM")
     assert_volume_error(tmp_path, "without a dicom series", "dicom series folder")

@@ -96,6 +96,9 @@ def _read_dicom_series(folder: Path):
         # The largest series is the most likely the user means; say which one we took.
         series_ids = sorted(series_ids, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
     files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[-1])
+    series = {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
+    if len(files) == 1:  # a multi-frame (enhanced) file holds its slices itself: the series reader
+        return sitk.ReadImage(files[0]), series  # stacked it as a 4D image of 1 frame
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()  # every slice's tags: its position, checked below
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "Non uniform sampling" warning: told below
@@ -112,7 +115,7 @@ def _read_dicom_series(folder: Path):
     if positions_lps is not None:
         _check_even_slices(folder, positions_lps)
         _shear_for_tilt(image, positions_lps)
-    return image, {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
+    return image, series
 
 
 #: Rescale Slope and Intercept: a slice's value is slope * stored + intercept.

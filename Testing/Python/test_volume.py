@@ -202,6 +202,25 @@ def test_a_dicom_series_rescaled_slice_by_slice_keeps_every_slices_values(tmp_pa
     np.testing.assert_allclose(volume.spacing_ijk, (0.8, 0.8, 3.0), atol=1e-6)
 
 
+def test_a_folder_holding_one_multi_frame_dicom_file_is_read_as_its_volume(tmp_path):
+    """The series reader stacked the file's 3D image as a 4D image of one frame ("4D with 1 frames,
+    choose --frame 0..0")."""
+    import SimpleITK as sitk
+
+    voxels_kji = (np.arange(4 * 6 * 5).reshape(4, 6, 5) * 5).astype(np.uint16)
+    image = sitk.GetImageFromArray(voxels_kji)
+    image.SetSpacing((0.9, 0.7, 3.0))
+    image.SetOrigin((-10.0, -20.0, 100.0))
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    sitk.WriteImage(image, str(folder / "multiframe.dcm"))  # GDCM writes a 3D image as one multi-frame file
+
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.voxels_kji, voxels_kji)
+    np.testing.assert_allclose(volume.ijk_to_ras, read_volume(folder / "multiframe.dcm").ijk_to_ras)
+    np.testing.assert_allclose(volume.ijk_to_ras @ [1, 1, 1, 1], [10 - 0.9, 20 - 0.7, 103, 1], atol=1e-6)
+
+
 def test_a_folder_without_dicom_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not DICOM")
     assert_volume_error(tmp_path, "without a dicom series", "dicom series folder")

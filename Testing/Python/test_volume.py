@@ -257,6 +257,27 @@ def test_corrupt_nifti(tmp_path):
     assert_volume_error(path, "not an image simpleitk can read")
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_truncated_nifti_is_refused(tmp_path, suffix):
+    """ITK's NIfTI reader filled the voxels missing from a file cut short with zeros, silently."""
+    voxels_kji = np.arange(40 * 50 * 60, dtype=np.int16).reshape(40, 50, 60)
+    whole = write_image(tmp_path / f"whole{suffix}", voxels_kji)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert_volume_error(cut, "is truncated", "of the 240352 bytes its header declares", "again")
+
+
+def test_a_nifti_of_several_gzip_members_is_read_whole(tmp_path):
+    """Its last member's size trailer is not the file's size: the inflated bytes are counted instead."""
+    import gzip
+
+    voxels_kji = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    data = write_image(tmp_path / "plain.nii", voxels_kji).read_bytes()
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(data[:300]) + gzip.compress(data[300:]))
+    np.testing.assert_array_equal(read_volume(path).voxels_kji, voxels_kji)
+
+
 def test_2d_png(tmp_path):
     path = write_image(tmp_path / "slice.png", np.zeros((6, 7), dtype=np.uint8))
     assert_volume_error(path, "2D image", "3D volume")

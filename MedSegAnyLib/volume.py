@@ -349,6 +349,11 @@ def _readable(path: Path) -> Iterator[None]:
         yield
     except RuntimeError as error:
         text = str(error).strip()
+        if "Failed to allocate memory" in text:  # not a format problem: "give a NIfTI..." misled
+            raise VolumeError(
+                f"{path} is too large to read into the memory free (or its header is damaged)",
+                "free memory, or crop or downsample the volume",
+            ) from None
         first_line = text.splitlines()[-1].removeprefix("sitk::ERROR: ")[:200] if text else "unknown format"
         raise VolumeError(
             f"{path} is not an image SimpleITK can read ({first_line})",

@@ -278,6 +278,17 @@ def test_a_nifti_of_several_gzip_members_is_read_whole(tmp_path):
     np.testing.assert_array_equal(read_volume(path).voxels_kji, voxels_kji)
 
 
+def test_a_volume_too_large_for_memory_is_refused_as_such(tmp_path):
+    """ITK's failed allocation was told as an unreadable format, with "give a NIfTI, NRRD..." as fix."""
+    header = "NRRD0004\ntype: int16\ndimension: 3\nsizes: 20000 20000 20000\nencoding: raw\n"
+    (tmp_path / "huge.nhdr").write_text(header + "endian: little\ndata file: huge.raw\n\n")
+    (tmp_path / "huge.raw").write_bytes(bytes(1000))
+    with pytest.raises(VolumeError) as caught:  # 16 TB: more than any machine's memory
+        read_volume(tmp_path / "huge.nhdr")
+    assert "too large to read into the memory" in str(caught.value)
+    assert "free memory, or crop or downsample" in str(caught.value) and "NIfTI" not in str(caught.value)
+
+
 def test_2d_png(tmp_path):
     path = write_image(tmp_path / "slice.png", np.zeros((6, 7), dtype=np.uint8))
     assert_volume_error(path, "2D image", "3D volume")

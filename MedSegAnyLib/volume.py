@@ -388,11 +388,25 @@ def _checked_size(
     if len(size) != 3:
         raise VolumeError(f"{path} has {dimension} dimensions", "give a 3D volume")
     if size[2] == 1:
+        if path.is_file() and _is_dicom_file(path):  # one slice of a series, most likely
+            raise VolumeError(
+                f"{path} is a single DICOM slice {size[:2]}",
+                f"give the folder of its series ({path.parent}) instead of one of its files",
+            )
         raise VolumeError(
             f"{path} holds a single slice {size[:2]}",
             "give a 3D volume with several slices",
         )
     return (int(size[0]), int(size[1]), int(size[2]))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM file does: 128 bytes of preamble, then "DICM"."""
+    try:
+        with path.open("rb") as stream:
+            return stream.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _volume_name(path: Path) -> str:

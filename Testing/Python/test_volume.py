@@ -234,6 +234,16 @@ def test_a_single_file_dicom_series_is_refused_as_a_single_slice(
     assert_volume_error(folder, "single slice", "several slices")
 
 
+def test_one_file_of_a_dicom_series_is_refused_with_its_folder_as_the_fix(
+    tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
+):
+    """The fix said "give a 3D volume with several slices", not that a series is read from its folder."""
+    image_kji, _ = make_labelled_phantom(shape_kji=(4, 6, 7))
+    folder = make_dicom_series(tmp_path / "series", image_kji, oblique_right_handed_geometry)
+    fix = f"the folder of its series ({folder})"
+    assert_volume_error(folder / "IM0000.dcm", "is a single DICOM slice", fix)
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 def test_missing_file(tmp_path):
     assert_volume_error(tmp_path / "absent.nii.gz", "does not exist", "check the path")

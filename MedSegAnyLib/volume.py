@@ -116,6 +116,7 @@ def _read_dicom_series(folder: Path):
             image = reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(True)
+    _check_one_orientation(folder, reader, len(files))
     positions_lps = _slice_positions_lps(reader, len(files))
     if positions_lps is not None:
         _check_even_slices(folder, positions_lps)
@@ -151,6 +152,30 @@ def _slice_positions_lps(reader, count: int) -> np.ndarray | None:
         except ValueError:
             return None
     return np.asarray(positions) if all(len(position) == 3 for position in positions) else None
+
+
+def _check_one_orientation(folder: Path, reader, count: int) -> None:
+    """VolumeError when the series' slices do not share one Image Orientation: a localizer (scout) filed
+    in the series, whose slice ITK stacked among the others (they were then refused as unevenly spaced,
+    "a missing slice?", which sent the user looking for the wrong thing)."""
+    orientations: list[np.ndarray] = []
+    for index in range(count):
+        if reader.HasMetaDataKey(index, "0020|0037"):
+            try:
+                cosines = np.array([float(v) for v in reader.GetMetaData(index, "0020|0037").split("\\")])
+            except ValueError:
+                continue
+            if cosines.shape != (6,):
+                continue
+            # written rounded: cosines within 1e-3 are one plane
+            if not any(np.allclose(cosines, seen, rtol=0, atol=1e-3) for seen in orientations):
+                orientations.append(cosines)
+    if len(orientations) > 1:
+        raise VolumeError(
+            f"the DICOM series in {folder} mixes slices of {len(orientations)} orientations (a localizer "
+            "or scout image among them?)",
+            "move the images of the other orientations out of the folder",
+        )
 
 
 #: How far (in slice spacings) a DICOM slice may lie from its place on an evenly spaced grid: positions are

@@ -147,6 +147,30 @@ def test_a_dicom_series_with_a_missing_slice_is_refused(
     assert_volume_error(folder, "unevenly spaced slices", "missing slice", "complete series")
 
 
+def test_a_localizer_filed_in_a_dicom_series_is_named(
+    tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
+):
+    """A scout slice of another orientation in the series was stacked among the axial slices; the
+    refusal said "unevenly spaced slices (a missing slice?)"."""
+    from conftest import ItkGeometry
+
+    image_kji, _ = make_labelled_phantom(shape_kji=(5, 6, 7))
+    folder = make_dicom_series(tmp_path / "series", image_kji, oblique_right_handed_geometry)
+    direction = oblique_right_handed_geometry.direction_lps[:, [0, 2, 1]] * [1, 1, -1]  # a coronal-like view
+    scout = ItkGeometry((0.9, 0.7, 2.5), (100.0, -20.0, 60.0), direction)
+    scout_folder = make_dicom_series(tmp_path / "scout", image_kji[:1], scout)
+    import SimpleITK as sitk
+
+    series_uid = sitk.ReadImage(str(folder / "IM0000.dcm")).GetMetaData("0020|000e").strip()
+    scout_slice = sitk.ReadImage(str(scout_folder / "IM0000.dcm"))
+    scout_slice.SetMetaData("0020|000e", series_uid)  # filed in the series: the same Series UID
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "SCOUT.dcm"))
+    writer.Execute(scout_slice)
+    assert_volume_error(folder, "mixes slices of 2 orientations", "localizer", "out of the folder")
+
+
 def test_a_gantry_tilted_dicom_series_keeps_its_slices_positions(
     tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
 ):

@@ -7,19 +7,16 @@ converted to RAS once, here, so nothing downstream thinks about LPS.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import math
-import os
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .dicom_series import is_dicom_file, read_dicom_series
 from .errors import VolumeError
 from .geometry import apply_affine, ijk_to_ras_matrix, itk_geometry_from_ijk_to_ras
+from .nifti_size import check_nifti_complete
 
 #: Extensions SimpleITK reads that we advertise; anything else is tried too, then refused clearly.
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -85,150 +82,6 @@ def _sitk():
     return sitk
 
 
-def _read_dicom_series(folder: Path):
-    sitk = _sitk()
-    reader = sitk.ImageSeriesReader()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" to stderr
-    try:
-        series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(True)
-    if not series_ids:
-        raise VolumeError(
-            f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder"
-        )
-    if len(series_ids) > 1:
-        # The largest series is the most likely the user means; say which one we took.
-        series_ids = sorted(series_ids, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[-1])
-    series = {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
-    if len(files) == 1:  # a multi-frame (enhanced) file holds its slices itself: the series reader
-        return sitk.ReadImage(files[0]), series  # stacked it as a 4D image of 1 frame
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()  # every slice's tags: its position, checked below
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "Non uniform sampling" warning: told below
-    try:
-        image = reader.Execute()
-        if len({_rescale_of(reader, index) for index in range(len(files))}) > 1:
-            # slices rescaled each their own way (PET): the voxel type ITK took from the first slice
-            # (int16 for a slope of 1) truncated or wrapped the others' values; float32 holds them all
-            reader.SetOutputPixelType(sitk.sitkFloat32)
-            image = reader.Execute()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(True)
-    _check_one_orientation(folder, reader, len(files))
-    positions_lps = _slice_positions_lps(reader, len(files))
-    if positions_lps is not None:
-        _check_even_slices(folder, positions_lps)
-        _shear_for_tilt(image, positions_lps)
-    return image, series
-
-
-#: Rescale Slope and Intercept: a slice's value is slope * stored + intercept.
-RESCALE_TAGS = ("0028|1053", "0028|1052")
-
-
-def _rescale_of(reader, index: int) -> tuple[float | str | None, ...]:
-    """Slice ``index``'s (slope, intercept), as numbers where they are ("1" and "1.0 " are one)."""
-    values: list[float | str | None] = []
-    for tag in RESCALE_TAGS:
-        text = reader.GetMetaData(index, tag).strip() if reader.HasMetaDataKey(index, tag) else None
-        try:
-            values.append(None if text is None else float(text))
-        except ValueError:
-            values.append(text)
-    return tuple(values)
-
-
-def _slice_positions_lps(reader, count: int) -> np.ndarray | None:
-    """Each slice's Image Position (Patient) in the reader's slice order, (N, 3) LPS mm; None when a
-    slice has none (a secondary capture: no geometry to check)."""
-    positions = []
-    for index in range(count):
-        if not reader.HasMetaDataKey(index, "0020|0032"):
-            return None
-        try:
-            positions.append([float(value) for value in reader.GetMetaData(index, "0020|0032").split("\\")])
-        except ValueError:
-            return None
-    return np.asarray(positions) if all(len(position) == 3 for position in positions) else None
-
-
-def _check_one_orientation(folder: Path, reader, count: int) -> None:
-    """VolumeError when the series' slices do not share one Image Orientation: a localizer (scout) filed
-    in the series, whose slice ITK stacked among the others (they were then refused as unevenly spaced,
-    "a missing slice?", which sent the user looking for the wrong thing)."""
-    orientations: list[np.ndarray] = []
-    for index in range(count):
-        if reader.HasMetaDataKey(index, "0020|0037"):
-            try:
-                cosines = np.array([float(v) for v in reader.GetMetaData(index, "0020|0037").split("\\")])
-            except ValueError:
-                continue
-            if cosines.shape != (6,):
-                continue
-            # written rounded: cosines within 1e-3 are one plane
-            if not any(np.allclose(cosines, seen, rtol=0, atol=1e-3) for seen in orientations):
-                orientations.append(cosines)
-    if len(orientations) > 1:
-        raise VolumeError(
-            f"the DICOM series in {folder} mixes slices of {len(orientations)} orientations (a localizer "
-            "or scout image among them?)",
-            "move the images of the other orientations out of the folder",
-        )
-
-
-#: How far (in slice spacings) a DICOM slice may lie from its place on an evenly spaced grid: positions are
-#: written rounded (a few micrometres), a missing slice moves its neighbours by half a spacing or more.
-SLICE_POSITION_TOLERANCE = 0.1
-
-
-def _check_even_slices(folder: Path, positions_lps: np.ndarray) -> None:
-    """VolumeError unless the slices lie evenly spaced on one line. ITK's reader spreads them evenly
-    between the first and the last whatever their positions (a warning on stderr aside), so a missing
-    slice stretched the whole volume and moved every slice after the gap."""
-    count = len(positions_lps)
-    if count < 2:
-        return
-    step_lps = (positions_lps[-1] - positions_lps[0]) / (count - 1)
-    gaps_mm = np.linalg.norm(np.diff(positions_lps, axis=0), axis=1)
-    if np.linalg.norm(step_lps) < 1e-6 or gaps_mm.min() < 1e-6:
-        raise VolumeError(
-            f"the DICOM series in {folder} has several slices at one position (a time series, several "
-            "echoes or phases in one series?)",
-            "export one time point (echo, phase) as a series of its own, or as a NIfTI/NRRD file",
-        )
-    expected_lps = positions_lps[0] + np.arange(count)[:, None] * step_lps
-    off_mm = np.linalg.norm(positions_lps - expected_lps, axis=1)
-    if off_mm.max() > SLICE_POSITION_TOLERANCE * np.linalg.norm(step_lps):
-        raise VolumeError(
-            f"the DICOM series in {folder} has unevenly spaced slices (gaps from {gaps_mm.min():.3g} to "
-            f"{gaps_mm.max():.3g} mm: a missing slice?), which a volume's regular grid cannot hold",
-            "give the complete series, or resample it to even spacing (in 3D Slicer) and save it as NRRD",
-        )
-
-
-def _shear_for_tilt(image, positions_lps: np.ndarray) -> None:
-    """Give ``image`` the slices' real step when it leaves the slice normal (a gantry-tilted CT). ITK
-    puts the slices on the normal through the first one, |step| apart: each slice of a 20-degree tilt
-    was then misplaced sideways and along the normal, by centimetres at the far end. The step as the
-    K axis makes a sheared grid, which NRRD and MHA outputs keep exactly (NIfTI ones are refused)."""
-    count = len(positions_lps)
-    if count < 2:
-        return
-    step_lps = (positions_lps[-1] - positions_lps[0]) / (count - 1)
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    normal = direction[:, 2]
-    sideways_mm = np.linalg.norm(step_lps - (step_lps @ normal) * normal) * (count - 1)
-    if sideways_mm <= 0.1 * min(image.GetSpacing()[:2]):  # rounded positions: keep ITK's exact grid
-        return
-    spacing_k = float(np.linalg.norm(step_lps))
-    direction[:, 2] = step_lps / spacing_k
-    image.SetSpacing((*image.GetSpacing()[:2], spacing_k))
-    image.SetDirection(tuple(direction.ravel()))
-    image.SetOrigin(tuple(positions_lps[0]))
-
-
 def read_volume(path: str | Path, frame: int | None = None) -> Volume:
     """Read a 3D volume (NIfTI, NRRD/NHDR, MHA/MHD, DICOM series folder) into RAS geometry.
 
@@ -239,10 +92,10 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
     metadata: dict = {"source": str(path)}
     with _readable(path):
         if path.is_dir():
-            image, extra = _read_dicom_series(path)
+            image, extra = read_dicom_series(path)
             metadata.update(extra)
         else:
-            _check_nifti_complete(path)
+            check_nifti_complete(path)
             image = sitk.ReadImage(str(path))
     size = _checked_size(
         path, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), frame
@@ -268,7 +121,7 @@ def read_volume_header(path: str | Path, frame: int | None = None) -> Volume:
     path = _existing(path)
     if path.is_dir():
         return read_volume(path, frame)
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     with _readable(path):
@@ -294,77 +147,6 @@ def _existing(path: str | Path) -> Path:
     if path.is_file() and path.stat().st_size == 0:
         raise VolumeError(f"{path} is empty (0 bytes)", "give a complete image file")
     return path
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """VolumeError when a .nii/.nii.gz file holds fewer voxel bytes than its header declares (a copy or
-    a download cut short): ITK's NIfTI reader fills the missing voxels with zeros without a word."""
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return
-    compressed = name.endswith(".gz")
-    try:
-        with gzip.open(path, "rb") if compressed else path.open("rb") as stream:
-            expected = _nifti_file_bytes(stream.read(540))
-        if expected is None:
-            return  # not a header we know: SimpleITK tells what is wrong
-        if compressed:
-            with path.open("rb") as raw:  # a whole gzip member ends with its size (mod 2**32): no need
-                raw.seek(-4, os.SEEK_END)  # to inflate it all, except when that disagrees
-                if int.from_bytes(raw.read(4), "little") == expected % 2**32:
-                    return
-            held = _inflated_bytes(path)
-        else:
-            held = path.stat().st_size
-    except (OSError, EOFError, zlib.error):
-        return  # an unreadable header: SimpleITK's error names it
-    if held < expected:
-        raise VolumeError(
-            f"{path} is truncated: it holds {held} of the {expected} bytes its header declares",
-            "copy or download the file again (the transfer was cut short)",
-        )
-
-
-def _nifti_file_bytes(header: bytes) -> int | None:
-    """The bytes of a .nii file (its voxels' offset plus their size) from its NIfTI-1 or -2 header."""
-    for order in "<>":
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
-            dims = struct.unpack(order + "8q", header[16:80])
-            offset = struct.unpack(order + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(size < 1 for size in dims[1 : dims[0] + 1]):
-        return None
-    return offset + math.prod(dims[1 : dims[0] + 1]) * bitpix // 8
-
-
-def _inflated_bytes(path: Path) -> int:
-    """How many bytes a gzip file (of one member or several) inflates to before it ends or breaks off;
-    16 MiB at a time (``gzip`` drops the last block read before a cut)."""
-    count = 0
-    with path.open("rb") as raw:
-        inflater = zlib.decompressobj(wbits=31)
-        data = raw.read(1 << 20)
-        while data:
-            try:
-                count += len(inflater.decompress(data, 1 << 24))
-            except zlib.error:
-                break  # corrupt: what came before is what ITK read
-            if inflater.unconsumed_tail:
-                data = inflater.unconsumed_tail
-            elif inflater.eof:  # the next member, if any
-                data = inflater.unused_data or raw.read(1 << 20)
-                inflater = zlib.decompressobj(wbits=31)
-            else:
-                data = raw.read(1 << 20)
-    return count
 
 
 @contextlib.contextmanager
@@ -413,7 +195,7 @@ def _checked_size(
     if len(size) != 3:
         raise VolumeError(f"{path} has {dimension} dimensions", "give a 3D volume")
     if size[2] == 1:
-        if path.is_file() and _is_dicom_file(path):  # one slice of a series, most likely
+        if path.is_file() and is_dicom_file(path):  # one slice of a series, most likely
             raise VolumeError(
                 f"{path} is a single DICOM slice {size[:2]}",
                 f"give the folder of its series ({path.parent}) instead of one of its files",
@@ -423,15 +205,6 @@ def _checked_size(
             "give a 3D volume with several slices",
         )
     return (int(size[0]), int(size[1]), int(size[2]))
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` starts as a DICOM file does: 128 bytes of preamble, then "DICM"."""
-    try:
-        with path.open("rb") as stream:
-            return stream.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
 
 
 def _volume_name(path: Path) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MedSegAnyError
+from .errors import MedSegAnyError, VolumeError
 
 
 @dataclass(frozen=True)
@@ -147,11 +147,19 @@ def percentile_window(volume, percentiles: tuple[float, float] = PERCENTILES) ->
     Computed once over the whole volume, so every slice gets the same contrast. When the nonzero voxels
     are all one value, the percentiles of all voxels (then their minimum and maximum) are used instead.
     """
-    sample = sample_voxels(_voxels_of(volume))
+    voxels = _voxels_of(volume)
+    sample = sample_voxels(voxels)
+    if sample.size == 0 and voxels.size:  # the stride met only NaN or infinite voxels: all of them, then
+        sample = np.asarray(voxels, dtype=np.float64)[np.isfinite(voxels)]
+        if sample.size == 0:  # a window of 0..0 gave the model black frames and empty masks, unexplained
+            raise VolumeError(
+                f"{getattr(volume, 'name', 'the volume')} has no finite voxel (all NaN or infinite)",
+                "check that the right volume was chosen, or fix its values (e.g. NaN to 0) and save it again",
+            )
     nonzero = sample[sample != 0]
     values = nonzero if nonzero.size else sample
     name = f"percentile {percentiles[0]:g}-{percentiles[1]:g}"
-    if values.size == 0:  # an empty or all-NaN volume: nothing to stretch
+    if values.size == 0:  # an empty volume: nothing to stretch
         return IntensityWindow(0.0, 0.0, name)
     low, high = np.percentile(values, percentiles)
     if low >= high:

@@ -205,6 +205,19 @@ def test_percentiles_skip_nan_and_all_zero_volumes():
     assert (percentile_window(zeros).low, percentile_window(zeros).high) == (0.0, 0.0)
 
 
+def test_a_volume_without_a_finite_voxel_is_refused_and_a_few_finite_ones_are_found():
+    from medsegany.errors import VolumeError
+    from medsegany.volume import Volume
+
+    voxels = np.full((40, 256, 256), np.nan, dtype=np.float32)  # 2.6 M voxels: sampled with a stride
+    with pytest.raises(VolumeError, match="scan has no finite voxel"):
+        percentile_window(Volume(voxels, np.eye(4), name="scan"))  # it was 0..0: black frames, no masks
+    voxels[7, 3, 6], voxels[20, 40, 34] = 10.0, 30.0  # even flat indices: the odd stride meets neither
+    assert intensity.sample_voxels(voxels).size == 0
+    window = percentile_window(voxels)
+    assert 10.0 <= window.low < window.high <= 30.0
+
+
 def test_percentile_window_of_a_two_valued_volume_keeps_the_object_visible():
     # A phantom or label-like image: background 0, object 100. The nonzero voxels are all 100, so their
     # percentiles give a zero-width window that made every frame black.

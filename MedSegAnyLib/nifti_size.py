@@ -1,4 +1,5 @@
-"""Whether a NIfTI file holds all the voxel bytes its header declares (ITK reads a cut file with zeros)."""
+"""Whether SimpleITK can read a NIfTI file whole: NIfTI-1 (it cannot read NIfTI-2) holding all the voxel
+bytes its header declares (it reads a cut file with zeros)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 from .errors import VolumeError
 
 
-def check_nifti_complete(path: Path) -> None:
-    """VolumeError when a .nii/.nii.gz file holds fewer voxel bytes than its header declares (a copy or
+def check_nifti_readable(path: Path) -> None:
+    """VolumeError when a .nii/.nii.gz file is NIfTI-2 (SimpleITK said "Unable to determine ImageIO
+    reader", which read as a broken file) or holds fewer voxel bytes than its header declares (a copy or
     a download cut short): ITK's NIfTI reader fills the missing voxels with zeros without a word."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
@@ -21,7 +23,13 @@ def check_nifti_complete(path: Path) -> None:
     compressed = name.endswith(".gz")
     try:
         with gzip.open(path, "rb") if compressed else path.open("rb") as stream:
-            expected = _nifti_file_bytes(stream.read(540))
+            header = stream.read(540)
+        if _header_size(header) == 540:
+            raise VolumeError(
+                f"{path} is a NIfTI-2 file, which SimpleITK (MedSegAny's reader) cannot read",
+                "save it as NIfTI-1 or NRRD (3D Slicer's Save, or nibabel's Nifti1Image)",
+            )
+        expected = _nifti_file_bytes(header)
         if expected is None:
             return  # not a header we know: SimpleITK tells what is wrong
         if compressed:
@@ -39,6 +47,14 @@ def check_nifti_complete(path: Path) -> None:
             f"{path} is truncated: it holds {held} of the {expected} bytes its header declares",
             "copy or download the file again (the transfer was cut short)",
         )
+
+
+def _header_size(header: bytes) -> int | None:
+    """The header's own size field (348: NIfTI-1, 540: NIfTI-2), in either byte order; None for others."""
+    for order in "<>":
+        if len(header) >= 4 and struct.unpack(order + "i", header[:4])[0] in (348, 540):
+            return struct.unpack(order + "i", header[:4])[0]
+    return None
 
 
 def _nifti_file_bytes(header: bytes) -> int | None:

@@ -16,7 +16,7 @@ import numpy as np
 from .dicom_series import is_dicom_file, read_dicom_series
 from .errors import VolumeError
 from .geometry import apply_affine, ijk_to_ras_matrix, itk_geometry_from_ijk_to_ras
-from .nifti_size import check_nifti_complete
+from .nifti_size import check_nifti_readable
 
 #: Extensions SimpleITK reads that we advertise; anything else is tried too, then refused clearly.
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -95,7 +95,7 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
             image, extra = read_dicom_series(path)
             metadata.update(extra)
         else:
-            check_nifti_complete(path)
+            check_nifti_readable(path)
             image = sitk.ReadImage(str(path))
     size = _checked_size(
         path, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), frame
@@ -121,7 +121,7 @@ def read_volume_header(path: str | Path, frame: int | None = None) -> Volume:
     path = _existing(path)
     if path.is_dir():
         return read_volume(path, frame)
-    check_nifti_complete(path)
+    check_nifti_readable(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     with _readable(path):

@@ -301,6 +301,17 @@ def test_a_truncated_nifti_is_refused(tmp_path, suffix):
     assert_volume_error(cut, "is truncated", "of the 240352 bytes its header declares", "again")
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_2_file_is_named_as_such(tmp_path, suffix):
+    """SimpleITK cannot read NIfTI-2: its "Unable to determine ImageIO reader" read as a broken file."""
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / f"two{suffix}"
+    nibabel.save(nibabel.Nifti2Image(np.zeros((6, 5, 4), dtype=np.int16), np.eye(4)), str(path))
+    assert_volume_error(path, "is a NIfTI-2 file", "save it as NIfTI-1 or NRRD")
+    with pytest.raises(VolumeError, match="NIfTI-2"):
+        read_volume_header(path)
+
+
 def test_a_nifti_of_several_gzip_members_is_read_whole(tmp_path):
     """Its last member's size trailer is not the file's size: the inflated bytes are counted instead."""
     import gzip

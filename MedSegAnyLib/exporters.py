@@ -255,8 +255,12 @@ def _write_seg_nrrd(
 ) -> None:
     import slicerio  # lazy; writes through pynrrd
 
-    # One line per header field: a newline in a name would end the NRRD field early.
-    names = [" ".join(str(info.name).split()) or f"Segment_{info.label_value}" for info in infos]
+    # One line per header field: a newline in a name would end the NRRD field early. Slicer (teem) reads a
+    # backslash and "n" in a field as a newline and two backslashes as one: escape backslashes as it does.
+    names = [
+        (" ".join(str(info.name).split()) or f"Segment_{info.label_value}").replace("\\", "\\\\")
+        for info in infos
+    ]
     # pynrrd encodes its header as ASCII, but Slicer writes and reads segment names as UTF-8 bytes: a
     # non-ASCII name goes through pynrrd as an ASCII placeholder, then its line gets the UTF-8 name.
     utf8_names = {n: name for n, name in enumerate(names) if not name.isascii()}

@@ -166,7 +166,14 @@ def ensure_python_packages(
         )
     if plan.torch_needed:
         logic = (pytorch_logic_factory or _pytorch_utils_logic)()
-        torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH.version_spec)
+        try:
+            torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH.version_spec)
+        except Exception as error:  # offline or a proxy: light-the-torch's pip run fails (CalledProcessError)
+            raise ModelError(
+                f"PyTorch could not be installed ({type(error).__name__})",
+                "check the internet connection or proxy, or install it from the PyTorch module's panel, "
+                "then retry",
+            ) from None
         if torch is None:
             raise ModelError(
                 "PyTorch could not be installed", "install it from the PyTorch module's panel, then retry"

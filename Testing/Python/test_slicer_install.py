@@ -7,6 +7,7 @@ checks use the real ``importlib.metadata`` of this environment with requirements
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import typing
 
 import pytest
@@ -116,6 +117,23 @@ def test_failed_torch_install_and_missing_extension_are_clear(pip, monkeypatch, 
         )
     with pytest.raises(ModelError, match="PyTorch extension is not installed"):
         slicer_install.ensure_python_packages(missing_family, confirm=lambda text: True)
+    assert not pip.calls
+
+
+def test_offline_torch_install_is_a_clear_error_and_pip_is_not_run(pip, monkeypatch, missing_family):
+    """PyTorchUtils' installTorch raises (light-the-torch's pip run fails offline) rather than return None:
+    the raw CalledProcessError reached the panel."""
+
+    class OfflineTorchLogic(FakeTorchLogic):
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
+            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch", "install"])
+
+    monkeypatch.setattr(slicer_install, "_installed_version", lambda r: None)
+    with pytest.raises(ModelError, match=r"PyTorch could not be installed \(CalledProcessError\)") as raised:
+        slicer_install.ensure_python_packages(
+            missing_family, confirm=lambda text: True, pytorch_logic_factory=OfflineTorchLogic
+        )
+    assert "internet connection" in str(raised.value) and "\n" not in str(raised.value)
     assert not pip.calls
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,15 @@ def ensure_python_packages(
     """Install what ``family`` needs after asking once with ``confirm(text)``; returns what was installed.
 
     Declining raises :class:`~medsegany.errors.ModelError` and installs nothing. A failed download
-    (offline, proxy) raises ModelError with the manual route.
+    (offline, proxy) raises ModelError with the manual route, and so does an install after which a package
+    is still missing, or was already imported at its old version (then Slicer must restart).
     """
     plan = install_plan(family)
     if plan.empty:
         return plan
+    to_install = ((TORCH,) if plan.torch_needed else ()) + plan.packages
+    # A module imported before its upgrade (by another extension) stays the old one until Slicer restarts.
+    loaded_before = [r.pip_name for r in to_install if r.import_name in sys.modules]
     if not confirm(plan.describe()):
         raise ModelError(
             "the Python packages for the model were not installed (declined)",
@@ -187,6 +192,20 @@ def ensure_python_packages(
                 f"pip could not install {arguments} ({type(error).__name__})",
                 "check the internet connection or proxy; offline, install the wheels from a local folder",
             ) from None
+    importlib.invalidate_caches()  # the import system's cached folder listings predate the install
+    after = install_plan(family)
+    missing = [r.pip_argument for r in ((TORCH,) if after.torch_needed else ()) + after.packages]
+    if missing:  # e.g. pip fell back to a user folder that Slicer's Python does not read
+        raise ModelError(
+            f"{', '.join(missing)} still not found in Slicer's Python after installing",
+            "restart Slicer and run again; if it persists, install them from the Python console with "
+            "slicer.util.pip_install",
+        )
+    if loaded_before:
+        raise ModelError(
+            f"{', '.join(loaded_before)} was updated, but Slicer still runs the version it loaded before",
+            "restart Slicer, then run again",
+        )
     return plan
 
 

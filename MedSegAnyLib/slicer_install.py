@@ -166,8 +166,9 @@ def ensure_python_packages(
     if not confirm(plan.describe()):
         raise ModelError(
             "the Python packages for the model were not installed (declined)",
+            # Quoted: pasted into a shell, an unquoted ">=0.9,<2" is a redirection.
             "press Run again to be asked again; offline, install them with pip from a wheel folder: "
-            + " ".join(r.pip_argument for r in plan.packages or (TORCH,)),
+            + " ".join(f'"{r.pip_argument}"' for r in to_install),
         )
     if plan.torch_needed:
         logic = (pytorch_logic_factory or _pytorch_utils_logic)()

@@ -114,6 +114,20 @@ def test_declining_installs_nothing_and_says_what_to_do(pip, missing_family):
     assert not pip.calls
 
 
+def test_declining_names_every_missing_package_quoted_for_a_shell(pip, missing_family):
+    """With torch missing too, the manual route named the other packages only, and unquoted: a shell took
+    "timm>=0.9,<2" for redirections."""
+    FAKE_VERSIONS["torch"] = None
+    with pytest.raises(ModelError, match="declined") as caught:
+        slicer_install.ensure_python_packages(missing_family, confirm=lambda text: False)
+    assert shlex.split(str(caught.value).split("wheel folder: ")[1].rstrip(".")) == [
+        slicer_install.TORCH.pip_argument,
+        MISSING.pip_argument,
+    ]
+    assert f'"{MISSING.pip_argument}"' in str(caught.value)
+    assert not pip.calls
+
+
 def test_accepting_installs_pinned_packages_once(pip, missing_family):
     asked = []
     plan = slicer_install.ensure_python_packages(

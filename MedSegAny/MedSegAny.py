@@ -508,6 +508,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     card.id,
                     accept_license=slicer.util.confirmOkCancelDisplay,
                     progress=lambda done, total: self._downloadProgress(progress, done, total),
+                    cancelled=lambda: progress.wasCanceled,  # its Cancel button stops the download
                 )
             finally:
                 progress.close()

@@ -19,6 +19,9 @@ from .slices import AXIS_NAMES, frame_of
 
 #: Longest side of a tile in pixels: 512-pixel CT slices are shown at half size, small crops enlarged.
 TILE_LONG_SIDE_PX = 320
+#: Shortest side of a tile in pixels: a frame of a few slices seen edge-on (a J view of a 3-slice CT is 9
+#: pixels high at its aspect) is stretched to it, so that its title, prompts and masks can be seen.
+MIN_TILE_SIDE_PX = 48
 #: Tiles per row of the grid; the default 1 + 4 slices fit in one row.
 MAX_COLUMNS = 5
 GAP_PX = 4
@@ -62,10 +65,11 @@ def pixel_aspect(axis: int, spacing_ijk: Sequence[float] | None) -> float:
 
 
 def tile_size(frame_shape: tuple[int, int], aspect: float) -> tuple[int, int]:
-    """(width, height) in pixels of a tile showing a frame of ``frame_shape`` (rows, cols) at its aspect."""
+    """(width, height) in pixels of a tile showing a frame of ``frame_shape`` (rows, cols) at its aspect;
+    a side shorter than :data:`MIN_TILE_SIDE_PX` is stretched to it (the aspect is then not physical)."""
     rows, columns = frame_shape
     scale = TILE_LONG_SIDE_PX / max(rows * aspect, columns)
-    return max(1, round(columns * scale)), max(1, round(rows * aspect * scale))
+    return max(MIN_TILE_SIDE_PX, round(columns * scale)), max(MIN_TILE_SIDE_PX, round(rows * aspect * scale))
 
 
 def _nearest_indices(size_in: int, size_out: int) -> np.ndarray:

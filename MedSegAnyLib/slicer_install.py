@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,20 +154,32 @@ def ensure_python_packages(
     """Install what ``family`` needs after asking once with ``confirm(text)``; returns what was installed.
 
     Declining raises :class:`~medsegany.errors.ModelError` and installs nothing. A failed download
-    (offline, proxy) raises ModelError with the manual route.
+    (offline, proxy) raises ModelError with the manual route, and so does an install after which a package
+    is still missing, or was already imported at its old version (then Slicer must restart).
     """
     plan = install_plan(family)
     if plan.empty:
         return plan
+    to_install = ((TORCH,) if plan.torch_needed else ()) + plan.packages
+    # A module imported before its upgrade (by another extension) stays the old one until Slicer restarts.
+    loaded_before = [r.pip_name for r in to_install if r.import_name in sys.modules]
     if not confirm(plan.describe()):
         raise ModelError(
             "the Python packages for the model were not installed (declined)",
+            # Quoted: pasted into a shell, an unquoted ">=0.9,<2" is a redirection.
             "press Run again to be asked again; offline, install them with pip from a wheel folder: "
-            + " ".join(r.pip_argument for r in plan.packages or (TORCH,)),
+            + " ".join(f'"{r.pip_argument}"' for r in to_install),
         )
     if plan.torch_needed:
         logic = (pytorch_logic_factory or _pytorch_utils_logic)()
-        torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH.version_spec)
+        try:
+            torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH.version_spec)
+        except Exception as error:  # offline or a proxy: light-the-torch's pip run fails (CalledProcessError)
+            raise ModelError(
+                f"PyTorch could not be installed ({type(error).__name__})",
+                "check the internet connection or proxy, or install it from the PyTorch module's panel, "
+                "then retry",
+            ) from None
         if torch is None:
             raise ModelError(
                 "PyTorch could not be installed", "install it from the PyTorch module's panel, then retry"
@@ -180,6 +193,20 @@ def ensure_python_packages(
                 f"pip could not install {arguments} ({type(error).__name__})",
                 "check the internet connection or proxy; offline, install the wheels from a local folder",
             ) from None
+    importlib.invalidate_caches()  # the import system's cached folder listings predate the install
+    after = install_plan(family)
+    missing = [r.pip_argument for r in ((TORCH,) if after.torch_needed else ()) + after.packages]
+    if missing:  # e.g. pip fell back to a user folder that Slicer's Python does not read
+        raise ModelError(
+            f"{', '.join(missing)} still not found in Slicer's Python after installing",
+            "restart Slicer and run again; if it persists, install them from the Python console with "
+            "slicer.util.pip_install",
+        )
+    if loaded_before:
+        raise ModelError(
+            f"{', '.join(loaded_before)} was updated, but Slicer still runs the version it loaded before",
+            "restart Slicer, then run again",
+        )
     return plan
 
 
@@ -201,6 +228,9 @@ def weights_status(model_id: str, store=None) -> str:
         "missing": f"not downloaded ({size})",
         "unsupported": f"not supported: {card.status_reason}",
     }
+    if card.status == "bundled":  # missing: its package is not installed yet (nothing to download alone)
+        package = (card.bundled_in or "").replace("_", "-")
+        states["missing"] = f"comes with the {package} package, installed on first use ({size})"
     return f"{card.name} - licence {card.license_text()} - {states[entry.state]}"
 
 
@@ -230,8 +260,13 @@ def download_weights(
     accept_license: Callable[[str], bool],
     progress: Callable[[int, int | None], None] | None = None,
     store=None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Path:
-    """Download a model's weights after the user accepted its licence (asked via ``accept_license``)."""
+    """Download a model's weights after the user accepted its licence (asked via ``accept_license``).
+
+    ``cancelled()`` (the progress dialog's Cancel button) is asked after every block: True stops the
+    download with a ModelError and keeps the part downloaded, which the next download resumes.
+    """
     from .models.catalog import get_card
     from .models.weight_store import WeightStore
 
@@ -248,7 +283,17 @@ def download_weights(
             f"the licence of {card.id} was not accepted; nothing was downloaded",
             f"accept it to download, or import {card.filename} from a file (Import weights...)",
         )
-    return store.download(card, progress=progress, accept_license=True).path
+
+    def report(done_bytes: int, total_bytes: int | None) -> None:
+        if cancelled is not None and cancelled():
+            raise ModelError(
+                f"the download of {card.id} was cancelled; the part downloaded is kept",
+                "download it again to resume where it stopped",
+            )
+        if progress is not None:
+            progress(done_bytes, total_bytes)
+
+    return store.download(card, progress=report, accept_license=True).path
 
 
 def import_weights(model_id: str, file_path: str | Path, store=None) -> Path:

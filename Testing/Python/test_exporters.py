@@ -137,6 +137,59 @@ def test_seg_nrrd_names_labels_that_have_no_segment_info(tmp_path, oblique_flipp
     np.testing.assert_allclose(segments[1]["color"], default_segment_color(0))
 
 
+def test_seg_nrrd_keeps_non_ascii_names_as_slicer_reads_them(tmp_path, small_volume):
+    """Slicer writes segment names as UTF-8 in the header and reads them back so; pynrrd alone refused them
+    ('ascii' codec can't encode), which failed the whole write."""
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    labels_kji[0, 1, 2], labels_kji[1, 2, 3], labels_kji[2, 3, 4] = 1, 2, 3
+    segments = [
+        SegmentInfo(1, "Läsion 肝臓", (1.0, 0.0, 0.0)),
+        SegmentInfo(2, "plain", (0.0, 1.0, 0.0)),
+        SegmentInfo(3, "Größe\nzwei", (0.0, 0.0, 1.0)),
+    ]
+    written = write_labelmap(labels_kji, small_volume, tmp_path / "utf8.seg.nrrd", segments)
+    header = written.read_bytes().split(b"\n\n", 1)[0]
+    assert "Segment0_Name:=Läsion 肝臓\n".encode() in header
+    assert b"Segment1_Name:=plain\n" in header
+    assert "Segment2_Name:=Größe zwei\n".encode() in header
+    assert_same_voxels_and_place(written, labels_kji, small_volume.ijk_to_ras)
+    assert slicer_segment_names(written) == {1: "Läsion 肝臓", 2: "plain", 3: "Größe zwei"}
+
+
+def test_seg_nrrd_names_with_backslashes_read_back_in_slicer(tmp_path, small_volume):
+    """Slicer reads a backslash and "n" in a header field as a newline: a raw "C:\\new" came back in two
+    lines, and two backslashes as one."""
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    labels_kji[0, 1, 2], labels_kji[1, 2, 3] = 1, 2
+    segments = [SegmentInfo(1, r"C:\new\tumor", (1.0, 0.0, 0.0)), SegmentInfo(2, r"a\\b", (0.0, 1.0, 0.0))]
+    written = write_labelmap(labels_kji, small_volume, tmp_path / "backslash.seg.nrrd", segments)
+    assert slicer_segment_names(written) == {1: r"C:\new\tumor", 2: r"a\\b"}
+
+
+def slicer_segment_names(path: Path) -> dict[int, str]:
+    """{label value: name} of the segments of a .seg.nrrd as Slicer's own storage node reads them."""
+    slicer = pytest.importorskip("slicer", reason="needs slicer-core for Slicer's own .seg.nrrd reader")
+    if not hasattr(slicer, "vtkMRMLSegmentationStorageNode"):
+        pytest.skip("this slicer-core has no segmentation storage node")
+    from slicer_scene_testing import make_scene
+
+    scene, logic = make_scene()
+    try:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(path))
+        assert storage.ReadData(node)
+        segmentation = node.GetSegmentation()
+        return {
+            segmentation.GetNthSegment(n).GetLabelValue(): segmentation.GetNthSegment(n).GetName()
+            for n in range(segmentation.GetNumberOfSegments())
+        }
+    finally:
+        logic.SetMRMLScene(None)
+        scene.Clear(1)
+
+
 @pytest.mark.parametrize("dtype, high", [(np.uint8, 255), (np.uint16, 65535)])
 def test_label_values_present_are_numpys_unique_nonzero_values(dtype, high):
     rng = np.random.default_rng(3)

@@ -10,6 +10,7 @@ from medsegany.geometry import ijk_to_ras_matrix
 from medsegany.preview import (
     BOX_RGB,
     GAP_PX,
+    MIN_TILE_SIDE_PX,
     NEGATIVE_POINT_RGB,
     OVERLAY_ALPHA,
     PNG_COMPRESS_LEVEL,
@@ -246,3 +247,29 @@ def test_a_box_one_voxel_wide_on_a_shrunk_tile_is_drawn(tmp_path):
     png = np.asarray(Image.open(path).convert("RGB"))
     column = int(600 * TILE_LONG_SIDE_PX / 1024)
     assert (png[:, column - 1 : column + 3] == BOX_RGB).all(axis=-1).any()  # the outline is there
+
+
+def test_a_thin_volume_seen_edge_on_gets_tiles_tall_enough_to_read(tmp_path):
+    """A J view of a 3-slice CT (0.7 mm pixels, 5 mm slices) was 13 pixels high at its aspect: the title
+    covered the whole tile and the box and masks could not be seen."""
+    image_kji = np.full((3, 512, 512), GREY, dtype=np.uint8)
+    labelmap_kji = np.zeros(image_kji.shape, dtype=np.uint8)
+    labelmap_kji[:, 200:300, 100:400] = 1
+    path = write_preview_png(
+        image_kji,
+        labelmap_kji,
+        axis=1,
+        prompt_slice=250,
+        path=tmp_path / "thin.png",
+        box_frame_xyxy=[100, 0, 399, 2],
+        n_extra_slices=0,
+        spacing_ijk=(0.7, 0.7, 5.0),
+    )
+    png = np.asarray(Image.open(path).convert("RGB"))
+    assert png.shape[:2] == (MIN_TILE_SIDE_PX, TILE_LONG_SIDE_PX)
+    scale = TILE_LONG_SIDE_PX / 512
+    # Below the title, inside the box outline, the mask shows across the middle row.
+    middle = png[MIN_TILE_SIDE_PX // 2, int(150 * scale) : int(350 * scale)].astype(float)
+    expected = np.broadcast_to(blended(default_segment_color(0)), middle.shape)
+    np.testing.assert_allclose(middle, expected, atol=1)
+    assert (png[-2:, int(200 * scale)] == BOX_RGB).all(axis=-1).any()  # the box's bottom edge

@@ -338,18 +338,28 @@ def test_output_suffix_takes_the_longest_known_extension():
     assert set(LABELMAP_SUFFIXES) == {".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"}
 
 
+def _closest_pair(colours) -> float:
+    """The smallest difference, in the most different channel, of two of ``colours``."""
+    pairs = [(c1, c2) for n, c1 in enumerate(colours) for c2 in colours[n + 1 :]]
+    return min(max(abs(a - b) for a, b in zip(c1, c2)) for c1, c2 in pairs)
+
+
 def test_default_segment_colors_are_distinct_valid_and_cycle():
     colours = [default_segment_color(index) for index in range(10)]
     assert len(set(colours)) == 10
     assert all(len(c) == 3 and all(0.0 <= v <= 1.0 for v in c) for c in colours)
-    # Distinguishable: every pair differs by more than 0.2 in some channel.
-    assert (
-        min(
-            max(abs(a - b) for a, b in zip(c1, c2)) for n, c1 in enumerate(colours) for c2 in colours[n + 1 :]
-        )
-        > 0.2
-    )
-    assert default_segment_color(10) == default_segment_color(0)
+    assert _closest_pair(colours) > 0.2  # distinguishable: every pair differs by more than 0.2 somewhere
+
+
+def test_more_than_ten_objects_get_distinct_bright_colours():
+    """Objects 1 and 11 got the same colour (a palette of 10 that cycled): 12 vertebrae could not be told
+    apart in one labelmap."""
+    colours = [default_segment_color(index) for index in range(40)]
+    assert colours[:10] == [default_segment_color(index) for index in range(10)]  # the palette first
+    assert _closest_pair(colours[:24]) >= 0.2 and _closest_pair(colours) > 0.15
+    assert all(max(c) >= 0.6 and max(c) - min(c) >= 0.15 for c in colours)  # neither dark nor grey
+    count = len({default_segment_color(index) for index in range(1000)})
+    assert count > 150 and default_segment_color(count) == default_segment_color(0)  # then it cycles
 
 
 # -- refusals: one line naming the problem and the fix, nothing left behind ----------------------------

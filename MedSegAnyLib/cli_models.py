@@ -3,7 +3,8 @@
 Mounted into the main CLI with :func:`add_models_parser`; :func:`main_models` runs it on its own
 (``main_models(["list", "--json"])``). Handlers return an exit code and print errors as one line.
 
-Exit codes: 0 success, 1 a ModelError (message on stderr), 2 usage errors (argparse), 130 interrupted.
+Exit codes: 0 success, 1 a ModelError (``medsegany: error: ...`` on stderr), 2 usage errors (argparse),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def run_models(args: argparse.Namespace, out: TextIO | None = None, store: Weigh
     try:
         return _COMMANDS[args.models_command](args, store or WeightStore(), out)
     except MedSegAnyError as error:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"medsegany: error: {error}\n")  # the same one-line form as segment and batch
         return EXIT_ERROR
     except BrokenPipeError:  # `medsegany models list | head`: the reader left, which is not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stops the interpreter's flush from failing)

@@ -49,7 +49,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
+    return [line for line in err.splitlines() if line.startswith("medsegany: error:")]
 
 
 @pytest.fixture()
@@ -113,7 +113,7 @@ def test_download_shows_licence_and_needs_acceptance(monkeypatch, capsys, home):
     with_cards(monkeypatch, dataclasses.replace(card, urls=("http://127.0.0.1:9/x.pt",)))
     code, _, err = run(["download", "medsam2_latest"], capsys)
     assert code == 1
-    assert err.index("CC-BY-SA-4.0") < err.index("error:")  # licence shown before the refusal
+    assert err.index("CC-BY-SA-4.0") < err.index("medsegany: error:")  # licence shown before the refusal
     assert "research and education" in err
     [line] = error_lines(err)
     assert "licence not accepted" in line and "--accept-license" in line

@@ -124,6 +124,8 @@ def _cmd_list(args: argparse.Namespace, store: WeightStore, out: TextIO) -> int:
         card = entry.card
         out.write(f"{card.id:26} {card.family:10} {card.status:11} {entry.state:11} {_size_text(card):>9}  "
                   f"{card.license}\n")
+        if card.status == "unsupported":  # why it is listed but cannot be used (README: "with the reason")
+            out.write(f"{'':26} not supported: {card.status_reason}\n")
     return EXIT_OK
 
 

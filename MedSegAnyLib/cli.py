@@ -474,6 +474,19 @@ def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO
     """Say why an object got nothing where it was prompted (the run stops there, so its summary alone
     reads "0 slices"), with the way out that fits its prompt."""
     empty = [index for index in sorted(obj.prompts) if not _slice_has_voxels(obj, index)]
+    # --overlap exclusive: the model may have found the object there (its logits are kept only for a
+    # non-empty mask) while objects it is surer of took every voxel; "found nothing" would send the
+    # user to check a box that is right
+    outscored = [index for index in empty if index in getattr(obj, "logits_frames", {})]
+    if outscored:
+        where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in outscored)
+        print(
+            f"medsegany: note: on its prompted slice {where} every voxel the model found for {obj.name} "
+            "went to objects it is surer of there (--overlap exclusive); prompt what only this object "
+            "covers, or use --overlap independent",
+            file=stderr,
+        )
+    empty = [index for index in empty if index not in outscored]
     if not empty:
         return
     where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in empty)

@@ -323,6 +323,33 @@ def test_an_object_the_model_found_nothing_for_is_told_with_its_fix(phantom, tmp
     assert code == 0 and "found nothing" not in err
 
 
+def test_an_object_outscored_everywhere_under_exclusive_overlap_is_not_told_found_nothing(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """--overlap exclusive: a box inside a bigger object's box, where the model is surer of the bigger one,
+    loses every voxel of its prompted slice. The note said "the model found nothing ... check that the box
+    covers the object", which sent the user to fix a box the model had segmented."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    class SurerOfBiggerBoxes(ThresholdModel):  # logits grow with the box: the big object wins overlaps
+        def predict(self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None):
+            prediction = super().predict(embedding, box_frame_xyxy, points_frame_xy, point_labels)
+            x0, y0, x1, y1 = box_frame_xyxy
+            scaled = prediction.logits_frame * (x1 - x0) * (y1 - y0) / 100.0
+            return type(prediction)(scaled, prediction.iou_score)
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: SurerOfBiggerBoxes())
+    prompts = tmp_path / "nested.json"
+    prompts.write_text(json.dumps({"objects": [{"name": "big", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]},
+                                               {"name": "small", "boxes_ijk": [[26, 28, 2, 34, 36, 2]]}]}))
+    code, out, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--overlap", "exclusive",
+                             "--window=0,255", "-o", tmp_path / "nested.nii.gz")  # fmt: skip
+    assert code == 0 and "small: 0 slices (none), 0 voxels" in out, out
+    assert "found nothing" not in err, err
+    assert "slice K=2 every voxel the model found for small went to objects it is surer of there" in err
+
+
 def test_a_nifti_output_of_a_sheared_volume_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
     """A gantry-tilted CT kept in NRRD (its K axis leans): ITK's NIfTI writer made the axes perpendicular,
     and the labelmap written after the run lay 2 mm off the image at its far corner, exit 0."""

@@ -232,7 +232,7 @@ def _check_outputs(outputs: list[Path], previews: list[Path], overwrite: bool) -
     """Every name refused before any work that the writers would refuse after it (then the outputs
     written before the bad one stayed, and a rerun with the name mended met "already exists")."""
     from .errors import OutputError
-    from .exporters import output_suffix
+    from .exporters import companion_files, output_suffix
     from .preview import checked_preview_path
 
     for path in outputs:
@@ -242,8 +242,10 @@ def _check_outputs(outputs: list[Path], previews: list[Path], overwrite: bool) -
     for path in outputs + previews:
         if path.is_dir():
             raise OutputError(f"{path} is a folder", "give a file name inside it")
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
+        written = [path, *(companion_files(path) if path in outputs else [])]
+        existing = next((file for file in written if file.exists()), None)
+        if existing is not None and not overwrite:
+            raise OutputError(f"{existing} already exists", "pass --overwrite or choose another output name")
         if not path.parent.exists():
             raise OutputError(
                 f"folder {path.parent} does not exist", "create it or choose another output path"

@@ -83,6 +83,17 @@ def test_segment_with_bundled_litemedsam_writes_nifti_seg_nrrd_and_preview(phant
     assert nifti.read_bytes() == before
 
 
+def test_an_mhd_output_does_not_replace_an_existing_zraw_without_overwrite(phantom, tmp_path, capsys):
+    """A .mhd labelmap's voxels go to a .zraw beside it; an existing .zraw of that name was replaced
+    silently (the check looked at the .mhd only), against "existing files need --overwrite"."""
+    zraw = tmp_path / "labels.zraw"
+    zraw.write_bytes(b"the user's own data")
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2",
+                           "--model", "sam9_giant", "-o", tmp_path / "labels.mhd")  # fmt: skip
+    assert_one_line_error(code, err, "labels.zraw already exists.*--overwrite")
+    assert zraw.read_bytes() == b"the user's own data" and not (tmp_path / "labels.mhd").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "pattern"),
     [

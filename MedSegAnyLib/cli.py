@@ -181,7 +181,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="append",
         default=None,
         metavar="OUT",
-        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable; required unless --estimate)",
+        help=".nii.gz, .nii, .nrrd, .mha, .mhd or .seg.nrrd (repeatable; required unless --estimate)",
     )
     output.add_argument(
         "--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices"

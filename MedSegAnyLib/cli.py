@@ -181,7 +181,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="append",
         default=None,
         metavar="OUT",
-        help=".nii.gz, .nii, .nrrd, .mha or .seg.nrrd (repeatable; required unless --estimate)",
+        help=".nii.gz, .nii, .nrrd, .mha, .mhd or .seg.nrrd (repeatable; required unless --estimate)",
     )
     output.add_argument(
         "--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices"
@@ -232,7 +232,7 @@ def _check_outputs(outputs: list[Path], previews: list[Path], overwrite: bool) -
     """Every name refused before any work that the writers would refuse after it (then the outputs
     written before the bad one stayed, and a rerun with the name mended met "already exists")."""
     from .errors import OutputError
-    from .exporters import output_suffix
+    from .exporters import companion_files, output_suffix
     from .preview import checked_preview_path
 
     for path in outputs:
@@ -242,8 +242,10 @@ def _check_outputs(outputs: list[Path], previews: list[Path], overwrite: bool) -
     for path in outputs + previews:
         if path.is_dir():
             raise OutputError(f"{path} is a folder", "give a file name inside it")
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path} already exists", "pass --overwrite or choose another output name")
+        written = [path, *(companion_files(path) if path in outputs else [])]
+        existing = next((file for file in written if file.exists()), None)
+        if existing is not None and not overwrite:
+            raise OutputError(f"{existing} already exists", "pass --overwrite or choose another output name")
         if not path.parent.exists():
             raise OutputError(
                 f"folder {path.parent} does not exist", "create it or choose another output path"
@@ -474,6 +476,19 @@ def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO
     """Say why an object got nothing where it was prompted (the run stops there, so its summary alone
     reads "0 slices"), with the way out that fits its prompt."""
     empty = [index for index in sorted(obj.prompts) if not _slice_has_voxels(obj, index)]
+    # --overlap exclusive: the model may have found the object there (its logits are kept only for a
+    # non-empty mask) while objects it is surer of took every voxel; "found nothing" would send the
+    # user to check a box that is right
+    outscored = [index for index in empty if index in getattr(obj, "logits_frames", {})]
+    if outscored:
+        where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in outscored)
+        print(
+            f"medsegany: note: on its prompted slice {where} every voxel the model found for {obj.name} "
+            "went to objects it is surer of there (--overlap exclusive); prompt what only this object "
+            "covers, or use --overlap independent",
+            file=stderr,
+        )
+    empty = [index for index in empty if index not in outscored]
     if not empty:
         return
     where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in empty)

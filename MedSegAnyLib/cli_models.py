@@ -3,7 +3,8 @@
 Mounted into the main CLI with :func:`add_models_parser`; :func:`main_models` runs it on its own
 (``main_models(["list", "--json"])``). Handlers return an exit code and print errors as one line.
 
-Exit codes: 0 success, 1 a ModelError (message on stderr), 2 usage errors (argparse), 130 interrupted.
+Exit codes: 0 success, 1 a ModelError (``medsegany: error: ...`` on stderr), 2 usage errors (argparse),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def _cmd_list(args: argparse.Namespace, store: WeightStore, out: TextIO) -> int:
         card = entry.card
         out.write(f"{card.id:26} {card.family:10} {card.status:11} {entry.state:11} {_size_text(card):>9}  "
                   f"{card.license}\n")
+        if card.status == "unsupported":  # why it is listed but cannot be used (README: "with the reason")
+            out.write(f"{'':26} not supported: {card.status_reason}\n")
     return EXIT_OK
 
 
@@ -230,7 +233,7 @@ def run_models(args: argparse.Namespace, out: TextIO | None = None, store: Weigh
     try:
         return _COMMANDS[args.models_command](args, store or WeightStore(), out)
     except MedSegAnyError as error:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"medsegany: error: {error}\n")  # the same one-line form as segment and batch
         return EXIT_ERROR
     except BrokenPipeError:  # `medsegany models list | head`: the reader left, which is not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stops the interpreter's flush from failing)

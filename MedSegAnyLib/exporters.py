@@ -116,6 +116,13 @@ def output_suffix(path: str | Path) -> str:
     )
 
 
+def companion_files(path: str | Path) -> list[Path]:
+    """The data files a labelmap writer puts beside ``path``: a compressed .mhd header's .zraw (the
+    writer replaces it without asking, so a check for existing outputs has to look at it too)."""
+    path = Path(path)
+    return [path.with_suffix(".zraw")] if output_suffix(path) == ".mhd" else []
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(staged_path)`` then move the result (and companion files, e.g. .mhd's .zraw) to ``path``.
 

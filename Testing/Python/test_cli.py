@@ -83,6 +83,17 @@ def test_segment_with_bundled_litemedsam_writes_nifti_seg_nrrd_and_preview(phant
     assert nifti.read_bytes() == before
 
 
+def test_an_mhd_output_does_not_replace_an_existing_zraw_without_overwrite(phantom, tmp_path, capsys):
+    """A .mhd labelmap's voxels go to a .zraw beside it; an existing .zraw of that name was replaced
+    silently (the check looked at the .mhd only), against "existing files need --overwrite"."""
+    zraw = tmp_path / "labels.zraw"
+    zraw.write_bytes(b"the user's own data")
+    code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2",
+                           "--model", "sam9_giant", "-o", tmp_path / "labels.mhd")  # fmt: skip
+    assert_one_line_error(code, err, "labels.zraw already exists.*--overwrite")
+    assert zraw.read_bytes() == b"the user's own data" and not (tmp_path / "labels.mhd").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "pattern"),
     [
@@ -321,6 +332,33 @@ def test_an_object_the_model_found_nothing_for_is_told_with_its_fix(phantom, tmp
     code, out, err = run_cli(capsys, "segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window", "0,255",
                              "-o", tmp_path / "found.nii.gz")  # fmt: skip
     assert code == 0 and "found nothing" not in err
+
+
+def test_an_object_outscored_everywhere_under_exclusive_overlap_is_not_told_found_nothing(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """--overlap exclusive: a box inside a bigger object's box, where the model is surer of the bigger one,
+    loses every voxel of its prompted slice. The note said "the model found nothing ... check that the box
+    covers the object", which sent the user to fix a box the model had segmented."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    class SurerOfBiggerBoxes(ThresholdModel):  # logits grow with the box: the big object wins overlaps
+        def predict(self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None):
+            prediction = super().predict(embedding, box_frame_xyxy, points_frame_xy, point_labels)
+            x0, y0, x1, y1 = box_frame_xyxy
+            scaled = prediction.logits_frame * (x1 - x0) * (y1 - y0) / 100.0
+            return type(prediction)(scaled, prediction.iou_score)
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: SurerOfBiggerBoxes())
+    prompts = tmp_path / "nested.json"
+    prompts.write_text(json.dumps({"objects": [{"name": "big", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]},
+                                               {"name": "small", "boxes_ijk": [[26, 28, 2, 34, 36, 2]]}]}))
+    code, out, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--overlap", "exclusive",
+                             "--window=0,255", "-o", tmp_path / "nested.nii.gz")  # fmt: skip
+    assert code == 0 and "small: 0 slices (none), 0 voxels" in out, out
+    assert "found nothing" not in err, err
+    assert "slice K=2 every voxel the model found for small went to objects it is surer of there" in err
 
 
 def test_a_nifti_output_of_a_sheared_volume_is_refused_before_the_run(tmp_path, capsys, monkeypatch):

@@ -49,7 +49,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
+    return [line for line in err.splitlines() if line.startswith("medsegany: error:")]
 
 
 @pytest.fixture()
@@ -93,6 +93,16 @@ def test_list_table_names_folder_and_models(capsys, home):
     assert "medsam2_latest" in out and "CC-BY-SA-4.0" in out and "unsupported" in out
 
 
+def test_list_table_gives_why_a_model_is_unsupported(capsys, home):
+    code, out, _ = run(["list"], capsys)
+    lines = out.splitlines()
+    row = next(index for index, line in enumerate(lines) if line.startswith("sam_med2d "))
+    reason = catalog_module.get_card("sam_med2d").status_reason
+    assert code == 0 and lines[row + 1].split() == ["not", "supported:", *reason.split()]
+    supported = next(index for index, line in enumerate(lines) if line.startswith("sam_vit_b "))
+    assert "not supported" not in lines[supported + 1]
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/sam2.1_hiera_tiny.pt",
                                  "http://nonexistent.invalid/sam2.1_hiera_tiny.pt"])
 def test_offline_download_fails_fast_with_one_line_and_no_files(monkeypatch, capsys, home, url):
@@ -113,7 +123,7 @@ def test_download_shows_licence_and_needs_acceptance(monkeypatch, capsys, home):
     with_cards(monkeypatch, dataclasses.replace(card, urls=("http://127.0.0.1:9/x.pt",)))
     code, _, err = run(["download", "medsam2_latest"], capsys)
     assert code == 1
-    assert err.index("CC-BY-SA-4.0") < err.index("error:")  # licence shown before the refusal
+    assert err.index("CC-BY-SA-4.0") < err.index("medsegany: error:")  # licence shown before the refusal
     assert "research and education" in err
     [line] = error_lines(err)
     assert "licence not accepted" in line and "--accept-license" in line

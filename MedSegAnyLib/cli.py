@@ -187,7 +187,12 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "--preview", metavar="PNG", help="write a PNG preview of the prompted and propagated slices"
     )
     output.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    output.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    output.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display and no notes (errors and the summary line are still printed)",
+    )
     parser.set_defaults(func=run_segment)
     return parser
 

@@ -63,7 +63,10 @@ def _nifti_file_bytes(header: bytes) -> int | None:
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
             bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            offset = struct.unpack(order + "f", header[108:112])[0]
+            if not math.isfinite(offset):  # a damaged header: SimpleITK reads past it or says what is wrong
+                return None
+            offset = int(offset)
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             bitpix = struct.unpack(order + "h", header[14:16])[0]

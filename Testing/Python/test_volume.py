@@ -312,6 +312,23 @@ def test_a_nifti_2_file_is_named_as_such(tmp_path, suffix):
         read_volume_header(path)
 
 
+@pytest.mark.parametrize("vox_offset", [float("nan"), float("inf")])
+def test_a_nifti_with_a_damaged_vox_offset_is_left_to_simpleitk(tmp_path, vox_offset):
+    """The size check turned a NaN or infinite vox_offset (which SimpleITK reads past) into a traceback
+    (ValueError / OverflowError from int()) instead of reading the file or a one-line error."""
+    import contextlib
+    import struct
+
+    voxels_kji = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    data = bytearray(write_image(tmp_path / "plain.nii", voxels_kji).read_bytes())
+    data[108:112] = struct.pack("<f", vox_offset)
+    path = tmp_path / "damaged.nii"
+    path.write_bytes(bytes(data))
+    assert read_volume_header(path).shape_ijk == (6, 5, 4)
+    with contextlib.suppress(VolumeError):  # a one-line refusal is fine too; a traceback is not
+        read_volume(path)
+
+
 def test_a_nifti_of_several_gzip_members_is_read_whole(tmp_path):
     """Its last member's size trailer is not the file's size: the inflated bytes are counted instead."""
     import gzip

@@ -7,6 +7,8 @@ a localizer filed in the series or per-slice rescaling (PET) then gave a wrong v
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +22,24 @@ def _sitk():
     return sitk
 
 
+@contextlib.contextmanager
+def _itk_warnings_hidden() -> Iterator[None]:
+    """ITK's global warning display off, then back as it was (a caller, e.g. Slicer or a script, may have
+    turned it off itself: switching it on afterwards changed a process-wide setting)."""
+    process_object = _sitk().ProcessObject
+    was_shown = process_object.GetGlobalWarningDisplay()
+    process_object.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        process_object.SetGlobalWarningDisplay(was_shown)
+
+
 def read_dicom_series(folder: Path):
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" to stderr
-    try:
+    with _itk_warnings_hidden():  # ITK prints "No Series were found" to stderr
         series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(True)
     if not series_ids:
         raise VolumeError(
             f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder"
@@ -41,16 +53,13 @@ def read_dicom_series(folder: Path):
         return sitk.ReadImage(files[0]), series  # stacked it as a 4D image of 1 frame
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()  # every slice's tags: its position, checked below
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "Non uniform sampling" warning: told below
-    try:
+    with _itk_warnings_hidden():  # ITK's "Non uniform sampling" warning: told below
         image = reader.Execute()
         if len({_rescale_of(reader, index) for index in range(len(files))}) > 1:
             # slices rescaled each their own way (PET): the voxel type ITK took from the first slice
             # (int16 for a slope of 1) truncated or wrapped the others' values; float32 holds them all
             reader.SetOutputPixelType(sitk.sitkFloat32)
             image = reader.Execute()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(True)
     _check_one_orientation(folder, reader, len(files))
     positions_lps = _slice_positions_lps(reader, len(files))
     if positions_lps is not None:

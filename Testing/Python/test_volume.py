@@ -245,6 +245,25 @@ def test_a_folder_holding_one_multi_frame_dicom_file_is_read_as_its_volume(tmp_p
     np.testing.assert_allclose(volume.ijk_to_ras @ [1, 1, 1, 1], [10 - 0.9, 20 - 0.7, 103, 1], atol=1e-6)
 
 
+def test_reading_a_dicom_series_keeps_itks_warning_display_as_it_was(tmp_path, dicom_series):
+    """The reader hides ITK's warnings while it reads, then switched the process-wide display on whatever
+    it was before (a caller that had turned it off got ITK's warnings back)."""
+    import SimpleITK as sitk
+
+    (tmp_path / "empty").mkdir()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        read_volume(dicom_series[0])
+        assert not sitk.ProcessObject.GetGlobalWarningDisplay()
+        with pytest.raises(VolumeError):
+            read_volume(tmp_path / "empty")
+        assert not sitk.ProcessObject.GetGlobalWarningDisplay()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(True)
+    read_volume(dicom_series[0])
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+
+
 def test_a_folder_without_dicom_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not DICOM")
     assert_volume_error(tmp_path, "without a dicom series", "dicom series folder")

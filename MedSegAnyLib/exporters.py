@@ -74,19 +74,24 @@ def _terminology_field(info: SegmentInfo) -> dict:
 
 #: Colour levels of the candidates that extend the palette beyond its 10 (6 levels a channel: 216 colours).
 _EXTENSION_LEVELS = (0.15, 0.32, 0.49, 0.66, 0.83, 1.0)
+#: How much (in its most different channel) an added colour differs at least from every colour before it.
+_MIN_EXTENSION_DISTANCE = 0.15
 
 
 @functools.cache
 def _extended_palette() -> tuple[tuple[float, float, float], ...]:
     """The palette, then the candidates in farthest-first order: each next colour is the one farthest (in
-    its most different channel) from every colour before it. 12 vertebrae or 24 ribs in one labelmap then
-    get distinct colours (a palette of 10 that cycled gave objects 1 and 11 the same one)."""
+    its most different channel) from every colour before it, while that is at least 0.15. 12 vertebrae or
+    24 ribs in one labelmap then get distinct colours (a palette of 10 that cycled gave objects 1 and 11
+    the same one)."""
     chosen = [np.array(colour) for colour in _PALETTE]
     grid = np.array(list(itertools.product(_EXTENSION_LEVELS, repeat=3)))
     # no greys (they look like the image) and no dark colours (they vanish on a dark background)
     grid = grid[(grid.max(axis=1) - grid.min(axis=1) >= 0.15) & (grid.max(axis=1) >= 0.66)]
     distance = np.min([np.abs(grid - colour).max(axis=1) for colour in chosen], axis=0)
-    while distance.max() > 0:
+    # a candidate closer than _MIN_EXTENSION_DISTANCE to a colour before it would repeat that colour
+    # (e.g. (0.49, 0.66, 0.49) after the palette's (0.5, 0.68, 0.5)): the palette cycles before it
+    while distance.max() >= _MIN_EXTENSION_DISTANCE:
         best = int(np.argmax(distance))
         chosen.append(grid[best])
         distance = np.minimum(distance, np.abs(grid - grid[best]).max(axis=1))
@@ -94,7 +99,7 @@ def _extended_palette() -> tuple[tuple[float, float, float], ...]:
 
 
 def default_segment_color(index: int) -> tuple[float, float, float]:
-    """The ``index``-th colour (0-based): a fixed palette of 10, then distinct colours (about 200 in all,
+    """The ``index``-th colour (0-based): a fixed palette of 10, then distinct colours (about 150 in all,
     :func:`_extended_palette`), cycling after those.
 
     >>> default_segment_color(0) == default_segment_color(10)

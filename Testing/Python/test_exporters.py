@@ -360,6 +360,9 @@ def test_more_than_ten_objects_get_distinct_bright_colours():
     assert all(max(c) >= 0.6 and max(c) - min(c) >= 0.15 for c in colours)  # neither dark nor grey
     count = len({default_segment_color(index) for index in range(1000)})
     assert count > 150 and default_segment_color(count) == default_segment_color(0)  # then it cycles
+    # every colour of the cycle stands apart: the last candidates were near-copies of palette colours
+    # ((0.49, 0.66, 0.49) for the first, (0.5, 0.68, 0.5): objects 1 and 196 looked the same)
+    assert _closest_pair([default_segment_color(index) for index in range(count)]) >= 0.15
 
 
 # -- refusals: one line naming the problem and the fix, nothing left behind ----------------------------

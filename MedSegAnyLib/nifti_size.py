@@ -57,19 +57,27 @@ def _header_size(header: bytes) -> int | None:
     return None
 
 
+#: Bits per voxel of each NIfTI datatype code: ITK sizes the voxels by the datatype, not by the header's
+#: bitpix, which some writers leave wrong (a file was refused as truncated that ITK reads whole).
+DATATYPE_BITS = {
+    2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64,
+    1536: 128, 1792: 128, 2048: 256, 2304: 32,
+}
+
+
 def _nifti_file_bytes(header: bytes) -> int | None:
     """The bytes of a .nii file (its voxels' offset plus their size) from its NIfTI-1 or -2 header."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            bitpix = DATATYPE_BITS.get(struct.unpack(order + "h", header[70:72])[0], 0)
             offset = struct.unpack(order + "f", header[108:112])[0]
             if not math.isfinite(offset):  # a damaged header: SimpleITK reads past it or says what is wrong
                 return None
             offset = int(offset)
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            bitpix = DATATYPE_BITS.get(struct.unpack(order + "h", header[12:14])[0], 0)
             dims = struct.unpack(order + "8q", header[16:80])
             offset = struct.unpack(order + "q", header[168:176])[0]
             break

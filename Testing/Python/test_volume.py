@@ -348,6 +348,19 @@ def test_a_nifti_with_a_damaged_vox_offset_is_left_to_simpleitk(tmp_path, vox_of
         read_volume(path)
 
 
+def test_a_nifti_whose_bitpix_disagrees_with_its_datatype_is_read(tmp_path):
+    """ITK sizes the voxels by the datatype code; the size check used bitpix, so an int16 file whose
+    bitpix said 32 was refused as "truncated" although SimpleITK reads it whole."""
+    import struct
+
+    voxels_kji = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    data = bytearray(write_image(tmp_path / "plain.nii", voxels_kji).read_bytes())
+    data[72:74] = struct.pack("<h", 32)
+    path = tmp_path / "bitpix.nii"
+    path.write_bytes(bytes(data))
+    np.testing.assert_array_equal(read_volume(path).voxels_kji, voxels_kji)
+
+
 def test_a_nifti_of_several_gzip_members_is_read_whole(tmp_path):
     """Its last member's size trailer is not the file's size: the inflated bytes are counted instead."""
     import gzip

@@ -501,7 +501,8 @@ def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO
         fix = (
             "check that the box covers the object and that the intensity window shows it (--preset, --window)"
         )
-    elif session.is_sam2:
+    elif session.is_sam2 or getattr(session.model, "preprocessing", None) == "sam":
+        # SAM 2 and Meta's SAM (sam_vit_b/l/h: SAM's preprocessing) were trained with points as well
         fix = "add a box, or more positive points on the object"
     else:  # LiteMedSAM and MedSAM were trained with boxes: points alone often give nothing
         fix = f"add a box ({getattr(session.model, 'model_id', 'this model')} was trained with boxes)"

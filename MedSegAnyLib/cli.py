@@ -307,7 +307,7 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
 
         for path in outputs:  # a format that cannot hold the volume's geometry fails before the run
             check_output_geometry(path, volume)
-    if volume.metadata.get("dicom_series_count", 1) > 1:
+    if volume.metadata.get("dicom_series_count", 1) > 1 and not args.quiet:  # a note: -q hides it
         print(
             f"medsegany: note: {args.image} holds {volume.metadata['dicom_series_count']} DICOM series; "
             f"using the largest ({volume.metadata['dicom_series_uid']})",

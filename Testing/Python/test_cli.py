@@ -425,3 +425,30 @@ def test_the_note_for_points_that_found_nothing_does_not_say_sam_was_trained_wit
         assert code == 0 and "note: the model found nothing for" in err
         assert ("was trained with boxes" in err) == trained_with_boxes, err
         assert "add a box" in err
+
+
+def test_quiet_also_hides_the_note_on_a_folder_of_several_dicom_series(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """segment --help: -q gives "no progress display and no notes"; the note on which of a folder's DICOM
+    series was used still came."""
+    from dataclasses import replace
+
+    import medsegany.cli as cli
+    import medsegany.volume as volume_module
+    from fake_models import ThresholdModel
+
+    read = volume_module.read_volume
+
+    def two_series(path, frame=None):
+        volume = read(path, frame=frame)
+        metadata = {**volume.metadata, "dicom_series_count": 2, "dicom_series_uid": "1.2"}
+        return replace(volume, metadata=metadata)
+
+    monkeypatch.setattr(volume_module, "read_volume", two_series)
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    argv = ["segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window=0,255"]
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "told.nii.gz")
+    assert code == 0 and "holds 2 DICOM series; using the largest (1.2)" in err
+    code, out, err = run_cli(capsys, *argv, "-o", tmp_path / "quiet.nii.gz", "-q")
+    assert code == 0 and err == "" and "segment_1:" in out

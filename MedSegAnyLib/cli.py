@@ -307,7 +307,7 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
 
         for path in outputs:  # a format that cannot hold the volume's geometry fails before the run
             check_output_geometry(path, volume)
-    if volume.metadata.get("dicom_series_count", 1) > 1:
+    if volume.metadata.get("dicom_series_count", 1) > 1 and not args.quiet:  # a note: -q hides it
         print(
             f"medsegany: note: {args.image} holds {volume.metadata['dicom_series_count']} DICOM series; "
             f"using the largest ({volume.metadata['dicom_series_uid']})",
@@ -501,7 +501,8 @@ def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO
         fix = (
             "check that the box covers the object and that the intensity window shows it (--preset, --window)"
         )
-    elif session.is_sam2:
+    elif session.is_sam2 or getattr(session.model, "preprocessing", None) == "sam":
+        # SAM 2 and Meta's SAM (sam_vit_b/l/h: SAM's preprocessing) were trained with points as well
         fix = "add a box, or more positive points on the object"
     else:  # LiteMedSAM and MedSAM were trained with boxes: points alone often give nothing
         fix = f"add a box ({getattr(session.model, 'model_id', 'this model')} was trained with boxes)"

@@ -394,3 +394,61 @@ def test_a_nifti_output_of_a_sheared_volume_is_refused_before_the_run(tmp_path, 
     written = read_volume(kept)
     np.testing.assert_allclose(written.ijk_to_ras, read_volume(source).ijk_to_ras, atol=1e-6)
     assert written.voxels_kji[4, 15, 20] == 1 and written.voxels_kji[0, 0, 0] == 0
+
+
+def test_the_note_for_points_that_found_nothing_does_not_say_sam_was_trained_with_boxes(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """Meta's SAM (sam_vit_b/l/h, SAM's preprocessing) was trained with points as well as boxes: the note
+    told "add a box (sam_vit_b was trained with boxes)", which holds for MedSAM and LiteMedSAM only."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    class PointsGiveNothing(ThresholdModel):
+        def __init__(self, model_id: str, preprocessing: str) -> None:
+            super().__init__()
+            self.model_id, self.preprocessing = model_id, preprocessing
+
+        def predict(self, embedding, box_frame_xyxy=None, points_frame_xy=None, point_labels=None):
+            if box_frame_xyxy is None:
+                box_frame_xyxy = (0, 0, 0, 0)  # the dark corner
+            return super().predict(embedding, box_frame_xyxy, points_frame_xy, point_labels)
+
+    for model_id, preprocessing, trained_with_boxes in (
+        ("sam_vit_b", "sam", False),
+        ("medsam_vit_b", "medsam", True),
+    ):
+        model = PointsGiveNothing(model_id, preprocessing)
+        monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False, model=model: model)
+        code, _, err = run_cli(capsys, "segment", phantom, "--point-ijk", "30,32,2", "--axis", "K",
+                               "--window=0,255", "-o", tmp_path / f"{model_id}.nii.gz")  # fmt: skip
+        assert code == 0 and "note: the model found nothing for" in err
+        assert ("was trained with boxes" in err) == trained_with_boxes, err
+        assert "add a box" in err
+
+
+def test_quiet_also_hides_the_note_on_a_folder_of_several_dicom_series(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """segment --help: -q gives "no progress display and no notes"; the note on which of a folder's DICOM
+    series was used still came."""
+    from dataclasses import replace
+
+    import medsegany.cli as cli
+    import medsegany.volume as volume_module
+    from fake_models import ThresholdModel
+
+    read = volume_module.read_volume
+
+    def two_series(path, frame=None):
+        volume = read(path, frame=frame)
+        metadata = {**volume.metadata, "dicom_series_count": 2, "dicom_series_uid": "1.2"}
+        return replace(volume, metadata=metadata)
+
+    monkeypatch.setattr(volume_module, "read_volume", two_series)
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    argv = ["segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window=0,255"]
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "told.nii.gz")
+    assert code == 0 and "holds 2 DICOM series; using the largest (1.2)" in err
+    code, out, err = run_cli(capsys, *argv, "-o", tmp_path / "quiet.nii.gz", "-q")
+    assert code == 0 and err == "" and "segment_1:" in out

@@ -421,9 +421,10 @@ def test_negative_clicks_alone_correct_a_slice_with_a_mask_and_are_refused_elsew
     click = negative_click(17)
     result = session.add_prompts(object_id, click)  # K = 17 was propagated: the click removes a part
     assert before[17, 20, 24] and not result.mask_frame[20, 24] and result.mask_frame.any()
+    history = session.history
     with pytest.raises(PromptError, match=r"only negative points on slice K=2, where 'ellipsoid' has no"):
         session.add_prompts(object_id, negative_click(2))
-    assert 2 not in session.objects[object_id].prompts and session.can_undo  # nothing changed by it
+    assert 2 not in session.objects[object_id].prompts and session.history == history  # no undo step
     fresh = session.add_object("new")
     with pytest.raises(PromptError, match="has no mask"):
         session.add_prompts(fresh, click)

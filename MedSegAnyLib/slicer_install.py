@@ -161,8 +161,11 @@ def ensure_python_packages(
     if plan.empty:
         return plan
     to_install = ((TORCH,) if plan.torch_needed else ()) + plan.packages
-    # A module imported before its upgrade (by another extension) stays the old one until Slicer restarts.
-    loaded_before = [r.pip_name for r in to_install if r.import_name in sys.modules]
+    # A module imported before its upgrade (by another extension) stays the old one until Slicer restarts;
+    # one not installed at all cannot have been imported (whatever holds its name in sys.modules)
+    loaded_before = [
+        r.pip_name for r in to_install if r.import_name in sys.modules and _installed_version(r) is not None
+    ]
     if not confirm(plan.describe()):
         raise ModelError(
             "the Python packages for the model were not installed (declined)",

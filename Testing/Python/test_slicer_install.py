@@ -210,6 +210,16 @@ def test_upgrading_a_module_slicer_already_imported_asks_for_a_restart(pip, monk
     assert slicer_install.ensure_python_packages(missing_family, confirm=lambda text: False).empty
 
 
+def test_a_package_missing_before_the_install_is_no_restart_case_whatever_sys_modules_holds(
+    pip, monkeypatch, missing_family
+):
+    """A package that was not installed cannot have been imported: a name in sys.modules (torch imported by
+    the tests before, while this test pretends it is missing) asked for a restart after a good install."""
+    monkeypatch.setitem(sys.modules, MISSING.import_name, types.ModuleType(MISSING.import_name))
+    plan = slicer_install.ensure_python_packages(missing_family, confirm=lambda text: True)
+    assert plan.packages == (MISSING,) and pip.calls == [f'"{MISSING.pip_argument}"']
+
+
 def test_plan_for_unknown_family_is_refused():
     with pytest.raises(ModelError, match="unknown model family"):
         install_plan("nope")

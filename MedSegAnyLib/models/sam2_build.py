@@ -176,6 +176,8 @@ def _read_state_dict(checkpoint: Path, state_key: str | None) -> dict:
 
     import torch
 
+    from .weight_store import is_tensor_mapping
+
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ModelError(f"checkpoint {checkpoint} does not exist", "check the path or re-install the model")
@@ -199,9 +201,7 @@ def _read_state_dict(checkpoint: Path, state_key: str | None) -> dict:
             f"cannot read checkpoint {checkpoint}: it is truncated or corrupt ({reason})",
             "re-download the file",
         ) from None
-    if state_key is not None and isinstance(data, dict) and state_key not in data and data and all(
-        isinstance(value, torch.Tensor) for value in data.values()
-    ):
+    if state_key is not None and is_tensor_mapping(data) and state_key not in data:
         state_key = None  # a plain state dict (a user's model.state_dict()), not wrapped as Meta does
     if state_key is not None:
         if not isinstance(data, dict) or state_key not in data:

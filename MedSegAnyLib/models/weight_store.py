@@ -591,7 +591,8 @@ def _unpickle_refusal_reason(message: str) -> str:
     return "it holds Python objects beyond tensors"
 
 
-def _is_tensor_mapping(value: Any) -> bool:
+def is_tensor_mapping(value: Any) -> bool:
+    """Whether ``value`` is a non-empty mapping of tensors: a state dict itself, not a wrapper of one."""
     import torch
 
     return isinstance(value, Mapping) and bool(value) and all(
@@ -639,16 +640,16 @@ def load_state_dict(path: Path | str, key: str | None = None, either_layout: boo
         raise ModelError(f"{path.name} is truncated or corrupt ({reason})",
                          "get a complete copy again (download, copy or import it anew)") from None
     if either_layout and isinstance(loaded, Mapping):
-        if key is None and not _is_tensor_mapping(loaded) and _is_tensor_mapping(loaded.get("model")):
+        if key is None and not is_tensor_mapping(loaded) and is_tensor_mapping(loaded.get("model")):
             key = "model"
-        elif key is not None and key not in loaded and _is_tensor_mapping(loaded):
+        elif key is not None and key not in loaded and is_tensor_mapping(loaded):
             key = None
     if key is not None:
         if not isinstance(loaded, Mapping) or key not in loaded:
             raise ModelError(f"{path.name} has no '{key}' entry (it holds: {_describe(loaded)})",
                              "check that the file belongs to the chosen model")
         loaded = loaded[key]
-    if not _is_tensor_mapping(loaded):
+    if not is_tensor_mapping(loaded):
         where = "" if key is None else f" under '{key}'"
         raise ModelError(
             f"{path.name} does not hold a state dict of tensors{where} (it holds: {_describe(loaded)})",

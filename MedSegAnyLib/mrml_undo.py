@@ -93,19 +93,11 @@ def snapshot_segment(
     )
 
 
-def restore_segment(
-    segmentation_node,
-    snapshot: SegmentSnapshot,
-    skip_deleted: bool = False,
-    only: tuple[str, ...] | None = None,
-) -> None:
-    """Give every segment in ``snapshot`` (or those of it named in ``only``) back exactly the voxels it had
-    when the snapshot was taken.
+def restore_segment(segmentation_node, snapshot: SegmentSnapshot, skip_deleted: bool = False) -> None:
+    """Give every segment in ``snapshot`` back exactly the voxels it had when the snapshot was taken.
 
     A segment deleted since is an OutputError, or left out with ``skip_deleted`` (a failed action's own
     writes taken back: the user deleted its target meanwhile)."""
-    if only is not None:
-        snapshot = snapshot.restricted_to(only)
     if (
         snapshot.segmentation_node_id is not None
         and segmentation_node.GetID() != snapshot.segmentation_node_id
@@ -162,7 +154,7 @@ def redo_keeping_later_edits(segmentation_node, before: SegmentSnapshot, after: 
 
 def _apply_taken(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot, give_back: bool) -> None:
     target = before.segments[0].segment_id
-    restore_segment(segmentation_node, before if give_back else after, skip_deleted=False, only=(target,))
+    restore_segment(segmentation_node, (before if give_back else after).restricted_to((target,)))
     existing = set(segment_ids(segmentation_node))
     saved_after = {saved.segment_id: saved for saved in after.segments}
     changed = []

@@ -480,23 +480,25 @@ def _volume_index(run: Any, slice_index: int) -> int:
 def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO) -> None:
     """Say why an object got nothing where it was prompted (the run stops there, so its summary alone
     reads "0 slices"), with the way out that fits its prompt."""
+
+    def slices(indices: list[int]) -> str:
+        return ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in indices)
+
     empty = [index for index in sorted(obj.prompts) if not _slice_has_voxels(obj, index)]
     # --overlap exclusive: the model may have found the object there (its logits are kept only for a
     # non-empty mask) while objects it is surer of took every voxel; "found nothing" would send the
     # user to check a box that is right
     outscored = [index for index in empty if index in getattr(obj, "logits_frames", {})]
     if outscored:
-        where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in outscored)
         print(
-            f"medsegany: note: on its prompted slice {where} every voxel the model found for {obj.name} "
-            "went to objects it is surer of there (--overlap exclusive); prompt what only this object "
-            "covers, or use --overlap independent",
+            f"medsegany: note: on its prompted slice {slices(outscored)} every voxel the model found for "
+            f"{obj.name} went to objects it is surer of there (--overlap exclusive); prompt what only this "
+            "object covers, or use --overlap independent",
             file=stderr,
         )
     empty = [index for index in empty if index not in outscored]
     if not empty:
         return
-    where = ", ".join(f"{'IJK'[obj.axis]}={_volume_index(run, index)}" for index in empty)
     if all(obj.prompts[index].box_ijk is not None for index in empty):
         fix = (
             "check that the box covers the object and that the intensity window shows it (--preset, --window)"
@@ -507,7 +509,8 @@ def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO
     else:  # LiteMedSAM and MedSAM were trained with boxes: points alone often give nothing
         fix = f"add a box ({getattr(session.model, 'model_id', 'this model')} was trained with boxes)"
     print(
-        f"medsegany: note: the model found nothing for {obj.name} on its prompted slice {where}; {fix}",
+        f"medsegany: note: the model found nothing for {obj.name} on its prompted slice {slices(empty)}; "
+        f"{fix}",
         file=stderr,
     )
 

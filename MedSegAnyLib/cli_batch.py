@@ -13,14 +13,14 @@ The jobs file has one ``segment`` command line per line, without the ``medsegany
     CT_002.nii.gz --prompts prompts/002.json -o out/organs_002.seg.nrrd --preview out/002.png
 
 The model options (``--model``, ``--checkpoint``, ``--config``, ``--device``, ``--precision``,
-``--compile``) go on the ``batch`` command once, never on a job's line. Every line is parsed before
-the model loads, and the first job's inputs are read before it too, so a misspelt option or a wrong
-first file fails in a second, not after the compile. A job that fails while it runs (a missing file, a
-box outside its volume) prints its one-line error and the batch goes on; the exit code is 1 when any
-job failed. A model that cannot load stops the batch at once (every job needs it), with ``segment``'s
-error. Ctrl-C stops it too (exit 130): the jobs done keep their outputs. ``--skip-done`` skips the jobs
-whose outputs all exist, so an interrupted batch resumes where it stopped. ``--estimate`` prints every
-job's memory estimate and plan (``segment --estimate``) and writes nothing.
+``--compile``) go on the ``batch`` command once, never on a job's line. Every line is parsed before the
+model loads (every bad line is reported at once), and the first job's inputs are read before it too, so a
+misspelt option or a wrong first file fails in a second, not after the compile. A job that fails while it
+runs (a missing file, a box outside its volume) prints its one-line error and the batch goes on; the exit
+code is 1 when any job failed. A model that cannot load stops the batch at once (every job needs it), with
+``segment``'s error. Ctrl-C stops it too (exit 130): the jobs done keep their outputs. ``--skip-done``
+skips the jobs whose outputs all exist, so an interrupted batch resumes where it stopped. ``--estimate``
+prints every job's memory estimate and plan (``segment --estimate``) and writes nothing.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLine]:
     """Every job of the file, parsed with the ``segment`` options and the batch's model options."""
-    from .cli import MODEL_OPTIONS, add_segment_parser, joined_negative_values
+    from .cli import add_segment_parser
 
     jobs_path = Path(path)
     if not jobs_path.is_file():
@@ -100,35 +100,59 @@ def read_jobs(path: str | Path, batch_args: argparse.Namespace) -> list[BatchLin
         problem = f"cannot read jobs file {jobs_path} ({error})"
         raise MedSegAnyError(problem, "give a UTF-8 text file") from None
     jobs = []
+    bad_lines: list[PromptError] = []  # every bad line is reported at once, not one per attempt
     for number, line in enumerate(text.splitlines(), start=1):
         try:
-            words = shlex.split(line, comments=True)
-        except ValueError as error:  # an unclosed quote
-            raise PromptError(f"line {number} of {jobs_path}: {error}", "fix the line's quoting") from None
-        if not words:
-            continue
-        try:
-            args = segment_parser.parse_args(joined_negative_values(words))
+            job = _parse_line(number, line, jobs_path, segment_parser, batch_args)
         except PromptError as error:
-            raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
-        for option in MODEL_OPTIONS:
-            dest = option[2:]
-            # compared after parsing: argparse also takes abbreviations (--mod) and --opt=value
-            if getattr(args, dest) != segment_parser.get_default(dest):
-                raise PromptError(
-                    f"line {number} of {jobs_path} sets {option}",
-                    "give model options once, on the batch command",
-                )
-            setattr(args, dest, getattr(batch_args, dest))
-        args.estimate = args.estimate or batch_args.estimate
-        if not args.output and not args.estimate:  # refused with the other bad lines, before any work
-            raise PromptError(
-                f"line {number} of {jobs_path} has no output (-o/--output)", "add -o OUT.nii.gz to the line"
-            )
-        jobs.append(BatchLine(number, line.strip(), args))
+            bad_lines.append(error)
+            continue
+        if job is not None:
+            jobs.append(job)
+    if len(bad_lines) == 1:
+        raise bad_lines[0]
+    if bad_lines:
+        listed = "".join(f"\n  {error}" for error in bad_lines)
+        raise PromptError(f"{len(bad_lines)} lines of {jobs_path} are wrong", f"fix them:{listed}")
     if not jobs:
         raise PromptError(f"{jobs_path} holds no job", "write one `segment` command line per line")
     return jobs
+
+
+def _parse_line(
+    number: int,
+    line: str,
+    jobs_path: Path,
+    segment_parser: argparse.ArgumentParser,
+    batch_args: argparse.Namespace,
+) -> BatchLine | None:
+    """One line of the jobs file as a job (None for a blank or comment line); PromptError if it is bad."""
+    from .cli import MODEL_OPTIONS, joined_negative_values
+
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError as error:  # an unclosed quote
+        raise PromptError(f"line {number} of {jobs_path}: {error}", "fix the line's quoting") from None
+    if not words:
+        return None
+    try:
+        args = segment_parser.parse_args(joined_negative_values(words))
+    except PromptError as error:
+        raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
+    for option in MODEL_OPTIONS:
+        dest = option[2:]
+        # compared after parsing: argparse also takes abbreviations (--mod) and --opt=value
+        if getattr(args, dest) != segment_parser.get_default(dest):
+            raise PromptError(
+                f"line {number} of {jobs_path} sets {option}", "give model options once, on the batch command"
+            )
+        setattr(args, dest, getattr(batch_args, dest))
+    args.estimate = args.estimate or batch_args.estimate
+    if not args.output and not args.estimate:  # refused with the other bad lines, before any work
+        raise PromptError(
+            f"line {number} of {jobs_path} has no output (-o/--output)", "add -o OUT.nii.gz to the line"
+        )
+    return BatchLine(number, line.strip(), args)
 
 
 def _done(args: argparse.Namespace) -> bool:

@@ -111,6 +111,24 @@ def test_bad_lines_are_refused_before_the_model_loads(tmp_path, capsys, loads, l
     assert loads == []
 
 
+def test_every_bad_line_is_reported_at_once(tmp_path, capsys, loads):
+    """A labeller fixing a 200-line jobs file should not learn of its bad lines one run at a time."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(
+        "ct.nii.gz --box-ijk 1,2,3,4,5,3 -o out.nii.gz\n"
+        "ct.nii.gz --bux-ijk 1,2,3,4,5,3 -o out2.nii.gz\n"
+        "# a comment\n"
+        "ct.nii.gz --box-ijk 1,2,3,4,5,3\n"
+        "ct.nii.gz --box-ijk 1,2,3,4,5,3 -o out4.nii.gz --model sam2.1_hiera_tiny\n"
+    )
+    code, _, err = run_cli(capsys, "batch", jobs)
+    assert code == 1 and loads == [] and "Traceback" not in err
+    assert f"3 lines of {jobs} are wrong" in err
+    listed = err.splitlines()[1:]
+    assert [line.split(" of ")[0].strip() for line in listed] == ["line 2", "line 4", "line 5"]
+    assert "--bux-ijk" in listed[0] and "-o/--output" in listed[1] and "sets --model" in listed[2]
+
+
 def test_an_empty_or_missing_jobs_file_is_a_clear_error(tmp_path, capsys):
     code, _, err = run_cli(capsys, "batch", tmp_path / "nope.txt")
     assert_one_line_error(code, err, "jobs file .* does not exist")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .detached_data import check_detached_data
 from .dicom_series import is_dicom_file, read_dicom_series
 from .errors import VolumeError
 from .geometry import apply_affine, ijk_to_ras_matrix, itk_geometry_from_ijk_to_ras
@@ -96,6 +97,7 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
             metadata.update(extra)
         else:
             check_nifti_readable(path)
+            check_detached_data(path)
             image = sitk.ReadImage(str(path))
     size = _checked_size(
         path, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), frame
@@ -122,6 +124,7 @@ def read_volume_header(path: str | Path, frame: int | None = None) -> Volume:
     if path.is_dir():
         return read_volume(path, frame)
     check_nifti_readable(path)
+    check_detached_data(path)  # the reader below never opens it
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     with _readable(path):

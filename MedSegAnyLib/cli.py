@@ -160,6 +160,13 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="several objects: may overlap (independent) or not (exclusive: highest logit wins)",
     )
     run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
+    run.add_argument(
+        "--series",
+        metavar="UID",
+        help="of a DICOM folder holding several series: the one to segment, by its Series Instance UID "
+        "(or a part of it only that one holds; the note on a folder's series lists them); default: the "
+        "largest",
+    )
     run.add_argument("--direction", choices=["both", "forward", "backward"], default="both")
     run.add_argument(
         "--slice-range",
@@ -301,18 +308,15 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
             raise OutputError("no output file was given", "add -o OUT.nii.gz (or .seg.nrrd, .nrrd, .mha)")
         _check_outputs(outputs, previews, args.overwrite)
     # an estimate needs sizes, not voxels: the header alone (a 512 x 512 x 1000 CT: 2 s less a volume)
-    volume = (read_volume_header if args.estimate else read_volume)(args.image, frame=args.frame)
+    read = read_volume_header if args.estimate else read_volume
+    volume = read(args.image, frame=args.frame, series=args.series)
     if not args.estimate:
         from .exporters import check_output_geometry
 
         for path in outputs:  # a format that cannot hold the volume's geometry fails before the run
             check_output_geometry(path, volume)
     if volume.metadata.get("dicom_series_count", 1) > 1 and not args.quiet:  # a note: -q hides it
-        print(
-            f"medsegany: note: {args.image} holds {volume.metadata['dicom_series_count']} DICOM series; "
-            f"using the largest ({volume.metadata['dicom_series_uid']})",
-            file=stderr,
-        )
+        _note_other_series(args.image, volume.metadata, stderr)
     structure = resolve_structure(args.structure)  # an unknown name fails before any work
     if args.prompts:
         if structure is not None:
@@ -573,6 +577,18 @@ class InterruptedWhileWriting(KeyboardInterrupt):
 NEGATIVE_VALUE = re.compile(r"-\.?\d[\d.,eE+-]*(?::[+-])?")
 # the options whose value may start below zero (an abbreviation argparse accepts counts too)
 NEGATIVE_VALUE_OPTIONS = ("--window", "--box-ras", "--point-ras", "--box-ijk", "--point-ijk", "--slice-range")
+
+
+def _note_other_series(image: str, metadata: dict, stderr: TextIO) -> None:
+    """Which series of a DICOM folder was read, the others, and how to choose one of them."""
+    chosen = "using the one chosen" if metadata.get("dicom_series_chosen") else "using the largest"
+    others = "; ".join(metadata.get("dicom_other_series", []))
+    listed = f"; the others: {others} (choose one with --series UID)" if others else ""
+    print(
+        f"medsegany: note: {image} holds {metadata['dicom_series_count']} DICOM series; {chosen} "
+        f"({metadata['dicom_series_uid']}){listed}",
+        file=stderr,
+    )
 
 
 def joined_negative_values(argv: Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +36,85 @@ def _itk_warnings_hidden() -> Iterator[None]:
         process_object.SetGlobalWarningDisplay(was_shown)
 
 
-def read_dicom_series(folder: Path):
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder: its Series Instance UID, files and Series Description."""
+
+    uid: str
+    files: tuple[str, ...]
+    description: str
+
+    def __str__(self) -> str:
+        described = f", {self.description!r}" if self.description else ""
+        return f"{self.uid} ({len(self.files)} files{described})"
+
+
+def list_dicom_series(folder: Path) -> list[DicomSeries]:
+    """The DICOM series of ``folder``, the largest first (the one read when none is chosen)."""
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
     with _itk_warnings_hidden():  # ITK prints "No Series were found" to stderr
         series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
+    found = [
+        DicomSeries(uid, tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)), "") for uid in series_ids
+    ]
+    if len(found) > 1:  # the descriptions only help to choose: one header read each
+        found = [replace(series, description=_description(series.files[0])) for series in found]
+    return sorted(found, key=lambda series: -len(series.files))  # stable: ITK's order among equals
+
+
+def _description(path: str) -> str:
+    """A file's Series Description (0008,103E), "" when it has none or cannot be read."""
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        with _itk_warnings_hidden():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    return reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+
+
+def choose_dicom_series(folder: Path, all_series: list[DicomSeries], choice: str | None) -> DicomSeries:
+    """The series ``choice`` names (its whole UID, or a part of it only one series' UID holds); the
+    largest when ``choice`` is None."""
+    if not all_series:
         raise VolumeError(
             f"{folder} is a folder without a DICOM series", "give a file or a DICOM series folder"
         )
-    if len(series_ids) > 1:
-        # The largest series is the most likely the user means; say which one we took.
-        series_ids = sorted(series_ids, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[-1])
-    series = {"dicom_series_uid": series_ids[-1], "dicom_series_count": len(series_ids)}
+    if choice is None:
+        return all_series[0]
+    exact = [series for series in all_series if series.uid == choice.strip()]
+    matching = exact or [series for series in all_series if choice.strip() in series.uid]
+    if len(matching) == 1:
+        return matching[0]
+    listed = "; ".join(map(str, all_series))
+    if not matching:
+        raise VolumeError(
+            f"no DICOM series in {folder} has the UID {choice!r}; it holds {listed}",
+            "give one of these UIDs (or a part of it that only one of them holds) to --series",
+        )
+    raise VolumeError(
+        f"{choice!r} is part of the UID of {len(matching)} DICOM series in {folder}: "
+        + "; ".join(map(str, matching)),
+        "give more of the UID to --series",
+    )
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None):
+    """The series ``series_uid`` chooses (see :func:`choose_dicom_series`; the largest by default) as a
+    SimpleITK image, and metadata naming it and the folder's other series."""
+    sitk = _sitk()
+    all_series = list_dicom_series(folder)
+    chosen = choose_dicom_series(folder, all_series, series_uid)
+    files = list(chosen.files)
+    series = {
+        "dicom_series_uid": chosen.uid,
+        "dicom_series_count": len(all_series),
+        "dicom_series_chosen": series_uid is not None,
+        "dicom_other_series": [str(other) for other in all_series if other is not chosen],
+    }
+    reader = sitk.ImageSeriesReader()
     if len(files) == 1:  # a multi-frame (enhanced) file holds its slices itself: the series reader
         return sitk.ReadImage(files[0]), series  # stacked it as a 4D image of 1 frame
     reader.SetFileNames(files)

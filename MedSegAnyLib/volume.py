@@ -83,17 +83,20 @@ def _sitk():
     return sitk
 
 
-def read_volume(path: str | Path, frame: int | None = None) -> Volume:
+def read_volume(path: str | Path, frame: int | None = None, series: str | None = None) -> Volume:
     """Read a 3D volume (NIfTI, NRRD/NHDR, MHA/MHD, DICOM series folder) into RAS geometry.
 
     ``frame`` picks one time point of a 4D image; a 4D image without it is refused with the frame count.
+    ``series`` picks one series of a DICOM folder by its UID (or a part of it that only that one holds);
+    without it the largest is read, and ``metadata`` names the others.
     """
     sitk = _sitk()
     path = _existing(path)
+    _check_series_choice(path, series)
     metadata: dict = {"source": str(path)}
     with _readable(path):
         if path.is_dir():
-            image, extra = read_dicom_series(path)
+            image, extra = read_dicom_series(path, series)
             metadata.update(extra)
         else:
             check_nifti_readable(path)
@@ -113,7 +116,7 @@ def read_volume(path: str | Path, frame: int | None = None) -> Volume:
     return Volume(voxels_kji, ijk_to_ras, name=_volume_name(path), metadata=metadata)
 
 
-def read_volume_header(path: str | Path, frame: int | None = None) -> Volume:
+def read_volume_header(path: str | Path, frame: int | None = None, series: str | None = None) -> Volume:
     """The volume :func:`read_volume` would give, from the file's header alone: its geometry, shape and
     voxel type, checked the same way, with zeros for voxels that take no memory (a read-only broadcast;
     ``nbytes`` still counts the real size). For ``--estimate``, which needs sizes, not values: a header
@@ -122,7 +125,8 @@ def read_volume_header(path: str | Path, frame: int | None = None) -> Volume:
     sitk = _sitk()
     path = _existing(path)
     if path.is_dir():
-        return read_volume(path, frame)
+        return read_volume(path, frame, series)
+    _check_series_choice(path, series)
     check_nifti_readable(path)
     check_detached_data(path)  # the reader below never opens it
     reader = sitk.ImageFileReader()
@@ -150,6 +154,14 @@ def _existing(path: str | Path) -> Path:
     if path.is_file() and path.stat().st_size == 0:
         raise VolumeError(f"{path} is empty (0 bytes)", "give a complete image file")
     return path
+
+
+def _check_series_choice(path: Path, series: str | None) -> None:
+    if series is not None and not path.is_dir():
+        raise VolumeError(
+            f"a DICOM series was chosen, but {path} is a file, not a DICOM folder",
+            "drop --series (it chooses among the series of a DICOM folder)",
+        )
 
 
 @contextlib.contextmanager

@@ -140,7 +140,13 @@ def oblique_flipped_nrrd(tmp_path) -> tuple[Path, np.ndarray, np.ndarray, ItkGeo
 
 
 def write_dicom_series(
-    folder: Path, image_kji: np.ndarray, geometry: ItkGeometry, shuffle: bool = True
+    folder: Path,
+    image_kji: np.ndarray,
+    geometry: ItkGeometry,
+    shuffle: bool = True,
+    series_uid: str | None = None,
+    description: str = "MedSegAny test series",
+    file_prefix: str = "IM",
 ) -> Path:
     """Write ``image_kji`` as a CT DICOM series, one file per K slice, with explicit geometry tags.
 
@@ -156,14 +162,14 @@ def write_dicom_series(
     geometry.apply_to(volume)
     direction = geometry.direction_lps
     stamp = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
-    series_uid = f"1.2.826.0.1.3680043.2.1125.{stamp[0]}.{stamp[1]}.{os.getpid()}"
+    series_uid = series_uid or f"1.2.826.0.1.3680043.2.1125.{stamp[0]}.{stamp[1]}.{os.getpid()}"
     orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
     series_tags = {
         "0008|0060": "CT",
         "0008|0008": "DERIVED\\SECONDARY",
         "0008|0021": stamp[0],
         "0008|0031": stamp[1],
-        "0008|103e": "MedSegAny test series",
+        "0008|103e": description,
         "0020|000d": series_uid + ".0",
         "0020|000e": series_uid,
         "0020|0037": orientation,
@@ -181,7 +187,7 @@ def write_dicom_series(
         slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
         slice_image.SetMetaData("0020|0013", str(int(k) + 1))
         slice_image.SetMetaData("0008|0018", f"{series_uid}.{int(k) + 1}")
-        writer.SetFileName(str(folder / f"IM{file_number:04d}.dcm"))
+        writer.SetFileName(str(folder / f"{file_prefix}{file_number:04d}.dcm"))
         writer.Execute(slice_image)
     return folder
 

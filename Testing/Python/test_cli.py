@@ -352,8 +352,16 @@ def test_an_object_outscored_everywhere_under_exclusive_overlap_is_not_told_foun
 
     monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: SurerOfBiggerBoxes())
     prompts = tmp_path / "nested.json"
-    prompts.write_text(json.dumps({"objects": [{"name": "big", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]},
-                                               {"name": "small", "boxes_ijk": [[26, 28, 2, 34, 36, 2]]}]}))
+    prompts.write_text(
+        json.dumps(
+            {
+                "objects": [
+                    {"name": "big", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]},
+                    {"name": "small", "boxes_ijk": [[26, 28, 2, 34, 36, 2]]},
+                ]
+            }
+        )
+    )
     code, out, err = run_cli(capsys, "segment", phantom, "--prompts", prompts, "--overlap", "exclusive",
                              "--window=0,255", "-o", tmp_path / "nested.nii.gz")  # fmt: skip
     assert code == 0 and "small: 0 slices (none), 0 voxels" in out, out
@@ -427,28 +435,33 @@ def test_the_note_for_points_that_found_nothing_does_not_say_sam_was_trained_wit
         assert "add a box" in err
 
 
-def test_quiet_also_hides_the_note_on_a_folder_of_several_dicom_series(
-    phantom, tmp_path, capsys, monkeypatch
+def test_a_folder_of_several_dicom_series_is_noted_and_series_chooses_one(
+    tmp_path, capsys, monkeypatch, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
 ):
-    """segment --help: -q gives "no progress display and no notes"; the note on which of a folder's DICOM
-    series was used still came."""
-    from dataclasses import replace
-
+    """The note names the series read and lists the others with the way to choose; --series reads the one
+    chosen; -q hides the note (segment --help: "no progress display and no notes")."""
     import medsegany.cli as cli
-    import medsegany.volume as volume_module
     from fake_models import ThresholdModel
 
-    read = volume_module.read_volume
-
-    def two_series(path, frame=None):
-        volume = read(path, frame=frame)
-        metadata = {**volume.metadata, "dicom_series_count": 2, "dicom_series_uid": "1.2"}
-        return replace(volume, metadata=metadata)
-
-    monkeypatch.setattr(volume_module, "read_volume", two_series)
+    image_kji, _ = make_labelled_phantom(shape_kji=(6, 20, 24), seed=2)
+    folder = tmp_path / "study"
+    geometry = oblique_right_handed_geometry
+    make_dicom_series(
+        folder, image_kji, geometry, series_uid="1.2.3.6", description="venous", file_prefix="V"
+    )
+    make_dicom_series(
+        folder, image_kji[:4], geometry, series_uid="1.2.3.4", description="arterial", file_prefix="A"
+    )
     monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
-    argv = ["segment", phantom, "--box-ijk", "14,20,2,46,44,2", "--window=0,255"]
+    argv = ["segment", folder, "--box-ijk", "2,2,1,20,16,1", "--window=0,255"]
     code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "told.nii.gz")
-    assert code == 0 and "holds 2 DICOM series; using the largest (1.2)" in err
+    assert code == 0 and "holds 2 DICOM series; using the largest (1.2.3.6)" in err
+    assert "the others: 1.2.3.4 (4 files, 'arterial') (choose one with --series UID)" in err
+    assert read_labels(tmp_path / "told.nii.gz").shape == (6, 20, 24)
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "chosen.nii.gz", "--series", "3.4")
+    assert code == 0 and "using the one chosen (1.2.3.4); the others: 1.2.3.6 (6 files, 'venous')" in err
+    assert read_labels(tmp_path / "chosen.nii.gz").shape == (4, 20, 24)
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "none.nii.gz", "--series", "9.9")
+    assert code == 1 and "no DICOM series in" in err and not (tmp_path / "none.nii.gz").exists()
     code, out, err = run_cli(capsys, *argv, "-o", tmp_path / "quiet.nii.gz", "-q")
     assert code == 0 and err == "" and "segment_1:" in out

@@ -287,6 +287,83 @@ def test_one_file_of_a_dicom_series_is_refused_with_its_folder_as_the_fix(
     assert_volume_error(folder / "IM0000.dcm", "is a single DICOM slice", fix)
 
 
+ARTERIAL_UID = "1.2.826.0.1.3680043.2.1125.77.1"
+VENOUS_UID = "1.2.826.0.1.3680043.2.1125.77.2"
+
+
+@pytest.fixture
+def two_series_folder(tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry):
+    """One folder, two series of one patient: 'venous' (6 slices) and 'arterial' (4 slices)."""
+    image_kji, _ = make_labelled_phantom(shape_kji=(6, 8, 10), seed=4)
+    folder = tmp_path / "study"
+    make_dicom_series(
+        folder,
+        image_kji,
+        oblique_right_handed_geometry,
+        series_uid=VENOUS_UID,
+        description="venous",
+        file_prefix="V",
+    )
+    make_dicom_series(
+        folder,
+        image_kji[:4] + 100,
+        oblique_right_handed_geometry,
+        series_uid=ARTERIAL_UID,
+        description="arterial",
+        file_prefix="A",
+    )
+    return folder, image_kji
+
+
+def test_a_folder_of_two_series_reads_the_largest_and_names_the_other(two_series_folder):
+    folder, image_kji = two_series_folder
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.voxels_kji, image_kji)
+    assert volume.metadata["dicom_series_uid"] == VENOUS_UID and volume.metadata["dicom_series_count"] == 2
+    assert volume.metadata["dicom_other_series"] == [f"{ARTERIAL_UID} (4 files, 'arterial')"]
+    assert volume.metadata["dicom_series_chosen"] is False
+
+
+@pytest.mark.parametrize("choice", [ARTERIAL_UID, "77.1", f" {ARTERIAL_UID} "])
+def test_a_series_of_a_folder_is_chosen_by_its_uid_or_a_unique_part_of_it(two_series_folder, choice):
+    folder, image_kji = two_series_folder
+    for read in (read_volume, read_volume_header):
+        volume = read(folder, series=choice)
+        assert volume.metadata["dicom_series_uid"] == ARTERIAL_UID and volume.shape_ijk == (10, 8, 4)
+        assert volume.metadata["dicom_other_series"] == [f"{VENOUS_UID} (6 files, 'venous')"]
+    np.testing.assert_array_equal(read_volume(folder, series=choice).voxels_kji, image_kji[:4] + 100)
+
+
+@pytest.mark.parametrize(
+    ("choice", "fragments"),
+    [
+        (
+            "9.9.9",
+            [
+                "no DICOM series in",
+                "has the UID '9.9.9'",
+                f"{VENOUS_UID} (6 files, 'venous')",
+                "give one of these UIDs",
+            ],
+        ),
+        ("77.", ["'77.' is part of the UID of 2 DICOM series", "give more of the UID to --series"]),
+    ],
+)
+def test_a_series_choice_matching_none_or_several_is_refused_with_the_list(
+    two_series_folder, choice, fragments
+):
+    with pytest.raises(VolumeError) as caught:
+        read_volume(two_series_folder[0], series=choice)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_a_series_choice_on_a_file_is_refused(tmp_path, oblique_flipped_nrrd):
+    for read in (read_volume, read_volume_header):
+        with pytest.raises(VolumeError, match=r"is a file, not a DICOM folder.*drop --series"):
+            read(oblique_flipped_nrrd[0], series="1.2")
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 def test_missing_file(tmp_path):
     assert_volume_error(tmp_path / "absent.nii.gz", "does not exist", "check the path")

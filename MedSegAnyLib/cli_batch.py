@@ -16,11 +16,12 @@ The model options (``--model``, ``--checkpoint``, ``--config``, ``--device``, ``
 ``--compile``) go on the ``batch`` command once, never on a job's line. Every line is parsed before the
 model loads (every bad line is reported at once), and the first job's inputs are read before it too, so a
 misspelt option or a wrong first file fails in a second, not after the compile. A job that fails while it
-runs (a missing file, a box outside its volume) prints its one-line error and the batch goes on; the exit
-code is 1 when any job failed. A model that cannot load stops the batch at once (every job needs it), with
-``segment``'s error. Ctrl-C stops it too (exit 130): the jobs done keep their outputs. ``--skip-done``
-skips the jobs whose outputs all exist, so an interrupted batch resumes where it stopped. ``--estimate``
-prints every job's memory estimate and plan (``segment --estimate``) and writes nothing.
+runs (a missing file, a box outside its volume) prints its one-line error and the batch goes on (inputs
+that do not exist are named before the first job runs); the exit code is 1 when any job failed. A model
+that cannot load stops the batch at once (every job needs it), with ``segment``'s error. Ctrl-C stops it
+too (exit 130): the jobs done keep their outputs. ``--skip-done`` skips the jobs whose outputs all exist,
+so an interrupted batch resumes where it stopped. ``--estimate`` prints every job's memory estimate and
+plan (``segment --estimate``) and writes nothing.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     skipped = len(jobs) - len(todo)
     if skipped:
         print(f"medsegany: skipping {skipped} job(s) whose outputs exist (--skip-done)", file=stderr)
+    _note_missing_inputs(todo, stderr)
     failed: list[int] = []
     done = 0
     model = None
@@ -235,6 +237,24 @@ def run_batch(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
         file=stderr,
     )
     return EXIT_USER_ERROR if failed else EXIT_OK
+
+
+def _note_missing_inputs(jobs: list[BatchLine], stderr: TextIO) -> None:
+    """Name the jobs whose input files do not exist before the first job runs: such a job fails in its
+    turn, and the batch goes on, so a typo on line 80 was seen only at the end of an overnight run."""
+    missing = [
+        f"line {job.number}: {path}"
+        for job in jobs
+        for path in (job.args.image, job.args.prompts)
+        if path and not Path(path).expanduser().exists()
+    ]
+    if missing:
+        print(
+            f"medsegany: note: {len(missing)} input(s) do not exist, their jobs will fail: "
+            f"{'; '.join(missing)} (Ctrl-C to stop and fix the jobs file)",
+            file=stderr,
+            flush=True,
+        )
 
 
 def _job_failed(job: BatchLine, error: object, failed: list[int], stderr: TextIO) -> None:

@@ -81,6 +81,9 @@ def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path,
 
     assert code == 1 and "Traceback" not in err
     assert "line 2: " in err and "outside the volume" in err and "line 3: " in err
+    # the missing input is named before the first job runs, not only in its turn
+    note = f"note: 1 input(s) do not exist, their jobs will fail: line 3: {tmp_path / 'missing.nii.gz'} ("
+    assert note in err.split("[1/4]")[0]
     assert "batch: 2 done, 2 failed, 0 skipped, " in err and "(failed lines: 2, 3)" in err
     assert (tmp_path / "a.nii.gz").is_file() and (tmp_path / "d.nii.gz").is_file()
     assert not (tmp_path / "b.nii.gz").exists() and len(loads) == 1

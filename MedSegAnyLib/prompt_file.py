@@ -186,7 +186,9 @@ def load_prompt_file(path: str | Path, volume: Volume) -> list[ObjectPrompts]:
     """Read a prompt file and check every prompt against ``volume``; objects keep the file's order."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Windows editors (Notepad, PowerShell 5's Out-File) start UTF-8 with a byte-order mark,
+        # which json.loads refuses as "not valid JSON" although the JSON is
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise PromptError(f"prompt file {path} does not exist", "check the path") from None
     except (OSError, UnicodeDecodeError) as error:

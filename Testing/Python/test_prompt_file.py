@@ -103,6 +103,18 @@ def test_comment_fields_are_allowed(tmp_path, volume):
     assert len(load_prompt_file(write(tmp_path, document), volume)) == 1
 
 
+def test_a_utf8_file_with_a_byte_order_mark_reads_like_one_without(tmp_path, volume):
+    # Notepad and PowerShell 5 save UTF-8 with a byte-order mark; the object's UTF-8 name survives it
+    document = {"objects": [{"name": "Leber rechts ä", "boxes_ijk": [[2, 3, 4, 10, 12, 4]]}]}
+    plain, marked = tmp_path / "plain.json", tmp_path / "marked.json"
+    plain.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    marked.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    objects = load_prompt_file(marked, volume)
+    assert objects == load_prompt_file(plain, volume)
+    assert objects[0].name == "Leber rechts ä"
+
+
 # ---- file-level errors ----------------------------------------------------------------------------
 
 

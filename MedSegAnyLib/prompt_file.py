@@ -182,6 +182,26 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
     return ObjectPrompts(name.strip(), tuple(prompts))
 
 
+class _RepeatedKeyError(ValueError):
+    """A key given twice in one JSON object of a prompt file; ``owner`` names the object it is in."""
+
+    def __init__(self, key: str, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(key)
+        self.key = key
+        names = [value for name, value in pairs if name == "name" and isinstance(value, str)]
+        self.owner = f" (object {names[-1]!r})" if names and key != "name" else ""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook that refuses a key given twice: json.loads keeps the last one alone, so a second
+    "boxes_ijk" (or "objects") line would drop the first one's prompts (or objects) without a word."""
+    keys = [key for key, _ in pairs]
+    for n, key in enumerate(keys):
+        if keys.index(key) != n:
+            raise _RepeatedKeyError(key, pairs)
+    return dict(pairs)
+
+
 def load_prompt_file(path: str | Path, volume: Volume) -> list[ObjectPrompts]:
     """Read a prompt file and check every prompt against ``volume``; objects keep the file's order."""
     path = Path(path).expanduser()
@@ -194,7 +214,14 @@ def load_prompt_file(path: str | Path, volume: Volume) -> list[ObjectPrompts]:
     except (OSError, UnicodeDecodeError) as error:
         raise PromptError(f"prompt file {path} cannot be read ({error})", "give a UTF-8 JSON file") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKeyError as error:
+        raise PromptError(
+            f'prompt file {path} gives "{error.key}" twice in one JSON object{error.owner}, '
+            "and JSON would keep only the last",
+            f'write "{error.key}" once there'
+            + (", with all its entries in one list" if error.key in ("objects", *OBJECT_FIELDS[1:]) else ""),
+        ) from None
     except ValueError as error:  # JSONDecodeError, or an integer of over 4300 digits
         if not isinstance(error, json.JSONDecodeError):
             raise PromptError(f"prompt file {path} is not valid JSON ({error})", "fix the number") from None

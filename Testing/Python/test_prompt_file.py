@@ -129,6 +129,28 @@ def test_error_bad_json_says_where(tmp_path, volume):
 
 
 @pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            '{"objects": [{"name": "liver", "boxes_ijk": [[2, 3, 4, 10, 12, 4]], '
+            '"boxes_ijk": [[2, 3, 6, 10, 12, 6]]}]}',
+            '"boxes_ijk" twice in one JSON object (object \'liver\')',
+        ),
+        (
+            '{"objects": [{"name": "liver", "points_ijk": [[5, 5, 4]]}], '
+            '"objects": [{"name": "spleen", "points_ijk": [[5, 5, 6]]}]}',
+            '"objects" twice in one JSON object,',
+        ),
+        ('{"objects": [{"name": "liver", "name": "spleen", "points_ijk": [[5, 5, 4]]}]}', '"name" twice'),
+    ],
+)
+def test_error_a_key_given_twice_is_refused_not_half_dropped(tmp_path, volume, text, words):
+    # json.loads alone keeps the last of two equal keys: the first boxes or objects would be lost unsaid
+    error = load_error(tmp_path, volume, text)
+    assert words in error.problem and "once" in error.fix
+    assert ("in one list" in error.fix) == ('"name"' not in words)
+
+@pytest.mark.parametrize(
     ("document", "words"),
     [
         ([], 'no "objects" list'),

@@ -200,7 +200,8 @@ def test_error_nan_coordinates(tmp_path, volume):
 
 def test_error_invalid_box_names_object_and_box(tmp_path, volume):
     error = load_error(tmp_path, volume, {"objects": [{"name": "kidney", "boxes_ijk": [[1, 1, 1, 5, 6, 7]]}]})
-    assert error.problem.startswith("object 'kidney' box 0:") and "share no slice index" in error.problem
+    assert error.problem.startswith("object 'kidney' boxes_ijk[0]:")
+    assert "share no slice index" in error.problem
 
 
 def test_error_ras_box_not_on_a_slice(tmp_path, volume):
@@ -240,7 +241,27 @@ def test_error_slice_problem_names_object_and_slice(tmp_path, volume):
     assert error.problem.startswith("object 'a' slice K=6:") and "only negative points" in error.problem
     document = {"objects": [{"name": "b", "boxes_ijk": [[1, 1, 3, 9, 9, 3]], "points_ijk": [[40, 7, 3, 1]]}]}
     error = load_error(tmp_path, volume, document)
-    assert error.problem.startswith("object 'b' slice K=3:") and "outside the volume" in error.problem
+    assert error.problem.startswith("object 'b' points_ijk[0] I=40 is outside the volume")
+
+
+@pytest.mark.parametrize(
+    ("fields", "culprit"),
+    [
+        # the bad point is the third of points_ijk, the second on its slice
+        ({"points_ijk": [[5, 5, 7, 1], [6, 6, 3, 1], [40, 5, 3, 1]]}, "points_ijk[2] I=40 is outside"),
+        # the bad point is a RAS one; a good IJK point comes first on its slice
+        ({"points_ijk": [[6, 6, 3, 1]], "points_ras": [[-30, 5, 3, 1]]}, "points_ras[0] I=-30 is outside"),
+        # an orphan point on a slice past the volume's last
+        ({"points_ijk": [[6, 6, 3, 1], [6, 6, 12, 1]]}, "points_ijk[1] is on slice K=12, outside the volume"),
+        # the bad box is the first RAS one, after a good IJK box
+        ({"boxes_ras": [[-300, 20, -27, -290, 25, -27]]}, "boxes_ras[0]: box"),
+    ],
+)
+def test_errors_name_the_entry_at_fault_not_its_place_on_the_slice(tmp_path, fields, culprit):
+    volume = Volume(np.zeros(SHAPE_KJI, dtype=np.int16), np.eye(4))
+    document = {"objects": [{"name": "b", "boxes_ijk": [[1, 1, 3, 9, 9, 3]], **fields}]}
+    error = load_error(tmp_path, volume, document)
+    assert error.problem.startswith(f"object 'b' {culprit}")
 
 
 # ---- CLI arguments --------------------------------------------------------------------------------

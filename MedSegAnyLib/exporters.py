@@ -109,11 +109,26 @@ def default_segment_color(index: int) -> tuple[float, float, float]:
     return palette[index % len(palette)]
 
 
+#: Formats whose extension may be written in any case: ITK's NRRD reader and writer and slicerio take
+#: ``.NRRD`` as ``.nrrd``. ITK picks its NIfTI and MetaImage writers by a lower-case extension only.
+ANY_CASE_SUFFIXES = (".seg.nrrd", ".nrrd")
+
+
 def output_suffix(path: str | Path) -> str:
-    """The labelmap format of ``path`` (one of :data:`LABELMAP_SUFFIXES`), or an OutputError."""
+    """The labelmap format of ``path`` (one of :data:`LABELMAP_SUFFIXES`), or an OutputError (also for
+    ``.NII.GZ``, ``.Mha``... not in lower case, which ITK cannot write)."""
     name = Path(path).name.lower()
     for suffix in LABELMAP_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
+            written = Path(path).name[-len(suffix) :]
+            # refused here, before the run: after it ITK's writer fails ("Bad Nifti file name"), or an .MHA
+            # comes out as .mhd + .zraw under other names
+            if written != suffix and suffix not in ANY_CASE_SUFFIXES:
+                raise OutputError(
+                    f"the extension of output {Path(path).name!r} is not in lower case ({written}), and ITK "
+                    f"writes these files only under {suffix}",
+                    f"end the output name with {suffix}",
+                )
             return suffix
     raise OutputError(
         f"cannot tell the format of output {Path(path).name!r}",

@@ -376,6 +376,51 @@ def assert_output_error(call, *fragments: str) -> OutputError:
     return caught.value
 
 
+@pytest.mark.parametrize(
+    ("name", "suffix"),
+    [
+        ("CASE.NII.GZ", ".nii.gz"),
+        ("Case.Nii", ".nii"),
+        ("case.nii.GZ", ".nii.gz"),
+        ("CASE.MHA", ".mha"),
+        ("case.MHD", ".mhd"),
+    ],
+)
+def test_an_extension_itk_cannot_write_in_capitals_is_refused_before_the_run(
+    tmp_path, small_volume, name, suffix
+):
+    # output_suffix is what the command line checks before the run: ITK failed only after it ("Bad Nifti
+    # file name", "check free disk space"), and wrote an .MHA as .mhd + .zraw
+    assert_output_error(
+        lambda: output_suffix(tmp_path / name), "not in lower case", f"end the output name with {suffix}"
+    )
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    assert_output_error(
+        lambda: write_labelmap(labels_kji, small_volume, tmp_path / name), "not in lower case"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["CASE.NRRD", "Case.Nrrd", "CASE.SEG.NRRD"])
+def test_nrrd_names_in_capitals_are_written_and_read_back(tmp_path, small_volume, name):
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    labels_kji[1, 2, 3], labels_kji[2, 0, 1] = 1, 2
+    written = write_labelmap(labels_kji, small_volume, tmp_path / name)
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    if name.lower().endswith(".seg.nrrd"):
+        assert_seg_nrrd(
+            written,
+            labels_kji,
+            small_volume.ijk_to_ras,
+            [
+                SegmentInfo(1, "Segment_1", default_segment_color(0)),
+                SegmentInfo(2, "Segment_2", default_segment_color(1)),
+            ],
+        )
+    else:
+        assert_same_voxels_and_place(written, labels_kji, small_volume.ijk_to_ras)
+
+
 @pytest.mark.parametrize("name", ["labels.png", "labels.txt", "labels", ".nii.gz"])
 def test_unknown_extension(tmp_path, small_volume, name):
     labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)

@@ -98,8 +98,14 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
     if not isinstance(obj, dict):
         raise PromptError(f"objects[{index}] is not a JSON object", 'write {"name": ..., "boxes_ijk": [...]}')
     name = obj.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise PromptError(f"objects[{index}] has no name", 'add "name": "liver" (any non-empty text)')
+    if name is not None and not isinstance(name, str):  # "has no name" would send the user to add one
+        raise PromptError(
+            f"objects[{index}] has the name {json.dumps(name)[:60]}, which is not text",
+            'write it as text in quotes, e.g. "name": "liver"',
+        )
+    if name is None or not name.strip():
+        what = "no name" if name is None else "an empty name"
+        raise PromptError(f"objects[{index}] has {what}", 'add "name": "liver" (any non-empty text)')
     where = f"object {name!r}"
     unknown = sorted(set(obj) - set(OBJECT_FIELDS) - set(COMMENT_FIELDS))
     if unknown:

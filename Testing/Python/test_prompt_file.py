@@ -160,7 +160,10 @@ def test_error_a_key_given_twice_is_refused_not_half_dropped(tmp_path, volume, t
         ({"objects": {"name": "a"}}, "not a non-empty list"),
         ({"objects": [3]}, "objects[0] is not a JSON object"),
         ({"objects": [{"boxes_ijk": []}]}, "objects[0] has no name"),
-        ({"objects": [{"name": " "}]}, "objects[0] has no name"),
+        ({"objects": [{"name": " "}]}, "objects[0] has an empty name"),
+        # "has no name" (add one) sent the user to look for a misspelt key
+        ({"objects": [{"name": 3, "points_ijk": [[1, 2, 3]]}]}, "objects[0] has the name 3, which is not"),
+        ({"objects": [{"name": ["liver"]}]}, 'objects[0] has the name ["liver"], which is not text'),
         ({"objects": [{"name": "a", "box_ijk": []}]}, "object 'a': unknown field 'box_ijk'"),
         ({"objects": [{"name": "a"}]}, "object 'a' has no prompts"),
         ({"objects": [{"name": "a", "boxes_ijk": [1, 2, 3, 4, 5, 6]}]}, "object 'a' boxes_ijk[0] is 1"),

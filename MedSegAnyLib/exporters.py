@@ -8,10 +8,12 @@ existing one (a rename within one folder is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import functools
+import gzip
 import io
 import itertools
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,11 +111,26 @@ def default_segment_color(index: int) -> tuple[float, float, float]:
     return palette[index % len(palette)]
 
 
+#: Formats whose extension may be written in any case: ITK's NRRD reader and writer and slicerio take
+#: ``.NRRD`` as ``.nrrd``. ITK picks its NIfTI and MetaImage writers by a lower-case extension only.
+ANY_CASE_SUFFIXES = (".seg.nrrd", ".nrrd")
+
+
 def output_suffix(path: str | Path) -> str:
-    """The labelmap format of ``path`` (one of :data:`LABELMAP_SUFFIXES`), or an OutputError."""
+    """The labelmap format of ``path`` (one of :data:`LABELMAP_SUFFIXES`), or an OutputError (also for
+    ``.NII.GZ``, ``.Mha``... not in lower case, which ITK cannot write)."""
     name = Path(path).name.lower()
     for suffix in LABELMAP_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
+            written = Path(path).name[-len(suffix) :]
+            # refused here, before the run: after it ITK's writer fails ("Bad Nifti file name"), or an .MHA
+            # comes out as .mhd + .zraw under other names
+            if written != suffix and suffix not in ANY_CASE_SUFFIXES:
+                raise OutputError(
+                    f"the extension of output {Path(path).name!r} is not in lower case ({written}), and ITK "
+                    f"writes these files only under {suffix}",
+                    f"end the output name with {suffix}",
+                )
             return suffix
     raise OutputError(
         f"cannot tell the format of output {Path(path).name!r}",
@@ -283,8 +300,44 @@ def write_labelmap(
 
         image = volume_to_sitk(reference.with_voxels(labels_kji))
         sitk.WriteImage(image, str(target), useCompression=True)
+        if suffix in NIFTI_SUFFIXES:
+            check_nifti_complete(target, labels_kji.nbytes)
 
     return atomic_write(path, write)
+
+
+#: NIfTI-1 and NIfTI-2 headers: their size (the first 4 bytes), and the place and type of vox_offset.
+_NIFTI_VOX_OFFSET = ((348, 108, "f"), (540, 168, "q"))
+
+
+def check_nifti_complete(path: Path, data_bytes: int) -> None:
+    """OSError unless the NIfTI file ``path`` holds its header and all ``data_bytes`` of voxels.
+
+    ITK's NIfTI writer (nifti's znzlib) ignores failed writes: on a full disk, or past a file size limit,
+    it returns as if done and leaves a short .nii or a cut .nii.gz, which would then replace a good file.
+    A .nii must be as long as its header's voxel offset plus the voxels; a .nii.gz's gzip trailer (its
+    last 4 bytes) holds the length it decompresses to, and a cut stream ends in other bytes.
+    """
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as file:
+            header = file.read(544)
+    except (OSError, EOFError):  # an empty or cut gzip stream
+        header = b""
+    offset = None
+    for order, (size, field, kind) in itertools.product("<>", _NIFTI_VOX_OFFSET):
+        if len(header) >= size and struct.unpack(f"{order}i", header[:4])[0] == size:
+            offset = int(struct.unpack(f"{order}{kind}", header[field : field + struct.calcsize(kind)])[0])
+            break
+    expected = None if offset is None else offset + data_bytes
+    if expected is not None and compressed:
+        with open(path, "rb") as file:
+            file.seek(-4, os.SEEK_END)
+            complete = int.from_bytes(file.read(4), "little") == expected % 2**32
+    else:
+        complete = expected is not None and path.stat().st_size == expected
+    if not complete:
+        raise OSError(f"{path.name} came out incomplete (a full disk, or a file size limit)")
 
 
 def _write_seg_nrrd(

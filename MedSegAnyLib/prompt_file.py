@@ -98,22 +98,33 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
     if not isinstance(obj, dict):
         raise PromptError(f"objects[{index}] is not a JSON object", 'write {"name": ..., "boxes_ijk": [...]}')
     name = obj.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise PromptError(f"objects[{index}] has no name", 'add "name": "liver" (any non-empty text)')
+    if name is not None and not isinstance(name, str):  # "has no name" would send the user to add one
+        raise PromptError(
+            f"objects[{index}] has the name {json.dumps(name)[:60]}, which is not text",
+            'write it as text in quotes, e.g. "name": "liver"',
+        )
+    if name is None or not name.strip():
+        what = "no name" if name is None else "an empty name"
+        raise PromptError(f"objects[{index}] has {what}", 'add "name": "liver" (any non-empty text)')
     where = f"object {name!r}"
     unknown = sorted(set(obj) - set(OBJECT_FIELDS) - set(COMMENT_FIELDS))
     if unknown:
         raise PromptError(f"{where}: unknown field {unknown[0]!r}", f"use only {', '.join(OBJECT_FIELDS)}")
 
+    # each prompt keeps the name of its entry in the file, for the errors: a count over boxes_ijk and
+    # boxes_ras together (or over one slice's points) would name another entry than the one at fault
     boxes: list[Box6] = []
+    box_fields: list[str] = []
     for n, entry in enumerate(_entries(obj, "boxes_ijk", where)):
         boxes.append(_box_entry(entry, f"{where} boxes_ijk[{n}]"))
+        box_fields.append(f"boxes_ijk[{n}]")
     for n, entry in enumerate(_entries(obj, "boxes_ras", where)):
         corners = _box_entry(entry, f"{where} boxes_ras[{n}]")
         try:
             boxes.append(box_ijk_from_ras(volume, corners[:3], corners[3:]))
         except PromptError as error:
             raise PromptError(f"{where} boxes_ras[{n}]: {error.problem}", error.fix) from None
+        box_fields.append(f"boxes_ras[{n}]")
     points: list[tuple[Point3, int, str]] = []
     for n, entry in enumerate(_entries(obj, "points_ijk", where)):
         point, label = _point_entry(entry, f"{where} points_ijk[{n}]")
@@ -126,11 +137,11 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
 
     # Check each box alone first: its axis and slice decide which points join it.
     box_prompts: list[SlicePrompts] = []
-    for n, box in enumerate(boxes):
+    for box, field in zip(boxes, box_fields, strict=True):
         try:
             box_prompts.append(make_slice_prompts(volume, box_ijk=box))
         except PromptError as error:
-            raise PromptError(f"{where} box {n}: {error.problem}", error.fix) from None
+            raise PromptError(f"{where} {field}: {error.problem}", error.fix) from None
     slices = [(p.axis, p.slice_index) for p in box_prompts]
     for n, key in enumerate(slices):
         if slices.index(key) != n:
@@ -140,7 +151,7 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
             )
     box_axes = sorted({axis for axis, _ in slices})
 
-    groups: dict[tuple[int, int], list[tuple[Point3, int]]] = {key: [] for key in slices}
+    groups: dict[tuple[int, int], list[tuple[Point3, int, str]]] = {key: [] for key in slices}
     for point, label, field in points:
         hosts = [key for key in slices if snap_index(point[key[0]]) == key[1]]
         if len(hosts) > 1:
@@ -159,7 +170,7 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
                 )
             axis = box_axes[0] if box_axes else DEFAULT_AXIS
             key = (axis, snap_index(point[axis]))
-        groups.setdefault(key, []).append((point, label))
+        groups.setdefault(key, []).append((point, label, field))
 
     boxes_by_slice = dict(zip(slices, boxes, strict=True))
     prompts: list[SlicePrompts] = []
@@ -170,29 +181,73 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
                 make_slice_prompts(
                     volume,
                     box_ijk=boxes_by_slice.get(key),
-                    points_ijk=[point for point, _ in group],
-                    point_labels=[label for _, label in group],
+                    points_ijk=[point for point, _, _ in group],
+                    point_labels=[label for _, label, _ in group],
                     axis=key[0],
                 )
             )
         except PromptError as error:
+            _raise_for_the_point_at_fault(volume, where, key[0], group)
             raise PromptError(
                 f"{where} slice {AXIS_NAMES[key[0]]}={key[1]}: {error.problem}", error.fix
             ) from None
     return ObjectPrompts(name.strip(), tuple(prompts))
 
 
+class _RepeatedKeyError(ValueError):
+    """A key given twice in one JSON object of a prompt file; ``owner`` names the object it is in."""
+
+    def __init__(self, key: str, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(key)
+        self.key = key
+        names = [value for name, value in pairs if name == "name" and isinstance(value, str)]
+        self.owner = f" (object {names[-1]!r})" if names and key != "name" else ""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook that refuses a key given twice: json.loads keeps the last one alone, so a second
+    "boxes_ijk" (or "objects") line would drop the first one's prompts (or objects) without a word."""
+    keys = [key for key, _ in pairs]
+    for n, key in enumerate(keys):
+        if keys.index(key) != n:
+            raise _RepeatedKeyError(key, pairs)
+    return dict(pairs)
+
+
+def _raise_for_the_point_at_fault(
+    volume: Volume, where: str, axis: int, group: list[tuple[Point3, int, str]]
+) -> None:
+    """PromptError naming the entry of the first point of a slice that is bad alone (outside the volume);
+    nothing when each is good alone (the fault is the slice's prompt as a whole, e.g. only negatives)."""
+    for point, _, field in group:
+        try:
+            make_slice_prompts(volume, points_ijk=[point], axis=axis)
+        except PromptError as error:
+            # make_slice_prompts numbers it "point 0", its place in a one-point prompt
+            problem = error.problem.removeprefix("point 0 ")
+            raise PromptError(f"{where} {field} {problem}", error.fix) from None
+
+
 def load_prompt_file(path: str | Path, volume: Volume) -> list[ObjectPrompts]:
     """Read a prompt file and check every prompt against ``volume``; objects keep the file's order."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Windows editors (Notepad, PowerShell 5's Out-File) start UTF-8 with a byte-order mark,
+        # which json.loads refuses as "not valid JSON" although the JSON is
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise PromptError(f"prompt file {path} does not exist", "check the path") from None
     except (OSError, UnicodeDecodeError) as error:
         raise PromptError(f"prompt file {path} cannot be read ({error})", "give a UTF-8 JSON file") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKeyError as error:
+        raise PromptError(
+            f'prompt file {path} gives "{error.key}" twice in one JSON object{error.owner}, '
+            "and JSON would keep only the last",
+            f'write "{error.key}" once there'
+            + (", with all its entries in one list" if error.key in ("objects", *OBJECT_FIELDS[1:]) else ""),
+        ) from None
     except ValueError as error:  # JSONDecodeError, or an integer of over 4300 digits
         if not isinstance(error, json.JSONDecodeError):
             raise PromptError(f"prompt file {path} is not valid JSON ({error})", "fix the number") from None

@@ -376,6 +376,51 @@ def assert_output_error(call, *fragments: str) -> OutputError:
     return caught.value
 
 
+@pytest.mark.parametrize(
+    ("name", "suffix"),
+    [
+        ("CASE.NII.GZ", ".nii.gz"),
+        ("Case.Nii", ".nii"),
+        ("case.nii.GZ", ".nii.gz"),
+        ("CASE.MHA", ".mha"),
+        ("case.MHD", ".mhd"),
+    ],
+)
+def test_an_extension_itk_cannot_write_in_capitals_is_refused_before_the_run(
+    tmp_path, small_volume, name, suffix
+):
+    # output_suffix is what the command line checks before the run: ITK failed only after it ("Bad Nifti
+    # file name", "check free disk space"), and wrote an .MHA as .mhd + .zraw
+    assert_output_error(
+        lambda: output_suffix(tmp_path / name), "not in lower case", f"end the output name with {suffix}"
+    )
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    assert_output_error(
+        lambda: write_labelmap(labels_kji, small_volume, tmp_path / name), "not in lower case"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["CASE.NRRD", "Case.Nrrd", "CASE.SEG.NRRD"])
+def test_nrrd_names_in_capitals_are_written_and_read_back(tmp_path, small_volume, name):
+    labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
+    labels_kji[1, 2, 3], labels_kji[2, 0, 1] = 1, 2
+    written = write_labelmap(labels_kji, small_volume, tmp_path / name)
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    if name.lower().endswith(".seg.nrrd"):
+        assert_seg_nrrd(
+            written,
+            labels_kji,
+            small_volume.ijk_to_ras,
+            [
+                SegmentInfo(1, "Segment_1", default_segment_color(0)),
+                SegmentInfo(2, "Segment_2", default_segment_color(1)),
+            ],
+        )
+    else:
+        assert_same_voxels_and_place(written, labels_kji, small_volume.ijk_to_ras)
+
+
 @pytest.mark.parametrize("name", ["labels.png", "labels.txt", "labels", ".nii.gz"])
 def test_unknown_extension(tmp_path, small_volume, name):
     labels_kji = np.zeros((3, 4, 5), dtype=np.uint8)
@@ -498,5 +543,46 @@ def test_a_failed_write_leaves_no_partial_file_and_keeps_the_old_output(
     assert_output_error(
         lambda: write_labelmap(labels_kji, small_volume, target), "writing", "failed", "disk space"
     )
+    assert target.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+_WRITE_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from medsegany.errors import OutputError
+from medsegany.exporters import write_labelmap
+from medsegany.volume import Volume
+
+labels_kji = np.random.default_rng(0).integers(0, 5, size=(40, 100, 100)).astype(np.uint8)
+# writes past 50 kB fail as on a full disk (EFBIG instead of ENOSPC; the signal would kill the process)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+try:
+    write_labelmap(labels_kji, Volume(np.zeros(labels_kji.shape, np.int16), np.eye(4)), sys.argv[1])
+    print("written")
+except OutputError as error:
+    print(error)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a file size limit (RLIMIT_FSIZE) is POSIX")
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_cut_short_by_a_full_disk_is_refused_and_keeps_the_old_output(tmp_path, suffix):
+    """ITK's NIfTI writer ignores failed writes: a full disk left a 50 kB .nii of 400 kB (or a cut .nii.gz)
+    that replaced the previous output, and the write was reported done."""
+    import subprocess
+
+    import medsegany
+
+    target = tmp_path / f"labels{suffix}"
+    target.write_bytes(b"previous result")
+    env = {**os.environ, "PYTHONPATH": str(Path(medsegany.__file__).parent.parent)}
+    child = subprocess.run(
+        [sys.executable, "-c", _WRITE_UNDER_A_FILE_SIZE_LIMIT, str(target)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert "came out incomplete" in child.stdout and "disk space" in child.stdout, child.stdout
     assert target.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]

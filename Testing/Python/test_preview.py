@@ -273,3 +273,30 @@ def test_a_thin_volume_seen_edge_on_gets_tiles_tall_enough_to_read(tmp_path):
     expected = np.broadcast_to(blended(default_segment_color(0)), middle.shape)
     np.testing.assert_allclose(middle, expected, atol=1)
     assert (png[-2:, int(200 * scale)] == BOX_RGB).all(axis=-1).any()  # the box's bottom edge
+
+
+def test_a_mask_one_voxel_wide_stays_visible_on_a_shrunk_tile(tmp_path):
+    """512 columns on a 320-pixel tile: the nearest voxel of each pixel skips every third column or so, and
+    a vessel one voxel wide on a skipped column (or an object's first or last slice, which the preview
+    picks) vanished from its tile."""
+    image_kji = np.full((3, 512, 512), GREY, dtype=np.uint8)
+    labelmap_kji = np.zeros(image_kji.shape, dtype=np.uint8)
+    skipped = next(i for i in range(200, 210) if i not in {int((n + 0.5) * 512 / 320) for n in range(320)})
+    labelmap_kji[1, 100:300, skipped] = 1  # on the prompted slice
+    labelmap_kji[2, 400, 1] = 2  # one voxel on the last segmented slice
+    colours = [SegmentInfo(1, "vessel", (1.0, 0.0, 0.0)), SegmentInfo(2, "dot", (0.0, 0.0, 1.0))]
+    path = write_preview_png(
+        image_kji, labelmap_kji, axis=2, prompt_slice=1, path=tmp_path / "p.png", segments=colours
+    )
+    png = np.asarray(Image.open(path).convert("RGB"))
+    scale = TILE_LONG_SIDE_PX / 512
+
+    def pixels_of_voxel(index: int) -> set[int]:  # the tile pixels voxel ``index`` overlaps
+        return {int(index * scale), int((index + 1) * scale)}
+
+    prompted, last = png[:, :TILE_LONG_SIDE_PX], png[:, TILE_LONG_SIDE_PX + GAP_PX :]
+    rows, columns = np.nonzero((prompted == (255, 0, 0)).all(axis=-1))
+    assert len(set(columns)) == 1 and set(columns) <= pixels_of_voxel(skipped)  # where the vessel is
+    assert rows.min() <= 100 * scale + 1 and rows.max() >= 300 * scale - 2  # over its whole length
+    ((row, column),) = np.argwhere((last == (0, 0, 255)).all(axis=-1))  # one pixel
+    assert row in pixels_of_voxel(400) and column in pixels_of_voxel(1)

@@ -103,6 +103,18 @@ def test_comment_fields_are_allowed(tmp_path, volume):
     assert len(load_prompt_file(write(tmp_path, document), volume)) == 1
 
 
+def test_a_utf8_file_with_a_byte_order_mark_reads_like_one_without(tmp_path, volume):
+    # Notepad and PowerShell 5 save UTF-8 with a byte-order mark; the object's UTF-8 name survives it
+    document = {"objects": [{"name": "Leber rechts ä", "boxes_ijk": [[2, 3, 4, 10, 12, 4]]}]}
+    plain, marked = tmp_path / "plain.json", tmp_path / "marked.json"
+    plain.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    marked.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    objects = load_prompt_file(marked, volume)
+    assert objects == load_prompt_file(plain, volume)
+    assert objects[0].name == "Leber rechts ä"
+
+
 # ---- file-level errors ----------------------------------------------------------------------------
 
 
@@ -117,6 +129,28 @@ def test_error_bad_json_says_where(tmp_path, volume):
 
 
 @pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            '{"objects": [{"name": "liver", "boxes_ijk": [[2, 3, 4, 10, 12, 4]], '
+            '"boxes_ijk": [[2, 3, 6, 10, 12, 6]]}]}',
+            '"boxes_ijk" twice in one JSON object (object \'liver\')',
+        ),
+        (
+            '{"objects": [{"name": "liver", "points_ijk": [[5, 5, 4]]}], '
+            '"objects": [{"name": "spleen", "points_ijk": [[5, 5, 6]]}]}',
+            '"objects" twice in one JSON object,',
+        ),
+        ('{"objects": [{"name": "liver", "name": "spleen", "points_ijk": [[5, 5, 4]]}]}', '"name" twice'),
+    ],
+)
+def test_error_a_key_given_twice_is_refused_not_half_dropped(tmp_path, volume, text, words):
+    # json.loads alone keeps the last of two equal keys: the first boxes or objects would be lost unsaid
+    error = load_error(tmp_path, volume, text)
+    assert words in error.problem and "once" in error.fix
+    assert ("in one list" in error.fix) == ('"name"' not in words)
+
+@pytest.mark.parametrize(
     ("document", "words"),
     [
         ([], 'no "objects" list'),
@@ -126,7 +160,10 @@ def test_error_bad_json_says_where(tmp_path, volume):
         ({"objects": {"name": "a"}}, "not a non-empty list"),
         ({"objects": [3]}, "objects[0] is not a JSON object"),
         ({"objects": [{"boxes_ijk": []}]}, "objects[0] has no name"),
-        ({"objects": [{"name": " "}]}, "objects[0] has no name"),
+        ({"objects": [{"name": " "}]}, "objects[0] has an empty name"),
+        # "has no name" (add one) sent the user to look for a misspelt key
+        ({"objects": [{"name": 3, "points_ijk": [[1, 2, 3]]}]}, "objects[0] has the name 3, which is not"),
+        ({"objects": [{"name": ["liver"]}]}, 'objects[0] has the name ["liver"], which is not text'),
         ({"objects": [{"name": "a", "box_ijk": []}]}, "object 'a': unknown field 'box_ijk'"),
         ({"objects": [{"name": "a"}]}, "object 'a' has no prompts"),
         ({"objects": [{"name": "a", "boxes_ijk": [1, 2, 3, 4, 5, 6]}]}, "object 'a' boxes_ijk[0] is 1"),
@@ -166,7 +203,8 @@ def test_error_nan_coordinates(tmp_path, volume):
 
 def test_error_invalid_box_names_object_and_box(tmp_path, volume):
     error = load_error(tmp_path, volume, {"objects": [{"name": "kidney", "boxes_ijk": [[1, 1, 1, 5, 6, 7]]}]})
-    assert error.problem.startswith("object 'kidney' box 0:") and "share no slice index" in error.problem
+    assert error.problem.startswith("object 'kidney' boxes_ijk[0]:")
+    assert "share no slice index" in error.problem
 
 
 def test_error_ras_box_not_on_a_slice(tmp_path, volume):
@@ -206,7 +244,27 @@ def test_error_slice_problem_names_object_and_slice(tmp_path, volume):
     assert error.problem.startswith("object 'a' slice K=6:") and "only negative points" in error.problem
     document = {"objects": [{"name": "b", "boxes_ijk": [[1, 1, 3, 9, 9, 3]], "points_ijk": [[40, 7, 3, 1]]}]}
     error = load_error(tmp_path, volume, document)
-    assert error.problem.startswith("object 'b' slice K=3:") and "outside the volume" in error.problem
+    assert error.problem.startswith("object 'b' points_ijk[0] I=40 is outside the volume")
+
+
+@pytest.mark.parametrize(
+    ("fields", "culprit"),
+    [
+        # the bad point is the third of points_ijk, the second on its slice
+        ({"points_ijk": [[5, 5, 7, 1], [6, 6, 3, 1], [40, 5, 3, 1]]}, "points_ijk[2] I=40 is outside"),
+        # the bad point is a RAS one; a good IJK point comes first on its slice
+        ({"points_ijk": [[6, 6, 3, 1]], "points_ras": [[-30, 5, 3, 1]]}, "points_ras[0] I=-30 is outside"),
+        # an orphan point on a slice past the volume's last
+        ({"points_ijk": [[6, 6, 3, 1], [6, 6, 12, 1]]}, "points_ijk[1] is on slice K=12, outside the volume"),
+        # the bad box is the first RAS one, after a good IJK box
+        ({"boxes_ras": [[-300, 20, -27, -290, 25, -27]]}, "boxes_ras[0]: box"),
+    ],
+)
+def test_errors_name_the_entry_at_fault_not_its_place_on_the_slice(tmp_path, fields, culprit):
+    volume = Volume(np.zeros(SHAPE_KJI, dtype=np.int16), np.eye(4))
+    document = {"objects": [{"name": "b", "boxes_ijk": [[1, 1, 3, 9, 9, 3]], **fields}]}
+    error = load_error(tmp_path, volume, document)
+    assert error.problem.startswith(f"object 'b' {culprit}")
 
 
 # ---- CLI arguments --------------------------------------------------------------------------------

@@ -132,6 +132,14 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         default=[],
         help="a point in RAS mm (':-' negative); repeatable",
     )
+    prompt.add_argument(
+        "--markups",
+        metavar="FILE.mrk.json[:-]",
+        action="append",
+        default=[],
+        help="a 3D Slicer markups file: an ROI drawn on a slice is the box, a point list's points are "
+        "clicks (':-' after the name: negative); repeatable",
+    )
     prompt.add_argument("--axis", choices=["I", "J", "K"], help="slice axis of a points-only prompt")
     prompt.add_argument("--prompts", metavar="FILE.json", help='{"objects": [{"name":…, "boxes_ijk": […]}]}')
     prompt.add_argument("--name", default=None, help="segment name (single-object prompts)")
@@ -225,13 +233,36 @@ def _single_object_prompts(args: argparse.Namespace, volume):
         point, label = parse_point_arg(text)
         points.append(point_ijk_from_ras(volume, point))
         labels.append(label)
+    for text in args.markups:
+        box_ijk = _add_markups_file(text, volume, box_ijk, points, labels)
     if box_ijk is None and not points:
         raise PromptError(
-            "no prompt was given", "add --box-ijk/--box-ras, --point-ijk/--point-ras or --prompts"
+            "no prompt was given", "add --box-ijk/--box-ras, --point-ijk/--point-ras, --markups or --prompts"
         )
     axis = None if args.axis is None else "IJK".index(args.axis)
     prompts = make_slice_prompts(volume, box_ijk=box_ijk, points_ijk=points, point_labels=labels, axis=axis)
     return [ObjectPrompts(args.name or "segment_1", (prompts,))]
+
+
+def _add_markups_file(text: str, volume, box_ijk, points: list, labels: list):
+    """Add a ``--markups FILE[:-]``'s points to ``points``/``labels``; the box, its ROI's or ``box_ijk``."""
+    from .markups_file import read_markups_file
+    from .prompts import box_ijk_from_corners_ras, point_ijk_from_ras
+
+    negative = text.endswith(":-")
+    content = read_markups_file(text[:-2] if negative else text)
+    if content.rois_corners_ras:
+        if negative:
+            raise PromptError(
+                f"{content.path} holds an ROI and was given as negative (':-')", "drop the ':-'"
+            )
+        if box_ijk is not None or len(content.rois_corners_ras) > 1:
+            raise PromptError("more than one box was given (ROIs count as boxes)", "give one box per object")
+        box_ijk = box_ijk_from_corners_ras(volume, content.rois_corners_ras[0], f"the ROI of {content.path}")
+    for point_ras in content.points_ras:
+        points.append(point_ijk_from_ras(volume, point_ras))
+        labels.append(0 if negative else 1)
+    return box_ijk
 
 
 def output_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
@@ -324,9 +355,9 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
                 "--structure was given with --prompts",
                 "use --structure with --box/--point prompts (one object)",
             )
-        if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras:
+        if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras or args.markups:
             raise PromptError(
-                "--prompts was given with --box/--point options", "put every prompt in the file"
+                "--prompts was given with --box/--point/--markups options", "put every prompt in the file"
             )
         objects = load_prompt_file(args.prompts, volume)
     else:

@@ -245,7 +245,11 @@ def _note_missing_inputs(jobs: list[BatchLine], stderr: TextIO) -> None:
     missing = [
         f"line {job.number}: {path}"
         for job in jobs
-        for path in (job.args.image, job.args.prompts)
+        for path in (
+            job.args.image,
+            job.args.prompts,
+            *(name.removesuffix(":-") for name in job.args.markups),
+        )
         if path and not Path(path).expanduser().exists()
     ]
     if missing:

@@ -7,12 +7,15 @@ A prompt file names the objects to segment and their prompts, in IJK voxel indic
          "boxes_ijk": [[40, 60, 30, 120, 140, 30]],
          "points_ijk": [[80, 100, 30, 1], [70, 90, 30, 0]],
          "boxes_ras": [[x0, y0, z0, x1, y1, z1]],
-         "points_ras": [[x, y, z, 1]]}
+         "points_ras": [[x, y, z, 1]],
+         "markups": ["liver_box.mrk.json", "liver_outside.mrk.json:-"]}
     ]}
 
-Each box is two opposite corners on one slice. A point's fourth number is its label (1 inside, 0
-outside; 1 when left out). Points join the box on their slice (same axis and index); points on a
-slice without a box form a prompt of their own on the axis of the object's boxes (K if it has none).
+Each box is two opposite corners on one slice. A point's fourth number is its label (1 inside, 0 outside;
+1 when left out). ``markups`` lists 3D Slicer markups files (``.mrk.json``, relative to the prompt file's
+folder; see :mod:`medsegany.markups_file`): their ROIs are boxes, their placed points positive clicks, or
+negative ones with ``:-`` after the name. Points join the box on their slice (same axis and index); points
+on a slice without a box form a prompt of their own on the axis of the object's boxes (K if it has none).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from .prompts import (
 if TYPE_CHECKING:
     from .volume import Volume
 
-OBJECT_FIELDS = ("name", "boxes_ijk", "points_ijk", "boxes_ras", "points_ras")
+OBJECT_FIELDS = ("name", "boxes_ijk", "points_ijk", "boxes_ras", "points_ras", "markups")
 #: Keys that may appear beside the prompts without meaning anything to the loader.
 COMMENT_FIELDS = ("comment", "description", "version")
 #: Without a box, point-only prompts are on axial (K) slices, the usual view for CT and MR.
@@ -94,7 +97,7 @@ def _point_entry(entry, where: str) -> tuple[Point3, int]:
     return (float(entry[0]), float(entry[1]), float(entry[2])), int(label)
 
 
-def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
+def _object_prompts(obj, index: int, volume: Volume, folder: Path) -> ObjectPrompts:
     if not isinstance(obj, dict):
         raise PromptError(f"objects[{index}] is not a JSON object", 'write {"name": ..., "boxes_ijk": [...]}')
     name = obj.get("name")
@@ -132,8 +135,12 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
     for n, entry in enumerate(_entries(obj, "points_ras", where)):
         point_ras, label = _point_entry(entry, f"{where} points_ras[{n}]")
         points.append((point_ijk_from_ras(volume, point_ras), label, f"points_ras[{n}]"))
+    for n, entry in enumerate(_entries(obj, "markups", where)):
+        _add_markups_entry(entry, f"markups[{n}]", where, folder, volume, boxes, box_fields, points)
     if not boxes and not points:
-        raise PromptError(f"{where} has no prompts", "give boxes_ijk, points_ijk, boxes_ras or points_ras")
+        raise PromptError(
+            f"{where} has no prompts", "give boxes_ijk, points_ijk, boxes_ras, points_ras or markups"
+        )
 
     # Check each box alone first: its axis and slice decide which points join it.
     box_prompts: list[SlicePrompts] = []
@@ -192,6 +199,41 @@ def _object_prompts(obj, index: int, volume: Volume) -> ObjectPrompts:
                 f"{where} slice {AXIS_NAMES[key[0]]}={key[1]}: {error.problem}", error.fix
             ) from None
     return ObjectPrompts(name.strip(), tuple(prompts))
+
+
+def _add_markups_entry(
+    entry: object,
+    field: str,
+    where: str,
+    folder: Path,
+    volume: Volume,
+    boxes: list[Box6],
+    box_fields: list[str],
+    points: list[tuple[Point3, int, str]],
+) -> None:
+    """A ``markups`` entry: a Slicer ``.mrk.json`` file (relative to the prompt file's folder; ``:-`` after
+    the name makes its points negative). Its ROIs join ``boxes``, its placed points ``points``."""
+    from .markups_file import read_markups_file
+    from .prompts import box_ijk_from_corners_ras
+
+    if not isinstance(entry, str) or not entry.strip():
+        raise PromptError(f"{where} {field} is not a file name", 'write "markups": ["liver_box.mrk.json"]')
+    negative = entry.endswith(":-")
+    name = entry[:-2] if negative else entry
+    try:
+        content = read_markups_file(folder / Path(name).expanduser())
+    except PromptError as error:
+        raise PromptError(f"{where} {field}: {error.problem}", error.fix) from None
+    for n, corners_ras in enumerate(content.rois_corners_ras):
+        if negative:
+            raise PromptError(f"{where} {field} holds an ROI and is marked negative (':-')", "drop the ':-'")
+        try:
+            boxes.append(box_ijk_from_corners_ras(volume, corners_ras, f"its ROI {n}"))
+        except PromptError as error:
+            raise PromptError(f"{where} {field} ({name}): {error.problem}", error.fix) from None
+        box_fields.append(f"{field} ROI {n}")
+    for n, point_ras in enumerate(content.points_ras):
+        points.append((point_ijk_from_ras(volume, point_ras), 0 if negative else 1, f"{field} point {n}"))
 
 
 class _RepeatedKeyError(ValueError):
@@ -268,7 +310,7 @@ def load_prompt_file(path: str | Path, volume: Volume) -> list[ObjectPrompts]:
         raise PromptError(
             f'prompt file {path}: "objects" is not a non-empty list', "list at least one object"
         )
-    result = [_object_prompts(obj, n, volume) for n, obj in enumerate(objects)]
+    result = [_object_prompts(obj, n, volume, path.parent) for n, obj in enumerate(objects)]
     names = [o.name for o in result]
     for n, name in enumerate(names):
         if names.index(name) != n:

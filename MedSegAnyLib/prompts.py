@@ -344,6 +344,28 @@ def point_ijk_from_ras(volume: Volume, point_ras: Sequence[float]) -> Point3:
     return tuple(float(v) for v in volume.ras_to_ijk_points(np.asarray(point)))
 
 
+def box_ijk_from_corners_ras(volume: Volume, corners_ras: np.ndarray, name: str) -> Box6:
+    """An IJK box (min then max corner) from the corners (N, 3) of a box drawn flat on one slice (a Slicer
+    ROI's 8 corners): the slice axis is the one IJK axis along which all corners lie within half a voxel,
+    and the box spans their range on the other two (an ROI rotated in-plane gives its bounding box).
+    ``name`` says which box in messages. In-plane range checks are left to :func:`make_slice_prompts`."""
+    corners_ijk = volume.ras_to_ijk_points(np.asarray(corners_ras, dtype=float))
+    low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
+    spans = high - low
+    flat = [a for a in range(3) if spans[a] < SAME_SLICE_TOLERANCE]
+    if len(flat) != 1:
+        gaps = ", ".join(f"{AXIS_NAMES[a]} {spans[a]:.2f}" for a in range(3))
+        problem = (
+            f"{name} is a 3D box, not a rectangle on one slice (voxel spans: {gaps})"
+            if not flat
+            else f"{name} has zero width or height in voxels (voxel spans: {gaps})"
+        )
+        raise PromptError(problem, "draw the ROI in a slice view aligned with the volume (thickness 0)")
+    axis = flat[0]
+    low[axis] = high[axis] = float(snap_index((low[axis] + high[axis]) / 2.0))
+    return (*(float(v) for v in low), *(float(v) for v in high))
+
+
 def box_ijk_from_ras(volume: Volume, corner0_ras: Sequence[float], corner1_ras: Sequence[float]) -> Box6:
     """An IJK box (min then max corner) from two opposite RAS corners of a rectangle on one slice.
 

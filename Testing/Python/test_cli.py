@@ -465,3 +465,58 @@ def test_a_folder_of_several_dicom_series_is_noted_and_series_chooses_one(
     assert code == 1 and "no DICOM series in" in err and not (tmp_path / "none.nii.gz").exists()
     code, out, err = run_cli(capsys, *argv, "-o", tmp_path / "quiet.nii.gz", "-q")
     assert code == 0 and err == "" and "segment_1:" in out
+
+
+def test_markups_files_saved_by_slicer_prompt_as_the_same_box_and_points_do(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """--markups: an ROI file is the box, a point list's points are clicks (':-' negative), as Slicer saved
+    them (LPS); the masks are those of the same prompts given as voxel indices."""
+    slicer = pytest.importorskip("slicer", reason="needs slicer-core (Slicer's markups writer)")
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+    from medsegany.volume import read_volume
+    from slicer_scene_testing import add_points, add_roi_on_slice
+
+    ijk_to_ras = read_volume(phantom).ijk_to_ras
+    scene = slicer.vtkMRMLScene()
+    files = {}
+    for name, node, storage in (
+        (
+            "box",
+            add_roi_on_slice(scene, (14, 20, 2), (46, 44, 2), np.eye(4), world_ijk_to_ras=ijk_to_ras),
+            "ROI",
+        ),
+        ("negative", add_points(scene, [(30, 32, 2)], np.eye(4), "neg", world_ijk_to_ras=ijk_to_ras), ""),
+    ):
+        writer = getattr(slicer, f"vtkMRMLMarkups{storage}JsonStorageNode")()
+        scene.AddNode(writer)
+        writer.SetFileName(str(tmp_path / f"{name}.mrk.json"))
+        assert writer.WriteData(node)
+        files[name] = tmp_path / f"{name}.mrk.json"
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    common = ["segment", phantom, "--window=0,255", "-q"]
+    code, _, err = run_cli(
+        capsys,
+        *common,
+        "--box-ijk",
+        "14,20,2,46,44,2",
+        "--point-ijk",
+        "30,32,2:-",
+        "-o",
+        tmp_path / "ijk.nii.gz",
+    )
+    assert code == 0, err
+    marked = ["--markups", files["box"], "--markups", f"{files['negative']}:-"]
+    code, _, err = run_cli(capsys, *common, *marked, "-o", tmp_path / "markups.nii.gz")
+    assert code == 0, err
+    expected = read_labels(tmp_path / "ijk.nii.gz")
+    assert expected.any() and not expected[2, 32, 30]  # the negative click removed its voxel
+    np.testing.assert_array_equal(read_labels(tmp_path / "markups.nii.gz"), expected)
+    # an ROI cannot be a negative prompt, and one box per object
+    code, _, err = run_cli(capsys, *common, "--markups", f"{files['box']}:-", "-o", tmp_path / "x.nii.gz")
+    assert_one_line_error(code, err, "holds an ROI and was given as negative")
+    code, _, err = run_cli(
+        capsys, *common, *marked, "--box-ijk", "14,20,2,46,44,2", "-o", tmp_path / "y.nii.gz"
+    )
+    assert_one_line_error(code, err, "more than one box was given")

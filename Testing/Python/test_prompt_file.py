@@ -94,6 +94,71 @@ def test_ras_prompts_equal_their_ijk_equivalents(tmp_path, volume):
     assert (prompts.axis, prompts.slice_index, prompts.point_labels) == (2, 6, (0,))
 
 
+def roi_file(path, volume, low_ijk, high_ijk):
+    """A Slicer ROI markups file (RAS, axis-aligned in the object frame) covering IJK low..high."""
+    corners_ras = volume.ijk_to_ras_points(np.array([low_ijk, high_ijk], dtype=float))
+    center, size = corners_ras.mean(axis=0), np.abs(corners_ras[1] - corners_ras[0])
+    markup = {
+        "type": "ROI",
+        "coordinateSystem": "RAS",
+        "roiType": "Box",
+        "center": center.tolist(),
+        "orientation": np.eye(3).ravel().tolist(),
+        "size": size.tolist(),
+        "controlPoints": [{"position": center.tolist(), "positionStatus": "defined"}],
+    }
+    path.write_text(json.dumps({"markups": [markup]}))
+    return path
+
+
+def points_file(path, volume, points_ijk):
+    points_ras = volume.ijk_to_ras_points(np.asarray(points_ijk, dtype=float))
+    control_points = [{"label": f"F-{n}", "position": p.tolist()} for n, p in enumerate(points_ras)]
+    path.write_text(
+        json.dumps(
+            {"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": control_points}]}
+        )
+    )
+    return path
+
+
+def test_markups_files_are_the_boxes_and_points_of_their_object(tmp_path, volume):
+    """Names relative to the prompt file's folder; ':-' makes a file's points negative."""
+    (tmp_path / "marks").mkdir()
+    roi_file(tmp_path / "marks" / "liver_box.mrk.json", volume, (3, 2, 6), (15, 11, 6))
+    points_file(tmp_path / "marks" / "liver_out.mrk.json", volume, [(7, 5, 6)])
+    points_file(tmp_path / "marks" / "liver_in.mrk.json", volume, [(8, 8, 2)])
+    names = ["marks/liver_box.mrk.json", "marks/liver_out.mrk.json:-", "marks/liver_in.mrk.json"]
+    got = load_prompt_file(write(tmp_path, {"objects": [{"name": "liver", "markups": names}]}), volume)[
+        0
+    ].prompts
+    boxes, points = [[3, 2, 6, 15, 11, 6]], [[7, 5, 6, 0], [8, 8, 2, 1]]
+    expected = {"objects": [{"name": "liver", "boxes_ijk": boxes, "points_ijk": points}]}
+    (tmp_path / "expected").mkdir()
+    wanted = load_prompt_file(write(tmp_path / "expected", expected), volume)[0].prompts
+    assert [(p.axis, p.slice_index, p.point_labels) for p in got] == [(2, 2, (1,)), (2, 6, (0,))]
+    assert [(p.axis, p.slice_index, p.point_labels) for p in wanted] == [(2, 2, (1,)), (2, 6, (0,))]
+    for mine, theirs in zip(got, wanted, strict=True):
+        np.testing.assert_allclose(mine.points_ijk, theirs.points_ijk, atol=1e-9)
+        assert (mine.box_ijk is None) == (theirs.box_ijk is None)
+        if mine.box_ijk is not None:
+            np.testing.assert_allclose(mine.box_ijk, theirs.box_ijk, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        (3, "markups[0] is not a file name"),
+        ("absent.mrk.json", "markups[0]: markups file"),
+        ("box.mrk.json:-", "markups[0] holds an ROI and is marked negative"),
+    ],
+)
+def test_error_a_bad_markups_entry_names_the_object_and_entry(tmp_path, volume, entry, words):
+    roi_file(tmp_path / "box.mrk.json", volume, (3, 2, 6), (15, 11, 6))
+    error = load_error(tmp_path, volume, {"objects": [{"name": "liver", "markups": [entry]}]})
+    assert f"object 'liver' {words}" in str(error)
+
+
 def test_comment_fields_are_allowed(tmp_path, volume):
     document = {
         "version": 1,
@@ -134,7 +199,7 @@ def test_error_bad_json_says_where(tmp_path, volume):
         (
             '{"objects": [{"name": "liver", "boxes_ijk": [[2, 3, 4, 10, 12, 4]], '
             '"boxes_ijk": [[2, 3, 6, 10, 12, 6]]}]}',
-            '"boxes_ijk" twice in one JSON object (object \'liver\')',
+            "\"boxes_ijk\" twice in one JSON object (object 'liver')",
         ),
         (
             '{"objects": [{"name": "liver", "points_ijk": [[5, 5, 4]]}], '
@@ -149,6 +214,7 @@ def test_error_a_key_given_twice_is_refused_not_half_dropped(tmp_path, volume, t
     error = load_error(tmp_path, volume, text)
     assert words in error.problem and "once" in error.fix
     assert ("in one list" in error.fix) == ('"name"' not in words)
+
 
 @pytest.mark.parametrize(
     ("document", "words"),

@@ -284,13 +284,19 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         failed = any(event.kind == "error" for event in handle.drain())
         self.loadingAhead = None
+        if not failed and not self.logic.model_loaded:
+            # the model or device was changed while this one loaded (a busy worker could not take it
+            # then): the chosen one loads now, rather than "Model ready" for a model that is not
+            self._loadModelAhead()
+            if self.loadingAhead is not None:
+                return
         if self.running is None:
-            self.ui.statusLabel.text = (
-                "Loading the model failed; it is tried again at the first action."
-                if failed
-                else "Model ready: place a box or points."
-            )
-            if not failed:
+            if failed:
+                self.ui.statusLabel.text = "Loading the model failed; it is tried again at the first action."
+            elif not self.logic.model_loaded:  # it asks the user first (a download): the first action does
+                self.ui.statusLabel.text = "The chosen model is loaded at the first action."
+            else:
+                self.ui.statusLabel.text = "Model ready: place a box or points."
                 self._updateModelInfo()  # PyTorch is loaded now: the memory line can be told
                 self._encodeAheadFromView()
 

@@ -190,7 +190,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = str(error)
             slicer.util.warningDisplay(str(error), windowTitle="MedSegAny")
         else:
-            logging.exception("MedSegAny failed")
+            # the error's own traceback: called with a worker's error, outside any except block, where
+            # logging.exception logged "NoneType: None"
+            logging.error("MedSegAny failed", exc_info=error)
             slicer.util.errorDisplay(f"MedSegAny failed: {error}", windowTitle="MedSegAny")
 
     def updateGUI(self, *args):

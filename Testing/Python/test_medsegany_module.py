@@ -371,3 +371,23 @@ def test_a_device_chosen_while_the_model_loads_ahead_is_loaded_next_not_called_r
     widget._checkLoadingAhead()
     assert widget.logic.model_loaded and widget.ui.statusLabel.text == "Model ready: place a box or points."
 
+
+def test_a_worker_error_is_logged_with_its_own_traceback(panel, caplog):
+    import logging
+
+    _, widget, shown = panel
+
+    def encoder_step():
+        raise RuntimeError("a bug in the model")
+
+    try:
+        encoder_step()
+    except RuntimeError as caught:
+        error = caught  # as a RunningAction keeps it: the panel shows it later, outside any except block
+    with caplog.at_level(logging.ERROR):
+        widget._showError(error)
+
+    assert shown == [("error", "MedSegAny failed: a bug in the model")]
+    # before: logging.exception outside an except block logged "NoneType: None", no traceback
+    assert "in encoder_step" in caplog.text and "NoneType: None" not in caplog.text
+

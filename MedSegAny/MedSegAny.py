@@ -529,6 +529,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.loadingAhead is not None:  # loading since the panel opened: the rest of it
                 handle, self.loadingAhead = self.loadingAhead, None
                 handle.wait(timeout_s=None)  # an error of it comes again from the load below, shown
+            # the worker is needed now: encoding ahead may run (Download pressed meanwhile, or started by
+            # the events processed above when the model finished loading ahead), and would refuse the load
+            self._stopEncodingAhead()
             self.worker.run_sync(lambda context: [self.logic.load_model()], label="load model")
             self.ui.statusLabel.text = f"{card.name} ready"
 

@@ -391,3 +391,43 @@ def test_a_worker_error_is_logged_with_its_own_traceback(panel, caplog):
     # before: logging.exception outside an except block logged "NoneType: None", no traceback
     assert "in encoder_step" in caplog.text and "NoneType: None" not in caplog.text
 
+
+def test_the_model_loads_for_an_action_while_slices_are_encoded_ahead(panel, monkeypatch):
+    """Download pressed while encoding ahead runs, or encoding ahead started by the events the panel
+    processes before loading: the load waits for the encoder call in flight instead of being refused."""
+    import threading
+
+    import medsegany.models.registry
+    import medsegany.slicer_install
+    from medsegany.slicer_encode_ahead import EncodeAhead
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+    from medsegany.slicer_worker import ModelWorker, wait_until
+    from slicer_scene_testing import ThresholdModel, add_volume_node, mrml_scene, phantom_kji
+
+    _, widget, shown = panel
+    hold, calls = threading.Event(), []
+
+    class HeldModel(ThresholdModel):
+        def embed_frames(self, frames):
+            calls.append(len(frames))
+            hold.wait(30)
+            return super().embed_frames(frames)
+
+    model = HeldModel()
+    monkeypatch.setattr(medsegany.models.registry, "load_model", lambda model_id, device=None: model)
+    monkeypatch.setattr(medsegany.slicer_install, "ensure_python_packages", lambda family, confirm: None)
+    with mrml_scene() as scene:
+        widget.logic = SlicerSegmentationLogic(model="litemedsam")
+        widget.logic.set_volume(add_volume_node(scene, phantom_kji()))
+        widget.worker = ModelWorker("test worker")
+        widget.worker.run_sync(lambda context: [widget.logic.load_model()])
+        widget.encodeAhead = EncodeAhead(widget.logic, widget.worker)
+        assert widget.encodeAhead.request(2, 6)
+        assert wait_until(lambda: calls == [1])  # inside its first encoder call
+        threading.Timer(0.3, hold.set).start()
+
+        widget._ensureReady()  # before: "Loading the model failed. 'encode ahead' is still running"
+
+    assert not any(kind == "error" for kind, _ in shown)
+    assert widget.ui.statusLabel.text == "LiteMedSAM ready" and not widget.worker.busy
+    assert not widget.encodeAhead.running and calls == [1]  # stopped after its encoder call

@@ -190,7 +190,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = str(error)
             slicer.util.warningDisplay(str(error), windowTitle="MedSegAny")
         else:
-            logging.exception("MedSegAny failed")
+            # the error's own traceback: called with a worker's error, outside any except block, where
+            # logging.exception logged "NoneType: None"
+            logging.error("MedSegAny failed", exc_info=error)
             slicer.util.errorDisplay(f"MedSegAny failed: {error}", windowTitle="MedSegAny")
 
     def updateGUI(self, *args):
@@ -284,13 +286,19 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         failed = any(event.kind == "error" for event in handle.drain())
         self.loadingAhead = None
+        if not failed and not self.logic.model_loaded:
+            # the model or device was changed while this one loaded (a busy worker could not take it
+            # then): the chosen one loads now, rather than "Model ready" for a model that is not
+            self._loadModelAhead()
+            if self.loadingAhead is not None:
+                return
         if self.running is None:
-            self.ui.statusLabel.text = (
-                "Loading the model failed; it is tried again at the first action."
-                if failed
-                else "Model ready: place a box or points."
-            )
-            if not failed:
+            if failed:
+                self.ui.statusLabel.text = "Loading the model failed; it is tried again at the first action."
+            elif not self.logic.model_loaded:  # it asks the user first (a download): the first action does
+                self.ui.statusLabel.text = "The chosen model is loaded at the first action."
+            else:
+                self.ui.statusLabel.text = "Model ready: place a box or points."
                 self._updateModelInfo()  # PyTorch is loaded now: the memory line can be told
                 self._encodeAheadFromView()
 
@@ -521,6 +529,9 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.loadingAhead is not None:  # loading since the panel opened: the rest of it
                 handle, self.loadingAhead = self.loadingAhead, None
                 handle.wait(timeout_s=None)  # an error of it comes again from the load below, shown
+            # the worker is needed now: encoding ahead may run (Download pressed meanwhile, or started by
+            # the events processed above when the model finished loading ahead), and would refuse the load
+            self._stopEncodingAhead()
             self.worker.run_sync(lambda context: [self.logic.load_model()], label="load model")
             self.ui.statusLabel.text = f"{card.name} ready"
 

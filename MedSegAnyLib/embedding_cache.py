@@ -104,6 +104,10 @@ class FrameEmbeddingCache:
         release_fragments()  # between two slices: the heap's holes go back once they pile up (allocator)
         embeddings = self.model.embed_frames([self.frame_at(i) for i in batch])
         self.encoded_frames += len(batch)
+        if len(batch) > 1:  # each frame a view into the batch's tensor: evicting it would free nothing
+            from .feature_offload import own_storage
+
+            embeddings = [own_storage(embedding) for embedding in embeddings]
         if self.offload:
             from .feature_offload import to_host
 

@@ -27,6 +27,23 @@ def to_device(value: Any, device: Any) -> Any:
     return _map_tensors(value, lambda tensor: tensor.to(device, non_blocking=True))
 
 
+def own_storage(value: Any) -> Any:
+    """``value`` with every tensor that is a view into a larger one (one frame of an encoder batch:
+    ``features[i : i + 1]``) copied into memory of its own, in the same layout; the others as they are.
+
+    Why: a cached view keeps the whole batch's memory. Evicting the other frames of its batch then freed
+    nothing, so a feature cache holding ``max_frames`` frames could hold up to a batch's worth of memory
+    for each (4 on a GPU for LiteMedSAM and SAM), beyond what the memory plan counted.
+    """
+    return _map_tensors(value, _tensor_with_own_storage)
+
+
+def _tensor_with_own_storage(tensor: Any) -> Any:
+    if tensor.untyped_storage().nbytes() <= tensor.numel() * tensor.element_size():
+        return tensor
+    return tensor.clone()  # preserve_format: a dense view keeps its strides (see host_buffer_like)
+
+
 def _tensor_to_host(tensor: Any) -> Any:
     if tensor.device.type == "cpu":
         return tensor

@@ -65,8 +65,8 @@ class EncodeAhead:
                 if event.kind == "item":
                     self.progress = event.payload
                 elif event.kind == "error":
-                    self.error = event.payload
                     log.warning("encoding slices ahead stopped: %s", event.payload)
+                    self.error = _without_tracebacks(event.payload)
         if not self.running and self.pending is not None and not self.worker.busy:
             target, self.pending = self.pending, None
             self._start(target)
@@ -100,3 +100,19 @@ class EncodeAhead:
         self.handle = self.worker.submit(lambda context: plan, label=JOB_LABEL)
         self.target, self.progress, self.error = target, None, None
         return True
+
+
+def _without_tracebacks(error: BaseException) -> BaseException:
+    """``error`` with the tracebacks of it and of the errors it was raised from dropped. Why: their frames
+    hold the job's session (its windowed volume, every slice's image features, on the GPU there), and
+    :attr:`EncodeAhead.error` outlives the job: the next session's memory plan, made when the volume,
+    window or model changed, then counted those as taken (and the old session stayed in memory)."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += [current.__cause__, current.__context__]
+    return error

@@ -62,3 +62,35 @@ def test_offloaded_embeddings_are_kept_in_host_memory_and_used_on_the_models_dev
     np.testing.assert_array_equal(cache._cache[2], -frames[2])  # held in host memory
     np.testing.assert_array_equal(cache.get(2), frames[2])
     assert moves == ["cuda:0", "cuda:0"] and model.encoded == 2
+
+
+def test_a_frame_of_a_batch_holds_only_its_own_memory_once_the_others_are_evicted():
+    """LiteMedSAM and SAM return each frame as a view into the batch's features: cached as such, a kept
+    frame held its whole batch (on a GPU 4 frames), and the cache held more than the memory plan counted."""
+    torch = pytest.importorskip("torch")
+    from medsegany.models.litemedsam import LiteMedSamEmbedding
+
+    class BatchViewModel:
+        device = "cpu"
+
+        def embed_frames(self, frames):
+            features = torch.stack([torch.full((8, 4, 4), float(frame[0, 0])) for frame in frames])
+            features = features.contiguous(memory_format=torch.channels_last)
+            return [LiteMedSamEmbedding(features[i : i + 1], f.shape, f.shape) for i, f in enumerate(frames)]
+
+    frames = np.arange(60, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
+    cache = FrameEmbeddingCache(BatchViewModel(), lambda i: frames[i], 60, max_frames=16, batch_size=4)
+    for index in range(32):  # a propagation up from slice 0, encoded 4 slices at a time
+        cache.get(index, ahead=range(index + 1, index + 4))
+    for index in (16, 20, 24, 28):  # corrections on one slice of each of the 4 batches cached
+        cache.get(index)
+    for index in range(32, 44):  # the propagation goes on: the other 12 slices of those batches go
+        cache.get(index, ahead=range(index + 1, index + 4))
+
+    kept = {index: cache.get(index).features for index in (16, 20, 24, 28, 32, 43)}
+    frame_bytes = 8 * 4 * 4 * 4
+    held = {f.untyped_storage().data_ptr(): f.untyped_storage().nbytes() for f in kept.values()}
+    assert sum(held.values()) == len(kept) * frame_bytes  # before: 4 whole batches for 16, 20, 24, 28
+    for index, features in kept.items():
+        assert features.shape == (1, 8, 4, 4) and bool((features == index).all())
+        assert features.is_contiguous(memory_format=torch.channels_last)  # the layout the model gave

@@ -257,3 +257,177 @@ def test_the_modules_slicer_self_test_passes_on_real_mrml(monkeypatch):
         for name in [name for name in sys.modules if name.split(".")[0] == "MedSegAnyLib"]:
             del sys.modules[name]
     assert test.shown[-1] == "Test passed"
+
+
+# -- the panel's own methods, run on the real library -------------------------------------------------
+
+
+class _Recorder:
+    """A stand-in Qt object: any attribute may be set; a method call is recorded and returns None."""
+
+    def __init__(self, **attributes) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+        self.__dict__.update(attributes)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.calls.append((name, args))
+
+
+@pytest.fixture()
+def panel(monkeypatch):
+    """(module, widget, shown): MedSegAny.py imported with stand-ins for Qt, CTK, Slicer's application and
+    its message boxes; a widget whose .ui is made of stand-ins and whose logic, worker and encode-ahead
+    are the library's. ``shown``: the messages it showed and the timers it started, in order."""
+    import contextlib
+    import sys
+    import types
+
+    slicer = pytest.importorskip("slicer")
+    util = importlib.import_module("slicer.util")
+    shown: list[tuple[str, str]] = []
+
+    @contextlib.contextmanager
+    def try_with_error_display(message=None, show=True, waitCursor=False):
+        try:
+            yield
+        except Exception as error:
+            shown.append(("error", f"{message} {error}"))
+            raise
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = type(
+        "QTimer", (), {"singleShot": staticmethod(lambda ms, call: shown.append(("timer", call.__name__)))}
+    )
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for base in ("Module", "ModuleWidget", "ModuleLogic", "ModuleTest"):
+        stand_in = type(base, (), {"__init__": lambda self, parent=None: None})
+        setattr(scripted, f"ScriptedLoadable{base}", stand_in)
+    for name, stand_in in (("qt", qt), ("ctk", types.ModuleType("ctk"))):
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    monkeypatch.setattr(sys, "meta_path", [_LibraryAlias(), *sys.meta_path])
+    monkeypatch.setattr(slicer, "app", _Recorder(), raising=False)
+    monkeypatch.setattr(util, "errorDisplay", lambda text, **kw: shown.append(("error", text)))
+    monkeypatch.setattr(util, "warningDisplay", lambda text, **kw: shown.append(("warning", text)))
+    monkeypatch.setattr(util, "tryWithErrorDisplay", try_with_error_display)
+    try:
+        spec = importlib.util.spec_from_file_location("MedSegAny_under_test", MODULE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        widget = module.MedSegAnyWidget()
+        widget.ui = types.SimpleNamespace(
+            statusLabel=_Recorder(text=""),
+            modelInfoLabel=_Recorder(text=""),
+            encodeAheadCheckBox=_Recorder(checked=True),
+            inputVolumeSelector=_Recorder(currentNode=lambda: None),
+            modelComboBox=_Recorder(currentData="litemedsam"),
+            deviceComboBox=_Recorder(currentText="auto"),
+        )
+        widget.encodeTimer = _Recorder()
+        yield module, widget, shown
+        if widget.worker is not None:
+            widget.worker.shutdown()
+    finally:
+        for name in [name for name in sys.modules if name.split(".")[0] == "MedSegAnyLib"]:
+            del sys.modules[name]
+
+
+def test_a_device_chosen_while_the_model_loads_ahead_is_loaded_next_not_called_ready(panel, monkeypatch):
+    import threading
+
+    import medsegany.models.registry
+    import medsegany.slicer_install
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+    from medsegany.slicer_worker import wait_until
+    from slicer_scene_testing import ThresholdModel
+
+    _, widget, _ = panel
+    loading, started, loaded = threading.Event(), threading.Event(), []
+
+    def load_model(model_id, device=None):
+        started.set()
+        loading.wait(30)
+        loaded.append((model_id, device))
+        return ThresholdModel()
+
+    monkeypatch.setattr(medsegany.models.registry, "load_model", load_model)
+    monkeypatch.setattr(medsegany.slicer_install, "loads_without_asking", lambda model_id, store=None: True)
+    widget.logic = SlicerSegmentationLogic(model="litemedsam")
+
+    widget._loadModelAhead()  # the panel opens: the default model (device "auto") loads on the worker
+    assert started.wait(10)
+    widget.ui.deviceComboBox.currentText = "cpu"
+    widget.onModelChanged()  # the user picks the CPU meanwhile: the worker is busy loading
+    loading.set()
+    assert wait_until(lambda: widget.loadingAhead.finished)
+    widget._checkLoadingAhead()  # the panel's 500 ms timer
+
+    # before: "Model ready: place a box or points." with the CPU model never loaded ahead
+    assert wait_until(lambda: loaded == [("litemedsam", None), ("litemedsam", "cpu")])
+    assert widget.ui.statusLabel.text == "Loading the model in the background..."
+    assert wait_until(lambda: widget.loadingAhead.finished)
+    widget._checkLoadingAhead()
+    assert widget.logic.model_loaded and widget.ui.statusLabel.text == "Model ready: place a box or points."
+
+
+def test_a_worker_error_is_logged_with_its_own_traceback(panel, caplog):
+    import logging
+
+    _, widget, shown = panel
+
+    def encoder_step():
+        raise RuntimeError("a bug in the model")
+
+    try:
+        encoder_step()
+    except RuntimeError as caught:
+        error = caught  # as a RunningAction keeps it: the panel shows it later, outside any except block
+    with caplog.at_level(logging.ERROR):
+        widget._showError(error)
+
+    assert shown == [("error", "MedSegAny failed: a bug in the model")]
+    # before: logging.exception outside an except block logged "NoneType: None", no traceback
+    assert "in encoder_step" in caplog.text and "NoneType: None" not in caplog.text
+
+
+def test_the_model_loads_for_an_action_while_slices_are_encoded_ahead(panel, monkeypatch):
+    """Download pressed while encoding ahead runs, or encoding ahead started by the events the panel
+    processes before loading: the load waits for the encoder call in flight instead of being refused."""
+    import threading
+
+    import medsegany.models.registry
+    import medsegany.slicer_install
+    from medsegany.slicer_encode_ahead import EncodeAhead
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+    from medsegany.slicer_worker import ModelWorker, wait_until
+    from slicer_scene_testing import ThresholdModel, add_volume_node, mrml_scene, phantom_kji
+
+    _, widget, shown = panel
+    hold, calls = threading.Event(), []
+
+    class HeldModel(ThresholdModel):
+        def embed_frames(self, frames):
+            calls.append(len(frames))
+            hold.wait(30)
+            return super().embed_frames(frames)
+
+    model = HeldModel()
+    monkeypatch.setattr(medsegany.models.registry, "load_model", lambda model_id, device=None: model)
+    monkeypatch.setattr(medsegany.slicer_install, "ensure_python_packages", lambda family, confirm: None)
+    with mrml_scene() as scene:
+        widget.logic = SlicerSegmentationLogic(model="litemedsam")
+        widget.logic.set_volume(add_volume_node(scene, phantom_kji()))
+        widget.worker = ModelWorker("test worker")
+        widget.worker.run_sync(lambda context: [widget.logic.load_model()])
+        widget.encodeAhead = EncodeAhead(widget.logic, widget.worker)
+        assert widget.encodeAhead.request(2, 6)
+        assert wait_until(lambda: calls == [1])  # inside its first encoder call
+        threading.Timer(0.3, hold.set).start()
+
+        widget._ensureReady()  # before: "Loading the model failed. 'encode ahead' is still running"
+
+    assert not any(kind == "error" for kind, _ in shown)
+    assert widget.ui.statusLabel.text == "LiteMedSAM ready" and not widget.worker.busy
+    assert not widget.encodeAhead.running and calls == [1]  # stopped after its encoder call

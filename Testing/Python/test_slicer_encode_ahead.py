@@ -222,3 +222,31 @@ def test_undo_and_redo_work_while_slices_are_encoded_ahead(scene, worker):
     model.hold.set()
     _finish(ahead)
     assert ahead.error is None and ahead.progress.encoded == ahead.progress.planned > 0
+
+
+def test_a_failed_job_keeps_its_error_but_not_its_session_once_the_panel_moves_on(scene, worker):
+    import gc
+    import weakref
+
+    class FailingModel(CountingModel):
+        def embed_frames(self, frames):
+            if self.calls_started == 1:  # the job's second encoder call
+                raise RuntimeError("the encoder failed")
+            return super().embed_frames(frames)
+
+    logic, *_ = _panel(scene, FailingModel())
+    ahead = EncodeAhead(logic, worker)
+    assert ahead.request(2, 6)
+    _finish(ahead)
+    assert str(ahead.error) == "the encoder failed" and logic.session.cached_frames() == 1
+    first_session = weakref.ref(logic.session)
+
+    ahead.stop()
+    logic.configure(intensity=(0.0, 100.0))  # another window: the next action gets a new session
+    logic.volume()
+    gc.collect()
+
+    # the error's traceback held the old session (its volume copy and features) for as long as the panel
+    # kept the error: the next session's memory plan counted that memory as taken
+    assert logic.session is None and first_session() is None
+    assert str(ahead.error) == "the encoder failed"

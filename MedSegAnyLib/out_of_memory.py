@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 from .errors import ModelError
@@ -41,6 +42,19 @@ def release_cached_memory() -> None:
     mps = getattr(torch, "mps", None)
     if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         mps.empty_cache()
+
+
+def _forget_frames(error: BaseException | None) -> None:
+    """Free the locals of the frames ``error`` (and the errors it was raised from or while handling) came
+    through, and drop its traceback. Dropping the traceback alone did not do: every generator-based
+    context manager between the model call and the caller (the session's ``_computing``) keeps the
+    traceback in a local of its ``__exit__`` frame, which the error raised instead holds in its own."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # frames still running (the callers') are skipped
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
 
 
 class RanOutOfMemoryError(ModelError):
@@ -81,6 +95,10 @@ def out_of_memory_as_model_error(
     except Exception as error:
         if not is_out_of_memory(error):
             raise
+        # The error raised below holds this one and its frames: the activations of the model call that ran
+        # out (on the GPU) stayed alive for as long as the caller kept the error (the Slicer panel shows
+        # it; a script may keep it), and the cached blocks released next could not include them.
+        _forget_frames(error)
         release_cached_memory()
         try:
             done = make_room() if make_room is not None else None

@@ -140,3 +140,38 @@ def test_a_caller_whose_session_ends_gets_only_the_ways_out():
     assert "kept; undo removes it" in str(error) and "run it again: the session now keeps" in str(error)
     ended = error.with_outcome("nothing was written")
     assert str(ended) == "the model ran out of cuda:0 memory (nothing was written). segment a slice range."
+
+
+def test_the_failed_calls_tensors_are_freed_before_making_room_and_not_kept_by_the_error():
+    """The error raised keeps the one that ran out, whose frames held the failed call's activations (on a
+    GPU, the very memory the user is told to try again with) for as long as the caller kept it."""
+    import gc
+    import weakref
+
+    held = []
+    alive_when_making_room = []
+
+    class HoldsActivations(RunsOutOfMemory):
+        def embed_frames(self, frames):
+            activations = torch.empty(1_000_000)  # what a model call holds when the next allocation fails
+            held.append(weakref.ref(activations))
+            return super().embed_frames(frames)
+
+    volume = phantom()
+    session = SegmentationSession(volume, HoldsActivations(fail_at=3), intensity=(0.0, 255.0))
+    real_make_room = session._features_to_host_memory
+
+    def make_room():
+        alive_when_making_room.append(held[-1]() is not None)
+        return real_make_room()
+
+    session._features_to_host_memory = make_room
+    liver = session.add_object("liver")
+    session.add_prompts(liver, box_on_k(volume, 14))
+    with pytest.raises(ModelError, match="ran out of cuda memory") as caught:
+        for _ in session.propagate():
+            pass
+    kept = caught.value  # a caller that keeps the error (the Slicer panel shows it)
+    gc.collect()
+    assert alive_when_making_room == [False]
+    assert held[-1]() is None and kept.__context__.__traceback__ is None

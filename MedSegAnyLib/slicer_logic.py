@@ -278,6 +278,9 @@ class UndoStep:
     object_after: ObjectState | None = None
     slices_written: int = 0
     cancelled: bool = False
+    #: the node itself: node IDs start again at 1 after the scene is closed, so the ID alone names the
+    #: next scene's segmentation too
+    segmentation_node: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -694,6 +697,7 @@ class SlicerSegmentationLogic:
             before,
             _get_tag(segment, PROVENANCE_TAG),
             object_before,
+            segmentation_node=self.segmentation_node,
         )
         writer = SegmentWriter(self.segmentation_node, self.segment_id, self.volume_node, masking)
         self.running = AIAction(label, dict(details or {}), writer, step)
@@ -955,7 +959,7 @@ class SlicerSegmentationLogic:
         left or found it; the other segments keep the user's later edits)."""
         scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
         node = scene.GetNodeByID(step.segmentation_node_id) if scene is not None else None
-        if node is None:
+        if node is None or (step.segmentation_node is not None and node is not step.segmentation_node):
             raise OutputError("the segmentation of that action was deleted", "undo is no longer possible")
         apply(node, step.before, step.after)
         segment = node.GetSegmentation().GetSegment(step.segment_id)

@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
 
-from medsegany.errors import MedSegAnyError, PromptError  # noqa: E402
+from medsegany.errors import MedSegAnyError, OutputError, PromptError  # noqa: E402
 from medsegany.mrml_adapter import segment_mask_kji, volume_from_node  # noqa: E402
 from medsegany.prompts import make_slice_prompts  # noqa: E402
 from medsegany.session import SegmentationSession  # noqa: E402
@@ -186,6 +186,31 @@ def test_undo_restores_the_previous_segment_exactly_and_redo_reapplies(scene, vo
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), after)
     assert read_provenance(segmentation, target) == provenance_after
     assert logic.undo() is not None and logic.undo() is None  # one step only
+
+
+def test_undo_after_the_scene_was_closed_leaves_the_next_scenes_segment_alone(scene, prompt_nodes):
+    """Node IDs start again at 1 after File > Close Scene: the next case's segmentation has the ID of the
+    one an action changed, and (with the same segment IDs, as in files saved from one template) undo wrote
+    the old case's voxels into it, erasing what the user had there."""
+    volume_node = add_volume_node(scene, phantom_kji())
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(prompt_nodes[0])
+    old_id = segmentation.GetID()
+
+    scene.Clear(0)  # File > Close Scene, then the next case
+    next_volume = add_volume_node(scene, phantom_kji(seed=4))
+    next_segmentation, (next_target, _) = add_segmentation(scene, next_volume)
+    assert next_segmentation.GetID() == old_id, "the test needs the ID to be reused"
+    users_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    users_kji[2:5, 3:9, 4:12] = True
+    fill_segment(next_segmentation, next_target, users_kji)
+    logic.set_target(next_volume, next_segmentation, next_target)
+
+    with pytest.raises(OutputError, match="segmentation of that action was deleted"):
+        logic.undo()
+    np.testing.assert_array_equal(_mask(next_segmentation, next_target, next_volume), users_kji)
 
 
 def test_a_propagation_undone_propagates_again(scene, volume_node, prompt_nodes):

@@ -940,7 +940,8 @@ class SlicerSegmentationLogic:
         if not self._undo:
             return None
         step = self._undo[-1]
-        self._apply_state(step, undo_keeping_later_edits, step.provenance_before, step.object_before)
+        node = self._node_of(step, self._undo, "Undo", "before")
+        self._apply_state(node, step, undo_keeping_later_edits, step.provenance_before, step.object_before)
         self._redo.append(self._undo.pop())
         return step
 
@@ -950,17 +951,31 @@ class SlicerSegmentationLogic:
         if not self._redo:
             return None
         step = self._redo[-1]
-        self._apply_state(step, redo_keeping_later_edits, step.provenance_after, step.object_after)
+        node = self._node_of(step, self._redo, "Redo", "after")
+        self._apply_state(node, step, redo_keeping_later_edits, step.provenance_after, step.object_after)
         self._undo.append(self._redo.pop())
         return step
 
-    def _apply_state(self, step: UndoStep, apply: Callable, provenance: str | None, object_state) -> None:
-        """``apply``: :func:`~.mrml_undo.undo_keeping_later_edits` or ``redo_...`` (the target as the step
-        left or found it; the other segments keep the user's later edits)."""
+    def _node_of(self, step: UndoStep, stack: list[UndoStep], button: str, side: str) -> Any:
+        """The segmentation ``step`` changed. A step whose segmentation or target segment was deleted can
+        never be applied again: it is taken off ``stack`` and refused (it stayed on top, and every press
+        of ``button`` refused it again, so no action ``side`` it could be undone or redone any more)."""
         scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
         node = scene.GetNodeByID(step.segmentation_node_id) if scene is not None else None
         if node is None or (step.segmentation_node is not None and node is not step.segmentation_node):
-            raise OutputError("the segmentation of that action was deleted", "undo is no longer possible")
+            problem = f"the segmentation of that action ({step.label}) was deleted"
+        elif node.GetSegmentation().GetSegment(step.segment_id) is None:
+            problem = f"the segment of that action ({step.label}) was deleted"
+        else:
+            return node
+        stack.remove(step)
+        raise OutputError(problem, f"that step is dropped; press {button} again for the actions {side} it")
+
+    def _apply_state(
+        self, node: Any, step: UndoStep, apply: Callable, provenance: str | None, object_state
+    ) -> None:
+        """``apply``: :func:`~.mrml_undo.undo_keeping_later_edits` or ``redo_...`` (the target as the step
+        left or found it; the other segments keep the user's later edits)."""
         apply(node, step.before, step.after)
         segment = node.GetSegmentation().GetSegment(step.segment_id)
         if segment is not None:

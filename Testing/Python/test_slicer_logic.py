@@ -208,9 +208,30 @@ def test_undo_after_the_scene_was_closed_leaves_the_next_scenes_segment_alone(sc
     fill_segment(next_segmentation, next_target, users_kji)
     logic.set_target(next_volume, next_segmentation, next_target)
 
-    with pytest.raises(OutputError, match="segmentation of that action was deleted"):
+    with pytest.raises(OutputError, match=r"segmentation of that action \(.*\) was deleted"):
         logic.undo()
     np.testing.assert_array_equal(_mask(next_segmentation, next_target, next_volume), users_kji)
+
+
+def test_an_undo_step_of_a_deleted_segment_is_dropped_and_earlier_steps_still_undo(scene, volume_node):
+    """The user deletes the segment of the last action: undo tells so once and drops that step (it stayed
+    on top, every press refused it again, and the actions before it could never be undone)."""
+    segmentation, (liver, spleen) = add_segmentation(scene, volume_node, ("liver", "spleen"))
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, liver)
+    logic.segment(roi)
+    assert _mask(segmentation, liver, volume_node).any()
+    logic.set_target(volume_node, segmentation, spleen)
+    logic.segment(roi)
+    segmentation.GetSegmentation().RemoveSegment(spleen)
+
+    with pytest.raises(OutputError, match=r"segment of that action \(prompt \+ propagation\) was deleted"):
+        logic.undo()
+    assert logic.undo() is not None  # the liver's action
+    assert not _mask(segmentation, liver, volume_node).any()
+    assert logic.undo() is None and not logic.can_undo
+    assert logic.redo() is not None and _mask(segmentation, liver, volume_node).any()
 
 
 def test_a_propagation_undone_propagates_again(scene, volume_node, prompt_nodes):

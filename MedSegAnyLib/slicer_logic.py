@@ -684,6 +684,7 @@ class SlicerSegmentationLogic:
         """Snapshot the segments the action may change and open a writer (main thread)."""
         self._refuse_while_running("start another action")
         self.volume()  # refresh the private copy before the worker uses it
+        self._forget_objects_of_deleted_segments()
         # the segments it may overwrite, fixed now: its undo snapshot and its writes take the same ones
         masking = self.masking().fixed_for(self.segmentation_node, self.segment_id)
         before = snapshot_segment(self.segmentation_node, self.segment_id, masking)
@@ -702,6 +703,19 @@ class SlicerSegmentationLogic:
         writer = SegmentWriter(self.segmentation_node, self.segment_id, self.volume_node, masking)
         self.running = AIAction(label, dict(details or {}), writer, step)
         return self.running
+
+    def _forget_objects_of_deleted_segments(self) -> None:
+        """Drop the session objects of segments the user deleted: nothing reaches them again, yet each kept
+        a whole-volume mask (and SAM 2's memory of it) and counted as one more object in every action's
+        memory plan, where it can cut propagations to a smaller slab than the device allows."""
+        scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
+        if self.session is None or scene is None:
+            return
+        for key, object_id in list(self._objects.items()):
+            node = scene.GetNodeByID(key[0])
+            if node is None or node.GetSegmentation().GetSegment(key[1]) is None:
+                self.session.forget_object(object_id)
+                del self._objects[key]
 
     def compute(
         self,

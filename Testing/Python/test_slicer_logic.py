@@ -805,6 +805,40 @@ def test_an_actions_plan_that_needs_less_memory_than_the_sessions_is_carried_out
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
 
 
+def test_a_deleted_segments_object_leaves_the_session_and_the_memory_plan(scene, volume_node, monkeypatch):
+    """The user deletes a segment and tries again in a new one: the deleted segment's session object
+    stayed (a whole-volume mask, SAM 2's memory) and every later action's memory plan counted it as one
+    more object (SAM 2: a memory bank each), which can cut propagations to a smaller slab."""
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    objects_planned = []
+
+    def recording_plan(model, shape_kji, axis, objects, *args, **kwargs):
+        objects_planned.append(objects)
+        return real_plan(model, shape_kji, axis, objects, *args, **kwargs)
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", recording_plan)
+    segmentation, (first, kept) = add_segmentation(scene, volume_node, ("first try", "kept"))
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    for segment_id in (kept, first):
+        logic.set_target(volume_node, segmentation, segment_id)
+        logic.segment(roi)
+    segmentation.GetSegmentation().RemoveSegment(first)
+    second = create_segment(segmentation, "second try")
+    logic.set_target(volume_node, segmentation, second)
+    objects_planned.clear()
+
+    logic.segment(roi)
+
+    assert objects_planned == [2]  # "kept" and "second try"
+    assert len(logic.session.objects) == 2
+    np.testing.assert_array_equal(
+        _mask(segmentation, second, volume_node), _mask(segmentation, kept, volume_node)
+    )
+
+
 def test_a_box_after_the_volumes_transform_was_edited_lands_on_the_slice_drawn(scene):
     """Editing a parent transform's matrix changes none of the modification times the panel watched:
     it went on with the volume placed where it was, and the box drawn on K = 8 was written on K = 5."""

@@ -42,8 +42,8 @@ from .mrml_terminology import create_segment as create_segment  # the panel's "N
 from .mrml_undo import (
     SegmentSnapshot,
     redo_keeping_later_edits,
-    restore_segment,
     snapshot_segment,
+    snapshot_segments,
     undo_keeping_later_edits,
 )
 from .mrml_volume import volume_from_node, world_ijk_to_ras
@@ -832,8 +832,12 @@ class SlicerSegmentationLogic:
         if self.running is action:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
-            # (surfaces rebuilt there); a segment the user deleted meanwhile stays deleted
-            restore_segment(self.segmentation_node, action.step.before, skip_deleted=True)
+            # as an undo of the action finished now: the target as it was, the other segments get back only
+            # the voxels it took (restored whole, they lost what the user painted there during the run);
+            # surfaces rebuilt there; a segment the user deleted meanwhile stays deleted
+            before = action.step.before
+            now = snapshot_segments(self.segmentation_node, before.segment_ids)
+            undo_keeping_later_edits(self.segmentation_node, before, now, skip_deleted=True)
             action.writer.surface.discard()
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)

@@ -541,6 +541,39 @@ def test_undo_and_redo_keep_what_the_user_painted_in_other_segments_since(scene,
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), (other_kji & ~taken) | painted)
 
 
+def test_a_failed_run_keeps_what_the_user_painted_in_other_segments_meanwhile(scene, volume_node):
+    """Overwrite "all": a run that fails midway (the model raises) takes back its writes; the
+    other segments were restored whole, as they were when it began, and what the user painted in them
+    in the Segment Editor while it ran was lost. They get back only the voxels the run took."""
+    editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    model = logic.load_model()
+    predict = model.predict
+
+    def failing(*args, **kwargs):
+        if model.predict_calls >= 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(*args, **kwargs)
+
+    model.predict = failing
+    painted = np.zeros(SHAPE_KJI, dtype=bool)
+    painted[0:2, 18:21, 0:4] = True  # far from the action's voxels
+    painted_in = [False]
+
+    def paint_once(result):  # the user paints "other" in the Segment Editor while the run goes on
+        if not painted_in[0]:
+            fill_segment(segmentation, other, _mask(segmentation, other, volume_node) | painted)
+            painted_in[0] = True
+
+    action, results = logic.plan_prompt_action(roi, propagate=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        logic.run_action(action, results, on_slice=paint_once)
+
+    assert painted_in[0] and model.predict_calls == 3
+    assert not _mask(segmentation, target, volume_node).any()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji | painted)
+
+
 def to_node_of(node) -> np.ndarray:
     """World RAS -> the node's own coordinates."""
     return np.linalg.inv(matrix_to_numpy_world(node))

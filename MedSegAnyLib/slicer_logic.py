@@ -48,6 +48,7 @@ from .mrml_undo import (
 )
 from .mrml_volume import volume_from_node, world_ijk_to_ras
 from .mrml_vtk import matrix_to_numpy
+from .out_of_memory import RanOutOfMemoryError
 from .prompts import AXIS_NAMES, SlicePrompts
 from .slices import frame_of
 from .volume import Volume
@@ -842,6 +843,16 @@ class SlicerSegmentationLogic:
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)
 
+    def end_failed_action(self, action: AIAction, error: BaseException) -> UndoStep | None:
+        """Close an action whose model calls raised ``error``. A model that ran out of memory keeps the
+        slices written before it, as one undo step, as a cancelled run does: its message says so, and
+        running again goes on from them (they were taken back, against the message). Any other error,
+        or one before the first slice, takes the action back (:meth:`abort_action`)."""
+        if isinstance(error, RanOutOfMemoryError) and action.step.slices_written:
+            return self.finish_action(action, cancelled=True)
+        self.abort_action(action)
+        return None
+
     def run_action(
         self,
         action: AIAction,
@@ -860,8 +871,8 @@ class SlicerSegmentationLogic:
                 if should_cancel is not None and should_cancel(result):
                     cancelled = True
                     break
-        except BaseException:
-            self.abort_action(action)
+        except BaseException as error:
+            self.end_failed_action(action, error)
             raise
         finally:
             close = getattr(iterator, "close", None)
@@ -1123,7 +1134,8 @@ class RunningAction:
                 return self._end(functools.partial(self.logic.abort_action, self.action), error)
         for event in events:
             if event.kind == "error":
-                return self._end(functools.partial(self.logic.abort_action, self.action), event.payload)
+                end = functools.partial(self.logic.end_failed_action, self.action, event.payload)
+                return self._end(end, event.payload)
             if event.kind in ("done", "cancelled"):
                 finish = functools.partial(
                     self.logic.finish_action, self.action, cancelled=event.kind == "cancelled"

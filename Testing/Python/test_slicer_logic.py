@@ -574,6 +574,46 @@ def test_a_failed_run_keeps_what_the_user_painted_in_other_segments_meanwhile(sc
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji | painted)
 
 
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_a_run_that_runs_out_of_memory_keeps_its_slices_as_its_message_says(
+    scene, volume_node, prompt_nodes, in_worker
+):
+    """The model runs out of memory midway: its message says "what was segmented before is kept; undo
+    removes it", but the panel took every slice written back and left nothing to undo."""
+    from medsegany.out_of_memory import RanOutOfMemoryError
+    from medsegany.slicer_worker import ModelWorker
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    model = ThresholdModel()
+    predict = model.predict
+
+    def running_out_of_memory(*args, **kwargs):
+        if model.predict_calls >= 4:
+            raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return predict(*args, **kwargs)
+
+    model.predict = running_out_of_memory
+    logic = SlicerSegmentationLogic(model=model)
+    logic.set_target(volume_node, segmentation, target)
+    planned = logic.plan_prompt_action(prompt_nodes[0])
+    with pytest.raises(RanOutOfMemoryError, match="what was segmented before is kept; undo removes it"):
+        if in_worker:
+            worker = ModelWorker()
+            try:
+                logic.start(worker, planned).wait(timeout_s=30)
+            finally:
+                worker.shutdown()
+        else:
+            logic.run_action(*planned)
+
+    kept = _mask(segmentation, target, volume_node)
+    assert kept.any(axis=(1, 2)).sum() == 4 and logic.running is None
+    (object_id,) = logic.session.objects
+    np.testing.assert_array_equal(kept, logic.session.mask_kji(object_id))  # segment == the session's object
+    assert logic.can_undo and logic.undo().cancelled
+    assert not _mask(segmentation, target, volume_node).any()
+
+
 def to_node_of(node) -> np.ndarray:
     """World RAS -> the node's own coordinates."""
     return np.linalg.inv(matrix_to_numpy_world(node))

@@ -138,12 +138,22 @@ def restore_segment(segmentation_node, snapshot: SegmentSnapshot, skip_deleted: 
         segmentation.CreateRepresentation(surface)  # converts the restored segments only
 
 
-def undo_keeping_later_edits(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot) -> None:
+def snapshot_segments(segmentation_node, wanted_ids: tuple[str, ...]) -> SegmentSnapshot:
+    """Save these segments as they are now; those deleted meanwhile are left out."""
+    existing = set(segment_ids(segmentation_node))
+    saved = tuple(_save(segmentation_node, sid) for sid in wanted_ids if sid in existing)
+    return SegmentSnapshot(segmentation_node.GetID(), saved)
+
+
+def undo_keeping_later_edits(
+    segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot, skip_deleted: bool = False
+) -> None:
     """Undo one action: its target (``before``'s first segment) gets its old voxels back exactly; every
     other segment gets back only the voxels the action took from it (in ``before``, not in ``after``)
     and keeps what the user painted or erased since. Before, the other segments were reset whole, and
-    hand edits made after the action were lost."""
-    _apply_taken(segmentation_node, before, after, give_back=True)
+    hand edits made after the action were lost. A deleted target is an OutputError, or left deleted with
+    ``skip_deleted`` (a failed action's writes taken back: the others still get their voxels back)."""
+    _apply_taken(segmentation_node, before, after, give_back=True, skip_deleted=skip_deleted)
 
 
 def redo_keeping_later_edits(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot) -> None:
@@ -152,9 +162,13 @@ def redo_keeping_later_edits(segmentation_node, before: SegmentSnapshot, after: 
     _apply_taken(segmentation_node, before, after, give_back=False)
 
 
-def _apply_taken(segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot, give_back: bool) -> None:
+def _apply_taken(
+    segmentation_node, before: SegmentSnapshot, after: SegmentSnapshot, give_back: bool, skip_deleted=False
+) -> None:
     target = before.segments[0].segment_id
-    restore_segment(segmentation_node, (before if give_back else after).restricted_to((target,)))
+    restore_segment(
+        segmentation_node, (before if give_back else after).restricted_to((target,)), skip_deleted
+    )
     existing = set(segment_ids(segmentation_node))
     saved_after = {saved.segment_id: saved for saved in after.segments}
     changed = []

@@ -42,12 +42,13 @@ from .mrml_terminology import create_segment as create_segment  # the panel's "N
 from .mrml_undo import (
     SegmentSnapshot,
     redo_keeping_later_edits,
-    restore_segment,
     snapshot_segment,
+    snapshot_segments,
     undo_keeping_later_edits,
 )
 from .mrml_volume import volume_from_node, world_ijk_to_ras
 from .mrml_vtk import matrix_to_numpy
+from .out_of_memory import RanOutOfMemoryError
 from .prompts import AXIS_NAMES, SlicePrompts
 from .slices import frame_of
 from .volume import Volume
@@ -278,6 +279,9 @@ class UndoStep:
     object_after: ObjectState | None = None
     slices_written: int = 0
     cancelled: bool = False
+    #: the node itself: node IDs start again at 1 after the scene is closed, so the ID alone names the
+    #: next scene's segmentation too
+    segmentation_node: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -681,6 +685,7 @@ class SlicerSegmentationLogic:
         """Snapshot the segments the action may change and open a writer (main thread)."""
         self._refuse_while_running("start another action")
         self.volume()  # refresh the private copy before the worker uses it
+        self._forget_objects_of_deleted_segments()
         # the segments it may overwrite, fixed now: its undo snapshot and its writes take the same ones
         masking = self.masking().fixed_for(self.segmentation_node, self.segment_id)
         before = snapshot_segment(self.segmentation_node, self.segment_id, masking)
@@ -694,10 +699,24 @@ class SlicerSegmentationLogic:
             before,
             _get_tag(segment, PROVENANCE_TAG),
             object_before,
+            segmentation_node=self.segmentation_node,
         )
         writer = SegmentWriter(self.segmentation_node, self.segment_id, self.volume_node, masking)
         self.running = AIAction(label, dict(details or {}), writer, step)
         return self.running
+
+    def _forget_objects_of_deleted_segments(self) -> None:
+        """Drop the session objects of segments the user deleted: nothing reaches them again, yet each kept
+        a whole-volume mask (and SAM 2's memory of it) and counted as one more object in every action's
+        memory plan, where it can cut propagations to a smaller slab than the device allows."""
+        scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
+        if self.session is None or scene is None:
+            return
+        for key, object_id in list(self._objects.items()):
+            node = scene.GetNodeByID(key[0])
+            if node is None or node.GetSegmentation().GetSegment(key[1]) is None:
+                self.session.forget_object(object_id)
+                del self._objects[key]
 
     def compute(
         self,
@@ -814,11 +833,25 @@ class SlicerSegmentationLogic:
         if self.running is action:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
-            # (surfaces rebuilt there); a segment the user deleted meanwhile stays deleted
-            restore_segment(self.segmentation_node, action.step.before, skip_deleted=True)
+            # as an undo of the action finished now: the target as it was, the other segments get back only
+            # the voxels it took (restored whole, they lost what the user painted there during the run);
+            # surfaces rebuilt there; a segment the user deleted meanwhile stays deleted
+            before = action.step.before
+            now = snapshot_segments(self.segmentation_node, before.segment_ids)
+            undo_keeping_later_edits(self.segmentation_node, before, now, skip_deleted=True)
             action.writer.surface.discard()
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)
+
+    def end_failed_action(self, action: AIAction, error: BaseException) -> UndoStep | None:
+        """Close an action whose model calls raised ``error``. A model that ran out of memory keeps the
+        slices written before it, as one undo step, as a cancelled run does: its message says so, and
+        running again goes on from them (they were taken back, against the message). Any other error,
+        or one before the first slice, takes the action back (:meth:`abort_action`)."""
+        if isinstance(error, RanOutOfMemoryError) and action.step.slices_written:
+            return self.finish_action(action, cancelled=True)
+        self.abort_action(action)
+        return None
 
     def run_action(
         self,
@@ -838,8 +871,8 @@ class SlicerSegmentationLogic:
                 if should_cancel is not None and should_cancel(result):
                     cancelled = True
                     break
-        except BaseException:
-            self.abort_action(action)
+        except BaseException as error:
+            self.end_failed_action(action, error)
             raise
         finally:
             close = getattr(iterator, "close", None)
@@ -936,7 +969,8 @@ class SlicerSegmentationLogic:
         if not self._undo:
             return None
         step = self._undo[-1]
-        self._apply_state(step, undo_keeping_later_edits, step.provenance_before, step.object_before)
+        node = self._node_of(step, self._undo, "Undo", "before")
+        self._apply_state(node, step, undo_keeping_later_edits, step.provenance_before, step.object_before)
         self._redo.append(self._undo.pop())
         return step
 
@@ -946,17 +980,31 @@ class SlicerSegmentationLogic:
         if not self._redo:
             return None
         step = self._redo[-1]
-        self._apply_state(step, redo_keeping_later_edits, step.provenance_after, step.object_after)
+        node = self._node_of(step, self._redo, "Redo", "after")
+        self._apply_state(node, step, redo_keeping_later_edits, step.provenance_after, step.object_after)
         self._undo.append(self._redo.pop())
         return step
 
-    def _apply_state(self, step: UndoStep, apply: Callable, provenance: str | None, object_state) -> None:
-        """``apply``: :func:`~.mrml_undo.undo_keeping_later_edits` or ``redo_...`` (the target as the step
-        left or found it; the other segments keep the user's later edits)."""
+    def _node_of(self, step: UndoStep, stack: list[UndoStep], button: str, side: str) -> Any:
+        """The segmentation ``step`` changed. A step whose segmentation or target segment was deleted can
+        never be applied again: it is taken off ``stack`` and refused (it stayed on top, and every press
+        of ``button`` refused it again, so no action ``side`` it could be undone or redone any more)."""
         scene = self.segmentation_node.GetScene() if self.segmentation_node is not None else None
         node = scene.GetNodeByID(step.segmentation_node_id) if scene is not None else None
-        if node is None:
-            raise OutputError("the segmentation of that action was deleted", "undo is no longer possible")
+        if node is None or (step.segmentation_node is not None and node is not step.segmentation_node):
+            problem = f"the segmentation of that action ({step.label}) was deleted"
+        elif node.GetSegmentation().GetSegment(step.segment_id) is None:
+            problem = f"the segment of that action ({step.label}) was deleted"
+        else:
+            return node
+        stack.remove(step)
+        raise OutputError(problem, f"that step is dropped; press {button} again for the actions {side} it")
+
+    def _apply_state(
+        self, node: Any, step: UndoStep, apply: Callable, provenance: str | None, object_state
+    ) -> None:
+        """``apply``: :func:`~.mrml_undo.undo_keeping_later_edits` or ``redo_...`` (the target as the step
+        left or found it; the other segments keep the user's later edits)."""
         apply(node, step.before, step.after)
         segment = node.GetSegmentation().GetSegment(step.segment_id)
         if segment is not None:
@@ -1086,7 +1134,8 @@ class RunningAction:
                 return self._end(functools.partial(self.logic.abort_action, self.action), error)
         for event in events:
             if event.kind == "error":
-                return self._end(functools.partial(self.logic.abort_action, self.action), event.payload)
+                end = functools.partial(self.logic.end_failed_action, self.action, event.payload)
+                return self._end(end, event.payload)
             if event.kind in ("done", "cancelled"):
                 finish = functools.partial(
                     self.logic.finish_action, self.action, cancelled=event.kind == "cancelled"

@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Qt
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
 
-from medsegany.errors import MedSegAnyError, PromptError  # noqa: E402
+from medsegany.errors import MedSegAnyError, OutputError, PromptError  # noqa: E402
 from medsegany.mrml_adapter import segment_mask_kji, volume_from_node  # noqa: E402
 from medsegany.prompts import make_slice_prompts  # noqa: E402
 from medsegany.session import SegmentationSession  # noqa: E402
@@ -186,6 +186,52 @@ def test_undo_restores_the_previous_segment_exactly_and_redo_reapplies(scene, vo
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), after)
     assert read_provenance(segmentation, target) == provenance_after
     assert logic.undo() is not None and logic.undo() is None  # one step only
+
+
+def test_undo_after_the_scene_was_closed_leaves_the_next_scenes_segment_alone(scene, prompt_nodes):
+    """Node IDs start again at 1 after File > Close Scene: the next case's segmentation has the ID of the
+    one an action changed, and (with the same segment IDs, as in files saved from one template) undo wrote
+    the old case's voxels into it, erasing what the user had there."""
+    volume_node = add_volume_node(scene, phantom_kji())
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(prompt_nodes[0])
+    old_id = segmentation.GetID()
+
+    scene.Clear(0)  # File > Close Scene, then the next case
+    next_volume = add_volume_node(scene, phantom_kji(seed=4))
+    next_segmentation, (next_target, _) = add_segmentation(scene, next_volume)
+    assert next_segmentation.GetID() == old_id, "the test needs the ID to be reused"
+    users_kji = np.zeros(SHAPE_KJI, dtype=bool)
+    users_kji[2:5, 3:9, 4:12] = True
+    fill_segment(next_segmentation, next_target, users_kji)
+    logic.set_target(next_volume, next_segmentation, next_target)
+
+    with pytest.raises(OutputError, match=r"segmentation of that action \(.*\) was deleted"):
+        logic.undo()
+    np.testing.assert_array_equal(_mask(next_segmentation, next_target, next_volume), users_kji)
+
+
+def test_an_undo_step_of_a_deleted_segment_is_dropped_and_earlier_steps_still_undo(scene, volume_node):
+    """The user deletes the segment of the last action: undo tells so once and drops that step (it stayed
+    on top, every press refused it again, and the actions before it could never be undone)."""
+    segmentation, (liver, spleen) = add_segmentation(scene, volume_node, ("liver", "spleen"))
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, liver)
+    logic.segment(roi)
+    assert _mask(segmentation, liver, volume_node).any()
+    logic.set_target(volume_node, segmentation, spleen)
+    logic.segment(roi)
+    segmentation.GetSegmentation().RemoveSegment(spleen)
+
+    with pytest.raises(OutputError, match=r"segment of that action \(prompt \+ propagation\) was deleted"):
+        logic.undo()
+    assert logic.undo() is not None  # the liver's action
+    assert not _mask(segmentation, liver, volume_node).any()
+    assert logic.undo() is None and not logic.can_undo
+    assert logic.redo() is not None and _mask(segmentation, liver, volume_node).any()
 
 
 def test_a_propagation_undone_propagates_again(scene, volume_node, prompt_nodes):
@@ -495,6 +541,79 @@ def test_undo_and_redo_keep_what_the_user_painted_in_other_segments_since(scene,
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), (other_kji & ~taken) | painted)
 
 
+def test_a_failed_run_keeps_what_the_user_painted_in_other_segments_meanwhile(scene, volume_node):
+    """Overwrite "all": a run that fails midway (the model raises) takes back its writes; the
+    other segments were restored whole, as they were when it began, and what the user painted in them
+    in the Segment Editor while it ran was lost. They get back only the voxels the run took."""
+    editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    model = logic.load_model()
+    predict = model.predict
+
+    def failing(*args, **kwargs):
+        if model.predict_calls >= 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(*args, **kwargs)
+
+    model.predict = failing
+    painted = np.zeros(SHAPE_KJI, dtype=bool)
+    painted[0:2, 18:21, 0:4] = True  # far from the action's voxels
+    painted_in = [False]
+
+    def paint_once(result):  # the user paints "other" in the Segment Editor while the run goes on
+        if not painted_in[0]:
+            fill_segment(segmentation, other, _mask(segmentation, other, volume_node) | painted)
+            painted_in[0] = True
+
+    action, results = logic.plan_prompt_action(roi, propagate=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        logic.run_action(action, results, on_slice=paint_once)
+
+    assert painted_in[0] and model.predict_calls == 3
+    assert not _mask(segmentation, target, volume_node).any()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji | painted)
+
+
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_a_run_that_runs_out_of_memory_keeps_its_slices_as_its_message_says(
+    scene, volume_node, prompt_nodes, in_worker
+):
+    """The model runs out of memory midway: its message says "what was segmented before is kept; undo
+    removes it", but the panel took every slice written back and left nothing to undo."""
+    from medsegany.out_of_memory import RanOutOfMemoryError
+    from medsegany.slicer_worker import ModelWorker
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    model = ThresholdModel()
+    predict = model.predict
+
+    def running_out_of_memory(*args, **kwargs):
+        if model.predict_calls >= 4:
+            raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return predict(*args, **kwargs)
+
+    model.predict = running_out_of_memory
+    logic = SlicerSegmentationLogic(model=model)
+    logic.set_target(volume_node, segmentation, target)
+    planned = logic.plan_prompt_action(prompt_nodes[0])
+    with pytest.raises(RanOutOfMemoryError, match="what was segmented before is kept; undo removes it"):
+        if in_worker:
+            worker = ModelWorker()
+            try:
+                logic.start(worker, planned).wait(timeout_s=30)
+            finally:
+                worker.shutdown()
+        else:
+            logic.run_action(*planned)
+
+    kept = _mask(segmentation, target, volume_node)
+    assert kept.any(axis=(1, 2)).sum() == 4 and logic.running is None
+    (object_id,) = logic.session.objects
+    np.testing.assert_array_equal(kept, logic.session.mask_kji(object_id))  # segment == the session's object
+    assert logic.can_undo and logic.undo().cancelled
+    assert not _mask(segmentation, target, volume_node).any()
+
+
 def to_node_of(node) -> np.ndarray:
     """World RAS -> the node's own coordinates."""
     return np.linalg.inv(matrix_to_numpy_world(node))
@@ -757,6 +876,40 @@ def test_an_actions_plan_that_needs_less_memory_than_the_sessions_is_carried_out
     prompts = [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])]
     expected = library_mask(volume_node, prompts)
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+
+
+def test_a_deleted_segments_object_leaves_the_session_and_the_memory_plan(scene, volume_node, monkeypatch):
+    """The user deletes a segment and tries again in a new one: the deleted segment's session object
+    stayed (a whole-volume mask, SAM 2's memory) and every later action's memory plan counted it as one
+    more object (SAM 2: a memory bank each), which can cut propagations to a smaller slab."""
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    objects_planned = []
+
+    def recording_plan(model, shape_kji, axis, objects, *args, **kwargs):
+        objects_planned.append(objects)
+        return real_plan(model, shape_kji, axis, objects, *args, **kwargs)
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", recording_plan)
+    segmentation, (first, kept) = add_segmentation(scene, volume_node, ("first try", "kept"))
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    for segment_id in (kept, first):
+        logic.set_target(volume_node, segmentation, segment_id)
+        logic.segment(roi)
+    segmentation.GetSegmentation().RemoveSegment(first)
+    second = create_segment(segmentation, "second try")
+    logic.set_target(volume_node, segmentation, second)
+    objects_planned.clear()
+
+    logic.segment(roi)
+
+    assert objects_planned == [2]  # "kept" and "second try"
+    assert len(logic.session.objects) == 2
+    np.testing.assert_array_equal(
+        _mask(segmentation, second, volume_node), _mask(segmentation, kept, volume_node)
+    )
 
 
 def test_a_box_after_the_volumes_transform_was_edited_lands_on_the_slice_drawn(scene):

@@ -465,17 +465,25 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPromptPlaced(self, caller=None, event=None):
         """A box or point was placed: segment that slice now (and propagate if the box is checked)."""
-        from MedSegAnyLib.slicer_logic import flatten_roi_to_slice, keep_prompts_on_the_new_points_slice
+        from MedSegAnyLib.slicer_logic import (
+            flatten_roi_to_slice,
+            flatten_roi_to_view_slice,
+            keep_prompts_on_the_new_points_slice,
+            snap_last_point_to_view_slice,
+        )
 
         if self.running is not None:
             return
         roi, positive, negative = self.logic.prompt_nodes(slicer.mrmlScene)
+        volumeNode = self.logic.volume_node
         if caller is not None and caller in (positive, negative):  # a point on a new slice: a new prompt
             try:
+                # on the slice the view shows: a view slightly off the volume's axes cuts several slices
+                snap_last_point_to_view_slice(caller, self._viewSliceNode(), volumeNode, self._viewAxis)
                 keep_prompts_on_the_new_points_slice(
                     caller,
                     (roi, positive, negative),
-                    self.logic.volume_node,
+                    volumeNode,
                     self._viewAxis,
                     covers_slice=lambda index: self.logic.object_covers_slice(self._viewAxis, index),
                 )
@@ -483,8 +491,11 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._showError(error)
                 return
         if roi.GetNumberOfControlPoints():
-            try:
-                flatten_roi_to_slice(roi, self.logic.volume_node, self._viewAxis)
+            try:  # a box just drawn goes on the view's slice; one drawn before keeps its own
+                if caller == roi:
+                    flatten_roi_to_view_slice(roi, self._viewSliceNode(), volumeNode, self._viewAxis)
+                else:
+                    flatten_roi_to_slice(roi, volumeNode, self._viewAxis)
             except Exception as error:
                 self._showError(error)
                 return

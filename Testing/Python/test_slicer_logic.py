@@ -503,7 +503,7 @@ def _overwriting_panel(scene, volume_node):
 
 
 def test_a_segment_shown_during_a_run_is_neither_erased_nor_lost_to_undo(scene, volume_node):
-    """"Overwrite visible segments": the segments an action may overwrite are fixed when it begins. A
+    """ "Overwrite visible segments": the segments an action may overwrite are fixed when it begins. A
     segment the user showed mid-run was erased by the later slices, and undo (whose snapshot held the
     segments visible at the start) could not give it back."""
     editor, logic, segmentation, (_, other), other_kji, roi = _overwriting_panel(scene, volume_node)
@@ -670,6 +670,51 @@ def test_oblique_view_is_refused(scene, volume_node):
     )
     with pytest.raises(PromptError, match="oblique"):
         view_slice_axis(_slice_node(scene, tilted), volume_node)
+
+
+def test_prompts_placed_in_a_slightly_tilted_view_go_on_the_slice_it_shows(scene):
+    """A view 0.9 degrees off a 0.7 x 0.7 x 1 mm volume's axial plane (accepted as axial) cuts K 14..16 across
+    its width; clicks and a box placed in it all go on the slice it shows, K=15. Before, the clicks fell
+    on K=14 and K=16, and each one placed was taken as a prompt on a new slice, removing the others."""
+    from medsegany.mrml_markups import prompts_from_markups
+    from medsegany.mrml_volume import volume_from_node
+    from medsegany.slicer_logic import flatten_roi_to_view_slice, snap_last_point_to_view_slice
+
+    node = add_volume_node(
+        scene, np.zeros((30, 200, 200)), ijk_to_ras=np.diag([0.7, 0.7, 1.0, 1.0]), parent=None
+    )
+    volume = volume_from_node(node)
+    tilted = rotation("x", 0.9)
+    view = _slice_node(scene, tilted)
+    centre_ras = np.array([70.0, 70.0, 15.0])  # voxel (100, 100, 15)
+    view.GetSliceToRAS().SetElement(0, 3, centre_ras[0])
+    view.GetSliceToRAS().SetElement(1, 3, centre_ras[1])
+    view.GetSliceToRAS().SetElement(2, 3, centre_ras[2])
+    assert view_slice_axis(view, node) == 2
+    clicks_ras = [centre_ras + offset * tilted[:, 1] for offset in (-60.0, 60.0)]
+    assert [round(volume.ras_to_ijk_points(p[None])[0, 2]) for p in clicks_ras] == [14, 16]  # under the mouse
+
+    positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive")
+    for click_ras in clicks_ras:
+        positive.AddControlPoint(*click_ras)
+        snap_last_point_to_view_slice(positive, view, node, 2)
+    elsewhere = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "placed in another view")
+    off_plane_ras = centre_ras + np.array([0.0, 0.0, 5.0])  # 5 mm off this view's plane
+    elsewhere.AddControlPoint(*off_plane_ras)
+    snap_last_point_to_view_slice(elsewhere, view, node, 2)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(affine(tilted, centre_ras + 50.0 * tilted[:, 1])))
+    roi.SetSize(40.0, 30.0, 0.0)
+    assert flatten_roi_to_view_slice(roi, view, node, 2) == 15
+
+    prompts = prompts_from_markups(volume, roi, positive).to_slice_prompts(volume)
+    assert (prompts.axis, prompts.slice_index, len(prompts.points_ijk)) == (2, 15, 2)
+    np.testing.assert_allclose(
+        [p[:2] for p in prompts.points_ijk], [(100, 100 - 60 / 0.7), (100, 100 + 60 / 0.7)], atol=0.05
+    )
+    position = np.zeros(3)
+    elsewhere.GetNthControlPointPositionWorld(0, position)
+    np.testing.assert_allclose(position, off_plane_ras)  # not moved
 
 
 @pytest.mark.slow

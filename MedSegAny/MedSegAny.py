@@ -165,8 +165,16 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller=None, event=None):
         self._stopEncodingAhead()
-        if self.running is not None:
-            self.running.cancel()
+        running, self.running = self.running, None
+        if running is not None:
+            running.cancel()
+            try:  # it stops after the slice in flight; its result and error belong to the closing scene
+                running.wait(timeout_s=60)
+            except Exception as error:
+                logging.info(f"MedSegAny: the action running when the scene closed ended with: {error}")
+        if self.logic is not None:
+            self.logic.forget_scene()  # its session, undo steps and nodes go with the scene
+        self.updateGUI()
 
     def _installShortcuts(self):
         if self.shortcuts:

@@ -491,6 +491,23 @@ class SlicerSegmentationLogic:
         self.segment_id = segment_id
         self.segment_editor_node = segment_editor_node
 
+    def forget_scene(self) -> None:
+        """The scene closes (File > Close Scene, the next case): let go of its nodes, of the session (its
+        masks and image features: on a GPU, memory the next case's plan counted as taken) and of the undo
+        and redo steps (they belong to its segments; MRML gives the next scene's nodes the same IDs). The
+        loaded models stay. An action still running is abandoned: the caller stops it first."""
+        from .out_of_memory import release_cached_memory
+
+        self.running = None
+        self.volume_node = self.segmentation_node = self.segment_editor_node = None
+        self.segment_id = None
+        self.session, self._session_key, self._volume = None, None, None
+        self.memory_message = self.memory_note = ""
+        self._objects.clear()
+        self._undo.clear()
+        self._redo.clear()
+        release_cached_memory()  # the session's cached blocks back to the device (CUDA, MPS)
+
     def set_volume(self, volume_node) -> None:
         """Only the volume, before a segment is chosen (what encoding ahead needs); ``set_target`` sets
         all three."""

@@ -431,3 +431,65 @@ def test_the_model_loads_for_an_action_while_slices_are_encoded_ahead(panel, mon
     assert not any(kind == "error" for kind, _ in shown)
     assert widget.ui.statusLabel.text == "LiteMedSAM ready" and not widget.worker.busy
     assert not widget.encodeAhead.running and calls == [1]  # stopped after its encoder call
+
+
+def test_closing_the_scene_stops_the_running_action_and_forgets_the_scene(panel):
+    """File > Close Scene during a propagation: the action stops after its slice in flight, and the logic
+    lets go of the closed case's session and undo steps (they stayed: GPU memory the next case's plan
+    counted as taken, and undo steps for segments that no longer exist)."""
+    import gc
+    import threading
+    import weakref
+
+    import numpy as np
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+    from medsegany.slicer_worker import ModelWorker
+    from slicer_scene_testing import (
+        ThresholdModel,
+        add_roi_on_slice,
+        add_segmentation,
+        add_volume_node,
+        mrml_scene,
+        phantom_kji,
+    )
+
+    _, widget, shown = panel
+    model = ThresholdModel()
+    model.gate, model.gate_after = threading.Event(), 1  # the second slice waits for the gate
+
+    with mrml_scene() as scene:
+        volume_node = add_volume_node(scene, phantom_kji())
+        segmentation, (target, _) = add_segmentation(scene, volume_node)
+        roi = add_roi_on_slice(scene, (6, 5, 6), (18, 14, 6), np.eye(4))
+        widget.logic = SlicerSegmentationLogic(model=model)
+        widget.logic.set_target(volume_node, segmentation, target)
+        widget.worker = ModelWorker("test worker")
+        widget.running = widget.logic.start(
+            widget.worker, widget.logic.plan_prompt_action(roi, propagate=True)
+        )
+        assert model.reached_gate.wait(30)
+        session = weakref.ref(widget.logic.session)
+        for name in (
+            "segmentSelector",
+            "placeBoxButton",
+            "placePositiveButton",
+            "placeNegativeButton",
+            "propagateButton",
+            "cancelButton",
+            "undoButton",
+            "redoButton",
+            "acceptButton",
+            "directionComboBox",
+            "rangeFromSpinBox",
+            "rangeToSpinBox",
+            "intensityLabel",
+        ):
+            setattr(widget.ui, name, _Recorder(currentSegmentID=lambda: "", currentData=None))
+        threading.Timer(0.3, model.gate.set).start()
+
+        widget.onSceneStartClose()
+
+    gc.collect()
+    assert widget.running is None and not widget.worker.busy
+    assert session() is None and not widget.logic.can_undo and widget.logic.volume_node is None
+    assert not any(kind == "error" for kind, _ in shown)

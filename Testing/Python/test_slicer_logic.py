@@ -213,6 +213,34 @@ def test_undo_after_the_scene_was_closed_leaves_the_next_scenes_segment_alone(sc
     np.testing.assert_array_equal(_mask(next_segmentation, next_target, next_volume), users_kji)
 
 
+def test_forgetting_the_closed_scene_lets_go_of_its_session_nodes_and_undo_steps(scene, prompt_nodes):
+    """The panel calls forget_scene when the scene closes: the session (masks, image features: GPU memory
+    the next case's plan counted as taken) went on living, with the closed case's undo steps."""
+    import gc
+    import weakref
+
+    volume_node = add_volume_node(scene, phantom_kji())
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    model = ThresholdModel()
+    logic = SlicerSegmentationLogic(model=model)
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(prompt_nodes[0])
+    session = weakref.ref(logic.session)
+    assert logic.can_undo
+
+    logic.forget_scene()
+    gc.collect()
+    assert session() is None and not logic.can_undo and not logic.can_redo
+    assert logic.volume_node is None and logic.segmentation_node is None and logic.segment_id is None
+    scene.Clear(0)  # the next case works with the model already loaded
+    next_volume = add_volume_node(scene, phantom_kji(seed=4))
+    next_segmentation, (next_target, _) = add_segmentation(scene, next_volume)
+    logic.set_target(next_volume, next_segmentation, next_target)
+    roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+    logic.segment(roi)
+    assert _mask(next_segmentation, next_target, next_volume).any() and logic.load_model() is model
+
+
 def test_an_undo_step_of_a_deleted_segment_is_dropped_and_earlier_steps_still_undo(scene, volume_node):
     """The user deletes the segment of the last action: undo tells so once and drops that step (it stayed
     on top, every press refused it again, and the actions before it could never be undone)."""

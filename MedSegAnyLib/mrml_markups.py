@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import PromptError
 from .mrml_vtk import matrix_to_numpy, node_to_world
-from .prompts import AXIS_NAMES, SAME_SLICE_TOLERANCE, SlicePrompts, make_slice_prompts, snap_index
+from .prompts import SlicePrompts, box_ijk_from_corners_ras, make_slice_prompts
 from .volume import Volume
 
 Box6 = tuple[float, float, float, float, float, float]
@@ -69,29 +69,12 @@ def roi_corners_ras(roi_node) -> np.ndarray:
 
 
 def box_ijk_from_roi(volume: Volume, roi_node) -> tuple[Box6, int]:
-    """(box_ijk, slice axis) of an ROI that is flat along one IJK axis of ``volume``.
-
-    The slice axis is the IJK axis along which all 8 corners lie within half a voxel; the box spans
-    the corners' IJK range on the other two axes (an ROI rotated in-plane gives its bounding box).
-    """
+    """(box_ijk, slice axis) of an ROI that is flat along one IJK axis of ``volume``
+    (:func:`~medsegany.prompts.box_ijk_from_corners_ras` of its 8 corners)."""
     if roi_node.GetNumberOfControlPoints() == 0:
         raise PromptError(f"ROI '{roi_node.GetName()}' has not been placed", "draw the box on a slice first")
-    corners_ijk = volume.ras_to_ijk_points(roi_corners_ras(roi_node))
-    low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
-    spans = high - low
-    flat = [a for a in range(3) if spans[a] < SAME_SLICE_TOLERANCE]
-    if len(flat) != 1:
-        gaps = ", ".join(f"{AXIS_NAMES[a]} {spans[a]:.2f}" for a in range(3))
-        problem = (
-            f"ROI '{roi_node.GetName()}' is a 3D box, not a rectangle on one slice (voxel spans: {gaps})"
-            if not flat
-            else f"ROI '{roi_node.GetName()}' has zero width or height in voxels (voxel spans: {gaps})"
-        )
-        raise PromptError(problem, "draw the ROI in a slice view aligned with the volume (thickness 0)")
-    axis = flat[0]
-    slice_index = float(snap_index((low[axis] + high[axis]) / 2.0))
-    low[axis] = high[axis] = slice_index
-    return (*(float(v) for v in low), *(float(v) for v in high)), axis
+    box_ijk = box_ijk_from_corners_ras(volume, roi_corners_ras(roi_node), f"ROI '{roi_node.GetName()}'")
+    return box_ijk, next(a for a in range(3) if box_ijk[a] == box_ijk[a + 3])
 
 
 def points_ijk_from_fiducials(volume: Volume, fiducial_node) -> list[Point3]:

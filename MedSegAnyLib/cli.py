@@ -236,9 +236,10 @@ def _single_object_prompts(args: argparse.Namespace, volume):
     for text in args.markups:
         box_ijk = _add_markups_file(text, volume, box_ijk, points, labels)
     if box_ijk is None and not points:
-        raise PromptError(
-            "no prompt was given", "add --box-ijk/--box-ras, --point-ijk/--point-ras, --markups or --prompts"
+        problem = (
+            "the markups files given hold no placed point or ROI" if args.markups else "no prompt was given"
         )
+        raise PromptError(problem, "add --box-ijk/--box-ras, --point-ijk/--point-ras, --markups or --prompts")
     axis = None if args.axis is None else "IJK".index(args.axis)
     prompts = make_slice_prompts(volume, box_ijk=box_ijk, points_ijk=points, point_labels=labels, axis=axis)
     return [ObjectPrompts(args.name or "segment_1", (prompts,))]

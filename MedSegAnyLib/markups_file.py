@@ -62,8 +62,8 @@ def read_markups_file(path: str | Path) -> MarkupsPromptsRas:
                 f"{what} is a {kind!r} markups, not a point list or an ROI",
                 "save the prompt as a point list (points) or an ROI (a box) in Slicer",
             )
-    if not rois and not points:
-        raise PromptError(f"{path} has no placed point", "place the points in Slicer before saving them")
+    # a point list with no placed point is no prompt, not an error: the panel's "MedSegAny -" list is often
+    # empty, and a command that gives nothing at all is told "no prompt was given"
     return MarkupsPromptsRas(path, tuple(rois), tuple(points))
 
 

@@ -520,3 +520,7 @@ def test_markups_files_saved_by_slicer_prompt_as_the_same_box_and_points_do(
         capsys, *common, *marked, "--box-ijk", "14,20,2,46,44,2", "-o", tmp_path / "y.nii.gz"
     )
     assert_one_line_error(code, err, "more than one box was given")
+    empty = tmp_path / "empty.mrk.json"
+    empty.write_text('{"markups": [{"type": "Fiducial", "controlPoints": []}]}')
+    code, _, err = run_cli(capsys, *common, "--markups", f"{empty}:-", "-o", tmp_path / "z.nii.gz")
+    assert_one_line_error(code, err, "the markups files given hold no placed point or ROI")

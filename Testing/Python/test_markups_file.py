@@ -79,7 +79,6 @@ def test_a_ras_file_and_one_without_a_coordinate_system_read_as_slicer_reads_the
         ("{not json", ["is not valid JSON"]),
         ({"markups": []}, ["holds no markups"]),
         ({"markups": [{"type": "Line", "controlPoints": []}]}, ["is a 'Line' markups", "point list"]),
-        ({"markups": [{"type": "Fiducial", "controlPoints": []}]}, ["has no placed point"]),
         (
             {"markups": [{"type": "ROI", "center": [0, 0, 0], "size": [1, 1, 0], "controlPoints": []}]},
             ["(an ROI) has not been placed", "draw the box"],
@@ -117,3 +116,11 @@ def test_an_roi_thick_across_slices_is_refused_as_a_3d_box(tmp_path, oblique):
     )
     with pytest.raises(PromptError, match="is a 3D box, not a rectangle on one slice"):
         box_ijk_from_corners_ras(oblique, content.rois_corners_ras[0], "the ROI")
+
+
+def test_a_point_list_with_no_placed_point_is_no_prompt(tmp_path):
+    """The panel's negative list is often empty when saved; with other prompts that is no error."""
+    path = tmp_path / "MedSegAny -.mrk.json"
+    path.write_text(json.dumps({"markups": [{"type": "Fiducial", "controlPoints": []}]}))
+    content = read_markups_file(path)
+    assert content.points_ras == () and content.rois_corners_ras == ()

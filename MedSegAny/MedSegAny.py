@@ -28,6 +28,7 @@ SHORTCUTS = (
     ("Alt+B", "placeBox", "place a box"),
     ("Alt+P", "placePositive", "place a positive point"),
     ("Alt+N", "placeNegative", "place a negative point"),
+    ("Alt+E", "useEdit", "take the segment as edited on the view's slice as the prompt"),
     ("Alt+G", "propagate", "propagate"),
     ("Alt+C", "cancel", "cancel the running propagation"),
     ("Ctrl+Alt+Z", "undo", "undo the last AI action"),
@@ -131,6 +132,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.placeBoxButton.connect("clicked()", self.placeBox)
         self.ui.placePositiveButton.connect("clicked()", self.placePositive)
         self.ui.placeNegativeButton.connect("clicked()", self.placeNegative)
+        self.ui.useEditButton.connect("clicked()", self.useEdit)
         self.ui.propagateButton.connect("clicked()", self.propagate)
         self.ui.cancelButton.connect("clicked()", self.cancel)
         self.ui.undoButton.connect("clicked()", self.undo)
@@ -208,7 +210,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = self.ui.inputVolumeSelector.currentNode() is not None and bool(
             self.ui.segmentSelector.currentSegmentID()
         )
-        for button in (self.ui.placeBoxButton, self.ui.placePositiveButton, self.ui.placeNegativeButton):
+        placeButtons = (self.ui.placeBoxButton, self.ui.placePositiveButton, self.ui.placeNegativeButton)
+        for button in (*placeButtons, self.ui.useEditButton):
             button.enabled = ready and not running
         self.ui.propagateButton.enabled = ready and not running
         self.ui.cancelButton.enabled = running
@@ -470,6 +473,23 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def placeNegative(self):
         self._startPlacing(2)
+
+    def useEdit(self):
+        """The target segment as painted or erased on the slice the chosen view shows becomes that slice's
+        prompt (a correction of the AI's result there, or the start of one from a hand-drawn slice)."""
+        from MedSegAnyLib.slicer_logic import view_slice_axis, view_slice_index
+
+        if self.running is not None or not self._setTarget():
+            return
+        try:
+            sliceNode, volumeNode = self._viewSliceNode(), self.logic.volume_node
+            axis = view_slice_axis(sliceNode, volumeNode)
+            index = view_slice_index(sliceNode, volumeNode, axis)
+        except Exception as error:  # an oblique view
+            self._showError(error)
+            return
+        propagate = self.ui.autoPropagateCheckBox.checked
+        self._run(lambda: self.logic.plan_edit_action(axis, index, propagate=propagate))
 
     def onPromptPlaced(self, caller=None, event=None):
         """A box or point was placed: segment that slice now (and propagate if the box is checked)."""

@@ -37,7 +37,7 @@ from .errors import MedSegAnyError, OutputError, PromptError
 from .geometry import slice_axis_of_plane
 from .mrml_markups import prompts_from_markups
 from .mrml_masking import edit_masking_from_editor_node
-from .mrml_segment import EditMasking, SegmentWriter, segment_or_error
+from .mrml_segment import EditMasking, SegmentWriter, segment_mask_kji, segment_or_error
 from .mrml_terminology import create_segment as create_segment  # the panel's "New segment" (re-exported)
 from .mrml_undo import (
     SegmentSnapshot,
@@ -724,7 +724,13 @@ class SlicerSegmentationLogic:
         return bool(frame_of(obj.mask_kji, axis, slice_index).any())
 
     def correction_range(self, prompts: SlicePrompts) -> tuple[int, int] | None:
-        """Slices a new prompt on ``prompts.slice_index`` can change (None: everything).
+        """Slices a new prompt on ``prompts.slice_index`` can change (None: everything): see
+        :meth:`correction_range_of_slice`."""
+        return self.correction_range_of_slice(prompts.axis, prompts.slice_index)
+
+    def correction_range_of_slice(self, axis: int, slice_index: int) -> tuple[int, int] | None:
+        """Slices a new prompt (points, a box or an edited mask) on ``slice_index`` of ``axis`` can change
+        (None: everything).
 
         Those are the slices of the runs the session's own plan gives that slice
         (:meth:`~medsegany.session.SegmentationSession.runs_of_prompt`): e.g. a fresh prompt between two
@@ -736,8 +742,8 @@ class SlicerSegmentationLogic:
         if object_id is None:
             return None
         obj = self.session.objects[object_id]
-        s = prompts.slice_index
-        if obj.axis != prompts.axis or not any(k != s for k in obj.prompted_slices()):
+        s = slice_index
+        if obj.axis != axis or not any(k != s for k in obj.prompted_slices()):
             return None
         # a run that carries on to the new prompt starts at its own (prompted) slice: the range holds it
         ends = [s] + [end for run in self.session.runs_of_prompt(object_id, s) for end in (run.key, run.last)]
@@ -788,11 +794,13 @@ class SlicerSegmentationLogic:
         direction: str = "both",
         slice_range: tuple[int, int] | None = None,
         target: tuple[tuple[str, str], str, tuple[float, ...]] | None = None,
+        mask_prompt: tuple[int, int, np.ndarray] | None = None,
     ) -> Iterator[Any]:
         """The model's results for one action, slice by slice (safe to run in the worker thread).
 
-        With ``prompts``: segment the prompted slice at once, then (``propagate``) propagate. Without:
-        re-propagate the target's existing prompts. Closing the generator stops between slices.
+        With ``prompts`` (or ``mask_prompt``: axis, slice index and the mask drawn there, a frame): segment
+        the prompted slice at once, then (``propagate``) propagate. Without: re-propagate the target's
+        existing prompts. Closing the generator stops between slices.
         ``target`` (object key, name, colour) is read on the main thread by the ``plan_*`` methods, so
         this generator never touches MRML.
         """
@@ -802,14 +810,17 @@ class SlicerSegmentationLogic:
         session = self.ensure_session()
         key, name, color = target if target is not None else self._target_object()
         object_id = self._objects.get(key)
-        if object_id is None and prompts is not None:
+        prompted_now = prompts is not None or mask_prompt is not None
+        if object_id is None and prompted_now:
             object_id = self._objects[key] = session.add_object(name, color)
-        if object_id is None or (not session.objects[object_id].prompts and prompts is None):
+        if object_id is None or (not session.objects[object_id].prompted_slices() and not prompted_now):
             raise PromptError(
                 "this segment has no MedSegAny prompt yet", "place a box or a positive point first"
             )
         if prompts is not None:
             yield session.add_prompts(object_id, prompts)
+        if mask_prompt is not None:
+            yield session.add_mask(object_id, *mask_prompt)
         if propagate:
             slice_range = self.range_that_fits(session, object_id, prompts, slice_range)
             yield from session.propagate([object_id], direction=session_direction, slice_range=slice_range)
@@ -961,6 +972,20 @@ class SlicerSegmentationLogic:
         )
         return self.run_action(action, results, should_cancel)
 
+    def segment_from_edit(
+        self,
+        axis: int,
+        slice_index: int,
+        propagate: bool = True,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+        should_cancel: Callable[[Any], bool] | None = None,
+    ) -> UndoStep | None:
+        """The target segment as edited on one slice becomes its prompt (:meth:`plan_edit_action`), then
+        (optionally) propagation; one undo step."""
+        action, results = self.plan_edit_action(axis, slice_index, propagate, direction, slice_range)
+        return self.run_action(action, results, should_cancel)
+
     def propagate(
         self,
         direction: str = "both",
@@ -992,6 +1017,47 @@ class SlicerSegmentationLogic:
         details = {"direction": direction, "slice_range": slice_range, "prompt": prompts_to_json(prompts)}
         action = self.begin_action(label, details)
         return action, self.compute(prompts, propagate, direction, slice_range, self._target_object())
+
+    def plan_edit_action(
+        self,
+        axis: int,
+        slice_index: int,
+        propagate: bool = True,
+        direction: str = "both",
+        slice_range: tuple[int, int] | None = None,
+    ) -> tuple[AIAction, Iterator[Any]]:
+        """(action, results) taking the target segment as it is on one slice (painted or erased with the
+        Segment Editor) as that slice's prompt, then propagating from it. On a slice the AI segmented,
+        that corrects the run there and re-propagates only what it can change, as a prompt does; on a
+        segment painted by hand, it starts the AI from the painting. A 2D model keeps the slice as
+        drawn; a SAM 2 model takes it as a mask prompt (its mask there is the drawing, resampled)."""
+        self._require_target()
+        count = self.volume().voxels_kji.shape[2 - axis]
+        if not 0 <= slice_index < count:
+            raise PromptError(
+                f"slice {AXIS_NAMES[axis]}={slice_index} is outside the volume (0..{count - 1})",
+                "show a slice of the volume in the view",
+            )
+        mask_kji = segment_mask_kji(self.segmentation_node, self.segment_id, self.volume_node)
+        mask_frame = np.array(frame_of(mask_kji, axis, slice_index), dtype=bool)
+        if not mask_frame.any():
+            name = segment_or_error(self.segmentation_node, self.segment_id).GetName()
+            raise PromptError(
+                f"segment '{name}' is empty on slice {AXIS_NAMES[axis]}={slice_index}",
+                "paint the object on that slice (Segment Editor) first, or place a box",
+            )
+        correction = self.correction_range_of_slice(axis, slice_index)
+        if correction is not None and slice_range is None and direction == "both":
+            slice_range = correction  # a correction re-propagates only what it can change
+        label = "correction from your edit" if correction is not None else "your edit as a prompt"
+        details = {
+            "direction": direction,
+            "slice_range": slice_range,
+            "mask_prompt": {"axis": AXIS_NAMES[axis], "slice": slice_index, "voxels": int(mask_frame.sum())},
+        }
+        action = self.begin_action(label + (" + propagation" if propagate else ""), details)
+        target, mask_prompt = self._target_object(), (axis, slice_index, mask_frame)
+        return action, self.compute(None, propagate, direction, slice_range, target, mask_prompt)
 
     def plan_propagation(
         self, direction: str = "both", slice_range: tuple[int, int] | None = None
@@ -1125,6 +1191,13 @@ class SlicerSegmentationLogic:
                 "prompts": []
                 if obj is None
                 else [prompts_to_json(obj.prompts[k]) for k in sorted(obj.prompts)],
+                # slices whose drawn mask is the prompt (plan_edit_action): where, and how many voxels
+                "mask_prompts": []
+                if obj is None
+                else [
+                    {"axis": AXIS_NAMES[obj.axis], "slice": int(k), "voxels": int(mask.sum())}
+                    for k, mask in sorted(obj.mask_prompts.items())
+                ],
             }
         )
         actions = record.get("actions", [])

@@ -474,6 +474,7 @@ def test_closing_the_scene_stops_the_running_action_and_forgets_the_scene(panel)
             "placeBoxButton",
             "placePositiveButton",
             "placeNegativeButton",
+            "useEditButton",
             "propagateButton",
             "cancelButton",
             "undoButton",

@@ -115,6 +115,65 @@ def test_propagation_writes_exactly_the_librarys_result_and_leaves_other_segment
     assert logic.can_undo and not logic.can_redo
 
 
+def test_an_edit_on_a_propagated_slice_is_its_prompt_and_only_what_it_can_change_is_recomputed(
+    scene, volume_node, prompt_nodes
+):
+    """The user erases part of the AI's mask on K=8 with the Segment Editor and presses From my edit: K=8
+    keeps the edit, the slices beyond it are propagated from it, and those on the prompt's side stay."""
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes)
+    propagated = _mask(segmentation, target, volume_node)
+    edited = propagated.copy()
+    edited[8, :, 13:] = False  # the right part of slice K=8 was wrong
+    assert propagated[8].sum() > edited[8].sum() > 0
+    fill_segment(segmentation, target, edited)
+
+    step = logic.segment_from_edit(axis=2, slice_index=8)
+
+    session = SegmentationSession(volume_from_node(volume_node), model=ThresholdModel(), intensity="auto")
+    reference = session.add_object("reference")
+    session.add_prompts(
+        reference,
+        make_slice_prompts(
+            session.volume, box_ijk=BOX_IJK, points_ijk=POSITIVE_IJK + NEGATIVE_IJK, point_labels=[1, 0]
+        ),
+    )
+    list(session.propagate())
+    session.add_mask(reference, 2, 8, edited[8])
+    list(session.propagate())
+    result = _mask(segmentation, target, volume_node)
+    np.testing.assert_array_equal(result, session.mask_kji(reference))
+    np.testing.assert_array_equal(result[8], edited[8])  # the edit is the slice's mask
+    np.testing.assert_array_equal(result[:8], propagated[:8])  # the prompt's side is not recomputed
+    assert step.label == "correction from your edit + propagation"
+    assert read_provenance(segmentation, target)["mask_prompts"] == [
+        {"axis": "K", "slice": 8, "voxels": int(edited[8].sum())}
+    ]
+    logic.undo()  # back to the segment as the user left it before pressing the button
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), edited)
+
+
+def test_a_slice_painted_by_hand_starts_the_ai_and_an_empty_one_is_refused(scene, volume_node):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    painted = np.zeros(SHAPE_KJI, dtype=bool)
+    painted[6] = phantom_kji()[6] > 50  # the user painted the object (and the bar) on K=6
+    painted[6, SHAPE_KJI[1] - 6 :] = False  # ... not the bar
+    fill_segment(segmentation, target, painted)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+
+    with pytest.raises(PromptError, match=r"segment 'target' is empty on slice K=0.*paint the object"):
+        logic.segment_from_edit(axis=2, slice_index=0)
+    assert not logic.can_undo
+
+    logic.segment_from_edit(axis=2, slice_index=6)
+    result = _mask(segmentation, target, volume_node)
+    np.testing.assert_array_equal(result[6], painted[6])
+    assert result[5].any() and result[7].any() and not result[0].any()  # propagated from the painting
+
+
 def test_provenance_tag_records_model_intensity_and_prompts(scene, volume_node, prompt_nodes):
     segmentation, (target, _) = add_segmentation(scene, volume_node)
     logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="ct-soft-tissue")

@@ -140,7 +140,16 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="a 3D Slicer markups file: an ROI drawn on a slice is the box, a point list's points are "
         "clicks (':-' after the name: negative); repeatable",
     )
-    prompt.add_argument("--axis", choices=["I", "J", "K"], help="slice axis of a points-only prompt")
+    prompt.add_argument(
+        "--mask-prompts",
+        metavar="LABELS",
+        help="a labelmap on the image's grid with each object drawn on a few slices: every label is an "
+        "object (keeping its value), every slice it covers along --axis (default K) its mask prompt; the "
+        "slices between and beyond are segmented",
+    )
+    prompt.add_argument(
+        "--axis", choices=["I", "J", "K"], help="slice axis of a points-only prompt, or of --mask-prompts"
+    )
     prompt.add_argument("--prompts", metavar="FILE.json", help='{"objects": [{"name":…, "boxes_ijk": […]}]}')
     prompt.add_argument("--name", default=None, help="segment name (single-object prompts)")
     prompt.add_argument(
@@ -356,11 +365,28 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
                 "--structure was given with --prompts",
                 "use --structure with --box/--point prompts (one object)",
             )
-        if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras or args.markups:
+        if (
+            args.box_ijk
+            or args.box_ras
+            or args.point_ijk
+            or args.point_ras
+            or args.markups
+            or args.mask_prompts
+        ):
             raise PromptError(
-                "--prompts was given with --box/--point/--markups options", "put every prompt in the file"
+                "--prompts was given with --box/--point/--markups/--mask-prompts options",
+                "put every prompt in the file",
             )
         objects = load_prompt_file(args.prompts, volume)
+    elif args.mask_prompts:
+        from .mask_prompts import load_mask_prompts
+
+        if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras or args.markups:
+            raise PromptError(
+                "--mask-prompts was given with --box/--point/--markups options", "give one kind of prompt"
+            )
+        axis = "IJK".index(args.axis) if args.axis else 2
+        objects = load_mask_prompts(args.mask_prompts, volume, axis, args.name)
     else:
         objects = _single_object_prompts(args, volume)
     return SegmentJob(
@@ -400,6 +426,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
     from .exporters import write_labelmap
     from .intensity import window_for
     from .out_of_memory import RanOutOfMemoryError
+    from .prompts import MaskPrompt
     from .session import SegmentationSession
     from .terminology import terminology_entry_string
 
@@ -433,7 +460,10 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
                 entry = replace(entry, name=structure.name)
             object_id = session.add_object(entry.name, structure.color_rgb_float if structure else None)
             for prompts in entry.prompts:
-                session.add_prompts(object_id, prompts)
+                if isinstance(prompts, MaskPrompt):
+                    session.add_mask(object_id, prompts.axis, prompts.slice_index, prompts.mask_frame)
+                else:
+                    session.add_prompts(object_id, prompts)
             if entry.prompts:  # an object whose prompts all lie outside the slab keeps its label, empty
                 prompted.append(object_id)
         for result in session.propagate(prompted, direction=args.direction, slice_range=run.slice_range):
@@ -450,9 +480,10 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         object_id: int(np.count_nonzero(labelmap_kji[obj.mask_kji] != object_id))
         for object_id, obj in session.objects.items()
     }
+    segments = session.segments()
+    labelmap_kji, segments = _with_label_values(labelmap_kji, segments, run.objects)
     if run.slab is not None:
         labelmap_kji = run.slab.paste(labelmap_kji, volume.voxels_kji.shape)
-    segments = session.segments()
     if structure is not None:
         segments = [replace(info, terminology=terminology_entry_string(structure)) for info in segments]
     written: list[Path] = []
@@ -513,6 +544,21 @@ def _volume_index(run: Any, slice_index: int) -> int:
     return slice_index if run.slab is None else run.slab.to_volume_index(slice_index)
 
 
+def _with_label_values(labelmap_kji: Any, segments: list, objects: list) -> tuple[Any, list]:
+    """The labelmap and segments with each object's own ``label_value`` (an input labelmap's) instead of
+    its place in the list; unchanged when no object has one."""
+    import numpy as np
+
+    values = [entry.label_value for entry in objects]
+    if all(value is None for value in values):
+        return labelmap_kji, segments
+    lut = np.arange(len(objects) + 1, dtype=np.int64)  # object n (1-based) -> its value
+    lut[1:] = [value if value is not None else n for n, value in enumerate(values, start=1)]
+    dtype = np.uint8 if lut.max() < 256 else np.uint16 if lut.max() < 65536 else np.uint32
+    relabelled = lut.astype(dtype)[labelmap_kji]
+    return relabelled, [replace(info, label_value=int(lut[info.label_value])) for info in segments]
+
+
 def _note_empty_prompted_slices(session: Any, obj: Any, run: Any, stderr: TextIO) -> None:
     """Say why an object got nothing where it was prompted (the run stops there, so its summary alone
     reads "0 slices"), with the way out that fits its prompt."""
@@ -561,16 +607,17 @@ def _write_preview(session, objects, path: Path, slab: Any = None) -> None:
     """The preview of the session's volume; tiles titled with the user's slice indices (``slab``: where
     the session's volume was cut from)."""
     from .preview import write_preview_png
+    from .prompts import SlicePrompts
 
     first = objects[0].prompts[0]
-    points = first.points_frame_xy()
+    points = first.points_frame_xy() if isinstance(first, SlicePrompts) else []
     write_preview_png(
         session.windowed_kji,
         session.labelmap_kji(),
         first.axis,
         first.slice_index,
         path,
-        box_frame_xyxy=first.box_frame_xyxy(),
+        box_frame_xyxy=first.box_frame_xyxy() if isinstance(first, SlicePrompts) else None,
         points_frame_xy=points if len(points) else None,
         point_labels=first.labels_array() if len(points) else None,
         spacing_ijk=session.volume.spacing_ijk,

@@ -248,6 +248,7 @@ def _note_missing_inputs(jobs: list[BatchLine], stderr: TextIO) -> None:
         for path in (
             job.args.image,
             job.args.prompts,
+            job.args.mask_prompts,
             *(name.removesuffix(":-") for name in job.args.markups),
         )
         if path and not Path(path).expanduser().exists()

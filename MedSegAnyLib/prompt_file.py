@@ -31,6 +31,7 @@ from .errors import PromptError
 from .prompts import (
     AXIS_NAMES,
     Box6,
+    MaskPrompt,
     Point3,
     SlicePrompts,
     box_ijk_from_ras,
@@ -51,10 +52,13 @@ DEFAULT_AXIS = 2
 
 @dataclass(frozen=True)
 class ObjectPrompts:
-    """One named object and its prompts, one :class:`SlicePrompts` per prompted slice."""
+    """One named object and its prompts, one :class:`SlicePrompts` (or
+    :class:`~medsegany.prompts.MaskPrompt`) per prompted slice. ``label_value``: the value the object
+    has in the outputs when it must keep one (an input labelmap's); None: its place in the list."""
 
     name: str
-    prompts: tuple[SlicePrompts, ...]
+    prompts: tuple[SlicePrompts | MaskPrompt, ...]
+    label_value: int | None = None
 
 
 def _is_number(value) -> bool:
@@ -363,6 +367,7 @@ def describe(objects: Sequence[ObjectPrompts]) -> str:
     for obj in objects:
         slices = ", ".join(
             f"{p.axis_name}={p.slice_index}"
+            + (" mask" if isinstance(p, MaskPrompt) else "")
             + (" box" if p.box_ijk else "")
             + (f" {len(p.points_ijk)} pts" if p.points_ijk else "")
             for p in obj.prompts

@@ -258,6 +258,27 @@ def _point_axis(points: Sequence[Point3], axis: int | None) -> int:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class MaskPrompt:
+    """An object's mask on one slice given as that slice's prompt (a slice labelled by hand): the object is
+    exactly there (:meth:`~medsegany.session.SegmentationSession.add_mask`). ``mask_frame``: bool (H, W)
+    in the frame convention of :mod:`medsegany.slices`. No box and no points, as :class:`SlicePrompts`
+    tells them (``box_ijk`` None, ``points_ijk`` empty), for code that lists prompts."""
+
+    axis: int
+    slice_index: int
+    mask_frame: np.ndarray
+    box_ijk: None = None
+    points_ijk: tuple[Point3, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_axis(self.axis)
+
+    @property
+    def axis_name(self) -> str:
+        return AXIS_NAMES[self.axis]
+
+
 def make_slice_prompts(
     volume: Volume,
     box_ijk: Sequence[float] | None = None,

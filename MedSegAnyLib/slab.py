@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import PromptError
 from .geometry import kji_axis
-from .prompts import SlicePrompts
+from .prompts import MaskPrompt, SlicePrompts
 from .slices import AXIS_NAMES
 from .volume import Volume
 
@@ -63,16 +63,18 @@ class Slab:
         ijk_to_ras[:3, 3] += ijk_to_ras[:3, :3] @ offset_ijk
         return Volume(volume.voxels_kji[self.index_kji()], ijk_to_ras, volume.name, dict(volume.metadata))
 
-    def holds(self, prompts: SlicePrompts) -> bool:
+    def holds(self, prompts: SlicePrompts | MaskPrompt) -> bool:
         """Whether ``prompts`` lie on one of the slab's slices (prompts on another axis cross the slab)."""
         return prompts.axis == self.axis and self.first <= prompts.slice_index <= self.last
 
-    def prompts_in_slab(self, prompts: SlicePrompts) -> SlicePrompts:
+    def prompts_in_slab(self, prompts: SlicePrompts | MaskPrompt) -> SlicePrompts | MaskPrompt:
         """``prompts`` (volume indices) in the slab's indices; ValueError unless :meth:`holds`."""
         if not self.holds(prompts):
             raise ValueError(
                 f"prompts on {prompts.axis_name}={prompts.slice_index} are not in {self.describe()}"
             )
+        if isinstance(prompts, MaskPrompt):  # its mask lies in the slice's plane: only the index moves
+            return replace(prompts, slice_index=prompts.slice_index - self.first)
         box = prompts.box_ijk
         if box is not None:
             box = tuple(

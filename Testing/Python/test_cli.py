@@ -524,3 +524,70 @@ def test_markups_files_saved_by_slicer_prompt_as_the_same_box_and_points_do(
     empty.write_text('{"markups": [{"type": "Fiducial", "controlPoints": []}]}')
     code, _, err = run_cli(capsys, *common, "--markups", f"{empty}:-", "-o", tmp_path / "z.nii.gz")
     assert_one_line_error(code, err, "the markups files given hold no placed point or ROI")
+
+
+def test_mask_prompts_fill_the_slices_between_and_beyond_a_sparse_labelmap(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """--mask-prompts: each label keeps its value, its drawn slices stay as drawn, the rest is segmented."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    image = sitk.ReadImage(str(phantom))
+    truth_kji = sitk.GetArrayFromImage(image) > 100
+    sparse_kji = np.zeros(truth_kji.shape, dtype=np.uint8)
+    sparse_kji[1][truth_kji[1]] = 7  # two slices drawn by hand, as label 7
+    sparse_kji[3][truth_kji[3]] = 7
+    sparse_kji[3, 30:34, 28:32] = 0  # ... with a hole the model would not leave
+    labels = sitk.GetImageFromArray(sparse_kji)
+    labels.CopyInformation(image)
+    sitk.WriteImage(labels, str(tmp_path / "sparse.nii.gz"))
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    common = ["segment", phantom, "--window=0,255", "-q", "--mask-prompts", tmp_path / "sparse.nii.gz"]
+
+    code, out, err = run_cli(
+        capsys, *common, "-o", tmp_path / "dense.nii.gz", "-o", tmp_path / "dense.seg.nrrd"
+    )
+
+    assert code == 0, err
+    dense = read_labels(tmp_path / "dense.nii.gz")
+    assert set(np.unique(dense)) == {0, 7}
+    np.testing.assert_array_equal(dense[[1, 3]], sparse_kji[[1, 3]])  # the drawn slices, as drawn
+    assert (dense[2] == 7).sum() > 0.8 * truth_kji[2].sum() and (dense[0] == 7).any()  # between, beyond
+    np.testing.assert_array_equal(read_labels(tmp_path / "dense.seg.nrrd"), dense)
+    assert "label_7:" in out
+
+    # the labelmap must be on the image's grid; a single label may take --name; several may not
+    moved = sitk.GetImageFromArray(sparse_kji)
+    moved.CopyInformation(image)
+    moved.SetOrigin((0.0, 0.0, 4.0))
+    sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
+    code, _, err = run_cli(
+        *[capsys, "segment", phantom, "--mask-prompts", tmp_path / "moved.nii.gz"],
+        "-o",
+        tmp_path / "x.nii.gz",
+    )
+    assert_one_line_error(code, err, "has the image's size but lies 4 mm from it")
+    two = sparse_kji.copy()
+    two[1, :2, :2] = 9
+    two_image = sitk.GetImageFromArray(two)
+    two_image.CopyInformation(image)
+    sitk.WriteImage(two_image, str(tmp_path / "two.nii.gz"))
+    code, _, err = run_cli(
+        capsys,
+        *common[:-2],
+        "--mask-prompts",
+        tmp_path / "two.nii.gz",
+        "--name",
+        "liver",
+        "-o",
+        tmp_path / "y.nii.gz",
+    )
+    assert_one_line_error(code, err, "--name was given, but .* holds 2 labels")
+    empty = sitk.GetImageFromArray(np.zeros_like(sparse_kji))
+    empty.CopyInformation(image)
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    code, _, err = run_cli(
+        capsys, *common[:-2], "--mask-prompts", tmp_path / "empty.nii.gz", "-o", tmp_path / "z.nii.gz"
+    )
+    assert_one_line_error(code, err, "labels no voxel")

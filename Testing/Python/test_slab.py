@@ -84,3 +84,16 @@ def test_objects_keep_their_order_and_only_the_prompts_inside(volume):
         objects_in_slab(objects, Slab(2, 1, 1))
     sideways = make_slice_prompts(volume, box_ijk=(1, 2, 0, 5, 2, 4))  # a J slice
     assert one_axis([*objects, ObjectPrompts("d", (sideways,))]) is None
+
+
+def test_mask_prompts_move_into_the_slab_with_their_masks_and_label_values(volume):
+    from medsegany.prompts import MaskPrompt
+
+    mask_frame = np.zeros(volume.voxels_kji.shape[1:], dtype=bool)
+    mask_frame[2:5, 3:6] = True
+    drawn = ObjectPrompts("label_7", (MaskPrompt(2, 4, mask_frame), MaskPrompt(2, 9, mask_frame)), 7)
+    (kept,), left_out = objects_in_slab([drawn], Slab(2, 3, 6))
+    (inside,) = kept.prompts
+    assert left_out == 1 and kept.label_value == 7 and one_axis([drawn]) == 2
+    assert isinstance(inside, MaskPrompt) and inside.slice_index == 1
+    np.testing.assert_array_equal(inside.mask_frame, mask_frame)

@@ -959,6 +959,7 @@ class SegmentationSession:
             frozenset(obj.dirty),
             dict(obj.stop_reasons),
             frozenset(obj.ran),
+            obj.last_run,
         )
 
     @property
@@ -991,8 +992,9 @@ class SegmentationSession:
         return self._apply(entry, 1, "redo")
 
     def _apply(self, entry, which: int, source: str) -> list[SliceResult]:
-        for obj in self.objects.values():
-            obj.last_run = None  # the next propagate() re-runs what it is asked, whatever the history
+        # each object's last complete run comes back with its prompts, runs and masks: an object the entry
+        # did not touch keeps its own, so the next propagate() skips what is complete (undoing one object's
+        # correction re-ran every object whole, and a SAM 2 object with its memory rebuilt changed masks)
         for object_id, states in entry.objects.items():
             record = states[which]
             self._forget_tracker_object(object_id)
@@ -1017,11 +1019,12 @@ class SegmentationSession:
                 .astype(bool)
                 for k, (shape, bits) in record.mask_prompts.items()
             }
-            obj.roles, obj.dirty, obj.stop_reasons, obj.ran = (
+            obj.roles, obj.dirty, obj.stop_reasons, obj.ran, obj.last_run = (
                 dict(record.roles),
                 set(record.dirty),
                 dict(record.stop_reasons),
                 set(record.ran),
+                record.last_run,
             )
         results = []
         for (object_id, axis, index), states in entry.slices.items():

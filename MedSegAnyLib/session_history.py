@@ -60,6 +60,9 @@ class ObjectRecord:
     dirty: frozenset
     stop_reasons: dict
     ran: frozenset = frozenset()  # (key, step) of the runs that ran to their end
+    # (direction, range) of the last complete propagation; not compared: a re-run that changed nothing else
+    # is no undo step
+    last_run: Any = field(default=None, compare=False)
 
 
 @dataclass

@@ -228,3 +228,35 @@ def test_exclusive_objects_never_overlap_and_independent_ones_may():
         session.add_prompts(
             session.add_object("c"), make_slice_prompts(volume, box_ijk=(24, 15, 10, 24, 25, 18))
         )
+
+
+def test_after_an_undo_a_propagation_skips_what_is_complete():
+    """Undo gives each object back its last complete run with its prompts and masks: undoing one
+    object's correction, or a removal, leaves nothing to propagate (every object was re-run whole, and a
+    SAM 2 object, whose memory an undo rebuilds, came out with other masks)."""
+    volume = phantom()
+    model = ThresholdModel()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    first, second = session.add_object("a"), session.add_object("b")
+    session.add_prompts(first, box_on_k(volume, 14))
+    session.add_prompts(second, make_slice_prompts(volume, box_ijk=(16, 14, 24, 32, 26, 24)))
+    list(session.propagate())
+    complete = snapshot(session)
+
+    session.add_prompts(first, edge_negative_point(session, first, 16))
+    session.undo()  # the correction, never propagated
+    assert list(session.propagate()) == []
+    session.add_prompts(first, edge_negative_point(session, first, 16))
+    list(session.propagate())
+    session.undo()
+    session.undo()  # the correction and its propagation
+    assert list(session.propagate()) == []
+    session.remove_object(second)
+    session.undo()
+    calls = model.predict_calls
+    assert list(session.propagate()) == [] and model.predict_calls == calls
+    assert_same(session, complete)
+    assert session.history == ["add_prompts", "add_prompts", "propagate"]
+    session.undo()  # an undone propagation is still to do: the next one runs it again
+    assert {r.object_id for r in session.propagate()} == {first, second}
+    np.testing.assert_array_equal(session.mask_kji(first), complete[first][0])

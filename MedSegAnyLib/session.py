@@ -770,8 +770,11 @@ class SegmentationSession:
             return prediction
 
         next_index = key + step  # first slice this run has not written
+        # a direction ends with its outer run: a run between two prompts neither gives nor clears its reason
+        # (one that ended in the gap cleared the reason the outer run of its direction had given)
+        reasons = obj.stop_reasons if run.outer else {}
         if not key_mask.any():
-            obj.stop_reasons[step] = f"slice {key}: the prompted slice's mask is empty"
+            reasons[step] = f"slice {key}: the prompted slice's mask is empty"
         for outcome in propagate_slicewise(
             predict,
             lambda i: frame_of(windowed, axis, i),
@@ -783,7 +786,7 @@ class SegmentationSession:
             self.settings,
         ):
             if outcome.stop_reason is not None:
-                obj.stop_reasons[step] = f"slice {outcome.slice_index}: {outcome.stop_reason}"
+                reasons[step] = f"slice {outcome.slice_index}: {outcome.stop_reason}"
                 break
             index = outcome.slice_index
             yield from self._set_slice(
@@ -799,7 +802,7 @@ class SegmentationSession:
             next_index = index + step
         else:
             if key_mask.any():
-                obj.stop_reasons.pop(step, None)
+                reasons.pop(step, None)
         yield from self._clear_beyond(tx, obj, next_index, run)
 
     def _sam2_runs(

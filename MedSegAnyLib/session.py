@@ -358,6 +358,8 @@ class SegmentationSession:
         it as a mask prompt (its output becomes the slice's mask); a 2D model keeps it as drawn.
         """
         obj = self._object(object_id)
+        if axis not in (0, 1, 2):  # -1 read as K and 3 failed with an IndexError
+            raise PromptError(f"axis {axis!r} is not 0, 1 or 2", "use the slice view's IJK axis: 0, 1 or 2")
         shape = frame_shape(self.volume.voxels_kji.shape, axis)
         mask_frame = np.asarray(mask_frame, dtype=bool)
         if mask_frame.shape != shape:

@@ -200,6 +200,9 @@ def test_add_mask_is_a_prompt_that_propagates():
     np.testing.assert_array_equal(session.mask_kji(object_id).any(axis=(1, 2)), truth.any(axis=(1, 2)))
     with pytest.raises(PromptError, match="shape"):
         session.add_mask(object_id, 2, 14, drawn[:5])
+    for axis in (-1, 3):  # -1 was taken for K, 3 failed with an IndexError
+        with pytest.raises(PromptError, match=f"axis {axis} is not 0, 1 or 2"):
+            session.add_mask(object_id, axis, 14, drawn)
     session.undo()
     session.undo()
     assert not session.mask_kji(object_id).any()

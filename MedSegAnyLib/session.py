@@ -68,6 +68,13 @@ DIRECTIONS = ("both", "forward", "backward")
 OVERLAPS = ("independent", "exclusive")
 
 
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise PromptError(
+            f"direction {direction!r} is not one of {DIRECTIONS}", "use both, forward or backward"
+        )
+
+
 @dataclass(frozen=True)
 class SliceResult:
     """One slice of one object. ``mask_frame`` is empty where the object is absent or was cleared.
@@ -589,10 +596,7 @@ class SegmentationSession:
         a previous run filled beyond where this run stops are cleared (yielded with source "cleared"). The
         whole call is one undo step.
         """
-        if direction not in DIRECTIONS:
-            raise PromptError(
-                f"direction {direction!r} is not one of {DIRECTIONS}", "use both, forward or backward"
-            )
+        _check_direction(direction)
         ids = list(self.objects) if object_ids is None else list(object_ids)
         for object_id in ids:
             obj = self._object(object_id)
@@ -625,11 +629,18 @@ class SegmentationSession:
         slice_range: tuple[int, int] | None = None,
     ) -> Iterator[SliceResult]:
         """Re-run the runs that start at one prompted slice (whatever changed); a generator, one undo step."""
+        _check_direction(direction)  # an unknown one ran both ways, rewriting the side meant to be kept
         obj = self._object(object_id)
         if slice_index not in obj.prompted_slices():
             raise PromptError(
                 f"slice {slice_index} of {obj.name} has no prompt",
                 f"use one of its prompted slices {obj.prompted_slices()}",
+            )
+        if slice_range is not None and not slice_range[0] <= slice_index <= slice_range[1]:
+            # its runs start at the slice: a range without it ran nothing, silently
+            raise PromptError(
+                f"slice {slice_index} lies outside the slice range {slice_range}",
+                "include the slice in the range, or re-propagate without a range",
             )
         tx = self._begin("propagate")
         try:

@@ -95,6 +95,13 @@ def test_repropagate_from_reruns_one_prompt():
     assert results and all(r.slice_index < 14 for r in results)
     with pytest.raises(PromptError, match="no prompt"):
         list(session.repropagate_from(object_id, 3))
+    history = session.history
+    # a misspelt direction re-ran both sides, a range without the slice silently ran nothing
+    with pytest.raises(PromptError, match="direction 'backwards' is not one of"):
+        list(session.repropagate_from(object_id, 14, direction="backwards"))
+    with pytest.raises(PromptError, match=r"slice 14 lies outside the slice range \(16, 20\)"):
+        list(session.repropagate_from(object_id, 14, slice_range=(16, 20)))
+    assert session.history == history
 
 
 def test_undo_redo_restore_every_step_exactly():

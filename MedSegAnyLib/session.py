@@ -1054,7 +1054,7 @@ class SegmentationSession:
             for store, value in (
                 (obj.slice_sources, state.source),
                 (obj.origins, state.origin),
-                (obj.logits_frames, state.logits),
+                (obj.logits_frames, state.logits()),
                 (obj.confidences, state.confidence),
             ):
                 if value is None:

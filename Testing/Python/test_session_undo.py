@@ -270,3 +270,41 @@ def test_after_an_undo_a_propagation_skips_what_is_complete():
     session.undo()  # an undone propagation is still to do: the next one runs it again
     assert {r.object_id for r in session.propagate()} == {first, second}
     np.testing.assert_array_equal(session.mask_kji(first), complete[first][0])
+
+
+def test_an_exclusive_undo_step_keeps_only_the_logits_it_needs_and_restores_them_exactly():
+    """In "exclusive" mode each slice's raw logits are -inf outside the object's raw mask: an undo step
+    keeps the others, not whole frames (a propagation's step was 9 times the size it has in independent
+    mode); undo and redo give every logit back."""
+    import pickle
+
+    def propagated(overlap: str) -> tuple[SegmentationSession, int, int]:
+        volume = phantom((30, 80, 96))
+        session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0), overlap=overlap)
+        first, second = session.add_object("a"), session.add_object("b")
+        session.add_prompts(first, box_on_k(volume, 14))
+        session.add_prompts(second, make_slice_prompts(volume, box_ijk=(16, 14, 24, 32, 26, 24)))
+        list(session.propagate())
+        return session, first, second
+
+    independent, _, _ = propagated("independent")
+    session, first, second = propagated("exclusive")
+    step_bytes = {
+        overlap: len(pickle.dumps(s._history.undo_stack[-1]))
+        for overlap, s in (("independent", independent), ("exclusive", session))
+    }
+    assert step_bytes["exclusive"] < 2 * step_bytes["independent"], step_bytes
+
+    logits = {oid: dict(session.objects[oid].logits_frames) for oid in (first, second)}
+    session.add_prompts(first, edge_negative_point(session, first, 16))
+    list(session.propagate())
+    after = {oid: dict(session.objects[oid].logits_frames) for oid in (first, second)}
+    for expected, step in ((logits, session.undo), (after, session.redo)):
+        for _ in range(2):  # the correction's propagation and the correction
+            step()
+        for oid in (first, second):
+            restored = session.objects[oid].logits_frames
+            assert sorted(restored) == sorted(expected[oid])
+            for k, frame in expected[oid].items():
+                assert restored[k].dtype == frame.dtype
+                np.testing.assert_array_equal(restored[k], frame)

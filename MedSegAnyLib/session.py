@@ -54,7 +54,7 @@ from .exporters import SegmentInfo, default_segment_color
 from .intensity import IntensityWindow, apply_window, window_for
 from .models.base import FramePrediction
 from .models.compute import device_type
-from .out_of_memory import out_of_memory_as_model_error
+from .out_of_memory import RanOutOfMemoryError, out_of_memory_as_model_error
 from .prompts import SlicePrompts
 from .propagation import ObjectAppearance, PropagationSettings, next_box, propagate_slicewise
 from .session_history import History, ObjectRecord, SliceState, Transaction, capture_slice_state, pack_mask
@@ -65,6 +65,8 @@ from .slices import AXIS_NAMES, clip_slice_range, frame_count, frame_of, frame_s
 from .volume import Volume
 
 DIRECTIONS = ("both", "forward", "backward")
+# what became of a prompt or drawn mask when the model ran out of memory on it
+NOT_APPLIED = "{what} was not applied: nothing changed"
 OVERLAPS = ("independent", "exclusive")
 
 
@@ -254,8 +256,9 @@ class SegmentationSession:
         return str(getattr(self.model, "device", "cpu"))
 
     @contextlib.contextmanager
-    def _computing(self) -> Iterator[None]:
-        """Around every model call: an out-of-memory error becomes a ModelError, and on a CPU the memory
+    def _computing(self, outcome: str | None = None) -> Iterator[None]:
+        """Around every model call: an out-of-memory error becomes a ModelError (``outcome``: what became of
+        the work, for a call that writes one slice or nothing), and on a CPU the memory
         freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM
         0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc). On a CPU the calling thread
         also flushes denormals, as the thread that loaded the model does (the flag is per thread, and stays
@@ -264,8 +267,15 @@ class SegmentationSession:
         if on_cpu:
             flush_denormals_if_tuned()
         make_room = None if on_cpu else self._features_to_host_memory
-        with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):
-            yield
+        try:
+            with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):
+                yield
+        except RanOutOfMemoryError as error:
+            if outcome is None:
+                raise
+            # the error's own outcome ("what was segmented before is kept; undo removes it") fits a
+            # propagation; after a prompt that changed nothing, that undo would take back the action before
+            raise RanOutOfMemoryError(error.where, error.ways_out, error.done, outcome) from None
 
     def _features_to_host_memory(self) -> str | None:
         """After the GPU ran out of memory: keep every axis's image features in host memory from now on,
@@ -352,7 +362,7 @@ class SegmentationSession:
                 )
         tx = self._begin("add_prompts")
         try:
-            with self._computing():
+            with self._computing(outcome=NOT_APPLIED.format(what="the prompt")):
                 results = self._prompt_slice(tx, obj, prompts)
         finally:
             self._commit(tx)
@@ -381,11 +391,10 @@ class SegmentationSession:
         try:
             tx.touch_object(object_id)
             role = self._role_for(obj, slice_index)
-            obj.axis = axis
             score = None
             if self.is_sam2:
                 # the tracker's state is rebuilt by model calls too (after an undo): under the same guard
-                with self._computing():
+                with self._computing(outcome=NOT_APPLIED.format(what="the mask")):
                     tracker = self._tracker(axis)
                     self._sync_tracker(obj, tracker)
                     logits = tracker.add_prompts(object_id, slice_index, mask_frame=mask_frame)
@@ -393,6 +402,7 @@ class SegmentationSession:
                 mask = logits > 0
             else:
                 logits, mask = None, mask_frame
+            obj.axis = axis  # after the model call: one that fails changes nothing (and is no undo step)
             obj.prompts.pop(slice_index, None)
             obj.mask_prompts[slice_index] = mask_frame.copy()
             obj.roles[slice_index] = role
@@ -408,13 +418,19 @@ class SegmentationSession:
         index = prompts.slice_index
         tx.touch_object(obj.object_id)
         role = self._role_for(obj, index)
-        obj.axis = prompts.axis
-        if self.is_sam2:
-            logits, score = self._sam2_prompt(obj, prompts)
-        else:
-            current = self._raw_mask(obj, index)
-            prediction = self._predict_prompts(prompts, current if current.any() else None)
-            logits, score = prediction.logits_frame, prediction.iou_score
+        axis_before, obj.axis = obj.axis, prompts.axis
+        try:
+            if self.is_sam2:
+                logits, score = self._sam2_prompt(obj, prompts)
+            else:
+                current = self._raw_mask(obj, index)
+                prediction = self._predict_prompts(prompts, current if current.any() else None)
+                logits, score = prediction.logits_frame, prediction.iou_score
+        except Exception:
+            obj.axis = axis_before  # a prompt the model failed on changes nothing (and is no undo step)
+            # SAM 2: the tracker may hold part of it (the slice's mask, given before the clicks): rebuilt
+            self._synced.pop(obj.object_id, None)
+            raise
         obj.prompts[index] = prompts
         obj.mask_prompts.pop(index, None)
         obj.roles[index] = role

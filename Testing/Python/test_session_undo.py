@@ -308,3 +308,38 @@ def test_an_exclusive_undo_step_keeps_only_the_logits_it_needs_and_restores_them
             for k, frame in expected[oid].items():
                 assert restored[k].dtype == frame.dtype
                 np.testing.assert_array_equal(restored[k], frame)
+
+
+class RunsOutOfMemory(ThresholdModel):
+    """Runs out of memory at every decode once ``full`` is set."""
+
+    full = False
+
+    def predict(self, *args, **kwargs):
+        if self.full:
+            raise MemoryError()
+        return super().predict(*args, **kwargs)
+
+
+def test_a_prompt_the_model_runs_out_of_memory_on_changes_nothing_and_says_so():
+    """The out-of-memory message of a propagation ("what was segmented before is kept; undo removes it")
+    told the user to undo after a prompt that had written nothing, which took back the action before;
+    and a new object's first prompt left an undo step that did nothing."""
+    from medsegany.errors import ModelError
+
+    volume = phantom()
+    model = RunsOutOfMemory()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    object_id = session.add_object("ellipsoid")
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    list(session.propagate())
+    before, history = snapshot(session), session.history
+    fresh = session.add_object("new")
+    model.full = True
+    for target in (object_id, fresh):
+        with pytest.raises(ModelError, match=r"\(the prompt was not applied: nothing changed\)"):
+            session.add_prompts(target, box_on_k(volume, 17))
+    assert session.history == history and session.objects[fresh].axis is None
+    assert_same(session, before)
+    model.full = False
+    assert session.add_prompts(fresh, box_on_k(volume, 17)).mask_frame.any()  # the next try works

@@ -54,7 +54,7 @@ from .exporters import SegmentInfo, default_segment_color
 from .intensity import IntensityWindow, apply_window, window_for
 from .models.base import FramePrediction
 from .models.compute import device_type
-from .out_of_memory import out_of_memory_as_model_error
+from .out_of_memory import RanOutOfMemoryError, out_of_memory_as_model_error
 from .prompts import SlicePrompts
 from .propagation import ObjectAppearance, PropagationSettings, next_box, propagate_slicewise
 from .session_history import History, ObjectRecord, SliceState, Transaction, capture_slice_state, pack_mask
@@ -65,7 +65,16 @@ from .slices import AXIS_NAMES, clip_slice_range, frame_count, frame_of, frame_s
 from .volume import Volume
 
 DIRECTIONS = ("both", "forward", "backward")
+# what became of a prompt or drawn mask when the model ran out of memory on it
+NOT_APPLIED = "{what} was not applied: nothing changed"
 OVERLAPS = ("independent", "exclusive")
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise PromptError(
+            f"direction {direction!r} is not one of {DIRECTIONS}", "use both, forward or backward"
+        )
 
 
 @dataclass(frozen=True)
@@ -247,8 +256,9 @@ class SegmentationSession:
         return str(getattr(self.model, "device", "cpu"))
 
     @contextlib.contextmanager
-    def _computing(self) -> Iterator[None]:
-        """Around every model call: an out-of-memory error becomes a ModelError, and on a CPU the memory
+    def _computing(self, outcome: str | None = None) -> Iterator[None]:
+        """Around every model call: an out-of-memory error becomes a ModelError (``outcome``: what became of
+        the work, for a call that writes one slice or nothing), and on a CPU the memory
         freed between slices stays in the process until the call ends (medsegany.allocator: LiteMedSAM
         0.497 -> 0.359 s a slice on the 2-core development CPU with jemalloc). On a CPU the calling thread
         also flushes denormals, as the thread that loaded the model does (the flag is per thread, and stays
@@ -257,8 +267,15 @@ class SegmentationSession:
         if on_cpu:
             flush_denormals_if_tuned()
         make_room = None if on_cpu else self._features_to_host_memory
-        with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):
-            yield
+        try:
+            with out_of_memory_as_model_error(self.device, make_room), retained_freed_memory(on_cpu):
+                yield
+        except RanOutOfMemoryError as error:
+            if outcome is None:
+                raise
+            # the error's own outcome ("what was segmented before is kept; undo removes it") fits a
+            # propagation; after a prompt that changed nothing, that undo would take back the action before
+            raise RanOutOfMemoryError(error.where, error.ways_out, error.done, outcome) from None
 
     def _features_to_host_memory(self) -> str | None:
         """After the GPU ran out of memory: keep every axis's image features in host memory from now on,
@@ -345,7 +362,7 @@ class SegmentationSession:
                 )
         tx = self._begin("add_prompts")
         try:
-            with self._computing():
+            with self._computing(outcome=NOT_APPLIED.format(what="the prompt")):
                 results = self._prompt_slice(tx, obj, prompts)
         finally:
             self._commit(tx)
@@ -358,6 +375,8 @@ class SegmentationSession:
         it as a mask prompt (its output becomes the slice's mask); a 2D model keeps it as drawn.
         """
         obj = self._object(object_id)
+        if axis not in (0, 1, 2):  # -1 read as K and 3 failed with an IndexError
+            raise PromptError(f"axis {axis!r} is not 0, 1 or 2", "use the slice view's IJK axis: 0, 1 or 2")
         shape = frame_shape(self.volume.voxels_kji.shape, axis)
         mask_frame = np.asarray(mask_frame, dtype=bool)
         if mask_frame.shape != shape:
@@ -372,11 +391,10 @@ class SegmentationSession:
         try:
             tx.touch_object(object_id)
             role = self._role_for(obj, slice_index)
-            obj.axis = axis
             score = None
             if self.is_sam2:
                 # the tracker's state is rebuilt by model calls too (after an undo): under the same guard
-                with self._computing():
+                with self._computing(outcome=NOT_APPLIED.format(what="the mask")):
                     tracker = self._tracker(axis)
                     self._sync_tracker(obj, tracker)
                     logits = tracker.add_prompts(object_id, slice_index, mask_frame=mask_frame)
@@ -384,6 +402,7 @@ class SegmentationSession:
                 mask = logits > 0
             else:
                 logits, mask = None, mask_frame
+            obj.axis = axis  # after the model call: one that fails changes nothing (and is no undo step)
             obj.prompts.pop(slice_index, None)
             obj.mask_prompts[slice_index] = mask_frame.copy()
             obj.roles[slice_index] = role
@@ -399,13 +418,19 @@ class SegmentationSession:
         index = prompts.slice_index
         tx.touch_object(obj.object_id)
         role = self._role_for(obj, index)
-        obj.axis = prompts.axis
-        if self.is_sam2:
-            logits, score = self._sam2_prompt(obj, prompts)
-        else:
-            current = self._raw_mask(obj, index)
-            prediction = self._predict_prompts(prompts, current if current.any() else None)
-            logits, score = prediction.logits_frame, prediction.iou_score
+        axis_before, obj.axis = obj.axis, prompts.axis
+        try:
+            if self.is_sam2:
+                logits, score = self._sam2_prompt(obj, prompts)
+            else:
+                current = self._raw_mask(obj, index)
+                prediction = self._predict_prompts(prompts, current if current.any() else None)
+                logits, score = prediction.logits_frame, prediction.iou_score
+        except Exception:
+            obj.axis = axis_before  # a prompt the model failed on changes nothing (and is no undo step)
+            # SAM 2: the tracker may hold part of it (the slice's mask, given before the clicks): rebuilt
+            self._synced.pop(obj.object_id, None)
+            raise
         obj.prompts[index] = prompts
         obj.mask_prompts.pop(index, None)
         obj.roles[index] = role
@@ -587,10 +612,7 @@ class SegmentationSession:
         a previous run filled beyond where this run stops are cleared (yielded with source "cleared"). The
         whole call is one undo step.
         """
-        if direction not in DIRECTIONS:
-            raise PromptError(
-                f"direction {direction!r} is not one of {DIRECTIONS}", "use both, forward or backward"
-            )
+        _check_direction(direction)
         ids = list(self.objects) if object_ids is None else list(object_ids)
         for object_id in ids:
             obj = self._object(object_id)
@@ -623,11 +645,18 @@ class SegmentationSession:
         slice_range: tuple[int, int] | None = None,
     ) -> Iterator[SliceResult]:
         """Re-run the runs that start at one prompted slice (whatever changed); a generator, one undo step."""
+        _check_direction(direction)  # an unknown one ran both ways, rewriting the side meant to be kept
         obj = self._object(object_id)
         if slice_index not in obj.prompted_slices():
             raise PromptError(
                 f"slice {slice_index} of {obj.name} has no prompt",
                 f"use one of its prompted slices {obj.prompted_slices()}",
+            )
+        if slice_range is not None and not slice_range[0] <= slice_index <= slice_range[1]:
+            # its runs start at the slice: a range without it ran nothing, silently
+            raise PromptError(
+                f"slice {slice_index} lies outside the slice range {slice_range}",
+                "include the slice in the range, or re-propagate without a range",
             )
         tx = self._begin("propagate")
         try:
@@ -770,8 +799,11 @@ class SegmentationSession:
             return prediction
 
         next_index = key + step  # first slice this run has not written
+        # a direction ends with its outer run: a run between two prompts neither gives nor clears its reason
+        # (one that ended in the gap cleared the reason the outer run of its direction had given)
+        reasons = obj.stop_reasons if run.outer else {}
         if not key_mask.any():
-            obj.stop_reasons[step] = f"slice {key}: the prompted slice's mask is empty"
+            reasons[step] = f"slice {key}: the prompted slice's mask is empty"
         for outcome in propagate_slicewise(
             predict,
             lambda i: frame_of(windowed, axis, i),
@@ -783,7 +815,7 @@ class SegmentationSession:
             self.settings,
         ):
             if outcome.stop_reason is not None:
-                obj.stop_reasons[step] = f"slice {outcome.slice_index}: {outcome.stop_reason}"
+                reasons[step] = f"slice {outcome.slice_index}: {outcome.stop_reason}"
                 break
             index = outcome.slice_index
             yield from self._set_slice(
@@ -799,7 +831,7 @@ class SegmentationSession:
             next_index = index + step
         else:
             if key_mask.any():
-                obj.stop_reasons.pop(step, None)
+                reasons.pop(step, None)
         yield from self._clear_beyond(tx, obj, next_index, run)
 
     def _sam2_runs(
@@ -959,6 +991,7 @@ class SegmentationSession:
             frozenset(obj.dirty),
             dict(obj.stop_reasons),
             frozenset(obj.ran),
+            obj.last_run,
         )
 
     @property
@@ -991,8 +1024,9 @@ class SegmentationSession:
         return self._apply(entry, 1, "redo")
 
     def _apply(self, entry, which: int, source: str) -> list[SliceResult]:
-        for obj in self.objects.values():
-            obj.last_run = None  # the next propagate() re-runs what it is asked, whatever the history
+        # each object's last complete run comes back with its prompts, runs and masks: an object the entry
+        # did not touch keeps its own, so the next propagate() skips what is complete (undoing one object's
+        # correction re-ran every object whole, and a SAM 2 object with its memory rebuilt changed masks)
         for object_id, states in entry.objects.items():
             record = states[which]
             self._forget_tracker_object(object_id)
@@ -1017,11 +1051,12 @@ class SegmentationSession:
                 .astype(bool)
                 for k, (shape, bits) in record.mask_prompts.items()
             }
-            obj.roles, obj.dirty, obj.stop_reasons, obj.ran = (
+            obj.roles, obj.dirty, obj.stop_reasons, obj.ran, obj.last_run = (
                 dict(record.roles),
                 set(record.dirty),
                 dict(record.stop_reasons),
                 set(record.ran),
+                record.last_run,
             )
         results = []
         for (object_id, axis, index), states in entry.slices.items():
@@ -1035,7 +1070,7 @@ class SegmentationSession:
             for store, value in (
                 (obj.slice_sources, state.source),
                 (obj.origins, state.origin),
-                (obj.logits_frames, state.logits),
+                (obj.logits_frames, state.logits()),
                 (obj.confidences, state.confidence),
             ):
                 if value is None:

@@ -21,22 +21,48 @@ MAX_HISTORY = 50
 @dataclass(frozen=True)
 class SliceState:
     """One object's slice: packed mask bits, where it came from, its raw logits (exclusive mode only) and
-    its mean logit inside the mask (a 2D model's stop rule scales by the prompted slice's)."""
+    its mean logit inside the mask (a 2D model's stop rule scales by the prompted slice's).
+
+    The logits are kept as the packed bits of the pixels that hold one and their values: the session
+    stores ``-inf`` outside an object's raw mask (:func:`~medsegany.session_overlap.stored_logits`), and
+    whole frames made an exclusive-mode propagation's undo step as large as every logit it wrote
+    (4.3 MB against 0.5 MB for the same propagation in independent mode, 40 slices of 256 x 256).
+    """
 
     mask_packed: np.ndarray
     shape: tuple[int, int]
     source: str | None
     origin: tuple[int, int] | None
-    logits: np.ndarray | None
+    logits_kept: tuple[np.ndarray, np.ndarray] | None  # (packed bits where a logit is, those logits)
     confidence: float | None = None
 
     def mask(self) -> np.ndarray:
         count = self.shape[0] * self.shape[1]
         return np.unpackbits(self.mask_packed, count=count).reshape(self.shape).astype(bool)
 
+    def logits(self) -> np.ndarray | None:
+        """The slice's raw logits as the session stored them (``-inf`` where there was none), or None."""
+        if self.logits_kept is None:
+            return None
+        where_packed, values = self.logits_kept
+        count = self.shape[0] * self.shape[1]
+        where = np.unpackbits(where_packed, count=count).reshape(self.shape).astype(bool)
+        logits = np.full(self.shape, -np.inf, dtype=values.dtype)
+        logits[where] = values
+        return logits
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays this state holds."""
+        kept = 0 if self.logits_kept is None else sum(part.nbytes for part in self.logits_kept)
+        return self.mask_packed.nbytes + kept
+
     def same_as(self, other: SliceState) -> bool:
-        logits_equal = (self.logits is None and other.logits is None) or (
-            self.logits is not None and other.logits is not None and np.array_equal(self.logits, other.logits)
+        mine, theirs = self.logits_kept, other.logits_kept
+        logits_equal = (mine is None and theirs is None) or (
+            mine is not None
+            and theirs is not None
+            and all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
         )
         return (
             self.source == other.source
@@ -60,6 +86,9 @@ class ObjectRecord:
     dirty: frozenset
     stop_reasons: dict
     ran: frozenset = frozenset()  # (key, step) of the runs that ran to their end
+    # (direction, range) of the last complete propagation; not compared: a re-run that changed nothing else
+    # is no undo step
+    last_run: Any = field(default=None, compare=False)
 
 
 @dataclass
@@ -132,11 +161,9 @@ def pack_mask(mask_frame: np.ndarray) -> np.ndarray:
 def capture_slice_state(
     mask_frame: np.ndarray, source: str | None, origin: Any, logits: Any, confidence: float | None = None
 ) -> SliceState:
-    return SliceState(
-        pack_mask(mask_frame),
-        tuple(mask_frame.shape),
-        source,
-        origin,
-        None if logits is None else np.array(logits, copy=True),
-        confidence,
-    )
+    kept = None
+    if logits is not None:
+        logits = np.asarray(logits)
+        where = logits != -np.inf
+        kept = (pack_mask(where), logits[where])  # boolean indexing copies
+    return SliceState(pack_mask(mask_frame), tuple(mask_frame.shape), source, origin, kept, confidence)

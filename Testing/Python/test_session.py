@@ -185,6 +185,24 @@ def test_two_prompted_slices_share_the_slices_between_them():
     assert set(indices) == set(range(8, 21)) - {10, 18}
 
 
+def test_with_two_prompts_each_direction_keeps_the_reason_its_outer_run_ended():
+    """The runs between two prompts end at the other prompt: they neither give nor clear the reason a
+    direction ended (they cleared both, although the outer runs had stopped at 7 and 21)."""
+    volume = phantom()
+
+    def stop_reasons(*keys: int) -> dict:
+        session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+        object_id = session.add_object()
+        for k in keys:
+            session.add_prompts(object_id, box_on_k(volume, k))
+        run(session)
+        return session.objects[object_id].stop_reasons
+
+    one_prompt = stop_reasons(14)
+    assert set(one_prompt) == {1, -1}
+    assert stop_reasons(10, 18) == one_prompt
+
+
 def test_embeddings_are_computed_once_per_frame():
     volume = phantom()
     model = ThresholdModel()

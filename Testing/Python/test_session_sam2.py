@@ -264,6 +264,38 @@ def test_running_out_of_memory_while_a_drawn_mask_rebuilds_the_tracker_is_the_on
     assert result.source == "prompt" and session.objects[object_id].prompted_slices() == [1, 3]
 
 
+def test_a_correction_the_model_runs_out_of_memory_on_leaves_no_trace_in_the_tracker(medsam2):
+    """After an undo, a correction first gives the tracker the slice's mask, then the clicks. Memory that
+    ran out at the clicks left that mask in the tracker as a prompt the session did not have: every later
+    propagation used it. The tracker is now rebuilt from the session's prompts at the next call."""
+    from medsegany.errors import ModelError
+
+    volume = disc_volume(num_frames=5)
+    session = SegmentationSession(volume, medsam2, intensity=(0.0, 255.0), sam2_stop=KEEP_ALL)
+    disc = session.add_object("disc")
+    session.add_prompts(disc, box_prompt(volume, 1))
+    list(session.propagate())
+    session.add_prompts(disc, box_prompt(volume, 1))
+    session.undo()  # the tracker no longer matches: the next call rebuilds it
+    tracker = session.tracker(2)
+    real_add_prompts = tracker.add_prompts
+
+    def out_of_memory_at_the_clicks(*args, **kwargs):
+        if kwargs.get("mask_frame") is None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_add_prompts(*args, **kwargs)
+
+    tracker.add_prompts = out_of_memory_at_the_clicks
+    y, x = np.argwhere(session.mask_kji(disc)[3])[0]
+    click = SlicePrompts(2, 3, None, ((float(x), float(y), 3.0),), (0,))
+    with pytest.raises(ModelError, match=r"\(the prompt was not applied: nothing changed\)"):
+        session.add_prompts(disc, click)
+    tracker.add_prompts = real_add_prompts
+    assert session.objects[disc].prompted_slices() == [1]
+    session.add_prompts(disc, box_prompt(volume, 1))
+    assert tracker.conditioning_frames(disc) == [1]
+
+
 def test_a_fresh_prompt_past_a_stop_fills_the_gap_as_both_prompts_at_once_do(medsam2):
     # SAM 2 gives the gap between two fresh prompts to the lower one's forward run. Prompted on slice 1,
     # that run stops at 3 (slice 2 kept); a fresh prompt on 5 makes it run on to 4, though 1 is unchanged.

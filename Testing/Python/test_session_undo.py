@@ -95,6 +95,13 @@ def test_repropagate_from_reruns_one_prompt():
     assert results and all(r.slice_index < 14 for r in results)
     with pytest.raises(PromptError, match="no prompt"):
         list(session.repropagate_from(object_id, 3))
+    history = session.history
+    # a misspelt direction re-ran both sides, a range without the slice silently ran nothing
+    with pytest.raises(PromptError, match="direction 'backwards' is not one of"):
+        list(session.repropagate_from(object_id, 14, direction="backwards"))
+    with pytest.raises(PromptError, match=r"slice 14 lies outside the slice range \(16, 20\)"):
+        list(session.repropagate_from(object_id, 14, slice_range=(16, 20)))
+    assert session.history == history
 
 
 def test_undo_redo_restore_every_step_exactly():
@@ -200,6 +207,9 @@ def test_add_mask_is_a_prompt_that_propagates():
     np.testing.assert_array_equal(session.mask_kji(object_id).any(axis=(1, 2)), truth.any(axis=(1, 2)))
     with pytest.raises(PromptError, match="shape"):
         session.add_mask(object_id, 2, 14, drawn[:5])
+    for axis in (-1, 3):  # -1 was taken for K, 3 failed with an IndexError
+        with pytest.raises(PromptError, match=f"axis {axis} is not 0, 1 or 2"):
+            session.add_mask(object_id, axis, 14, drawn)
     session.undo()
     session.undo()
     assert not session.mask_kji(object_id).any()
@@ -228,3 +238,108 @@ def test_exclusive_objects_never_overlap_and_independent_ones_may():
         session.add_prompts(
             session.add_object("c"), make_slice_prompts(volume, box_ijk=(24, 15, 10, 24, 25, 18))
         )
+
+
+def test_after_an_undo_a_propagation_skips_what_is_complete():
+    """Undo gives each object back its last complete run with its prompts and masks: undoing one
+    object's correction, or a removal, leaves nothing to propagate (every object was re-run whole, and a
+    SAM 2 object, whose memory an undo rebuilds, came out with other masks)."""
+    volume = phantom()
+    model = ThresholdModel()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    first, second = session.add_object("a"), session.add_object("b")
+    session.add_prompts(first, box_on_k(volume, 14))
+    session.add_prompts(second, make_slice_prompts(volume, box_ijk=(16, 14, 24, 32, 26, 24)))
+    list(session.propagate())
+    complete = snapshot(session)
+
+    session.add_prompts(first, edge_negative_point(session, first, 16))
+    session.undo()  # the correction, never propagated
+    assert list(session.propagate()) == []
+    session.add_prompts(first, edge_negative_point(session, first, 16))
+    list(session.propagate())
+    session.undo()
+    session.undo()  # the correction and its propagation
+    assert list(session.propagate()) == []
+    session.remove_object(second)
+    session.undo()
+    calls = model.predict_calls
+    assert list(session.propagate()) == [] and model.predict_calls == calls
+    assert_same(session, complete)
+    assert session.history == ["add_prompts", "add_prompts", "propagate"]
+    session.undo()  # an undone propagation is still to do: the next one runs it again
+    assert {r.object_id for r in session.propagate()} == {first, second}
+    np.testing.assert_array_equal(session.mask_kji(first), complete[first][0])
+
+
+def test_an_exclusive_undo_step_keeps_only_the_logits_it_needs_and_restores_them_exactly():
+    """In "exclusive" mode each slice's raw logits are -inf outside the object's raw mask: an undo step
+    keeps the others, not whole frames (a propagation's step was 9 times the size it has in independent
+    mode); undo and redo give every logit back."""
+    import pickle
+
+    def propagated(overlap: str) -> tuple[SegmentationSession, int, int]:
+        volume = phantom((30, 80, 96))
+        session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0), overlap=overlap)
+        first, second = session.add_object("a"), session.add_object("b")
+        session.add_prompts(first, box_on_k(volume, 14))
+        session.add_prompts(second, make_slice_prompts(volume, box_ijk=(16, 14, 24, 32, 26, 24)))
+        list(session.propagate())
+        return session, first, second
+
+    independent, _, _ = propagated("independent")
+    session, first, second = propagated("exclusive")
+    step_bytes = {
+        overlap: len(pickle.dumps(s._history.undo_stack[-1]))
+        for overlap, s in (("independent", independent), ("exclusive", session))
+    }
+    assert step_bytes["exclusive"] < 2 * step_bytes["independent"], step_bytes
+
+    logits = {oid: dict(session.objects[oid].logits_frames) for oid in (first, second)}
+    session.add_prompts(first, edge_negative_point(session, first, 16))
+    list(session.propagate())
+    after = {oid: dict(session.objects[oid].logits_frames) for oid in (first, second)}
+    for expected, step in ((logits, session.undo), (after, session.redo)):
+        for _ in range(2):  # the correction's propagation and the correction
+            step()
+        for oid in (first, second):
+            restored = session.objects[oid].logits_frames
+            assert sorted(restored) == sorted(expected[oid])
+            for k, frame in expected[oid].items():
+                assert restored[k].dtype == frame.dtype
+                np.testing.assert_array_equal(restored[k], frame)
+
+
+class RunsOutOfMemory(ThresholdModel):
+    """Runs out of memory at every decode once ``full`` is set."""
+
+    full = False
+
+    def predict(self, *args, **kwargs):
+        if self.full:
+            raise MemoryError()
+        return super().predict(*args, **kwargs)
+
+
+def test_a_prompt_the_model_runs_out_of_memory_on_changes_nothing_and_says_so():
+    """The out-of-memory message of a propagation ("what was segmented before is kept; undo removes it")
+    told the user to undo after a prompt that had written nothing, which took back the action before;
+    and a new object's first prompt left an undo step that did nothing."""
+    from medsegany.errors import ModelError
+
+    volume = phantom()
+    model = RunsOutOfMemory()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    object_id = session.add_object("ellipsoid")
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    list(session.propagate())
+    before, history = snapshot(session), session.history
+    fresh = session.add_object("new")
+    model.full = True
+    for target in (object_id, fresh):
+        with pytest.raises(ModelError, match=r"\(the prompt was not applied: nothing changed\)"):
+            session.add_prompts(target, box_on_k(volume, 17))
+    assert session.history == history and session.objects[fresh].axis is None
+    assert_same(session, before)
+    model.full = False
+    assert session.add_prompts(fresh, box_on_k(volume, 17)).mask_frame.any()  # the next try works

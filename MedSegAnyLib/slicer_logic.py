@@ -1008,9 +1008,11 @@ class SlicerSegmentationLogic:
     ) -> tuple[AIAction, Iterator[Any]]:
         """(action, results generator) for a prompt: the main thread applies what the generator yields."""
         prompts = self.prompts_from_nodes(roi_node, positive_points_node, negative_points_node, axis)
+        # a correction re-propagates only what it can change: the session re-runs only the runs of the
+        # changed prompt (correction_range says which slices); given as a slice range, it also became the
+        # object's "last propagation", so a plain Propagate afterwards re-ran the whole object (SAM 2:
+        # the far side, with the correction now in its memory)
         correction = self.correction_range(prompts)
-        if correction is not None and slice_range is None and direction == "both":
-            slice_range = correction  # a correction re-propagates only what it can change
         label = (
             "correction" if correction is not None else "prompt" + (" + propagation" if propagate else "")
         )
@@ -1046,9 +1048,7 @@ class SlicerSegmentationLogic:
                 f"segment '{name}' is empty on slice {AXIS_NAMES[axis]}={slice_index}",
                 "paint the object on that slice (Segment Editor) first, or place a box",
             )
-        correction = self.correction_range_of_slice(axis, slice_index)
-        if correction is not None and slice_range is None and direction == "both":
-            slice_range = correction  # a correction re-propagates only what it can change
+        correction = self.correction_range_of_slice(axis, slice_index)  # re-run alone, as a prompt's
         label = "correction from your edit" if correction is not None else "your edit as a prompt"
         details = {
             "direction": direction,

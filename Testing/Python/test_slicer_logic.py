@@ -387,6 +387,10 @@ def test_a_correction_re_propagates_only_the_slices_it_can_change(scene, volume_
     assert set(written) <= set(range(7, 12)) and 8 in written
     expected = library_mask(volume_node, [(BOX_IJK, (), ()), (correction_box, (), ())])
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+    # Propagate with nothing changed since has nothing to do (the correction was recorded as the object's
+    # last propagation, a range, so it re-ran the whole object: SAM 2 would change the far side)
+    calls = model.predict_calls
+    assert logic.propagate() is None and model.predict_calls == calls
     logic.undo()
     np.testing.assert_array_equal(
         _mask(segmentation, target, volume_node), library_mask(volume_node, [(BOX_IJK, (), ())])

@@ -24,6 +24,8 @@ from .volume import Volume, read_volume
 #: How far (mm) the labelmap's voxel centres may lie from the image's: files written by one tool from
 #: the other keep the geometry to about 1e-4 mm (6 printed digits); a resampled grid is millimetres off.
 GRID_TOLERANCE_MM = 1e-3
+#: The largest label value the writers take (a .seg.nrrd, NIfTI or NRRD labelmap: uint16).
+MAX_LABEL_VALUE = 65535
 
 
 def load_mask_prompts(
@@ -45,6 +47,11 @@ def load_mask_prompts(
     values = [int(value) for value in np.unique(labels_kji) if value > 0]
     if not values:
         raise PromptError(f"{path} labels no voxel (all 0)", "label the objects on a few slices first")
+    if values[-1] > MAX_LABEL_VALUE:  # the outputs' limit: refused now, not when writing after the run
+        raise PromptError(
+            f"{path} holds the label value {values[-1]}, over the outputs' largest, {MAX_LABEL_VALUE}",
+            f"renumber the labels 1..{MAX_LABEL_VALUE}",
+        )
     if name is not None and len(values) > 1:
         raise PromptError(
             f"--name was given, but {path} holds {len(values)} labels ({', '.join(map(str, values))})",

@@ -387,6 +387,11 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
             )
         axis = "IJK".index(args.axis) if args.axis else 2
         objects = load_mask_prompts(args.mask_prompts, volume, axis, args.name)
+        if structure is not None and len(objects) > 1:  # every object would take the structure's name
+            raise PromptError(
+                f"--structure was given, but {args.mask_prompts} holds {len(objects)} labels",
+                "drop --structure (each label is named label_<value>) or give a labelmap of one label",
+            )
     else:
         objects = _single_object_prompts(args, volume)
     return SegmentJob(

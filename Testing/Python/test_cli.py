@@ -584,6 +584,18 @@ def test_mask_prompts_fill_the_slices_between_and_beyond_a_sparse_labelmap(
         tmp_path / "y.nii.gz",
     )
     assert_one_line_error(code, err, "--name was given, but .* holds 2 labels")
+    code, _, err = run_cli(
+        capsys,
+        *common[:-2],
+        "--mask-prompts",
+        tmp_path / "two.nii.gz",
+        "--structure",
+        "liver",
+        "-o",
+        tmp_path / "y.nii.gz",
+    )  # every label would be named "Liver"
+    assert_one_line_error(code, err, "--structure was given, but .* holds 2 labels")
+    assert not (tmp_path / "y.nii.gz").exists()
     empty = sitk.GetImageFromArray(np.zeros_like(sparse_kji))
     empty.CopyInformation(image)
     sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))

@@ -73,7 +73,8 @@ def _is_number(value) -> bool:
 def _entries(obj: dict, field: str, where: str) -> list:
     entries = obj.get(field, [])
     if not isinstance(entries, list):
-        raise PromptError(f"{where}: {field} is not a list", f'write "{field}": [[...], ...]')
+        example = '["liver_box.mrk.json"]' if field == "markups" else "[[...], ...]"  # file names, not lists
+        raise PromptError(f"{where}: {field} is not a list", f'write "{field}": {example}')
     return entries
 
 

@@ -159,6 +159,13 @@ def test_error_a_bad_markups_entry_names_the_object_and_entry(tmp_path, volume, 
     assert f"object 'liver' {words}" in str(error)
 
 
+def test_error_markups_given_as_one_name_shows_a_list_of_names(tmp_path, volume):
+    """The fix for a "markups" that is not a list showed a list of lists, as for boxes: it lists names."""
+    error = load_error(tmp_path, volume, {"objects": [{"name": "liver", "markups": "box.mrk.json"}]})
+    assert error.problem == "object 'liver': markups is not a list"
+    assert error.fix == 'write "markups": ["liver_box.mrk.json"]'
+
+
 def test_comment_fields_are_allowed(tmp_path, volume):
     document = {
         "version": 1,

@@ -60,7 +60,9 @@ def list_dicom_series(folder: Path) -> list[DicomSeries]:
     ]
     if len(found) > 1:  # the descriptions only help to choose: one header read each
         found = [replace(series, description=_description(series.files[0])) for series in found]
-    return sorted(found, key=lambda series: -len(series.files))  # stable: ITK's order among equals
+    # among series of one size (the phases of a CT), ITK's last first: the one read before --series came,
+    # so a folder read again without it gives the series it gave before
+    return sorted(reversed(found), key=lambda series: -len(series.files))
 
 
 def _description(path: str) -> str:

@@ -324,6 +324,24 @@ def test_a_folder_of_two_series_reads_the_largest_and_names_the_other(two_series
     assert volume.metadata["dicom_series_chosen"] is False
 
 
+def test_of_two_series_of_one_size_the_one_read_before_series_could_be_chosen_is_read(
+    tmp_path, make_labelled_phantom, make_dicom_series, oblique_right_handed_geometry
+):
+    """Two phases of a CT have the same slice count: without --series, the folder still gives the series
+    it gave before the choice existed (ITK's last of the largest), not another one."""
+    image_kji, _ = make_labelled_phantom(shape_kji=(4, 8, 10), seed=4)
+    folder = tmp_path / "study"
+    for uid, prefix, offset in ((ARTERIAL_UID, "A", 100), (VENOUS_UID, "V", 0)):
+        make_dicom_series(
+            folder, image_kji + offset, oblique_right_handed_geometry, series_uid=uid, file_prefix=prefix
+        )
+    itk_order = list(sitk().ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    assert sorted(itk_order) == sorted([ARTERIAL_UID, VENOUS_UID])
+    volume = read_volume(folder)
+    assert volume.metadata["dicom_series_uid"] == itk_order[-1]
+    assert volume.metadata["dicom_other_series"] == [f"{itk_order[0]} (4 files, 'MedSegAny test series')"]
+
+
 @pytest.mark.parametrize("choice", [ARTERIAL_UID, "77.1", f" {ARTERIAL_UID} "])
 def test_a_series_of_a_folder_is_chosen_by_its_uid_or_a_unique_part_of_it(two_series_folder, choice):
     folder, image_kji = two_series_folder

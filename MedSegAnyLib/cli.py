@@ -173,8 +173,9 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     run.add_argument(
         "--overlap",
         choices=["independent", "exclusive"],
-        default="independent",
-        help="several objects: may overlap (independent) or not (exclusive: highest logit wins)",
+        default=None,
+        help="several objects: may overlap (independent, the default) or not (exclusive: highest logit wins; "
+        "the default with --mask-prompts, whose labels cannot overlap and whose drawn slices must stay)",
     )
     run.add_argument("--frame", type=int, default=None, help="time point of a 4D image")
     run.add_argument(
@@ -454,7 +455,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         model,
         intensity=intensity,
         settings=job.settings,
-        overlap=args.overlap,
+        overlap=overlap_mode(args),
         **run.estimate.plan.session_options,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)
@@ -549,6 +550,15 @@ def _volume_index(run: Any, slice_index: int) -> int:
     return slice_index if run.slab is None else run.slab.to_volume_index(slice_index)
 
 
+def overlap_mode(args: argparse.Namespace) -> str:
+    """--overlap, or its default: exclusive for --mask-prompts (under independent objects a later label's
+    propagated mask covered an earlier label's drawn slices: one label drawn on K=1 lost all its voxels),
+    independent otherwise."""
+    if args.overlap is not None:
+        return args.overlap
+    return "exclusive" if getattr(args, "mask_prompts", None) else "independent"
+
+
 def _with_label_values(labelmap_kji: Any, segments: list, objects: list) -> tuple[Any, list]:
     """The labelmap and segments with each object's own ``label_value`` (an input labelmap's) instead of
     its place in the list; unchanged when no object has one."""
@@ -559,7 +569,7 @@ def _with_label_values(labelmap_kji: Any, segments: list, objects: list) -> tupl
         return labelmap_kji, segments
     lut = np.arange(len(objects) + 1, dtype=np.int64)  # object n (1-based) -> its value
     lut[1:] = [value if value is not None else n for n, value in enumerate(values, start=1)]
-    dtype = np.uint8 if lut.max() < 256 else np.uint16 if lut.max() < 65536 else np.uint32
+    dtype = np.uint8 if lut.max() < 256 else np.uint16  # values over 65535 are refused when read
     relabelled = lut.astype(dtype)[labelmap_kji]
     return relabelled, [replace(info, label_value=int(lut[info.label_value])) for info in segments]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PromptError
+from .errors import MedSegAnyError, PromptError
 from .prompt_file import ObjectPrompts
 from .prompts import MaskPrompt
 from .slices import frame_of
@@ -34,7 +34,11 @@ def load_mask_prompts(
     """One object a label value of the labelmap ``path`` (on ``volume``'s grid), its mask prompts on
     every slice of ``axis`` the label covers, in the order of the values. ``name``: the object's name
     when there is one label (default ``label_<value>``)."""
-    labels = read_volume(path)
+    try:
+        labels = read_volume(path)
+    except MedSegAnyError as error:  # said of the labelmap, not of the image (whose --frame is no fix)
+        fix = "give a 3D labelmap" if "--frame" in error.fix else error.fix
+        raise PromptError(f"the --mask-prompts labelmap: {error.problem}", fix) from None
     _check_same_grid(Path(path), labels, volume)
     labels_kji = np.asarray(labels.voxels_kji)
     if not np.issubdtype(labels_kji.dtype, np.integer):

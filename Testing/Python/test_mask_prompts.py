@@ -30,3 +30,36 @@ def test_a_label_value_the_outputs_cannot_hold_is_refused_before_the_run(tmp_pat
     sitk.WriteImage(labels, str(tmp_path / "labels.nii.gz"))
     objects = load_mask_prompts(tmp_path / "labels.nii.gz", volume)
     assert [obj.label_value for obj in objects] == [3, 65535]
+
+
+def test_several_labels_keep_every_drawn_voxel_and_a_bad_labelmap_is_named(tmp_path, capsys, monkeypatch):
+    """Under independent objects a later label's propagated mask covered an earlier label's drawn slices
+    (label 2 drawn on K=1 kept 0 of its 347 voxels): --mask-prompts defaults to --overlap exclusive."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+    from test_cli import read_labels, run_cli, write_phantom
+
+    phantom = write_phantom(tmp_path / "phantom.nii.gz")
+    image = sitk.ReadImage(str(phantom))
+    bright_kji = sitk.GetArrayFromImage(image) > 100
+    sparse_kji = np.zeros(bright_kji.shape, dtype=np.uint16)
+    for k, value in ((1, 2), (2, 300), (3, 1000)):  # one object, three labellers' values
+        sparse_kji[k][bright_kji[k]] = value
+    labels = sitk.GetImageFromArray(sparse_kji)
+    labels.CopyInformation(image)
+    sitk.WriteImage(labels, str(tmp_path / "sparse.nrrd"))
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+
+    argv = ["segment", phantom, "--window=0,255", "-q", "--mask-prompts", tmp_path / "sparse.nrrd"]
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "dense.nrrd")
+
+    assert code == 0, err
+    dense = read_labels(tmp_path / "dense.nrrd")
+    drawn = sparse_kji > 0
+    np.testing.assert_array_equal(dense[drawn], sparse_kji[drawn])
+
+    four_d = sitk.JoinSeries([labels, labels])
+    sitk.WriteImage(four_d, str(tmp_path / "frames.nii.gz"))
+    code, _, err = run_cli(capsys, *argv[:-1], tmp_path / "frames.nii.gz", "-o", tmp_path / "x.nrrd")
+    assert code == 1 and "the --mask-prompts labelmap: " in err and "give a 3D labelmap" in err
+    assert "--frame" not in err  # the image's time point: no fix for a 4D labelmap

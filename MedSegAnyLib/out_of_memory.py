@@ -44,13 +44,15 @@ def release_cached_memory() -> None:
         mps.empty_cache()
 
 
-def _forget_frames(error: BaseException | None) -> None:
+def _forget_frames(error: BaseException | None, handled_before: BaseException | None = None) -> None:
     """Free the locals of the frames ``error`` (and the errors it was raised from or while handling) came
     through, and drop its traceback. Dropping the traceback alone did not do: every generator-based
     context manager between the model call and the caller (the session's ``_computing``) keeps the
-    traceback in a local of its ``__exit__`` frame, which the error raised instead holds in its own."""
+    traceback in a local of its ``__exit__`` frame, which the error raised instead holds in its own.
+    ``handled_before``: the error the caller was handling when the model call began (the chain's end
+    that is not ours: the caller may still log or re-raise it with its traceback)."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
+    while error is not None and error is not handled_before and id(error) not in seen:
         seen.add(id(error))
         traceback.clear_frames(error.__traceback__)  # frames still running (the callers') are skipped
         error.__traceback__ = None
@@ -90,6 +92,7 @@ def out_of_memory_as_model_error(
     ``make_room``: called once the cached blocks are released; it may free more for the next try (the
     session moves its image features to host memory) and returns what it did, for the message, or None.
     """
+    handled_before = sys.exc_info()[1]  # the caller's own error, if it calls the model while handling one
     try:
         yield
     except Exception as error:
@@ -98,7 +101,7 @@ def out_of_memory_as_model_error(
         # The error raised below holds this one and its frames: the activations of the model call that ran
         # out (on the GPU) stayed alive for as long as the caller kept the error (the Slicer panel shows
         # it; a script may keep it), and the cached blocks released next could not include them.
-        _forget_frames(error)
+        _forget_frames(error, handled_before)
         release_cached_memory()
         try:
             done = make_room() if make_room is not None else None

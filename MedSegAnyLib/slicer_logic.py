@@ -822,7 +822,9 @@ class SlicerSegmentationLogic:
         if mask_prompt is not None:
             yield session.add_mask(object_id, *mask_prompt)
         if propagate:
-            slice_range = self.range_that_fits(session, object_id, prompts, slice_range)
+            # the slab goes around the slice prompted now: the mask's, when the edit is the prompt
+            centre = mask_prompt[1] if mask_prompt is not None else None
+            slice_range = self.range_that_fits(session, object_id, prompts, slice_range, centre)
             yield from session.propagate([object_id], direction=session_direction, slice_range=slice_range)
 
     def range_that_fits(
@@ -831,15 +833,18 @@ class SlicerSegmentationLogic:
         object_id: int,
         prompts: SlicePrompts | None,
         slice_range: tuple[int, int] | None,
+        centre: int | None = None,
     ) -> tuple[int, int] | None:
         """``slice_range`` (None: the whole axis), cut to the slab around the prompt that the memory
         plan allows when the propagation along the prompt's axis does not fit whole (SAM 2's memory of
         every tracked slice grows with the range). The session holds the whole volume, so the plan
-        counts its windowed copy and masks whole (``crops_slab=False``). Sets :attr:`memory_note`."""
+        counts its windowed copy and masks whole (``crops_slab=False``). Sets :attr:`memory_note`.
+        ``centre``: the slice prompted now when ``prompts`` does not say it (an edited slice's mask)."""
         from .memory_estimate import room_of_a_running_session
 
         obj = session.objects[object_id]
-        centre = prompts.slice_index if prompts is not None else obj.prompted_slices()[0]
+        if centre is None:
+            centre = prompts.slice_index if prompts is not None else obj.prompted_slices()[0]
         voxels_kji = session.volume.voxels_kji
         estimate = _panel_plan(
             session.model,

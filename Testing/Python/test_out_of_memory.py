@@ -175,3 +175,24 @@ def test_the_failed_calls_tensors_are_freed_before_making_room_and_not_kept_by_t
     gc.collect()
     assert alive_when_making_room == [False]
     assert held[-1]() is None and kept.__context__.__traceback__ is None
+
+
+def test_an_error_the_caller_was_handling_keeps_its_traceback():
+    """The frames of the error that ran out are cleared, and those of the errors it was raised while
+    handling; the chain went on into the caller's own error (one it handled when it called the model),
+    whose traceback was dropped: re-raised or logged afterwards, it showed none of its frames."""
+
+    def read_cache():
+        raise KeyError("slice 7")
+
+    def model_call():
+        raise MemoryError()
+
+    try:
+        read_cache()
+    except KeyError as first:
+        guard = out_of_memory_as_model_error("cpu")
+        with pytest.raises(ModelError, match="ran out of memory") as failure, guard:
+            model_call()
+        assert failure.value.__context__.__traceback__ is None  # the one that ran out: dropped
+        assert first.__traceback__ is not None and first.__traceback__.tb_next is not None

@@ -978,6 +978,39 @@ def test_when_only_a_slab_fits_the_panel_propagates_over_it(scene, volume_node, 
     assert logic.memory_note == ""
 
 
+def test_when_only_a_slab_fits_an_edit_propagates_over_the_slab_around_the_edited_slice(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """From my edit on K=8 of an object prompted on K=6: the slab the memory plan allows was centred on
+    the object's first prompted slice (K=6: slices 5-7, the note said "around the prompt"), so nothing
+    beyond the edited slice was propagated. A box there is centred on its own slice."""
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    centres = []
+
+    def slab_plan(*args, **kwargs):  # as a GPU with room for SAM 2's memory of 3 slices would plan
+        estimate = real_plan(*args, **kwargs)
+        centres.append(args[4])
+        plan = dataclasses.replace(estimate.plan, slab=(args[4] - 1, args[4] + 1))
+        return dataclasses.replace(estimate, plan=plan)
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes)  # K=6, the whole object (K=3..9)
+    edited = _mask(segmentation, target, volume_node)
+    edited[8, :, 13:] = False
+    fill_segment(segmentation, target, edited)
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", slab_plan)
+
+    logic.segment_from_edit(axis=2, slice_index=8)
+
+    assert centres == [8] and "Only slices 7-9 fit around the prompt" in logic.memory_note
+
+
 def test_an_actions_plan_that_needs_less_memory_than_the_sessions_is_carried_out(
     scene, volume_node, prompt_nodes, monkeypatch
 ):

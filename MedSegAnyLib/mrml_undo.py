@@ -152,7 +152,8 @@ def undo_keeping_later_edits(
     other segment gets back only the voxels the action took from it (in ``before``, not in ``after``)
     and keeps what the user painted or erased since. Before, the other segments were reset whole, and
     hand edits made after the action were lost. A deleted target is an OutputError, or left deleted with
-    ``skip_deleted`` (a failed action's writes taken back: the others still get their voxels back)."""
+    ``skip_deleted`` (a failed action's writes taken back, with ``after`` the segments now: the others
+    get back every voxel they lost since it began, also what the user erased from them meanwhile)."""
     _apply_taken(segmentation_node, before, after, give_back=True, skip_deleted=skip_deleted)
 
 

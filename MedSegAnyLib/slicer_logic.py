@@ -913,7 +913,8 @@ class SlicerSegmentationLogic:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
             # as an undo of the action finished now: the target as it was, the other segments get back only
-            # the voxels it took (restored whole, they lost what the user painted there during the run);
+            # the voxels they lost since it began (restored whole, they lost what the user painted there
+            # during the run; a part the user erased from them during the run comes back, as it did);
             # surfaces rebuilt there; a segment the user deleted meanwhile stays deleted
             before = action.step.before
             now = snapshot_segments(self.segmentation_node, before.segment_ids)

@@ -222,6 +222,27 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return parser
 
 
+def check_prompt_options(args: argparse.Namespace) -> None:
+    """PromptError for prompt options that cannot go together; needs no file, so a batch checks every line
+    with it before the model loads."""
+    single = args.box_ijk or args.box_ras or args.point_ijk or args.point_ras or args.markups
+    if args.prompts:
+        if args.structure is not None:
+            raise PromptError(
+                "--structure was given with --prompts",
+                "use --structure with --box/--point prompts (one object)",
+            )
+        if single or args.mask_prompts:
+            raise PromptError(
+                "--prompts was given with --box/--point/--markups/--mask-prompts options",
+                "put every prompt in the file",
+            )
+    elif args.mask_prompts and single:
+        raise PromptError(
+            "--mask-prompts was given with --box/--point/--markups options", "give one kind of prompt"
+        )
+
+
 def _single_object_prompts(args: argparse.Namespace, volume):
     from .prompt_file import ObjectPrompts, parse_box_arg, parse_point_arg
     from .prompts import box_ijk_from_ras, make_slice_prompts, point_ijk_from_ras
@@ -360,32 +381,12 @@ def prepare_job(args: argparse.Namespace, stderr: TextIO) -> SegmentJob:
     if volume.metadata.get("dicom_series_count", 1) > 1 and not args.quiet:  # a note: -q hides it
         _note_other_series(args.image, volume.metadata, stderr)
     structure = resolve_structure(args.structure)  # an unknown name fails before any work
+    check_prompt_options(args)
     if args.prompts:
-        if structure is not None:
-            raise PromptError(
-                "--structure was given with --prompts",
-                "use --structure with --box/--point prompts (one object)",
-            )
-        if (
-            args.box_ijk
-            or args.box_ras
-            or args.point_ijk
-            or args.point_ras
-            or args.markups
-            or args.mask_prompts
-        ):
-            raise PromptError(
-                "--prompts was given with --box/--point/--markups/--mask-prompts options",
-                "put every prompt in the file",
-            )
         objects = load_prompt_file(args.prompts, volume)
     elif args.mask_prompts:
         from .mask_prompts import load_mask_prompts
 
-        if args.box_ijk or args.box_ras or args.point_ijk or args.point_ras or args.markups:
-            raise PromptError(
-                "--mask-prompts was given with --box/--point/--markups options", "give one kind of prompt"
-            )
         axis = "IJK".index(args.axis) if args.axis else 2
         objects = load_mask_prompts(args.mask_prompts, volume, axis, args.name)
         if structure is not None and len(objects) > 1:  # every object would take the structure's name

@@ -128,7 +128,7 @@ def _parse_line(
     batch_args: argparse.Namespace,
 ) -> BatchLine | None:
     """One line of the jobs file as a job (None for a blank or comment line); PromptError if it is bad."""
-    from .cli import MODEL_OPTIONS, joined_negative_values
+    from .cli import MODEL_OPTIONS, check_prompt_options, joined_negative_values
 
     try:
         words = shlex.split(line, comments=True)
@@ -148,6 +148,10 @@ def _parse_line(
                 f"line {number} of {jobs_path} sets {option}", "give model options once, on the batch command"
             )
         setattr(args, dest, getattr(batch_args, dest))
+    try:
+        check_prompt_options(args)  # with the other bad lines, not when the job's turn comes
+    except PromptError as error:
+        raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
     args.estimate = args.estimate or batch_args.estimate
     if not args.output and not args.estimate:  # refused with the other bad lines, before any work
         raise PromptError(

@@ -104,6 +104,11 @@ def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path,
         ("ct.nii.gz --bux-ijk 1,2,3,4,5,3 -o out.nii.gz", "line 2 .*unrecognized arguments: --bux-ijk"),
         ('ct.nii.gz --name "unclosed -o out.nii.gz', "line 2 .*(quotation|closing)"),
         ("ct.nii.gz -h", "line 2 .*unrecognized arguments: -h"),  # not the help, and an exit code 0
+        (
+            "ct.nii.gz --mask-prompts l.nii.gz --box-ijk 1,2,3,4,5,3 -o o.nii.gz",
+            "line 2 .*--mask-prompts was",
+        ),
+        ("ct.nii.gz --prompts p.json --point-ijk 1,2,3 -o o.nii.gz", "line 2 .*--prompts was given with"),
     ],
 )
 def test_bad_lines_are_refused_before_the_model_loads(tmp_path, capsys, loads, line, pattern):

@@ -102,6 +102,8 @@ def test_repropagate_from_reruns_one_prompt():
         list(session.repropagate_from(object_id, 14, direction="backwards"))
     with pytest.raises(PromptError, match=r"slice 14 lies outside the slice range \(16, 20\)"):
         list(session.repropagate_from(object_id, 14, slice_range=(16, 20)))
+    with pytest.raises(PromptError, match=r"slice range \(20, 10\) is empty"):  # reversed: not "outside"
+        list(session.repropagate_from(object_id, 14, slice_range=(20, 10)))
     assert session.history == history
 
 

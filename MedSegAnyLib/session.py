@@ -652,6 +652,8 @@ class SegmentationSession:
                 f"slice {slice_index} of {obj.name} has no prompt",
                 f"use one of its prompted slices {obj.prompted_slices()}",
             )
+        if slice_range is not None:  # an empty or reversed range is that, whatever the slice
+            clip_slice_range(slice_range, frame_count(self.windowed_kji.shape, obj.axis))
         if slice_range is not None and not slice_range[0] <= slice_index <= slice_range[1]:
             # its runs start at the slice: a range without it ran nothing, silently
             raise PromptError(

@@ -128,10 +128,19 @@ class Transaction:
             after = self._capture_slice(*key)
             if not before.same_as(after):
                 entry.slices[key] = (before, after)
+        last_run_only = {}
         for object_id, before in self._objects_before.items():
             after = self._capture_object(object_id)
             if before != after:
                 entry.objects[object_id] = (before, after)
+            elif before is not None and after is not None and before.last_run != after.last_run:
+                last_run_only[object_id] = (before, after)
+        # an object whose masks the step changed takes its last run along: without it, undoing a re-run that
+        # changed masks and nothing else of the object left it the undone run's, and the same propagation
+        # asked again was skipped as complete (one whose masks did not change keeps the run it has: it
+        # gave them, and undo leaves its SAM 2 memory alone)
+        changed_masks = {object_id for object_id, _, _ in entry.slices}
+        entry.objects.update((oid, states) for oid, states in last_run_only.items() if oid in changed_masks)
         return entry if entry.slices or entry.objects else None
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from fake_models import ThresholdModel
 from medsegany.errors import PromptError
+from medsegany.models.base import FramePrediction
 from medsegany.prompts import SlicePrompts, make_slice_prompts
 from medsegany.session import SegmentationSession
 from medsegany.session_runs import Run, plan_runs
-from test_session import box_on_k, phantom
+from test_session import box_on_k, phantom, run
 
 
 def new_session(**kwargs) -> tuple[SegmentationSession, int]:
@@ -101,6 +102,8 @@ def test_repropagate_from_reruns_one_prompt():
         list(session.repropagate_from(object_id, 14, direction="backwards"))
     with pytest.raises(PromptError, match=r"slice 14 lies outside the slice range \(16, 20\)"):
         list(session.repropagate_from(object_id, 14, slice_range=(16, 20)))
+    with pytest.raises(PromptError, match=r"slice range \(20, 10\) is empty"):  # reversed: not "outside"
+        list(session.repropagate_from(object_id, 14, slice_range=(20, 10)))
     assert session.history == history
 
 
@@ -343,3 +346,40 @@ def test_a_prompt_the_model_runs_out_of_memory_on_changes_nothing_and_says_so():
     assert_same(session, before)
     model.full = False
     assert session.add_prompts(fresh, box_on_k(volume, 17)).mask_frame.any()  # the next try works
+
+
+class FlipsAPixelOnReRuns(ThresholdModel):
+    """Once ``flip`` is set, answers with the first pixel of each mask flipped off, as non-deterministic GPU
+    kernels may answer a re-run: the masks change, the object's runs and stop reasons do not."""
+
+    flip = False
+
+    def predict(self, *args, **kwargs):
+        prediction = super().predict(*args, **kwargs)
+        logits = prediction.logits_frame.copy()
+        if self.flip and (logits > 0).any():
+            row, column = np.argwhere(logits > 0)[0]
+            logits[row, column] = -8.0
+        return FramePrediction(logits, prediction.iou_score)
+
+
+def test_undoing_a_rerun_that_changed_only_masks_leaves_it_to_do():
+    """A propagation in another direction re-runs the object whole; when its masks differ and nothing else
+    of the object does, its undo step held no object record, so undo kept the undone run as the object's
+    last complete run and the same propagation asked again was skipped, leaving the undone masks."""
+    volume = phantom()
+    model = FlipsAPixelOnReRuns()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    object_id = session.add_object("ellipsoid")
+    session.add_prompts(object_id, box_on_k(volume, 14))
+    run(session)
+    before = snapshot(session)
+    model.flip = True
+    forward = run(session, direction="forward")
+    assert forward and session.history[-1] == "propagate"
+    after = snapshot(session)
+    assert not np.array_equal(after[object_id][0], before[object_id][0])
+    session.undo()
+    assert_same(session, before)
+    assert run(session, direction="forward")  # the undone propagation runs again
+    assert_same(session, after)

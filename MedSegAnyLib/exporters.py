@@ -255,6 +255,11 @@ def nifti_shift_mm(reference: Volume) -> float:
     return float(np.linalg.norm((columns - perpendicular) @ corners_ijk, axis=0).max())
 
 
+#: The most voxels along an axis a NIfTI-1 file holds (``dim`` is int16); ITK failed after the whole run
+#: with "greater than maximum possible dimension", which the writer's message told as a disk problem.
+NIFTI1_MAX_DIMENSION = 32767
+
+
 def check_output_geometry(path: str | Path, reference: Volume) -> None:
     """OutputError when ``path``'s format cannot hold ``reference``'s geometry.
 
@@ -264,6 +269,12 @@ def check_output_geometry(path: str | Path, reference: Volume) -> None:
     """
     if output_suffix(path) not in NIFTI_SUFFIXES:
         return
+    if max(reference.shape_ijk) > NIFTI1_MAX_DIMENSION:  # its header's dimensions are 16-bit integers
+        raise OutputError(
+            f"{reference.name} has {max(reference.shape_ijk)} voxels along an axis and NIfTI-1 holds at most "
+            f"{NIFTI1_MAX_DIMENSION}: {Path(path).name} cannot be written",
+            "write .nrrd, .seg.nrrd or .mha instead",
+        )
     shift_mm = nifti_shift_mm(reference)
     if shift_mm > NIFTI_SHEAR_TOLERANCE_VOXELS * min(reference.spacing_ijk):
         raise OutputError(

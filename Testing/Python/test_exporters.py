@@ -290,6 +290,18 @@ def test_a_nifti_output_of_a_sheared_grid_is_refused_not_written_off_it(tmp_path
         np.testing.assert_allclose(read_volume(written).ijk_to_ras, ijk_to_ras, atol=1e-6)
 
 
+def test_a_nifti_output_of_a_volume_over_32767_voxels_wide_is_refused_before_writing(tmp_path):
+    """NIfTI-1's dimensions are 16-bit: ITK failed after the run, and the message blamed the disk."""
+    from medsegany.exporters import check_output_geometry
+
+    wide = Volume(np.zeros((2, 2, 40000), dtype=np.uint8), np.eye(4), name="wide")
+    with pytest.raises(OutputError, match=r"40000 voxels along an axis and NIfTI-1 holds at most 32767"):
+        check_output_geometry(tmp_path / "x.nii.gz", wide)
+    check_output_geometry(tmp_path / "x.nrrd", wide)  # the formats offered take it
+    written = write_labelmap(np.ones((2, 2, 40000), dtype=np.uint8), wide, tmp_path / "x.nrrd")
+    assert read_volume(written).shape_ijk == (40000, 2, 2)
+
+
 # -- formats -------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_volume() -> Volume:

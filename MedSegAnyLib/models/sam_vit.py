@@ -10,7 +10,8 @@ Each is fed exactly as it was trained:
   resized to 1024 x 1024 ignoring the aspect ratio, with skimage's ``resize(order=3, preserve_range=True,
   anti_aliasing=True)`` (reproduced here on scipy, which skimage itself calls: cubic spline, grid mode,
   Gaussian pre-filter when shrinking, output clipped to the input range), cast to uint8, min-max scaled to
-  [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the 256 px logits resized bilinearly to (H, W).
+  [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the sigmoid of the 256 px logits resized
+  bilinearly to (H, W) (returned as its logits: > 0 where MedSAM's probability is above 0.5).
 
 The image encoder runs once per frame (the session caches embeddings), under bf16 autocast where the
 precision is bf16 (see medsegany.models.compute).
@@ -77,6 +78,22 @@ def medsam_input(frame: np.ndarray) -> np.ndarray:
     low, high = float(resized.min()), float(resized.max())
     normalised = (resized.astype(np.float64) - low) / max(high - low, 1e-8)
     return np.broadcast_to(normalised.astype(np.float32), (3, IMAGE_SIZE, IMAGE_SIZE))
+
+
+def medsam_upsampled_logits(low_res: Any, frame_shape: tuple[int, int]) -> Any:
+    """MedSAM's (N, 1, 256, 256) logits at the frame's (H, W), as logits of MedSAM's own probabilities.
+
+    ``medsam_inference`` resizes the sigmoid, not the logits, and thresholds it at 0.5: between a pixel
+    far outside and one barely inside, the resized logit can be positive where the resized probability
+    is below 0.5, so resizing logits moved the boundary (5-28 pixels of a random-weight ViT-B's mask on
+    300 x 180 to 700 x 500 frames). In float64 on the CPU (256 x 256: little work; MPS has no float64),
+    so the logits stay finite up to about +-34 and their sign is exactly the probability against 0.5."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    probability = torch.sigmoid(low_res.detach().to("cpu", torch.float64))
+    upsampled = interpolate(probability, size=tuple(frame_shape), mode="bilinear", align_corners=False)
+    return torch.logit(upsampled, eps=1e-15)
 
 
 @dataclass(frozen=True)
@@ -199,8 +216,6 @@ class SamVitModel:
     ) -> FramePrediction:
         """Decode one mask; logits at the frame's own resolution (> 0 inside)."""
         torch = self._torch
-        from torch.nn.functional import interpolate
-
         boxes = points = None
         if box_frame_xyxy is not None:
             box = self._scale_xy(np.asarray(box_frame_xyxy).reshape(2, 2), embedding).reshape(1, 1, 4)
@@ -232,7 +247,5 @@ class SamVitModel:
             if self.preprocessing == "sam":
                 logits = net.postprocess_masks(low_res, embedding.input_shape, embedding.frame_shape)
             else:
-                logits = interpolate(
-                    low_res, size=embedding.frame_shape, mode="bilinear", align_corners=False
-                )
+                logits = medsam_upsampled_logits(low_res, embedding.frame_shape)
         return FramePrediction(logits[0, 0].cpu().numpy().astype(np.float32), float(iou[0, best]))

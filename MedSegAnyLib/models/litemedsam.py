@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,25 +77,44 @@ def load_state_dict_checked(path: Path, expected_sha256: str | None) -> dict:
         return load_state_dict(path, key="model")
 
 
+# the devices the models run on: a CPU, an NVIDIA GPU (CUDA, optionally numbered) or Apple's MPS
+DEVICE_PATTERN = re.compile(r"(cpu|mps|cuda)(:\d+)?")
+
+
 def resolve_device(device: str | None) -> str:
-    """'cuda' when available, then Apple 'mps', else 'cpu'; an explicit unavailable device is an error."""
+    """'cuda' when available, then Apple 'mps', else 'cpu'; an explicit unavailable device is an error, and
+    so is a name that is not a device here ("gpu", "xpu": torch would fail with a traceback later)."""
     import torch
 
-    if device in (None, "auto"):
+    text = "auto" if device is None else str(device).strip().lower()
+    if text == "auto":
         if torch.cuda.is_available():
             return "cuda"
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if not DEVICE_PATTERN.fullmatch(text):
         raise ModelError(
-            "--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto"
+            f"--device {device} is not a device MedSegAny runs on", "use auto, cpu, cuda, cuda:N or mps"
         )
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(
+                "--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if int(text.partition(":")[2] or 0) >= count:
+            raise ModelError(
+                f"--device {text} was asked for but this machine has {count} CUDA GPU(s)",
+                f"use --device cuda (cuda:0 to cuda:{count - 1}) or auto",
+            )
+    if text.startswith("mps") and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ModelError(
             "--device mps was asked for but Apple MPS is not available", "use --device cpu or auto"
         )
-    return device
+    return text
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,23 @@ def test_resizing_matches_opencv(shape):
     assert (got != expected).mean() < 0.002
 
 
+@pytest.mark.parametrize("device", ["gpu", "xpu", "meta", "cuda:x", "cuda0", ""])
+def test_a_name_that_is_not_a_device_is_a_model_error(device):
+    # torch took "gpu" and "xpu" as far as moving the weights, and "meta" to the first mask: tracebacks
+    with pytest.raises(ModelError, match="is not a device MedSegAny runs on"):
+        litemedsam.resolve_device(device)
+
+
+def test_device_names_are_lower_case_and_a_gpu_number_must_exist(monkeypatch):
+    assert litemedsam.resolve_device("CPU") == "cpu"
+    assert litemedsam.resolve_device(" cpu ") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert litemedsam.resolve_device("CUDA:1") == "cuda:1"
+    with pytest.raises(ModelError, match="cuda:2 was asked for but this machine has 2 CUDA GPU"):
+        litemedsam.resolve_device("cuda:2")
+
+
 def disc_frame(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """A bright noisy disc on a dark background (uint8) and its box (x0, y0, x1, y1)."""
     rows, cols = np.mgrid[:size, :size]

@@ -9,9 +9,10 @@ Each is fed exactly as it was trained:
 - **MedSAM** (bowang-lab, ``MedSAM_Inference.py`` and its training pre-processing): the 3-channel frame
   resized to 1024 x 1024 ignoring the aspect ratio, with skimage's ``resize(order=3, preserve_range=True,
   anti_aliasing=True)`` (reproduced here on scipy, which skimage itself calls: cubic spline, grid mode,
-  Gaussian pre-filter when shrinking, output clipped to the input range), cast to uint8, min-max scaled to
-  [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the sigmoid of the 256 px logits resized
-  bilinearly to (H, W) (returned as its logits: > 0 where MedSAM's probability is above 0.5).
+  mirrored edges, Gaussian pre-filter when shrinking, output clipped to the input range), cast to uint8,
+  min-max scaled to [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the sigmoid of the 256 px
+  logits resized bilinearly to (H, W) (returned as its logits: > 0 where MedSAM's probability is above
+  0.5).
 
 The image encoder runs once per frame (the session caches embeddings), under bf16 autocast where the
 precision is bf16 (see medsegany.models.compute).
@@ -54,8 +55,10 @@ def build_sam_vit(registry_name: str = "vit_b") -> Any:
 
 
 def skimage_resize_order3(image: np.ndarray, output_shape: tuple[int, int]) -> np.ndarray:
-    """``skimage.transform.resize(image, output_shape, order=3, mode="constant", preserve_range=True,
-    anti_aliasing=True)`` for a 2D image, without scikit-image (float64 result)."""
+    """``skimage.transform.resize(image, output_shape, order=3, preserve_range=True, anti_aliasing=True)``
+    (MedSAM's call) for a 2D image, without scikit-image (float64 result). skimage's default ``mode`` is
+    "reflect", ndimage's "mirror": the image continues in its mirror image beyond its edges, for the
+    Gaussian pre-filter and for the spline (zeros there darkened the border rows and columns)."""
     from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float64)
@@ -64,8 +67,8 @@ def skimage_resize_order3(image: np.ndarray, output_shape: tuple[int, int]) -> n
     if np.any(factors > 1):
         # skimage's default anti-aliasing sigma: (factor - 1) / 2 on the shrunk axes only
         sigma = np.maximum(0.0, (factors - 1) / 2)
-        image = ndimage.gaussian_filter(image, sigma, cval=0.0, mode="constant")
-    resized = ndimage.zoom(image, 1.0 / factors, order=3, mode="grid-constant", cval=0.0, grid_mode=True)
+        image = ndimage.gaussian_filter(image, sigma, mode="mirror")
+    resized = ndimage.zoom(image, 1.0 / factors, order=3, mode="mirror", grid_mode=True)
     return np.clip(resized, low, high)  # skimage clips to the input's range (clip=True)
 
 

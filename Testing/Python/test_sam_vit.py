@@ -42,6 +42,32 @@ def test_medsam_input_is_a_min_max_scaled_1024_square():
     assert ramp.min() >= 0 and ramp.max() <= 63
 
 
+@pytest.mark.parametrize("shape", [(300, 180), (1400, 2100)])
+def test_medsam_resize_continues_the_image_in_its_mirror_image_at_the_edges(shape):
+    """MedSAM's ``transform.resize`` leaves skimage's default mode, "reflect": a frame bright up to its
+    edges stays bright there (zeros beyond the edges darkened its outer rows and columns)."""
+    height, width = shape
+    frame = np.full(shape, 200, np.uint8)
+    frame[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 50
+    image = medsam_input(frame)[0]
+    assert image.min() == 0.0
+    # 200 at most one grey level lower: the spline gives 199.99999... where skimage's cast truncates too
+    for border in (image[:100], image[-100:], image[:, :100], image[:, -100:]):
+        assert border.min() >= (199 - 50) / 150 - 1e-6
+
+
+@pytest.mark.parametrize("shape", [(300, 180), (180, 300), (2048, 300), (7, 9)])
+def test_medsam_input_matches_skimage(shape):
+    transform = pytest.importorskip("skimage.transform")
+    frame = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    img_3c = np.repeat(frame[:, :, None], 3, axis=-1)  # MedSAM_Inference.py, as written there
+    img_1024 = transform.resize(
+        img_3c, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True
+    ).astype(np.uint8)
+    img_1024 = (img_1024 - img_1024.min()) / np.clip(img_1024.max() - img_1024.min(), 1e-8, None)
+    np.testing.assert_allclose(medsam_input(frame), img_1024.transpose(2, 0, 1), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("preprocessing", ["sam", "medsam"])
 def test_prompt_decoding_matches_the_reference_inference(net, preprocessing):
     from segment_anything import SamPredictor

@@ -221,9 +221,14 @@ def cast_weights_to_bf16(module: Any) -> Any:
 
 
 def compile_failure_reason(error: BaseException) -> str:
-    """Why compiling failed, in one line for a log and a report: the error's type and first line."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+    """Why compiling failed, in one line for a log and a report: the error's type and first line, and the
+    line after it where the first only announces it (dynamo's "backend='inductor' raised:", in front of
+    inductor's "InvalidCxxCompiler: No working C++ compiler found ..." for LiteMedSAM's encoder)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return f"{type(error).__name__}: {text}"[:300]
 
 
 @dataclass

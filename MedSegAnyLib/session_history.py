@@ -51,12 +51,6 @@ class SliceState:
         logits[where] = values
         return logits
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the arrays this state holds."""
-        kept = 0 if self.logits_kept is None else sum(part.nbytes for part in self.logits_kept)
-        return self.mask_packed.nbytes + kept
-
     def same_as(self, other: SliceState) -> bool:
         mine, theirs = self.logits_kept, other.logits_kept
         logits_equal = (mine is None and theirs is None) or (

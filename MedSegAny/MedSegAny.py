@@ -493,6 +493,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPromptPlaced(self, caller=None, event=None):
         """A box or point was placed: segment that slice now (and propagate if the box is checked)."""
+        from MedSegAnyLib.mrml_markups import roi_is_placed
         from MedSegAnyLib.slicer_logic import (
             flatten_roi_to_slice,
             flatten_roi_to_view_slice,
@@ -503,6 +504,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.running is not None:
             return
         roi, positive, negative = self.logic.prompt_nodes(slicer.mrmlScene)
+        if caller is not None and caller == roi and not roi_is_placed(roi):
+            return  # the first corner of a box (Slicer places an ROI with two clicks): the box comes next
         volumeNode = self.logic.volume_node
         if caller is not None and caller in (positive, negative):  # a point on a new slice: a new prompt
             try:
@@ -518,7 +521,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as error:  # e.g. a non-linear transform: told, as the action would
                 self._showError(error)
                 return
-        if roi.GetNumberOfControlPoints():
+        hasBox = roi_is_placed(roi)  # after a point on a new slice took the box away
+        if hasBox:
             try:  # a box just drawn goes on the view's slice; one drawn before keeps its own
                 if caller == roi:
                     flatten_roi_to_view_slice(roi, self._viewSliceNode(), volumeNode, self._viewAxis)
@@ -529,7 +533,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         self._run(
             lambda: self.logic.plan_prompt_action(
-                roi if roi.GetNumberOfControlPoints() else None,
+                roi if hasBox else None,  # a corner left alone (placement abandoned) is no box
                 positive,
                 negative,
                 axis=self._viewAxis,

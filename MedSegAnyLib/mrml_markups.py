@@ -68,10 +68,19 @@ def roi_corners_ras(roi_node) -> np.ndarray:
     return corners_object @ object_to_world[:3, :3].T + object_to_world[:3, 3]
 
 
+def roi_is_placed(roi_node) -> bool:
+    """Whether an ROI is a box yet. Slicer places one with two clicks: the first corner is a control point
+    of its own (size 0, 2 points required), the second makes the box, and the ROI keeps one centre point
+    (vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints). Between the clicks, or after a placement
+    abandoned there, the ROI has 1 of 2 required points and no box."""
+    defined = roi_node.GetNumberOfDefinedControlPoints()
+    return defined > 0 and defined >= roi_node.GetRequiredNumberOfControlPoints()
+
+
 def box_ijk_from_roi(volume: Volume, roi_node) -> tuple[Box6, int]:
     """(box_ijk, slice axis) of an ROI that is flat along one IJK axis of ``volume``
     (:func:`~medsegany.prompts.box_ijk_from_corners_ras` of its 8 corners)."""
-    if roi_node.GetNumberOfControlPoints() == 0:
+    if not roi_is_placed(roi_node):
         raise PromptError(f"ROI '{roi_node.GetName()}' has not been placed", "draw the box on a slice first")
     box_ijk = box_ijk_from_corners_ras(volume, roi_corners_ras(roi_node), f"ROI '{roi_node.GetName()}'")
     return box_ijk, next(a for a in range(3) if box_ijk[a] == box_ijk[a + 3])

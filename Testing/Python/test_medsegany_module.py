@@ -494,3 +494,72 @@ def test_closing_the_scene_stops_the_running_action_and_forgets_the_scene(panel)
     assert widget.running is None and not widget.worker.busy
     assert session() is None and not widget.logic.can_undo and widget.logic.volume_node is None
     assert not any(kind == "error" for kind, _ in shown)
+
+
+def test_the_first_corner_of_a_box_waits_for_the_second(panel, monkeypatch):
+    """Slicer places an ROI with two clicks: the first corner is a control point of its own (size 0, 2 of
+    them required), the second makes the box and the ROI keeps one centre point
+    (vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints). PointPositionDefinedEvent fires at both clicks
+    (vtkMRMLMarkupsNode::SetNthControlPointPositionOrientationWorld). At the first one the panel took the
+    one-point ROI as the box: a warning "zero width or height in voxels" popped up in the middle of every
+    box drawn. The prompt now waits for the box; the second click segments it."""
+    import numpy as np
+    import slicer
+    from medsegany.mrml_adapter import segment_mask_kji
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+    from medsegany.slicer_worker import ModelWorker, wait_until
+    from slicer_scene_testing import (
+        ThresholdModel,
+        add_segmentation,
+        add_volume_node,
+        mrml_scene,
+        phantom_kji,
+    )
+
+    _, widget, shown = panel
+    with mrml_scene() as scene:
+        monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+        spacing = np.array([0.9, 1.2, 2.5])
+        volume_node = add_volume_node(scene, phantom_kji(), ijk_to_ras=np.diag([*spacing, 1.0]), parent=None)
+        segmentation, (target, _) = add_segmentation(scene, volume_node)
+        view = scene.AddNewNodeByClass("vtkMRMLSliceNode")  # the Red view on slice K=6
+        view.GetSliceToRAS().SetElement(2, 3, 6 * spacing[2])
+        widget.logic = SlicerSegmentationLogic(model=ThresholdModel())
+        widget.worker = ModelWorker("test worker")
+        widget.timer = _Recorder()
+        widget._viewAxis = 2
+        monkeypatch.setattr(widget, "_viewSliceNode", lambda: view)
+        monkeypatch.setattr(widget, "_ensureReady", lambda: None)  # the model is an instance: nothing to load
+        widget.ui.inputVolumeSelector = _Recorder(currentNode=lambda: volume_node)
+        widget.ui.segmentSelector = _Recorder(
+            currentNode=lambda: segmentation, currentSegmentID=lambda: target
+        )
+        widget.ui.autoPropagateCheckBox = _Recorder(checked=False)
+        widget.ui.directionComboBox = _Recorder(currentData="both")
+        for name in ("placeBox", "placePositive", "placeNegative", "useEdit", "propagate", "cancel"):
+            setattr(widget.ui, f"{name}Button", _Recorder())
+        for name in ("undoButton", "redoButton", "acceptButton", "progressBar", "intensityLabel"):
+            setattr(widget.ui, name, _Recorder())
+        widget.ui.rangeFromSpinBox, widget.ui.rangeToSpinBox = _Recorder(), _Recorder()
+        widget.logic.set_target(volume_node, segmentation, target)
+        roi = widget.logic.prompt_nodes(scene)[0]
+        corners_ras = [np.array([6.0, 7.0, 6.0]) * spacing, np.array([17.0, 16.0, 6.0]) * spacing]
+
+        roi.AddControlPointWorld(*corners_ras[0])  # the first click (as it leaves the ROI)
+        assert roi.GetNumberOfControlPoints() == 1 and roi.GetSize() == (0.0, 0.0, 0.0)
+        widget.onPromptPlaced(roi, roi.PointPositionDefinedEvent)
+
+        # before: [("warning", "ROI 'MedSegAny box' has zero width or height in voxels ...")]
+        assert shown == [] and widget.running is None
+        roi.AddControlPointWorld(*corners_ras[1])  # the second click: Slicer makes the box of both
+        assert roi.GetNumberOfControlPoints() == 1 and roi.GetSize()[0] > 0
+        widget.onPromptPlaced(roi, roi.PointPositionDefinedEvent)
+        assert widget.running is not None
+        assert wait_until(lambda: widget.running.poll())
+        mask_kji = segment_mask_kji(segmentation, target, volume_node)
+
+    assert shown == [] and widget.running.error is None
+    # the box's slice is segmented, inside the two corners (bright pixels of the phantom's ellipsoid)
+    rows, cols = np.nonzero(mask_kji[6])
+    assert rows.size > 50 and rows.min() >= 7 and rows.max() <= 16 and cols.min() >= 6 and cols.max() <= 17
+    assert not mask_kji[[k for k in range(mask_kji.shape[0]) if k != 6]].any()

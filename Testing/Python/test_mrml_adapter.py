@@ -559,3 +559,18 @@ def test_terminology_survives_seg_nrrd_saved_by_slicer_and_read_by_slicerio_and_
     assert reader.ReadData(reread)
     reread_ids = [reread.GetSegmentation().GetNthSegmentID(n) for n in range(len(structures))]
     assert [segment_terminology(reread, sid) for sid in reread_ids] == structures
+
+
+def test_an_roi_with_only_its_first_corner_is_no_box(scene, volume_node):
+    """Slicer places an ROI with two clicks; one whose placement stopped after the first (1 of its 2
+    required control points, size 0) is refused as not placed, not as 'zero width or height'."""
+    from medsegany.mrml_markups import roi_is_placed
+
+    volume = volume_from_node(volume_node)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.AddControlPointWorld(*scene_kit.world_ras([(6, 5, 6)])[0])
+    assert not roi_is_placed(roi)
+    with pytest.raises(PromptError, match="has not been placed"):
+        prompts_from_markups(volume, roi)
+    roi.AddControlPointWorld(*scene_kit.world_ras([(18, 14, 6)])[0])  # the second corner: a (thick) box
+    assert roi_is_placed(roi) and roi.GetNumberOfControlPoints() == 1

@@ -565,7 +565,8 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progress.close()
         if self.worker is None:
             self.worker = ModelWorker()
-        with slicer.util.tryWithErrorDisplay("Loading the model failed.", waitCursor=True):
+        # show=False: the caller shows an error once (tryWithErrorDisplay shows a popup, then raises again)
+        with slicer.util.tryWithErrorDisplay(show=False, waitCursor=True):
             # a compiled encoder (LiteMedSAM on a CPU with a C++ compiler) compiles here, once per session
             self.ui.statusLabel.text = f"Loading {card.name} (the first time on a CPU: about 30 s)..."
             slicer.app.processEvents()
@@ -655,14 +656,21 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.running.cancel()
             self.ui.statusLabel.text = "Cancelling after the current slice..."
 
+    def _shownOnce(self, action, waitCursor=False):
+        """``action()``, its error shown by ``_showError``: slicer.util.tryWithErrorDisplay shows a popup
+        with the traceback and raises the error again, out of the button's slot, skipping what follows."""
+        try:
+            with slicer.util.tryWithErrorDisplay(show=False, waitCursor=waitCursor):
+                action()
+        except Exception as error:
+            self._showError(error)
+
     def undo(self):
-        with slicer.util.tryWithErrorDisplay("Undo failed.", waitCursor=True):
-            self.logic.undo()
+        self._shownOnce(self.logic.undo, waitCursor=True)
         self.updateGUI()
 
     def redo(self):
-        with slicer.util.tryWithErrorDisplay("Redo failed.", waitCursor=True):
-            self.logic.redo()
+        self._shownOnce(self.logic.redo, waitCursor=True)
         self.updateGUI()
 
     def accept(self):
@@ -688,8 +696,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             None, "Import model weights", "", "Checkpoints (*.pt *.pth *.ckpt)"
         )
         if path:
-            with slicer.util.tryWithErrorDisplay("Importing the weights failed.", waitCursor=True):
-                import_weights(self.ui.modelComboBox.currentData, path)
+            self._shownOnce(lambda: import_weights(self.ui.modelComboBox.currentData, path), waitCursor=True)
         self.onModelChanged()
 
     def onRemoveWeights(self):
@@ -697,8 +704,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         modelId = self.ui.modelComboBox.currentData
         if slicer.util.confirmYesNoDisplay(f"Delete the downloaded weights of {modelId}?"):
-            with slicer.util.tryWithErrorDisplay("Deleting the weights failed."):
-                remove_weights(modelId)
+            self._shownOnce(lambda: remove_weights(modelId))
         self.onModelChanged()
 
 

@@ -290,10 +290,12 @@ def panel(monkeypatch):
 
     @contextlib.contextmanager
     def try_with_error_display(message=None, show=True, waitCursor=False):
+        # as Slicer's (Base/Python/slicer/util.py): shows the error (unless show=False), then raises it again
         try:
             yield
         except Exception as error:
-            shown.append(("error", f"{message} {error}"))
+            if show:
+                shown.append(("error", f"{message} {error}"))
             raise
 
     qt = types.ModuleType("qt")
@@ -496,6 +498,21 @@ def test_closing_the_scene_stops_the_running_action_and_forgets_the_scene(panel)
     assert not any(kind == "error" for kind, _ in shown)
 
 
+def _target_chosen(widget, volume_node, segmentation_node, segment_id: str) -> None:
+    """The panel's selectors on a volume and segment, with stand-ins for the rest of what updateGUI sets."""
+    widget.ui.inputVolumeSelector = _Recorder(currentNode=lambda: volume_node)
+    widget.ui.segmentSelector = _Recorder(
+        currentNode=lambda: segmentation_node, currentSegmentID=lambda: segment_id
+    )
+    widget.ui.autoPropagateCheckBox = _Recorder(checked=False)
+    widget.ui.directionComboBox = _Recorder(currentData="both")
+    for name in ("placeBox", "placePositive", "placeNegative", "useEdit", "propagate", "cancel"):
+        setattr(widget.ui, f"{name}Button", _Recorder())
+    for name in ("undoButton", "redoButton", "acceptButton", "progressBar", "intensityLabel"):
+        setattr(widget.ui, name, _Recorder())
+    widget.ui.rangeFromSpinBox, widget.ui.rangeToSpinBox = _Recorder(), _Recorder()
+
+
 def test_the_first_corner_of_a_box_waits_for_the_second(panel, monkeypatch):
     """Slicer places an ROI with two clicks: the first corner is a control point of its own (size 0, 2 of
     them required), the second makes the box and the ROI keeps one centre point
@@ -530,17 +547,7 @@ def test_the_first_corner_of_a_box_waits_for_the_second(panel, monkeypatch):
         widget._viewAxis = 2
         monkeypatch.setattr(widget, "_viewSliceNode", lambda: view)
         monkeypatch.setattr(widget, "_ensureReady", lambda: None)  # the model is an instance: nothing to load
-        widget.ui.inputVolumeSelector = _Recorder(currentNode=lambda: volume_node)
-        widget.ui.segmentSelector = _Recorder(
-            currentNode=lambda: segmentation, currentSegmentID=lambda: target
-        )
-        widget.ui.autoPropagateCheckBox = _Recorder(checked=False)
-        widget.ui.directionComboBox = _Recorder(currentData="both")
-        for name in ("placeBox", "placePositive", "placeNegative", "useEdit", "propagate", "cancel"):
-            setattr(widget.ui, f"{name}Button", _Recorder())
-        for name in ("undoButton", "redoButton", "acceptButton", "progressBar", "intensityLabel"):
-            setattr(widget.ui, name, _Recorder())
-        widget.ui.rangeFromSpinBox, widget.ui.rangeToSpinBox = _Recorder(), _Recorder()
+        _target_chosen(widget, volume_node, segmentation, target)
         widget.logic.set_target(volume_node, segmentation, target)
         roi = widget.logic.prompt_nodes(scene)[0]
         corners_ras = [np.array([6.0, 7.0, 6.0]) * spacing, np.array([17.0, 16.0, 6.0]) * spacing]
@@ -563,3 +570,69 @@ def test_the_first_corner_of_a_box_waits_for_the_second(panel, monkeypatch):
     rows, cols = np.nonzero(mask_kji[6])
     assert rows.size > 50 and rows.min() >= 7 and rows.max() <= 16 and cols.min() >= 6 and cols.max() <= 17
     assert not mask_kji[[k for k in range(mask_kji.shape[0]) if k != 6]].any()
+
+
+def test_an_undo_the_logic_refuses_is_told_once_in_one_line_and_the_panel_updates(panel, monkeypatch):
+    """slicer.util.tryWithErrorDisplay shows its popup (the traceback under Details) and raises the error
+    again (Base/Python/slicer/util.py). The panel's Undo used it: a refused undo (its segment deleted) was a
+    popup plus a traceback out of the button's slot, and the panel was not updated (Undo stayed enabled
+    with nothing left to undo). Now: one line, as every other refusal, and the panel updated."""
+    import numpy as np
+    import slicer
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+    from slicer_scene_testing import (
+        ThresholdModel,
+        add_roi_on_slice,
+        add_segmentation,
+        add_volume_node,
+        mrml_scene,
+        phantom_kji,
+    )
+
+    _, widget, shown = panel
+    with mrml_scene() as scene:
+        monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+        volume_node = add_volume_node(scene, phantom_kji())
+        segmentation, (target, _) = add_segmentation(scene, volume_node)
+        widget.logic = SlicerSegmentationLogic(model=ThresholdModel())
+        widget.logic.set_target(volume_node, segmentation, target)
+        widget.logic.segment(roi_node=add_roi_on_slice(scene, (6, 5, 6), (18, 14, 6), np.eye(4)))
+        _target_chosen(widget, volume_node, segmentation, target)
+        segmentation.GetSegmentation().RemoveSegment(target)  # the user deletes the segment
+
+        widget.undo()  # before: raised out of the slot after the popup
+
+    assert shown == [
+        (
+            "warning",
+            "the segment of that action (prompt + propagation) was deleted. that step is dropped; "
+            "press Undo again for the actions before it.",
+        )
+    ]
+    assert widget.ui.undoButton.enabled is False  # before: not updated
+
+
+def test_a_model_that_fails_to_load_for_an_action_is_told_once(panel, monkeypatch):
+    """The load inside an action ran in tryWithErrorDisplay, which shows its popup and raises again; the
+    action's own handler then showed the same error: two popups for one failed load."""
+    import medsegany.models.registry
+    import medsegany.slicer_install
+    from medsegany.slicer_logic import SlicerSegmentationLogic
+
+    _, widget, shown = panel
+
+    def load_model(model_id, device=None):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(medsegany.models.registry, "load_model", load_model)
+    monkeypatch.setattr(medsegany.slicer_install, "ensure_python_packages", lambda family, confirm: None)
+    widget.logic = SlicerSegmentationLogic(model="litemedsam")
+    monkeypatch.setattr(widget, "_setTarget", lambda quiet=False: True)
+    widget.ui.progressBar = _Recorder()
+    monkeypatch.setattr(widget, "updateGUI", lambda *args: None)
+
+    widget._run(lambda: None)
+
+    # before: [("error", "Loading the model failed. CUDA error: ..."), ("error", "MedSegAny failed: ...")]
+    assert [kind for kind, _ in shown] == ["error"] and "no kernel image" in shown[0][1]
+    assert widget.running is None

@@ -23,12 +23,13 @@ from slicer.util import VTKObservationMixin
 from MedSegAnyLib.slicer_logic import SlicerSegmentationLogic
 
 #: Panel shortcuts: (key sequence, what it does). Alt-combinations do not clash with Slicer's slice-view
-#: keys (B/F move slices, Ctrl+Z is the Segment Editor's own undo).
+#: keys (B/F move slices, Ctrl+Z is the Segment Editor's own undo); Alt+F/E/V/H are the main window's menu
+#: mnemonics (&File, &Edit, &View, &Help), which make a shortcut on the same keys ambiguous (never fired).
 SHORTCUTS = (
     ("Alt+B", "placeBox", "place a box"),
     ("Alt+P", "placePositive", "place a positive point"),
     ("Alt+N", "placeNegative", "place a negative point"),
-    ("Alt+E", "useEdit", "take the segment as edited on the view's slice as the prompt"),
+    ("Alt+M", "useEdit", "take the segment as edited on the view's slice as the prompt"),
     ("Alt+G", "propagate", "propagate"),
     ("Alt+C", "cancel", "cancel the running propagation"),
     ("Ctrl+Alt+Z", "undo", "undo the last AI action"),

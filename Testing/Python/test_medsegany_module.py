@@ -50,6 +50,35 @@ def test_user_guide_lists_every_shortcut():
     assert len(keys) >= 6 and all(key in guide for key in keys)
 
 
+#: Slicer's main-window menus (Base/QTApp/Resources/UI/qSlicerMainWindow.ui, 5.10: "&File", "&Edit",
+#: "&View", "&Help"). Their menu bar grabs Alt+<mnemonic> in the window (Windows, Linux); a panel shortcut
+#: on the same keys is then ambiguous: Qt sends the presses to each in turn, and a QShortcut receiving an
+#: ambiguous one emits activatedAmbiguously(), never activated().
+SLICER_MENU_MNEMONICS = ("Alt+F", "Alt+E", "Alt+V", "Alt+H")
+
+
+def _shortcuts() -> list[tuple[str, str, str]]:
+    node = next(
+        node.value
+        for node in TREE.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SHORTCUTS"
+    )
+    return [ast.literal_eval(entry) for entry in node.elts]
+
+
+def test_no_shortcut_is_taken_by_slicers_menus_and_each_button_names_its_own():
+    """Alt+E ("From my edit") was the Edit menu's mnemonic: the presses opened the Edit menu and never
+    used the edit."""
+    shortcuts = _shortcuts()
+    assert not [keys for keys, _, _ in shortcuts if keys in SLICER_MENU_MNEMONICS]
+    labels = {
+        widget.get("name"): widget.findtext("property[@name='text']/string") or ""
+        for widget in ElementTree.parse(UI).iter("widget")
+    }
+    for keys, method, _ in shortcuts:
+        assert f"({keys})" in labels[f"{method}Button"]
+
+
 def _library(module_path: str):
     """MedSegAnyLib.x (the module folder's name in Slicer) is the package medsegany.x here."""
     return importlib.import_module("medsegany" + module_path.removeprefix("MedSegAnyLib"))

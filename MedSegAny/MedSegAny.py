@@ -439,6 +439,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return slicer.app.layoutManager().sliceWidget(self.ui.viewComboBox.currentText).mrmlSliceNode()
 
     def _startPlacing(self, index):
+        from MedSegAnyLib.mrml_markups import clear_markups
         from MedSegAnyLib.slicer_logic import view_slice_axis
 
         if self.running is not None or not self._setTarget():
@@ -451,7 +452,7 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = self.logic.prompt_nodes(slicer.mrmlScene)
         if index == 0:  # a new box starts a new prompt: old box and points go
             for node in nodes:
-                node.RemoveAllControlPoints()
+                clear_markups(node)  # the ROI: placed with two clicks again
         node = nodes[index]
         self.removeObservers(self.onPromptPlaced)
         for promptNode in nodes:

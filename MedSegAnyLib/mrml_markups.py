@@ -77,6 +77,19 @@ def roi_is_placed(roi_node) -> bool:
     return defined > 0 and defined >= roi_node.GetRequiredNumberOfControlPoints()
 
 
+def clear_markups(node) -> None:
+    """Remove a prompt node's control points, so that the next prompt is placed in it afresh.
+
+    An ROI whose points are removed keeps the state of its last box: 1 control point required, at most 1
+    (vtkMRMLMarkupsROINode::UpdateControlPointsFromBoxROI; UpdateBoxROIFromControlPoints returns early
+    without points, before resetting them). Slicer's placement then ended at the first click of the next
+    box, a zero-size ROI. Setting its type anew (SetROIType) asks for the two corners again."""
+    node.RemoveAllControlPoints()
+    if node.IsA("vtkMRMLMarkupsROINode") and node.GetROIType() == node.ROITypeBox:
+        node.SetROIType(node.ROITypeBoundingBox)  # SetROIType does nothing for the type the ROI has
+        node.SetROIType(node.ROITypeBox)
+
+
 def box_ijk_from_roi(volume: Volume, roi_node) -> tuple[Box6, int]:
     """(box_ijk, slice axis) of an ROI that is flat along one IJK axis of ``volume``
     (:func:`~medsegany.prompts.box_ijk_from_corners_ras` of its 8 corners)."""

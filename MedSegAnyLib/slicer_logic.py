@@ -114,7 +114,7 @@ def keep_prompts_on_the_new_points_slice(
     their slice are a prompt of their own only where the object has a mask to correct (``covers_slice``
     of that slice, e.g. :meth:`SlicerSegmentationLogic.object_covers_slice`); elsewhere nothing is
     removed. Returns the new point's slice (None: no point)."""
-    from .mrml_markups import points_ijk_from_fiducials, roi_corners_ras
+    from .mrml_markups import clear_markups, points_ijk_from_fiducials, roi_corners_ras
     from .prompts import snap_index
 
     volume = volume_from_node(volume_node, copy=False)
@@ -139,7 +139,7 @@ def keep_prompts_on_the_new_points_slice(
     if roi is not None and roi.GetNumberOfControlPoints():
         roi_slice = snap_index(volume.ras_to_ijk_points(roi_corners_ras(roi))[:, axis].mean())
         if roi_slice != slice_index:
-            roi.RemoveAllControlPoints()
+            clear_markups(roi)
     for node in point_nodes:
         if node is None:
             continue
@@ -1163,9 +1163,11 @@ class SlicerSegmentationLogic:
     def accept(self, prompt_nodes: Iterable[Any] = ()) -> None:
         """Keep the segment as it is, clear the prompts; the next prompt starts a new object."""
         self._refuse_while_running("accept")
+        from .mrml_markups import clear_markups
+
         for node in prompt_nodes:
             if node is not None:
-                node.RemoveAllControlPoints()
+                clear_markups(node)  # an ROI: the next box takes two clicks again
         if self.segmentation_node is not None and self.segment_id is not None:
             object_id = self._objects.pop((self.segmentation_node.GetID(), self.segment_id), None)
             if object_id is not None and self.session is not None:

@@ -542,7 +542,7 @@ def _target_chosen(widget, volume_node, segmentation_node, segment_id: str) -> N
     widget.ui.rangeFromSpinBox, widget.ui.rangeToSpinBox = _Recorder(), _Recorder()
 
 
-def test_the_first_corner_of_a_box_waits_for_the_second(panel, monkeypatch):
+def test_each_box_waits_for_its_second_corner(panel, monkeypatch):
     """Slicer places an ROI with two clicks: the first corner is a control point of its own (size 0, 2 of
     them required), the second makes the box and the ROI keeps one centre point
     (vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints). PointPositionDefinedEvent fires at both clicks
@@ -593,6 +593,28 @@ def test_the_first_corner_of_a_box_waits_for_the_second(panel, monkeypatch):
         assert widget.running is not None
         assert wait_until(lambda: widget.running.poll())
         mask_kji = segment_mask_kji(segmentation, target, volume_node)
+
+        assert shown == [] and widget.running.error is None
+        widget.running = None  # as the panel's timer leaves it
+
+        # the next box (Box button): its ROI asks for two corners again. Before, the emptied ROI kept its
+        # box's 1 required point, so Slicer ended the placement at the first click: a zero-size ROI
+        interaction = scene.AddNewNodeByClass("vtkMRMLInteractionNode")
+        application = _Recorder(
+            GetSelectionNode=lambda: scene.AddNewNodeByClass("vtkMRMLSelectionNode"),
+            GetInteractionNode=lambda: interaction,
+        )
+        monkeypatch.setattr(slicer, "app", _Recorder(applicationLogic=lambda: application))
+        widget.ui.viewComboBox = _Recorder(currentText="Red")
+        widget.ui.encodeAheadCheckBox.checked = False
+        widget._startPlacing(0)
+        assert interaction.GetCurrentInteractionMode() == interaction.Place
+        roi.AddControlPointWorld(*corners_ras[0])  # the panel's observer calls onPromptPlaced
+        assert roi.GetRequiredNumberOfControlPoints() == 2  # before: 1, the placement ended here
+        assert shown == [] and widget.running is None
+        roi.AddControlPointWorld(*corners_ras[1])
+        assert widget.running is not None and wait_until(lambda: widget.running.poll())
+        widget.removeObservers()
 
     assert shown == [] and widget.running.error is None
     # the box's slice is segmented, inside the two corners (bright pixels of the phantom's ellipsoid)

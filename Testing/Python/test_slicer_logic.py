@@ -1183,3 +1183,26 @@ def test_the_panel_tells_the_memory_a_volume_needs_before_any_action(volume_node
 
     monkeypatch.delitem(sys.modules, "torch")  # not imported yet: the main thread will not import it
     assert loaded.memory_preview(volume_node) == ""
+
+
+def test_after_accept_the_next_box_is_placed_with_two_clicks_again(scene, volume_node):
+    """An ROI emptied with RemoveAllControlPoints keeps its box's 1 required control point, so Slicer's
+    placement of the next box ended at its first click (a zero-size ROI). Accept (and the panel's Box
+    button, and a point on a new slice) now empty it with clear_markups, which asks for 2 corners again."""
+    from medsegany.mrml_markups import roi_is_placed
+    from slicer_scene_testing import world_ras
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    roi = logic.prompt_nodes()[0]
+    for corner_ijk in ((6.0, 5.0, 6.0), (18.0, 14.0, 6.0)):  # a box drawn with two clicks
+        roi.AddControlPointWorld(*world_ras([corner_ijk])[0])
+    assert roi_is_placed(roi) and roi.GetRequiredNumberOfControlPoints() == 1
+
+    logic.accept(logic.prompt_nodes())
+
+    assert roi.GetNumberOfControlPoints() == 0
+    assert roi.GetRequiredNumberOfControlPoints() == 2  # before: 1
+    roi.AddControlPointWorld(*world_ras([(7.0, 6.0, 5.0)])[0])  # the first click of the next box
+    assert not roi_is_placed(roi)

@@ -446,3 +446,15 @@ def test_negative_clicks_alone_correct_a_slice_with_a_mask_and_are_refused_elsew
     fresh = session.add_object("new")
     with pytest.raises(PromptError, match="has no mask"):
         session.add_prompts(fresh, click)
+
+
+def test_propagate_takes_one_object_id_as_well_as_a_list():
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    first, second = session.add_object("a"), session.add_object("b")
+    session.add_prompts(first, box_on_k(volume, 14))
+    session.add_prompts(second, box_on_k(volume, 12))
+    assert {r.object_id for r in session.propagate(object_ids=np.int64(second))} == {second}  # list(5) failed
+    assert {r.object_id for r in session.propagate(object_ids=(first,))} == {first}
+    with pytest.raises(PromptError, match="not an object id or a list"):
+        run(session, object_ids=2.0)

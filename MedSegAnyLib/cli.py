@@ -255,29 +255,40 @@ def _single_object_prompts(args: argparse.Namespace, volume):
     elif args.box_ras:
         values = parse_box_arg(args.box_ras)
         box_ijk = box_ijk_from_ras(volume, values[:3], values[3:])
-    points, labels = [], []
+    # each point's name in messages: make_slice_prompts numbers them over all options and files ("point 3"
+    # was the second point of the second --markups file)
+    points, labels, names = [], [], []
     for text in args.point_ijk:
         point, label = parse_point_arg(text)
         points.append(point)
         labels.append(label)
+        names.append(f"--point-ijk {text}")
     for text in args.point_ras:
         point, label = parse_point_arg(text)
         points.append(point_ijk_from_ras(volume, point))
         labels.append(label)
+        names.append(f"--point-ras {text}")
     for text in args.markups:
-        box_ijk = _add_markups_file(text, volume, box_ijk, points, labels)
+        box_ijk = _add_markups_file(text, volume, box_ijk, points, labels, names)
     if box_ijk is None and not points:
         problem = (
             "the markups files given hold no placed point or ROI" if args.markups else "no prompt was given"
         )
         raise PromptError(problem, "add --box-ijk/--box-ras, --point-ijk/--point-ras, --markups or --prompts")
     axis = None if args.axis is None else "IJK".index(args.axis)
-    prompts = make_slice_prompts(volume, box_ijk=box_ijk, points_ijk=points, point_labels=labels, axis=axis)
+    try:
+        prompts = make_slice_prompts(
+            volume, box_ijk=box_ijk, points_ijk=points, point_labels=labels, axis=axis
+        )
+    except PromptError as error:
+        problem = re.sub(r"\bpoint (\d+)", lambda match: names[int(match[1])], error.problem)
+        raise PromptError(problem, error.fix) from None
     return [ObjectPrompts(args.name or "segment_1", (prompts,))]
 
 
-def _add_markups_file(text: str, volume, box_ijk, points: list, labels: list):
-    """Add a ``--markups FILE[:-]``'s points to ``points``/``labels``; the box, its ROI's or ``box_ijk``."""
+def _add_markups_file(text: str, volume, box_ijk, points: list, labels: list, names: list):
+    """Add a ``--markups FILE[:-]``'s points to ``points``/``labels`` (their names in messages to
+    ``names``); the box, its ROI's or ``box_ijk``."""
     from .markups_file import read_markups_file
     from .prompts import box_ijk_from_corners_ras, point_ijk_from_ras
 
@@ -291,9 +302,10 @@ def _add_markups_file(text: str, volume, box_ijk, points: list, labels: list):
         if box_ijk is not None or len(content.rois_corners_ras) > 1:
             raise PromptError("more than one box was given (ROIs count as boxes)", "give one box per object")
         box_ijk = box_ijk_from_corners_ras(volume, content.rois_corners_ras[0], f"the ROI of {content.path}")
-    for point_ras in content.points_ras:
+    for point_ras, name in zip(content.points_ras, content.point_names, strict=True):
         points.append(point_ijk_from_ras(volume, point_ras))
         labels.append(0 if negative else 1)
+        names.append(f"{content.path} {name}")
     return box_ijk
 
 

@@ -526,6 +526,35 @@ def test_markups_files_saved_by_slicer_prompt_as_the_same_box_and_points_do(
     assert_one_line_error(code, err, "the markups files given hold no placed point or ROI")
 
 
+def test_a_markups_point_outside_the_volume_is_named_by_its_file_and_label(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """Two --markups files: the second file's second point, off the image, was "point 3", numbered over
+    the points of both files, and neither its file nor its label in Slicer was said."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+    from medsegany.volume import read_volume
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    ijk_to_ras = read_volume(phantom).ijk_to_ras
+    for name, points_ijk in (("a", [(30, 32, 2), (20, 30, 2)]), ("b", [(25, 30, 2), (90, 30, 2)])):
+        positions_lps = (np.c_[points_ijk, np.ones(2)] @ ijk_to_ras.T)[:, :3] * [-1, -1, 1]
+        control_points = [
+            {"label": f"F-{n + 1}", "position": p.tolist(), "positionStatus": "defined"}
+            for n, p in enumerate(positions_lps)
+        ]
+        markups = [{"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": control_points}]
+        (tmp_path / f"{name}.mrk.json").write_text(json.dumps({"markups": markups}))
+    files = ["--markups", tmp_path / "a.mrk.json", "--markups", tmp_path / "b.mrk.json"]
+    code, _, err = run_cli(capsys, "segment", phantom, *files, "-o", tmp_path / "x.nii.gz")
+    outside = "b.mrk.json point 'F-2' at LPS \\(90, 30, 6\\) I=90 is outside the volume"
+    assert_one_line_error(code, err, outside)
+    points = ["--axis", "K", "--point-ijk", "30,32,2", "--point-ijk", "30,32,4"]
+    code, _, err = run_cli(capsys, "segment", phantom, *points, "-o", tmp_path / "y.nii.gz")
+    other_slice = "--point-ijk 30,32,4 is on slice K=4, not on --point-ijk 30,32,2's slice"
+    assert_one_line_error(code, err, other_slice)
+
+
 def test_mask_prompts_fill_the_slices_between_and_beyond_a_sparse_labelmap(
     phantom, tmp_path, capsys, monkeypatch
 ):

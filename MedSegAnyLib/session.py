@@ -182,6 +182,8 @@ class SegmentationSession:
         self.max_cached_frames = max_cached_frames
         self.offload_features = bool(offload_features)
         self.encoder_batch = None if encoder_batch is None else max(1, int(encoder_batch))
+        # what the session was made with (its plan for the device): limit_memory tightens from these
+        self._own_limits = (self.max_cached_frames, self.encoder_batch)
         self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
         self._caches: dict[int, FrameEmbeddingCache] = {}
@@ -320,16 +322,26 @@ class SegmentationSession:
         encoder_batch: int | None = None,
         axis: int | None = None,
     ) -> None:
-        """Tighten the memory settings of a running session (never loosen them): fewer slices of features
-        (evicted now, those of ``axis``, the one about to be used, last), features in host memory, a
-        smaller encoder batch; None / False leave a setting as it is. The Slicer panel's plan for an
-        action that needs less than the session began with."""
+        """The memory settings of the coming action, at most the session's own (those it was made with):
+        fewer slices of features (evicted now, those of ``axis``, the one about to be used, last), features
+        in host memory, a smaller encoder batch; None leaves the session's own. The Slicer panel's plan
+        for each action, which may need less than the session began with (more objects, another axis, a
+        GPU whose room another program took).
+
+        Each call replaces the last one's limits: they only ever tightened, so after one action whose plan
+        gave way (3 slices of features) every later one of the session kept evicting and encoding again
+        what its own plan caches whole. Features in host memory stay there (copied to the device per use;
+        moving them back could run the GPU out of memory), and so do those of later slices.
+        """
+        own_frames, own_batch = self._own_limits
         if offload_features and not self.offload_features:
             self.keep_features_in_host_memory()
+        self.encoder_batch = own_batch
         if encoder_batch is not None:
-            self.encoder_batch = min(self.encoder_batch or encoder_batch, max(1, int(encoder_batch)))
+            self.encoder_batch = min(own_batch or encoder_batch, max(1, int(encoder_batch)))
+        self.max_cached_frames = own_frames
         if max_cached_frames is not None:
-            self.max_cached_frames = min(self.max_cached_frames, max(1, int(max_cached_frames)))
+            self.max_cached_frames = min(own_frames, max(1, int(max_cached_frames)))
         preferred = getattr(self.model, "preferred_batch_size", 4)
         for cache in list(self._caches.values()):
             cache.limit(self.max_cached_frames, self._encoder_batch(preferred))

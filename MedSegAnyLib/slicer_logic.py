@@ -861,7 +861,8 @@ class SlicerSegmentationLogic:
         self.memory_note = memory_note(estimate)  # this action's plan, not the one its session began with
         plan = estimate.plan
         # where this action needs less than the session began with (more objects, another axis), the
-        # session tightens to it; a plan that caches every slice of its axis sets no cache limit
+        # session tightens to it for this action (the next one's plan sets its own); a plan that caches
+        # every slice of its axis sets no cache limit
         gave_way = plan.cached_frames < estimate.num_frames
         cached = plan.session_options["max_cached_frames"] if gave_way else None
         session.limit_memory(cached, plan.offload_features, plan.batch_size, axis=obj.axis)

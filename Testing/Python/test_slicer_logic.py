@@ -1183,3 +1183,47 @@ def test_the_panel_tells_the_memory_a_volume_needs_before_any_action(volume_node
 
     monkeypatch.delitem(sys.modules, "torch")  # not imported yet: the main thread will not import it
     assert loaded.memory_preview(volume_node) == ""
+
+
+def test_an_actions_tight_memory_plan_is_not_left_to_the_next_actions(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """One action's plan gave way (the GPU's room taken by another program: 3 slices of features, in
+    host memory, one a call); the session kept those limits for good, so once the room was back every
+    later action still evicted and encoded again what the volume's own plan caches whole."""
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    tight = []
+
+    def tight_while_asked(*args, **kwargs):
+        estimate = real_plan(*args, **kwargs)
+        if tight:
+            plan = dataclasses.replace(estimate.plan, cached_frames=3, offload_features=True, batch_size=1)
+            estimate = dataclasses.replace(estimate, plan=plan)
+        return estimate
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", tight_while_asked)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes, propagate=False)  # the session's own plan: every slice fits
+    session = logic.session
+    own = (session.max_cached_frames, session.encoder_batch)
+    assert own[0] >= SHAPE_KJI[0]
+    tight.append(True)
+    logic.propagate()
+    assert (session.max_cached_frames, session.encoder_batch) == (3, 1)
+    tight.clear()  # the room is back
+
+    logic.propagate(direction="up")  # a direction not run alone before: the session propagates again
+
+    assert (session.max_cached_frames, session.encoder_batch) == own  # stayed (3, 1)
+    assert session.offload_features  # features already in host memory stay there (copied per use)
+    logic.propagate(direction="down")
+    cache = session.embeddings(2)
+    encoded = cache.encoded_frames
+    logic.propagate()  # every slice's features are kept now: nothing is encoded again
+    assert len(cache) > 3 and cache.encoded_frames == encoded

@@ -665,6 +665,40 @@ def test_a_failed_run_keeps_what_the_user_painted_in_other_segments_meanwhile(sc
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji | painted)
 
 
+def test_a_failed_run_takes_back_only_what_it_took_from_other_segments(scene, volume_node):
+    """Overwrite "all": a run fails midway while the user erases a part of "other" that the run never
+    wrote (K = 0..1). Taking the run back gave "other" every voxel it had lost since the run began, the
+    user's erasing too: the erased part came back. Only the voxels the run's own writes took come back."""
+    editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    model = logic.load_model()
+    predict = model.predict
+
+    def failing(*args, **kwargs):
+        if model.predict_calls >= 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(*args, **kwargs)
+
+    model.predict = failing
+    erased = np.zeros(SHAPE_KJI, dtype=bool)
+    erased[0:2] = True
+    taken_by_run = []
+
+    def erase_once(result):  # the user erases "other" on K = 0..1 in the Segment Editor meanwhile
+        if not taken_by_run:
+            now = _mask(segmentation, other, volume_node)
+            taken_by_run.append(other_kji & ~now)
+            fill_segment(segmentation, other, now & ~erased)
+
+    action, results = logic.plan_prompt_action(roi, propagate=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        logic.run_action(action, results, on_slice=erase_once)
+
+    assert model.predict_calls == 3 and taken_by_run[0].any()  # the run had taken voxels of "other"
+    assert not _mask(segmentation, target, volume_node).any()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji & ~erased)
+
+
 @pytest.mark.parametrize("in_worker", [False, True])
 def test_a_run_that_runs_out_of_memory_keeps_its_slices_as_its_message_says(
     scene, volume_node, prompt_nodes, in_worker

@@ -29,11 +29,13 @@ POINT_LIST_TYPE, ROI_TYPE = "Fiducial", "ROI"
 @dataclass(frozen=True)
 class MarkupsPromptsRas:
     """What one markups file holds for a prompt, in RAS millimetres: each ROI's 8 corners and the placed
-    points of its point lists."""
+    points of its point lists; ``point_names``: each point as the file says it, for messages (its label and
+    position in the file's coordinates, e.g. "point 'F-2' at LPS (-90, -30, 6)")."""
 
     path: Path
     rois_corners_ras: tuple[np.ndarray, ...]
     points_ras: tuple[tuple[float, float, float], ...]
+    point_names: tuple[str, ...] = ()
 
 
 def read_markups_file(path: str | Path) -> MarkupsPromptsRas:
@@ -45,7 +47,7 @@ def read_markups_file(path: str | Path) -> MarkupsPromptsRas:
         raise PromptError(
             f'{path} holds no markups (no "markups" list)', "give a .mrk.json file that Slicer saved"
         )
-    rois, points = [], []
+    rois, points, names = [], [], []
     for index, markup in enumerate(markups):
         what = f"{path} markups[{index}]"
         if not isinstance(markup, dict):
@@ -55,7 +57,9 @@ def read_markups_file(path: str | Path) -> MarkupsPromptsRas:
         if kind == ROI_TYPE:
             rois.append(_roi_corners_ras(markup, to_ras, what))
         elif kind == POINT_LIST_TYPE:
-            points.extend(_placed_points_ras(markup, to_ras, what))
+            for point_ras, name in _placed_points_ras(markup, to_ras, what):
+                points.append(point_ras)
+                names.append(name)
         else:
             raise PromptError(
                 f"{what} is a {kind!r} markups, not a point list or an ROI",
@@ -63,7 +67,7 @@ def read_markups_file(path: str | Path) -> MarkupsPromptsRas:
             )
     # a point list with no placed point is no prompt, not an error: the panel's "MedSegAny -" list is often
     # empty, and a command that gives nothing at all is told "no prompt was given"
-    return MarkupsPromptsRas(path, tuple(rois), tuple(points))
+    return MarkupsPromptsRas(path, tuple(rois), tuple(points), tuple(names))
 
 
 def _read_json(path: Path) -> object:
@@ -80,11 +84,15 @@ def _read_json(path: Path) -> object:
         ) from None
 
 
-def _to_ras(markup: dict, what: str) -> np.ndarray:
+def _coordinate_system(markup: dict, what: str) -> str:
     system = str(markup.get("coordinateSystem", "LPS")).upper()  # Slicer reads a file without it as LPS
     if system not in ("LPS", "RAS"):
         raise PromptError(f"{what} has the coordinate system {system!r}", "save it in LPS or RAS (Slicer)")
-    return LPS_TO_RAS[:3, :3] if system == "LPS" else np.eye(3)
+    return system
+
+
+def _to_ras(markup: dict, what: str) -> np.ndarray:
+    return LPS_TO_RAS[:3, :3] if _coordinate_system(markup, what) == "LPS" else np.eye(3)
 
 
 def _numbers(value: object, count: int, what: str) -> np.ndarray:
@@ -122,10 +130,15 @@ def _placed(control_points: object) -> list[dict]:
     ]
 
 
-def _placed_points_ras(markup: dict, to_ras: np.ndarray, what: str) -> list[tuple[float, float, float]]:
+def _placed_points_ras(
+    markup: dict, to_ras: np.ndarray, what: str
+) -> list[tuple[tuple[float, float, float], str]]:
+    """(RAS point, its name in messages) of each placed point."""
+    system = _coordinate_system(markup, what)
     points = []
     for number, point in enumerate(_placed(markup.get("controlPoints", []))):
         label = point.get("label") or f"#{number}"
         position = _numbers(point.get("position"), 3, f"{what} point {label!r} position")
-        points.append(tuple(float(v) for v in to_ras @ position))
+        name = f"point {label!r} at {system} ({', '.join(f'{v:.4g}' for v in position)})"
+        points.append((tuple(float(v) for v in to_ras @ position), name))
     return points

@@ -237,8 +237,9 @@ def _add_markups_entry(
         except PromptError as error:
             raise PromptError(f"{where} {field} ({name}): {error.problem}", error.fix) from None
         box_fields.append(f"{field} ROI {n}")
-    for n, point_ras in enumerate(content.points_ras):
-        points.append((point_ijk_from_ras(volume, point_ras), 0 if negative else 1, f"{field} point {n}"))
+    for point_ras, point_name in zip(content.points_ras, content.point_names, strict=True):
+        point_field = f"{field} ({name}) {point_name}"  # the file's own label and position of the point
+        points.append((point_ijk_from_ras(volume, point_ras), 0 if negative else 1, point_field))
 
 
 class _RepeatedKeyError(ValueError):

@@ -39,7 +39,7 @@ the objects involved is rebuilt from their prompted slices' masks the next time 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,21 @@ DIRECTIONS = ("both", "forward", "backward")
 # what became of a prompt or drawn mask when the model ran out of memory on it
 NOT_APPLIED = "{what} was not applied: nothing changed"
 OVERLAPS = ("independent", "exclusive")
+
+
+def _object_id_list(object_ids: Iterable[int] | int | None, objects: dict[int, Any]) -> list[int]:
+    """The ids ``propagate`` was given: all objects (None), one id, or an iterable of ids."""
+    if object_ids is None:
+        return list(objects)
+    if isinstance(object_ids, (int, np.integer)) and not isinstance(object_ids, bool):
+        return [int(object_ids)]  # one id: list(5) was a TypeError traceback
+    try:
+        return list(object_ids)
+    except TypeError:
+        raise PromptError(
+            f"object_ids {object_ids!r} is not an object id or a list of them",
+            f"give one id or a list of ids from {sorted(objects)}",
+        ) from None
 
 
 def _check_direction(direction: str) -> None:
@@ -167,16 +182,21 @@ class SegmentationSession:
         self.max_cached_frames = max_cached_frames
         self.offload_features = bool(offload_features)
         self.encoder_batch = None if encoder_batch is None else max(1, int(encoder_batch))
+        # what the session was made with (its plan for the device): limit_memory tightens from these
+        self._own_limits = (self.max_cached_frames, self.encoder_batch)
         self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
         self._caches: dict[int, FrameEmbeddingCache] = {}
         self._trackers: dict[int, Any] = {}
         self._synced: dict[int, tuple[Any, Any, Any]] = {}  # object id -> what its tracker state reflects
         self._history = History()
+        # ids are never given twice: undoing remove_object brings its id back, and a new object holding it
+        # became the removed one (the caller's handle on the new object then changed the old one)
+        self._last_object_id = 0
 
     # -- objects -------------------------------------------------------------------------------------
     def add_object(self, name: str | None = None, color_rgb: tuple[float, float, float] | None = None) -> int:
-        object_id = max(self.objects, default=0) + 1
+        object_id = self._last_object_id = max(self._last_object_id, *self.objects, 0) + 1
         self.objects[object_id] = SegmentObject(
             object_id=object_id,
             name=name or f"object {object_id}",
@@ -302,16 +322,26 @@ class SegmentationSession:
         encoder_batch: int | None = None,
         axis: int | None = None,
     ) -> None:
-        """Tighten the memory settings of a running session (never loosen them): fewer slices of features
-        (evicted now, those of ``axis``, the one about to be used, last), features in host memory, a
-        smaller encoder batch; None / False leave a setting as it is. The Slicer panel's plan for an
-        action that needs less than the session began with."""
+        """The memory settings of the coming action, at most the session's own (those it was made with):
+        fewer slices of features (evicted now, those of ``axis``, the one about to be used, last), features
+        in host memory, a smaller encoder batch; None leaves the session's own. The Slicer panel's plan
+        for each action, which may need less than the session began with (more objects, another axis, a
+        GPU whose room another program took).
+
+        Each call replaces the last one's limits: they only ever tightened, so after one action whose plan
+        gave way (3 slices of features) every later one of the session kept evicting and encoding again
+        what its own plan caches whole. Features in host memory stay there (copied to the device per use;
+        moving them back could run the GPU out of memory), and so do those of later slices.
+        """
+        own_frames, own_batch = self._own_limits
         if offload_features and not self.offload_features:
             self.keep_features_in_host_memory()
+        self.encoder_batch = own_batch
         if encoder_batch is not None:
-            self.encoder_batch = min(self.encoder_batch or encoder_batch, max(1, int(encoder_batch)))
+            self.encoder_batch = min(own_batch or encoder_batch, max(1, int(encoder_batch)))
+        self.max_cached_frames = own_frames
         if max_cached_frames is not None:
-            self.max_cached_frames = min(self.max_cached_frames, max(1, int(max_cached_frames)))
+            self.max_cached_frames = min(own_frames, max(1, int(max_cached_frames)))
         preferred = getattr(self.model, "preferred_batch_size", 4)
         for cache in list(self._caches.values()):
             cache.limit(self.max_cached_frames, self._encoder_batch(preferred))
@@ -595,12 +625,13 @@ class SegmentationSession:
     # -- propagation ---------------------------------------------------------------------------------
     def propagate(
         self,
-        object_ids: list[int] | None = None,
+        object_ids: Iterable[int] | int | None = None,
         direction: str = "both",
         slice_range: tuple[int, int] | None = None,
     ) -> Iterator[SliceResult]:
         """Propagate each object from its prompted slices outward; yields one result per slice.
 
+        ``object_ids``: one object's id, a list of ids, or None for every object.
         ``direction``: "both", "forward" (increasing index) or "backward". ``slice_range`` (inclusive)
         limits what changes: runs start only at prompted slices inside it and end at its edges, and no
         slice outside it is written or cleared (a range holding no prompt of an object is a PromptError);
@@ -613,7 +644,7 @@ class SegmentationSession:
         whole call is one undo step.
         """
         _check_direction(direction)
-        ids = list(self.objects) if object_ids is None else list(object_ids)
+        ids = _object_id_list(object_ids, self.objects)
         for object_id in ids:
             obj = self._object(object_id)
             if not obj.prompted_slices():

@@ -40,6 +40,7 @@ from .mrml_masking import edit_masking_from_editor_node
 from .mrml_segment import EditMasking, SegmentWriter, segment_mask_kji, segment_or_error
 from .mrml_terminology import create_segment as create_segment  # the panel's "New segment" (re-exported)
 from .mrml_undo import (
+    SavedSegment,
     SegmentSnapshot,
     redo_keeping_later_edits,
     snapshot_segment,
@@ -861,7 +862,8 @@ class SlicerSegmentationLogic:
         self.memory_note = memory_note(estimate)  # this action's plan, not the one its session began with
         plan = estimate.plan
         # where this action needs less than the session began with (more objects, another axis), the
-        # session tightens to it; a plan that caches every slice of its axis sets no cache limit
+        # session tightens to it for this action (the next one's plan sets its own); a plan that caches
+        # every slice of its axis sets no cache limit
         gave_way = plan.cached_frames < estimate.num_frames
         cached = plan.session_options["max_cached_frames"] if gave_way else None
         session.limit_memory(cached, plan.offload_features, plan.batch_size, axis=obj.axis)
@@ -913,12 +915,14 @@ class SlicerSegmentationLogic:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
             # as an undo of the action finished now: the target as it was, the other segments get back only
-            # the voxels they lost since it began (restored whole, they lost what the user painted there
-            # during the run; a part the user erased from them during the run comes back, as it did);
-            # surfaces rebuilt there; a segment the user deleted meanwhile stays deleted
+            # the voxels they lost where the run wrote (restored whole, they lost what the user painted
+            # there during the run; given back all they lost since it began, a part the user erased from
+            # them during the run came back); surfaces rebuilt there; a segment deleted meanwhile stays so
             before = action.step.before
             now = snapshot_segments(self.segmentation_node, before.segment_ids)
-            undo_keeping_later_edits(self.segmentation_node, before, now, skip_deleted=True)
+            added = action.writer.added_voxels()
+            written = SavedSegment(action.step.segment_id, *(added or (None, None, None)))
+            undo_keeping_later_edits(self.segmentation_node, before, now, skip_deleted=True, written=written)
             action.writer.surface.discard()
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)

@@ -526,6 +526,84 @@ def test_markups_files_saved_by_slicer_prompt_as_the_same_box_and_points_do(
     assert_one_line_error(code, err, "the markups files given hold no placed point or ROI")
 
 
+def test_a_markups_point_outside_the_volume_is_named_by_its_file_and_label(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """Two --markups files: the second file's second point, off the image, was "point 3", numbered over
+    the points of both files, and neither its file nor its label in Slicer was said."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+    from medsegany.volume import read_volume
+
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    ijk_to_ras = read_volume(phantom).ijk_to_ras
+    for name, points_ijk in (("a", [(30, 32, 2), (20, 30, 2)]), ("b", [(25, 30, 2), (90, 30, 2)])):
+        positions_lps = (np.c_[points_ijk, np.ones(2)] @ ijk_to_ras.T)[:, :3] * [-1, -1, 1]
+        control_points = [
+            {"label": f"F-{n + 1}", "position": p.tolist(), "positionStatus": "defined"}
+            for n, p in enumerate(positions_lps)
+        ]
+        markups = [{"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": control_points}]
+        (tmp_path / f"{name}.mrk.json").write_text(json.dumps({"markups": markups}))
+    files = ["--markups", tmp_path / "a.mrk.json", "--markups", tmp_path / "b.mrk.json"]
+    code, _, err = run_cli(capsys, "segment", phantom, *files, "-o", tmp_path / "x.nii.gz")
+    outside = "b.mrk.json point 'F-2' at LPS \\(90, 30, 6\\) I=90 is outside the volume"
+    assert_one_line_error(code, err, outside)
+    points = ["--axis", "K", "--point-ijk", "30,32,2", "--point-ijk", "30,32,4"]
+    code, _, err = run_cli(capsys, "segment", phantom, *points, "-o", tmp_path / "y.nii.gz")
+    other_slice = "--point-ijk 30,32,4 is on slice K=4, not on --point-ijk 30,32,2's slice"
+    assert_one_line_error(code, err, other_slice)
+
+
+def test_the_progress_of_mask_prompts_counts_each_labels_own_slices(phantom, tmp_path, capsys, monkeypatch):
+    """Two labels, exclusive: the count ran over both labels and over the slices where one label took or
+    gave back pixels of the other (and slices cleared), under the other's name: on 5 slices it reached
+    "label_1: 10 slices", and label_2's first line never came (its count began at 5)."""
+    import medsegany.cli as cli
+    from fake_models import ThresholdModel
+
+    image = sitk.ReadImage(str(phantom))
+    truth_kji = sitk.GetArrayFromImage(image) > 100
+    sparse_kji = np.zeros(truth_kji.shape, dtype=np.uint8)
+    sparse_kji[1][truth_kji[1]] = 1
+    sparse_kji[1][:, 32:][truth_kji[1][:, 32:]] = 2  # label 2: the right half of K=1, and K=3
+    sparse_kji[3][truth_kji[3]] = 2
+    labels = sitk.GetImageFromArray(sparse_kji)
+    labels.CopyInformation(image)
+    sitk.WriteImage(labels, str(tmp_path / "sparse.nii.gz"))
+    monkeypatch.setattr(cli, "load_cli_model", lambda args, single_run=False: ThresholdModel())
+    argv = ["segment", phantom, "--window=0,255", "--mask-prompts", tmp_path / "sparse.nii.gz"]
+
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "dense.nii.gz")
+
+    assert code == 0, err
+    assert [line.split(", ")[:2] for line in err.splitlines()] == [
+        ["label_1: 1 slice", "at K=2"],  # (not a terminal: the first and every 10th slice of each label)
+        ["label_2: 1 slice", "at K=2"],
+    ]
+
+
+def test_the_progress_line_counts_each_objects_slices_once():
+    import io
+
+    from medsegany.cli import SliceProgress
+
+    stream = io.StringIO()  # not a terminal: a line for the 1st, 11th, 21st... slice of each object
+    progress = SliceProgress(stream)
+    for k in range(12):
+        progress.update("liver", f"K={k}")
+        progress.update("liver", f"K={k}")  # the same slice again (a re-run) counts once
+        if k < 2:
+            progress.update("spleen", f"K={k}")
+    lines = [line.split(", ")[:2] for line in stream.getvalue().splitlines()]
+    assert lines == [
+        ["liver: 1 slice", "at K=0"],
+        ["spleen: 1 slice", "at K=0"],
+        ["liver: 11 slices", "at K=10"],
+    ]
+    assert progress.count == 14
+
+
 def test_mask_prompts_fill_the_slices_between_and_beyond_a_sparse_labelmap(
     phantom, tmp_path, capsys, monkeypatch
 ):

@@ -159,6 +159,17 @@ def test_error_a_bad_markups_entry_names_the_object_and_entry(tmp_path, volume, 
     assert f"object 'liver' {words}" in str(error)
 
 
+def test_error_a_markups_point_outside_the_volume_names_its_file_and_label(tmp_path, volume):
+    """It said "markups[1] point 1": the entry, not which file, and the file's labels were not told."""
+    points_file(tmp_path / "in.mrk.json", volume, [(7, 5, 6)])
+    points_file(tmp_path / "out.mrk.json", volume, [(8, 8, 6), (900, 8, 6)])
+    error = load_error(
+        tmp_path, volume, {"objects": [{"name": "liver", "markups": ["in.mrk.json", "out.mrk.json"]}]}
+    )
+    assert "object 'liver' markups[1] (out.mrk.json) point 'F-1' at RAS (" in error.problem
+    assert "is outside the volume" in error.problem
+
+
 def test_error_markups_given_as_one_name_shows_a_list_of_names(tmp_path, volume):
     """The fix for a "markups" that is not a list showed a list of lists, as for boxes: it lists names."""
     error = load_error(tmp_path, volume, {"objects": [{"name": "liver", "markups": "box.mrk.json"}]})

@@ -290,7 +290,7 @@ def test_a_direction_never_asked_for_runs_with_the_next_propagation_that_plans_i
     np.testing.assert_array_equal(segment("forward"), both)
 
 
-def test_a_running_session_tightens_its_memory_and_never_loosens_it():
+def test_a_running_session_tightens_its_memory_for_an_action_and_not_past_its_own():
     volume = phantom()
     session = SegmentationSession(volume, BatchRecordingModel(), intensity=(0.0, 255.0), max_cached_frames=20)
     object_id = session.add_object()
@@ -301,8 +301,13 @@ def test_a_running_session_tightens_its_memory_and_never_loosens_it():
     session.limit_memory(max_cached_frames=6, offload_features=True, encoder_batch=1, axis=0)
     assert session.cached_frames() == 6 and session.offload_features and 20 in session.embeddings(0)
     assert session.embeddings(2).batch_size == 1 and session.embeddings(2).offload
-    session.limit_memory(max_cached_frames=50, encoder_batch=4)  # looser: nothing changes
-    assert (session.max_cached_frames, session.encoder_batch, session.offload_features) == (6, 1, True)
+    # the next action's plan: its own limits, never past the session's (20 slices, the model's batch);
+    # the features in host memory stay there
+    session.limit_memory(max_cached_frames=50, encoder_batch=8)
+    assert (session.max_cached_frames, session.encoder_batch, session.offload_features) == (20, 8, True)
+    assert session.embeddings(2).batch_size == 4 and session.embeddings(2).max_frames == 20
+    session.limit_memory(max_cached_frames=10)
+    assert (session.max_cached_frames, session.encoder_batch) == (10, None)
 
 
 def test_prompts_on_another_axis_for_the_same_object_are_refused():
@@ -446,3 +451,15 @@ def test_negative_clicks_alone_correct_a_slice_with_a_mask_and_are_refused_elsew
     fresh = session.add_object("new")
     with pytest.raises(PromptError, match="has no mask"):
         session.add_prompts(fresh, click)
+
+
+def test_propagate_takes_one_object_id_as_well_as_a_list():
+    volume = phantom()
+    session = SegmentationSession(volume, ThresholdModel(), intensity=(0.0, 255.0))
+    first, second = session.add_object("a"), session.add_object("b")
+    session.add_prompts(first, box_on_k(volume, 14))
+    session.add_prompts(second, box_on_k(volume, 12))
+    assert {r.object_id for r in session.propagate(object_ids=np.int64(second))} == {second}  # list(5) failed
+    assert {r.object_id for r in session.propagate(object_ids=(first,))} == {first}
+    with pytest.raises(PromptError, match="not an object id or a list"):
+        run(session, object_ids=2.0)

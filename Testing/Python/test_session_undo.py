@@ -383,3 +383,21 @@ def test_undoing_a_rerun_that_changed_only_masks_leaves_it_to_do():
     assert_same(session, before)
     assert run(session, direction="forward")  # the undone propagation runs again
     assert_same(session, after)
+
+
+def test_a_new_object_never_takes_the_id_of_a_removed_one():
+    """Removed the liver (id 1), added the spleen: it got id 1 again, and undoing the removal brought the
+    liver back into it: the spleen was gone and the caller's spleen id named the liver (its prompts went
+    to the liver)."""
+    session, liver = new_session()
+    list(session.propagate())
+    liver_mask = session.mask_kji(liver).copy()
+    session.remove_object(liver)
+    spleen = session.add_object("spleen")
+    assert spleen != liver
+    session.undo()  # the removal
+    assert {liver: "ellipsoid", spleen: "spleen"} == {i: o.name for i, o in session.objects.items()}
+    np.testing.assert_array_equal(session.mask_kji(liver), liver_mask)
+    assert not session.mask_kji(spleen).any()
+    session.forget_object(spleen)  # the Slicer panel's way (no undo step): its id is not given again either
+    assert session.add_object("kidney") not in (liver, spleen)

@@ -665,6 +665,40 @@ def test_a_failed_run_keeps_what_the_user_painted_in_other_segments_meanwhile(sc
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji | painted)
 
 
+def test_a_failed_run_takes_back_only_what_it_took_from_other_segments(scene, volume_node):
+    """Overwrite "all": a run fails midway while the user erases a part of "other" that the run never
+    wrote (K = 0..1). Taking the run back gave "other" every voxel it had lost since the run began, the
+    user's erasing too: the erased part came back. Only the voxels the run's own writes took come back."""
+    editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    model = logic.load_model()
+    predict = model.predict
+
+    def failing(*args, **kwargs):
+        if model.predict_calls >= 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(*args, **kwargs)
+
+    model.predict = failing
+    erased = np.zeros(SHAPE_KJI, dtype=bool)
+    erased[0:2] = True
+    taken_by_run = []
+
+    def erase_once(result):  # the user erases "other" on K = 0..1 in the Segment Editor meanwhile
+        if not taken_by_run:
+            now = _mask(segmentation, other, volume_node)
+            taken_by_run.append(other_kji & ~now)
+            fill_segment(segmentation, other, now & ~erased)
+
+    action, results = logic.plan_prompt_action(roi, propagate=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        logic.run_action(action, results, on_slice=erase_once)
+
+    assert model.predict_calls == 3 and taken_by_run[0].any()  # the run had taken voxels of "other"
+    assert not _mask(segmentation, target, volume_node).any()
+    np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji & ~erased)
+
+
 @pytest.mark.parametrize("in_worker", [False, True])
 def test_a_run_that_runs_out_of_memory_keeps_its_slices_as_its_message_says(
     scene, volume_node, prompt_nodes, in_worker
@@ -1206,3 +1240,47 @@ def test_after_accept_the_next_box_is_placed_with_two_clicks_again(scene, volume
     assert roi.GetRequiredNumberOfControlPoints() == 2  # before: 1
     roi.AddControlPointWorld(*world_ras([(7.0, 6.0, 5.0)])[0])  # the first click of the next box
     assert not roi_is_placed(roi)
+
+
+def test_an_actions_tight_memory_plan_is_not_left_to_the_next_actions(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """One action's plan gave way (the GPU's room taken by another program: 3 slices of features, in
+    host memory, one a call); the session kept those limits for good, so once the room was back every
+    later action still evicted and encoded again what the volume's own plan caches whole."""
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    tight = []
+
+    def tight_while_asked(*args, **kwargs):
+        estimate = real_plan(*args, **kwargs)
+        if tight:
+            plan = dataclasses.replace(estimate.plan, cached_frames=3, offload_features=True, batch_size=1)
+            estimate = dataclasses.replace(estimate, plan=plan)
+        return estimate
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", tight_while_asked)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes, propagate=False)  # the session's own plan: every slice fits
+    session = logic.session
+    own = (session.max_cached_frames, session.encoder_batch)
+    assert own[0] >= SHAPE_KJI[0]
+    tight.append(True)
+    logic.propagate()
+    assert (session.max_cached_frames, session.encoder_batch) == (3, 1)
+    tight.clear()  # the room is back
+
+    logic.propagate(direction="up")  # a direction not run alone before: the session propagates again
+
+    assert (session.max_cached_frames, session.encoder_batch) == own  # stayed (3, 1)
+    assert session.offload_features  # features already in host memory stay there (copied per use)
+    logic.propagate(direction="down")
+    cache = session.embeddings(2)
+    encoded = cache.encoded_frames
+    logic.propagate()  # every slice's features are kept now: nothing is encoded again
+    assert len(cache) > 3 and cache.encoded_frames == encoded

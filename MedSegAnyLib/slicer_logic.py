@@ -27,6 +27,7 @@ import datetime
 import functools
 import json
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -329,6 +330,9 @@ class UndoStep:
     #: the node itself: node IDs start again at 1 after the scene is closed, so the ID alone names the
     #: next scene's segmentation too
     segmentation_node: Any = field(default=None, repr=False, compare=False)
+    #: weakref to the session the object states belong to: a rebuilt session (other model or intensity)
+    #: gets none of them, and holding it would keep its image features alive
+    session_ref: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -770,6 +774,7 @@ class SlicerSegmentationLogic:
             _get_tag(segment, PROVENANCE_TAG),
             object_before,
             segmentation_node=self.segmentation_node,
+            session_ref=weakref.ref(self.session) if self.session is not None else None,
         )
         writer = SegmentWriter(self.segmentation_node, self.segment_id, self.volume_node, masking)
         self.running = AIAction(label, dict(details or {}), writer, step)
@@ -903,6 +908,8 @@ class SlicerSegmentationLogic:
         step.object_after = (
             ObjectState.of(self.session.objects[object_id]) if object_id is not None else None
         )
+        # the session the action ran in (a first action makes it after begin_action)
+        step.session_ref = weakref.ref(self.session) if self.session is not None else None
         step.after = snapshot_segment(self.segmentation_node, step.segment_id, action.writer.masking)
         self._undo.append(step)
         del self._undo[:-MAX_UNDO_STEPS]
@@ -1160,8 +1167,19 @@ class SlicerSegmentationLogic:
                 self.session.forget_object(object_id)
                 self._objects.pop(key, None)
             return
-        if object_id is None or object_state.shape_kji != self.session.volume.voxels_kji.shape:
+        if step.session_ref is None or step.session_ref() is not self.session:
             return  # the session was rebuilt (other volume or model): only the segment is restored
+        if object_id is None:
+            # the object was forgotten (the undo of the action that created it, or Accept): it comes back
+            # with the state the step recorded. Redo of a segment's first action restored its voxels and
+            # no object: a negative click on a propagated slice was refused as "not on point 0's slice"
+            # (K=9 vs K=6) and Propagate as "no MedSegAny prompt yet"
+            segment = segment_or_error(
+                self.segmentation_node if step.segmentation_node is None else step.segmentation_node,
+                step.segment_id,
+            )
+            color = tuple(float(c) for c in segment.GetColor())
+            object_id = self._objects[key] = self.session.add_object(segment.GetName(), color)
         object_state.restore_into(self.session.objects[object_id])
 
     def accept(self, prompt_nodes: Iterable[Any] = ()) -> None:

@@ -553,6 +553,45 @@ def test_a_negative_click_on_a_propagated_slice_corrects_that_slice(scene, volum
     assert 0 < result_kji[9].sum() < before_k9.sum()  # a part, not the whole slice
 
 
+def test_undo_and_redo_of_a_segments_first_action_then_a_correction_equals_the_correction(
+    scene, volume_node
+):
+    """Undo of a segment's first action forgets the object it made; redo gave back the voxels and no
+    object: a negative click on K = 9 was then refused ("point 2 is on slice K=9, not on point 0's slice
+    K=6"), K = 9 kept its 49 voxels instead of 21, and Propagate said "no MedSegAny prompt yet"."""
+    from medsegany.slicer_logic import keep_prompts_on_the_new_points_slice
+
+    click_ijk = (11.2, 10.2, 9.0)
+    results = []
+    for undo_redo in (False, True):
+        roi = add_roi_on_slice(scene, BOX_IJK[:3], BOX_IJK[3:], np.eye(4))
+        positive = add_points(scene, POSITIVE_IJK, np.eye(4), "plus")
+        negative = add_points(scene, NEGATIVE_IJK, np.eye(4), "minus")
+        prompt_nodes = (roi, positive, negative)
+        segmentation, (target, _) = add_segmentation(scene, volume_node)
+        logic = SlicerSegmentationLogic(model=ThresholdModel())
+        logic.set_target(volume_node, segmentation, target)
+        logic.segment(roi, positive, negative)
+        propagated = _mask(segmentation, target, volume_node)
+        if undo_redo:
+            logic.undo()
+            assert not _mask(segmentation, target, volume_node).any()
+            logic.redo()
+            np.testing.assert_array_equal(_mask(segmentation, target, volume_node), propagated)
+        covers = functools.partial(logic.object_covers_slice, 2)
+        assert covers(9)
+        world = WORLD_IJK_TO_RAS @ np.array([*click_ijk, 1.0])
+        negative.AddControlPoint(*(to_node_of(negative) @ world)[:3])
+        assert keep_prompts_on_the_new_points_slice(negative, prompt_nodes, volume_node, 2, covers) == 9
+        logic.segment(None, positive, negative, axis=2)
+        results.append(_mask(segmentation, target, volume_node))
+        logic.propagate()  # the object's prompts are there: nothing left to re-run, and no refusal
+        assert read_provenance(segmentation, target)["prompts"][-1]["slice_index"] == 9
+
+    assert results[0][9].sum() < propagated[9].sum()  # the click corrected K = 9
+    np.testing.assert_array_equal(results[1], results[0])
+
+
 def test_a_negative_click_where_the_object_has_no_mask_leaves_the_prompt(scene, volume_node, prompt_nodes):
     from medsegany.slicer_logic import keep_prompts_on_the_new_points_slice
 

@@ -921,15 +921,23 @@ class SlicerSegmentationLogic:
         if self.running is action:
             self.running = None
         if action.step.slices_written or action.writer.touched:  # a failed write may have changed some
-            # as an undo of the action finished now: the target as it was, the other segments get back only
-            # the voxels they lost where the run wrote (restored whole, they lost what the user painted
-            # there during the run; given back all they lost since it began, a part the user erased from
-            # them during the run came back); surfaces rebuilt there; a segment deleted meanwhile stays so
+            # as an undo of the action finished now, keeping what the user edited during the run: the
+            # target gets its old voxels back where it still holds what the run wrote, and keeps the rest
+            # (the user's painting while it ran: restored whole, it was lost); the other segments get back
+            # only the voxels they lost where the run wrote (restored whole, they lost what the user
+            # painted there during the run; given back all they lost since it began, a part the user
+            # erased from them during the run came back); surfaces rebuilt there; a segment deleted
+            # meanwhile stays so
             before = action.step.before
             now = snapshot_segments(self.segmentation_node, before.segment_ids)
+            segment_id = action.step.segment_id
             added = action.writer.added_voxels()
-            written = SavedSegment(action.step.segment_id, *(added or (None, None, None)))
-            undo_keeping_later_edits(self.segmentation_node, before, now, skip_deleted=True, written=written)
+            written = SavedSegment(segment_id, *(added or (None, None, None)))
+            region, values, *lattice = action.writer.written_voxels() or (None, None, None, None)
+            target_written = tuple(SavedSegment(segment_id, mask, *lattice) for mask in (region, values))
+            undo_keeping_later_edits(
+                self.segmentation_node, before, now, True, written, target_written=target_written
+            )
             action.writer.surface.discard()
         action.writer.close()
         self._restore_object(action.step, action.step.object_before)

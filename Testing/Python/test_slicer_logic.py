@@ -738,6 +738,54 @@ def test_a_failed_run_takes_back_only_what_it_took_from_other_segments(scene, vo
     np.testing.assert_array_equal(_mask(segmentation, other, volume_node), other_kji & ~erased)
 
 
+def test_a_failed_run_takes_back_its_own_writes_and_keeps_what_the_user_painted_in_its_target(
+    scene, volume_node
+):
+    """A run fails midway while the user paints into its target segment (Segment Editor): on K = 0..1,
+    which the run never wrote, and on K = 6 beside the object, after the run wrote that slice. Taking the
+    run back restored the target whole, as it was before the run: the 36 painted voxels were lost. Now
+    the run's own writes are taken back (its mask on K = 6 goes, the square it erased there comes back)
+    and the painting stays."""
+    from medsegany.slicer_logic import set_roi_box_ijk
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    before = np.zeros(SHAPE_KJI, dtype=bool)
+    before[6, 2:5, 2:5] = True  # inside the box, background: the run's K = 6 erases it
+    before[8, 8:12, 8:12] = True
+    fill_segment(segmentation, target, before)
+    logic = SlicerSegmentationLogic(model=ThresholdModel())
+    logic.set_target(volume_node, segmentation, target)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    set_roi_box_ijk(roi, volume_node, (2, 2, 6, 23, 18, 6))
+    model = logic.load_model()
+    predict = model.predict
+
+    def failing(*args, **kwargs):
+        if model.predict_calls >= 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(*args, **kwargs)
+
+    model.predict = failing
+    painted = np.zeros(SHAPE_KJI, dtype=bool)
+    painted[0:2, 18:21, 0:4] = True  # slices the run never writes
+    painted[6, 15:18, 20:24] = True  # the prompted slice, written first (background there)
+    written_k6 = []
+
+    def paint_once(result):
+        if not written_k6:
+            now = _mask(segmentation, target, volume_node)
+            written_k6.append(now[6].copy())
+            fill_segment(segmentation, target, now | painted)
+
+    action, results = logic.plan_prompt_action(roi, propagate=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        logic.run_action(action, results, on_slice=paint_once)
+
+    assert model.predict_calls == 3 and written_k6[0].sum() > 50 and not written_k6[0][2:5, 2:5].any()
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), before | painted)
+    assert not logic.can_undo
+
+
 @pytest.mark.parametrize("in_worker", [False, True])
 def test_a_run_that_runs_out_of_memory_keeps_its_slices_as_its_message_says(
     scene, volume_node, prompt_nodes, in_worker

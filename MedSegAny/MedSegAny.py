@@ -158,26 +158,36 @@ class MedSegAnyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._removeShortcuts()
 
     def cleanup(self):
+        """Module reload or Slicer exit. A propagation still running is finished as a cancelled one: only
+        stopping the timer and the worker left the slices it had written in the segment with no undo step
+        and no provenance."""
         self._removeShortcuts()
         self.removeObservers()
         for timer in (self.timer, self.encodeTimer):
             if timer is not None:
                 timer.stop()
+        self._stopEncodingAhead()
+        self._finishRunningAction("the module closed")
         if self.worker is not None:
             self.worker.shutdown()
 
     def onSceneStartClose(self, caller=None, event=None):
         self._stopEncodingAhead()
-        running, self.running = self.running, None
-        if running is not None:
-            running.cancel()
-            try:  # it stops after the slice in flight; its result and error belong to the closing scene
-                running.wait(timeout_s=60)
-            except Exception as error:
-                logging.info(f"MedSegAny: the action running when the scene closed ended with: {error}")
+        self._finishRunningAction("the scene closed")
         if self.logic is not None:
             self.logic.forget_scene()  # its session, undo steps and nodes go with the scene
         self.updateGUI()
+
+    def _finishRunningAction(self, when):
+        """Cancel the running action and finish it: it stops after the slice in flight, whose result is
+        written, and the slices written are one undo step with its provenance, as Cancel leaves them."""
+        running, self.running = self.running, None
+        if running is not None:
+            running.cancel()
+            try:  # its error is not shown: the panel is going away, or the scene it belongs to
+                running.wait(timeout_s=60)
+            except Exception as error:
+                logging.info(f"MedSegAny: the action running when {when} ended with: {error}")
 
     def _installShortcuts(self):
         if self.shortcuts:

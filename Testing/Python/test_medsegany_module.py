@@ -527,6 +527,56 @@ def test_closing_the_scene_stops_the_running_action_and_forgets_the_scene(panel)
     assert not any(kind == "error" for kind, _ in shown)
 
 
+def test_a_module_reload_during_a_propagation_finishes_the_action_as_one_undo_step(panel):
+    """The module is reloaded (or Slicer exits) while a propagation runs: cleanup() stopped the timer and
+    the worker, the slices already written stayed in the segment, and the action's undo step and
+    provenance were lost (no undo, no tag). It now stops after the slice in flight and finishes the
+    action, as a cancelled one."""
+    import threading
+
+    import numpy as np
+    from medsegany.mrml_segment import segment_mask_kji
+    from medsegany.slicer_logic import SlicerSegmentationLogic, read_provenance
+    from medsegany.slicer_worker import ModelWorker, wait_until
+    from slicer_scene_testing import (
+        ThresholdModel,
+        add_roi_on_slice,
+        add_segmentation,
+        add_volume_node,
+        mrml_scene,
+        phantom_kji,
+    )
+
+    _, widget, shown = panel
+    model = ThresholdModel()
+    model.gate, model.gate_after = threading.Event(), 2  # the third slice waits for the gate
+
+    with mrml_scene() as scene:
+        volume_node = add_volume_node(scene, phantom_kji())
+        segmentation, (target, _) = add_segmentation(scene, volume_node)
+        roi = add_roi_on_slice(scene, (6, 5, 6), (18, 14, 6), np.eye(4))
+        widget.logic = logic = SlicerSegmentationLogic(model=model)
+        logic.set_target(volume_node, segmentation, target)
+        widget.worker = worker = ModelWorker("test worker")
+        widget.running = logic.start(worker, logic.plan_prompt_action(roi, propagate=True))
+        assert model.reached_gate.wait(30)
+        running = widget.running
+        # the panel's timer writes the two slices computed before the gate
+        assert wait_until(lambda: running.poll() or running.action.step.slices_written == 2)
+        assert not running.finished
+        threading.Timer(0.3, model.gate.set).start()
+
+        widget.cleanup()
+
+        assert widget.running is None and not worker.busy
+        written = segment_mask_kji(segmentation, target, volume_node).any(axis=(1, 2)).sum()
+        assert written >= 2 and running.step is not None and running.step.slices_written == written
+        assert logic.can_undo and read_provenance(segmentation, target)["actions"][-1]["cancelled"]
+        logic.undo()
+        assert not segment_mask_kji(segmentation, target, volume_node).any()
+    assert not any(kind == "error" for kind, _ in shown)
+
+
 def _target_chosen(widget, volume_node, segmentation_node, segment_id: str) -> None:
     """The panel's selectors on a volume and segment, with stand-ins for the rest of what updateGUI sets."""
     widget.ui.inputVolumeSelector = _Recorder(currentNode=lambda: volume_node)

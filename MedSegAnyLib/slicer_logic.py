@@ -849,8 +849,14 @@ class SlicerSegmentationLogic:
         from .memory_estimate import room_of_a_running_session
 
         obj = session.objects[object_id]
-        if centre is None:
-            centre = prompts.slice_index if prompts is not None else obj.prompted_slices()[0]
+        if centre is None and prompts is not None:
+            centre = prompts.slice_index
+        elif centre is None:  # a re-propagation: a prompted slice inside the user's range, which the slab
+            # must hold (centred on the first of K=6 and K=9, a range 8..11 missed the slab 5..7, and
+            # all 4 slices of the range ran where only 3 fit)
+            keys = obj.prompted_slices()
+            inside = [key for key in keys if slice_range is None or slice_range[0] <= key <= slice_range[1]]
+            centre = (inside or keys)[0]
         voxels_kji = session.volume.voxels_kji
         estimate = _panel_plan(
             session.model,

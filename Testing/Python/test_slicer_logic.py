@@ -1371,3 +1371,43 @@ def test_an_actions_tight_memory_plan_is_not_left_to_the_next_actions(
     encoded = cache.encoded_frames
     logic.propagate()  # every slice's features are kept now: nothing is encoded again
     assert len(cache) > 3 and cache.encoded_frames == encoded
+
+
+def test_when_only_a_slab_fits_a_propagation_over_a_range_goes_around_a_prompt_inside_it(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """My object is prompted on K=6 and K=9; only 3 slices fit, and I propagate over slices 8..11. The
+    slab was centred on the object's first prompted slice (K=6: 5..7), which misses the range, so the
+    whole range (4 slices) ran past the memory plan, under a note that said "Only slices 5-7"."""
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+    import medsegany.session as session_module
+
+    real_plan = memory_estimate.plan_for_volume
+    centres, ranges = [], []
+
+    def slab_plan(*args, **kwargs):  # as a GPU with room for SAM 2's memory of 3 slices would plan
+        estimate = real_plan(*args, **kwargs)
+        centres.append(args[4])
+        plan = dataclasses.replace(estimate.plan, slab=(args[4] - 1, args[4] + 1))
+        return dataclasses.replace(estimate, plan=plan)
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes)  # K=6
+    logic.segment(add_roi_on_slice(scene, (2.0, 2.0, 9.0), (19.0, 17.0, 9.0), np.eye(4)), propagate=False)
+    real_propagate = session_module.SegmentationSession.propagate
+
+    def recording(self, object_ids=None, direction="both", slice_range=None):
+        ranges.append(slice_range)
+        return real_propagate(self, object_ids, direction, slice_range)
+
+    monkeypatch.setattr(session_module.SegmentationSession, "propagate", recording)
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", slab_plan)
+
+    logic.propagate("both", (8, 11))
+
+    assert centres == [9] and ranges == [(8, 10)]
+    assert "Only slices 8-10 fit around the prompt" in logic.memory_note

@@ -566,9 +566,10 @@ def _run_plan(model: Any, job: SegmentJob, stderr: TextIO, quiet: bool) -> Any:
     if not quiet and run.estimate.gave_way:
         print(f"medsegany: note: {run.estimate.message}", file=stderr)
     if not quiet and run.prompts_left_out:
+        low, high = run.slice_range or (0, 0)
+        where = run.slab.describe() if run.slab is not None else f"{low}..{high} of their axis"
         print(
-            f"medsegany: note: {run.prompts_left_out} prompted slice(s) outside slices {run.slab.describe()} "
-            "are not used",
+            f"medsegany: note: {run.prompts_left_out} prompted slice(s) outside slices {where} are not used",
             file=stderr,
         )
     return run

@@ -120,3 +120,24 @@ def objects_in_slab(objects: list[Any], slab: Slab) -> tuple[list[Any], int]:
             "include a prompted slice in --slice-range",
         )
     return kept, left_out
+
+
+def objects_in_range(objects: list[Any], slice_range: tuple[int, int]) -> tuple[list[Any], int]:
+    """``objects`` prompted on several axes, with only their prompts on slices ``low..high`` (inclusive)
+    of each prompt's own axis, where a range that cannot crop (:func:`one_axis` None) limits the
+    propagation; and the count left out, as :func:`objects_in_slab` (indices unchanged)."""
+    low, high = slice_range
+    kept, left_out = [], 0
+    for entry in objects:
+        inside = tuple(prompts for prompts in entry.prompts if low <= prompts.slice_index <= high)
+        left_out += len(entry.prompts) - len(inside)
+        kept.append(replace(entry, prompts=inside))
+    if not any(entry.prompts for entry in kept):
+        prompted = sorted(
+            {f"{prompts.axis_name}={prompts.slice_index}" for e in objects for prompts in e.prompts}
+        )
+        raise PromptError(
+            f"slices {low}..{high} hold no prompt (prompted: {', '.join(prompted)})",
+            "include a prompted slice in --slice-range",
+        )
+    return kept, left_out

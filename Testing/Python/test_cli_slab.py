@@ -233,3 +233,31 @@ def test_a_sam2_slab_gives_the_masks_of_the_same_range_in_the_whole_volume(tmp_p
     labels = read_labels(out)
     assert labels[3].any() and not labels[[0, 1, 6]].any()  # a real comparison, not two blanks
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_a_range_over_prompts_in_two_views_leaves_out_and_tells_the_prompts_outside_it(
+    phantom, tmp_path, capsys, sessions
+):
+    """Prompts on K and on I cannot crop, so the range limits each object's propagation on its own axis.
+    The object prompted on I=30, outside slices 1..3, was still segmented there (1 slice of voxels where
+    the user asked for none) and nothing said so; on one axis such a prompt is left out and told."""
+    prompts = tmp_path / "views.json"
+    objects = [
+        {"name": "axial", "boxes_ijk": [[14, 20, 2, 46, 44, 2]]},
+        {"name": "sagittal", "boxes_ijk": [[30, 20, 0, 30, 44, 4]]},
+    ]
+    prompts.write_text(json.dumps({"objects": objects}))
+    out = tmp_path / "views.nii.gz"
+    code, stdout, err = run_cli(
+        capsys, "segment", phantom, "--prompts", prompts, "--slice-range", "1,3", "-o", out
+    )
+    assert code == 0, err
+    assert "1 prompted slice(s) outside slices 1..3 of their axis are not used" in err
+    labels = read_labels(out)
+    assert (labels == 1)[1:4].any() and not (labels == 1)[[0, 4]].any()
+    assert not (labels == 2).any() and "sagittal: 0 slices (none)" in stdout
+
+    code, _, err = run_cli(
+        capsys, "segment", phantom, "--prompts", prompts, "--slice-range", "3,4", "-o", out, "--overwrite"
+    )
+    assert_one_line_error(code, err, r"slices 3\.\.4 hold no prompt \(prompted: I=30, K=2\)")

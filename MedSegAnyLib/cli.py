@@ -559,7 +559,7 @@ def _run_plan(model: Any, job: SegmentJob, stderr: TextIO, quiet: bool) -> Any:
     from .cli_estimate import plan_run
     from .memory_estimate import require_fit
 
-    run = plan_run(model, job.volume, job.objects, job.slice_range)
+    run = plan_run(model, job.volume, job.objects, job.slice_range, job.args.direction)
     require_fit(run.estimate)
     if run.refusal is not None:
         raise run.refusal

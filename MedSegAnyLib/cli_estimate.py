@@ -46,11 +46,16 @@ def estimate_model(args: argparse.Namespace, single_run: bool = False) -> Any:
 
 
 def job_estimate(
-    model: Any, volume: Any, objects: list[Any], volume_bytes: int | None = None, crops_slab: bool = True
+    model: Any,
+    volume: Any,
+    objects: list[Any],
+    volume_bytes: int | None = None,
+    crops_slab: bool = True,
+    direction: str = "both",
 ) -> Any:
     """The memory plan of propagating ``objects`` through ``volume`` along the first prompt's axis
     (``model``: loaded, or a :class:`CatalogModel`; ``volume_bytes``: the user's voxels held, default
-    ``volume``'s; ``crops_slab`` as :func:`medsegany.memory_estimate.plan_memory`)."""
+    ``volume``'s; ``crops_slab`` and ``direction`` as :func:`medsegany.memory_estimate.plan_memory`)."""
     from .memory_estimate import plan_for_volume
 
     first = next(entry.prompts[0] for entry in objects if entry.prompts)
@@ -65,6 +70,7 @@ def job_estimate(
         volume_bytes=volume.voxels_kji.nbytes if volume_bytes is None else volume_bytes,
         precision=model.precision if unloaded else None,
         crops_slab=crops_slab,
+        direction=direction,
     )
 
 
@@ -85,7 +91,13 @@ class RunPlan:
     refusal: Exception | None = None
 
 
-def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int, int] | None) -> RunPlan:
+def plan_run(
+    model: Any,
+    volume: Any,
+    objects: list[Any],
+    slice_range: tuple[int, int] | None,
+    direction: str = "both",
+) -> RunPlan:
     """The memory plan of one job and what it segments (see :mod:`medsegany.slab`).
 
     When every prompt lies on one axis, ``--slice-range`` and a plan's slab crop the volume, so the
@@ -109,7 +121,9 @@ def plan_run(model: Any, volume: Any, objects: list[Any], slice_range: tuple[int
     if slice_range is not None:  # several axes: prompts outside the range were segmented there, and told
         # nothing (an I=25 prompt under a range 8..10 gave its slice; on one axis it is left out, as here)
         run_objects, left_out = objects_in_range(objects, slice_range)
-    estimate = job_estimate(model, run_volume, run_objects, volume.voxels_kji.nbytes, axis is not None)
+    estimate = job_estimate(
+        model, run_volume, run_objects, volume.voxels_kji.nbytes, axis is not None, direction
+    )
     inner = estimate.plan.slab
     if inner is not None and axis is not None:  # the plan's slab, inside the range, in the volume's indices
         offset = 0 if slab is None else slab.first
@@ -133,7 +147,7 @@ def estimate_job(job: Any, model: Any, stdout: TextIO) -> None:
     after printing when it cannot fit. Nothing runs and nothing is written."""
     from .memory_estimate import describe_parts, require_fit
 
-    run = plan_run(model, job.volume, job.objects, job.slice_range)
+    run = plan_run(model, job.volume, job.objects, job.slice_range, job.args.direction)
     estimate = run.estimate
     print(f"{job.args.image}: {estimate.message}", file=stdout)
     for line in describe_parts(estimate):

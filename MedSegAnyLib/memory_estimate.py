@@ -582,6 +582,7 @@ def plan_memory(
     headroom: float = 0.9,
     precision: str | None = None,
     crops_slab: bool = True,
+    direction: str = "both",
 ) -> MemoryEstimate:
     """The first plan that fits ``headroom`` x the available device memory (see the module docstring).
 
@@ -590,7 +591,8 @@ def plan_memory(
     centre of the slab when only a slab fits (default: the middle slice). ``crops_slab``: whether the
     caller segments a slab as a volume of its own (the CLI, :mod:`medsegany.slab`), so that the windowed
     copy and the masks shrink with it; else (the Slicer panel, whose session holds the whole volume) a
-    slab only limits the propagation, and saves only the memory bank.
+    slab only limits the propagation, and saves only the memory bank. ``direction``: the propagation's
+    ("both", "forward", "backward"); a one-way slab starts (forward) or ends (backward) at ``prompt_slice``.
     """
     frames = max(1, int(num_frames))
     on_cuda, on_mps = _device_kind(device) == "cuda", _device_kind(device) == "mps"
@@ -667,7 +669,12 @@ def plan_memory(
             low_count = middle
         else:
             high_count = middle - 1
-    start = max(0, min(centre - low_count // 2, frames - low_count))
+    if direction == "forward":  # a centred slab of 5 slices left 3 to a forward run from its prompt
+        start = min(centre, frames - low_count)
+    elif direction == "backward":
+        start = max(0, centre - low_count + 1)
+    else:
+        start = max(0, min(centre - low_count // 2, frames - low_count))
     return finish(run(1, 2, on_cuda, low_count), True, (start, start + low_count - 1))
 
 
@@ -682,9 +689,10 @@ def plan_for_volume(
     available_bytes: int | None = None,
     precision: str | None = None,
     crops_slab: bool = True,
+    direction: str = "both",
 ) -> MemoryEstimate:
     """:func:`plan_memory` for propagating along IJK ``axis`` (0 = I, 1 = J, 2 = K) of a KJI volume
-    (``precision`` as :func:`runs_bf16`, ``crops_slab`` as :func:`plan_memory`)."""
+    (``precision`` as :func:`runs_bf16`, ``crops_slab`` and ``direction`` as :func:`plan_memory`)."""
     from .slices import frame_count, frame_shape
 
     return plan_memory(
@@ -699,6 +707,7 @@ def plan_for_volume(
         volume_bytes=volume_bytes,
         precision=precision,
         crops_slab=crops_slab,
+        direction=direction,
     )
 
 

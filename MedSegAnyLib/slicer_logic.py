@@ -386,11 +386,13 @@ def _panel_plan(
     centre: int | None = None,
     objects: int = 1,
     available_bytes: int | None = None,
+    direction: str = "both",
 ) -> Any:
     """The memory plan of the panel's session (``memory_estimate.plan_for_volume``): propagating along IJK
     ``axis`` from slice ``centre``; before a prompt says them, one object from the middle of the volume's
     longest axis. The session holds the whole volume, so a slab only limits the propagation
-    (``crops_slab=False``). ``available_bytes``: None measures the device's room now."""
+    (``crops_slab=False``). ``available_bytes``: None measures the device's room now; ``direction``: the
+    session's, which a one-way slab starts or ends at ``centre`` for."""
     from .memory_estimate import plan_for_volume
 
     if axis is None:
@@ -407,6 +409,7 @@ def _panel_plan(
         volume_bytes=volume_bytes,
         available_bytes=available_bytes,
         crops_slab=False,
+        direction=direction,
     )
 
 
@@ -830,7 +833,9 @@ class SlicerSegmentationLogic:
         if propagate:
             # the slab goes around the slice prompted now: the mask's, when the edit is the prompt
             centre = mask_prompt[1] if mask_prompt is not None else None
-            slice_range = self.range_that_fits(session, object_id, prompts, slice_range, centre)
+            slice_range = self.range_that_fits(
+                session, object_id, prompts, slice_range, centre, session_direction
+            )
             yield from session.propagate([object_id], direction=session_direction, slice_range=slice_range)
 
     def range_that_fits(
@@ -840,12 +845,14 @@ class SlicerSegmentationLogic:
         prompts: SlicePrompts | None,
         slice_range: tuple[int, int] | None,
         centre: int | None = None,
+        direction: str = "both",
     ) -> tuple[int, int] | None:
         """``slice_range`` (None: the whole axis), cut to the slab around the prompt that the memory
         plan allows when the propagation along the prompt's axis does not fit whole (SAM 2's memory of
         every tracked slice grows with the range). The session holds the whole volume, so the plan
         counts its windowed copy and masks whole (``crops_slab=False``). Sets :attr:`memory_note`.
-        ``centre``: the slice prompted now when ``prompts`` does not say it (an edited slice's mask)."""
+        ``centre``: the slice prompted now when ``prompts`` does not say it (an edited slice's mask);
+        ``direction``: the session's ("forward": the slab starts at ``centre``)."""
         from .memory_estimate import room_of_a_running_session
 
         obj = session.objects[object_id]
@@ -867,6 +874,7 @@ class SlicerSegmentationLogic:
             centre,
             len(session.objects),
             room_of_a_running_session(session.device),
+            direction,
         )
         if not estimate.plan.fits:  # nothing to cut to; a run that runs out of memory is caught
             return slice_range

@@ -261,3 +261,33 @@ def test_a_range_over_prompts_in_two_views_leaves_out_and_tells_the_prompts_outs
         capsys, "segment", phantom, "--prompts", prompts, "--slice-range", "3,4", "-o", out, "--overwrite"
     )
     assert_one_line_error(code, err, r"slices 3\.\.4 hold no prompt \(prompted: I=30, K=2\)")
+
+
+def test_a_forward_run_where_only_a_slab_fits_gets_the_slab_from_its_prompt(
+    phantom, tmp_path, capsys, sessions, monkeypatch
+):
+    """Room for 2 slices, the box on K=2, --direction forward: the planner's slab was centred (1..2), so
+    the run segmented K=2 alone; from the prompt it is 2..3, and --estimate says the same slab."""
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_memory
+
+    def two_slices_of_room(model, frame_shape, num_frames, num_objects=1, device="cpu", **kwargs):
+        room = memory_estimate.estimate_memory(
+            model, frame_shape, 2, num_objects, device, 1, 2, volume_bytes=kwargs["volume_bytes"]
+        )
+        kwargs["available_bytes"] = int(room.device_bytes / 0.9) + 1
+        return real_plan(model, frame_shape, num_frames, num_objects, device, **kwargs)
+
+    monkeypatch.setattr(memory_estimate, "plan_memory", two_slices_of_room)
+    monkeypatch.setattr(memory_estimate, "MIN_SLAB_SLICES", 2)
+    out = tmp_path / "forward.nii.gz"
+    argv = ("segment", phantom, "--box-ijk", BOX, "--window", "0,255", "--direction", "forward")
+    code, stdout, err = run_cli(capsys, *argv, "--device", "cpu", "--estimate")
+    assert code == 0, err
+    assert "only slices 2-3 (a slab around the prompt)" in stdout
+    code, _, err = run_cli(capsys, *argv, "-o", out)
+    assert code == 0, err
+    assert "only slices 2-3 (a slab around the prompt)" in err
+    labels = read_labels(out)
+    assert labels[2:4].any(axis=(1, 2)).all() and not labels[[0, 1, 4]].any()

@@ -83,6 +83,25 @@ def test_plan_caches_fewer_frames_then_crops_to_a_slab_as_memory_shrinks():
     assert f"only slices {low}-{high}" in slab.message
 
 
+def test_a_one_way_propagations_slab_starts_or_ends_at_the_prompt():
+    """A slab centred on the prompt left a forward run half of it: 5 slices fit, the prompt on 150, and
+    the run covered 150..152 of the slab 148..152. One way, the slab runs from the prompt (and stays in
+    the volume near its end)."""
+    model_only = estimate_memory("sam2.1_hiera_t512", (512, 512), 3, 1, batch_size=1, cached_frames=2)
+    small = int((model_only.total_bytes + 40 * 512 * 512 * 2) / 0.9)
+    args = ("sam2.1_hiera_t512", (512, 512), 300, 1)
+    both = plan_memory(*args, available_bytes=small, prompt_slice=150)
+    count = both.plan.slab[1] - both.plan.slab[0] + 1
+    assert 3 <= count < 150 and both.plan.slab[0] < 150 < both.plan.slab[1]
+    forward = plan_memory(*args, available_bytes=small, prompt_slice=150, direction="forward")
+    backward = plan_memory(*args, available_bytes=small, prompt_slice=150, direction="backward")
+    assert forward.plan.slab == (150, 150 + count - 1) and backward.plan.slab == (150 - count + 1, 150)
+    near_end = plan_memory(*args, available_bytes=small, prompt_slice=298, direction="forward")
+    assert near_end.plan.slab == (300 - count, 299)
+    near_start = plan_memory(*args, available_bytes=small, prompt_slice=1, direction="backward")
+    assert near_start.plan.slab == (0, count - 1)
+
+
 def test_a_slab_that_is_not_cropped_still_counts_the_whole_volumes_copy_and_masks():
     """The Slicer panel's session holds the whole volume, so a slab there saves only SAM 2's memory bank:
     for a 2D model (no memory bank) no slab can fit where the whole axis does not."""

@@ -1411,3 +1411,36 @@ def test_when_only_a_slab_fits_a_propagation_over_a_range_goes_around_a_prompt_i
 
     assert centres == [9] and ranges == [(8, 10)]
     assert "Only slices 8-10 fit around the prompt" in logic.memory_note
+
+
+def test_when_only_a_slab_fits_a_one_way_propagation_gets_the_slab_from_its_prompt(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """Room for SAM 2's memory of 3 slices, my prompt on K=6, propagation "up": the slab was centred
+    (5..7), so the run wrote K=7 alone past the prompt; from the prompt it is 6..8."""
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_memory
+
+    def three_slices_of_room(model, frame_shape, num_frames, num_objects=1, device="cpu", **kwargs):
+        # SAM 2's profile (a memory bank a slice), room for the bank of 3 slices beside the whole volume's
+        # windowed copy and masks (the panel's session holds them whole)
+        sam2 = "sam2.1_hiera_t512"
+        room = memory_estimate.estimate_memory(
+            sam2, frame_shape, 3, num_objects, device, 1, 2, volume_bytes=kwargs["volume_bytes"],
+            held_frames=num_frames,
+        )  # fmt: skip
+        kwargs["available_bytes"] = int(room.device_bytes / 0.9) + 1
+        return real_plan(sam2, frame_shape, num_frames, num_objects, device, **kwargs)
+
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    monkeypatch.setattr(memory_estimate, "plan_memory", three_slices_of_room)
+
+    logic.segment(*prompt_nodes, direction="up")
+
+    assert "Only slices 6-8 fit around the prompt" in logic.memory_note
+    prompts = [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])]
+    expected = library_mask(volume_node, prompts, slice_range=(6, 8))
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)

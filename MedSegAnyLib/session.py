@@ -147,7 +147,9 @@ class SegmentationSession:
     ``offload_features``: keep them in host memory, copied to the GPU when used (the memory plan's
     choice when the GPU cannot hold them all; see :mod:`medsegany.feature_offload`). ``encoder_batch``:
     at most this many slices per encoder call (None: the model's own choice). The memory plan's
-    ``session_options`` give these three (:mod:`medsegany.memory_estimate`).
+    ``session_options`` give these three (:mod:`medsegany.memory_estimate`). ``square_pixels``: a 2D
+    model whose resize keeps the aspect sees frames with non-square pixels (a coronal or sagittal view of
+    thick slices) resampled to square ones, its masks mapped back (:mod:`medsegany.frame_aspect`).
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class SegmentationSession:
         sam2_stop: Sam2StopRule | None = None,
         offload_features: bool = False,
         encoder_batch: int | None = None,
+        square_pixels: bool = True,
     ) -> None:
         from .models.registry import is_sam2_model
 
@@ -184,6 +187,8 @@ class SegmentationSession:
         self.encoder_batch = None if encoder_batch is None else max(1, int(encoder_batch))
         # what the session was made with (its plan for the device): limit_memory tightens from these
         self._own_limits = (self.max_cached_frames, self.encoder_batch)
+        self.square_pixels = bool(square_pixels)
+        self._frame_models: dict[tuple[int, bool], Any] = {}
         self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
         self._caches: dict[int, FrameEmbeddingCache] = {}
@@ -470,12 +475,26 @@ class SegmentationSession:
         return self._set_slice(tx, obj, index, logits > 0, logits, "prompt", None, score)
 
     # -- 2D model calls ------------------------------------------------------------------------------
+    def frame_model(self, axis: int) -> Any:
+        """The 2D model as the frames of ``axis`` reach it: ``self.model``, or it seeing square pixels
+        (:func:`~medsegany.frame_aspect.frames_for_model`); its ``predict`` takes the frames' own pixels."""
+        key = (axis, self.square_pixels)
+        if key not in self._frame_models:
+            from .frame_aspect import frames_for_model
+
+            square = self.square_pixels and not self.is_sam2
+            model = frames_for_model(self.model, self.volume.spacing_ijk, axis) if square else self.model
+            self._frame_models[key] = model
+        return self._frame_models[key]
+
     def embeddings(self, axis: int) -> FrameEmbeddingCache:
-        """The embedding cache of one axis (2D models)."""
-        if axis not in self._caches:
+        """The embedding cache of one axis (2D models). Its features are those of its model, resampling
+        included: when ``square_pixels`` has changed since, the axis starts a new cache."""
+        model = self.frame_model(axis)
+        if axis not in self._caches or self._caches[axis].model is not model:
             windowed = self.windowed_kji
             self._caches[axis] = FrameEmbeddingCache(
-                self.model,
+                model,
                 lambda index: frame_of(windowed, axis, index),
                 frame_count(windowed.shape, axis),
                 max_frames=self.max_cached_frames,
@@ -488,7 +507,8 @@ class SegmentationSession:
     def _predict_prompts(
         self, prompts: SlicePrompts, current_mask: np.ndarray | None = None
     ) -> FramePrediction:
-        embedding = self.embeddings(prompts.axis).get(prompts.slice_index)
+        cache = self.embeddings(prompts.axis)
+        embedding = cache.get(prompts.slice_index)
         points = prompts.points_frame_xy()
         box = prompts.box_frame_xyxy()
         if box is None and current_mask is not None:
@@ -499,7 +519,7 @@ class SegmentationSession:
             for x, y in points[prompts.labels_array() == 1]:
                 covered[min(max(round(y), 0), height - 1), min(max(round(x), 0), width - 1)] = True
             box = next_box(covered, self.settings)
-        return self.model.predict(
+        return cache.model.predict(
             embedding,
             box_frame_xyxy=box,
             points_frame_xy=points if len(points) else None,
@@ -827,7 +847,7 @@ class SegmentationSession:
 
         def predict(index: int, box_frame_xyxy: np.ndarray) -> FramePrediction:
             ahead = range(index + step, index + step * cache.batch_size, step)
-            prediction = self.model.predict(cache.get(index, ahead=ahead), box_frame_xyxy=box_frame_xyxy)
+            prediction = cache.model.predict(cache.get(index, ahead=ahead), box_frame_xyxy=box_frame_xyxy)
             logits_at[index] = prediction.logits_frame
             return prediction
 

@@ -20,6 +20,9 @@ class DiskCachedModel:
     def __init__(self, model, folder: Path) -> None:
         self.model = model
         self.model_id = model.model_id
+        # a session resamples frames with non-square pixels for it as for the model (medsegany.frame_aspect):
+        # the resampled frame's bytes are the key
+        self.aspect_preserving_resize = getattr(model, "aspect_preserving_resize", False)
         self.folder = Path(folder) / model.model_id / model_fingerprint(model)
         self.folder.mkdir(parents=True, exist_ok=True)
 

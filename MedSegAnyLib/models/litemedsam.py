@@ -226,6 +226,9 @@ class LiteMedSamModel:
 
     model_id = "litemedsam"
     image_size = IMAGE_SIZE
+    # its resize keeps the frame's aspect: frames with non-square pixels reach it resampled to square ones
+    # (medsegany.frame_aspect)
+    aspect_preserving_resize = True
 
     def __init__(
         self,

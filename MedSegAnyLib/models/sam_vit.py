@@ -131,6 +131,9 @@ class SamVitModel:
         self.model_id = model_id
         self._torch = torch
         self.precision = resolve_precision(self.device, precision)  # bf16 autocast or float32
+        # SAM's resize keeps the aspect (frames with non-square pixels reach it as square ones, see
+        # medsegany.frame_aspect); MedSAM's makes every frame 1024 x 1024, whatever a resample did before
+        self.aspect_preserving_resize = preprocessing == "sam"
 
     @classmethod
     def from_checkpoint(

@@ -463,3 +463,35 @@ def test_propagate_takes_one_object_id_as_well_as_a_list():
     assert {r.object_id for r in session.propagate(object_ids=(first,))} == {first}
     with pytest.raises(PromptError, match="not an object id or a list"):
         run(session, object_ids=2.0)
+
+
+class SquarePixelThresholdModel(ThresholdModel):
+    """The threshold fake declaring a resize that keeps the aspect (as LiteMedSAM's): the session gives
+    it frames with non-square pixels resampled to square ones."""
+
+    aspect_preserving_resize = True
+
+
+def test_features_of_frames_resampled_to_square_pixels_never_serve_the_frames_as_given():
+    from medsegany.frame_aspect import SquarePixelEmbedding
+
+    volume = phantom()  # 0.8 mm pixels, 2 mm slices: a J frame is 30 x 48 pixels of 2 x 0.8 mm
+    model = SquarePixelThresholdModel()
+    session = SegmentationSession(volume, model, intensity=(0.0, 255.0))
+    object_id = session.add_object("ellipsoid")
+    truth = volume.voxels_kji[:, 20, :] >= 200
+    rows, cols = np.flatnonzero(truth.any(1)), np.flatnonzero(truth.any(0))
+    prompts = make_slice_prompts(volume, box_ijk=(cols[0], 20, rows[0], cols[-1], 20, rows[-1]), axis=1)
+    square = session.add_prompts(object_id, prompts).mask_frame
+    cache = session.embeddings(1)
+    assert isinstance(cache.get(20), SquarePixelEmbedding) and model.encoded == 1
+    # the ellipsoid back on the frame's 30 x 48 pixels (and the slab below it, inside the box grown by 2 px)
+    assert (square & truth).sum() == truth.sum() and square.sum() < 1.1 * truth.sum()
+
+    session.square_pixels = False
+    as_given = session.embeddings(1)
+    assert as_given is not cache and len(as_given) == 0 and as_given.model is model
+    as_given_mask = session.add_prompts(object_id, prompts).mask_frame
+    assert (as_given_mask & truth).sum() == truth.sum() and not np.array_equal(as_given_mask, square)
+    assert not isinstance(as_given.get(20), SquarePixelEmbedding) and model.encoded == 2
+    assert session.embeddings(2).model is model  # axial frames: square pixels either way

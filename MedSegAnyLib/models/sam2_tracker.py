@@ -52,6 +52,7 @@ from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
 from .sam2_lookahead import LaunchedStep, copy_to_host, record_step
+from .sam2_memory_attention import promote_memory_without_pointers
 from .sam2_memory_gather import supports as memory_gather_supports
 from .sam2_memory_gather import token_major
 from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
@@ -138,6 +139,8 @@ class Sam2Tracker:
                 raise ModelError(f"model option {option} is not supported", f"build it with {option}=false")
         model.eval()
         memoise_position_embedding(model)  # exact: the same embedding, interpolated once per size
+        # float32: a frame whose memory has no object pointer gets it in float32, as one with them does
+        promote_memory_without_pointers(model.memory_attention)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(self.device.type, precision)
         self._autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None

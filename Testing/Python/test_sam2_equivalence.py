@@ -164,3 +164,120 @@ def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gp
         np.testing.assert_array_equal(tracker.result(7, frame_index).mask_logits_frame, ours[frame_index][0])
     assert tracker.conditioning_frames(7) == [middle, corrected]
     assert tracker.frames_encoded == len(frames)  # every frame encoded once for all of the above
+
+
+def exact_tracker(model, frames):
+    """Our tracker as the float32 comparisons need it: Meta's step (no split), PyTorch's fused attention."""
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    tracker = Sam2Tracker(
+        model, precision="float32", step_graphs=False, lookahead=False, matmul_attention=False
+    )
+    tracker.set_frames(frames)
+    return tracker
+
+
+def ours_run(tracker, start, direction, **options) -> dict[tuple[int, int], np.ndarray]:
+    """{(object, frame): logits} of one propagation of our tracker."""
+    return {
+        (r.object_id, r.frame_index): r.mask_logits_frame
+        for r in tracker.propagate(start, direction, **options)
+    }
+
+
+def meta_run(model, state, **options) -> dict[tuple[int, int], np.ndarray]:
+    """{(object, frame): logits} of one ``propagate_in_video`` (every object of the state)."""
+    return {
+        (object_id, frame_index): logits[i, 0].float().numpy()
+        for frame_index, object_ids, logits in model.propagate_in_video(state, **options)
+        for i, object_id in enumerate(object_ids)
+    }
+
+
+def assert_same(ours: dict, meta: dict, keys=None) -> None:
+    """Every (object, frame) of ``ours`` (or of ``keys``) equals Meta's, logits and mask."""
+    keys = sorted(ours) if keys is None else keys
+    assert keys and set(keys) <= set(meta)
+    for key in keys:
+        assert relative_error(ours[key], meta[key]) <= RELATIVE_TOLERANCE, key
+        np.testing.assert_array_equal(ours[key] > 0, meta[key] > 0)
+
+
+def meta_prompt(model, state, object_id, **prompt) -> np.ndarray:
+    """Meta's logits of one object after ``add_new_points_or_box`` (or ``add_new_mask`` with ``mask``)."""
+    if "mask" in prompt:
+        _, object_ids, logits = model.add_new_mask(state, obj_id=object_id, **prompt)
+    else:
+        _, object_ids, logits = model.add_new_points_or_box(state, obj_id=object_id, **prompt)
+    return logits[list(object_ids).index(object_id), 0].float().numpy()
+
+
+def test_several_objects_added_removed_and_a_mask_prompt_match_meta(model, monkeypatch):
+    """Meta batches objects in one state, each with its own memory: objects prompted on different frames
+    and propagated together, one added after the others were propagated (a mask prompt, then a click on
+    it), one removed. Propagating from frame 1 tracks object 2 towards its prompt on frame 3: on frame 1
+    its memory has no object pointer (only conditioning frames at or behind the tracked frame give one),
+    which stopped float32 runs with a dtype error, Meta's too on this shared model before the tracker
+    promoted such a memory (sam2_memory_attention.promoted_memory)."""
+    frames = blob_frames(num_frames=5)
+    box = disc_box_xyxy(frames, 1)
+    points, labels = np.array([[40, 32], [8, 8]], np.float32), np.array([1, 0])  # no box
+    drawn = frames[2] > 0.5
+    click = np.array([[40, 32]], np.float32)
+
+    tracker = exact_tracker(model, frames)
+    state = meta_state(model, frames, monkeypatch)
+    prompted = {
+        1: (
+            tracker.add_prompts(1, 1, box_frame_xyxy=box),
+            meta_prompt(model, state, 1, frame_idx=1, box=box),
+        ),
+        2: (
+            tracker.add_prompts(2, 3, points_frame_xy=points, point_labels=labels),
+            meta_prompt(model, state, 2, frame_idx=3, points=points, labels=labels),
+        ),
+    }
+    for ours, meta in prompted.values():
+        assert relative_error(ours, meta) <= RELATIVE_TOLERANCE
+    # one propagation of both objects each way from the first prompt, as propagate_in_video's default
+    ours = {**ours_run(tracker, 1, +1), **ours_run(tracker, 1, -1)}
+    meta = {**meta_run(model, state), **meta_run(model, state, reverse=True)}
+    assert sorted(ours) == sorted(meta) == [(o, f) for o in (1, 2) for f in range(5)]
+    assert_same(ours, meta)
+    assert (ours[(2, 1)] > 0).any()  # object 2 was tracked on frame 1, before its prompt
+
+    # object 3 after the others were propagated: a drawn mask, then a negative click on the same frame
+    assert (
+        relative_error(
+            tracker.add_prompts(3, 2, mask_frame=drawn), meta_prompt(model, state, 3, frame_idx=2, mask=drawn)
+        )
+        <= RELATIVE_TOLERANCE
+    )
+    ours_click = tracker.add_prompts(3, 2, points_frame_xy=click, point_labels=np.array([0]))
+    meta_click = meta_prompt(model, state, 3, frame_idx=2, points=click, labels=np.array([0]))
+    assert relative_error(ours_click, meta_click) <= RELATIVE_TOLERANCE
+    assert not np.array_equal(ours_click > 0, drawn)  # the click changed the drawn mask
+    # object 3 alone from its frame (Meta runs every object: 1 and 2 again, from frame 2)
+    ours = {**ours_run(tracker, 2, +1, object_ids=[3]), **ours_run(tracker, 2, -1, object_ids=[3])}
+    meta = {
+        **meta_run(model, state, start_frame_idx=2),
+        **meta_run(model, state, start_frame_idx=2, reverse=True),
+    }
+    assert_same(ours, meta)
+    # objects 1 and 2 run again the same way: their memory held frames 0-4 already, as Meta's did
+    assert_same(
+        {**ours_run(tracker, 2, +1, object_ids=[1, 2]), **ours_run(tracker, 2, -1, object_ids=[1, 2])}, meta
+    )
+
+    # object 2 removed, then object 1 corrected on frame 3 and propagated on
+    tracker.remove_object(2)
+    model.remove_object(state, 2)
+    assert tracker.object_ids == [1, 3]
+    assert (
+        relative_error(
+            tracker.add_prompts(1, 3, points_frame_xy=click, point_labels=np.array([0])),
+            meta_prompt(model, state, 1, frame_idx=3, points=click, labels=np.array([0])),
+        )
+        <= RELATIVE_TOLERANCE
+    )
+    assert_same(ours_run(tracker, 3, +1), meta_run(model, state, start_frame_idx=3))

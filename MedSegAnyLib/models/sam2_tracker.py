@@ -20,7 +20,12 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
   CPU freed memory is kept until a run ends (:mod:`medsegany.allocator`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
-  turns on); re-propagating from it, away from the first prompt, updates the frames after it only.
+  turns on); re-propagating from it, away from the first prompt, updates the frames after it only;
+- a run backward from frame 0 yields the prompted frame 0 and marks it visited, as every other run does
+  its start; Meta's ``propagate_in_video(reverse=True)`` from frame 0 runs nothing, so a click there
+  afterwards is a fresh prompt in Meta's (no memory) and a correction here (3661 vs 5007 px of 5120 on
+  random weights, only where frame 0 was never propagated forward). The session never runs it: a prompt
+  on the first slice has no backward run (:mod:`medsegany.session_runs`).
 
 Example::
 

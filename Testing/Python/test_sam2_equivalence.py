@@ -281,3 +281,117 @@ def test_several_objects_added_removed_and_a_mask_prompt_match_meta(model, monke
         <= RELATIVE_TOLERANCE
     )
     assert_same(ours_run(tracker, 3, +1), meta_run(model, state, start_frame_idx=3))
+
+
+def test_two_conditioning_frames_merged_clicks_mask_and_limited_runs_match_meta(model, monkeypatch):
+    """One object prompted on two frames before any propagation (a box then a click kept with it; points
+    only, positive and negative, then one more kept), propagated forward through both, backward from each
+    (reverse-only runs), a click merged into a conditioning frame, a drawn mask then a click on a tracked
+    frame, runs limited in length (Meta's ``max_frame_num_to_track``, our ``end_frame``) and one that starts
+    on the last frame."""
+    frames = blob_frames(num_frames=5)
+    box = disc_box_xyxy(frames, 1)
+    points, labels = np.array([[40, 32], [8, 8]], np.float32), np.array([1, 0])
+    inside, outside = np.array([[44, 30]], np.float32), np.array([[20, 50]], np.float32)
+    drawn = frames[4] > 0.5
+    tracker = exact_tracker(model, frames)
+    state = meta_state(model, frames, monkeypatch)
+
+    def both_prompt(frame, keep=False, **prompt):
+        ours = tracker.add_prompts(
+            1,
+            frame,
+            box_frame_xyxy=prompt.get("box"),
+            points_frame_xy=prompt.get("points"),
+            point_labels=prompt.get("labels"),
+            mask_frame=prompt.get("mask"),
+            keep_previous_points=keep,
+        )
+        if keep:
+            prompt["clear_old_points"] = False
+        meta = meta_prompt(model, state, 1, frame_idx=frame, **prompt)
+        assert relative_error(ours, meta) <= RELATIVE_TOLERANCE, (frame, sorted(prompt))
+        return ours
+
+    both_prompt(1, box=box)
+    both_prompt(1, keep=True, points=inside, labels=np.array([1]))
+    both_prompt(3, points=points, labels=labels)
+    both_prompt(3, keep=True, points=outside, labels=np.array([0]))
+    assert tracker.conditioning_frames(1) == [1, 3]
+
+    assert_same(ours_run(tracker, 1, +1), meta_run(model, state, start_frame_idx=1))
+    assert_same(ours_run(tracker, 3, -1), meta_run(model, state, start_frame_idx=3, reverse=True))
+    assert_same(ours_run(tracker, 1, -1), meta_run(model, state, start_frame_idx=1, reverse=True))
+    # a click added to a conditioning frame's points after propagation, then a mask on a tracked frame
+    # and a click replacing it (Meta feeds the mask's logits back with it)
+    both_prompt(3, keep=True, points=np.array([[30, 20]], np.float32), labels=np.array([1]))
+    both_prompt(4, mask=drawn)
+    both_prompt(4, points=np.array([[40, 32]], np.float32), labels=np.array([0]))
+    limited = ours_run(tracker, 1, +1, end_frame=2)
+    assert sorted(limited) == [(1, 1), (1, 2)]
+    assert_same(limited, meta_run(model, state, start_frame_idx=1, max_frame_num_to_track=1))
+    limited = ours_run(tracker, 4, -1, end_frame=2)
+    assert_same(limited, meta_run(model, state, start_frame_idx=4, reverse=True, max_frame_num_to_track=2))
+    assert sorted(limited) == [(1, 2), (1, 3), (1, 4)]
+    assert_same(ours_run(tracker, 3, +1), meta_run(model, state, start_frame_idx=3))
+    last = ours_run(tracker, 4, +1)  # the last frame alone: its prompted output
+    assert sorted(last) == [(1, 4)]
+    assert_same(last, meta_run(model, state, start_frame_idx=4))
+    assert tracker.conditioning_frames(1) == [1, 3, 4]
+
+
+def test_a_sessions_correction_reruns_what_metas_run_from_the_correction_changes(model, monkeypatch):
+    """The session re-runs only the runs a correction owns (medsegany.session_runs): after a negative
+    click on slice 4 of 6 (tracked forward from a box on 1), the run from 4 onward, which equals Meta's
+    ``propagate_in_video(start_frame_idx=4)``; slices 0-3 keep their masks. Meta's predictor re-run from
+    its first prompt changes those too (the correction's memory joins every frame's: SAM 2.1 attends to
+    all conditioning frames), 2, 10 and 12 of about 2500 px on slices 0, 2 and 3 here: the session's
+    deliberate choice, documented in session_runs."""
+    from medsegany.models.registry import Sam2VideoModel
+    from medsegany.prompts import make_slice_prompts
+    from medsegany.session import SegmentationSession
+    from medsegany.session_runs import Run
+    from medsegany.session_sam2 import Sam2StopRule
+    from medsegany.volume import Volume
+
+    monkeypatch.setenv("MEDSEGANY_MATMUL_ATTENTION", "0")  # the fused kernel, as Meta's float32 runs
+    frames = blob_frames(num_frames=6, height=48, width=56, seed=1)
+    volume = Volume((frames * 255).astype(np.float32), np.eye(4), name="discs")
+    keep_all = Sam2StopRule(absent_slices=10**6, area_collapse_fraction=0.0)
+    wrapped = Sam2VideoModel("random", model, "cpu", model.image_size, None, precision="float32")
+    session = SegmentationSession(volume, wrapped, intensity=(0.0, 255.0), sam2_stop=keep_all)
+    disc = session.add_object("disc")
+    x0, y0, x1, y1 = disc_box_xyxy(frames, 1)
+    box = make_slice_prompts(volume, box_ijk=(x0, y0, 1, x1, y1, 1))
+    session.add_prompts(disc, box)
+    list(session.propagate())
+    first = session.mask_kji(disc).copy()
+
+    state = meta_state(model, session.tracker(2)._frames_nhw, monkeypatch)  # the session's windowed slices
+    model.add_new_points_or_box(state, frame_idx=1, obj_id=1, box=box.box_frame_xyxy())
+    meta = {**meta_run(model, state, start_frame_idx=1), **meta_run(model, state, reverse=True)}
+    for k in range(6):
+        np.testing.assert_array_equal(first[k], meta[(1, k)] > 0)
+
+    inside = np.argwhere(first[4])
+    y, x = inside[len(inside) // 2]
+    click = make_slice_prompts(
+        volume, points_ijk=[(float(x), float(y), 4)], point_labels=[0], axis=2, corrects_a_mask=True
+    )
+    assert session.runs_of_prompt(disc, 4) == [Run(4, +1, 5, True)]
+    session.add_prompts(disc, click)
+    assert [r.slice_index for r in session.propagate()] == [5]
+    after = session.mask_kji(disc)
+    model.add_new_points_or_box(
+        state, frame_idx=4, obj_id=1, points=click.points_frame_xy(), labels=click.labels_array()
+    )
+    meta_from_correction = {**meta, **meta_run(model, state, start_frame_idx=4)}
+    for k in range(6):
+        np.testing.assert_array_equal(after[k], meta_from_correction[(1, k)] > 0)
+    assert (after[4] != first[4]).sum() > 100  # the click removed part of slice 4
+    for k in range(4):
+        np.testing.assert_array_equal(after[k], first[k])
+
+    meta_whole = {**meta_run(model, state), **meta_run(model, state, reverse=True)}
+    changed = [k for k in range(4) if ((meta_whole[(1, k)] > 0) != first[k]).any()]
+    assert 2 in changed and 3 in changed, changed  # the slices between the prompt and the correction

@@ -19,7 +19,10 @@ volume. A slice range (:func:`clip_runs`) keeps the runs whose key lies inside i
 plan is the whole volume's, so a range never changes which prompt owns a slice, only how far runs go.
 A later ``propagate()`` re-runs only the runs that start at a changed key, and (SAM 2) a run between two
 keys that has not yet written its whole gap: a fresh key placed past where an outer run had stopped gives
-that run the gap up to it, though the run's own key did not change.
+that run the gap up to it, though the run's own key did not change. SAM 2: the slices beyond the next key
+keep their masks, where Meta's run from the changed key would go on through that key with the new memory
+(a click on slice 2 between boxes on 1 and 4 of 7 moved 2 and 1 px on slices 5 and 6 there, random
+weights): each key owns its runs.
 """
 
 from __future__ import annotations

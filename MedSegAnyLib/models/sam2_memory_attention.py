@@ -11,6 +11,9 @@ The same numbers: the layers run Meta's own methods and modules in Meta's order;
 inputs to the key and value projections are made before the loop. A cast to bf16 rounds the same
 wherever it is made, and autocast leaves a bf16 input as it is. ``Testing/Python/
 test_sam2_memory_attention.py`` compares the output with Meta's ``MemoryAttention.forward``, bitwise.
+
+Also here: :func:`promoted_memory`, the bf16 memory of a frame without object pointers taken in float32 by
+a float32 run, as the pointers' ``torch.cat`` does (else a dtype error).
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ def promote_memory_without_pointers(attention: Any) -> None:
 
     def promote(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if "memory" in kwargs:  # Meta calls it with keywords
-            kwargs = {**kwargs, "memory": promoted_memory(kwargs["memory"], kwargs.get("curr", args[:1]))}
-            return args, kwargs
+            curr = kwargs["curr"] if "curr" in kwargs else args[0]
+            return args, {**kwargs, "memory": promoted_memory(kwargs["memory"], curr)}
         if len(args) >= 2:
             return (args[0], promoted_memory(args[1], args[0]), *args[2:]), kwargs
         return None

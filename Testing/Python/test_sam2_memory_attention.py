@@ -118,8 +118,10 @@ def test_a_bf16_memory_without_pointers_runs_in_float32_as_with_them():
         assert len(attention._forward_pre_hooks) == 1
         by_keywords = attention(curr=curr, memory=stored, curr_pos=curr_pos, memory_pos=memory_pos)
         by_position = attention(curr, stored, curr_pos, memory_pos, 0)
+        as_meta_calls = attention(curr=[curr], memory=stored, curr_pos=[curr_pos], memory_pos=memory_pos)
+        mixed = attention([curr], memory=stored, curr_pos=[curr_pos], memory_pos=memory_pos)
         split = attend_to_memory(attention, curr, curr_pos, stored, memory_pos, 0)
-    for output in (by_keywords, by_position, split):
+    for output in (by_keywords, by_position, as_meta_calls, mixed, split):
         assert output.dtype == torch.float32
         assert torch.equal(output, promoted)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for its projections: left as it is

@@ -319,8 +319,9 @@ def test_two_conditioning_frames_merged_clicks_mask_and_limited_runs_match_meta(
     both_prompt(3, keep=True, points=outside, labels=np.array([0]))
     assert tracker.conditioning_frames(1) == [1, 3]
 
-    assert_same(ours_run(tracker, 1, +1), meta_run(model, state, start_frame_idx=1))
+    # backward first (nothing tracked forward yet), from the later prompt through the earlier one
     assert_same(ours_run(tracker, 3, -1), meta_run(model, state, start_frame_idx=3, reverse=True))
+    assert_same(ours_run(tracker, 1, +1), meta_run(model, state, start_frame_idx=1))
     assert_same(ours_run(tracker, 1, -1), meta_run(model, state, start_frame_idx=1, reverse=True))
     # a click added to a conditioning frame's points after propagation, then a mask on a tracked frame
     # and a click replacing it (Meta feeds the mask's logits back with it)

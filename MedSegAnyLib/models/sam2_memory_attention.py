@@ -11,6 +11,9 @@ The same numbers: the layers run Meta's own methods and modules in Meta's order;
 inputs to the key and value projections are made before the loop. A cast to bf16 rounds the same
 wherever it is made, and autocast leaves a bf16 input as it is. ``Testing/Python/
 test_sam2_memory_attention.py`` compares the output with Meta's ``MemoryAttention.forward``, bitwise.
+
+Also here: :func:`promoted_memory`, the bf16 memory of a frame without object pointers taken in float32 by
+a float32 run, as the pointers' ``torch.cat`` does (else a dtype error).
 """
 
 from __future__ import annotations
@@ -35,6 +38,51 @@ def _as_projected(tensor: Any) -> Any:
     return tensor.to(torch.get_autocast_dtype(device_type))
 
 
+# the attribute that marks a memory attention module whose memory is promoted (idempotent install)
+PROMOTE_HOOK_ATTRIBUTE = "_medsegany_memory_promoted"
+
+
+def promoted_memory(memory: Any, curr: Any) -> Any:
+    """``memory`` as float32 when it is bf16 alone, the current features float32 and no autocast runs.
+
+    Why: SAM 2 keeps spatial memories in bf16 and its object pointers in float32. Meta's
+    ``torch.cat`` of the two promotes the memory to float32, exactly, so a float32 run feeds its float32
+    projections float32. A frame whose memory has no pointer (tracking forward from before an object's
+    first prompt, or backward from after its last: the pointers come only from conditioning frames on the
+    tracked side, ``ptr_cond_outputs``) got bf16 alone, and a float32 run stopped with "mat1 and mat2
+    must have the same dtype, but got BFloat16 and Float" (Meta's predictor too, in float32; under bf16
+    autocast the projections cast either way). The promotion is the one the pointers cause: exact.
+    """
+    import torch
+
+    reference = curr[0] if isinstance(curr, (list, tuple)) else curr
+    if (
+        memory.dtype == torch.bfloat16
+        and reference.dtype == torch.float32
+        and not torch.is_autocast_enabled(memory.device.type)
+    ):
+        return memory.float()
+    return memory
+
+
+def promote_memory_without_pointers(attention: Any) -> None:
+    """Run :func:`promoted_memory` on the memory of every call of this ``MemoryAttention`` module (a
+    forward pre-hook; installing it twice is harmless)."""
+    if getattr(attention, PROMOTE_HOOK_ATTRIBUTE, False):
+        return
+
+    def promote(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if "memory" in kwargs:  # Meta calls it with keywords
+            curr = kwargs["curr"] if "curr" in kwargs else args[0]
+            return args, {**kwargs, "memory": promoted_memory(kwargs["memory"], curr)}
+        if len(args) >= 2:
+            return (args[0], promoted_memory(args[1], args[0]), *args[2:]), kwargs
+        return None
+
+    attention.register_forward_pre_hook(promote, with_kwargs=True)
+    setattr(attention, PROMOTE_HOOK_ATTRIBUTE, True)
+
+
 def attend_to_memory(
     attention: Any, curr: Any, curr_pos: Any, memory: Any, memory_pos: Any, num_obj_ptr_tokens: int = 0
 ) -> Any:
@@ -53,6 +101,7 @@ def attend_to_memory(
             memory_pos=memory_pos,
             num_obj_ptr_tokens=num_obj_ptr_tokens,
         )
+    memory = promoted_memory(memory, curr)  # bf16 alone when no object pointer joined it
     output = curr
     if attention.pos_enc_at_input and curr_pos is not None:
         output = output + 0.1 * curr_pos

@@ -20,7 +20,12 @@ own methods (``forward_image``, ``track_step``, ``_encode_new_memory``), so the 
   CPU freed memory is kept until a run ends (:mod:`medsegany.allocator`);
 - a correction on a tracked frame makes it a conditioning frame (the model option
   ``add_all_frames_to_correct_as_cond`` that :func:`~medsegany.models.sam2_build.build_sam2_model`
-  turns on); re-propagating from it, away from the first prompt, updates the frames after it only.
+  turns on); re-propagating from it, away from the first prompt, updates the frames after it only;
+- a run backward from frame 0 yields the prompted frame 0 and marks it visited, as every other run does
+  its start; Meta's ``propagate_in_video(reverse=True)`` from frame 0 runs nothing, so a click there
+  afterwards is a fresh prompt in Meta's (no memory) and a correction here (3661 vs 5007 px of 5120 on
+  random weights, only where frame 0 was never propagated forward). The session never runs it: a prompt
+  on the first slice has no backward run (:mod:`medsegany.session_runs`).
 
 Example::
 
@@ -52,6 +57,7 @@ from .sam2_features import FeatureCache, fpn_feature_bytes
 from .sam2_frames import check_frames, preprocess_frames
 from .sam2_holes import fill_holes_in_mask_logits
 from .sam2_lookahead import LaunchedStep, copy_to_host, record_step
+from .sam2_memory_attention import promote_memory_without_pointers
 from .sam2_memory_gather import supports as memory_gather_supports
 from .sam2_memory_gather import token_major
 from .sam2_speedups import memoise_position_embedding, shared_bf16_copy
@@ -138,6 +144,8 @@ class Sam2Tracker:
                 raise ModelError(f"model option {option} is not supported", f"build it with {option}=false")
         model.eval()
         memoise_position_embedding(model)  # exact: the same embedding, interpolated once per size
+        # float32: a frame whose memory has no object pointer gets it in float32, as one with them does
+        promote_memory_without_pointers(model.memory_attention)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(self.device.type, precision)
         self._autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None

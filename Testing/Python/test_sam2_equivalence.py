@@ -164,3 +164,235 @@ def test_propagation_and_correction_match_meta(model, monkeypatch, precision, gp
         np.testing.assert_array_equal(tracker.result(7, frame_index).mask_logits_frame, ours[frame_index][0])
     assert tracker.conditioning_frames(7) == [middle, corrected]
     assert tracker.frames_encoded == len(frames)  # every frame encoded once for all of the above
+
+
+def exact_tracker(model, frames):
+    """Our tracker as the float32 comparisons need it: Meta's step (no split), PyTorch's fused attention."""
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    tracker = Sam2Tracker(
+        model, precision="float32", step_graphs=False, lookahead=False, matmul_attention=False
+    )
+    tracker.set_frames(frames)
+    return tracker
+
+
+def ours_run(tracker, start, direction, **options) -> dict[tuple[int, int], np.ndarray]:
+    """{(object, frame): logits} of one propagation of our tracker."""
+    return {
+        (r.object_id, r.frame_index): r.mask_logits_frame
+        for r in tracker.propagate(start, direction, **options)
+    }
+
+
+def meta_run(model, state, **options) -> dict[tuple[int, int], np.ndarray]:
+    """{(object, frame): logits} of one ``propagate_in_video`` (every object of the state)."""
+    return {
+        (object_id, frame_index): logits[i, 0].float().numpy()
+        for frame_index, object_ids, logits in model.propagate_in_video(state, **options)
+        for i, object_id in enumerate(object_ids)
+    }
+
+
+def assert_same(ours: dict, meta: dict, keys=None) -> None:
+    """Every (object, frame) of ``ours`` (or of ``keys``) equals Meta's, logits and mask."""
+    keys = sorted(ours) if keys is None else keys
+    assert keys and set(keys) <= set(meta)
+    for key in keys:
+        assert relative_error(ours[key], meta[key]) <= RELATIVE_TOLERANCE, key
+        np.testing.assert_array_equal(ours[key] > 0, meta[key] > 0)
+
+
+def meta_prompt(model, state, object_id, **prompt) -> np.ndarray:
+    """Meta's logits of one object after ``add_new_points_or_box`` (or ``add_new_mask`` with ``mask``)."""
+    if "mask" in prompt:
+        _, object_ids, logits = model.add_new_mask(state, obj_id=object_id, **prompt)
+    else:
+        _, object_ids, logits = model.add_new_points_or_box(state, obj_id=object_id, **prompt)
+    return logits[list(object_ids).index(object_id), 0].float().numpy()
+
+
+def test_several_objects_added_removed_and_a_mask_prompt_match_meta(model, monkeypatch):
+    """Meta batches objects in one state, each with its own memory: objects prompted on different frames
+    and propagated together, one added after the others were propagated (a mask prompt, then a click on
+    it), one removed. Propagating from frame 1 tracks object 2 towards its prompt on frame 3: on frame 1
+    its memory has no object pointer (only conditioning frames at or behind the tracked frame give one),
+    which stopped float32 runs with a dtype error, Meta's too on this shared model before the tracker
+    promoted such a memory (sam2_memory_attention.promoted_memory)."""
+    frames = blob_frames(num_frames=4)  # 4 frames: about 20 s of CPU
+    box = disc_box_xyxy(frames, 1)
+    points, labels = np.array([[40, 32], [8, 8]], np.float32), np.array([1, 0])  # no box
+    drawn = frames[2] > 0.5
+    click = np.array([[40, 32]], np.float32)
+
+    tracker = exact_tracker(model, frames)
+    state = meta_state(model, frames, monkeypatch)
+    prompted = {
+        1: (
+            tracker.add_prompts(1, 1, box_frame_xyxy=box),
+            meta_prompt(model, state, 1, frame_idx=1, box=box),
+        ),
+        2: (
+            tracker.add_prompts(2, 3, points_frame_xy=points, point_labels=labels),
+            meta_prompt(model, state, 2, frame_idx=3, points=points, labels=labels),
+        ),
+    }
+    for ours, meta in prompted.values():
+        assert relative_error(ours, meta) <= RELATIVE_TOLERANCE
+    # one propagation of both objects each way from the first prompt, as propagate_in_video's default
+    ours = {**ours_run(tracker, 1, +1), **ours_run(tracker, 1, -1)}
+    meta = {**meta_run(model, state), **meta_run(model, state, reverse=True)}
+    assert sorted(ours) == sorted(meta) == [(o, f) for o in (1, 2) for f in range(4)]
+    assert_same(ours, meta)
+    assert (ours[(2, 1)] > 0).any()  # object 2 was tracked on frame 1, before its prompt
+
+    # object 3 after the others were propagated: a drawn mask, then a negative click on the same frame
+    assert (
+        relative_error(
+            tracker.add_prompts(3, 2, mask_frame=drawn), meta_prompt(model, state, 3, frame_idx=2, mask=drawn)
+        )
+        <= RELATIVE_TOLERANCE
+    )
+    ours_click = tracker.add_prompts(3, 2, points_frame_xy=click, point_labels=np.array([0]))
+    meta_click = meta_prompt(model, state, 3, frame_idx=2, points=click, labels=np.array([0]))
+    assert relative_error(ours_click, meta_click) <= RELATIVE_TOLERANCE
+    assert not np.array_equal(ours_click > 0, drawn)  # the click changed the drawn mask
+    # object 3 alone from its frame (Meta runs every object: 1 and 2 again, from frame 2)
+    ours = {**ours_run(tracker, 2, +1, object_ids=[3]), **ours_run(tracker, 2, -1, object_ids=[3])}
+    meta = {
+        **meta_run(model, state, start_frame_idx=2),
+        **meta_run(model, state, start_frame_idx=2, reverse=True),
+    }
+    assert_same(ours, meta)
+    # objects 1 and 2 run again the same way: their memory held frames 0-3 already, as Meta's did
+    assert_same(
+        {**ours_run(tracker, 2, +1, object_ids=[1, 2]), **ours_run(tracker, 2, -1, object_ids=[1, 2])}, meta
+    )
+
+    # object 2 removed, then object 1 corrected on frame 2 and propagated on with object 3
+    tracker.remove_object(2)
+    model.remove_object(state, 2)
+    assert tracker.object_ids == [1, 3]
+    assert (
+        relative_error(
+            tracker.add_prompts(1, 2, points_frame_xy=click, point_labels=np.array([0])),
+            meta_prompt(model, state, 1, frame_idx=2, points=click, labels=np.array([0])),
+        )
+        <= RELATIVE_TOLERANCE
+    )
+    assert_same(ours_run(tracker, 2, +1), meta_run(model, state, start_frame_idx=2))
+
+
+def test_two_conditioning_frames_merged_clicks_mask_and_limited_runs_match_meta(model, monkeypatch):
+    """One object prompted on two frames before any propagation (a box then a click kept with it; points
+    only, positive and negative, then one more kept), propagated forward through both, backward from each
+    (reverse-only runs), a click merged into a conditioning frame, a drawn mask then a click on a tracked
+    frame, runs limited in length (Meta's ``max_frame_num_to_track``, our ``end_frame``) and one that starts
+    on the last frame."""
+    frames = blob_frames(num_frames=5)
+    box = disc_box_xyxy(frames, 1)
+    points, labels = np.array([[40, 32], [8, 8]], np.float32), np.array([1, 0])
+    inside, outside = np.array([[44, 30]], np.float32), np.array([[20, 50]], np.float32)
+    drawn = frames[4] > 0.5
+    tracker = exact_tracker(model, frames)
+    state = meta_state(model, frames, monkeypatch)
+
+    def both_prompt(frame, keep=False, **prompt):
+        ours = tracker.add_prompts(
+            1,
+            frame,
+            box_frame_xyxy=prompt.get("box"),
+            points_frame_xy=prompt.get("points"),
+            point_labels=prompt.get("labels"),
+            mask_frame=prompt.get("mask"),
+            keep_previous_points=keep,
+        )
+        if keep:
+            prompt["clear_old_points"] = False
+        meta = meta_prompt(model, state, 1, frame_idx=frame, **prompt)
+        assert relative_error(ours, meta) <= RELATIVE_TOLERANCE, (frame, sorted(prompt))
+        return ours
+
+    both_prompt(1, box=box)
+    both_prompt(1, keep=True, points=inside, labels=np.array([1]))
+    both_prompt(3, points=points, labels=labels)
+    both_prompt(3, keep=True, points=outside, labels=np.array([0]))
+    assert tracker.conditioning_frames(1) == [1, 3]
+
+    # backward first (nothing tracked forward yet), from the later prompt through the earlier one
+    assert_same(ours_run(tracker, 3, -1), meta_run(model, state, start_frame_idx=3, reverse=True))
+    assert_same(ours_run(tracker, 1, +1), meta_run(model, state, start_frame_idx=1))
+    assert_same(ours_run(tracker, 1, -1), meta_run(model, state, start_frame_idx=1, reverse=True))
+    # a click added to a conditioning frame's points after propagation, then a mask on a tracked frame
+    # and a click replacing it (Meta feeds the mask's logits back with it)
+    both_prompt(3, keep=True, points=np.array([[30, 20]], np.float32), labels=np.array([1]))
+    both_prompt(4, mask=drawn)
+    both_prompt(4, points=np.array([[40, 32]], np.float32), labels=np.array([0]))
+    limited = ours_run(tracker, 1, +1, end_frame=2)
+    assert sorted(limited) == [(1, 1), (1, 2)]
+    assert_same(limited, meta_run(model, state, start_frame_idx=1, max_frame_num_to_track=1))
+    limited = ours_run(tracker, 4, -1, end_frame=2)
+    assert_same(limited, meta_run(model, state, start_frame_idx=4, reverse=True, max_frame_num_to_track=2))
+    assert sorted(limited) == [(1, 2), (1, 3), (1, 4)]
+    assert_same(ours_run(tracker, 3, +1), meta_run(model, state, start_frame_idx=3))
+    last = ours_run(tracker, 4, +1)  # the last frame alone: its prompted output
+    assert sorted(last) == [(1, 4)]
+    assert_same(last, meta_run(model, state, start_frame_idx=4))
+    assert tracker.conditioning_frames(1) == [1, 3, 4]
+
+
+def test_a_sessions_correction_reruns_what_metas_run_from_the_correction_changes(model, monkeypatch):
+    """The session re-runs only the runs a correction owns (medsegany.session_runs): after a negative
+    click on slice 4 of 6 (tracked forward from a box on 1), the run from 4 onward, which equals Meta's
+    ``propagate_in_video(start_frame_idx=4)``; slices 0-3 keep their masks. Meta's predictor re-run from
+    its first prompt changes those too (the correction's memory joins every frame's: SAM 2.1 attends to
+    all conditioning frames), 2, 10 and 12 of about 2500 px on slices 0, 2 and 3 here: the session's
+    deliberate choice, documented in session_runs."""
+    from medsegany.models.registry import Sam2VideoModel
+    from medsegany.prompts import make_slice_prompts
+    from medsegany.session import SegmentationSession
+    from medsegany.session_runs import Run
+    from medsegany.session_sam2 import Sam2StopRule
+    from medsegany.volume import Volume
+
+    monkeypatch.setenv("MEDSEGANY_MATMUL_ATTENTION", "0")  # the fused kernel, as Meta's float32 runs
+    frames = blob_frames(num_frames=6, height=48, width=56, seed=1)
+    volume = Volume((frames * 255).astype(np.float32), np.eye(4), name="discs")
+    keep_all = Sam2StopRule(absent_slices=10**6, area_collapse_fraction=0.0)
+    wrapped = Sam2VideoModel("random", model, "cpu", model.image_size, None, precision="float32")
+    session = SegmentationSession(volume, wrapped, intensity=(0.0, 255.0), sam2_stop=keep_all)
+    disc = session.add_object("disc")
+    x0, y0, x1, y1 = disc_box_xyxy(frames, 1)
+    box = make_slice_prompts(volume, box_ijk=(x0, y0, 1, x1, y1, 1))
+    session.add_prompts(disc, box)
+    list(session.propagate())
+    first = session.mask_kji(disc).copy()
+
+    state = meta_state(model, session.tracker(2)._frames_nhw, monkeypatch)  # the session's windowed slices
+    model.add_new_points_or_box(state, frame_idx=1, obj_id=1, box=box.box_frame_xyxy())
+    meta = {**meta_run(model, state, start_frame_idx=1), **meta_run(model, state, reverse=True)}
+    for k in range(6):
+        np.testing.assert_array_equal(first[k], meta[(1, k)] > 0)
+
+    inside = np.argwhere(first[4])
+    y, x = inside[len(inside) // 2]
+    click = make_slice_prompts(
+        volume, points_ijk=[(float(x), float(y), 4)], point_labels=[0], axis=2, corrects_a_mask=True
+    )
+    assert session.runs_of_prompt(disc, 4) == [Run(4, +1, 5, True)]
+    session.add_prompts(disc, click)
+    assert [r.slice_index for r in session.propagate()] == [5]
+    after = session.mask_kji(disc)
+    model.add_new_points_or_box(
+        state, frame_idx=4, obj_id=1, points=click.points_frame_xy(), labels=click.labels_array()
+    )
+    meta_from_correction = {**meta, **meta_run(model, state, start_frame_idx=4)}
+    for k in range(6):
+        np.testing.assert_array_equal(after[k], meta_from_correction[(1, k)] > 0)
+    assert (after[4] != first[4]).sum() > 100  # the click removed part of slice 4
+    for k in range(4):
+        np.testing.assert_array_equal(after[k], first[k])
+
+    meta_whole = {**meta_run(model, state), **meta_run(model, state, reverse=True)}
+    changed = [k for k in range(4) if ((meta_whole[(1, k)] > 0) != first[k]).any()]
+    assert 2 in changed and 3 in changed, changed  # the slices between the prompt and the correction

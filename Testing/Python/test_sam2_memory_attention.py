@@ -95,3 +95,35 @@ def test_runs_the_modules_forward_for_layers_it_does_not_mirror(monkeypatch, why
     with torch.inference_mode():
         out = sam2_memory_attention.attend_to_memory(attention, curr, curr_pos, memory, memory_pos)
     assert len(calls) == 1 and out.shape == curr.shape
+
+
+def test_a_bf16_memory_without_pointers_runs_in_float32_as_with_them():
+    """A frame with no object pointer gets SAM 2's bf16 spatial memory alone (no float32 pointer for
+    ``torch.cat`` to promote it): both paths take it as that promotion would, the same numbers as the
+    memory given in float32, where the bare module stopped with a dtype error."""
+    from medsegany.models.sam2_memory_attention import (
+        attend_to_memory,
+        promote_memory_without_pointers,
+        promoted_memory,
+    )
+
+    attention, (curr, curr_pos, memory, memory_pos) = attention_and_inputs("cpu", 0)
+    stored = memory.to(torch.bfloat16)  # as the memory bank keeps it
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="dtype"):
+            attention(curr=curr, memory=stored, curr_pos=curr_pos, memory_pos=memory_pos)
+        promoted = attention(curr=curr, memory=stored.float(), curr_pos=curr_pos, memory_pos=memory_pos)
+        promote_memory_without_pointers(attention)
+        promote_memory_without_pointers(attention)  # once is enough: a second install changes nothing
+        assert len(attention._forward_pre_hooks) == 1
+        by_keywords = attention(curr=curr, memory=stored, curr_pos=curr_pos, memory_pos=memory_pos)
+        by_position = attention(curr, stored, curr_pos, memory_pos, 0)
+        as_meta_calls = attention(curr=[curr], memory=stored, curr_pos=[curr_pos], memory_pos=memory_pos)
+        mixed = attention([curr], memory=stored, curr_pos=[curr_pos], memory_pos=memory_pos)
+        split = attend_to_memory(attention, curr, curr_pos, stored, memory_pos, 0)
+    for output in (by_keywords, by_position, as_meta_calls, mixed, split):
+        assert output.dtype == torch.float32
+        assert torch.equal(output, promoted)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for its projections: left as it is
+        assert promoted_memory(stored, curr) is stored
+    assert promoted_memory(memory, curr) is memory  # float32 already

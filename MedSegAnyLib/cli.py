@@ -483,6 +483,8 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         intensity=intensity,
         settings=job.settings,
         overlap=overlap_mode(args),
+        # a slab's SAM 2 memory is told the whole volume's slices: the slab then gets its numbers exactly
+        whole_shape_ijk=volume.shape_ijk,
         **run.estimate.plan.session_options,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)

@@ -150,6 +150,9 @@ class SegmentationSession:
     ``session_options`` give these three (:mod:`medsegany.memory_estimate`). ``square_pixels``: a 2D
     model whose resize keeps the aspect sees frames with non-square pixels (a coronal or sagittal view of
     thick slices) resampled to square ones, its masks mapped back (:mod:`medsegany.frame_aspect`).
+    ``whole_shape_ijk``: when ``volume`` is a slab of a larger volume (:mod:`medsegany.slab`), that
+    volume's IJK shape, which a SAM 2 model's memory is told so that the slab gets the whole volume's
+    numbers (see ``Sam2Tracker.set_frames``); None: ``volume`` is whole.
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class SegmentationSession:
         offload_features: bool = False,
         encoder_batch: int | None = None,
         square_pixels: bool = True,
+        whole_shape_ijk: tuple[int, int, int] | None = None,
     ) -> None:
         from .models.registry import is_sam2_model
 
@@ -188,6 +192,7 @@ class SegmentationSession:
         # what the session was made with (its plan for the device): limit_memory tightens from these
         self._own_limits = (self.max_cached_frames, self.encoder_batch)
         self.square_pixels = bool(square_pixels)
+        self.whole_shape_ijk = tuple(volume.shape_ijk) if whole_shape_ijk is None else tuple(whole_shape_ijk)
         self._frame_models: dict[tuple[int, bool], Any] = {}
         self.overlap = overlap
         self.objects: dict[int, SegmentObject] = {}
@@ -593,7 +598,9 @@ class SegmentationSession:
             # the cache holds max_cached_frames frames at the tracker's precision (bf16 features are smaller)
             tracker.feature_cache_bytes = self.max_cached_frames * tracker.feature_bytes_per_frame()
             tracker.offload_features = self.offload_features
-            tracker.set_frames(np.moveaxis(self.windowed_kji, 2 - axis, 0))
+            tracker.set_frames(
+                np.moveaxis(self.windowed_kji, 2 - axis, 0), stack_length=int(self.whole_shape_ijk[axis])
+            )
             self._trackers[axis] = tracker
         return self._trackers[axis]
 

@@ -9,6 +9,8 @@ slices, which is what the estimate counts: for a 512 x 512 x 1500 CT that is 375
 
 The slab's voxels are a view of the volume's (no copy). Its IJK->RAS matrix keeps every voxel where it
 was in RAS. Prompts move into the slab's indices here, and results move back into the volume's grid.
+The session is told the whole volume's shape (``whole_shape_ijk``): SAM 2 scales its object pointers'
+distances by the number of slices, so a slab gives the logits of the same range in the whole volume.
 """
 
 from __future__ import annotations

@@ -180,14 +180,31 @@ class Sam2Tracker:
         self.image_size = int(model.image_size)
         self._cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._frames_nhw: np.ndarray | None = None
+        self._stack_length: int | None = None
         self._objects: dict[int, ObjectTrack] = {}
         self._maskmem_pos_enc: list[Any] | None = None
         self.frames_encoded = 0  # image-encoder runs, counted per frame (tests check features are reused)
 
     # ------------------------------------------------------------------ frames and features
-    def set_frames(self, frames_nhw: np.ndarray) -> None:
-        """Use these frames (N, H, W), uint8 or float in [0, 1]; forgets all objects and cached features."""
-        self._frames_nhw = check_frames(frames_nhw)
+    def set_frames(self, frames_nhw: np.ndarray, stack_length: int | None = None) -> None:
+        """Use these frames (N, H, W), uint8 or float in [0, 1]; forgets all objects and cached features.
+
+        ``stack_length``: when the frames are consecutive frames of a longer stack (a slab of a volume,
+        :mod:`medsegany.slab`), that stack's length; None: N. SAM 2 divides an object pointer's temporal
+        distance by ``min(frames, 16) - 1`` (Meta's ``num_frames`` in
+        ``_prepare_memory_conditioned_features``), so a slab's logits are the whole stack's only with the
+        whole stack's count (6 frames of 12 without it: 2.3e-5 of the largest logit apart, random
+        weights). Frame indices stay the slab's: distances do not depend on where it starts (Meta's memory
+        stride for evaluation, 1 unless a configuration sets another; none of the catalog's does).
+        """
+        frames_nhw = check_frames(frames_nhw)
+        if stack_length is not None and int(stack_length) < len(frames_nhw):
+            raise VolumeError(
+                f"a stack of {stack_length} frames cannot hold these {len(frames_nhw)}",
+                "pass the length of the stack the frames were cut from, or None",
+            )
+        self._frames_nhw = frames_nhw
+        self._stack_length = None if stack_length is None else int(stack_length)
         self._cache.clear()
         if self._encoder_stream is not None:
             self._encoder_stream.forget()
@@ -247,6 +264,11 @@ class Sam2Tracker:
     @property
     def num_frames(self) -> int:
         return 0 if self._frames_nhw is None else int(self._frames_nhw.shape[0])
+
+    @property
+    def stack_length(self) -> int:
+        """The frames of the stack these are part of (``set_frames``): what SAM 2's memory is told."""
+        return self.num_frames if self._stack_length is None else self._stack_length
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -747,7 +769,7 @@ class Sam2Tracker:
             vision_pos_embeds,
             feat_sizes,
             track.memory_bank(),
-            self.num_frames,
+            self.stack_length,
             reverse,
         )
 
@@ -801,7 +823,7 @@ class Sam2Tracker:
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
             output_dict=track.memory_bank(),
-            num_frames=self.num_frames,
+            num_frames=self.stack_length,
             track_in_reverse=reverse,
             run_mem_encoder=run_mem_encoder,
             prev_sam_mask_logits=prev_sam_mask_logits,

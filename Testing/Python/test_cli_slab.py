@@ -206,12 +206,21 @@ def test_an_estimate_with_a_slice_range_sizes_the_slab(phantom, capsys):
     assert "on 3 slices of 64x64" in out
 
 
-def test_a_sam2_slab_gives_the_masks_of_the_same_range_in_the_whole_volume(tmp_path, capsys):
+def test_a_sam2_slab_gives_the_masks_of_the_same_range_in_the_whole_volume(tmp_path, capsys, monkeypatch):
     """SAM 2 tracks by distances between slices, so a slab gives the masks the range gives inside the whole
-    volume (MedSAM2's configuration, random weights)."""
+    volume (MedSAM2's configuration, random weights), and the logits too: its memory is told the volume's
+    7 slices, not the slab's 4 (an object pointer's distance is divided by min(slices, 16) - 1)."""
     pytest.importorskip("sam2")
+    import medsegany.session as session_module
     from medsegany.models.registry import load_model
     from sam2_testing import CONFIG_512, random_checkpoint
+
+    real_session, made = session_module.SegmentationSession, []
+    monkeypatch.setattr(
+        session_module,
+        "SegmentationSession",
+        lambda *a, **kw: made.append(real_session(*a, **kw)) or made[-1],
+    )
 
     shape_kji = (7, 40, 48)
     k, j, i = np.meshgrid(*(np.arange(n) for n in shape_kji), indexing="ij")
@@ -233,6 +242,12 @@ def test_a_sam2_slab_gives_the_masks_of_the_same_range_in_the_whole_volume(tmp_p
     labels = read_labels(out)
     assert labels[3].any() and not labels[[0, 1, 6]].any()  # a real comparison, not two blanks
     np.testing.assert_array_equal(labels, expected)
+    slab, whole = made[0].tracker(2), made[1].tracker(2)
+    assert slab.num_frames == 4 and whole.num_frames == 7
+    for k in range(2, 6):
+        np.testing.assert_array_equal(
+            slab.result(1, k - 2).mask_logits_frame, whole.result(1, k).mask_logits_frame, err_msg=str(k)
+        )
 
 
 def test_a_range_over_prompts_in_two_views_leaves_out_and_tells_the_prompts_outside_it(

@@ -396,3 +396,44 @@ def test_a_sessions_correction_reruns_what_metas_run_from_the_correction_changes
     meta_whole = {**meta_run(model, state), **meta_run(model, state, reverse=True)}
     changed = [k for k in range(4) if ((meta_whole[(1, k)] > 0) != first[k]).any()]
     assert 2 in changed and 3 in changed, changed  # the slices between the prompt and the correction
+
+
+@pytest.mark.parametrize("gpu_path", [False, True])
+def test_a_slab_of_the_stack_gives_metas_logits_of_the_whole_stack(model, monkeypatch, gpu_path):
+    """Frames 2..7 of 12 as a stack of their own (what ``--slice-range`` and a memory plan's slab hand
+    the tracker), told the whole stack's length, give the logits of Meta's predictor on all 12 frames
+    over the same range, exactly. SAM 2 divides an object pointer's distance by min(frames, 16) - 1: told
+    only its own 6 frames, the slab was 2.3e-5 of the largest logit apart (random weights).
+    ``gpu_path``: the split step and its memory selection (sam2_memory_gather), launched one ahead."""
+    from medsegany.models.sam2_tracker import Sam2Tracker
+
+    monkeypatch.setenv("MEDSEGANY_MATMUL_ATTENTION", "0")  # the fused kernel, as Meta's float32 runs
+    frames = blob_frames(num_frames=12, height=48, width=56)
+    first, last, prompted = 2, 7, 5
+    box = disc_box_xyxy(frames, prompted)
+
+    def slab_run(stack_length):
+        tracker = Sam2Tracker(model, precision="float32", step_graphs=gpu_path, lookahead=gpu_path)
+        tracker.set_frames(frames[first : last + 1], stack_length=stack_length)
+        tracker.add_prompts(1, prompted - first, box_frame_xyxy=box)
+        forward = ours_run(tracker, prompted - first, +1)
+        backward = ours_run(tracker, prompted - first, -1)
+        return {(1, k + first): logits for (_, k), logits in {**forward, **backward}.items()}
+
+    state = meta_state(model, frames, monkeypatch)
+    model.add_new_points_or_box(state, frame_idx=prompted, obj_id=1, box=box)
+    meta = {
+        **meta_run(model, state, start_frame_idx=prompted, max_frame_num_to_track=last - prompted),
+        **meta_run(
+            model, state, start_frame_idx=prompted, reverse=True, max_frame_num_to_track=prompted - first
+        ),
+    }
+    assert sorted(meta) == [(1, k) for k in range(first, last + 1)]
+    ours = slab_run(stack_length=len(frames))
+    assert sorted(ours) == sorted(meta)
+    assert (meta[(1, prompted)] > 0).any() and (meta[(1, last)] > 0).any()  # real masks, not -1024
+    for key, logits in ours.items():
+        assert relative_error(logits, meta[key]) == 0.0, key
+    # told only its own 6 frames, the slab's tracked frames move (the check above can fail)
+    alone = slab_run(stack_length=None)
+    assert max(relative_error(alone[key], meta[key]) for key in meta if key != (1, prompted)) > 1e-7

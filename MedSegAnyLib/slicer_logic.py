@@ -413,6 +413,26 @@ def _panel_plan(
     )
 
 
+def _stale_prompt(obj: Any, slice_range: tuple[int, int] | None, unpropagated: int | None) -> int:
+    """The prompted slice of ``obj`` (a session object) that a re-propagation's slab goes around.
+
+    Inside the user's range, which the slab must hold (centred on the first of K=6 and K=9, a range 8..11
+    missed the slab 5..7, and all 4 slices of the range ran where only 3 fit); and among those, one whose
+    runs the propagation re-runs (``obj.dirty``). Once a slab cut its runs a prompt stays there, so first
+    ``unpropagated``, the slice prompted last without propagating, then a prompt nothing was propagated
+    from yet: K=6 propagated over 5..7, then K=9 placed with auto-propagate off, went around K=6 again
+    and K=9's neighbours were never reached. Else the first prompted slice.
+    """
+    keys = obj.prompted_slices()
+    inside = [key for key in keys if slice_range is None or slice_range[0] <= key <= slice_range[1]]
+    candidates = inside or keys
+    stale = [key for key in candidates if key in obj.dirty]
+    if unpropagated in stale:
+        return unpropagated
+    propagated_from = {key for key, _ in obj.origins.values()}
+    return ([key for key in stale if key not in propagated_from] or stale or candidates)[0]
+
+
 def memory_note(estimate: Any) -> str:
     """What the panel tells after an action when the memory plan had to give way, else "". A slab is
     the slice range an action propagates over (:meth:`SlicerSegmentationLogic.range_that_fits`)."""
@@ -462,6 +482,9 @@ class SlicerSegmentationLogic:
         self._session_key: _SessionKey | None = None
         self._volume: Volume | None = None
         self._objects: dict[tuple[str, str], int] = {}
+        # session object id -> its slice prompted last without propagating: a Propagate's slab goes
+        # around it (range_that_fits)
+        self._unpropagated: dict[int, int] = {}
         self._undo: list[UndoStep] = []
         self._redo: list[UndoStep] = []
         self.running: AIAction | None = None
@@ -640,6 +663,7 @@ class SlicerSegmentationLogic:
             model = self.load_model()
             kwargs.update(self._memory_plan(model).session_options)
             self.session = SegmentationSession(self._volume, model=model, intensity=self.intensity, **kwargs)
+            self._unpropagated.clear()  # the ids were the old session's
         return self.session
 
     def _memory_plan(self, model: Any) -> Any:
@@ -830,6 +854,8 @@ class SlicerSegmentationLogic:
             yield session.add_prompts(object_id, prompts)
         if mask_prompt is not None:
             yield session.add_mask(object_id, *mask_prompt)
+        if prompted_now and not propagate:
+            self._unpropagated[object_id] = prompts.slice_index if prompts is not None else mask_prompt[1]
         if propagate:
             # the slab goes around the slice prompted now: the mask's, when the edit is the prompt
             centre = mask_prompt[1] if mask_prompt is not None else None
@@ -858,12 +884,8 @@ class SlicerSegmentationLogic:
         obj = session.objects[object_id]
         if centre is None and prompts is not None:
             centre = prompts.slice_index
-        elif centre is None:  # a re-propagation: a prompted slice inside the user's range, which the slab
-            # must hold (centred on the first of K=6 and K=9, a range 8..11 missed the slab 5..7, and
-            # all 4 slices of the range ran where only 3 fit)
-            keys = obj.prompted_slices()
-            inside = [key for key in keys if slice_range is None or slice_range[0] <= key <= slice_range[1]]
-            centre = (inside or keys)[0]
+        elif centre is None:  # a re-propagation: around a prompt whose runs are still to run
+            centre = _stale_prompt(obj, slice_range, self._unpropagated.pop(object_id, None))
         voxels_kji = session.volume.voxels_kji
         estimate = _panel_plan(
             session.model,

@@ -1444,3 +1444,57 @@ def test_when_only_a_slab_fits_a_one_way_propagation_gets_the_slab_from_its_prom
     prompts = [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0])]
     expected = library_mask(volume_node, prompts, slice_range=(6, 8))
     np.testing.assert_array_equal(_mask(segmentation, target, volume_node), expected)
+
+
+def test_when_only_a_slab_fits_propagate_goes_around_the_prompt_not_yet_propagated(
+    scene, volume_node, prompt_nodes, monkeypatch
+):
+    """Only 3 slices fit. I prompt K=6 (propagated over 5..7), then K=9 with auto-propagate off, and press
+    Propagate: the slab went around the object's first prompt (5..7) again, so K=9's neighbours were never
+    reached (K=8 empty). It goes around the prompt whose runs have not run (8..10), and around
+    K=9 again when I change it again; a prompt nothing was propagated from comes before those the slab
+    cut."""
+    import dataclasses
+
+    import medsegany.memory_estimate as memory_estimate
+
+    real_plan = memory_estimate.plan_for_volume
+    centres = []
+
+    def slab_plan(*args, **kwargs):  # as a GPU with room for SAM 2's memory of 3 slices would plan
+        estimate = real_plan(*args, **kwargs)
+        centres.append(args[4])
+        plan = dataclasses.replace(estimate.plan, slab=(args[4] - 1, args[4] + 1))
+        return dataclasses.replace(estimate, plan=plan)
+
+    monkeypatch.setattr(memory_estimate, "plan_for_volume", slab_plan)
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="auto")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes)  # K=6
+    k9 = add_roi_on_slice(scene, (2.0, 2.0, 9.0), (19.0, 17.0, 9.0), np.eye(4))
+    logic.segment(k9, propagate=False)
+    written = _mask(segmentation, target, volume_node).any(axis=(1, 2))
+    assert written.nonzero()[0].tolist() == [5, 6, 7, 9]
+
+    logic.propagate()
+
+    assert centres[-2:] == [6, 9]
+    assert "Only slices 8-10 fit around the prompt" in logic.memory_note
+    prompts = [(BOX_IJK, POSITIVE_IJK + NEGATIVE_IJK, [1, 0]), ((2, 2, 9, 19, 17, 9), [], [])]
+    expected = library_mask(volume_node, prompts[1:], slice_range=(8, 10))
+    np.testing.assert_array_equal(_mask(segmentation, target, volume_node)[8:11], expected[8:11])
+    assert expected[8].any()  # K=8 written now (the object ends at K=9: K=10 stays empty)
+
+    # K=9 changed again without propagation: around it again, not around K=6 (the first prompt, still to
+    # run beyond the slab as well)
+    logic.segment(add_roi_on_slice(scene, (3.0, 3.0, 9.0), (18.0, 16.0, 9.0), np.eye(4)), propagate=False)
+    logic.propagate()
+    assert centres[-1] == 9
+    # K=8 placed, then K=6 changed, both without propagation: around K=6 (changed last), then around K=8,
+    # which nothing was propagated from yet, though K=6 and K=9 still have runs the slab cut
+    logic.segment(add_roi_on_slice(scene, (3.0, 3.0, 8.0), (18.0, 16.0, 8.0), np.eye(4)), propagate=False)
+    logic.segment(*prompt_nodes, propagate=False)
+    logic.propagate()
+    logic.propagate()
+    assert centres[-2:] == [6, 8]

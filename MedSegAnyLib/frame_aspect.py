@@ -146,8 +146,11 @@ class SquarePixelFrames:
         if box_frame_xyxy is not None:
             # (x0, y0, x1, y1) are the first and last pixels inside: the box keeps their outer edges, so
             # rows y0..y1 of 5 mm become rows 5 y0 .. 5 y1 + 4 at 1 mm (not 5 y1, which leaves y1 out)
+            # (a frame past MAX_SIDE_PX shrinks along both axes: a box 1 px wide there, x1 = x0, gave
+            # x1 * s + s - 1 < x0 * s, an inverted box; its last pixel is then its first)
             corners = np.asarray(box_frame_xyxy, dtype=np.float64).reshape(2, 2)
-            box = np.concatenate([corners[0] * scale_xy, (corners[1] + 1) * scale_xy - 1])
+            first_xy = corners[0] * scale_xy
+            box = np.concatenate([first_xy, np.maximum((corners[1] + 1) * scale_xy - 1, first_xy)])
         points = None
         if points_frame_xy is not None and len(points_frame_xy):
             points = (np.asarray(points_frame_xy, dtype=np.float64).reshape(-1, 2) + 0.5) * scale_xy - 0.5

@@ -154,3 +154,19 @@ def test_axial_masks_of_an_in_plane_isotropic_volume_stay_bit_identical(bundled_
         assert session.embeddings(2).model is bundled_litemedsam
     assert logits[False][0] == logits[True][0]
     assert len(logits[True]) == 5 and all(np.array_equal(a, b) for a, b in zip(logits[False], logits[True]))
+
+
+def test_a_one_pixel_box_on_a_frame_shrunk_past_the_largest_side_stays_a_box(monkeypatch):
+    """Past MAX_SIDE_PX both axes shrink: a box one pixel wide (x0 = x1 = 30 of 60 columns at 0.7 mm,
+    11 columns at 3.9 mm) went to the model as x0 5.5, x1 4.7, inverted."""
+    import medsegany.frame_aspect as frame_aspect
+
+    monkeypatch.setattr(frame_aspect, "MAX_SIDE_PX", 128)
+    inner = RecordingModel()
+    frames = SquarePixelFrames(inner, (5.0, 0.7))
+    (embedding,) = frames.embed_frames([np.zeros((100, 60), np.uint8)])
+    assert embedding.model_shape == (128, 11)
+    frames.predict(embedding, np.array([30, 20, 30, 40]))
+    box_model_xyxy = inner.prompts[0][0]
+    assert box_model_xyxy[2] >= box_model_xyxy[0] and box_model_xyxy[3] > box_model_xyxy[1]
+    np.testing.assert_allclose(box_model_xyxy[0], 30 * 11 / 60)

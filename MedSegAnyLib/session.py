@@ -76,13 +76,16 @@ def _object_id_list(object_ids: Iterable[int] | int | None, objects: dict[int, A
         return list(objects)
     if isinstance(object_ids, (int, np.integer)) and not isinstance(object_ids, bool):
         return [int(object_ids)]  # one id: list(5) was a TypeError traceback
+    not_ids = PromptError(
+        f"object_ids {object_ids!r} is not an object id or a list of them",
+        f"give one id or a list of ids from {sorted(objects)}",
+    )
+    if isinstance(object_ids, (str, bytes)):  # "1" was the ids "1": "there is no object 1. use one of [1]"
+        raise not_ids
     try:
         return list(object_ids)
     except TypeError:
-        raise PromptError(
-            f"object_ids {object_ids!r} is not an object id or a list of them",
-            f"give one id or a list of ids from {sorted(objects)}",
-        ) from None
+        raise not_ids from None
 
 
 def _check_direction(direction: str) -> None:

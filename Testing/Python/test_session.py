@@ -463,6 +463,9 @@ def test_propagate_takes_one_object_id_as_well_as_a_list():
     assert {r.object_id for r in session.propagate(object_ids=(first,))} == {first}
     with pytest.raises(PromptError, match="not an object id or a list"):
         run(session, object_ids=2.0)
+    # a string is no list of ids: "1" was read as the id "1", "there is no object 1. use one of [1, 2]"
+    with pytest.raises(PromptError, match="'1' is not an object id or a list"):
+        run(session, object_ids="1")
 
 
 class SquarePixelThresholdModel(ThresholdModel):

@@ -270,12 +270,10 @@ class SegmentWriter:
         self.modified_extent_ijk: tuple[int, ...] | None = None
         #: True once a write reached Slicer (even one that then failed): the segment may have changed
         self.touched = False
-        # (extent, packed bits, shape) of each slab's voxels added to the segment, volume IJK: where the
-        # writes may have taken voxels of other segments (a failed run gives back those, and only those)
-        self._added: list[tuple[tuple[int, ...], np.ndarray, tuple[int, ...]]] = []
         # (extent, packed region, packed values, shape) of each slab, in order: the voxels the writes set
-        # (the editable part of each slice) and what they left there (a failed run takes back only those
-        # its target still holds as written)
+        # (the editable part of each slice) and what they left there. A failed run takes back from its
+        # target only those it still holds as written, and gives other segments back only voxels some
+        # write added (where it may have taken theirs).
         self._written: list[tuple[tuple[int, ...], np.ndarray, np.ndarray, tuple[int, ...]]] = []
 
     def _use_volume_as_reference_geometry(self) -> None:
@@ -375,9 +373,7 @@ class SegmentWriter:
         all_others = [other for other in segment_ids(self.segmentation_node) if other != segment_id]
         overwrite_ids = self.masking.segments_to_overwrite(self.segmentation_node, segment_id)
         self.touched = True
-        if add_kji.any():  # recorded first: a write that then fails may have taken some
-            self._added.append((tuple(extent), np.packbits(add_kji), add_kji.shape))
-        if editable_kji.any():
+        if editable_kji.any():  # recorded first: a write that then fails may have set some
             packed = (np.packbits(editable_kji), np.packbits(add_kji))
             self._written.append((tuple(extent), *packed, add_kji.shape))
         # nothing of the segment where the slices remove: skip that pass (fresh slices of a run; each
@@ -442,32 +438,17 @@ class SegmentWriter:
         target = tuple(slice(start, start + high - low + 1) for (low, high, start) in region)
         return bool(np.any((values_kji[source] == label_value) & added_kji[target]))
 
-    def added_voxels(self) -> tuple[np.ndarray, tuple[int, ...], np.ndarray] | None:
-        """(mask_kji, extent_ijk, volume IJK -> segmentation matrix) of every voxel the writes added to the
-        segment, over the extent they cover (volume IJK): the only voxels they can have taken from other
-        segments. None when they added none."""
-        if not self._added:
-            return None
-        extents = np.array([extent for extent, _, _ in self._added])
-        low, high = extents[:, 0::2].min(axis=0), extents[:, 1::2].max(axis=0)  # (i, j, k)
-        mask_kji = np.zeros(tuple(int(n) for n in (high - low + 1)[::-1]), dtype=bool)
-        for extent, packed, shape in self._added:
-            i0, j0, k0 = (np.array(extent[0::2]) - low).tolist()
-            added = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
-            mask_kji[k0 : k0 + shape[0], j0 : j0 + shape[1], i0 : i0 + shape[2]] |= added
-        extent_ijk = tuple(int(v) for pair in zip(low, high, strict=True) for v in pair)
-        return mask_kji, extent_ijk, self._volume_to_segmentation
-
-    def written_voxels(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray] | None:
-        """(region_kji, values_kji, extent_ijk, volume IJK -> segmentation matrix): every voxel the writes
-        set in the segment (the editable part of each slice written) and the value the last write left
-        there, over the extent they cover (volume IJK). None when they set none."""
+    def _writes_kji(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]] | None:
+        """(region_kji, last_values_kji, ever_added_kji, extent_ijk) of all writes so far over the extent
+        they cover (volume IJK): the voxels set, the value the last write left there, and the voxels any
+        write added (one written and then cleared again counts). None before the first write."""
         if not self._written:
             return None
         extents = np.array([extent for extent, _, _, _ in self._written])
         low, high = extents[:, 0::2].min(axis=0), extents[:, 1::2].max(axis=0)  # (i, j, k)
         shape_kji = tuple(int(n) for n in (high - low + 1)[::-1])
         region_kji, values_kji = np.zeros(shape_kji, dtype=bool), np.zeros(shape_kji, dtype=bool)
+        ever_added_kji = np.zeros(shape_kji, dtype=bool)
         for extent, packed_region, packed_values, shape in self._written:
             i0, j0, k0 = (np.array(extent[0::2]) - low).tolist()
             count = int(np.prod(shape))
@@ -476,7 +457,28 @@ class SegmentWriter:
             box = (slice(k0, k0 + shape[0]), slice(j0, j0 + shape[1]), slice(i0, i0 + shape[2]))
             region_kji[box] |= region
             values_kji[box] = np.where(region, values, values_kji[box])  # the later write wins
+            ever_added_kji[box] |= values
         extent_ijk = tuple(int(v) for pair in zip(low, high, strict=True) for v in pair)
+        return region_kji, values_kji, ever_added_kji, extent_ijk
+
+    def added_voxels(self) -> tuple[np.ndarray, tuple[int, ...], np.ndarray] | None:
+        """(mask_kji, extent_ijk, volume IJK -> segmentation matrix) of every voxel the writes added to the
+        segment, over the extent they cover (volume IJK): the only voxels they can have taken from other
+        segments. None when they added none."""
+        writes = self._writes_kji()
+        if writes is None or not writes[2].any():
+            return None
+        _, _, ever_added_kji, extent_ijk = writes
+        return ever_added_kji, extent_ijk, self._volume_to_segmentation
+
+    def written_voxels(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray] | None:
+        """(region_kji, values_kji, extent_ijk, volume IJK -> segmentation matrix): every voxel the writes
+        set in the segment (the editable part of each slice written) and the value the last write left
+        there, over the extent they cover (volume IJK). None when they set none."""
+        writes = self._writes_kji()
+        if writes is None:
+            return None
+        region_kji, values_kji, _, extent_ijk = writes
         return region_kji, values_kji, extent_ijk, self._volume_to_segmentation
 
     def refresh_surface(self) -> None:

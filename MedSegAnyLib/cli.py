@@ -121,6 +121,29 @@ def add_model_options(parser: Any) -> None:
     )
 
 
+#: ``--frame-pixels`` choices: what a 2D model whose resize keeps the aspect (LiteMedSAM, SAM) sees of a frame
+#: whose pixels are not square (a coronal or sagittal slice of thick slices; medsegany.frame_aspect).
+FRAME_PIXELS = ("square", "as-given")
+
+
+def add_frame_pixels_option(parser: Any, default_text: str = "square") -> None:
+    """``--frame-pixels`` on ``parser`` (default None: ``segment`` reads it as square, a batch line as the
+    batch's choice)."""
+    parser.add_argument(
+        "--frame-pixels",
+        choices=FRAME_PIXELS,
+        default=None,
+        help="LiteMedSAM/SAM on a coronal or sagittal slice of thick slices: resample its pixels to "
+        "square ones as the model was trained (square), or give them as they are (as-given; default: "
+        f"{default_text})",
+    )
+
+
+def square_pixels(args: argparse.Namespace) -> bool:
+    """Whether ``args`` leave frames with non-square pixels resampled to square ones (the default)."""
+    return getattr(args, "frame_pixels", None) != "as-given"
+
+
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "segment",
@@ -207,6 +230,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "only they are held in memory)",
     )
     run.add_argument("--naive", action="store_true", help="the reference scheme (bbox+3 px, stop when empty)")
+    add_frame_pixels_option(run)
     run.add_argument(
         "--estimate",
         action="store_true",
@@ -485,6 +509,7 @@ def segment_job(job: SegmentJob, model: Any, stderr: TextIO, started: float) -> 
         overlap=overlap_mode(args),
         # a slab's SAM 2 memory is told the whole volume's slices: the slab then gets its numbers exactly
         whole_shape_ijk=volume.shape_ijk,
+        square_pixels=square_pixels(args),
         **run.estimate.plan.session_options,
     )
     progress = SliceProgress(stderr, enabled=not args.quiet)

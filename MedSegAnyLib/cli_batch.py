@@ -13,7 +13,8 @@ The jobs file has one ``segment`` command line per line, without the ``medsegany
     CT_002.nii.gz --prompts prompts/002.json -o out/organs_002.seg.nrrd --preview out/002.png
 
 The model options (``--model``, ``--checkpoint``, ``--config``, ``--device``, ``--precision``,
-``--compile``) go on the ``batch`` command once, never on a job's line. Every line is parsed before the
+``--compile``) go on the ``batch`` command once, never on a job's line. ``--frame-pixels`` on the
+``batch`` command is every job's, unless a job's line gives its own. Every line is parsed before the
 model loads (every bad line is reported at once), and the first job's inputs are read before it too, so a
 misspelt option or a wrong first file fails in a second, not after the compile. A job that fails while it
 runs (a missing file, a box outside its volume) prints its one-line error and the batch goes on (inputs
@@ -59,7 +60,7 @@ class _LineParser(argparse.ArgumentParser):
 
 
 def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .cli import add_model_options
+    from .cli import add_frame_pixels_option, add_model_options
 
     parser = subparsers.add_parser(
         "batch",
@@ -72,6 +73,7 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument("jobs", help="text file: one `segment` command line per line (# comments)")
     add_model_options(parser.add_argument_group("model (for every job)"))
+    add_frame_pixels_option(parser, default_text="square; a job's line may set its own")
     parser.add_argument(
         "--skip-done", action="store_true", help="skip jobs whose outputs (and preview) all exist already"
     )
@@ -153,6 +155,8 @@ def _parse_line(
     except PromptError as error:
         raise PromptError(f"line {number} of {jobs_path}: {error.problem}", error.fix) from None
     args.estimate = args.estimate or batch_args.estimate
+    if args.frame_pixels is None:  # the line's own choice, else the batch's
+        args.frame_pixels = getattr(batch_args, "frame_pixels", None)
     if not args.output and not args.estimate:  # refused with the other bad lines, before any work
         raise PromptError(
             f"line {number} of {jobs_path} has no output (-o/--output)", "add -o OUT.nii.gz to the line"

@@ -248,6 +248,22 @@ def read_provenance(segmentation_node, segment_id: str) -> dict[str, Any] | None
         return None
 
 
+def frame_pixels_record(session: Any, axis: int | None) -> dict[str, Any] | None:
+    """What the model saw of the frames along ``axis`` (the CLI's ``--frame-pixels``): the session's
+    choice, the frames' (row, column) pixel size in mm and whether they reached the model resampled to
+    square pixels (a 2D model whose resize keeps the aspect, pixels not square: medsegany.frame_aspect)."""
+    if session is None:
+        return None
+    record: dict[str, Any] = {"setting": "square" if session.square_pixels else "as-given"}
+    if axis is not None:
+        from .frame_aspect import SquarePixelFrames, frame_spacing_mm
+
+        record["axis"] = AXIS_NAMES[axis]
+        record["pixel_mm"] = [round(v, 4) for v in frame_spacing_mm(session.volume.spacing_ijk, axis)]
+        record["resampled_to_square"] = isinstance(session.frame_model(axis), SquarePixelFrames)
+    return record
+
+
 def provenance_json(record: dict[str, Any]) -> str:
     """``record`` as JSON with no "|": Slicer separates a segment's tags with "|" in a saved .seg.nrrd and
     does not escape it, so a volume named "CT|1" cut the tag there (JSON reads ``\\u007c`` back as "|")."""
@@ -477,6 +493,9 @@ class SlicerSegmentationLogic:
         self.segment_id: str | None = None
         self.segment_editor_node = None
         self.session = None
+        # frames with non-square pixels to a 2D model resampled to square ones (the CLI's --frame-pixels;
+        # the panel has no switch): read by each action's session
+        self.square_pixels = True
         self.memory_message = ""  # the memory plan of the current session (the panel's status tooltip)
         self.memory_note = ""  # what the panel adds to its status line when the plan had to give way
         self._session_key: _SessionKey | None = None
@@ -664,6 +683,7 @@ class SlicerSegmentationLogic:
             kwargs.update(self._memory_plan(model).session_options)
             self.session = SegmentationSession(self._volume, model=model, intensity=self.intensity, **kwargs)
             self._unpropagated.clear()  # the ids were the old session's
+        self.session.square_pixels = bool(self.square_pixels)  # set since: its frames start a new cache
         return self.session
 
     def _memory_plan(self, model: Any) -> Any:
@@ -1265,6 +1285,7 @@ class SlicerSegmentationLogic:
                 "prompts": []
                 if obj is None
                 else [prompts_to_json(obj.prompts[k]) for k in sorted(obj.prompts)],
+                "frame_pixels": frame_pixels_record(self.session, None if obj is None else obj.axis),
                 # slices whose drawn mask is the prompt (plan_edit_action): where, and how many voxels
                 "mask_prompts": []
                 if obj is None

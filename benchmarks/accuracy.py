@@ -4,6 +4,12 @@ Protocol (fixed): axis K; key slice = the K slice with the largest label area; o
 label bounding box with each edge moved outward by a random 0-10 % of the box's width/height (numpy
 default_rng seeded with [0, CRC32(case id)], so each case's jitter is the same whatever cases run);
 no other interaction. Each scheme segments the key slice from that box and propagates both ways.
+``--axis J`` (or ``I``) runs the same protocol on that axis' frames (rows K, columns I; rows K, columns J):
+key slice = its slice with the largest label area, the box from that slice's label, the same jitter.
+``--frame-pixels as-given`` gives a 2D model those frames with their own, non-square pixels
+(``SegmentationSession(square_pixels=False)``; default ``square``: :mod:`medsegany.frame_aspect`).
+``--min-anisotropy 2`` keeps the cases whose frames along the axis have pixels at least twice as long one
+way as the other (the volume's spacing; axis K frames of almost every scan are square: ratio 1).
 Schemes: ``ours`` (medsegany's default settings), ``naive`` (next box = previous mask's bounding box
 + 3 px, stop at an empty mask), ``oracle`` (the label's own box on every labelled slice; a ceiling).
 
@@ -32,14 +38,41 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCHEMES = ("ours", "naive", "oracle")
+AXES = {"I": 0, "J": 1, "K": 2}
+FRAME_PIXELS = ("square", "as-given")
 
 
-def jittered_key_box(case_id: str, label_kji: np.ndarray) -> tuple[int, np.ndarray]:
-    """(key slice k, box_frame_xyxy) per the protocol above."""
-    areas = label_kji.sum(axis=(1, 2))
+def label_frames(label_kji: np.ndarray, axis: int) -> np.ndarray:
+    """The label's frames along IJK ``axis``, first index the slice, rows and columns as
+    :func:`medsegany.slices.frame_of` gives them (K: [k, j, i]; J: [j, k, i]; I: [i, k, j]); a view."""
+    return np.moveaxis(label_kji, 2 - axis, 0)
+
+
+def frame_anisotropy(spacing_ijk, axis: int) -> float:
+    """The longer over the shorter side of the pixels of the frames along ``axis`` (1.0: square)."""
+    from medsegany.frame_aspect import frame_spacing_mm
+
+    row_mm, col_mm = frame_spacing_mm(tuple(spacing_ijk), axis)
+    return max(row_mm, col_mm) / min(row_mm, col_mm)
+
+
+def box_ijk_on(axis: int, key: int, box_xyxy) -> tuple[float, ...]:
+    """(i0, j0, k0, i1, j1, k1) of a frame box (x0, y0, x1, y1) on slice ``key`` of ``axis``."""
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    if axis == 2:  # rows J, columns I
+        return (x0, y0, key, x1, y1, key)
+    if axis == 1:  # rows K, columns I
+        return (x0, key, y0, x1, key, y1)
+    return (key, x0, y0, key, x1, y1)  # axis I: rows K, columns J
+
+
+def jittered_key_box(case_id: str, label_kji: np.ndarray, axis: int = 2) -> tuple[int, np.ndarray]:
+    """(key slice along ``axis``, box_frame_xyxy) per the protocol above."""
+    frames = label_frames(label_kji, axis)
+    areas = frames.sum(axis=(1, 2))
     key = int(np.argmax(areas))
-    rows = np.flatnonzero(label_kji[key].any(axis=1))
-    cols = np.flatnonzero(label_kji[key].any(axis=0))
+    rows = np.flatnonzero(frames[key].any(axis=1))
+    cols = np.flatnonzero(frames[key].any(axis=0))
     x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
     width, height = x1 - x0 + 1, y1 - y0 + 1
     rng = np.random.default_rng([0, zlib.crc32(case_id.encode())])
@@ -52,7 +85,7 @@ def jittered_key_box(case_id: str, label_kji: np.ndarray) -> tuple[int, np.ndarr
             y1 + fractions[3] * height,
         ]
     )
-    frame_height, frame_width = label_kji.shape[1:]
+    frame_height, frame_width = frames.shape[1:]
     return key, np.clip(box, 0, [frame_width - 1, frame_height - 1, frame_width - 1, frame_height - 1])
 
 
@@ -74,8 +107,11 @@ def intensity_of(case: dict):
     return "percentile"
 
 
-def run_scheme(scheme: str, session, label_kji: np.ndarray, key: int, box_xyxy: np.ndarray) -> dict:
-    """Segment with one scheme as a new object of ``session`` (so every scheme reuses the embeddings)."""
+def run_scheme(
+    scheme: str, session, label_kji: np.ndarray, key: int, box_xyxy: np.ndarray, axis: int = 2
+) -> dict:
+    """Segment with one scheme as a new object of ``session`` (so every scheme reuses the embeddings),
+    on the frames along IJK ``axis``."""
     from medsegany.prompts import make_slice_prompts
     from medsegany.propagation import PropagationSettings
 
@@ -83,25 +119,26 @@ def run_scheme(scheme: str, session, label_kji: np.ndarray, key: int, box_xyxy: 
     session.settings = PropagationSettings.naive() if scheme == "naive" else PropagationSettings()
     object_id = session.add_object(scheme)
     stops = {}
+    frames = label_frames(label_kji, axis)
     if scheme == "oracle":
-        for k in np.flatnonzero(label_kji.any(axis=(1, 2))):
-            rows = np.flatnonzero(label_kji[k].any(axis=1))
-            cols = np.flatnonzero(label_kji[k].any(axis=0))
+        for k in np.flatnonzero(frames.any(axis=(1, 2))):
+            rows = np.flatnonzero(frames[k].any(axis=1))
+            cols = np.flatnonzero(frames[k].any(axis=0))
             # a label one voxel wide (PET edges) still needs a box with width: half a voxel each side
             x0, x1 = (cols[0], cols[-1]) if cols[-1] > cols[0] else (cols[0] - 0.5, cols[0] + 0.5)
             y0, y1 = (rows[0], rows[-1]) if rows[-1] > rows[0] else (rows[0] - 0.5, rows[0] + 0.5)
-            box_ijk = (x0, y0, k, x1, y1, k)
-            session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
+            box_ijk = box_ijk_on(axis, int(k), (x0, y0, x1, y1))
+            session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk, axis=axis))
     else:
-        box_ijk = (box_xyxy[0], box_xyxy[1], key, box_xyxy[2], box_xyxy[3], key)
-        session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk))
+        box_ijk = box_ijk_on(axis, key, box_xyxy)
+        session.add_prompts(object_id, make_slice_prompts(session.volume, box_ijk=box_ijk, axis=axis))
         for _ in session.propagate(object_ids=[object_id]):
             pass
         stops = {str(k): v for k, v in session.objects[object_id].stop_reasons.items()}
     predicted_kji = session.mask_kji(object_id)
     seconds = time.perf_counter() - started
-    predicted_slices = np.flatnonzero(predicted_kji.any(axis=(1, 2)))
-    labelled = np.flatnonzero(label_kji.any(axis=(1, 2)))
+    predicted_slices = np.flatnonzero(label_frames(predicted_kji, axis).any(axis=(1, 2)))
+    labelled = np.flatnonzero(frames.any(axis=(1, 2)))
     visited = max(1, len(predicted_slices) + len(stops))
     return {
         "dice": round(dice(predicted_kji, label_kji), 4),
@@ -150,14 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", required=True, type=Path)
     parser.add_argument("--model", default="litemedsam")
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out", "--output", required=True, type=Path)
     parser.add_argument("--schemes", default="ours,naive,oracle")
     parser.add_argument("--only", nargs="*", help="case ids to run (default: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--embedding-cache", type=Path, help="folder to keep frame embeddings between runs")
     parser.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    parser.add_argument(
+        "--axis", default="K", choices=sorted(AXES), help="the axis whose slices are prompted and propagated"
+    )
+    parser.add_argument(
+        "--frame-pixels",
+        default="square",
+        choices=FRAME_PIXELS,
+        help="2D models see frames with non-square pixels resampled to square ones, or as given",
+    )
+    parser.add_argument(
+        "--min-anisotropy",
+        type=float,
+        default=None,
+        help="only cases whose frames along --axis have pixels at least this many times longer one way",
+    )
     args = parser.parse_args(argv)
+    axis = AXES[args.axis]
 
     from medsegany.models.registry import load_model
     from medsegany.session import SegmentationSession
@@ -179,46 +232,68 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and case["id"] not in args.only:
             continue
         volume = read_volume(root / case["image"])
+        anisotropy = frame_anisotropy(volume.spacing_ijk, axis)
+        if args.min_anisotropy is not None and anisotropy < args.min_anisotropy:
+            continue
         label_kji = np.isin(read_volume(root / case["label"]).voxels_kji, case["label_values"])
-        key, box = jittered_key_box(case["id"], label_kji)
+        key, box = jittered_key_box(case["id"], label_kji, axis)
         # One session per case: every scheme is an object of it and reuses the frame embeddings.
-        session = SegmentationSession(volume, model, intensity=intensity_of(case), max_cached_frames=100_000)
+        session = SegmentationSession(
+            volume,
+            model,
+            intensity=intensity_of(case),
+            max_cached_frames=100_000,
+            square_pixels=args.frame_pixels == "square",
+        )
 
         row = {
             "id": case["id"],
             "modality": case["modality"],
             "label_kind": label_origin_kind(case),
             "key_slice": key,
+            "frame_pixel_ratio": round(anisotropy, 3),
             "box_frame_xyxy": [round(float(v), 2) for v in box],
             "schemes": {},
         }
         for scheme in schemes:
-            row["schemes"][scheme] = run_scheme(scheme, session, label_kji, key, box)
+            row["schemes"][scheme] = run_scheme(scheme, session, label_kji, key, box, axis)
         results.append(row)
         print(
             case["id"].ljust(36),
             "  ".join(f"{s} {row['schemes'][s]['dice']:.3f}" for s in schemes),
             flush=True,
         )
+        # after each case: a long run stopped part way keeps the cases it finished
+        output = write_report(args, argv, results, schemes, finished=False)
+    output = write_report(args, argv, results, schemes, finished=True)
+    print(json.dumps(output["summary"], indent=1))
+    return 0
+
+
+def write_report(args, argv, results: list[dict], schemes: list[str], finished: bool) -> dict:
+    """Write the JSON report of the cases done so far (``finished``: every case chosen was run)."""
     import torch
 
     output = {
-        "benchmark": "accuracy one-box protocol, axis K",
+        "benchmark": f"accuracy one-box protocol, axis {args.axis}",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
         "model": args.model,
+        "axis": args.axis,
+        "frame_pixels": args.frame_pixels,
+        "min_anisotropy": args.min_anisotropy,
+        "finished": finished,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "device": args.device,
         },
-        "summary": summarise(results, schemes),
+        "summary": summarise(results, schemes) if results else {},
         "cases": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=1))
-    print(json.dumps(output["summary"], indent=1))
-    return 0
+    return output
 
 
 if __name__ == "__main__":

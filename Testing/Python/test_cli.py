@@ -681,3 +681,35 @@ def test_mask_prompts_fill_the_slices_between_and_beyond_a_sparse_labelmap(
         capsys, *common[:-2], "--mask-prompts", tmp_path / "empty.nii.gz", "-o", tmp_path / "z.nii.gz"
     )
     assert_one_line_error(code, err, "labels no voxel")
+
+
+def test_frame_pixels_as_given_reaches_the_session_and_changes_a_side_view(
+    phantom, tmp_path, capsys, monkeypatch
+):
+    """The phantom's J frames are 5 x 64 pixels of 3 x 1 mm: LiteMedSAM sees them resampled to 15 x 64
+    square pixels by default, squashed 3 times along K with ``--frame-pixels as-given``."""
+    import medsegany.session as session_module
+
+    real_session = session_module.SegmentationSession
+    made = []
+
+    def recording_session(*args, **kwargs):
+        made.append(kwargs)
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "SegmentationSession", recording_session)
+    k, j, i = np.indices((5, 64, 64))
+    inside = ((k - 2) / 2.6) ** 2 + ((j - 32) / 14) ** 2 + ((i - 30) / 18) ** 2 <= 1
+    dices = {}
+    for pixels in ("square", "as-given", None):
+        out = tmp_path / f"{pixels}.nii.gz"
+        chosen = ["--frame-pixels", pixels] if pixels else []
+        code, _, err = run_cli(capsys, "segment", phantom, "--box-ijk", "12,32,0,48,32,4", *chosen,
+                               "--slice-range", "30,34", "--window", "0,255", "--device", "cpu",
+                               "--precision", "float32", "--compile", "off", "-o", out)  # fmt: skip
+        assert code == 0, err
+        labels = read_labels(out) > 0
+        dices[pixels] = 2 * (labels & inside)[:, 30:35].sum() / (labels.sum() + inside[:, 30:35].sum())
+    assert [kwargs["square_pixels"] for kwargs in made] == [True, False, True]
+    # Dice on J=30..34: square 0.9993, as given 0.9932
+    assert dices[None] == dices["square"] > dices["as-given"], dices

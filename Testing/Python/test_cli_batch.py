@@ -104,6 +104,7 @@ def test_a_failed_job_is_reported_the_others_run_and_skip_done_resumes(tmp_path,
         ("ct.nii.gz --bux-ijk 1,2,3,4,5,3 -o out.nii.gz", "line 2 .*unrecognized arguments: --bux-ijk"),
         ('ct.nii.gz --name "unclosed -o out.nii.gz', "line 2 .*(quotation|closing)"),
         ("ct.nii.gz -h", "line 2 .*unrecognized arguments: -h"),  # not the help, and an exit code 0
+        ("ct.nii.gz --box-ijk 1,2,3,4,5,3 --frame-pixels round -o o.nii.gz", "line 2 .*invalid choice"),
         (
             "ct.nii.gz --mask-prompts l.nii.gz --box-ijk 1,2,3,4,5,3 -o o.nii.gz",
             "line 2 .*--mask-prompts was",
@@ -244,3 +245,28 @@ def test_ctrl_c_between_a_jobs_outputs_names_the_one_written(tmp_path, capsys, m
     jobs.write_text(f"{good} --box-ijk {BOX} -o {tmp_path / 'a.nii.gz'} -o {tmp_path / 'a.seg.nrrd'} -q\n")
     code, _, err = run_cli(capsys, "batch", jobs)
     assert code == 130 and f"of its outputs only {tmp_path / 'a.nii.gz'} was written: delete it first" in err
+
+
+def test_the_batchs_frame_pixels_is_every_jobs_unless_a_line_gives_its_own(tmp_path, capsys, monkeypatch):
+    import medsegany.session as session_module
+
+    real_session = session_module.SegmentationSession
+    made = []
+
+    def recording_session(*args, **kwargs):
+        made.append(kwargs["square_pixels"])
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "SegmentationSession", recording_session)
+    volume = write_phantom(tmp_path / "ct.nii.gz")
+    jobs = tmp_path / "jobs.txt"
+    job = f"{volume} --box-ijk {BOX} --window 0,255 --slice-range 2,3 -q -o {tmp_path}"
+    jobs.write_text(f"{job}/a.nii.gz\n{job}/b.nii.gz --frame-pixels square\n")
+
+    code, _, err = run_cli(capsys, "batch", jobs, "--device", "cpu", "--frame-pixels", "as-given")
+    assert code == 0, err
+    assert made == [False, True]
+    jobs.write_text(f"{job}/c.nii.gz\n")
+    code, _, err = run_cli(capsys, "batch", jobs, "--device", "cpu")
+    assert code == 0, err
+    assert made == [False, True, True]  # neither says: square pixels

@@ -174,6 +174,29 @@ def test_a_slice_painted_by_hand_starts_the_ai_and_an_empty_one_is_refused(scene
     assert result[5].any() and result[7].any() and not result[0].any()  # propagated from the painting
 
 
+class AspectKeepingThresholdModel(ThresholdModel):
+    """A model whose resize keeps the aspect (as LiteMedSAM's): frames with non-square pixels reach it
+    resampled to square ones."""
+
+    aspect_preserving_resize = True
+
+
+def test_provenance_tells_whether_the_frames_reached_the_model_in_square_pixels(
+    scene, volume_node, prompt_nodes
+):
+    segmentation, (target, _) = add_segmentation(scene, volume_node)
+    logic = SlicerSegmentationLogic(model=AspectKeepingThresholdModel(), intensity="ct-soft-tissue")
+    logic.set_target(volume_node, segmentation, target)
+    logic.segment(*prompt_nodes, direction="up")
+    record = read_provenance(segmentation, target)["frame_pixels"]
+    assert record == {"setting": "square", "axis": "K", "pixel_mm": [1.2, 0.9], "resampled_to_square": True}
+
+    logic.square_pixels = False  # the console's switch (the panel has none)
+    logic.segment(*prompt_nodes, direction="up")
+    record = read_provenance(segmentation, target)["frame_pixels"]
+    assert record["setting"] == "as-given" and record["resampled_to_square"] is False
+
+
 def test_provenance_tag_records_model_intensity_and_prompts(scene, volume_node, prompt_nodes):
     segmentation, (target, _) = add_segmentation(scene, volume_node)
     logic = SlicerSegmentationLogic(model=ThresholdModel(), intensity="ct-soft-tissue")
@@ -190,6 +213,13 @@ def test_provenance_tag_records_model_intensity_and_prompts(scene, volume_node, 
     assert prompt["point_labels"] == [1, 0]
     np.testing.assert_allclose(provenance["volume"]["ijk_to_ras"], WORLD_IJK_TO_RAS, atol=1e-5)
     assert provenance["actions"][-1]["direction"] == "up"
+    # K frames of 1.2 x 0.9 mm pixels, but this model's resize does not keep the aspect: given as they are
+    assert provenance["frame_pixels"] == {
+        "setting": "square",
+        "axis": "K",
+        "pixel_mm": [1.2, 0.9],
+        "resampled_to_square": False,
+    }
     # Stored as a plain segment tag, so it is saved with the scene.
     segment = segmentation.GetSegmentation().GetSegment(target)
     assert segment.HasTag(PROVENANCE_TAG)

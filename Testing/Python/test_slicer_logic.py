@@ -644,6 +644,18 @@ def test_a_negative_click_where_the_object_has_no_mask_leaves_the_prompt(scene, 
     assert _mask(segmentation, target, volume_node)[6].any()  # the segment is as it was
 
 
+def _fail_from_third_slice(model) -> None:
+    """The model raises a CUDA error at its third prediction: a run that fails midway."""
+    predict = model.predict
+
+    def failing(*args, **kwargs):
+        if model.predict_calls >= 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(*args, **kwargs)
+
+    model.predict = failing
+
+
 def _overwriting_panel(scene, volume_node):
     """(editor, logic, segmentation, (target, other), other_kji, roi): "other" lies across the bright
     object on every slice, the panel follows a Segment Editor node (its overwrite mode for the test to
@@ -708,14 +720,7 @@ def test_a_failed_run_keeps_what_the_user_painted_in_other_segments_meanwhile(sc
     editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
     editor.SetOverwriteMode(editor.OverwriteAllSegments)
     model = logic.load_model()
-    predict = model.predict
-
-    def failing(*args, **kwargs):
-        if model.predict_calls >= 3:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return predict(*args, **kwargs)
-
-    model.predict = failing
+    _fail_from_third_slice(model)
     painted = np.zeros(SHAPE_KJI, dtype=bool)
     painted[0:2, 18:21, 0:4] = True  # far from the action's voxels
     painted_in = [False]
@@ -741,14 +746,7 @@ def test_a_failed_run_takes_back_only_what_it_took_from_other_segments(scene, vo
     editor, logic, segmentation, (target, other), other_kji, roi = _overwriting_panel(scene, volume_node)
     editor.SetOverwriteMode(editor.OverwriteAllSegments)
     model = logic.load_model()
-    predict = model.predict
-
-    def failing(*args, **kwargs):
-        if model.predict_calls >= 3:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return predict(*args, **kwargs)
-
-    model.predict = failing
+    _fail_from_third_slice(model)
     erased = np.zeros(SHAPE_KJI, dtype=bool)
     erased[0:2] = True
     taken_by_run = []
@@ -788,14 +786,7 @@ def test_a_failed_run_takes_back_its_own_writes_and_keeps_what_the_user_painted_
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     set_roi_box_ijk(roi, volume_node, (2, 2, 6, 23, 18, 6))
     model = logic.load_model()
-    predict = model.predict
-
-    def failing(*args, **kwargs):
-        if model.predict_calls >= 3:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return predict(*args, **kwargs)
-
-    model.predict = failing
+    _fail_from_third_slice(model)
     painted = np.zeros(SHAPE_KJI, dtype=bool)
     painted[0:2, 18:21, 0:4] = True  # slices the run never writes
     painted[6, 15:18, 20:24] = True  # the prompted slice, written first (background there)

@@ -14,6 +14,9 @@ PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" /tmp/medsegany_pkg
 if [ "${REHEARSAL:-0}" = 1 ]; then
     DEVICE=cpu
+    # float32 whatever the CPU: with bf16 (AVX512-BF16/AMX) masks depend on the encoder batch, and the
+    # rehearsal's checks compare paths that batch differently (test_run_gpu.py)
+    export MEDSEGANY_PRECISION=float32
     # appended to each command: argparse keeps an option's last value, so these replace the GPU sizes
     SPEED_TINY="--sam2-image-size 128 --size 48 --slices 3 --repeats 1 --warmup-slices 1"
     PROFILE_TINY="--image-size 128 --size 48 --slices 6 --feature-batches 2 --profile-frames 2 --repeats 1"

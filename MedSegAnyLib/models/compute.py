@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "float32", "bfloat16")
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_ENV = "MEDSEGANY_COMPILE"
+# decides what precision "auto" picks when set (float32 or bfloat16): the CPU rehearsal of the GPU runs
+# pins float32, whose masks do not depend on the encoder batch (bf16 on AMX: oneDNN's kernels do)
+PRECISION_ENV = "MEDSEGANY_PRECISION"
 # CPU flags of a native bf16 unit: x86 AVX512-BF16 and Intel AMX. Without one torch emulates bf16 through
 # float32 conversions and it runs slower than float32.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -74,6 +77,13 @@ def resolve_precision(device: str, precision: str = "auto", cpu_flags: set[str] 
             f"precision {precision!r} is not one of {PRECISIONS}", "use auto, float32 or bfloat16"
         )
     kind = device_type(device)
+    if precision == "auto":
+        chosen = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+        if chosen not in PRECISIONS:
+            raise ModelError(
+                f"{PRECISION_ENV}={chosen!r} is not one of {PRECISIONS}", f"unset {PRECISION_ENV}"
+            )
+        precision = chosen
     if precision != "auto":
         if precision == "bfloat16" and kind == "mps":
             raise ModelError("bfloat16 is not supported on Apple MPS here", "use --precision float32 or auto")

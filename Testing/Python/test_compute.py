@@ -19,6 +19,18 @@ from medsegany.models.compute import (  # noqa: E402
 )
 
 
+def test_the_environment_decides_what_auto_picks(monkeypatch):
+    """MEDSEGANY_PRECISION pins "auto" (the CPU rehearsal of the GPU runs sets float32); an explicit
+    precision stays as given, and a misspelt value is one line naming the variable."""
+    monkeypatch.setenv("MEDSEGANY_PRECISION", "float32")
+    assert resolve_precision("cpu", "auto", cpu_flags={"amx_bf16"}) == "float32"  # bfloat16 without it
+    assert resolve_precision("cuda", "auto") == "float32"
+    assert resolve_precision("cpu", "bfloat16") == "bfloat16"
+    monkeypatch.setenv("MEDSEGANY_PRECISION", "bf16")
+    with pytest.raises(ModelError, match="MEDSEGANY_PRECISION='bf16' is not one of"):
+        resolve_precision("cpu", "auto")
+
+
 def test_auto_precision_follows_the_device_and_the_cpu():
     assert cpu_has_native_bf16({"avx2", "avx512_bf16"}) and cpu_has_native_bf16({"amx_bf16"})
     assert not cpu_has_native_bf16({"avx2", "avx512f"})

@@ -70,7 +70,12 @@ def test_every_planned_stage_runs_its_command_and_writes_its_report(tmp_path):
     assert set(reports["stream"]["cases"][0]["paths"]) == {"medsegany", "medsegany_encode_stream"}
     interleaved = reports["interleaved"]["cases"][0]
     assert set(interleaved["paths"]) == {"reference_b", "medsegany", "medsegany_interleaved"}
-    assert interleaved["variant_mask_agreement"]["medsegany_interleaved"]["identical"] is True
+    agreement = interleaved["variant_mask_agreement"]["medsegany_interleaved"]
+    if interleaved["precision"] == "float32":  # encoding while tracking changes no value
+        assert agreement["identical"] is True
+    else:  # bf16 on a CPU with AMX: oneDNN's kernels depend on the encoder batch's size, which interleaving
+        # changes (3 slices of 48 x 48: Dice 0.99993, 0.014 % of voxels differ; float32: identical)
+        assert interleaved["precision"] == "bfloat16" and agreement["dice"] > 0.999
     assert interleaved["paths"]["medsegany_interleaved"]["repeats"][0]["phases_s"]["features"] < 0.01
     compiled = reports["compile"]  # Meta's modules compiled (about 80 s on 2 cores), profiled per step
     assert compiled["variant"] == "compile-default" and compiled["same_frames"] is True
